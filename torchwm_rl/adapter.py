@@ -1,0 +1,336 @@
+"""ModelAdapter: the one place that understands user world models.
+
+Both the TorchRL path (:class:`torchwm_rl.WorldModelEnv`) and the Gymnasium/SB3 exports call
+this adapter and nothing else of the user's. It
+
+* finds the hooks: explicit callables first, then the model's own methods
+  (reset: ``reset_env``/``reset_state``/``reset``; transition: ``env_step``, ``step``,
+  ``predict_step``, ``predict``, ``imagine_step``, ``transition``, then ``__call__``);
+* calls each hook with as many arguments as it declares (:mod:`torchwm_rl.calling`);
+* parses every documented return form (:mod:`torchwm_rl.records`);
+* converts and validates values against the spaces (:mod:`torchwm_rl.validation`) and applies
+  the NaN/inf policy.
+
+States are handed back to the model exactly as it returned them; the output of
+``action_transform_fn`` reaches the model as is. Nothing here detaches or disables grad: the
+caller decides (the Gymnasium exports run under ``torch.no_grad``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from .calling import call_with_declared, plan_call
+from .records import MISSING, parse_reset, parse_transition
+from .spaces import numpy_to_torch_dtype
+from .validation import flatten_observation, nonfinite_rows, to_batched_scalar, to_observation
+
+RESET_METHODS = ("reset_env", "reset_state", "reset")
+TRANSITION_METHODS = ("env_step", "step", "predict_step", "predict", "imagine_step", "transition")
+NAN_POLICIES = ("raise", "truncate", "ignore")
+ACTION_CHECKS = (None, "clip", "raise")
+
+
+class _Hook:
+    """A resolved callable plus how to call it (``pass_model`` is False for model methods)."""
+
+    def __init__(self, fn: Callable, name: str, pass_model: bool):
+        self.fn, self.name, self.pass_model = fn, name, pass_model
+        self.plan = plan_call(fn)
+
+    def __call__(self, model, *args, **kwargs):
+        return call_with_declared(self.fn, self.plan, model, args, kwargs, pass_model=self.pass_model)
+
+
+def _resolve(explicit: Optional[Callable], model: Any, methods: tuple, hook: str) -> Optional[_Hook]:
+    if explicit is not None:
+        if not callable(explicit):
+            raise TypeError(f"{hook} must be callable, got {type(explicit).__name__}")
+        return _Hook(explicit, hook, pass_model=True)
+    for name in methods:
+        method = getattr(model, name, None)
+        if callable(method):
+            return _Hook(method, f"model.{name}", pass_model=False)
+    return None
+
+
+@dataclass
+class Reset:
+    """A normalized reset: tensors of shape ``(*batch, ...)`` on the adapter's device."""
+
+    state: Any
+    observation: Any
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Transition:
+    """A normalized transition. ``reward`` is float32 and the flags are bool, shape ``batch``.
+
+    ``nonfinite`` is a bool mask over the batch (rows truncated by ``nan_policy="truncate"``),
+    or None when every value was finite or the policy is ``"ignore"``.
+    """
+
+    state: Any
+    observation: Any
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    info: dict = field(default_factory=dict)
+    nonfinite: Optional[torch.Tensor] = None
+
+
+class ModelAdapter:
+    """Normalizes a user's world model and hooks into batched tensor records.
+
+    Args:
+        model: the trained world model (any object; an ``nn.Module`` is typical).
+        observation_space, action_space: Gymnasium spaces of ONE env.
+        reset_fn(model, seed=None, options=None): see :mod:`torchwm_rl.records` for return forms.
+        transition_fn(model, state, action): next state/observation (and maybe reward/flags).
+        reward_fn(model, state, action, next_state): used when the transition gives no reward
+            (else 0).
+        terminal_fn(model, state, action, next_state): used when the transition gives no
+            terminated flag (else False).
+        render_fn(model, state): an image for ``render()``; default: the observation.
+        action_transform_fn(model, action): library action -> model action.
+        initial_state, initial_observation: used when reset gives no state / observation (the
+            state defaults to the observation when neither is given).
+        batch_size: leading batch dims of every value (``()`` or ``(N,)``).
+        device: where tensors live; default: the model's parameters' device, else CPU.
+        torch_actions: convert non-tensor actions to tensors on ``device`` before the hooks.
+        nan_policy: ``"raise"`` (default), ``"truncate"`` or ``"ignore"`` for NaN/inf in
+            observations and rewards.
+        check_actions: ``None`` (default, fastest), ``"clip"`` or ``"raise"``: check actions
+            against ``action_space`` before the hooks.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        *,
+        reset_fn: Optional[Callable] = None,
+        transition_fn: Optional[Callable] = None,
+        reward_fn: Optional[Callable] = None,
+        terminal_fn: Optional[Callable] = None,
+        render_fn: Optional[Callable] = None,
+        action_transform_fn: Optional[Callable] = None,
+        initial_state: Any = None,
+        initial_observation: Any = None,
+        batch_size: tuple = (),
+        device: Any = None,
+        torch_actions: bool = True,
+        nan_policy: str = "raise",
+        check_actions: Optional[str] = None,
+    ):
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        if check_actions not in ACTION_CHECKS:
+            raise ValueError(f"check_actions must be one of {ACTION_CHECKS}, got {check_actions!r}")
+        for name, space in (("observation_space", observation_space), ("action_space", action_space)):
+            if not isinstance(space, spaces.Space):
+                raise TypeError(f"{name} must be a gymnasium space, got {type(space).__name__}")
+        self.model = model
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.batch_size = tuple(int(b) for b in batch_size)
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.torch_actions = torch_actions
+        self.nan_policy = nan_policy
+        self.check_actions = check_actions
+        self.initial_state = initial_state
+        self.initial_observation = initial_observation
+        self._dict_keys = (
+            frozenset(observation_space.spaces) if isinstance(observation_space, spaces.Dict) else None
+        )
+
+        self.reset_hook = _resolve(reset_fn, model, RESET_METHODS, "reset_fn")
+        self.transition_hook = _resolve(transition_fn, model, TRANSITION_METHODS, "transition_fn")
+        if self.transition_hook is None and transition_fn is None and callable(model):
+            self.transition_hook = _Hook(model, "model", pass_model=False)
+        if self.transition_hook is None:
+            raise TypeError(
+                f"{type(model).__name__} has no transition: pass transition_fn=(model, state, action) "
+                f"or give the model one of the methods {TRANSITION_METHODS} or __call__."
+            )
+        self.reward_hook = _resolve(reward_fn, model, (), "reward_fn")
+        self.terminal_hook = _resolve(terminal_fn, model, (), "terminal_fn")
+        self.render_hook = _resolve(render_fn, model, (), "render_fn")
+        self.action_hook = _resolve(action_transform_fn, model, (), "action_transform_fn")
+        if self.reset_hook is None and initial_observation is None:
+            raise TypeError(
+                f"{type(model).__name__} has no reset: pass reset_fn=(model, seed, options), "
+                f"initial_observation=..., or give the model one of the methods {RESET_METHODS}."
+            )
+        self._action_dtype = (
+            numpy_to_torch_dtype(action_space.dtype) if action_space.dtype is not None else None
+        )
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, seed: Optional[int] = None, options: Optional[dict] = None) -> Reset:
+        """Call the reset hook (or use the initial values) and normalize the result."""
+        if self.reset_hook is not None:
+            raw = parse_reset(
+                self.reset_hook(self.model, seed=seed, options=dict(options or {})),
+                self._dict_keys,
+                self.reset_hook.name,
+            )
+        else:
+            raw = parse_reset(MISSING)
+        observation = raw.observation
+        if observation is MISSING or observation is None:
+            observation = self._broadcast_initial(self.initial_observation)
+        if observation is None:
+            raise ValueError(
+                "reset produced no observation: return one from reset_fn (obs, (obs, info), "
+                "(state, obs[, info]) or {'observation': ...}) or pass initial_observation."
+            )
+        state = raw.state
+        if state is MISSING:
+            state = self._broadcast_initial(self.initial_state)
+        observation = to_observation(observation, self.observation_space, self.batch_size, self.device)
+        if state is None:
+            state = observation
+        self._check_finite_reset(observation)
+        return Reset(state=state, observation=observation, info=raw.info)
+
+    def _broadcast_initial(self, value: Any) -> Any:
+        """Expand an unbatched tensor initial value to the batch (leaves others alone)."""
+        if value is None or value is MISSING or not self.batch_size:
+            return None if value is MISSING else value
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            tensor = torch.as_tensor(value, device=self.device)
+            if tuple(tensor.shape[: len(self.batch_size)]) != self.batch_size:
+                return tensor.expand(*self.batch_size, *tensor.shape).clone()
+            return tensor
+        if isinstance(value, dict):
+            return {k: self._broadcast_initial(v) for k, v in value.items()}
+        return value
+
+    def _check_finite_reset(self, observation: Any) -> None:
+        if self.nan_policy == "ignore":
+            return
+        bad, keys = nonfinite_rows(flatten_observation(observation), self.batch_size)
+        if bad is not None:
+            raise ValueError(f"reset returned NaN/inf in {keys}{_rows(bad)}; a reset must be finite.")
+
+    # ----------------------------------------------------------------- action
+    def prepare_action(self, action: Any) -> Any:
+        """Library action -> model action: tensor conversion, optional check, transform."""
+        if self.torch_actions and not isinstance(action, torch.Tensor):
+            action = torch.as_tensor(np.asarray(action), device=self.device)
+            if self._action_dtype is not None and not isinstance(self.action_space, spaces.Dict):
+                action = action.to(self._action_dtype)
+        elif isinstance(action, torch.Tensor) and action.device != self.device:
+            action = action.to(self.device)
+        if self.check_actions is not None:
+            action = self._check_action(action)
+        if self.action_hook is not None:
+            action = self.action_hook(self.model, action)
+        return action
+
+    def _check_action(self, action: Any) -> Any:
+        space = self.action_space
+        if isinstance(space, spaces.Box):
+            low = torch.as_tensor(space.low, device=self.device)
+            high = torch.as_tensor(space.high, device=self.device)
+            tensor = torch.as_tensor(action, device=self.device)
+            outside = (tensor < low) | (tensor > high)
+            if bool(outside.any()):
+                if self.check_actions == "clip":
+                    clipped = torch.clamp(tensor, low.to(tensor.dtype), high.to(tensor.dtype))
+                    return clipped if isinstance(action, torch.Tensor) else clipped.cpu().numpy()
+                raise ValueError(
+                    f"action outside action_space bounds [{space.low.min()}, {space.high.max()}]"
+                    f"{_rows(outside.reshape(*self.batch_size, -1).any(-1) if self.batch_size else outside.any())}"
+                )
+            return action
+        array = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
+        rows = array.reshape(-1, *space.shape) if self.batch_size else [array]
+        for i, row in enumerate(rows):
+            if not space.contains(np.asarray(row).astype(space.dtype) if space.dtype is not None else row):
+                where = f" (env {i})" if self.batch_size else ""
+                raise ValueError(f"action {row!r}{where} is not in action_space {space}")
+        return action
+
+    # ------------------------------------------------------------- transition
+    def step(self, state: Any, action: Any) -> Transition:
+        """One batched model step from ``state`` with a library ``action``."""
+        model_action = self.prepare_action(action)
+        raw = parse_transition(
+            self.transition_hook(self.model, state, model_action), self._dict_keys, self.transition_hook.name
+        )
+        if raw.observation is MISSING or raw.observation is None:
+            raise ValueError(f"{self.transition_hook.name} returned no observation")
+        observation = to_observation(raw.observation, self.observation_space, self.batch_size, self.device)
+        next_state = observation if raw.state is MISSING else raw.state
+
+        reward = raw.reward
+        if self.reward_hook is not None and reward is MISSING:
+            reward = self.reward_hook(self.model, state, model_action, next_state)
+        reward = (
+            torch.zeros(self.batch_size, dtype=torch.float32, device=self.device)
+            if reward is MISSING
+            else to_batched_scalar(reward, self.batch_size, self.device, torch.float32, "reward")
+        )
+        terminated = raw.terminated
+        if self.terminal_hook is not None and terminated is MISSING:
+            terminated = self.terminal_hook(self.model, state, model_action, next_state)
+        terminated = self._flag(terminated, "terminated")
+        truncated = self._flag(raw.truncated, "truncated")
+
+        record = Transition(next_state, observation, reward, terminated, truncated, raw.info)
+        self._apply_nan_policy(record)
+        return record
+
+    def _flag(self, value: Any, key: str) -> torch.Tensor:
+        if value is MISSING or value is None:
+            return torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+        return to_batched_scalar(value, self.batch_size, self.device, torch.bool, key)
+
+    def _apply_nan_policy(self, record: Transition) -> None:
+        if self.nan_policy == "ignore":
+            return
+        checked = flatten_observation(record.observation)
+        checked["reward"] = record.reward
+        bad, keys = nonfinite_rows(checked, self.batch_size)
+        if bad is None:
+            return
+        if self.nan_policy == "raise":
+            raise ValueError(
+                f"{self.transition_hook.name} returned NaN/inf in {keys}{_rows(bad)}; pass "
+                "nan_policy='truncate' to end those episodes instead, or 'ignore'."
+            )
+        record.truncated = record.truncated | bad
+        record.nonfinite = bad
+
+    # ----------------------------------------------------------------- render
+    def render(self, state: Any, observation: Any) -> Any:
+        """``render_fn(model, state)`` if given, else the observation."""
+        if self.render_hook is not None:
+            return self.render_hook(self.model, state)
+        return observation
+
+
+def _rows(mask: torch.Tensor) -> str:
+    if mask.ndim == 0:
+        return ""
+    return f" at env index {mask.nonzero().flatten().tolist()}"
+
+
+def _model_device(model: Any) -> torch.device:
+    parameters = getattr(model, "parameters", None)
+    if callable(parameters):
+        try:
+            first = next(iter(parameters()))
+            return first.device
+        except (StopIteration, TypeError):
+            pass
+    return torch.device("cpu")

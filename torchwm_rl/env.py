@@ -1,0 +1,249 @@
+"""WorldModelEnv: a TorchRL ``EnvBase`` that imagines with a world model.
+
+TensorDict layout (``B`` = ``batch_size``):
+
+* observation: ``"observation"`` (non-Dict space) or each Dict key at the root, ``[*B, ...]``
+* ``"action"``: ``[*B, ...]`` (Discrete -> integer index ``[*B]``)
+* ``("next", "reward")``: float32 ``[*B, 1]``; ``"done"``, ``"terminated"``, ``"truncated"``:
+  bool ``[*B, 1]``
+* ``"model_state"``: the model's latent state when it is a tensor or a (dict/TensorDict of)
+  tensors, so rollouts are functional; an opaque Python state (unbatched envs only) is held by
+  the env instead. ``"elapsed_steps"``: int64 ``[*B, 1]``, for the time limit.
+* ``"nonfinite"``: bool ``[*B, 1]``, only with ``nan_policy="truncate"``.
+
+Partial resets use TorchRL's ``"_reset"`` mask: the reset hook computes the full batch (it gets
+``options["reset_mask"]``) and TorchRL keeps the rows not being reset from the input tensordict.
+Nothing here disables grad: with grad enabled, ``env.rollout(H, policy)`` keeps the graph from
+rewards back to the policy's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Categorical, Composite, TensorSpec, Unbounded
+from torchrl.envs import EnvBase
+
+from .adapter import ModelAdapter
+from .episode import EpisodeLogic, Snapshot, is_tensor_state
+from .spaces import as_space, space_to_spec
+
+STATE_KEY = "model_state"
+ELAPSED_KEY = "elapsed_steps"
+NONFINITE_KEY = "nonfinite"
+OBSERVATION_KEY = "observation"
+
+
+def _state_spec(state: Any, device) -> TensorSpec:
+    if isinstance(state, torch.Tensor):
+        return Unbounded(shape=state.shape, dtype=state.dtype, device=device)
+    items = state.items()
+    shape = state.batch_size if isinstance(state, TensorDictBase) else ()
+    return Composite({k: _state_spec(v, device) for k, v in items}, shape=shape, device=device)
+
+
+class WorldModelEnv(EnvBase):
+    """A TorchRL environment driven by a trained world model.
+
+    Args:
+        model: the world model (any object; hooks default to its methods, see
+            :class:`~torchwm_rl.adapter.ModelAdapter`).
+        observation_space, action_space: Gymnasium spaces or TorchRL specs of ONE env.
+        reset_fn, transition_fn, reward_fn, terminal_fn, render_fn, action_transform_fn,
+        initial_state, initial_observation: the adapter hooks (see ``ModelAdapter``).
+        max_episode_steps: int or one per env; reaching it sets ``truncated``.
+        batch_size: ``()`` or ``(N,)``: N imagined envs stepped by ONE model call per step.
+        device: where the env's tensors live (default: the model's device).
+        seed: seeds the env (as ``set_seed``); the first reset hands it to the reset hook.
+        start_states: bank of start states to sample resets from (see ``EpisodeLogic``).
+        nan_policy, check_actions, torch_actions: see ``ModelAdapter``.
+
+    The model's reset hook is called once at construction to learn the state's structure.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        observation_space: Any = None,
+        action_space: Any = None,
+        *,
+        reset_fn: Optional[Callable] = None,
+        transition_fn: Optional[Callable] = None,
+        reward_fn: Optional[Callable] = None,
+        terminal_fn: Optional[Callable] = None,
+        render_fn: Optional[Callable] = None,
+        action_transform_fn: Optional[Callable] = None,
+        initial_state: Any = None,
+        initial_observation: Any = None,
+        max_episode_steps: Union[None, int, Sequence[int], torch.Tensor] = None,
+        batch_size: Sequence[int] = (),
+        device: Any = None,
+        seed: Optional[int] = None,
+        start_states: Any = None,
+        nan_policy: str = "raise",
+        check_actions: Optional[str] = None,
+        torch_actions: bool = True,
+    ):
+        if observation_space is None or action_space is None:
+            raise TypeError("WorldModelEnv needs observation_space and action_space (gymnasium spaces or TorchRL specs)")
+        batch_size = torch.Size(batch_size)
+        if len(batch_size) > 1:
+            raise ValueError(f"batch_size must be () or (N,), got {tuple(batch_size)}")
+        adapter = ModelAdapter(
+            model,
+            as_space(observation_space, "observation_space"),
+            as_space(action_space, "action_space"),
+            reset_fn=reset_fn,
+            transition_fn=transition_fn,
+            reward_fn=reward_fn,
+            terminal_fn=terminal_fn,
+            render_fn=render_fn,
+            action_transform_fn=action_transform_fn,
+            initial_state=initial_state,
+            initial_observation=initial_observation,
+            batch_size=tuple(batch_size),
+            device=device,
+            torch_actions=torch_actions,
+            nan_policy=nan_policy,
+            check_actions=check_actions,
+        )
+        super().__init__(device=adapter.device, batch_size=batch_size)
+        self.logic = EpisodeLogic(adapter, max_episode_steps, start_states)
+        self._held_state: Any = None  # opaque (non-tensor) model state, unbatched envs only
+        self._make_specs(self.logic.reset()[0])
+        if seed is not None:
+            self.set_seed(seed)
+
+    # ----------------------------------------------------------------- specs
+    @property
+    def adapter(self) -> ModelAdapter:
+        return self.logic.adapter
+
+    @property
+    def model(self) -> Any:
+        return self.adapter.model
+
+    def _make_specs(self, probe: Snapshot) -> None:
+        adapter, batch, device = self.adapter, self.batch_size, self.device
+        obs_spec = space_to_spec(adapter.observation_space, batch, device)
+        self._dict_observation = isinstance(obs_spec, Composite)
+        observation = Composite(
+            dict(obs_spec.items()) if self._dict_observation else {OBSERVATION_KEY: obs_spec},
+            shape=batch,
+            device=device,
+        )
+        state = Composite(shape=batch, device=device)
+        self._state_kind = _state_kind(probe.state)
+        if self._state_kind != "opaque":
+            state[STATE_KEY] = _state_spec(probe.state, device)
+        elif batch:
+            raise TypeError(
+                f"a batched env needs a tensor (or dict/TensorDict of tensors) model state with "
+                f"leading dim {batch[0]}; the reset hook returned {type(probe.state).__name__}"
+            )
+        state[ELAPSED_KEY] = Unbounded(shape=(*batch, 1), dtype=torch.int64, device=device)
+        for key, spec in state.items():
+            observation[key] = spec.clone()
+        if self.adapter.nan_policy == "truncate":
+            observation[NONFINITE_KEY] = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
+        self.observation_spec = observation
+        self.state_spec = state
+        self.action_spec = space_to_spec(adapter.action_space, batch, device)
+        self.reward_spec = Unbounded(shape=(*batch, 1), dtype=torch.float32, device=device)
+        flag = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
+        self.done_spec = Composite(
+            done=flag.clone(), terminated=flag.clone(), truncated=flag.clone(), shape=batch, device=device
+        )
+
+    # ------------------------------------------------------------------ core
+    def _set_seed(self, seed: Optional[int]) -> None:
+        self.logic.seed(seed)
+
+    def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDictBase:
+        mask = None
+        if tensordict is not None and "_reset" in tensordict.keys():
+            mask = tensordict.get("_reset").reshape(self.batch_size)
+        snapshot, _ = self.logic.reset(seed=kwargs.get("seed"), options=kwargs.get("options"), mask=mask)
+        false = torch.zeros((*self.batch_size, 1), dtype=torch.bool, device=self.device)
+        out = self._pack(snapshot)
+        out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
+        if self.adapter.nan_policy == "truncate":
+            out.set(NONFINITE_KEY, false.clone())
+        return out
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        snapshot = Snapshot(
+            state=self._read_state(tensordict),
+            observation=None,
+            elapsed=tensordict.get(ELAPSED_KEY).reshape(self.batch_size),
+        )
+        snapshot, record = self.logic.step(snapshot, tensordict.get("action"))
+        out = self._pack(snapshot)
+        terminated, truncated = record.terminated.unsqueeze(-1), record.truncated.unsqueeze(-1)
+        out.update(
+            {
+                "reward": record.reward.unsqueeze(-1),
+                "terminated": terminated,
+                "truncated": truncated,
+                "done": terminated | truncated,
+            }
+        )
+        if self.adapter.nan_policy == "truncate":
+            nonfinite = record.nonfinite
+            if nonfinite is None:
+                nonfinite = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+            out.set(NONFINITE_KEY, nonfinite.unsqueeze(-1))
+        return out
+
+    def _read_state(self, tensordict: TensorDictBase) -> Any:
+        if self._state_kind == "opaque":
+            return self._held_state
+        state = tensordict.get(STATE_KEY)
+        if self._state_kind == "dict":
+            return state.to_dict()
+        return state
+
+    def _pack(self, snapshot: Snapshot) -> TensorDictBase:
+        """Snapshot -> tensordict (observation keys, model state, step count)."""
+        out = TensorDict(batch_size=self.batch_size, device=self.device)
+        if self._dict_observation:
+            out.update(snapshot.observation)
+        else:
+            out.set(OBSERVATION_KEY, snapshot.observation)
+        if self._state_kind == "opaque":
+            self._held_state = snapshot.state  # committed only after the step succeeded
+        else:
+            out.set(STATE_KEY, snapshot.state)
+        out.set(ELAPSED_KEY, snapshot.elapsed.unsqueeze(-1))
+        return out
+
+    # --------------------------------------------------------------- exports
+    def to_gymnasium(self, **kwargs):
+        """Unbatched env -> :class:`~torchwm_rl.gym.GymWorldModelEnv`; batched (N,) ->
+        :class:`~torchwm_rl.gym.GymVectorWorldModelEnv` (``num_envs=N``). Both share this env's
+        adapter. Keyword args (``render_mode``, ``autoreset_mode``) go to the export."""
+        from .gym import GymVectorWorldModelEnv, GymWorldModelEnv
+
+        if self.batch_size:
+            return GymVectorWorldModelEnv(self.logic, **kwargs)
+        return GymWorldModelEnv.from_logic(self.logic, **kwargs)
+
+    def to_sb3(self):
+        """A Stable-Baselines3 ``VecEnv`` over this env's adapter (``num_envs=N``; 1 if
+        unbatched)."""
+        from .sb3 import SB3VecWorldModelEnv
+
+        return SB3VecWorldModelEnv(self.logic)
+
+
+def _state_kind(state: Any) -> str:
+    if isinstance(state, torch.Tensor):
+        return "tensor"
+    if isinstance(state, TensorDictBase):
+        return "tensordict"
+    if isinstance(state, Mapping) and is_tensor_state(state):
+        return "dict"
+    return "opaque"

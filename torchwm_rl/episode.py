@@ -1,0 +1,201 @@
+"""Episode bookkeeping shared by every path: resets (full, partial, from a start-state bank),
+steps with per-env time limits, and seeding.
+
+The logic is functional: :meth:`EpisodeLogic.reset` and :meth:`EpisodeLogic.step` take the
+current :class:`Snapshot` and return a new one without mutating anything the caller holds, so a
+step that raises leaves the caller's state, counters and RNG as they were (atomic steps). The
+TorchRL env keeps its snapshot in TensorDicts; the Gymnasium exports keep it in an attribute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from tensordict import TensorDictBase
+
+from .adapter import ModelAdapter, Reset, Transition
+from .validation import to_observation
+
+
+@dataclass
+class Snapshot:
+    """Where every env stands: model state, last observation, steps taken this episode."""
+
+    state: Any
+    observation: Any
+    elapsed: torch.Tensor  # int64, shape batch
+
+
+def is_tensor_state(state: Any) -> bool:
+    """A tensor, TensorDict, or (nested) dict of tensors: can travel in a TensorDict."""
+    if isinstance(state, (torch.Tensor, TensorDictBase)):
+        return True
+    if isinstance(state, Mapping) and state:
+        return all(is_tensor_state(v) for v in state.values())
+    return False
+
+
+def select_rows(mask: torch.Tensor, new: Any, old: Any) -> Any:
+    """Rows of ``new`` where ``mask`` (shape batch) is True, rows of ``old`` elsewhere."""
+    if isinstance(new, TensorDictBase):
+        return new.where(mask, old)
+    if isinstance(new, Mapping):
+        return {k: select_rows(mask, new[k], old[k]) for k in new}
+    if isinstance(new, torch.Tensor):
+        view = mask.reshape(*mask.shape, *([1] * (new.ndim - mask.ndim)))
+        return torch.where(view, new, old)
+    raise TypeError(
+        f"a partial reset needs tensor (or dict/TensorDict of tensor) states, got {type(new).__name__}"
+    )
+
+
+def _index_rows(value: Any, index: torch.Tensor) -> Any:
+    if isinstance(value, Mapping) and not isinstance(value, TensorDictBase):
+        return {k: _index_rows(v, index) for k, v in value.items()}
+    return value[index]
+
+
+class EpisodeLogic:
+    """Resets and steps a batch of imagined envs through a :class:`ModelAdapter`.
+
+    Args:
+        adapter: the normalized model.
+        max_episode_steps: None, an int, or one int per env (shape ``batch``); an episode whose
+            step count reaches it ends with ``truncated=True`` (Gymnasium TimeLimit semantics:
+            ``terminated`` is left as the model said).
+        start_states: optional bank of real start states with leading dim M (a tensor, used as
+            both state and observation, or a mapping/TensorDict with ``"observation"`` and
+            optionally ``"state"``). When given, reset samples rows with replacement from it
+            (reproducible under the seed) instead of calling the reset hook.
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        max_episode_steps: Union[None, int, Sequence[int], torch.Tensor] = None,
+        start_states: Any = None,
+    ):
+        self.adapter = adapter
+        self.batch_size = adapter.batch_size
+        self.device = adapter.device
+        self.max_steps = self._max_steps(max_episode_steps)
+        self.generator = torch.Generator(device="cpu")
+        self.generator.seed()
+        self.pending_seed: Optional[int] = None
+        self.bank = self._bank(start_states)
+
+    def _max_steps(self, value) -> Optional[torch.Tensor]:
+        if value is None:
+            return None
+        steps = torch.as_tensor(value, dtype=torch.int64, device=self.device)
+        if steps.ndim and tuple(steps.shape) != self.batch_size:
+            raise ValueError(
+                f"max_episode_steps: expected an int or one per env (shape {self.batch_size}), "
+                f"got shape {tuple(steps.shape)}"
+            )
+        if bool((steps <= 0).any()):
+            raise ValueError(f"max_episode_steps must be positive, got {value}")
+        return steps
+
+    def _bank(self, start_states):
+        if start_states is None:
+            return None
+        if isinstance(start_states, (Mapping, TensorDictBase)):
+            if "observation" not in start_states.keys():
+                raise ValueError("start_states: a mapping bank needs an 'observation' entry (and optionally 'state')")
+            observation = start_states["observation"]
+            state = start_states["state"] if "state" in start_states.keys() else None
+        else:
+            observation, state = torch.as_tensor(start_states, device=self.device), None
+        size = _leading_dim(observation)
+        if size == 0:
+            raise ValueError("start_states: the bank is empty")
+        return observation, state, size
+
+    # ------------------------------------------------------------------ seeds
+    def seed(self, seed: Optional[int]) -> None:
+        """Seed the env's generator and hand ``seed`` to the next reset hook call."""
+        if seed is None:
+            return
+        self.generator.manual_seed(int(seed))
+        self.pending_seed = int(seed)
+
+    # ------------------------------------------------------------------ reset
+    def reset(
+        self,
+        seed: Optional[int] = None,
+        options: Optional[dict] = None,
+        mask: Optional[torch.Tensor] = None,
+        previous: Optional[Snapshot] = None,
+    ) -> tuple[Snapshot, dict]:
+        """Reset all envs, or only the rows in ``mask`` (shape batch).
+
+        The hook always computes a full batch and receives ``options["reset_mask"]``; with
+        ``previous`` given, rows outside ``mask`` are copied from it exactly (state,
+        observation, step count). Without ``previous`` the caller merges (TorchRL does).
+        """
+        if seed is None:
+            seed, self.pending_seed = self.pending_seed, None
+        else:
+            self.pending_seed = None
+        generator_state = self.generator.get_state()
+        try:
+            if seed is not None:
+                self.generator.manual_seed(int(seed))
+            options = dict(options or {})
+            if self.batch_size:
+                if mask is None:
+                    mask = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
+                mask = mask.to(self.device, torch.bool).reshape(self.batch_size)
+                options["reset_mask"] = mask
+            record = self._reset_record(seed, options)
+        except BaseException:
+            self.generator.set_state(generator_state)
+            raise
+        elapsed = torch.zeros(self.batch_size, dtype=torch.int64, device=self.device)
+        snapshot = Snapshot(record.state, record.observation, elapsed)
+        if previous is not None and mask is not None and self.batch_size and not bool(mask.all()):
+            snapshot = Snapshot(
+                select_rows(mask, record.state, previous.state),
+                select_rows(mask, record.observation, previous.observation),
+                torch.where(mask, elapsed, previous.elapsed),
+            )
+        return snapshot, record.info
+
+    def _reset_record(self, seed, options):
+        if self.bank is None:
+            return self.adapter.reset(seed=seed, options=options)
+        observation, state, size = self.bank
+        shape = self.batch_size or (1,)
+        index = torch.randint(size, shape, generator=self.generator).to(_bank_device(observation))
+        if not self.batch_size:
+            index = index[0]
+        obs = to_observation(
+            _index_rows(observation, index), self.adapter.observation_space, self.batch_size, self.device
+        )
+        return Reset(state=obs if state is None else _index_rows(state, index), observation=obs, info={})
+
+    # ------------------------------------------------------------------- step
+    def step(self, snapshot: Snapshot, action: Any) -> tuple[Snapshot, Transition]:
+        """Advance every env one step; the returned transition's ``truncated`` includes the
+        time limit. ``snapshot`` is not modified."""
+        record = self.adapter.step(snapshot.state, action)
+        elapsed = snapshot.elapsed + 1
+        if self.max_steps is not None:
+            record.truncated = record.truncated | (elapsed >= self.max_steps)
+        return Snapshot(record.state, record.observation, elapsed), record
+
+
+def _leading_dim(value: Any) -> int:
+    if isinstance(value, Mapping) and not isinstance(value, TensorDictBase):
+        return _leading_dim(next(iter(value.values())))
+    return int(value.shape[0])
+
+
+def _bank_device(value: Any) -> torch.device:
+    if isinstance(value, Mapping) and not isinstance(value, TensorDictBase):
+        return _bank_device(next(iter(value.values())))
+    return value.device

@@ -1,0 +1,287 @@
+"""Gymnasium exports: one env (:class:`GymWorldModelEnv`) and a batched vector env
+(:class:`GymVectorWorldModelEnv`).
+
+Both run the same :class:`~torchwm_rl.episode.EpisodeLogic` (and so the same adapter) as the
+TorchRL env, always under ``torch.no_grad()``, and convert to numpy once per step.
+``torchwm_rl.gym.WorldModelEnv`` is an alias of :class:`GymWorldModelEnv`, so code written
+against TorchWM's Gymnasium ``WorldModelEnv`` runs with only the import changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .adapter import ModelAdapter
+from .convert import detach_tree, image_hwc, observation_to_numpy
+from .episode import EpisodeLogic, Snapshot
+from .spaces import as_space
+
+__all__ = ["GymWorldModelEnv", "GymVectorWorldModelEnv", "WorldModelEnv"]
+
+
+class GymWorldModelEnv(gymnasium.Env):
+    """A Gymnasium env over a world model (the tutorial's constructor).
+
+    ``reset`` returns ``(obs, info)`` and ``step`` returns ``(obs, reward, terminated,
+    truncated, info)`` with numpy observations of the space's dtype, a Python float reward and
+    Python bool flags. ``info["model_state"]`` is the latest model state (tensors detached) and
+    ``info["elapsed_steps"]`` the step count of the episode. ``env.state`` is the model state.
+    Keyword arguments are those of :class:`~torchwm_rl.adapter.ModelAdapter` plus
+    ``max_episode_steps``, ``start_states``, ``render_mode`` and ``seed`` (used by the first
+    reset that is given no seed).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(
+        self,
+        model: Any,
+        observation_space: Any,
+        action_space: Any,
+        *,
+        reset_fn: Optional[Callable] = None,
+        transition_fn: Optional[Callable] = None,
+        reward_fn: Optional[Callable] = None,
+        terminal_fn: Optional[Callable] = None,
+        render_fn: Optional[Callable] = None,
+        action_transform_fn: Optional[Callable] = None,
+        initial_state: Any = None,
+        initial_observation: Any = None,
+        max_episode_steps: Optional[int] = None,
+        torch_actions: bool = True,
+        render_mode: Optional[str] = None,
+        seed: Optional[int] = None,
+        device: Any = None,
+        start_states: Any = None,
+        nan_policy: str = "raise",
+        check_actions: Optional[str] = None,
+    ):
+        adapter = ModelAdapter(
+            model,
+            as_space(observation_space, "observation_space"),
+            as_space(action_space, "action_space"),
+            reset_fn=reset_fn,
+            transition_fn=transition_fn,
+            reward_fn=reward_fn,
+            terminal_fn=terminal_fn,
+            render_fn=render_fn,
+            action_transform_fn=action_transform_fn,
+            initial_state=initial_state,
+            initial_observation=initial_observation,
+            device=device,
+            torch_actions=torch_actions,
+            nan_policy=nan_policy,
+            check_actions=check_actions,
+        )
+        self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), render_mode, seed)
+
+    @classmethod
+    def from_logic(
+        cls, logic: EpisodeLogic, render_mode: Optional[str] = None, seed: Optional[int] = None
+    ) -> "GymWorldModelEnv":
+        """Share an existing (unbatched) episode logic, e.g. ``WorldModelEnv.to_gymnasium()``."""
+        if logic.batch_size:
+            raise ValueError("GymWorldModelEnv needs an unbatched logic; use GymVectorWorldModelEnv")
+        env = cls.__new__(cls)
+        env._setup(logic, render_mode, seed)
+        return env
+
+    def _setup(self, logic: EpisodeLogic, render_mode: Optional[str], seed: Optional[int]) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.logic = logic
+        self.observation_space = logic.adapter.observation_space
+        self.action_space = logic.adapter.action_space
+        self.render_mode = render_mode
+        self.spec = None
+        self._snapshot: Optional[Snapshot] = None
+        if seed is not None:
+            logic.seed(seed)
+            self._np_random, self._np_random_seed = seeding.np_random(seed)
+            self.action_space.seed(seed)
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        return self.logic.adapter
+
+    @property
+    def model(self) -> Any:
+        return self.adapter.model
+
+    @property
+    def state(self) -> Any:
+        """The current model state, as the model returned it (None before reset)."""
+        return None if self._snapshot is None else self._snapshot.state
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        super().reset(seed=seed)
+        with torch.no_grad():
+            snapshot, info = self.logic.reset(seed=seed, options=options)
+        self._snapshot = snapshot
+        return observation_to_numpy(snapshot.observation, self.observation_space), self._info(info)
+
+    def step(self, action: Any):
+        if self._snapshot is None:
+            raise RuntimeError("step() called before reset(): call env.reset() first")
+        with torch.no_grad():
+            snapshot, record = self.logic.step(self._snapshot, action)
+        self._snapshot = snapshot
+        info = self._info(record.info)
+        if record.nonfinite is not None:
+            info["nonfinite"] = bool(record.nonfinite)
+        return (
+            observation_to_numpy(snapshot.observation, self.observation_space),
+            float(record.reward),
+            bool(record.terminated),
+            bool(record.truncated),
+            info,
+        )
+
+    def _info(self, info: dict) -> dict:
+        info = detach_tree(dict(info))
+        info["model_state"] = detach_tree(self._snapshot.state)
+        info["elapsed_steps"] = int(self._snapshot.elapsed)
+        return info
+
+    def render(self):
+        """The decoded image of the current state: ``render_fn``'s output, else the
+        observation (channel-first images are returned as HWC)."""
+        if self._snapshot is None:
+            return None
+        with torch.no_grad():
+            frame = self.adapter.render(self._snapshot.state, self._snapshot.observation)
+        return image_hwc(frame) if isinstance(frame, (torch.Tensor, np.ndarray)) else frame
+
+    def close(self):
+        self._snapshot = None
+        super().close()
+
+
+WorldModelEnv = GymWorldModelEnv
+
+
+class GymVectorWorldModelEnv(VectorEnv):
+    """A Gymnasium vector env of N imagined envs stepped by ONE model call per step.
+
+    ``autoreset_mode``: ``AutoresetMode.NEXT_STEP`` (Gymnasium's default: an env that ended is
+    reset on the following ``step``, which returns its reset observation with reward 0) or
+    ``AutoresetMode.SAME_STEP`` (reset at once; the final observation and info are in
+    ``info["final_obs"]`` / ``info["final_info"]``). ``reset(options={"reset_mask": mask})``
+    resets only the masked envs; the others keep their exact state and step count.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        logic: EpisodeLogic,
+        autoreset_mode: Union[str, AutoresetMode] = AutoresetMode.NEXT_STEP,
+        render_mode: Optional[str] = None,
+    ):
+        if len(logic.batch_size) != 1:
+            raise ValueError(f"GymVectorWorldModelEnv needs batch_size (N,), got {logic.batch_size}")
+        mode = AutoresetMode(autoreset_mode)
+        if mode is AutoresetMode.DISABLED:
+            raise ValueError("autoreset_mode DISABLED is not supported; use NEXT_STEP or SAME_STEP")
+        self.logic = logic
+        self.num_envs = logic.batch_size[0]
+        self.single_observation_space = logic.adapter.observation_space
+        self.single_action_space = logic.adapter.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+        self.autoreset_mode = mode
+        self.render_mode = render_mode
+        self._snapshot: Optional[Snapshot] = None
+        self._needs_reset = torch.zeros(self.num_envs, dtype=torch.bool, device=logic.device)
+
+    @property
+    def state(self) -> Any:
+        return None if self._snapshot is None else self._snapshot.state
+
+    def _obs(self) -> Any:
+        return observation_to_numpy(self._snapshot.observation, self.single_observation_space)
+
+    def reset(self, *, seed: Optional[Union[int, Sequence[int]]] = None, options: Optional[dict] = None):
+        """Reset all envs (or ``options["reset_mask"]`` rows). A list of seeds uses its first."""
+        if isinstance(seed, (list, tuple)):
+            seed = seed[0]
+        if seed is not None:
+            self._np_random, self._np_random_seed = seeding.np_random(seed)
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
+        if mask is not None:
+            if self._snapshot is None:
+                raise RuntimeError("a partial reset (reset_mask) needs a full reset() first")
+            mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool, device=self.logic.device)
+            if tuple(mask.shape) != (self.num_envs,):
+                raise ValueError(f"reset_mask: expected shape ({self.num_envs},), got {tuple(mask.shape)}")
+        with torch.no_grad():
+            self._snapshot, info = self.logic.reset(
+                seed=seed, options=options, mask=mask, previous=self._snapshot if mask is not None else None
+            )
+        self._needs_reset = self._needs_reset & ~mask if mask is not None else torch.zeros_like(self._needs_reset)
+        return self._obs(), dict(info)
+
+    def step(self, actions: Any):
+        if self._snapshot is None:
+            raise RuntimeError("step() called before reset(): call envs.reset() first")
+        with torch.no_grad():
+            snapshot, record = self.logic.step(self._snapshot, actions)
+            reward, terminated, truncated = record.reward, record.terminated, record.truncated
+            infos: dict = {}
+            if self.autoreset_mode is AutoresetMode.NEXT_STEP and bool(self._needs_reset.any()):
+                # envs that ended last step restart now; their action is ignored
+                reset_rows = self._needs_reset
+                restarted, _ = self.logic.reset(mask=reset_rows, previous=snapshot)
+                snapshot = restarted
+                reward = torch.where(reset_rows, torch.zeros_like(reward), reward)
+                terminated = terminated & ~reset_rows
+                truncated = truncated & ~reset_rows
+            done = terminated | truncated
+            self._snapshot = snapshot
+            if self.autoreset_mode is AutoresetMode.SAME_STEP and bool(done.any()):
+                final_obs = self._obs()
+                rows = done.nonzero().flatten().tolist()
+                infos["final_obs"] = np.full(self.num_envs, None, dtype=object)
+                infos["final_info"] = {}
+                infos["_final_obs"] = done.cpu().numpy()
+                for i in rows:
+                    infos["final_obs"][i] = _row(final_obs, i)
+                self._snapshot, _ = self.logic.reset(mask=done, previous=snapshot)
+            else:
+                self._needs_reset = done
+        if record.nonfinite is not None:
+            infos["nonfinite"] = record.nonfinite.cpu().numpy()
+            infos["_nonfinite"] = np.ones(self.num_envs, dtype=bool)
+        return (
+            self._obs(),
+            reward.double().cpu().numpy(),
+            terminated.cpu().numpy(),
+            truncated.cpu().numpy(),
+            infos,
+        )
+
+    def render(self):
+        if self._snapshot is None:
+            return None
+        with torch.no_grad():
+            frames = self.logic.adapter.render(self._snapshot.state, self._snapshot.observation)
+        return tuple(image_hwc(f) for f in frames)
+
+    def close_extras(self, **kwargs):
+        self._snapshot = None
+
+
+def _row(observation: Any, i: int) -> Any:
+    if isinstance(observation, dict):
+        return {k: _row(v, i) for k, v in observation.items()}
+    return observation[i]

@@ -1,0 +1,135 @@
+"""Parse the return forms of user reset and transition callables into one record shape.
+
+This module only decides *which* value is the state, the observation, the reward, ...; it does
+not convert or validate values (that is :mod:`torchwm_rl.validation`). Accepted forms:
+
+reset:
+    ``obs`` | ``(obs, info)`` | ``(state, obs)`` | ``(state, obs, info)`` | mapping with keys
+    from :data:`STATE_KEYS`, :data:`OBSERVATION_KEYS` and ``info``.
+transition:
+    mapping (keys below) | ``(obs, reward, terminated, truncated, info)`` (Gymnasium) |
+    ``(obs, reward, done, info)`` (Gym) | ``(state, obs, reward)`` | ``(state, obs)`` |
+    ``(state, obs, reward, terminated, truncated, info)`` | a bare next observation/state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
+
+STATE_KEYS = ("state", "next_state", "latent", "model_state")
+OBSERVATION_KEYS = ("observation", "obs", "next_observation", "next_obs", "image", "pixels")
+REWARD_KEYS = ("reward", "rewards")
+TERMINATED_KEYS = ("terminated", "done", "terminal")
+TRUNCATED_KEYS = ("truncated",)
+INFO_KEYS = ("info", "infos")
+_RECORD_KEYS = frozenset(
+    STATE_KEYS + OBSERVATION_KEYS + REWARD_KEYS + TERMINATED_KEYS + TRUNCATED_KEYS + INFO_KEYS
+)
+
+
+@dataclass
+class RawRecord:
+    """Values as the user returned them; ``MISSING`` where the form did not carry one."""
+
+    state: Any = MISSING
+    observation: Any = MISSING
+    reward: Any = MISSING
+    terminated: Any = MISSING
+    truncated: Any = MISSING
+    info: dict = field(default_factory=dict)
+
+
+def _is_dict_observation(value: Any, dict_keys: frozenset | None) -> bool:
+    """A mapping whose keys are exactly those of the Dict observation space."""
+    return dict_keys is not None and isinstance(value, Mapping) and set(value.keys()) == dict_keys
+
+
+def _pick(mapping: Mapping, keys: tuple, what: str, hook: str) -> Any:
+    found = [k for k in keys if k in mapping]
+    if len(found) > 1:
+        raise ValueError(f"{hook} returned both {found[0]!r} and {found[1]!r} for the {what}; return one.")
+    return mapping[found[0]] if found else MISSING
+
+
+def _from_mapping(mapping: Mapping, hook: str) -> RawRecord:
+    unknown = [k for k in mapping if k not in _RECORD_KEYS]
+    if unknown:
+        raise ValueError(
+            f"{hook} returned a mapping with unknown key(s) {unknown}; accepted keys are "
+            f"{sorted(_RECORD_KEYS)}. Put diagnostics under 'info'."
+        )
+    info = _pick(mapping, INFO_KEYS, "info", hook)
+    return RawRecord(
+        state=_pick(mapping, STATE_KEYS, "state", hook),
+        observation=_pick(mapping, OBSERVATION_KEYS, "observation", hook),
+        reward=_pick(mapping, REWARD_KEYS, "reward", hook),
+        terminated=_pick(mapping, TERMINATED_KEYS, "terminated flag", hook),
+        truncated=_pick(mapping, TRUNCATED_KEYS, "truncated flag", hook),
+        info=_as_info(info, hook),
+    )
+
+
+def _as_info(info: Any, hook: str) -> dict:
+    if info is MISSING or info is None:
+        return {}
+    if not isinstance(info, Mapping):
+        raise TypeError(f"{hook} returned info of type {type(info).__name__}; expected a dict.")
+    return dict(info)
+
+
+def parse_reset(value: Any, dict_keys: frozenset | None = None, hook: str = "reset_fn") -> RawRecord:
+    """Split a reset return value into state / observation / info.
+
+    ``dict_keys`` are the keys of a Dict observation space (None otherwise): a mapping with
+    exactly those keys is an observation, not a record.
+    """
+    if isinstance(value, Mapping) and not _is_dict_observation(value, dict_keys):
+        if any(k in _RECORD_KEYS for k in value):
+            return _from_mapping(value, hook)
+    if isinstance(value, tuple):
+        if len(value) == 3:
+            return RawRecord(state=value[0], observation=value[1], info=_as_info(value[2], hook))
+        if len(value) == 2:
+            second = value[1]
+            if isinstance(second, Mapping) and not _is_dict_observation(second, dict_keys):
+                return RawRecord(observation=value[0], info=_as_info(second, hook))
+            return RawRecord(state=value[0], observation=second)
+        raise ValueError(
+            f"{hook} returned a tuple of length {len(value)}; expected obs, (obs, info), "
+            "(state, obs), (state, obs, info) or a mapping."
+        )
+    return RawRecord(observation=value)
+
+
+def parse_transition(value: Any, dict_keys: frozenset | None = None, hook: str = "transition_fn") -> RawRecord:
+    """Split a transition return value into the fields of :class:`RawRecord`."""
+    if isinstance(value, Mapping) and not _is_dict_observation(value, dict_keys):
+        if any(k in _RECORD_KEYS for k in value):
+            return _from_mapping(value, hook)
+    if isinstance(value, tuple):
+        n = len(value)
+        if n == 6:
+            s, o, r, term, trunc, info = value
+            return RawRecord(s, o, r, term, trunc, _as_info(info, hook))
+        if n == 5:
+            o, r, term, trunc, info = value
+            return RawRecord(MISSING, o, r, term, trunc, _as_info(info, hook))
+        if n == 4:
+            o, r, done, info = value
+            info = _as_info(info, hook)
+            trunc = info.pop("TimeLimit.truncated", MISSING)
+            return RawRecord(MISSING, o, r, done, trunc, info)
+        if n == 3:
+            return RawRecord(state=value[0], observation=value[1], reward=value[2])
+        if n == 2:
+            return RawRecord(state=value[0], observation=value[1])
+        raise ValueError(
+            f"{hook} returned a tuple of length {n}; expected a mapping, (obs, reward, terminated, "
+            "truncated, info), (obs, reward, done, info), (state, obs, reward), (state, obs) or "
+            "(state, obs, reward, terminated, truncated, info)."
+        )
+    return RawRecord(observation=value)

@@ -1,0 +1,115 @@
+"""Stable-Baselines3 export: a ``VecEnv`` of N imagined envs stepped by ONE model call.
+
+Follows SB3's own convention (``DummyVecEnv``): an env that ends is reset within the same
+``step_wait``; its last observation is in ``infos[i]["terminal_observation"]`` and a time-limit
+ending sets ``infos[i]["TimeLimit.truncated"]``. Stable-Baselines3 is an optional extra
+(``pip install torchwm-rl[sb3]``), imported when this module is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+try:
+    from stable_baselines3.common.vec_env.base_vec_env import VecEnv
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError("the SB3 export needs stable-baselines3: pip install 'torchwm-rl[sb3]'") from err
+
+from .convert import image_hwc, observation_to_numpy
+from .episode import EpisodeLogic, Snapshot
+from .gym import _row
+
+
+class SB3VecWorldModelEnv(VecEnv):
+    """An SB3 ``VecEnv`` over a batched :class:`~torchwm_rl.episode.EpisodeLogic`.
+
+    ``env_method``/``get_attr``/``set_attr`` act on the one shared model object (all N envs
+    share it), so they return N copies of the same answer, as SB3 expects one per env.
+    """
+
+    def __init__(self, logic: EpisodeLogic):
+        if len(logic.batch_size) != 1:
+            raise ValueError(f"SB3VecWorldModelEnv needs batch_size (N,), got {logic.batch_size}")
+        self.logic = logic
+        self.render_mode = None  # read by VecEnv.__init__ through get_attr
+        super().__init__(logic.batch_size[0], logic.adapter.observation_space, logic.adapter.action_space)
+        self._snapshot: Optional[Snapshot] = None
+        self._actions: Any = None
+        self._seed: Optional[int] = None
+
+    def reset(self):
+        seed, self._seed = self._seed, None
+        with torch.no_grad():
+            self._snapshot, _ = self.logic.reset(seed=seed, options=self._options[0] if self._options else None)
+        self._reset_seeds()
+        self._reset_options()
+        return observation_to_numpy(self._snapshot.observation, self.observation_space)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self):
+        if self._snapshot is None:
+            raise RuntimeError("step() called before reset(): call venv.reset() first")
+        with torch.no_grad():
+            snapshot, record = self.logic.step(self._snapshot, self._actions)
+            done = record.terminated | record.truncated
+            obs = observation_to_numpy(snapshot.observation, self.observation_space)
+            dones = done.cpu().numpy()
+            timeouts = (record.truncated & ~record.terminated).cpu().numpy()
+            infos = [{} for _ in range(self.num_envs)]
+            if dones.any():
+                for i in np.flatnonzero(dones):
+                    infos[i]["terminal_observation"] = _row(obs, i)
+                    infos[i]["TimeLimit.truncated"] = bool(timeouts[i])
+                snapshot, _ = self.logic.reset(mask=done, previous=snapshot)
+                obs = observation_to_numpy(snapshot.observation, self.observation_space)
+            if record.nonfinite is not None:
+                for i in np.flatnonzero(record.nonfinite.cpu().numpy()):
+                    infos[i]["nonfinite"] = True
+            self._snapshot = snapshot
+        return obs, record.reward.cpu().numpy().astype(np.float32), dones, infos
+
+    def seed(self, seed: Optional[int] = None) -> Sequence[None]:
+        """Seed the next ``reset`` (SB3 semantics); the N envs share one seeded generator."""
+        if seed is not None:
+            self._seed = int(seed)
+            self.logic.seed(seed)
+        return [None] * self.num_envs
+
+    def close(self) -> None:
+        self._snapshot = None
+
+    def get_images(self) -> Sequence[Optional[np.ndarray]]:
+        if self._snapshot is None:
+            return [None] * self.num_envs
+        with torch.no_grad():
+            frames = self.logic.adapter.render(self._snapshot.state, self._snapshot.observation)
+        return [image_hwc(f) for f in frames]
+
+    def _targets(self, indices) -> list:
+        return list(self._get_indices(indices))
+
+    def _owner(self, name: str) -> Any:
+        """Attributes of the VecEnv itself first, then of the shared model."""
+        return self if hasattr(self, name) else self.logic.adapter.model
+
+    def get_attr(self, attr_name: str, indices=None) -> list:
+        value = getattr(self._owner(attr_name), attr_name)
+        return [value for _ in self._targets(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        self._targets(indices)
+        setattr(self.logic.adapter.model, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list:
+        targets = self._targets(indices)
+        method = getattr(self._owner(method_name), method_name)
+        result = method(*method_args, **method_kwargs)
+        return [result for _ in targets]
+
+    def env_is_wrapped(self, wrapper_class: type, indices=None) -> list:
+        return [False for _ in self._targets(indices)]

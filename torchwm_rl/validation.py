@@ -1,0 +1,113 @@
+"""Convert adapter outputs to tensors and check them against the spaces.
+
+Shared by every path (TorchRL, Gymnasium, vector, SB3): each value passes through here once,
+so an error names the same key, expected and received shape/dtype whichever path runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from .spaces import numpy_to_torch_dtype
+
+
+def _as_tensor(value: Any, device: torch.device, key: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value if value.device == device else value.to(device)
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # pragma: no cover - exotic objects
+        raise TypeError(f"{key}: cannot convert {type(value).__name__} to a tensor") from err
+    if array.dtype == object:
+        raise TypeError(f"{key}: expected numbers, got an object array from {type(value).__name__}")
+    return torch.as_tensor(array, device=device)
+
+
+def to_observation(
+    value: Any, space: spaces.Space, batch_shape: tuple, device: torch.device, key: str = "observation"
+) -> Any:
+    """Return ``value`` as a tensor (or dict of tensors for Dict spaces) of the space's dtype.
+
+    Floats of another precision (and integers) are cast to a float space's dtype; a float value
+    for an integer space is refused. Shapes must be ``(*batch_shape, *space.shape)`` exactly.
+    """
+    if isinstance(space, spaces.Dict):
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                f"{key}: the observation space is a Dict with keys {list(space.spaces)}, "
+                f"got {type(value).__name__}"
+            )
+        missing = [k for k in space.spaces if k not in value]
+        extra = [k for k in value if k not in space.spaces]
+        if missing or extra:
+            raise ValueError(f"{key}: Dict observation keys differ: missing {missing}, unexpected {extra}")
+        return {
+            k: to_observation(value[k], sub, batch_shape, device, f"{key}[{k!r}]")
+            for k, sub in space.spaces.items()
+        }
+    tensor = _as_tensor(value, device, key)
+    expected = (*batch_shape, *space.shape)
+    if tuple(tensor.shape) != expected:
+        raise ValueError(f"{key}: expected shape {expected}, got {tuple(tensor.shape)}")
+    dtype = numpy_to_torch_dtype(space.dtype)
+    if tensor.dtype != dtype:
+        if tensor.is_floating_point() and not dtype.is_floating_point:
+            raise TypeError(f"{key}: expected dtype {dtype}, got floating dtype {tensor.dtype}")
+        tensor = tensor.to(dtype)
+    return tensor
+
+
+def to_batched_scalar(
+    value: Any, batch_shape: tuple, device: torch.device, dtype: torch.dtype, key: str
+) -> torch.Tensor:
+    """A reward or flag: shape ``batch_shape`` (``(*batch, 1)`` is accepted and squeezed)."""
+    tensor = _as_tensor(value, device, key)
+    shape = tuple(tensor.shape)
+    if shape != batch_shape:
+        if shape == (*batch_shape, 1) or (not batch_shape and tensor.numel() == 1 and len(shape) <= 1):
+            tensor = tensor.reshape(batch_shape)
+        else:
+            what = "a scalar" if not batch_shape else f"shape {batch_shape} or {(*batch_shape, 1)}"
+            raise ValueError(f"{key}: expected {what}, got shape {shape}")
+    if dtype is torch.bool:
+        if tensor.is_floating_point():
+            raise TypeError(f"{key}: expected a bool flag, got floating dtype {tensor.dtype}")
+        return tensor.bool()
+    return tensor.to(dtype)
+
+
+def nonfinite_rows(tensors: dict, batch_shape: tuple) -> tuple[torch.Tensor | None, list[str]]:
+    """Mask over the batch of rows holding NaN/inf in any float tensor, and the keys involved.
+
+    Returns ``(None, [])`` on the fast path where everything is finite.
+    """
+    bad = None
+    keys = []
+    ndim = len(batch_shape)
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if ndim:
+            row_ok = finite.reshape(*batch_shape, -1).all(-1)
+        else:
+            row_ok = finite.all()
+        if not bool(row_ok.all()):
+            keys.append(key)
+            bad = ~row_ok if bad is None else bad | ~row_ok
+    return bad, keys
+
+
+def flatten_observation(observation: Any, prefix: str = "observation") -> dict:
+    """``{"observation": t}`` or ``{"observation['a']": t, ...}`` for error messages."""
+    if isinstance(observation, Mapping):
+        out = {}
+        for k, v in observation.items():
+            out.update(flatten_observation(v, f"{prefix}[{k!r}]"))
+        return out
+    return {prefix: observation}

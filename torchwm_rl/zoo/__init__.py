@@ -1,0 +1,71 @@
+"""Bundled world models ("the zoo").
+
+``load(name)`` returns a ready ``nn.Module`` (eval mode, no grad); ``make_env(name, ...)`` builds
+the batched :class:`torchwm_rl.WorldModelEnv` for it; ``train_model(name, seed, path)`` rebuilds the
+bundled weights file from real environment data (used by ``torchwm-rl train-model``).
+
+Available models: ``"cartpole"`` (Gymnasium ``CartPole-v1``; see :mod:`torchwm_rl.zoo.cartpole`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["available", "load", "make_env", "train_model", "real_env_id", "weights_path"]
+
+# name -> (module path, real Gymnasium id)
+_REGISTRY = {"cartpole": ("torchwm_rl.zoo.cartpole", "CartPole-v1")}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`load` / :func:`make_env`."""
+    return sorted(_REGISTRY)
+
+
+def _module(name: str):
+    import importlib
+
+    key = name.lower().replace("-v1", "").replace("_", "").replace("-", "")
+    if key not in _REGISTRY:
+        raise KeyError(f"unknown zoo model {name!r}; available: {available()}")
+    return importlib.import_module(_REGISTRY[key][0])
+
+
+def real_env_id(name: str) -> str:
+    """The Gymnasium id of the real environment the named model imitates."""
+    _module(name)
+    key = name.lower().replace("-v1", "").replace("_", "").replace("-", "")
+    return _REGISTRY[key][1]
+
+
+def weights_path(name: str) -> Path:
+    """Where the bundled weights file for ``name`` lives."""
+    return _module(name).WEIGHTS_PATH
+
+
+def load(name: str = "cartpole", path: str | Path | None = None,
+         device: str | torch.device | None = None) -> torch.nn.Module:
+    """Load a bundled world model (or the given weights file for that model family)."""
+    return _module(name).load(path=path, device=device)
+
+
+def make_env(name: str = "cartpole", model: torch.nn.Module | None = None, **kwargs: Any):
+    """Build the :class:`torchwm_rl.WorldModelEnv` for a zoo model.
+
+    Keyword arguments go to the model module's ``make_env`` (``batch_size``, ``seed``,
+    ``max_episode_steps``, ``device``).
+    """
+    return _module(name).make_env(model=model, **kwargs)
+
+
+def train_model(name: str = "cartpole", seed: int = 0, path: str | Path | None = None,
+                verbose: bool = True, **kwargs: Any) -> Path:
+    """Collect real data, fit the named model and write it as safetensors; returns the path."""
+    from ..serialization import save_weights
+
+    mod = _module(name)
+    model, meta = mod.train(seed=seed, verbose=verbose, **kwargs)
+    return save_weights(model, Path(path) if path is not None else mod.WEIGHTS_PATH, meta)

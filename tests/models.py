@@ -38,7 +38,8 @@ class VectorModel(nn.Module):
 
     # tutorial-style method names
     def sample_initial_state(self, seed=None, n=None):
-        return 0.5 * _randn((obs_dim := self.obs_dim,) if n is None else (n, obs_dim), seed)
+        shape = (self.obs_dim,) if n is None else (n, self.obs_dim)
+        return 0.5 * _randn(shape, seed)
 
     def decode_observation(self, latent):
         return latent

@@ -39,7 +39,8 @@ class VectorModel(nn.Module):
     # tutorial-style method names
     def sample_initial_state(self, seed=None, n=None):
         shape = (self.obs_dim,) if n is None else (n, self.obs_dim)
-        return 0.5 * _randn(shape, seed)
+        # clamped so the decoded observation always lies in vector_spaces()' Box(-1, 1)
+        return (0.5 * _randn(shape, seed)).clamp(-1.0, 1.0)
 
     def decode_observation(self, latent):
         return latent

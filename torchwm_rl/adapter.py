@@ -39,23 +39,36 @@ ACTION_CHECKS = (None, "clip", "raise")
 class _Hook:
     """A resolved callable plus how to call it (``pass_model`` is False for model methods)."""
 
-    def __init__(self, fn: Callable, name: str, pass_model: bool):
-        self.fn, self.name, self.pass_model = fn, name, pass_model
+    def __init__(self, fn: Callable, name: str, pass_model: bool, arg_names: tuple = ()):
+        self.fn, self.name, self.pass_model, self.arg_names = fn, name, pass_model, arg_names
         self.plan = plan_call(fn)
 
     def __call__(self, model, *args, **kwargs):
-        return call_with_declared(self.fn, self.plan, model, args, kwargs, pass_model=self.pass_model)
+        return call_with_declared(
+            self.fn, self.plan, model, args, kwargs, pass_model=self.pass_model, arg_names=self.arg_names
+        )
+
+
+# the positional arguments (after the model) each hook is called with, by name
+HOOK_ARGS = {
+    "transition_fn": ("state", "action"),
+    "reward_fn": ("state", "action", "next_state"),
+    "terminal_fn": ("state", "action", "next_state"),
+    "render_fn": ("state",),
+    "action_transform_fn": ("action",),
+}
 
 
 def _resolve(explicit: Optional[Callable], model: Any, methods: tuple, hook: str) -> Optional[_Hook]:
+    names = HOOK_ARGS.get(hook, ())
     if explicit is not None:
         if not callable(explicit):
             raise TypeError(f"{hook} must be callable, got {type(explicit).__name__}")
-        return _Hook(explicit, hook, pass_model=True)
+        return _Hook(explicit, hook, pass_model=True, arg_names=names)
     for name in methods:
         method = getattr(model, name, None)
         if callable(method):
-            return _Hook(method, f"model.{name}", pass_model=False)
+            return _Hook(method, f"model.{name}", pass_model=False, arg_names=names)
     return None
 
 
@@ -154,7 +167,7 @@ class ModelAdapter:
         self.reset_hook = _resolve(reset_fn, model, RESET_METHODS, "reset_fn")
         self.transition_hook = _resolve(transition_fn, model, TRANSITION_METHODS, "transition_fn")
         if self.transition_hook is None and transition_fn is None and callable(model):
-            self.transition_hook = _Hook(model, "model", pass_model=False)
+            self.transition_hook = _Hook(model, "model", pass_model=False, arg_names=HOOK_ARGS["transition_fn"])
         if self.transition_hook is None:
             raise TypeError(
                 f"{type(model).__name__} has no transition: pass transition_fn=(model, state, action) "

@@ -5,6 +5,11 @@ A user callable may declare fewer positional parameters; it then receives the tr
 (``fn(state, action)`` drops the model). If its first parameter is named ``model`` (or
 ``self``/``m``), it receives the model followed by the trailing rest, so
 ``terminal_fn(model, next_state)`` works too. ``*args`` receives everything.
+
+When the hook's argument names are known (``state``, ``action``, ``next_state``) and every
+parameter the callable needs is named like one of them, arguments are matched by NAME instead:
+``reward_fn(state, action)`` gets the state and action (not the trailing action and next
+state), and ``reward_fn(next_state, action)`` gets them in its own order.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ def call_with_declared(
     kwargs: dict | None = None,
     *,
     pass_model: bool = True,
+    arg_names: Sequence[str] = (),
 ) -> Any:
     """Call ``fn`` with ``(model, *args)`` trimmed to what it declares.
 
@@ -95,6 +101,10 @@ def call_with_declared(
     free = [n for n in plan.positional_names if n not in accepted]
     n = plan.n_required if plan.n_required else len(free)
     n = min(n, len(free))
+    if arg_names and n:
+        by_name = _match_names(free[:n], plan.wants_model and pass_model, model, args, arg_names)
+        if by_name is not None:
+            return fn(*by_name, **accepted)
     if n >= len(full):
         chosen = full
     elif pass_model and plan.wants_model and n >= 1:
@@ -102,3 +112,14 @@ def call_with_declared(
     else:
         chosen = full[len(full) - n:] if n else []
     return fn(*chosen, **accepted)
+
+
+def _match_names(names: Sequence[str], wants_model: bool, model: Any, args: Sequence[Any],
+                 arg_names: Sequence[str]) -> list | None:
+    """``args`` picked by parameter name (``arg_names[i]`` names ``args[i]``); None unless every
+    name (after a leading model parameter) is one of ``arg_names``."""
+    head = [model] if wants_model else []
+    rest = names[1:] if wants_model else names
+    if not rest or any(name not in arg_names for name in rest):
+        return None
+    return head + [args[list(arg_names).index(name)] for name in rest]

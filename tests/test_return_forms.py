@@ -1,0 +1,599 @@
+"""Every reset / transition return form, hook signature and model-method fallback the tutorial
+promises, checked on BOTH paths (the TorchRL ``WorldModelEnv`` and the Gymnasium
+``GymWorldModelEnv``): the adapter layer is shared, so both must agree.
+
+The toy dynamics make state and observation distinguishable: ``obs = 2 * state`` unless a form
+has no separate state (then the observation is the state).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchrl.envs.utils import step_mdp
+
+from torchwm_rl import GymWorldModelEnv, WorldModelEnv
+
+OBS_SPACE = gym.spaces.Box(-100.0, 100.0, shape=(3,), dtype=np.float32)
+ACT_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+S0 = torch.tensor([0.1, 0.2, 0.3])
+ACTION = np.array([0.5, -0.5, 0.25], dtype=np.float32)
+PATHS = ["torchrl", "gym"]
+
+
+class Driver:
+    """Drives either path with the same calls; returns numpy obs and Python scalars."""
+
+    def __init__(self, path: str, model, **kwargs):
+        kwargs.setdefault("observation_space", OBS_SPACE)
+        kwargs.setdefault("action_space", ACT_SPACE)
+        self.path = path
+        cls = WorldModelEnv if path == "torchrl" else GymWorldModelEnv
+        self.env = cls(model, **kwargs)
+        self.td = None
+
+    def reset(self, seed=None):
+        if self.path == "gym":
+            obs, info = self.env.reset(seed=seed)
+            return obs, info
+        self.td = self.env.reset(seed=seed) if seed is not None else self.env.reset()
+        return self.td["observation"].numpy(), {}
+
+    def step(self, action=ACTION):
+        if self.path == "gym":
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            return obs, reward, terminated, truncated, info
+        td = self.td.clone()
+        td["action"] = torch.as_tensor(action)
+        out = self.env.step(td)
+        nxt = out["next"]
+        self.td = step_mdp(out)
+        return (
+            nxt["observation"].numpy(),
+            float(nxt["reward"]),
+            bool(nxt["terminated"]),
+            bool(nxt["truncated"]),
+            {},
+        )
+
+
+def next_state(state, action):
+    return torch.as_tensor(state) + torch.as_tensor(action, dtype=torch.float32)
+
+
+class Recorder:
+    """Holds the transition calls' (state, action) so tests can see what the model got."""
+
+    def __init__(self):
+        self.calls = []
+
+    def record(self, state, action):
+        self.calls.append((state, action))
+
+
+# ------------------------------------------------------------------------------ reset forms
+RESET_FORMS = {
+    "obs": (lambda: S0.clone(), False, {}),
+    "(obs, info)": (lambda: (S0.clone(), {"k": 1}), False, {"k": 1}),
+    "(state, obs)": (lambda: (S0.clone(), 2 * S0), True, {}),
+    "(state, obs, info)": (lambda: (S0.clone(), 2 * S0, {"k": 1}), True, {"k": 1}),
+    "mapping": (lambda: {"state": S0.clone(), "observation": 2 * S0, "info": {"k": 1}}, True, {"k": 1}),
+    "mapping latent/obs": (lambda: {"latent": S0.clone(), "obs": 2 * S0}, True, {}),
+    "mapping image": (lambda: {"model_state": S0.clone(), "image": 2 * S0}, True, {}),
+    "mapping pixels": (lambda: {"pixels": 2 * S0}, False, {}),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("form", list(RESET_FORMS))
+def test_reset_return_form(path, form):
+    make, has_state, info = RESET_FORMS[form]
+    rec = Recorder()
+
+    def transition(model, state, action):
+        rec.record(state, action)
+        return {"state": next_state(state, action), "observation": 2 * next_state(state, action)}
+
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda model, seed=None, options=None: make(),
+               transition_fn=transition)
+    obs, got_info = d.reset()
+    expected_obs = (2 * S0 if has_state or form == "mapping pixels" else S0).numpy()
+    np.testing.assert_allclose(obs, expected_obs)
+    if path == "gym":
+        assert {k: got_info[k] for k in info} == info
+    d.step()
+    state_given = rec.calls[-1][0]
+    # without a separate state, the observation serves as the state
+    expected_state = S0 if has_state else torch.as_tensor(expected_obs)
+    torch.testing.assert_close(torch.as_tensor(state_given), expected_state)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_reset_without_state_uses_initial_state(path):
+    rec = Recorder()
+
+    def transition(model, state, action):
+        rec.record(state, action)
+        return next_state(state, action), 2 * next_state(state, action)
+
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda model: 2 * S0, transition_fn=transition,
+               initial_state=S0.clone())
+    d.reset()
+    d.step()
+    torch.testing.assert_close(rec.calls[-1][0], S0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_initial_observation_without_reset_fn(path):
+    model = nn.Linear(1, 1)  # no reset method: initial values serve
+    d = Driver(path, model, transition_fn=lambda s, a: next_state(s, a), initial_observation=S0.numpy(),
+               initial_state=S0.clone())
+    obs, _ = d.reset()
+    np.testing.assert_allclose(obs, S0.numpy())
+    obs, *_ = d.step()
+    np.testing.assert_allclose(obs, (S0 + torch.as_tensor(ACTION)).numpy())
+
+
+# ------------------------------------------------------------------------- transition forms
+def _s1():
+    return next_state(S0, ACTION)
+
+
+TRANSITION_FORMS = {
+    # name: (fn(state, action) -> return value, reward, terminated, truncated, has_state)
+    "mapping state/observation": (
+        lambda s, a: {"state": next_state(s, a), "observation": 2 * next_state(s, a), "reward": 1.5,
+                      "terminated": True, "truncated": False, "info": {}},
+        1.5, True, False, True),
+    "mapping next_state/obs": (
+        lambda s, a: {"next_state": next_state(s, a), "obs": 2 * next_state(s, a), "reward": 1.5}, 1.5, False, False, True),
+    "mapping image/done": (
+        lambda s, a: {"state": next_state(s, a), "image": 2 * next_state(s, a), "done": True}, 0.0, True, False, True),
+    "mapping pixels/truncated": (
+        lambda s, a: {"state": next_state(s, a), "pixels": 2 * next_state(s, a), "reward": torch.tensor(2.0),
+                      "truncated": np.bool_(True)}, 2.0, False, True, True),
+    "gymnasium 5-tuple": (
+        lambda s, a: (next_state(s, a), 1.5, False, True, {}), 1.5, False, True, False),
+    "gym 4-tuple": (lambda s, a: (next_state(s, a), 1.5, True, {}), 1.5, True, False, False),
+    "gym 4-tuple TimeLimit.truncated": (
+        lambda s, a: (next_state(s, a), 1.5, True, {"TimeLimit.truncated": True}), 1.5, True, True, False),
+    "(state, obs, reward)": (
+        lambda s, a: (next_state(s, a), 2 * next_state(s, a), torch.tensor([1.5])), 1.5, False, False, True),
+    "(state, obs)": (lambda s, a: (next_state(s, a), 2 * next_state(s, a)), 0.0, False, False, True),
+    "6-tuple": (
+        lambda s, a: (next_state(s, a), 2 * next_state(s, a), 1.5, torch.tensor(True), False, {"x": 1}),
+        1.5, True, False, True),
+    "bare next obs": (lambda s, a: next_state(s, a), 0.0, False, False, False),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("form", list(TRANSITION_FORMS))
+def test_transition_return_form(path, form):
+    fn, reward, terminated, truncated, has_state = TRANSITION_FORMS[form]
+    rec = Recorder()
+
+    def transition(state, action):
+        rec.record(state, action)
+        return fn(state, action)
+
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: (S0.clone(), S0.clone()), transition_fn=transition)
+    d.reset()
+    obs, r, term, trunc, _ = d.step()
+    expected_obs = 2 * _s1() if has_state else _s1()
+    np.testing.assert_allclose(obs, expected_obs.numpy(), rtol=1e-6)
+    assert (r, term, trunc) == (reward, terminated, truncated)
+    assert type(r) is float and type(term) is bool and type(trunc) is bool
+    if term or trunc:
+        d.reset()
+        return
+    d.step()
+    # the next call gets the state the model returned (or the observation when it gave none)
+    torch.testing.assert_close(torch.as_tensor(rec.calls[-1][0]), _s1() if has_state else _s1())
+
+
+@pytest.mark.parametrize("path", ["gym"])
+def test_transition_info_reaches_gym_info(path):
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+               transition_fn=lambda s, a: (next_state(s, a), 0.0, False, False, {"diag": 7}))
+    d.reset()
+    *_, info = d.step()
+    assert info["diag"] == 7
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_mapping_with_unknown_key_is_refused(path):
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+               transition_fn=lambda s, a: {"observation": s, "rewrd": 1.0})
+    d.reset()
+    with pytest.raises(ValueError, match="rewrd"):
+        d.step()
+
+
+# ------------------------------------------------------------------- reward/terminal fallbacks
+@pytest.mark.parametrize("path", PATHS)
+def test_missing_reward_and_flag_default_to_zero_and_false(path):
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+               transition_fn=lambda s, a: {"observation": next_state(s, a)})
+    d.reset()
+    _, r, term, trunc, _ = d.step()
+    assert (r, term, trunc) == (0.0, False, False)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_missing_reward_and_flag_come_from_reward_fn_and_terminal_fn(path):
+    seen = {}
+
+    def reward_fn(model, state, action, next_state):
+        seen["reward"] = (state, action, next_state)
+        return next_state.sum()
+
+    def terminal_fn(model, state, action, next_state):
+        seen["terminal"] = (state, action, next_state)
+        return next_state[0] > 0.5
+
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: (S0.clone(), S0.clone()),
+               transition_fn=lambda s, a: (next_state(s, a), 2 * next_state(s, a)),
+               reward_fn=reward_fn, terminal_fn=terminal_fn)
+    d.reset()
+    _, r, term, trunc, _ = d.step()
+    assert r == pytest.approx(float(_s1().sum()))
+    assert term is True and trunc is False  # 0.1 + 0.5 > 0.5
+    for key in ("reward", "terminal"):
+        state, action, nxt = seen[key]
+        torch.testing.assert_close(state, S0)
+        torch.testing.assert_close(torch.as_tensor(action), torch.as_tensor(ACTION))
+        torch.testing.assert_close(nxt, _s1())  # the model's next state, not the observation
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_returned_reward_and_flag_win_over_reward_fn_and_terminal_fn(path):
+    calls = []
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+               transition_fn=lambda s, a: {"observation": next_state(s, a), "reward": 3.0, "terminated": False},
+               reward_fn=lambda m, s, a, n: calls.append("r") or 99.0,
+               terminal_fn=lambda m, s, a, n: calls.append("t") or True)
+    d.reset()
+    _, r, term, _, _ = d.step()
+    assert (r, term, calls) == (3.0, False, [])
+
+
+# --------------------------------------------------------------------------- call signatures
+class SigModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+
+SIGNATURES = {
+    "fn(state, action)": lambda s, a: next_state(s, a),
+    "fn(model, state, action)": lambda model, s, a: next_state(s, a) * model.scale.detach(),
+    "fn(*args)": lambda *args: next_state(args[-2], args[-1]),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sig", list(SIGNATURES))
+def test_transition_fn_signatures(path, sig):
+    d = Driver(path, SigModel(), reset_fn=lambda: S0.clone(), transition_fn=SIGNATURES[sig])
+    d.reset()
+    obs, *_ = d.step()
+    np.testing.assert_allclose(obs, _s1().numpy(), rtol=1e-6)
+
+
+RESET_SIGNATURES = {
+    "fn()": lambda: S0.clone(),
+    "fn(model)": lambda model: S0.clone() * model.scale.detach(),
+    "fn(model, seed=None, options=None)": lambda model, seed=None, options=None: S0.clone() + (seed or 0),
+    "fn(seed=None)": lambda seed=None: S0.clone() + (seed or 0),
+    "fn(**kwargs)": lambda **kwargs: S0.clone() + (kwargs.get("seed") or 0),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sig", list(RESET_SIGNATURES))
+def test_reset_fn_signatures(path, sig):
+    d = Driver(path, SigModel(), reset_fn=RESET_SIGNATURES[sig], transition_fn=next_state)
+    obs, _ = d.reset(seed=2)
+    uses_seed = "seed" in sig or "kwargs" in sig
+    np.testing.assert_allclose(obs, (S0 + (2 if uses_seed else 0)).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_reward_fn_and_terminal_fn_signatures(path):
+    """``fn(model, state, action, next_state)`` down to ``fn(next_state)`` (the trailing args)."""
+    d = Driver(path, SigModel(), reset_fn=lambda: (S0.clone(), S0.clone()),
+               transition_fn=lambda s, a: (next_state(s, a), next_state(s, a)),
+               reward_fn=lambda next_state: next_state.sum(),
+               terminal_fn=lambda model, next_state: next_state[0] > 100 * model.scale)
+    d.reset()
+    _, r, term, _, _ = d.step()
+    assert r == pytest.approx(float(_s1().sum())) and term is False
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_hook_parameters_named_like_the_hook_args_are_matched_by_name(path):
+    """``reward_fn(state, action)`` gets the state and action, not the trailing (action,
+    next_state); ``terminal_fn(next_state, action)`` (the tutorial's head order) gets its own
+    order. Unrecognised names (``s, a``) fall back to the trailing arguments."""
+    seen = {}
+    d = Driver(path, SigModel(), reset_fn=lambda: (S0.clone(), S0.clone()),
+               transition_fn=lambda s, a: (next_state(s, a), 2 * next_state(s, a)),
+               reward_fn=lambda state, action: seen.setdefault("reward", (state, action)) and 0.0,
+               terminal_fn=lambda next_state, action: seen.setdefault("terminal", (next_state, action)) and False,
+               render_fn=lambda model, state: seen.setdefault("render", state))
+    d.reset()
+    d.step()
+    torch.testing.assert_close(seen["reward"][0], S0)
+    torch.testing.assert_close(seen["reward"][1], torch.as_tensor(ACTION))
+    torch.testing.assert_close(seen["terminal"][0], _s1())
+    torch.testing.assert_close(seen["terminal"][1], torch.as_tensor(ACTION))
+    if path == "gym":
+        d.env.render()
+        torch.testing.assert_close(seen["render"], _s1())
+
+
+# ---------------------------------------------------------------------- model-method fallbacks
+class _Base(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+        self.used = []
+
+
+def _model_with(reset_name: str | None, step_name: str | None):
+    """A module whose reset/transition live under the given method names."""
+
+    def reset(self, seed=None, options=None):
+        self.used.append(reset_name)
+        return S0.clone()
+
+    def step(self, state, action):
+        self.used.append(step_name)
+        return next_state(state, action)
+
+    attrs = {}
+    if reset_name:
+        attrs[reset_name] = reset
+    if step_name == "__call__":
+        attrs["forward"] = step  # nn.Module's __call__ runs forward
+    elif step_name:
+        attrs[step_name] = step
+    return type(f"Model_{reset_name}_{step_name}", (_Base,), attrs)()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("reset_name", ["reset_env", "reset_state", "reset"])
+def test_model_reset_method_fallback(path, reset_name):
+    model = _model_with(reset_name, "env_step")
+    d = Driver(path, model)
+    obs, _ = d.reset()
+    np.testing.assert_allclose(obs, S0.numpy())
+    assert reset_name in model.used
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    "step_name", ["env_step", "step", "predict_step", "predict", "imagine_step", "transition", "__call__"]
+)
+def test_model_transition_method_fallback(path, step_name):
+    model = _model_with("reset", step_name)
+    d = Driver(path, model)
+    d.reset()
+    obs, *_ = d.step()
+    np.testing.assert_allclose(obs, _s1().numpy(), rtol=1e-6)
+    assert model.used[-1] == step_name
+
+
+def test_model_method_priority():
+    """reset_env before reset_state before reset; env_step before step ... before __call__."""
+    names = ["env_step", "step", "predict_step", "predict", "imagine_step", "transition"]
+
+    def make_step(name):
+        def fn(self, state, action):
+            self.used.append(name)
+            return next_state(state, action)
+        return fn
+
+    def make_reset(name):
+        def fn(self, seed=None, options=None):
+            self.used.append(name)
+            return S0.clone()
+        return fn
+
+    attrs = {n: make_step(n) for n in names}
+    attrs.update({n: make_reset(n) for n in ("reset_env", "reset_state", "reset")})
+    attrs["forward"] = make_step("__call__")
+    for path in PATHS:
+        for i in range(len(names) + 1):
+            cls = type("M", (_Base,), {k: v for k, v in attrs.items() if k not in names[:i]})
+            model = cls()
+            d = Driver(path, model)
+            d.reset()
+            d.step()
+            assert model.used[0] == "reset_env"
+            assert model.used[-1] == (names[i] if i < len(names) else "__call__")
+
+
+@pytest.mark.parametrize("cls", [WorldModelEnv, GymWorldModelEnv])
+def test_model_without_transition_is_refused_at_construction(cls):
+    class NoDynamics:
+        def reset(self, seed=None, options=None):
+            return S0.clone()
+
+    with pytest.raises(TypeError, match="transition_fn"):
+        cls(NoDynamics(), OBS_SPACE, ACT_SPACE)
+
+
+@pytest.mark.parametrize("cls", [WorldModelEnv, GymWorldModelEnv])
+def test_explicit_hooks_win_over_model_methods(cls):
+    model = _model_with("reset", "step")
+    env = cls(model, OBS_SPACE, ACT_SPACE, reset_fn=lambda: 3 * S0, transition_fn=lambda s, a: s)
+    assert env.adapter.reset_hook.name == "reset_fn" and env.adapter.transition_hook.name == "transition_fn"
+    assert model.used == []
+
+
+# ----------------------------------------------------------------------- states handed back
+class Opaque:
+    """A Python state object the env cannot put in a TensorDict."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _state_trace(path, initial, advance, to_obs):
+    """Run reset + 2 steps; returns (states the reset/transition returned, states the model got)."""
+    returned, received = [], []
+
+    def reset():
+        returned.append(initial)
+        return initial, to_obs(initial)
+
+    def transition(state, action):
+        received.append(state)
+        nxt = advance(state)
+        returned.append(nxt)
+        return nxt, to_obs(nxt)
+
+    d = Driver(path, nn.Linear(1, 1), reset_fn=reset, transition_fn=transition)
+    returned.clear()  # the TorchRL env probes the reset hook once at construction
+    d.reset()
+    d.step()
+    d.step()
+    return returned, received, d
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_numpy_state_stays_numpy(path):
+    returned, received, d = _state_trace(
+        path, np.array([0.1, 0.2, 0.3]), lambda s: s + 1.0, lambda s: s.astype(np.float32)
+    )
+    assert len(received) == 2
+    for got, ret in zip(received, returned[:2]):
+        assert type(got) is np.ndarray and got.dtype == np.float64
+        np.testing.assert_array_equal(got, ret)
+    if path == "gym":
+        assert received[0] is returned[0] and received[1] is returned[1]
+        assert d.env.state is returned[-1]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_opaque_state_is_handed_back_as_is(path):
+    returned, received, d = _state_trace(
+        path, Opaque(S0.clone()), lambda s: Opaque(s.value + 1), lambda s: s.value
+    )
+    assert received[0] is returned[0] and received[1] is returned[1]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_dict_state_stays_a_plain_dict(path):
+    initial = {"h": S0.clone(), "z": {"c": torch.zeros(2, dtype=torch.float64)}}
+
+    def advance(s):
+        return {"h": s["h"] + 1, "z": {"c": s["z"]["c"] + 1}}
+
+    returned, received, d = _state_trace(path, initial, advance, lambda s: s["h"])
+    for got, ret in zip(received, returned[:2]):
+        assert type(got) is dict and type(got["z"]) is dict  # not a TensorDict
+        assert set(got) == {"h", "z"}
+        torch.testing.assert_close(got["h"], ret["h"])
+        torch.testing.assert_close(got["z"]["c"], ret["z"]["c"])  # dtype float64 kept
+    if path == "torchrl":
+        # a dict-of-tensors state travels in the TensorDict, as the design says
+        assert ("model_state", "h") in d.td.keys(True)
+    else:
+        assert received[1] is returned[1]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_tensor_state_dtype_and_values_kept(path):
+    returned, received, d = _state_trace(
+        path, torch.arange(3, dtype=torch.float64), lambda s: s * 2, lambda s: s.float()
+    )
+    for got, ret in zip(received, returned[:2]):
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
+        torch.testing.assert_close(got, ret)
+
+
+# ------------------------------------------------------------------------------- actions
+@pytest.mark.parametrize("path", PATHS)
+def test_action_transform_output_reaches_model_as_is(path):
+    sentinel = []
+
+    def transform(action):
+        obj = {"encoded": action, "tag": object()}
+        sentinel.append(obj)
+        return obj
+
+    got = []
+
+    def transition(state, action):
+        got.append(action)
+        return next_state(state, action["encoded"])
+
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(), transition_fn=transition,
+               action_transform_fn=transform)
+    d.reset()
+    d.step()
+    assert got[-1] is sentinel[-1]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_action_transform_sees_tensor_by_default(path):
+    seen = []
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(), transition_fn=next_state,
+               action_transform_fn=lambda model, a: seen.append(a) or a)
+    d.reset()
+    d.step(ACTION)
+    assert isinstance(seen[-1], torch.Tensor) and seen[-1].dtype == torch.float32
+    torch.testing.assert_close(seen[-1], torch.as_tensor(ACTION))
+
+
+def test_torch_actions_true_converts_library_actions_to_tensors():
+    got = []
+    env = GymWorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, reset_fn=lambda: S0.clone(),
+                           transition_fn=lambda s, a: got.append(a) or next_state(s, a))
+    env.reset()
+    env.step([0.5, -0.5, 0.25])  # a list, as a user might pass
+    env.step(ACTION.astype(np.float64))
+    for action in got:
+        assert isinstance(action, torch.Tensor)
+        assert action.dtype == torch.float32  # the action space's dtype
+        assert action.device == torch.device("cpu")  # the model's device
+        torch.testing.assert_close(action, torch.as_tensor(ACTION))
+
+
+def test_torch_actions_discrete_become_int64_tensors():
+    got = []
+    env = GymWorldModelEnv(nn.Linear(1, 1), OBS_SPACE, gym.spaces.Discrete(3), reset_fn=lambda: S0.clone(),
+                           transition_fn=lambda s, a: got.append(a) or s)
+    env.reset()
+    env.step(2)
+    env.step(np.int64(1))
+    assert [a.dtype for a in got] == [torch.int64, torch.int64] and [int(a) for a in got] == [2, 1]
+
+
+def test_torch_actions_false_passes_library_actions_through():
+    got = []
+    env = GymWorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, reset_fn=lambda: S0.clone(),
+                           transition_fn=lambda s, a: got.append(a) or next_state(s, a), torch_actions=False)
+    env.reset()
+    as_list = [0.5, -0.5, 0.25]
+    env.step(ACTION)
+    env.step(as_list)
+    assert got[0] is ACTION and got[1] is as_list
+
+
+def test_torch_actions_false_on_torchrl_path_passes_the_tensordict_action():
+    got = []
+    env = WorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, reset_fn=lambda: S0.clone(),
+                        transition_fn=lambda s, a: got.append(a) or next_state(s, a), torch_actions=False)
+    td = env.reset()
+    action = torch.as_tensor(ACTION)
+    td["action"] = action
+    env.step(td)
+    assert isinstance(got[-1], torch.Tensor)
+    torch.testing.assert_close(got[-1], action)

@@ -65,12 +65,19 @@ def to_observation(
 def to_batched_scalar(
     value: Any, batch_shape: tuple, device: torch.device, dtype: torch.dtype, key: str
 ) -> torch.Tensor:
-    """A reward or flag: shape ``batch_shape`` (``(*batch, 1)`` is accepted and squeezed)."""
+    """A reward or flag: shape ``batch_shape`` (``(*batch, 1)`` is accepted and squeezed).
+
+    In a batched env a plain Python/numpy scalar (``truncated=False``, ``reward=0.0``) holds
+    for every env and is broadcast; a 0-d *tensor* is refused (it usually means the model
+    reduced over the batch).
+    """
     tensor = _as_tensor(value, device, key)
     shape = tuple(tensor.shape)
     if shape != batch_shape:
         if shape == (*batch_shape, 1) or (not batch_shape and tensor.numel() == 1 and len(shape) <= 1):
             tensor = tensor.reshape(batch_shape)
+        elif batch_shape and not shape and isinstance(value, (bool, int, float, np.generic)):
+            tensor = tensor.expand(batch_shape)
         else:
             what = "a scalar" if not batch_shape else f"shape {batch_shape} or {(*batch_shape, 1)}"
             raise ValueError(f"{key}: expected {what}, got shape {shape}")

@@ -1,0 +1,218 @@
+"""Parity: for the same model, seed and actions, the TorchRL path (``WorldModelEnv.step`` /
+``rollout``) and the Gymnasium path (``to_gymnasium()`` and a directly built
+``GymWorldModelEnv``) give IDENTICAL observations, rewards and flags, across terminations and
+time-limit truncations (the Gymnasium side resets when an episode ends, as a user would; the
+TorchRL side auto-resets inside ``rollout``)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+from torchrl.envs.utils import step_mdp
+
+from torchwm_rl import GymWorldModelEnv, WorldModelEnv
+
+from models import (
+    DictModel,
+    DiscreteModel,
+    VectorModel,
+    dict_reset,
+    dict_spaces,
+    dict_transition,
+    one_hot_action,
+    reset_world_model,
+    transition_world_model,
+    vector_spaces,
+)
+
+T = 24
+MAX_STEPS = 5
+
+
+def _terminal(next_state):
+    return next_state[..., 0] > 0.0  # fires now and then under the fixed actions below
+
+
+def _terminal_high(next_state):
+    return next_state[..., 0] > 0.6
+
+
+def _kwargs(kind: str) -> dict:
+    if kind == "vector":
+        obs_space, act_space = vector_spaces()
+        return dict(model=VectorModel(), observation_space=obs_space, action_space=act_space,
+                    reset_fn=reset_world_model, transition_fn=lambda m, s, a: (
+                        m.predict_next_state(s, a), m.predict_next_state(s, a)), reward_fn=lambda model, next_state, action: model.predict_reward(next_state, action),
+                    terminal_fn=_terminal)
+    if kind == "dict":
+        obs_space, act_space = dict_spaces()
+        return dict(model=DictModel(), observation_space=obs_space, action_space=act_space,
+                    reset_fn=dict_reset, transition_fn=dict_transition)
+    if kind == "discrete":
+        obs_space, _ = vector_spaces()
+        return dict(model=DiscreteModel(num_actions=3), observation_space=obs_space,
+                    action_space=gym.spaces.Discrete(3), reset_fn=reset_world_model,
+                    transition_fn=lambda model, state, action: (
+                        model.predict_next_state(state, action), model.predict_next_state(state, action),
+                        model.predict_reward(model.predict_next_state(state, action), action)),
+                    action_transform_fn=one_hot_action, terminal_fn=_terminal_high)
+    raise ValueError(kind)
+
+
+def _actions(space, n=T, seed=0):
+    space.seed(seed)
+    return [space.sample() for _ in range(n)]
+
+
+def _obs_np(td, space):
+    if isinstance(space, gym.spaces.Dict):
+        return {k: td[k].detach().numpy() for k in space.spaces}
+    return td["observation"].detach().numpy()
+
+
+def _assert_obs_equal(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+def run_gym(env, actions, seed):
+    """[(obs_before, action, next_obs, reward, terminated, truncated)], resetting after an end."""
+    obs, _ = env.reset(seed=seed)
+    trace = []
+    for action in actions:
+        nxt, reward, terminated, truncated, _ = env.step(action)
+        trace.append((obs, nxt, reward, terminated, truncated))
+        obs = env.reset()[0] if terminated or truncated else nxt
+    return trace
+
+
+def run_torchrl_rollout(env, actions, seed):
+    env.set_seed(seed)
+    it = iter(actions)
+
+    def policy(td):
+        td["action"] = torch.as_tensor(np.asarray(next(it)))
+        return td
+
+    td = env.rollout(len(actions), policy, break_when_any_done=False)
+    space = env.adapter.observation_space
+    return [
+        (
+            _obs_np(td[t], space),
+            _obs_np(td[t]["next"], space),
+            float(td[t]["next", "reward"].detach()),
+            bool(td[t]["next", "terminated"]),
+            bool(td[t]["next", "truncated"]),
+        )
+        for t in range(len(actions))
+    ]
+
+
+def run_torchrl_step(env, actions, seed):
+    """A hand-written loop with ``env.step`` and ``env.reset(seed=...)``."""
+    td = env.reset(seed=seed)
+    space = env.adapter.observation_space
+    trace = []
+    for action in actions:
+        td["action"] = torch.as_tensor(np.asarray(action))
+        td = env.step(td)
+        nxt = td["next"]
+        trace.append((_obs_np(td, space), _obs_np(nxt, space), float(nxt["reward"].detach()),
+                      bool(nxt["terminated"]), bool(nxt["truncated"])))
+        td = env.reset() if bool(nxt["done"]) else step_mdp(td)
+    return trace
+
+
+def _assert_traces_equal(a, b):
+    assert len(a) == len(b)
+    for t, (x, y) in enumerate(zip(a, b)):
+        _assert_obs_equal(x[0], y[0])
+        _assert_obs_equal(x[1], y[1])
+        assert x[2:] == y[2:], (t, x[2:], y[2:])
+
+
+@pytest.mark.parametrize("kind", ["vector", "dict", "discrete"])
+def test_torchrl_and_gymnasium_paths_agree(kind):
+    seed = 7
+    kwargs = _kwargs(kind)
+    model = kwargs.pop("model")
+    actions = _actions(kwargs["action_space"])
+    trl = WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs)
+    by_rollout = run_torchrl_rollout(trl, actions, seed)
+    by_step = run_torchrl_step(WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
+    exported = run_gym(trl.to_gymnasium(), actions, seed)
+    direct = run_gym(GymWorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
+
+    _assert_traces_equal(by_rollout, by_step)
+    _assert_traces_equal(by_rollout, exported)
+    _assert_traces_equal(by_rollout, direct)
+    # the run crossed at least one time-limit truncation, so the reset path was compared too
+    truncations = [t for t, x in enumerate(by_rollout) if x[4]]
+    assert truncations, "no truncation in the compared run"
+    if kind in ("vector", "discrete"):
+        assert any(x[3] for x in by_rollout), "no termination in the compared run"
+    # Gymnasium TimeLimit semantics: truncated exactly when the step count hits the limit
+    steps = 0
+    for x in by_rollout:
+        steps += 1
+        assert x[4] == (steps == MAX_STEPS), steps  # terminated on the last step stays truncated too
+        if x[3] or x[4]:
+            steps = 0
+
+
+def test_gym_types_match_torchrl_values():
+    """The Gymnasium side's types are the contract's; the values are the TorchRL tensors'."""
+    kwargs = _kwargs("vector")
+    model = kwargs.pop("model")
+    trl = WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs)
+    actions = _actions(kwargs["action_space"], n=6)
+    for obs, nxt, reward, terminated, truncated in run_gym(trl.to_gymnasium(), actions, 0):
+        assert isinstance(nxt, np.ndarray) and nxt.dtype == np.float32
+        assert type(reward) is float and type(terminated) is bool and type(truncated) is bool
+
+
+def test_batched_torchrl_env_agrees_with_its_gymnasium_vector_export():
+    """Batched (N=3) TorchRL env vs ``to_gymnasium()`` (a Gymnasium VectorEnv, SAME_STEP
+    autoreset) over several episodes: same next observations, rewards, flags; and the vector
+    env's reset rows equal the TorchRL auto-reset rows."""
+    n, seed = 3, 5
+    obs_space, act_space = vector_spaces()
+    kwargs = dict(observation_space=obs_space, action_space=act_space, reset_fn=reset_world_model,
+                  transition_fn=transition_world_model, terminal_fn=_terminal,
+                  max_episode_steps=torch.tensor([3, 4, 5]), batch_size=(n,))
+    model = VectorModel()
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(12, n, act_space.shape[0])).astype(np.float32)
+
+    trl = WorldModelEnv(model, **kwargs)
+    trl.set_seed(seed)
+    it = iter(actions)
+    td = trl.rollout(len(actions), lambda td: td.set("action", torch.as_tensor(next(it))),
+                     break_when_any_done=False)  # rollout's batch dims: [N, T]
+
+    venv = WorldModelEnv(model, **kwargs).to_gymnasium(autoreset_mode=AutoresetMode.SAME_STEP)
+    assert venv.num_envs == n
+    obs, _ = venv.reset(seed=seed)
+    np.testing.assert_array_equal(obs, td[:, 0]["observation"].detach().numpy())
+    ended = 0
+    for t, action in enumerate(actions):
+        obs, reward, terminated, truncated, info = venv.step(action)
+        nxt = td[:, t]["next"]
+        np.testing.assert_array_equal(reward, nxt["reward"].squeeze(-1).detach().numpy().astype(np.float64))
+        np.testing.assert_array_equal(terminated, nxt["terminated"].squeeze(-1).numpy())
+        np.testing.assert_array_equal(truncated, nxt["truncated"].squeeze(-1).numpy())
+        done = terminated | truncated
+        for i in range(n):
+            final = info["final_obs"][i] if done[i] else obs[i]
+            np.testing.assert_array_equal(final, nxt["observation"][i].detach().numpy())
+        if t + 1 < len(actions):  # the obs the policy sees next: reset rows included
+            np.testing.assert_array_equal(obs, td[:, t + 1]["observation"].detach().numpy())
+        ended += int(done.sum())
+    assert ended >= n  # every env ended at least once

@@ -28,7 +28,7 @@ from gymnasium import spaces
 from .calling import call_with_declared, plan_call
 from .records import MISSING, parse_reset, parse_transition
 from .spaces import numpy_to_torch_dtype
-from .validation import flatten_observation, nonfinite_rows, to_batched_scalar, to_observation
+from .validation import check_action, flatten_observation, nonfinite_rows, to_batched_scalar, to_observation
 
 RESET_METHODS = ("reset_env", "reset_state", "reset")
 TRANSITION_METHODS = ("env_step", "step", "predict_step", "predict", "imagine_step", "transition")
@@ -250,28 +250,7 @@ class ModelAdapter:
         return action
 
     def _check_action(self, action: Any) -> Any:
-        space = self.action_space
-        if isinstance(space, spaces.Box):
-            low = torch.as_tensor(space.low, device=self.device)
-            high = torch.as_tensor(space.high, device=self.device)
-            tensor = torch.as_tensor(action, device=self.device)
-            outside = (tensor < low) | (tensor > high)
-            if bool(outside.any()):
-                if self.check_actions == "clip":
-                    clipped = torch.clamp(tensor, low.to(tensor.dtype), high.to(tensor.dtype))
-                    return clipped if isinstance(action, torch.Tensor) else clipped.cpu().numpy()
-                raise ValueError(
-                    f"action outside action_space bounds [{space.low.min()}, {space.high.max()}]"
-                    f"{_rows(outside.reshape(*self.batch_size, -1).any(-1) if self.batch_size else outside.any())}"
-                )
-            return action
-        array = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
-        rows = array.reshape(-1, *space.shape) if self.batch_size else [array]
-        for i, row in enumerate(rows):
-            if not space.contains(np.asarray(row).astype(space.dtype) if space.dtype is not None else row):
-                where = f" (env {i})" if self.batch_size else ""
-                raise ValueError(f"action {row!r}{where} is not in action_space {space}")
-        return action
+        return check_action(action, self.action_space, self.batch_size, self.device, self.check_actions)
 
     # ------------------------------------------------------------- transition
     def step(self, state: Any, action: Any) -> Transition:

@@ -220,6 +220,13 @@ class WorldModelEnv(EnvBase):
         out.set(ELAPSED_KEY, snapshot.elapsed.unsqueeze(-1))
         return out
 
+    def close(self, *, raise_if_closed: bool = True) -> None:
+        """Drop the model state this env holds (an opaque state); the adapter keeps the model,
+        which belongs to the caller. Exports made with ``to_gymnasium``/``to_sb3`` close on
+        their own."""
+        self._held_state = None
+        super().close(raise_if_closed=raise_if_closed)
+
     # --------------------------------------------------------------- exports
     def to_gymnasium(self, **kwargs):
         """Unbatched env -> :class:`~torchwm_rl.gym.GymWorldModelEnv`; batched (N,) ->

@@ -17,7 +17,7 @@ import torch
 from tensordict import TensorDictBase
 
 from .adapter import ModelAdapter, Reset, Transition
-from .validation import to_observation
+from .validation import flatten_observation, nonfinite_rows, to_observation
 
 
 @dataclass
@@ -113,6 +113,16 @@ class EpisodeLogic:
         size = _leading_dim(observation)
         if size == 0:
             raise ValueError("start_states: the bank is empty")
+        # check the whole bank once, here, rather than each sampled row at every reset
+        checked = to_observation(
+            observation, self.adapter.observation_space, (size,), _bank_device(observation), "start_states"
+        )
+        if self.adapter.nan_policy != "ignore":
+            bad, keys = nonfinite_rows(flatten_observation(checked), (size,))
+            if bad is not None:
+                raise ValueError(
+                    f"start_states: NaN/inf in {keys} at bank row(s) {bad.nonzero().flatten().tolist()}"
+                )
         return observation, state, size
 
     # ------------------------------------------------------------------ seeds
@@ -137,6 +147,7 @@ class EpisodeLogic:
         ``previous`` given, rows outside ``mask`` are copied from it exactly (state,
         observation, step count). Without ``previous`` the caller merges (TorchRL does).
         """
+        pending_seed = self.pending_seed
         if seed is None:
             seed, self.pending_seed = self.pending_seed, None
         else:
@@ -153,7 +164,9 @@ class EpisodeLogic:
                 options["reset_mask"] = mask
             record = self._reset_record(seed, options)
         except BaseException:
+            # a failed reset leaves no trace: the generator and a seed not yet used stay as they were
             self.generator.set_state(generator_state)
+            self.pending_seed = pending_seed
             raise
         elapsed = torch.zeros(self.batch_size, dtype=torch.int64, device=self.device)
         snapshot = Snapshot(record.state, record.observation, elapsed)

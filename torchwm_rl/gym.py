@@ -122,9 +122,14 @@ class GymWorldModelEnv(gymnasium.Env):
         return None if self._snapshot is None else self._snapshot.state
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        np_random = self._np_random, self._np_random_seed
         super().reset(seed=seed)
-        with torch.no_grad():
-            snapshot, info = self.logic.reset(seed=seed, options=options)
+        try:
+            with torch.no_grad():
+                snapshot, info = self.logic.reset(seed=seed, options=options)
+        except BaseException:  # a failed reset leaves the env (and np_random) as it was
+            self._np_random, self._np_random_seed = np_random
+            raise
         self._snapshot = snapshot
         return observation_to_numpy(snapshot.observation, self.observation_space), self._info(info)
 
@@ -214,9 +219,16 @@ class GymVectorWorldModelEnv(VectorEnv):
         """Reset all envs (or ``options["reset_mask"]`` rows). A list of seeds uses its first."""
         if isinstance(seed, (list, tuple)):
             seed = seed[0]
+        np_random = self._np_random, self._np_random_seed
         if seed is not None:
             self._np_random, self._np_random_seed = seeding.np_random(seed)
-        options = dict(options or {})
+        try:
+            return self._reset(seed, dict(options or {}))
+        except BaseException:  # a failed reset leaves the env (and np_random) as it was
+            self._np_random, self._np_random_seed = np_random
+            raise
+
+    def _reset(self, seed: Optional[int], options: dict):
         mask = options.pop("reset_mask", None)
         if mask is not None:
             if self._snapshot is None:
@@ -247,18 +259,18 @@ class GymVectorWorldModelEnv(VectorEnv):
                 terminated = terminated & ~reset_rows
                 truncated = truncated & ~reset_rows
             done = terminated | truncated
-            self._snapshot = snapshot
             if self.autoreset_mode is AutoresetMode.SAME_STEP and bool(done.any()):
-                final_obs = self._obs()
+                final_obs = observation_to_numpy(snapshot.observation, self.single_observation_space)
                 rows = done.nonzero().flatten().tolist()
                 infos["final_obs"] = np.full(self.num_envs, None, dtype=object)
                 infos["final_info"] = {}
                 infos["_final_obs"] = done.cpu().numpy()
                 for i in rows:
                     infos["final_obs"][i] = _row(final_obs, i)
-                self._snapshot, _ = self.logic.reset(mask=done, previous=snapshot)
-            else:
-                self._needs_reset = done
+                snapshot, _ = self.logic.reset(mask=done, previous=snapshot)
+                done = torch.zeros_like(done)
+            # committed only now: a model or reset hook that raised above left the env as it was
+            self._snapshot, self._needs_reset = snapshot, done
         if record.nonfinite is not None:
             infos["nonfinite"] = record.nonfinite.cpu().numpy()
             infos["_nonfinite"] = np.ones(self.num_envs, dtype=bool)

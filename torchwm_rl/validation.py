@@ -23,8 +23,10 @@ def _as_tensor(value: Any, device: torch.device, key: str) -> torch.Tensor:
         array = np.asarray(value)
     except Exception as err:  # pragma: no cover - exotic objects
         raise TypeError(f"{key}: cannot convert {type(value).__name__} to a tensor") from err
-    if array.dtype == object:
-        raise TypeError(f"{key}: expected numbers, got an object array from {type(value).__name__}")
+    if array.dtype.kind not in "biuf":  # object, str, bytes, datetime, complex: not a number
+        raise TypeError(
+            f"{key}: expected numbers, got {type(value).__name__} (numpy dtype {array.dtype})"
+        )
     return torch.as_tensor(array, device=device)
 
 
@@ -118,3 +120,79 @@ def flatten_observation(observation: Any, prefix: str = "observation") -> dict:
             out.update(flatten_observation(v, f"{prefix}[{k!r}]"))
         return out
     return {prefix: observation}
+
+
+def env_rows(mask: torch.Tensor) -> str:
+    """`` at env index [i, ...]`` for a batch mask; ``""`` for an unbatched (0-d) one."""
+    if mask.ndim == 0:
+        return ""
+    return f" at env index {mask.nonzero().flatten().tolist()}"
+
+
+def _action_bounds(space: spaces.Space):
+    """``(low, high, integer)`` of a Box/Discrete/MultiDiscrete/MultiBinary space; None for
+    other kinds (nothing to check)."""
+    if isinstance(space, spaces.Box):
+        return space.low, space.high, not np.issubdtype(space.dtype, np.floating)
+    if isinstance(space, spaces.Discrete):
+        return np.asarray(space.start), np.asarray(space.start + space.n - 1), True
+    if isinstance(space, spaces.MultiDiscrete):
+        return space.start, space.start + space.nvec - 1, True
+    if isinstance(space, spaces.MultiBinary):
+        return np.zeros(space.shape), np.ones(space.shape), True
+    return None
+
+
+def check_action(
+    action: Any, space: spaces.Space, batch_shape: tuple, device: torch.device, mode: str, key: str = "action"
+) -> Any:
+    """Check ``action`` against ``space`` (``mode="raise"``) or clip it into the space
+    (``mode="clip"``).
+
+    In both modes the shape must be ``(*batch_shape, *space.shape)`` and NaN is refused (there
+    is nothing to clip it to). Out-of-range values (Box low/high, Discrete/MultiDiscrete range,
+    MultiBinary 0/1, non-integral values for integer spaces) raise an error naming the env
+    index, or are clipped (rounded first for integer spaces). Dict spaces are checked key by
+    key. Returns the action, clipped where needed, as the same type (tensor or numpy).
+    """
+    if isinstance(space, spaces.Dict):
+        if not isinstance(action, Mapping):
+            raise TypeError(
+                f"{key}: the action space is a Dict with keys {list(space.spaces)}, got {type(action).__name__}"
+            )
+        missing = [k for k in space.spaces if k not in action]
+        extra = [k for k in action if k not in space.spaces]
+        if missing or extra:
+            raise ValueError(f"{key}: Dict action keys differ: missing {missing}, unexpected {extra}")
+        return {
+            k: check_action(action[k], sub, batch_shape, device, mode, f"{key}[{k!r}]")
+            for k, sub in space.spaces.items()
+        }
+    bounds = _action_bounds(space)
+    if bounds is None:
+        return action
+    tensor = _as_tensor(action, device, key)
+    expected = (*batch_shape, *space.shape)
+    if tuple(tensor.shape) != expected:
+        raise ValueError(f"{key}: expected shape {expected}, got {tuple(tensor.shape)}")
+    low, high, integer = bounds
+    low = torch.as_tensor(np.asarray(low, dtype=np.float64), device=device)
+    high = torch.as_tensor(np.asarray(high, dtype=np.float64), device=device)
+    floating = tensor.is_floating_point()
+    nan = torch.isnan(tensor) if floating else torch.zeros_like(tensor, dtype=torch.bool)
+    outside = (tensor < low) | (tensor > high) | nan
+    if integer and floating:
+        outside = outside | (tensor != torch.round(tensor))
+    if not bool(outside.any()):
+        return action
+    if mode == "clip" and not bool(nan.any()):
+        values = torch.round(tensor) if integer and floating else tensor
+        clipped = torch.clamp(values, low.to(tensor.dtype), high.to(tensor.dtype))
+        return clipped if isinstance(action, torch.Tensor) else clipped.cpu().numpy()
+    rows = outside.reshape(*batch_shape, -1).any(-1) if batch_shape else outside.any()
+    first = tensor[rows.nonzero()[0, 0]] if batch_shape else tensor
+    what = "NaN in" if bool(nan.any()) else "outside"
+    raise ValueError(
+        f"{key}: {what} action_space {space}{env_rows(rows)}; got {first.tolist()}"
+        + ("" if mode == "clip" or what == "NaN in" else " (check_actions='clip' clips instead)")
+    )

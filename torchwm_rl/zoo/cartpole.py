@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -259,10 +259,33 @@ def load(path: str | Path | None = None, device: str | torch.device | None = Non
     return model.eval().to(device) if device is not None else model.eval()
 
 
+def _reset_for(batch_size: tuple) -> Callable:
+    def reset_fn(model, seed=None, options=None):
+        out = reset(model, seed, options)
+        return out if batch_size else out[0]
+
+    return reset_fn
+
+
 def transition(model: CartPoleModel, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     """Adapter transition: the model's next state (state == observation for CartPole)."""
     with torch.no_grad():
         return model(state, action)
+
+
+def reset(model: CartPoleModel, seed: int | None = None, options: dict | None = None) -> torch.Tensor:
+    """Adapter reset: fresh start states from the real reset distribution, one per env.
+
+    ``make_env`` samples resets from a seeded start-state bank instead; this hook is the fallback
+    the adapter requires (and what a user building their own env on the model can pass).
+    """
+    n = int((options or {}).get("reset_mask", torch.ones(1)).numel())
+    g = torch.Generator()
+    if seed is not None:
+        g.manual_seed(int(seed))
+    else:
+        g.seed()
+    return torch.rand(n, OBS_DIM, generator=g) * (RESET_HIGH - RESET_LOW) + RESET_LOW
 
 
 def make_env(
@@ -290,6 +313,7 @@ def make_env(
         model,
         observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
         action_space=gym.spaces.Discrete(N_ACTIONS),
+        reset_fn=_reset_for(batch_size),
         transition_fn=transition,
         reward_fn=reward,
         terminal_fn=terminated,

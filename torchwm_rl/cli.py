@@ -1,0 +1,105 @@
+"""The ``torchwm-rl`` command line (also ``python -m torchwm_rl``).
+
+Subcommands:
+
+* ``demo``: train a policy in a bundled world model only, then reality-check it (see
+  :mod:`torchwm_rl.demo`); ``--json`` prints one JSON object as the last stdout line.
+* ``train-model NAME``: rebuild a bundled world model from real environment data.
+* ``check MODULE:FACTORY``: validate a user's world-model env (see :mod:`torchwm_rl.check`);
+  exits non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchwm-rl", description="World models as TorchRL environments.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train in a bundled world model, then test in the real env")
+    d.add_argument("task", nargs="?", default="cartpole", help="zoo model (default: cartpole)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--frames", "--budget", dest="frames", type=int, default=None,
+                   help="imagined-frame budget (upper bound; default 300000; stops early when solved)")
+    d.add_argument("--num-envs", type=int, default=None, help="imagined envs stepped in one batch (64)")
+    d.add_argument("--episodes", type=int, default=20, help="real episodes in the reality check (20)")
+    d.add_argument("--out", default=None, help="output folder (default ./torchwm_rl_runs/<timestamp>)")
+    d.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny nets)")
+    d.add_argument("--no-plot", action="store_true", help="do not write results.png")
+    d.add_argument("--json", action="store_true",
+                   help="no progress output; print one JSON object as the last stdout line")
+
+    t = sub.add_parser("train-model", help="rebuild a bundled world model from real transitions")
+    t.add_argument("name", nargs="?", default="cartpole")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="weights file to write (default: the bundled file)")
+    t.add_argument("--quiet", action="store_true")
+
+    c = sub.add_parser("check", help="validate MODULE:FACTORY (a function returning a WorldModelEnv)")
+    c.add_argument("target", help="e.g. my_package.envs:make_env or path/to/file.py:make_env")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--steps", type=int, default=50, help="steps for the rollout / parity checks")
+    c.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    return p
+
+
+def _demo(args) -> int:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(task=args.task, seed=args.seed, episodes=args.episodes, out=args.out,
+                     threads=args.threads, progress=not args.json, save_plot=not args.no_plot)
+    if args.frames is not None:
+        cfg.frames = args.frames
+    if args.num_envs is not None:
+        cfg.num_envs = args.num_envs
+    if args.json:
+        import io
+        import contextlib
+        import logging
+        import os
+        import warnings
+
+        os.environ.setdefault("RL_WARNINGS", "False")
+        logging.getLogger("torchrl").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore")
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            result = run_demo(cfg, log=lambda msg: None)
+        print(json.dumps(result))
+    else:
+        run_demo(cfg)
+    return 0
+
+
+def _train_model(args) -> int:
+    from . import zoo
+
+    if not args.quiet:
+        print(f"[torchwm-rl] training the {args.name} world model from real transitions (seed {args.seed})")
+    path = zoo.train_model(args.name, seed=args.seed, path=args.out, verbose=not args.quiet)
+    print(f"[torchwm-rl] wrote {path}")
+    return 0
+
+
+def _check(args) -> int:
+    from .check import check_factory
+
+    report = check_factory(args.target, seed=args.seed, steps=args.steps)
+    print(json.dumps(report.to_dict()) if args.json else report.format())
+    return 0 if report.ok else 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``torchwm-rl`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    handler = {"demo": _demo, "train-model": _train_model, "check": _check}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The demo: train a policy purely in a bundled world model, then test it in reality.
+
+``run_demo(DemoConfig(...))`` (and ``torchwm-rl demo``):
+
+1. loads the bundled world model (``torchwm_rl.zoo``) and builds a batched ``WorldModelEnv``;
+2. trains a PPO agent with the stock TorchRL stack (``Collector`` + ``GAE`` + ``ClipPPOLoss``) in
+   imagination only; every few batches the greedy policy is scored on a separate imagined batch,
+   the best-scoring weights are kept, and training stops early once every greedy imagined
+   evaluation episode survives to the time limit twice in a row (model-only model selection: the real env is
+   never consulted during training);
+3. runs :func:`torchwm_rl.reality_check` against the real Gymnasium env (20 episodes by default);
+4. writes ``policy.safetensors``, ``results.json`` and ``results.png`` (learning curve; imagined vs
+   real trajectory from the same start state; open-loop model error) into the output folder.
+
+The result dict has at least ``real_mean_return``, ``imagined_mean_return`` and ``wall_seconds``.
+Everything is deterministic given ``seed`` (one torch thread; seeded env, collector and PPO).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["DemoConfig", "run_demo", "train_in_imagination", "build_actor_critic", "format_table"]
+
+
+@dataclass
+class DemoConfig:
+    """Demo settings. ``frames`` is the imagined-frame budget (an upper bound: training stops
+    early when the imagined evaluation is solved)."""
+
+    task: str = "cartpole"
+    seed: int = 0
+    frames: int = 300_000
+    num_envs: int = 64
+    steps_per_batch: int = 16
+    epochs: int = 10
+    minibatch: int = 256
+    lr: float = 1e-3
+    gamma: float = 0.98
+    lmbda: float = 0.8
+    clip_epsilon: float = 0.2
+    entropy_coeff: float = 0.0
+    hidden: int = 64
+    eval_every: int = 8  # batches between imagined evaluations
+    eval_envs: int = 64
+    episodes: int = 20  # reality-check episodes
+    out: Optional[str] = None
+    threads: int = 1
+    progress: bool = True
+    save_plot: bool = True
+
+    @property
+    def frames_per_batch(self) -> int:
+        return self.num_envs * self.steps_per_batch
+
+
+def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, n_out)
+    )
+
+
+def build_actor_critic(obs_dim: int, n_actions: int, action_spec, hidden: int = 64):
+    """A categorical PPO actor (``observation -> logits -> action``) and a value network.
+
+    Returns ``(actor, critic, policy_net)``; ``policy_net`` is the bare ``nn.Sequential`` mapping
+    observations to logits (what gets saved).
+    """
+    from tensordict.nn import TensorDictModule
+    from torchrl.modules import ProbabilisticActor, ValueOperator
+
+    policy_net = _mlp(obs_dim, n_actions, hidden)
+    with torch.no_grad():  # near-uniform initial policy
+        policy_net[-1].weight.mul_(0.01)
+        policy_net[-1].bias.zero_()
+    actor = ProbabilisticActor(
+        TensorDictModule(policy_net, in_keys=["observation"], out_keys=["logits"]),
+        in_keys=["logits"],
+        spec=action_spec,
+        distribution_class=torch.distributions.Categorical,
+        return_log_prob=True,
+    )
+    critic = ValueOperator(_mlp(obs_dim, 1, hidden), in_keys=["observation"])
+    return actor, critic, policy_net
+
+
+def first_episode_returns(reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """Per-env return of the first episode in ``[N, T]`` reward/done tensors."""
+    done_i = done.long()
+    return (reward * ((done_i.cumsum(-1) - done_i) == 0)).sum(-1)
+
+
+@torch.no_grad()
+def imagined_eval(env, actor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy policy, one episode per env of ``env`` (batched), at most ``steps`` long.
+    Returns ``(returns, lengths)`` of each env's first episode."""
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        roll = env.rollout(steps, actor, break_when_any_done=False)
+    n = env.batch_size[0]
+    done = roll["next", "done"].reshape(n, -1)
+    returns = first_episode_returns(roll["next", "reward"].reshape(n, -1).float(), done)
+    lengths = first_episode_returns(torch.ones_like(done, dtype=torch.float32), done)
+    return returns, lengths
+
+
+def train_in_imagination(
+    env,
+    eval_env,
+    cfg: DemoConfig,
+    on_batch: Optional[Callable[[dict], None]] = None,
+):
+    """PPO in ``env`` (a batched TorchRL env, e.g. ``WorldModelEnv``); model selection on
+    ``eval_env``. Returns ``(actor, policy_net, history)`` with the best weights loaded.
+
+    ``history`` is a list of dicts ``{"frames", "imagined_return", "eval_return", "seconds"}``;
+    ``imagined_return`` is the mean return of imagined training episodes that ended in the batch
+    (``nan`` if none did); ``eval_return`` the greedy imagined evaluation (``nan`` when skipped).
+    """
+    from torchrl.collectors import Collector
+    from torchrl.envs import RewardSum, TransformedEnv
+    from torchrl.objectives import ClipPPOLoss
+    from torchrl.objectives.value import GAE
+
+    from .reality import env_time_limit
+
+    torch.manual_seed(cfg.seed)
+    obs_dim = env.observation_spec["observation"].shape[-1]
+    n_actions = env.action_spec.space.n
+    actor, critic, policy_net = build_actor_critic(obs_dim, n_actions, env.action_spec, cfg.hidden)
+    train_env = TransformedEnv(env, RewardSum())
+    collector = Collector(
+        train_env,
+        actor,
+        frames_per_batch=cfg.frames_per_batch,
+        total_frames=cfg.frames,
+        auto_register_policy_transforms=False,
+    )
+    advantage = GAE(gamma=cfg.gamma, lmbda=cfg.lmbda, value_network=critic, average_gae=True)
+    loss_fn = ClipPPOLoss(
+        actor,
+        critic,
+        clip_epsilon=cfg.clip_epsilon,
+        entropy_coeff=cfg.entropy_coeff,
+        critic_coeff=0.5,
+        loss_critic_type="l2",
+    )
+    optim = torch.optim.Adam(loss_fn.parameters(), lr=cfg.lr)
+    n_batches = max(1, math.ceil(cfg.frames / cfg.frames_per_batch))
+    max_steps = env_time_limit(eval_env) or 500
+    history: list[dict] = []
+    best = (-math.inf, None)
+    solved_streak = 0
+    t0 = time.perf_counter()
+    frames = 0
+    g = torch.Generator().manual_seed(cfg.seed)
+    try:
+        for i, batch in enumerate(collector):
+            frames += batch.numel()
+            for group in optim.param_groups:  # linear learning-rate decay
+                group["lr"] = cfg.lr * max(0.0, 1.0 - i / n_batches)
+            done = batch["next", "done"].squeeze(-1)
+            ended = batch["next", "episode_reward"].squeeze(-1)[done]
+            imagined = float(ended.mean()) if ended.numel() else math.nan
+            for _ in range(cfg.epochs):
+                with torch.no_grad():
+                    advantage(batch)
+                flat = batch.reshape(-1)
+                perm = torch.randperm(flat.numel(), generator=g)
+                for start in range(0, flat.numel(), cfg.minibatch):
+                    losses = loss_fn(flat[perm[start:start + cfg.minibatch]])
+                    loss = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(loss_fn.parameters(), 0.5)
+                    optim.step()
+            eval_return = math.nan
+            if (i + 1) % cfg.eval_every == 0 or i + 1 == n_batches:
+                scores, lengths = imagined_eval(eval_env, actor, max_steps)
+                eval_return = float(scores.mean())
+                if eval_return >= best[0]:
+                    best = (eval_return, {k: v.clone() for k, v in policy_net.state_dict().items()})
+                # "solved": every greedy imagined episode survives to the time limit
+                solved_streak = solved_streak + 1 if int(lengths.min()) >= max_steps else 0
+            record = {
+                "frames": frames,
+                "imagined_return": imagined,
+                "eval_return": eval_return,
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(record)
+            if on_batch is not None:
+                on_batch(record)
+            if solved_streak >= 2:
+                break
+    finally:
+        collector.shutdown()
+    if best[1] is not None:
+        policy_net.load_state_dict(best[1])
+    return actor, policy_net, history
+
+
+def format_table(rows: list[tuple[str, str]]) -> str:
+    """Two-column plain-text table."""
+    w = max(len(k) for k, _ in rows)
+    v = max(len(x) for _, x in rows)
+    line = f"+-{'-' * w}-+-{'-' * v}-+"
+    body = [f"| {k.ljust(w)} | {x.rjust(v)} |" for k, x in rows]
+    return "\n".join([line, *body, line])
+
+
+def _plot(path: Path, history: list[dict], report, task: str) -> Optional[str]:
+    """Write the results PNG; returns a message instead when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: skipped the plot (pip install 'torchwm-rl[plot]')"
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    ax = axes[0]
+    fr = [h["frames"] for h in history]
+    ax.plot(fr, [h["imagined_return"] for h in history], ".", ms=3, alpha=0.5, label="imagined (training episodes)")
+    ev = [(h["frames"], h["eval_return"]) for h in history if not math.isnan(h["eval_return"])]
+    if ev:
+        ax.plot(*zip(*ev), "o-", label="imagined (greedy eval)")
+    ax.axhline(report.real_mean_return, color="k", ls="--", label=f"real, final ({report.real_mean_return:.0f})")
+    ax.set_xlabel("imagined frames")
+    ax.set_ylabel("episode return")
+    ax.set_title("Learning curve (trained only in the model)")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    imag, real = report.imagined_trajectory, report.real_trajectory
+    names = ["x", "x_dot", "theta", "theta_dot"] if task == "cartpole" else None
+    dims = range(len(real[0])) if real else range(0)
+    for d in dims:
+        label = names[d] if names and d < len(names) else f"obs[{d}]"
+        line, = ax.plot([s[d] for s in real], label=f"{label} real")
+        ax.plot([s[d] for s in imag], "--", color=line.get_color(), label=f"{label} imagined")
+    ax.set_xlabel("step")
+    ax.set_title("Same start state: imagined (--) vs real (-)")
+    ax.legend(fontsize=7, ncol=2)
+    ax = axes[2]
+    if report.prediction_error:
+        ax.semilogy(range(1, len(report.prediction_error) + 1), report.prediction_error)
+    ax.set_xlabel("open-loop horizon (steps)")
+    ax.set_ylabel("mean L2 error vs real")
+    ax.set_title("Model error along real action sequences")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def default_out_dir() -> Path:
+    return Path("torchwm_rl_runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole demo (see module docstring); returns the results dict."""
+    import gymnasium as gym
+    from tqdm.auto import tqdm
+
+    from . import zoo
+    from .reality import reality_check
+    from .serialization import save_weights
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    out = Path(cfg.out) if cfg.out else default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = zoo.load(cfg.task)
+    env = zoo.make_env(cfg.task, model=model, batch_size=cfg.num_envs, seed=cfg.seed)
+    eval_env = zoo.make_env(cfg.task, model=model, batch_size=cfg.eval_envs, seed=cfg.seed + 10_000)
+    log(f"[torchwm-rl] {cfg.task}: training PPO in the bundled world model only "
+        f"({cfg.num_envs} imagined envs, up to {cfg.frames:,} frames, seed {cfg.seed})")
+
+    bar = tqdm(total=cfg.frames, unit="frame", unit_scale=True, disable=not cfg.progress,
+               desc="imagination", dynamic_ncols=True)
+    last_eval = [math.nan]
+
+    def on_batch(rec: dict) -> None:
+        bar.update(rec["frames"] - bar.n)
+        if not math.isnan(rec["eval_return"]):
+            last_eval[0] = rec["eval_return"]
+        bar.set_postfix(imagined_return=f"{rec['imagined_return']:.1f}", greedy_eval=f"{last_eval[0]:.1f}")
+
+    t_train = time.perf_counter()
+    try:
+        actor, policy_net, history = train_in_imagination(env, eval_env, cfg, on_batch)
+    finally:
+        bar.close()
+    train_seconds = time.perf_counter() - t_train
+
+    log(f"[torchwm-rl] reality check: {cfg.episodes} episodes on the real {zoo.real_env_id(cfg.task)}")
+    real_env = gym.make(zoo.real_env_id(cfg.task))
+    check_env = zoo.make_env(cfg.task, model=model, batch_size=min(cfg.episodes, 64), seed=cfg.seed + 20_000)
+    report = reality_check(actor, check_env, real_env, episodes=cfg.episodes, seed=cfg.seed)
+    real_env.close()
+
+    save_weights(policy_net, out / "policy.safetensors",
+                 {"task": cfg.task, "kind": "torchwm_rl.demo.ppo_policy/1", "hidden": cfg.hidden,
+                  "obs_dim": policy_net[0].in_features, "n_actions": policy_net[-1].out_features,
+                  "architecture": "Linear-Tanh-Linear-Tanh-Linear (observation -> logits)"})
+    plot_msg = _plot(out / "results.png", history, report, cfg.task) if cfg.save_plot else "plot disabled"
+    if plot_msg:
+        log(f"[torchwm-rl] {plot_msg}")
+    frames = history[-1]["frames"] if history else 0
+    wall = time.perf_counter() - t_start
+    result = {
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "real_mean_return": report.real_mean_return,
+        "real_std_return": report.real_std_return,
+        "imagined_mean_return": report.imagined_mean_return,
+        "imagined_std_return": report.imagined_std_return,
+        "return_gap": report.return_gap,
+        "episodes": report.episodes,
+        "imagined_frames": frames,
+        "train_seconds": round(train_seconds, 2),
+        "wall_seconds": round(wall, 2),
+        "model_error_step1": report.error_at(1),
+        "model_error_step100": report.error_at(100),
+        "out_dir": str(out),
+        "policy_path": str(out / "policy.safetensors"),
+        "plot_path": None if plot_msg else str(out / "results.png"),
+    }
+    with open(out / "results.json", "w") as fh:
+        json.dump({"result": result, "config": asdict(cfg), "history": history,
+                   "reality_check": report.to_dict()}, fh, indent=1, default=float)
+    log(format_table([
+        ("task", f"{cfg.task} (real: {zoo.real_env_id(cfg.task)})"),
+        ("imagined return (greedy, model)", f"{report.imagined_mean_return:.1f} +/- {report.imagined_std_return:.1f}"),
+        (f"real return ({report.episodes} episodes)", f"{report.real_mean_return:.1f} +/- {report.real_std_return:.1f}"),
+        ("imagined steps (training)", f"{frames:,}"),
+        ("model error, 1 / 100 steps open loop", f"{report.error_at(1):.2g} / {report.error_at(100):.2g}"),
+        ("train seconds", f"{train_seconds:.1f}"),
+        ("wall seconds (whole demo)", f"{wall:.1f}"),
+        ("outputs", str(out)),
+    ]))
+    return result

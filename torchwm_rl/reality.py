@@ -1,0 +1,278 @@
+"""Reality check: how well does a policy trained in a world model do in the real environment?
+
+``reality_check(policy, world_model_env, real_env, episodes=20, horizon=None)`` runs ``policy``
+(deterministically) in the model and in the real Gymnasium env **from the same start states**:
+the start states come from the model env's own reset distribution, and the real env is put in each
+one (``real_env.unwrapped.state = s`` by default; pass ``set_real_state`` for other envs). It
+returns a :class:`RealityReport` with imagined and real returns (mean, std, gap), episode lengths,
+and the model's *open-loop* prediction error by horizon step: the model is driven with the real
+trajectory's actions from the real start state, and its observation is compared with the real one
+at every step, which shows how model error compounds.
+
+Policies: a TorchRL/tensordict module reading ``"observation"`` and writing ``"action"``, or any
+callable ``policy(observation_tensor[B, *obs_shape]) -> action_tensor[B, ...]``. Observations must
+be a single tensor (key ``"observation"``); Dict observation spaces are not supported here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+__all__ = ["RealityReport", "reality_check", "set_state_attribute"]
+
+
+@dataclass
+class RealityReport:
+    """Result of :func:`reality_check`; ``to_dict()`` gives a JSON-ready dict."""
+
+    episodes: int
+    horizon: int
+    imagined_returns: list[float]
+    real_returns: list[float]
+    imagined_lengths: list[int]
+    real_lengths: list[int]
+    prediction_error: list[float]  # mean L2 open-loop error at steps 1..K (real episodes alive)
+    prediction_error_count: list[int]  # how many episodes contribute at each step
+    start_states: list[list[float]] = field(repr=False, default_factory=list)
+    # episode 0 from the same start state: observations s_0..s_T, imagined and real
+    imagined_trajectory: list[list[float]] = field(repr=False, default_factory=list)
+    real_trajectory: list[list[float]] = field(repr=False, default_factory=list)
+
+    @property
+    def imagined_mean_return(self) -> float:
+        return float(np.mean(self.imagined_returns))
+
+    @property
+    def imagined_std_return(self) -> float:
+        return float(np.std(self.imagined_returns))
+
+    @property
+    def real_mean_return(self) -> float:
+        return float(np.mean(self.real_returns))
+
+    @property
+    def real_std_return(self) -> float:
+        return float(np.std(self.real_returns))
+
+    @property
+    def return_gap(self) -> float:
+        """Imagined minus real mean return (positive: the model flatters the policy)."""
+        return self.imagined_mean_return - self.real_mean_return
+
+    def error_at(self, step: int) -> float:
+        """Mean open-loop prediction error after ``step`` model steps (nan if never reached)."""
+        if 1 <= step <= len(self.prediction_error):
+            return self.prediction_error[step - 1]
+        return math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(
+            imagined_mean_return=self.imagined_mean_return,
+            imagined_std_return=self.imagined_std_return,
+            real_mean_return=self.real_mean_return,
+            real_std_return=self.real_std_return,
+            return_gap=self.return_gap,
+        )
+        return d
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        steps = [s for s in (1, 10, 50, 100, 200, 500) if s <= len(self.prediction_error)]
+        err = ", ".join(f"step {s}: {self.error_at(s):.3g}" for s in steps)
+        return (
+            f"imagined return {self.imagined_mean_return:.1f} +/- {self.imagined_std_return:.1f} | "
+            f"real return {self.real_mean_return:.1f} +/- {self.real_std_return:.1f} | "
+            f"gap {self.return_gap:+.1f} ({self.episodes} episodes, horizon {self.horizon})\n"
+            f"open-loop prediction error (L2, real actions): {err}"
+        )
+
+
+def set_state_attribute(real_env, observation: np.ndarray, model_state: Any) -> None:
+    """Default ``set_real_state``: ``real_env.unwrapped.state = observation`` (classic control)."""
+    target = real_env.unwrapped
+    if not hasattr(target, "state"):
+        raise TypeError(
+            f"cannot put {type(target).__name__} in a given start state: it has no `state` "
+            "attribute. Pass set_real_state=fn(real_env, observation, model_state) to reality_check."
+        )
+    old = getattr(target, "state", None)
+    dtype = old.dtype if isinstance(old, np.ndarray) else np.float64
+    target.state = np.array(observation, dtype=dtype)
+    if hasattr(target, "steps_beyond_terminated"):
+        target.steps_beyond_terminated = None
+
+
+def _as_module(policy):
+    from tensordict.nn import TensorDictModule, TensorDictModuleBase
+
+    if isinstance(policy, TensorDictModuleBase):
+        return policy
+    if not callable(policy):
+        raise TypeError(f"policy must be a tensordict module or a callable, got {type(policy)!r}")
+    return TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
+
+
+def _to_real_action(action: torch.Tensor, space) -> Any:
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Discrete):
+        a = action.reshape(-1)
+        idx = int(a.argmax()) if a.numel() == space.n and a.numel() > 1 else int(a[0])
+        return idx + int(space.start)
+    return action.detach().cpu().numpy().astype(space.dtype).reshape(space.shape)
+
+
+def env_time_limit(env) -> int | None:
+    """The time limit of a ``WorldModelEnv`` (largest per-env value), or None."""
+    limit = getattr(env, "max_episode_steps", None)
+    if limit is None:
+        limit = getattr(getattr(env, "logic", None), "max_steps", None)
+    if limit is None:
+        return None
+    return int(torch.as_tensor(limit).max())
+
+
+def _default_horizon(world_model_env, real_env) -> int:
+    for h in (env_time_limit(world_model_env),
+              getattr(getattr(real_env, "spec", None), "max_episode_steps", None)):
+        if h:
+            return int(h)
+    return 1000
+
+
+def _returns_until_done(reward: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reward``/``done`` ``[B, T]``: return and length of each row's first episode."""
+    done_i = done.long()
+    before = (done_i.cumsum(-1) - done_i) == 0  # steps up to and including the first done
+    return (reward * before).sum(-1), before.sum(-1)
+
+
+@torch.no_grad()
+def reality_check(
+    policy,
+    world_model_env,
+    real_env,
+    episodes: int = 20,
+    horizon: int | None = None,
+    seed: int | None = 0,
+    set_real_state: Callable[[Any, np.ndarray, Any], None] | None = None,
+) -> RealityReport:
+    """Compare ``policy`` in ``world_model_env`` (a :class:`torchwm_rl.WorldModelEnv` or any
+    TorchRL env with an ``"observation"`` key and functional state in the TensorDict) and in
+    ``real_env`` (a Gymnasium env) from matching start states. See the module docstring.
+    """
+    from tensordict import TensorDict
+    from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    horizon = int(horizon) if horizon is not None else _default_horizon(world_model_env, real_env)
+    set_real_state = set_real_state or set_state_attribute
+    module = _as_module(policy)
+    env = world_model_env
+    unbatched = len(env.batch_size) == 0
+    n_env = 1 if unbatched else int(env.batch_size[0])
+    if len(env.batch_size) > 1:
+        raise ValueError(f"reality_check needs a 0- or 1-dim batch, got {tuple(env.batch_size)}")
+    if seed is not None:
+        env.set_seed(int(seed))
+
+    imag_ret, imag_len, real_ret, real_len, starts = [], [], [], [], []
+    err_sum = np.zeros(horizon)
+    err_cnt = np.zeros(horizon, dtype=np.int64)
+    episode = 0
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        while episode < episodes:
+            td0 = env.reset()
+            if unbatched:
+                td0 = td0.unsqueeze(0)
+            take = min(n_env, episodes - episode)
+
+            # 1) imagined closed loop, from the model env's own start states
+            roll = env.rollout(horizon, module, tensordict=_un(td0, unbatched).clone(),
+                               auto_reset=False, break_when_any_done=False)
+            if unbatched:
+                roll = roll.unsqueeze(0)
+            r, ln = _returns_until_done(roll["next", "reward"].reshape(n_env, -1).float(),
+                                        roll["next", "done"].reshape(n_env, -1))
+            if episode == 0:
+                nxt = roll["next", "observation"][0, : int(ln[0])].reshape(int(ln[0]), -1)
+                example_imagined = torch.cat([td0["observation"][:1].reshape(1, -1), nxt]).tolist()
+            imag_ret += r[:take].tolist()
+            imag_len += ln[:take].tolist()
+
+            # 2) real closed loop from the same start states
+            obs0 = td0["observation"]
+            state0 = td0.get("model_state", None)
+            real_obs = torch.full((n_env, horizon + 1, *obs0.shape[1:]), math.nan)
+            real_act = torch.zeros((n_env, horizon, *td0_action_shape(env)), dtype=env.full_action_spec["action"].dtype)
+            for i in range(take):
+                s0 = obs0[i].cpu().numpy()
+                real_env.reset(seed=None if seed is None else int(seed) + episode + i)
+                set_real_state(real_env, s0, None if state0 is None else state0[i])
+                obs = torch.as_tensor(s0, dtype=torch.float32)
+                real_obs[i, 0] = obs
+                total, t = 0.0, 0
+                while t < horizon:
+                    a = module(TensorDict(observation=obs[None].to(obs0.device), batch_size=[1]))["action"][0]
+                    real_act[i, t] = a.cpu()
+                    obs_np, rew, term, trunc, _ = real_env.step(_to_real_action(a, real_env.action_space))
+                    obs = torch.as_tensor(np.asarray(obs_np), dtype=torch.float32)
+                    total += float(rew)
+                    t += 1
+                    real_obs[i, t] = obs
+                    if term or trunc:
+                        break
+                if episode + i == 0:
+                    example_real = real_obs[0, : t + 1].reshape(t + 1, -1).tolist()
+                real_ret.append(total)
+                real_len.append(t)
+                starts.append(s0.tolist())
+
+            # 3) open loop: the model driven by the real actions from the real start states
+            td = _un(td0, unbatched).clone()
+            for t in range(horizon):
+                td["action"] = _un(real_act[:, t].to(td0.device), unbatched)
+                td = env.step(td)
+                pred = td["next", "observation"]
+                if unbatched:
+                    pred = pred.unsqueeze(0)
+                diff = (pred.cpu().float() - real_obs[:, t + 1]).reshape(n_env, -1).norm(dim=-1)[:take]
+                ok = torch.isfinite(diff)
+                if not ok.any():
+                    break
+                err_sum[t] += float(diff[ok].sum())
+                err_cnt[t] += int(ok.sum())
+                td = step_mdp(td)
+            episode += take
+
+    k = int(np.max(np.nonzero(err_cnt)[0]) + 1) if err_cnt.any() else 0
+    return RealityReport(
+        episodes=episodes,
+        horizon=horizon,
+        imagined_returns=[float(x) for x in imag_ret],
+        real_returns=real_ret,
+        imagined_lengths=[int(x) for x in imag_len],
+        real_lengths=real_len,
+        prediction_error=(err_sum[:k] / np.maximum(err_cnt[:k], 1)).tolist(),
+        prediction_error_count=err_cnt[:k].tolist(),
+        start_states=starts,
+        imagined_trajectory=example_imagined,
+        real_trajectory=example_real,
+    )
+
+
+def td0_action_shape(env) -> tuple:
+    """Per-env action shape (without batch dims) of a TorchRL env."""
+    spec = env.full_action_spec["action"]
+    return tuple(spec.shape[len(env.batch_size):])
+
+
+def _un(td, unbatched: bool):
+    return td.squeeze(0) if unbatched else td

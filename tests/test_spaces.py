@@ -240,3 +240,35 @@ def test_env_built_from_torchrl_specs_matches_env_built_from_spaces():
     assert from_specs.observation_spec == from_spaces.observation_spec
     assert from_specs.action_spec == from_spaces.action_spec
     check_env_specs(from_specs, seed=0)
+
+
+def _generic_reset(seed=None, options=None):
+    mask = (options or {}).get("reset_mask")
+    return torch.zeros(3) if mask is None else torch.zeros(len(mask), 3)
+
+
+def _generic_transition(state, action):
+    a = torch.as_tensor(action).float().reshape(*state.shape[:-1], -1)
+    return state + 0.01 * a.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("batch", [(), (2,)], ids=str)
+@pytest.mark.parametrize(
+    "act_space",
+    [spaces.MultiDiscrete([3, 4]), spaces.MultiBinary(3), spaces.Box(-1.0, 1.0, (2, 2), np.float32),
+     spaces.Box(-5, 5, (2,), np.int64)],
+    ids=["multidiscrete", "multibinary", "box 2x2", "box int64"],
+)
+def test_check_env_specs_other_action_spaces(act_space, batch):
+    obs_space = spaces.Box(-10.0, 10.0, (3,), np.float32)
+    env = WorldModelEnv(nn_module(), obs_space, act_space, reset_fn=_generic_reset,
+                        transition_fn=_generic_transition, batch_size=batch, max_episode_steps=3)
+    check_env_specs(env, seed=0)
+    td = env.rollout(4, break_when_any_done=False)
+    assert tuple(td["action"].shape[td.ndim:]) == act_space.shape
+    for row in td["action"].reshape(-1, *act_space.shape):
+        assert act_space.contains(row.numpy().astype(act_space.dtype))
+
+
+def nn_module():
+    return torch.nn.Linear(1, 1)

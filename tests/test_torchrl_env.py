@@ -280,3 +280,33 @@ def test_step_does_not_mutate_the_input_tensordict():
     assert (td.exclude("next") == before).all()
     nxt = step_mdp(out)
     assert nxt["elapsed_steps"].item() == 1
+
+
+def test_batched_auto_reset_keeps_other_envs_exact():
+    """When one env ends inside a batched rollout, only its row restarts: every other env
+    continues from its exact next observation, model state and step count; the reset hook
+    receives the mask of the rows being reset."""
+    masks = []
+
+    def reset(model, seed=None, options=None):
+        masks.append(options["reset_mask"].clone())
+        return reset_world_model(model, seed=len(masks), options=options)  # fresh values each call
+
+    env = make_env((3,), reset_fn=reset, max_episode_steps=torch.tensor([2, 3, 5]))
+    masks.clear()
+    td = env.rollout(6, mlp_policy(), break_when_any_done=False)
+    done = td["next", "done"].squeeze(-1)
+    for t in range(5):
+        for i in range(3):
+            if done[i, t]:
+                assert int(td[i, t + 1]["elapsed_steps"]) == 0
+                assert not torch.equal(td[i, t + 1]["observation"], td[i, t]["next", "observation"])
+            else:
+                for key in ("observation", "model_state", "elapsed_steps"):
+                    torch.testing.assert_close(td[i, t + 1][key], td[i, t]["next", key])
+    # masks[0] is the rollout's initial full reset; then env 0 ends at t=1, 3, 5, env 1 at
+    # t=2, 5 and env 2 at t=4 (the rollout does not reset after its last step)
+    assert [m.tolist() for m in masks] == [
+        [True, True, True], [True, False, False], [False, True, False], [True, False, False],
+        [False, False, True],
+    ]

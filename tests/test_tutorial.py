@@ -265,11 +265,12 @@ def test_gymnasium_check_env_passes_without_warnings(make):
     assert [str(w.message) for w in caught] == []
 
 
-def test_gymnasium_check_env_passes_on_tutorial_env(section1):
+@pytest.mark.parametrize("which", ["box_env", "discrete_env"])
+def test_gymnasium_check_env_passes_on_tutorial_env(section1, which):
     """The tutorial's Box(-inf, inf) only draws Gymnasium's advisory about infinite bounds."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        gym_check_env(section1["box_env"], skip_render_check=True)
+        gym_check_env(section1[which], skip_render_check=True)
     assert all("infinity" in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
@@ -298,6 +299,23 @@ def test_section3_torchrl_gym_wrapper(section1):
     rollout = torchrl_env.rollout(60, break_when_any_done=False)
     assert rollout.batch_size == (60,)
     assert int(rollout["next", "step_count"].max()) <= 50
+
+
+@pytest.mark.parametrize("make", ["discrete", "dict", "image"])
+def test_section3_gym_wrapper_passes_check_env_specs(section1, make):
+    """The same wrapping for the other observation/action kinds, checked by TorchRL itself."""
+    from torchrl.envs import GymWrapper, TransformedEnv
+    from torchrl.envs.transforms import Compose, DoubleToFloat, StepCounter
+    from torchrl.envs.utils import check_env_specs
+
+    env = {"discrete": lambda: section1["discrete_env"], "dict": _dict_env, "image": _image_env}[make]()
+    torchrl_env = TransformedEnv(GymWrapper(env), Compose(DoubleToFloat(), StepCounter(max_steps=50)))
+    check_env_specs(torchrl_env, seed=0)
+    td = torchrl_env.rand_step(torchrl_env.reset())
+    if make == "image":
+        assert td["next", "observation"].dtype == torch.uint8
+    if make == "dict":
+        assert td["next", "position"].shape == (6,)
 
 
 # ----------------------------------------------------------------------------- section 4

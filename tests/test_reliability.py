@@ -784,3 +784,15 @@ def test_check_actions_clip_multidiscrete(path):
     driver.reset(seed=0)
     driver.step(np.array([[7, -2], [1, 4]]))
     assert seen[-1].tolist() == [[2, 0], [1, 4]]
+
+
+@pytest.mark.parametrize("n", [None, N])
+def test_torchrl_refuses_a_state_that_changes_structure(n):
+    def transition(model, state, action):
+        return {"h": state, "c": state}, state  # reset gave a tensor state
+
+    env = make("torchrl", Scripted(), n=n, transition_fn=transition)
+    driver = Driver("torchrl", env)
+    driver.reset(seed=0)
+    with pytest.raises(TypeError, match=re.escape("model state: the first reset gave a tensor state, this call gave a dict (dict)")):
+        driver.step(_action(n))

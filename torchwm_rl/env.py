@@ -208,6 +208,13 @@ class WorldModelEnv(EnvBase):
 
     def _pack(self, snapshot: Snapshot) -> TensorDictBase:
         """Snapshot -> tensordict (observation keys, model state, step count)."""
+        kind = _state_kind(snapshot.state)
+        if kind != self._state_kind:  # the state spec was built from the first reset's state
+            raise TypeError(
+                f"model state: the first reset gave a {self._state_kind} state, this call gave a {kind} "
+                f"({type(snapshot.state).__name__}); return the state in one structure throughout "
+                "(a hook that returns no state makes the observation the state)"
+            )
         out = TensorDict(batch_size=self.batch_size, device=self.device)
         if self._dict_observation:
             out.update(snapshot.observation)

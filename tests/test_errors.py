@@ -343,3 +343,15 @@ def test_model_without_reset_is_refused(cls):
 def test_non_callable_hook_is_refused(cls):
     with pytest.raises(TypeError, match="reward_fn must be callable"):
         _env(cls, reward_fn=1.0)
+
+
+@pytest.mark.parametrize("state", [torch.zeros(3), {"h": torch.zeros(2, 3), "c": torch.zeros(3)}],
+                         ids=["tensor", "dict"])
+def test_batched_state_without_batch_dim_names_the_state_key(state):
+    def reset(seed=None, options=None):
+        return state, torch.zeros(2, 3)
+
+    key = "model_state" if isinstance(state, torch.Tensor) else "model_state['c']"
+    with pytest.raises(ValueError, match=re.escape(f"{key}: a batched env needs a model state with leading dims (2,), got shape (3,)")):
+        WorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, reset_fn=reset, transition_fn=lambda s, a: (s, a),
+                      batch_size=(2,))

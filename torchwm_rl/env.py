@@ -138,6 +138,7 @@ class WorldModelEnv(EnvBase):
         state = Composite(shape=batch, device=device)
         self._state_kind = _state_kind(probe.state)
         if self._state_kind != "opaque":
+            _check_state_batch(probe.state, tuple(batch), STATE_KEY)
             state[STATE_KEY] = _state_spec(probe.state, device)
         elif batch:
             raise TypeError(
@@ -251,6 +252,21 @@ class WorldModelEnv(EnvBase):
         from .sb3 import SB3VecWorldModelEnv
 
         return SB3VecWorldModelEnv(self.logic)
+
+
+def _check_state_batch(state: Any, batch: tuple, key: str) -> None:
+    """Every tensor of a state that travels in the TensorDict leads with the batch dims."""
+    if not batch:
+        return
+    if isinstance(state, torch.Tensor):
+        if tuple(state.shape[: len(batch)]) != batch:
+            raise ValueError(
+                f"{key}: a batched env needs a model state with leading dims {batch}, "
+                f"got shape {tuple(state.shape)} from the reset hook"
+            )
+        return
+    for k, v in state.items():
+        _check_state_batch(v, batch, f"{key}[{k!r}]")
 
 
 def _state_kind(state: Any) -> str:

@@ -147,7 +147,9 @@ def test_torchrl_and_gymnasium_paths_agree(kind):
     trl = WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs)
     by_rollout = run_torchrl_rollout(trl, actions, seed)
     by_step = run_torchrl_step(WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
-    exported = run_gym(trl.to_gymnasium(), actions, seed)
+    gym_env = trl.to_gymnasium()
+    assert type(gym_env) is GymWorldModelEnv and gym_env.adapter is trl.adapter  # one shared adapter
+    exported = run_gym(gym_env, actions, seed)
     direct = run_gym(GymWorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
 
     _assert_traces_equal(by_rollout, by_step)

@@ -136,11 +136,12 @@ def test_section1_max_episode_steps_truncates_at_50(section1):
     env = section1["box_env"]
     env.reset(seed=0)
     for t in range(1, 51):
-        _, _, terminated, truncated, _ = env.step(np.zeros(6, dtype=np.float32))
-        if terminated:
-            env.reset()
-            continue
-        assert truncated == (t == 50), t
+        _, _, terminated, truncated, info = env.step(np.zeros(6, dtype=np.float32))
+        assert not terminated  # zero actions keep this toy model away from its terminal region
+        assert truncated == (t == 50) and info["elapsed_steps"] == t, t
+    env.reset()  # a reset restarts the count
+    _, _, _, truncated, info = env.step(np.zeros(6, dtype=np.float32))
+    assert not truncated and info["elapsed_steps"] == 1
 
 
 def test_section1_one_hot_action_transform_with_discrete(section1, trained_model):
@@ -235,6 +236,33 @@ def test_section2_ppo_cnn_policy_uint8_channel_first_images():
     assert model.num_timesteps >= 32
     # SB3 recognised the channel-first uint8 Box as an image (no transpose wrapper needed)
     assert model.policy.observation_space.shape == ImageModel.IMAGE_SHAPE
+
+
+def _dict_with_image_env():
+    image_space, action_space = image_spaces()
+    obs_space = gym.spaces.Dict(
+        {"image": image_space, "vector": gym.spaces.Box(-1.0, 1.0, shape=(6,), dtype=np.float32)}
+    )
+
+    def reset(model, seed=None, options=None):
+        latent = model.sample_initial_state(seed=seed)
+        return latent, {"image": model.decode_image(latent), "vector": latent}
+
+    def transition(model, state, action):
+        nxt = model.predict_next_state(state, action)
+        return nxt, {"image": model.decode_image(nxt), "vector": nxt}, model.predict_reward(nxt, action)
+
+    return WorldModelEnv(ImageModel(), observation_space=obs_space, action_space=action_space,
+                         reset_fn=reset, transition_fn=transition, max_episode_steps=20)
+
+
+@pytest.mark.slow
+def test_section2_ppo_multi_input_policy_dict_with_image():
+    env = _dict_with_image_env()
+    assert sb3_check_env_without_warnings(env) == []
+    model = PPO("MultiInputPolicy", Monitor(env), verbose=0, n_steps=16, batch_size=16, n_epochs=1, seed=0)
+    model.learn(total_timesteps=32)
+    assert model.num_timesteps >= 32
 
 
 def test_section2_monitor_records_episodes(section1):

@@ -49,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args) -> int:
-    from .demo import DemoConfig, run_demo
+    import time
+
+    from .demo import DemoConfig, process_seconds, run_demo
+
+    t0 = time.perf_counter() - (process_seconds() or 0.0)  # wall clock counts from process start
 
     cfg = DemoConfig(task=args.task, seed=args.seed, episodes=args.episodes, out=args.out,
                      threads=args.threads, progress=not args.json, save_plot=not args.no_plot)
@@ -69,10 +73,10 @@ def _demo(args) -> int:
         warnings.filterwarnings("ignore")
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            result = run_demo(cfg, log=lambda msg: None)
+            result = run_demo(cfg, log=lambda msg: None, t0=t0)
         print(json.dumps(result))
     else:
-        run_demo(cfg)
+        run_demo(cfg, t0=t0)
     return 0
 
 

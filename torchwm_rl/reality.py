@@ -7,7 +7,8 @@ one (``real_env.unwrapped.state = s`` by default; pass ``set_real_state`` for ot
 returns a :class:`RealityReport` with imagined and real returns (mean, std, gap), episode lengths,
 and the model's *open-loop* prediction error by horizon step: the model is driven with the real
 trajectory's actions from the real start state, and its observation is compared with the real one
-at every step, which shows how model error compounds.
+at every step, which shows how model error compounds (an episode stops counting once the model
+itself signals done).
 
 Policies: a TorchRL/tensordict module reading ``"observation"`` and writing ``"action"``, or any
 callable ``policy(observation_tensor[B, *obs_shape]) -> action_tensor[B, ...]``. Observations must
@@ -36,7 +37,9 @@ class RealityReport:
     real_returns: list[float]
     imagined_lengths: list[int]
     real_lengths: list[int]
-    prediction_error: list[float]  # mean L2 open-loop error at steps 1..K (real episodes alive)
+    # mean L2 open-loop error at steps 1..K, over episodes where the real episode is still
+    # running and the model (driven by the real actions) has not yet signalled done
+    prediction_error: list[float]
     prediction_error_count: list[int]  # how many episodes contribute at each step
     start_states: list[list[float]] = field(repr=False, default_factory=list)
     # episode 0 from the same start state: observations s_0..s_T, imagined and real
@@ -236,15 +239,20 @@ def reality_check(
                 starts.append(s0.tolist())
 
             # 3) open loop: the model driven by the real actions from the real start states
+            #    (an episode stops counting once the model itself says done: past that point
+            #    the model is outside its domain and its error says nothing useful)
             td = _un(td0, unbatched).clone()
+            model_alive = torch.ones(n_env, dtype=torch.bool)
             for t in range(horizon):
                 td["action"] = _un(real_act[:, t].to(td0.device), unbatched)
                 td = env.step(td)
                 pred = td["next", "observation"]
                 if unbatched:
                     pred = pred.unsqueeze(0)
-                diff = (pred.cpu().float() - real_obs[:, t + 1]).reshape(n_env, -1).norm(dim=-1)[:take]
-                ok = torch.isfinite(diff)
+                diff = (pred.cpu().float() - real_obs[:, t + 1]).reshape(n_env, -1).norm(dim=-1)
+                ok = (torch.isfinite(diff) & model_alive)[:take]
+                diff = diff[:take]
+                model_alive &= ~td["next", "done"].reshape(n_env).cpu()
                 if not ok.any():
                     break
                 err_sum[t] += float(diff[ok].sum())

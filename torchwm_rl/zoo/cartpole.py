@@ -259,9 +259,41 @@ def load(path: str | Path | None = None, device: str | torch.device | None = Non
     return model.eval().to(device) if device is not None else model.eval()
 
 
-def _reset_for(batch_size: tuple) -> Callable:
+def _seeded_reset(batch_size: tuple) -> Callable:
+    """A reset hook drawing from the real reset distribution with its own generator: reseeded
+    whenever the env hands it a seed (first reset after ``set_seed``), otherwise continued, so
+    resets are reproducible under the env's seed."""
+    gen = torch.Generator()
+    gen.seed()
+
     def reset_fn(model, seed=None, options=None):
-        out = reset(model, seed, options)
+        if seed is not None:
+            gen.manual_seed(int(seed))
+        n = batch_size[0] if batch_size else 1
+        out = torch.rand(n, OBS_DIM, generator=gen) * (RESET_HIGH - RESET_LOW) + RESET_LOW
+        return out if batch_size else out[0]
+
+    return reset_fn
+
+
+def transition(model: CartPoleModel, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Adapter transition: the model's next state (state == observation for CartPole)."""
+    with torch.no_grad():
+        return model(state, action)
+
+
+def _seeded_reset(batch_size: tuple) -> Callable:
+    """A reset hook drawing from the real reset distribution with its own generator: reseeded
+    whenever the env hands it a seed (first reset after ``set_seed``), otherwise continued, so
+    resets are reproducible under the env's seed."""
+    gen = torch.Generator()
+    gen.seed()
+
+    def reset_fn(model, seed=None, options=None):
+        if seed is not None:
+            gen.manual_seed(int(seed))
+        n = batch_size[0] if batch_size else 1
+        out = torch.rand(n, OBS_DIM, generator=gen) * (RESET_HIGH - RESET_LOW) + RESET_LOW
         return out if batch_size else out[0]
 
     return reset_fn
@@ -294,12 +326,11 @@ def make_env(
     seed: int | None = 0,
     max_episode_steps: int = 500,
     device: str | torch.device | None = None,
-    n_start_states: int = 65_536,
 ):
-    """A :class:`torchwm_rl.WorldModelEnv` on the CartPole model.
+    """A :class:`torchwm_rl.WorldModelEnv` on the CartPole model (``batch_size`` ``()`` or ``N``).
 
-    Start states are a bank of ``n_start_states`` draws from the real reset distribution
-    (uniform(-0.05, 0.05)^4), generated from ``seed``; the env samples rows from it on reset.
+    Start states come from the real reset distribution, uniform(-0.05, 0.05)^4, drawn by a
+    generator seeded with the env's seed (``seed`` here, or ``env.set_seed``).
     """
     import gymnasium as gym
 
@@ -309,17 +340,17 @@ def make_env(
         model = load(device=device)
     if isinstance(batch_size, int):
         batch_size = (batch_size,)
+    batch_size = tuple(batch_size)
     return WorldModelEnv(
         model,
         observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
         action_space=gym.spaces.Discrete(N_ACTIONS),
-        reset_fn=_reset_for(batch_size),
+        reset_fn=_seeded_reset(batch_size),
         transition_fn=transition,
         reward_fn=reward,
         terminal_fn=terminated,
         max_episode_steps=max_episode_steps,
-        batch_size=tuple(batch_size),
+        batch_size=batch_size,
         device=device,
         seed=seed,
-        start_states=start_states(n_start_states, seed),
     )

@@ -243,7 +243,7 @@ def test_vector_path_returns_numpy_batches():
 
 
 def _nan_in_row(row, key="observation", at=2):
-    """A ``bad`` that puts NaN in env ``row`` of ``key`` (row None: unbatched)."""
+    """A ``bad`` that puts NaN in the first entry of env ``row`` of ``key`` (row None: unbatched)."""
 
     def bad(out):
         out = dict(out)
@@ -251,7 +251,7 @@ def _nan_in_row(row, key="observation", at=2):
         if row is None:
             value.view(-1)[0] = float("nan")
         else:
-            value[row] = float("nan") if value.ndim == 1 else torch.tensor(float("nan"))
+            value[row].view(-1)[0] = float("nan")  # one entry of that env's row
         out[key] = value
         return out
 
@@ -331,12 +331,18 @@ def test_nan_truncate_ends_only_that_episode(path):
     np.testing.assert_array_equal(truncated, [False, False, True, False])
     assert not terminated.any()
     others = [0, 1, 3]
-    if path == "sb3":  # SB3 resets the finished env at once; the NaN obs is the terminal one
+    if path == "sb3":  # SB3 resets the finished env at once; the sanitized obs is the terminal one
         assert info[2]["nonfinite"] is True and info[2]["TimeLimit.truncated"] is True
-        assert np.isnan(info[2]["terminal_observation"]).any()
+        final = info[2]["terminal_observation"]
         assert all("nonfinite" not in info[i] for i in others)
     else:
         np.testing.assert_array_equal(info["nonfinite"], [False, False, True, False])
+        final = obs[2]
+    # learners bootstrap from the final observation of a truncated episode: it must be finite;
+    # the NaN entry reads 0 and the finite entries are the model's
+    assert final[0] == 0.0 and np.isfinite(final).all()
+    np.testing.assert_array_equal(final[1:], reference[1][0][2][1:])
+    assert np.isfinite(reward).all()
     np.testing.assert_array_equal(obs[others], reference[1][0][others])
     np.testing.assert_array_equal(reward[others], reference[1][1][others])
 
@@ -348,7 +354,7 @@ def test_nan_truncate_unbatched_gym():
     assert truncated is False and not info.get("nonfinite", False)
     obs, reward, terminated, truncated, info = env.step(_action())
     assert truncated is True and terminated is False and info["nonfinite"] is True
-    assert np.isnan(obs).any()
+    assert obs[0] == 0.0 and np.isfinite(obs).all() and np.isfinite(reward)
 
 
 def test_nan_truncate_unbatched_torchrl_sets_done_and_flag():
@@ -358,6 +364,15 @@ def test_nan_truncate_unbatched_torchrl_sets_done_and_flag():
     np.testing.assert_array_equal(td["next", "nonfinite"].squeeze(-1), [False, True, False, False, False])
     # the truncated episode was reset: the step after it starts from elapsed 0 again
     np.testing.assert_array_equal(td["elapsed_steps"].squeeze(-1), [0, 1, 0, 1, 2])
+    assert torch.isfinite(td["next", "observation"]).all() and torch.isfinite(td["next", "reward"]).all()
+
+
+@pytest.mark.parametrize("path", UNBATCHED)
+def test_nan_truncate_zeroes_a_nonfinite_reward(path):
+    driver = Driver(path, make(path, Scripted(bad=_nan_in_row(None, "reward")), nan_policy="truncate"))
+    driver.reset(seed=0)
+    obs, reward, terminated, truncated, info = driver.step(_action())
+    assert reward == 0.0 and truncated and info["nonfinite"]
 
 
 def test_nan_truncate_torchrl_batched_rollout_resets_only_that_env():
@@ -384,7 +399,8 @@ def test_nan_ignore_batched(path):
     driver = Driver(path, make(path, Scripted(bad=_nan_in_row(1)), n=N, nan_policy="ignore"))
     driver.reset(seed=0)
     obs, reward, terminated, truncated, info = driver.step(_action(N))
-    assert np.isnan(obs[1]).all() and np.isfinite(obs[[0, 2, 3]]).all() and not truncated.any()
+    assert np.isnan(obs[1, 0]) and np.isfinite(obs[1, 1:]).all() and np.isfinite(obs[[0, 2, 3]]).all()
+    assert not truncated.any()
 
 
 def test_unknown_nan_policy_is_refused():

@@ -28,7 +28,14 @@ from gymnasium import spaces
 from .calling import call_with_declared, plan_call
 from .records import MISSING, parse_reset, parse_transition
 from .spaces import numpy_to_torch_dtype
-from .validation import check_action, flatten_observation, nonfinite_rows, to_batched_scalar, to_observation
+from .validation import (
+    check_action,
+    flatten_observation,
+    nonfinite_rows,
+    to_batched_scalar,
+    to_observation,
+    zero_nonfinite,
+)
 
 RESET_METHODS = ("reset_env", "reset_state", "reset")
 TRANSITION_METHODS = ("env_step", "step", "predict_step", "predict", "imagine_step", "transition")
@@ -118,7 +125,9 @@ class ModelAdapter:
         device: where tensors live; default: the model's parameters' device, else CPU.
         torch_actions: convert non-tensor actions to tensors on ``device`` before the hooks.
         nan_policy: ``"raise"`` (default), ``"truncate"`` or ``"ignore"`` for NaN/inf in
-            observations and rewards.
+            observations and rewards. ``"truncate"`` ends the affected envs' episodes
+            (``truncated=True``, ``Transition.nonfinite``) and hands out 0 in place of each
+            non-finite observation entry and reward, so learners never bootstrap from NaN.
         check_actions: ``None`` (default, fastest), ``"clip"`` or ``"raise"``: check actions
             against ``action_space`` before the hooks.
     """
@@ -302,6 +311,11 @@ class ModelAdapter:
             )
         record.truncated = record.truncated | bad
         record.nonfinite = bad
+        # What learners see stays finite: SB3 and TorchRL's GAE bootstrap from the final
+        # observation of a truncated episode, so a NaN left there would turn one bad env into
+        # NaN losses. Non-finite entries (only in the ``bad`` rows) read 0; the flag says why.
+        record.observation = zero_nonfinite(record.observation)
+        record.reward = zero_nonfinite(record.reward)
 
     # ----------------------------------------------------------------- render
     def render(self, state: Any, observation: Any) -> Any:

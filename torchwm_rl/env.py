@@ -248,9 +248,14 @@ class WorldModelEnv(EnvBase):
 
     def to_sb3(self):
         """A Stable-Baselines3 ``VecEnv`` over this env's adapter (``num_envs=N``; 1 if
-        unbatched)."""
+        unbatched). Batched: one model call per step for all N envs. Unbatched: SB3's own
+        ``DummyVecEnv`` around :meth:`to_gymnasium` (SB3 already does N=1 right)."""
         from .sb3 import SB3VecWorldModelEnv
 
+        if not self.batch_size:
+            from stable_baselines3.common.vec_env import DummyVecEnv
+
+            return DummyVecEnv([self.to_gymnasium])
         return SB3VecWorldModelEnv(self.logic)
 
 

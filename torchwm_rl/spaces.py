@@ -11,6 +11,7 @@ Supported: Box (any float/int dtype, images included), Discrete, MultiDiscrete, 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -21,6 +22,7 @@ from torchrl.data import Binary, Bounded, Categorical, Composite, MultiCategoric
 __all__ = ["space_to_spec", "spec_to_space", "as_space", "numpy_to_torch_dtype", "torch_to_numpy_dtype"]
 
 
+@functools.lru_cache(maxsize=None)  # called per step by validation; dtypes are few
 def numpy_to_torch_dtype(dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype=np.dtype(dtype))).dtype
 

@@ -6,6 +6,7 @@ so an error names the same key, expected and received shape/dtype whichever path
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,6 +96,17 @@ def nonfinite_rows(tensors: dict, batch_shape: tuple) -> tuple[torch.Tensor | No
 
     Returns ``(None, [])`` on the fast path where everything is finite.
     """
+    # Fast path with ONE host sync for all tensors: a sum is finite only if every element is
+    # (NaN and inf propagate); a non-finite sum may also be an overflow, so that case falls
+    # through to the exact per-row check below.
+    total = None
+    for tensor in tensors.values():
+        if tensor.is_floating_point():
+            tensor = tensor.detach()
+            part = tensor.sum(dtype=torch.float32) if tensor.element_size() < 4 else tensor.sum()
+            total = part if total is None else total + part
+    if total is None or math.isfinite(total.item()):
+        return None, []
     bad = None
     keys = []
     ndim = len(batch_shape)
@@ -120,6 +132,15 @@ def flatten_observation(observation: Any, prefix: str = "observation") -> dict:
             out.update(flatten_observation(v, f"{prefix}[{k!r}]"))
         return out
     return {prefix: observation}
+
+
+def zero_nonfinite(value: Any) -> Any:
+    """``value`` (a tensor or dict of tensors) with NaN/inf entries of float tensors set to 0."""
+    if isinstance(value, Mapping):
+        return {k: zero_nonfinite(v) for k, v in value.items()}
+    if value.is_floating_point():
+        return torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+    return value
 
 
 def env_rows(mask: torch.Tensor) -> str:

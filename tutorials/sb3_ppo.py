@@ -1,8 +1,9 @@
 """Stable-Baselines3 PPO on imagined rollouts, through ``WorldModelEnv.to_sb3()``.
 
 One batched ``WorldModelEnv`` (N imagined envs, ONE model call per step) is exported as an SB3
-``VecEnv`` and trained with PPO three times: vector observations (``MlpPolicy``), Dict
-observations (``MultiInputPolicy``) and channel-first uint8 images (``CnnPolicy``).
+``VecEnv`` and trained with PPO four times: vector observations (``MlpPolicy``), Dict
+observations (``MultiInputPolicy``), channel-first uint8 images (``CnnPolicy``) and, through
+``action_transform_fn``, a ``Discrete`` action space over a model that takes 2-D pushes.
 
     python tutorials/sb3_ppo.py                 # full budget (a few minutes on a laptop CPU)
     python tutorials/sb3_ppo.py --budget tiny   # smoke run (seconds; used by the test suite)
@@ -119,6 +120,14 @@ def transition_image(model, state, action):
     return out
 
 
+DIRECTIONS = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+
+
+def discrete_to_push(model, action):
+    """Library action (an index in Discrete(5), batched) -> the model's action (a 2-D push)."""
+    return DIRECTIONS[action.long()]
+
+
 ACTION_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
 VECTOR_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
 DICT_SPACE = gym.spaces.Dict(
@@ -129,10 +138,16 @@ DICT_SPACE = gym.spaces.Dict(
 )
 IMAGE_SPACE = gym.spaces.Box(0, 255, shape=(3, 36, 36), dtype=np.uint8)
 
-SETUPS = {  # observation kind -> (SB3 policy, observation space, reset_fn, transition_fn)
-    "vector": ("MlpPolicy", VECTOR_SPACE, reset_vector, transition_vector),
-    "dict": ("MultiInputPolicy", DICT_SPACE, reset_dict, transition_dict),
-    "image": ("CnnPolicy", IMAGE_SPACE, reset_image, transition_image),
+SETUPS = {  # kind -> SB3 policy and the env's keyword arguments
+    "vector": ("MlpPolicy", dict(observation_space=VECTOR_SPACE, action_space=ACTION_SPACE,
+                                 reset_fn=reset_vector, transition_fn=transition_vector)),
+    "dict": ("MultiInputPolicy", dict(observation_space=DICT_SPACE, action_space=ACTION_SPACE,
+                                      reset_fn=reset_dict, transition_fn=transition_dict)),
+    "image": ("CnnPolicy", dict(observation_space=IMAGE_SPACE, action_space=ACTION_SPACE,
+                                reset_fn=reset_image, transition_fn=transition_image)),
+    "discrete": ("MlpPolicy", dict(observation_space=VECTOR_SPACE, action_space=gym.spaces.Discrete(5),
+                                   reset_fn=reset_vector, transition_fn=transition_vector,
+                                   action_transform_fn=discrete_to_push)),
 }
 
 BUDGETS = {  # name -> (num_envs, PPO n_steps, total_timesteps, evaluation episodes)
@@ -142,17 +157,23 @@ BUDGETS = {  # name -> (num_envs, PPO n_steps, total_timesteps, evaluation episo
 
 
 def make_env(kind: str, num_envs: int, seed: int) -> WorldModelEnv:
-    _, obs_space, reset_fn, transition_fn = SETUPS[kind]
+    _, env_kwargs = SETUPS[kind]
     return WorldModelEnv(
         PointMassWorldModel(seed=0),
-        observation_space=obs_space,
-        action_space=ACTION_SPACE,
-        reset_fn=reset_fn,
-        transition_fn=transition_fn,
+        **env_kwargs,
         max_episode_steps=50,
         batch_size=(num_envs,),
         seed=seed,
     )
+
+
+def check(kind: str) -> None:
+    """SB3's own checker, on the unbatched Gymnasium export of the same model and adapters."""
+    from stable_baselines3.common.env_checker import check_env
+
+    _, env_kwargs = SETUPS[kind]
+    env = WorldModelEnv(PointMassWorldModel(seed=0), **env_kwargs, max_episode_steps=50)
+    check_env(env.to_gymnasium(), warn=True)
 
 
 def mean_return(model, venv, episodes: int) -> float:
@@ -173,7 +194,7 @@ def train(kind: str, budget: str, seed: int = 0) -> tuple[float, float]:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecMonitor
 
-    policy, *_ = SETUPS[kind]
+    policy, _ = SETUPS[kind]
     num_envs, n_steps, total_timesteps, episodes = BUDGETS[budget]
     env = make_env(kind, num_envs, seed)
     venv = VecMonitor(env.to_sb3())  # VecMonitor: episode returns in the logs, as Monitor does
@@ -192,8 +213,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     for kind in args.kinds:
+        check(kind)
         before, after = train(kind, args.budget, args.seed)
-        print(f"{kind:6s} {SETUPS[kind][0]:16s} mean return before {before:8.2f} after {after:8.2f}")
+        print(f"{kind:8s} {SETUPS[kind][0]:16s} mean return before {before:8.2f} after {after:8.2f}")
 
 
 if __name__ == "__main__":

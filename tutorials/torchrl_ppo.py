@@ -153,6 +153,25 @@ def make_env(kind: str = "vector", num_envs: int = 8, seed: int = 0) -> Transfor
     return TransformedEnv(base, Compose(*transforms))
 
 
+def gym_wrapper_route() -> None:
+    """For comparison, the Gymnasium-first route: TorchRL's GymWrapper around the Gymnasium
+    export. It works, but every step crosses torch -> numpy -> torch and the env is unbatched;
+    ``make_env`` above skips both."""
+    from torchrl.envs import GymWrapper, StepCounter
+
+    env = WorldModelEnv(
+        PointMassWorldModel(seed=0),
+        observation_space=VECTOR_SPACE,
+        action_space=ACTION_SPACE,
+        reset_fn=reset_vector,
+        transition_fn=transition_vector,
+    )
+    wrapped = TransformedEnv(GymWrapper(env.to_gymnasium()), StepCounter(max_steps=50))
+    check_env_specs(wrapped)
+    td = wrapped.rand_step(wrapped.reset())
+    print(f"GymWrapper route: observation {tuple(td['next', 'observation'].shape)}")
+
+
 # ---------------------------------------------------------------------------------- networks
 def encoder(kind: str) -> nn.Module:
     """Observation -> 64 features (an MLP for vectors, a small CNN for 3 x 36 x 36 images)."""
@@ -261,6 +280,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    gym_wrapper_route()
     if "ppo" in args.algo:
         for kind in args.kinds:
             before, after = train_ppo(kind, args.budget, args.seed)

@@ -158,8 +158,11 @@ TRANSITION_FORMS = {
     "gymnasium 5-tuple": (
         lambda s, a: (next_state(s, a), 1.5, False, True, {}), 1.5, False, True, False),
     "gym 4-tuple": (lambda s, a: (next_state(s, a), 1.5, True, {}), 1.5, True, False, False),
+    # as gymnasium.utils.step_api_compatibility: a time-limit "done" is a truncation only
     "gym 4-tuple TimeLimit.truncated": (
-        lambda s, a: (next_state(s, a), 1.5, True, {"TimeLimit.truncated": True}), 1.5, True, True, False),
+        lambda s, a: (next_state(s, a), 1.5, True, {"TimeLimit.truncated": True}), 1.5, False, True, False),
+    "gym 4-tuple TimeLimit.truncated=False": (
+        lambda s, a: (next_state(s, a), 1.5, True, {"TimeLimit.truncated": False}), 1.5, True, False, False),
     "(state, obs, reward)": (
         lambda s, a: (next_state(s, a), 2 * next_state(s, a), torch.tensor([1.5])), 1.5, False, False, True),
     "(state, obs)": (lambda s, a: (next_state(s, a), 2 * next_state(s, a)), 0.0, False, False, True),
@@ -597,3 +600,26 @@ def test_torch_actions_false_on_torchrl_path_passes_the_tensordict_action():
     env.step(td)
     assert isinstance(got[-1], torch.Tensor)
     torch.testing.assert_close(got[-1], action)
+
+
+def test_batched_gym_4_tuple_splits_done_like_gymnasium():
+    """``done`` + ``info["TimeLimit.truncated"]`` per env, as Gymnasium's step-API converter."""
+    from gymnasium.utils.step_api_compatibility import convert_to_terminated_truncated_step_api
+
+    done = np.array([True, True, False])
+    time_limit = np.array([True, False, False])
+
+    def reset(seed=None, options=None):
+        return torch.zeros(3, 3)
+
+    def transition(state, action):
+        return state, torch.zeros(3), torch.as_tensor(done), {"TimeLimit.truncated": torch.as_tensor(time_limit)}
+
+    env = WorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, reset_fn=reset, transition_fn=transition,
+                        batch_size=(3,))
+    out = env.rand_step(env.reset())["next"]
+    _, _, terminated, truncated, _ = convert_to_terminated_truncated_step_api(
+        (None, None, done, {"TimeLimit.truncated": time_limit}), is_vector_env=True
+    )
+    assert out["terminated"].squeeze(-1).tolist() == terminated.tolist() == [False, True, False]
+    assert out["truncated"].squeeze(-1).tolist() == truncated.tolist() == [True, False, False]

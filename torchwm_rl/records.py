@@ -1,7 +1,9 @@
 """Parse the return forms of user reset and transition callables into one record shape.
 
 This module only decides *which* value is the state, the observation, the reward, ...; it does
-not convert or validate values (that is :mod:`torchwm_rl.validation`). Accepted forms:
+not convert or validate values (that is :mod:`torchwm_rl.validation`). The one combination it
+makes is splitting a Gym 4-tuple's ``done`` with ``info["TimeLimit.truncated"]`` exactly as
+Gymnasium's step-API converter does. Accepted forms:
 
 reset:
     ``obs`` | ``(obs, info)`` | ``(state, obs)`` | ``(state, obs, info)`` | mapping with keys
@@ -17,6 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import torch
 
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 
@@ -121,8 +126,11 @@ def parse_transition(value: Any, dict_keys: frozenset | None = None, hook: str =
         if n == 4:
             o, r, done, info = value
             info = _as_info(info, hook)
-            trunc = info.pop("TimeLimit.truncated", MISSING)
-            return RawRecord(MISSING, o, r, done, trunc, info)
+            time_limit = info.pop("TimeLimit.truncated", MISSING)
+            if time_limit is MISSING:
+                return RawRecord(MISSING, o, r, done, MISSING, info)
+            terminated, truncated = _split_done(done, time_limit)
+            return RawRecord(MISSING, o, r, terminated, truncated, info)
         if n == 3:
             return RawRecord(state=value[0], observation=value[1], reward=value[2])
         if n == 2:
@@ -133,3 +141,17 @@ def parse_transition(value: Any, dict_keys: frozenset | None = None, hook: str =
             "(state, obs, reward, terminated, truncated, info)."
         )
     return RawRecord(observation=value)
+
+
+def _split_done(done: Any, time_limit: Any) -> tuple:
+    """Gym's ``done`` + ``info["TimeLimit.truncated"]`` -> ``(terminated, truncated)`` as
+    Gymnasium's ``convert_to_terminated_truncated_step_api`` does (``terminated = done and not
+    time_limit``, ``truncated = done and time_limit``). Written out because that function uses
+    Python ``and``/numpy on the values, which fails for batched (or CUDA) tensors."""
+    if isinstance(done, torch.Tensor) or isinstance(time_limit, torch.Tensor):
+        device = done.device if isinstance(done, torch.Tensor) else time_limit.device
+        done = torch.as_tensor(done, device=device).bool()
+        time_limit = torch.as_tensor(time_limit, device=device).bool()
+        return done & ~time_limit, done & time_limit
+    done, time_limit = np.asarray(done, dtype=bool), np.asarray(time_limit, dtype=bool)
+    return done & ~time_limit, done & time_limit

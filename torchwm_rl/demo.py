@@ -4,7 +4,8 @@
 
 1. loads the bundled world model (``torchwm_rl.zoo``) and builds a batched ``WorldModelEnv``;
 2. trains a PPO agent with the stock TorchRL stack (``Collector`` + ``GAE`` + ``ClipPPOLoss``) in
-   imagination only; every few batches the greedy policy is scored on a separate imagined batch,
+   imagination only; every few batches (once training episodes get long) the greedy policy is
+   scored on a separate imagined batch,
    the best-scoring weights are kept, and training stops early once every greedy imagined
    evaluation episode survives to the time limit twice in a row (model-only model selection: the real env is
    never consulted during training);
@@ -49,7 +50,8 @@ class DemoConfig:
     clip_epsilon: float = 0.2
     entropy_coeff: float = 0.0
     hidden: int = 64
-    eval_every: int = 8  # batches between imagined evaluations
+    eval_every: int = 4  # batches between imagined evaluations...
+    eval_threshold: float = 0.4  # ...once training returns reach this fraction of the time limit
     eval_envs: int = 64
     episodes: int = 20  # reality-check episodes
     out: Optional[str] = None
@@ -184,7 +186,9 @@ def train_in_imagination(
                     nn.utils.clip_grad_norm_(loss_fn.parameters(), 0.5)
                     optim.step()
             eval_return = math.nan
-            if (i + 1) % cfg.eval_every == 0 or i + 1 == n_batches:
+            # greedy evaluation only once training episodes look promising (long, or none ended)
+            promising = math.isnan(imagined) or imagined >= cfg.eval_threshold * max_steps
+            if ((i + 1) % cfg.eval_every == 0 and promising) or i + 1 == n_batches:
                 scores, lengths = imagined_eval(eval_env, actor, max_steps)
                 eval_return = float(scores.mean())
                 if eval_return >= best[0]:

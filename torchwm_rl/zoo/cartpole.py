@@ -58,18 +58,24 @@ class CartPoleModel(nn.Module):
         self.register_buffer("delta_std", torch.ones(OBS_DIM))
 
     @staticmethod
-    def one_hot(action: torch.Tensor) -> torch.Tensor:
-        """Integer actions ``[...]`` (or ``[..., 1]``) -> float one-hot ``[..., 2]``; one-hot passes."""
-        if action.is_floating_point() and action.shape[-1:] == (N_ACTIONS,):
+    def one_hot(action: torch.Tensor, state_ndim: int | None = None) -> torch.Tensor:
+        """Actions -> float one-hot ``[..., 2]``.
+
+        Accepts integer indices ``[...]`` or ``[..., 1]`` and one-hot ``[..., 2]``. With
+        ``state_ndim`` given, an action with one dim fewer than the state is an index batch
+        (so a batch of one, ``[1]``, is not mistaken for a column).
+        """
+        trailing = action.ndim > 0 and (state_ndim is None or action.ndim == state_ndim)
+        if trailing and action.shape[-1] == N_ACTIONS and action.is_floating_point():
             return action
         action = action.long()
-        if action.ndim > 0 and action.shape[-1:] == (1,):
+        if trailing and action.shape[-1] == 1:
             action = action.squeeze(-1)
         return nn.functional.one_hot(action, N_ACTIONS).float()
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         state = state.float()
-        a = self.one_hot(action).to(state.device)
+        a = self.one_hot(action, state.ndim).to(state.device)
         z = torch.cat([(state - self.state_mean) / self.state_std, a], dim=-1)
         delta = self.net(z) * self.delta_std + self.delta_mean
         return state + delta
@@ -195,7 +201,7 @@ def train(
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
 
         def pred_norm(idx):
-            z = torch.cat([(s[idx] - model.state_mean) / model.state_std, model.one_hot(a[idx])], -1)
+            z = torch.cat([(s[idx] - model.state_mean) / model.state_std, model.one_hot(a[idx], 2)], -1)
             return model.net(z)
 
         for epoch in range(epochs):

@@ -194,8 +194,9 @@ def test_transition_return_form(path, form):
         d.reset()
         return
     d.step()
-    # the next call gets the state the model returned (or the observation when it gave none)
-    torch.testing.assert_close(torch.as_tensor(rec.calls[-1][0]), _s1() if has_state else _s1())
+    # the next call gets the state the model returned (s1, not the observation 2 * s1), or the
+    # observation (s1) when the form carries no state
+    torch.testing.assert_close(torch.as_tensor(rec.calls[-1][0]), _s1())
 
 
 @pytest.mark.parametrize("path", ["gym"])

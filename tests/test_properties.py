@@ -115,6 +115,9 @@ def test_space_spec_round_trip(space, batch):
     back = spec_to_space(spec, len(batch))
     assert _equal_spaces(space, back), (space, back)
     assert space_to_spec(back, batch) == spec
+    # random actions (TorchRL's rollout without a policy) have the spec's shape; TorchRL's
+    # default MultiCategorical squeezed a 1-element sample to shape ()
+    assert _shapes(spec.rand()) == _shapes(spec.zero())
     # a sample of the space is in the spec, and a sample of the spec is in the space
     space.seed(0)
     if not batch:
@@ -125,12 +128,16 @@ def test_space_spec_round_trip(space, batch):
         assert space.contains(_to_numpy(sample, space)), (space, sample)
 
 
+def _shapes(value):
+    if isinstance(value, TensorDictBase):
+        return {k: _shapes(v) for k, v in value.items()}
+    return tuple(value.shape)
+
+
 def _to_numpy(value, space):
     if isinstance(space, gym.spaces.Dict):
         return {k: _to_numpy(value[k], sub) for k, sub in space.spaces.items()}
-    # TorchRL 0.14 quirk: MultiCategorical(nvec=[k], shape=(1,)).rand() has shape (); the
-    # space's shape is restored here (the element count must still match)
-    array = value.numpy().astype(space.dtype).reshape(space.shape)
+    array = value.numpy().astype(space.dtype)
     return int(array) if isinstance(space, gym.spaces.Discrete) else array
 
 

@@ -850,3 +850,19 @@ def test_soak_script_runs(path, capsys):
     assert code == 0 and "RSS at start" in out and "RSS at end" in out and "verdict: no growth" in out
     ends = int(out.split(" episode ends")[0].rsplit(", ", 1)[-1].replace(",", ""))
     assert ends >= 64 * (3000 // 64) // 6  # every env hit its time limit several times
+
+
+@pytest.mark.parametrize("n", [None, 2])
+def test_one_element_multidiscrete_actions_keep_their_shape(n):
+    from torchrl.envs.utils import check_env_specs
+
+    seen = []
+
+    def transition(model, state, action):
+        seen.append(tuple(action.shape))
+        return state, state
+
+    env = make("torchrl", Scripted(), OBS, gym.spaces.MultiDiscrete([3]), n=n, transition_fn=transition)
+    check_env_specs(env)
+    env.rollout(2)
+    assert seen[-1] == ((1,) if n is None else (n, 1))

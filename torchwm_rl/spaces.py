@@ -60,7 +60,10 @@ def space_to_spec(space: spaces.Space, batch_size=(), device=None) -> TensorSpec
         nvec = torch.as_tensor(np.array(space.nvec), dtype=torch.int64)
         if nvec.ndim != 1:
             raise ValueError(f"only 1-d MultiDiscrete spaces are supported, got nvec shape {tuple(nvec.shape)}")
-        return MultiCategorical(nvec, shape=(*batch, *space.shape), dtype=torch.int64, device=device)
+        # remove_singleton=False: TorchRL's default squeezes rand() of a 1-element spec to ()
+        return MultiCategorical(
+            nvec, shape=(*batch, *space.shape), dtype=torch.int64, device=device, remove_singleton=False
+        )
     if isinstance(space, spaces.MultiBinary):
         shape = (*batch, *space.shape)
         return Binary(n=space.shape[-1], shape=shape, dtype=torch.int8, device=device)

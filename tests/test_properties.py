@@ -6,8 +6,8 @@
    samples of one side are members of the other.
 2. both paths agree: for a generated observation space, action space and adapter return form
    (reset form, transition form, reward/flag/observation container), the TorchRL env and the
-   Gymnasium env (unbatched) / Gymnasium vector export (batched) give the same observations,
-   rewards and flags over a few steps.
+   Gymnasium env (unbatched) / Gymnasium vector and SB3 VecEnv exports (batched) give the same
+   observations, rewards and flags over a few steps.
 
 Example counts are bounded (``settings(max_examples=..., deadline=None)``) so the file runs in
 a few seconds to tens of seconds on one core in CI.
@@ -346,6 +346,28 @@ def test_torchrl_and_vector_paths_agree_batched(case):
         np.testing.assert_array_equal(truncated, exp_trunc)
         if (terminated | truncated).any():
             break  # the vector env autoresets on the next step; the TorchRL run above does not
+
+    # the SB3 VecEnv export: same numbers, SB3's forms (float32 rewards, dones, terminal obs)
+    venv = WorldModelEnv(_model(case), case["obs_space"], case["act_space"], batch_size=(n,)).to_sb3()
+    venv.seed(7)
+    _assert_obs_equal(venv.reset(), expected[0][0], case["obs_space"])
+    for action, (exp_obs, exp_reward, exp_term, exp_trunc) in zip(actions, expected[1:]):
+        venv.step_async(action)
+        obs, reward, dones, infos = venv.step_wait()
+        assert reward.dtype == np.float32
+        np.testing.assert_array_equal(reward, exp_reward)
+        np.testing.assert_array_equal(dones, exp_term | exp_trunc)
+        for i in range(n):
+            final = infos[i]["terminal_observation"] if dones[i] else _row(obs, i)
+            _assert_obs_equal(final, _row(exp_obs, i), case["obs_space"])
+            if dones[i]:
+                assert infos[i]["TimeLimit.truncated"] == bool(exp_trunc[i] and not exp_term[i])
+        if dones.any():
+            break  # SB3 resets finished envs within the step; the TorchRL run above does not
+
+
+def _row(obs, i):
+    return {k: _row(v, i) for k, v in obs.items()} if isinstance(obs, dict) else obs[i]
 
 
 @pytest.mark.parametrize("container", CONTAINERS)

@@ -866,3 +866,9 @@ def test_one_element_multidiscrete_actions_keep_their_shape(n):
     check_env_specs(env)
     env.rollout(2)
     assert seen[-1] == ((1,) if n is None else (n, 1))
+
+
+@pytest.mark.parametrize("path", UNBATCHED)
+def test_info_that_is_not_a_dict_is_named(path):
+    with pytest.raises(TypeError, match=re.escape("model.step returned info of type list; expected a dict")):
+        _first_step(path, lambda out: (out["observation"], out["reward"], False, False, ["not", "a", "dict"]))

@@ -169,11 +169,10 @@ class WorldModelEnv(EnvBase):
             mask = tensordict.get("_reset").reshape(self.batch_size)
         snapshot, _ = self.logic.reset(seed=kwargs.get("seed"), options=kwargs.get("options"), mask=mask)
         false = torch.zeros((*self.batch_size, 1), dtype=torch.bool, device=self.device)
-        out = self._pack(snapshot)
-        out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
+        extra = {"done": false, "terminated": false.clone(), "truncated": false.clone()}
         if self.adapter.nan_policy == "truncate":
-            out.set(NONFINITE_KEY, false.clone())
-        return out
+            extra[NONFINITE_KEY] = false.clone()
+        return self._pack(snapshot, extra)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         snapshot = Snapshot(
@@ -182,22 +181,19 @@ class WorldModelEnv(EnvBase):
             elapsed=tensordict.get(ELAPSED_KEY).reshape(self.batch_size),
         )
         snapshot, record = self.logic.step(snapshot, tensordict.get("action"))
-        out = self._pack(snapshot)
         terminated, truncated = record.terminated.unsqueeze(-1), record.truncated.unsqueeze(-1)
-        out.update(
-            {
-                "reward": record.reward.unsqueeze(-1),
-                "terminated": terminated,
-                "truncated": truncated,
-                "done": terminated | truncated,
-            }
-        )
+        extra = {
+            "reward": record.reward.unsqueeze(-1),
+            "terminated": terminated,
+            "truncated": truncated,
+            "done": terminated | truncated,
+        }
         if self.adapter.nan_policy == "truncate":
             nonfinite = record.nonfinite
             if nonfinite is None:
                 nonfinite = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
-            out.set(NONFINITE_KEY, nonfinite.unsqueeze(-1))
-        return out
+            extra[NONFINITE_KEY] = nonfinite.unsqueeze(-1)
+        return self._pack(snapshot, extra)
 
     def _read_state(self, tensordict: TensorDictBase) -> Any:
         if self._state_kind == "opaque":
@@ -207,8 +203,9 @@ class WorldModelEnv(EnvBase):
             return state.to_dict()
         return state
 
-    def _pack(self, snapshot: Snapshot) -> TensorDictBase:
-        """Snapshot -> tensordict (observation keys, model state, step count)."""
+    def _pack(self, snapshot: Snapshot, extra: Optional[dict] = None) -> TensorDictBase:
+        """Snapshot (+ ``extra`` entries) -> tensordict (observation keys, model state, step
+        count). Built by ONE TensorDict constructor call: it is on the per-step hot path."""
         kind = _state_kind(snapshot.state)
         if kind != self._state_kind:  # the state spec was built from the first reset's state
             raise TypeError(
@@ -216,16 +213,15 @@ class WorldModelEnv(EnvBase):
                 f"({type(snapshot.state).__name__}); return the state in one structure throughout "
                 "(a hook that returns no state makes the observation the state)"
             )
-        out = TensorDict(batch_size=self.batch_size, device=self.device)
-        if self._dict_observation:
-            out.update(snapshot.observation)
-        else:
-            out.set(OBSERVATION_KEY, snapshot.observation)
+        entries = dict(snapshot.observation) if self._dict_observation else {OBSERVATION_KEY: snapshot.observation}
+        if self._state_kind != "opaque":
+            entries[STATE_KEY] = snapshot.state
+        entries[ELAPSED_KEY] = snapshot.elapsed.unsqueeze(-1)
+        if extra:
+            entries.update(extra)
+        out = TensorDict(entries, batch_size=self.batch_size, device=self.device)
         if self._state_kind == "opaque":
             self._held_state = snapshot.state  # committed only after the step succeeded
-        else:
-            out.set(STATE_KEY, snapshot.state)
-        out.set(ELAPSED_KEY, snapshot.elapsed.unsqueeze(-1))
         return out
 
     def close(self, *, raise_if_closed: bool = True) -> None:

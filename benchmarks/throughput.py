@@ -1,0 +1,307 @@
+"""Imagined steps per second, in one process, for one MLP world model and one small policy.
+
+    python benchmarks/throughput.py              # N = 1, 64, 1024; 3 interleaved repeats; 1e5-step memory run
+    python benchmarks/throughput.py --quick      # shorter runs, 1e4-step memory run
+    python benchmarks/throughput.py --threads 2  # torch threads (default 1: the numbers compare overheads)
+
+Rows (same model, same policy, all under ``torch.no_grad()``):
+
+  (a)  bare loop: ``a = policy(s); s, r, d = model(s, a)``, keeping the trajectory (latent,
+       action, reward, done) and stacking it at the end, as Dreamer's imagination does. The limit.
+  (a0) the same loop keeping nothing (pure compute), for reference.
+  (b)  ``torchwm_rl.WorldModelEnv.rollout(T, policy)`` (a TensorDictModule policy; TorchRL
+       returns the stacked [N, T] trajectory with root and "next" entries).
+  (c)  TorchRL's own ``torchrl.envs.model_based.WorldModelEnv``: its constructor expands the
+       reference env's action spec by the batch size, which fails for an 8-dim action at every
+       N, so it is "n/a" as shipped; (c*) builds it with a 1-dim reference action spec and sets
+       the (N, 8) action and (N, 1) reward specs afterwards, to time its rollout anyway.
+  (d)  the Gymnasium vector export (``env.to_gymnasium()``, numpy in and out), CleanRL-style loop.
+  (e)  N single ``GymWorldModelEnv`` in ``gymnasium.vector.SyncVectorEnv`` (the tutorial's
+       CleanRL pattern), same loop.
+
+Each cell is the best of the repeats (the machine may be shared: best-of is the least noisy
+estimate of what the code costs). Ratios are against (a). The memory line steps a batched env
+(N=64, per-env time limits, partial resets) through ``step_and_maybe_reset`` and prints the
+resident and peak RSS at 10%, 50% and 100% of the run. Not a test: it prints numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+from typing import Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tensordict.nn import TensorDictModule
+from torch import nn
+
+from torchwm_rl import GymWorldModelEnv, WorldModelEnv
+
+LATENT, ACTION, HIDDEN = 64, 8, 256
+OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, shape=(LATENT,), dtype=np.float32)
+ACT_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(ACTION,), dtype=np.float32)
+
+
+class MLPWorldModel(nn.Module):
+    """latent (64) + action (8) -> 2 x 256 ELU -> next latent, reward, termination logit."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Linear(LATENT + ACTION, HIDDEN), nn.ELU(), nn.Linear(HIDDEN, HIDDEN), nn.ELU(),
+            nn.Linear(HIDDEN, LATENT + 2),
+        )
+
+    def forward(self, latent, action):
+        out = self.net(torch.cat([latent, action], -1))
+        # terminations are rare (logit > 3 almost never happens at init), like the bare loop's
+        return torch.tanh(out[..., :LATENT]), out[..., LATENT], out[..., LATENT + 1] > 3.0
+
+    def initial(self, n: Optional[int], generator: torch.Generator):
+        return 0.5 * torch.randn((LATENT,) if n is None else (n, LATENT), generator=generator)
+
+
+def make_policy() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(LATENT, 64), nn.Tanh(), nn.Linear(64, ACTION), nn.Tanh())
+
+
+def reset_fn(model, seed=None, options=None):
+    mask = (options or {}).get("reset_mask")
+    generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    return model.initial(None if mask is None else int(mask.shape[0]), generator)
+
+
+def transition_fn(model, state, action):
+    latent, reward, terminated = model(state, action)
+    return {"state": latent, "observation": latent, "reward": reward, "terminated": terminated}
+
+
+# ---------------------------------------------------------------------------------- the rows
+def bare(model, policy, n, steps, keep=True):
+    state = model.initial(n, torch.Generator().manual_seed(0))
+    latents, actions, rewards, dones = [], [], [], []
+    for _ in range(steps):
+        action = policy(state)
+        next_state, reward, done = model(state, action)
+        if keep:
+            latents.append(state), actions.append(action), rewards.append(reward), dones.append(done)
+        state = next_state
+    if keep:
+        return [torch.stack(x, 1) for x in (latents, actions, rewards, dones)]
+    return state
+
+
+def ours_rollout(model, policy, n):
+    env = WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
+                        batch_size=(n,), seed=0)
+    module = TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
+    return lambda steps: env.rollout(steps, module, break_when_any_done=False)
+
+
+def torchrl_rollout(model, policy, n, patch_specs: bool):
+    """TorchRL's own WorldModelEnv driving the same MLP. Raises where its constructor cannot
+    take an (N, 8) action spec (``patch_specs=False``)."""
+    from tensordict import TensorDict
+    from torchrl.data import Bounded, Composite, Unbounded
+    from torchrl.envs.model_based import WorldModelEnv as TorchRLWorldModelEnv
+    from torchrl.modules import WorldModel
+
+    class Step(nn.Module):
+        def forward(self, latent, action):
+            nxt, reward, terminated = model(latent, action)
+            terminated = terminated.unsqueeze(-1)
+            return nxt, reward.unsqueeze(-1), terminated, terminated
+
+    dynamics = TensorDictModule(
+        Step(), in_keys=["latent", "action"],
+        out_keys=[("next", "latent"), ("next", "reward"), ("next", "terminated"), ("next", "done")],
+    )
+    # WorldModel requires a reward head; the reward is already computed by the one MLP call
+    reward_head = TensorDictModule(nn.Identity(), in_keys=[("next", "reward")], out_keys=[("next", "reward")])
+    world_model = WorldModel(TensorDictModule(nn.Identity(), ["observation"], ["latent"]), dynamics, reward_head)
+    action_space = ACT_SPACE if not patch_specs else gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    reference = WorldModelEnv(model, OBS_SPACE, action_space, reset_fn=reset_fn,
+                              transition_fn=lambda m, s, a: s)  # only its specs are read
+    env = TorchRLWorldModelEnv(
+        world_model, reference, batch_size=(n,),
+        observation_spec=Composite(latent=Unbounded((n, LATENT)), shape=(n,)),
+        latent_key="latent",
+    )
+    if patch_specs:
+        env.action_spec = Bounded(-1.0, 1.0, shape=(n, ACTION))
+        env.reward_spec = Unbounded(shape=(n, 1))
+    module = TensorDictModule(policy, in_keys=["latent"], out_keys=["action"])
+    start = TensorDict({"latent": model.initial(n, torch.Generator().manual_seed(0))}, batch_size=[n])
+    return lambda steps: env.rollout(steps, module, tensordict=start.clone(), break_when_any_done=False)
+
+
+def vector_loop(envs, policy):
+    def run(steps):
+        obs, _ = envs.reset(seed=0)
+        for _ in range(steps):
+            action = policy(torch.as_tensor(obs)).numpy()
+            obs, reward, terminated, truncated, _ = envs.step(action)
+    return run
+
+
+def ours_vector(model, policy, n):
+    env = WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
+                        batch_size=(n,), seed=0)
+    return vector_loop(env.to_gymnasium(), policy)
+
+
+def sync_singles(model, policy, n):
+    def make(i):
+        return lambda: GymWorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn,
+                                        transition_fn=transition_fn, seed=i)
+    return vector_loop(gym.vector.SyncVectorEnv([make(i) for i in range(n)]), policy)
+
+
+# ----------------------------------------------------------------------------- measurement
+def steps_for(n: int, quick: bool, slow_row: bool) -> int:
+    budget = (2 ** 15 if quick else 2 ** 17) // (16 if slow_row else 1)  # imagined steps per run
+    return max(5, min(300 if quick else 1500, budget // n))
+
+
+def measure(rows: dict, n: int, quick: bool, repeats: int) -> dict:
+    """Best steps/s of each row over interleaved repeats (None: the row cannot run)."""
+    best = {name: None for name in rows}
+    for _ in range(repeats):
+        for name, (run, slow) in rows.items():
+            if run is None:
+                continue
+            steps = steps_for(n, quick, slow)
+            run(min(steps, 3))  # warm-up (allocations, first-call paths)
+            start = time.perf_counter()
+            run(steps)
+            rate = n * steps / (time.perf_counter() - start)
+            best[name] = rate if best[name] is None else max(best[name], rate)
+    return best
+
+
+def fmt_rate(rate: Optional[float]) -> str:
+    return "n/a" if rate is None else f"{rate:,.0f}"
+
+
+def fmt_ratio(rate: Optional[float], ref: Optional[float]) -> str:
+    return "n/a" if rate is None or not ref else f"{rate / ref:.2f}x"
+
+
+ROWS = [
+    ("a", "(a) bare loop, keeps the trajectory (the limit)"),
+    ("a0", "(a0) bare loop, keeps nothing"),
+    ("b", "(b) torchwm_rl WorldModelEnv.rollout"),
+    ("c", "(c) TorchRL's own WorldModelEnv.rollout"),
+    ("c*", "(c*) TorchRL's own, specs set after construction"),
+    ("d", "(d) torchwm_rl Gymnasium vector export"),
+    ("e", "(e) SyncVectorEnv of N GymWorldModelEnv"),
+]
+
+
+def throughput_table(sizes, quick: bool, repeats: int) -> str:
+    model, policy = MLPWorldModel(), make_policy()
+    results = {}
+    notes = set()
+    for n in sizes:
+        rows: dict[str, tuple[Optional[Callable], bool]] = {
+            "a": (lambda steps, n=n: bare(model, policy, n, steps), False),
+            "a0": (lambda steps, n=n: bare(model, policy, n, steps, keep=False), False),
+            "b": (ours_rollout(model, policy, n), False),
+            "d": (ours_vector(model, policy, n), False),
+            "e": (sync_singles(model, policy, n), True),
+        }
+        for key, patch in (("c", False), ("c*", True)):
+            try:
+                rows[key] = (torchrl_rollout(model, policy, n, patch), False)
+            except Exception as err:  # TorchRL's constructor refuses the 8-dim action spec
+                rows[key] = (None, False)
+                notes.add(f"({key}) n/a: {type(err).__name__}: {str(err).splitlines()[0].split(' torch.Size')[0]}...")
+        results[n] = measure(rows, n, quick, repeats)
+    lines = ["| path | " + " | ".join(f"N={n} steps/s | ratio" for n in sizes) + " |",
+             "|---|" + "---:|---:|" * len(sizes)]
+    for key, label in ROWS:
+        cells = []
+        for n in sizes:
+            rate = results[n][key]
+            cells += [fmt_rate(rate), fmt_ratio(rate, results[n]["a"])]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    derived = []
+    for n in sizes:
+        r = results[n]
+        parts = [f"N={n}: (b)/(a0) {fmt_ratio(r['b'], r['a0'])}"]
+        if r.get("c*"):
+            parts.append(f"(b)/(c*) {fmt_ratio(r['b'], r['c*'])}")
+        parts.append(f"(d)/(e) {fmt_ratio(r['d'], r['e'])}")
+        derived.append(", ".join(parts))
+    return "\n".join(lines + [""] + sorted(notes) + derived)
+
+
+# ----------------------------------------------------------------------------------- memory
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def memory_line(total_steps: int, n: int = 64) -> str:
+    """RSS while a batched env takes ``total_steps`` steps with partial resets."""
+    model, policy = MLPWorldModel(), make_policy()
+    limits = torch.randint(20, 200, (n,), generator=torch.Generator().manual_seed(0))
+    env = WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
+                        batch_size=(n,), max_episode_steps=limits, seed=0)
+    module = TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
+    marks = {max(1, total_steps // 10): "10%", total_steps // 2: "50%", total_steps: "100%"}
+    out = []
+    td = env.reset()
+    ends = 0
+    for step in range(1, total_steps + 1):
+        data, td = env.step_and_maybe_reset(module(td))
+        if step in marks:
+            ends += 0
+            out.append(f"{marks[step]} RSS {rss_mb():.1f} MiB (peak {peak_rss_mb():.1f})")
+    return f"memory, {total_steps:,} steps of N={n} (partial resets): " + "; ".join(out)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs and a 1e4-step memory run")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024], help="batch sizes N")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; 2 with --quick)")
+    parser.add_argument("--memory-steps", type=int, default=None, help="steps of the memory run (0: skip)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (2 if args.quick else 3)
+    memory_steps = args.memory_steps if args.memory_steps is not None else (10_000 if args.quick else 100_000)
+    print(f"machine: {machine()}")
+    with torch.no_grad():
+        print(throughput_table(args.sizes, args.quick, repeats))
+        if memory_steps:
+            print(memory_line(memory_steps))
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -166,9 +166,24 @@ def reality_check(
     seed: int | None = 0,
     set_real_state: Callable[[Any, np.ndarray, Any], None] | None = None,
 ) -> RealityReport:
-    """Compare ``policy`` in ``world_model_env`` (a :class:`torchwm_rl.WorldModelEnv` or any
-    TorchRL env with an ``"observation"`` key and functional state in the TensorDict) and in
-    ``real_env`` (a Gymnasium env) from matching start states. See the module docstring.
+    """Compare ``policy`` in the model and in reality from matching start states.
+
+    Args:
+        policy: a tensordict module (``"observation"`` -> ``"action"``; run under
+            ``ExplorationType.DETERMINISTIC``) or a callable ``observation [B, ...] -> action``.
+        world_model_env: a :class:`torchwm_rl.WorldModelEnv` (or any TorchRL env whose state
+            travels in the TensorDict, with an ``"observation"`` key), batch ``()`` or ``(N,)``;
+            episodes run N at a time, starting from its own (seeded) resets.
+        real_env: a Gymnasium env whose state can be set (see ``set_real_state``).
+        episodes: number of episodes compared.
+        horizon: steps per episode at most (default: the model env's time limit, else the real
+            env's ``spec.max_episode_steps``, else 1000).
+        seed: seeds the model env (``set_seed``) and the real env's resets (``seed + episode``).
+        set_real_state: ``fn(real_env, observation, model_state)`` putting the real env in the
+            model's start state; default :func:`set_state_attribute`.
+
+    Returns:
+        a :class:`RealityReport`. Grad is disabled throughout.
     """
     from tensordict import TensorDict
     from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
@@ -214,7 +229,7 @@ def reality_check(
             obs0 = td0["observation"]
             state0 = td0.get("model_state", None)
             real_obs = torch.full((n_env, horizon + 1, *obs0.shape[1:]), math.nan)
-            real_act = torch.zeros((n_env, horizon, *td0_action_shape(env)), dtype=env.full_action_spec["action"].dtype)
+            real_act = torch.zeros((n_env, horizon, *_action_shape(env)), dtype=env.full_action_spec["action"].dtype)
             for i in range(take):
                 s0 = obs0[i].cpu().numpy()
                 real_env.reset(seed=None if seed is None else int(seed) + episode + i)
@@ -276,7 +291,7 @@ def reality_check(
     )
 
 
-def td0_action_shape(env) -> tuple:
+def _action_shape(env) -> tuple:
     """Per-env action shape (without batch dims) of a TorchRL env."""
     spec = env.full_action_spec["action"]
     return tuple(spec.shape[len(env.batch_size):])

@@ -384,6 +384,9 @@ def test_nan_truncate_torchrl_batched_rollout_resets_only_that_env():
     assert td["elapsed_steps"].squeeze(-1)[2].tolist() == [0, 1, 0]
     assert td["elapsed_steps"].squeeze(-1)[0].tolist() == [0, 1, 2]
     assert not td["next", "truncated"][[0, 1, 3]].any()
+    # the truncated env's final observation was sanitized and its next episode started afresh
+    assert torch.isfinite(td["next", "observation"]).all() and torch.isfinite(td["observation"]).all()
+    assert torch.isfinite(td["next", "model_state"][[0, 1, 3]]).all()
 
 
 @pytest.mark.parametrize("path", UNBATCHED)

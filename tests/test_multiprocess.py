@@ -6,13 +6,18 @@ weights from a file. The assertions check that the worker envs really run the sa
 (a transition recomputed locally with those weights matches the worker's output) and that the
 multi-process result equals the single-process one where the library promises it.
 
-Worker counts are 2 and budgets tiny; the whole file takes tens of seconds (process start-up).
+The env classes themselves also pickle (``pickle`` and ``cloudpickle``) into working,
+independent copies, for libraries that ship built envs instead of factories.
+
+Worker counts are 2 and budgets tiny; the process tests are ``slow`` (process start-up).
 """
 
 from __future__ import annotations
 
 import functools
+import pickle
 
+import cloudpickle
 import gymnasium
 import numpy as np
 import pytest
@@ -23,8 +28,6 @@ from torchrl.envs import EnvCreator, ParallelEnv
 
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 from models import VectorModel, reset_world_model, transition_world_model, vector_spaces
-
-pytestmark = pytest.mark.slow
 
 NUM_ENVS, HORIZON = 4, 3
 
@@ -69,6 +72,39 @@ def assert_transitions_use(weights_path: str, data) -> None:
     assert not torch.allclose(expected, VectorModel(seed=0).predict_next_state(data["model_state"], data["action"]))
 
 
+@pytest.mark.parametrize("dumps", [pickle.dumps, cloudpickle.dumps], ids=["pickle", "cloudpickle"])
+@pytest.mark.parametrize("export", ["torchrl", "gymnasium-vector", "sb3", "gymnasium-single"])
+def test_env_classes_pickle_and_step_the_same(weights_path, dumps, export):
+    """Libraries that ship built envs to workers (or copy them) get a working, independent copy."""
+    if export == "sb3":
+        pytest.importorskip("stable_baselines3")
+    env = make_torchrl_env(weights_path)
+    obj = {
+        "torchrl": lambda: env,
+        "gymnasium-vector": env.to_gymnasium,
+        "sb3": env.to_sb3,
+        "gymnasium-single": lambda: make_gym_env(weights_path, seed=0),
+    }[export]()
+    copy = pickle.loads(dumps(obj))
+    action = np.stack([vector_spaces()[1].sample()] * NUM_ENVS)
+    if export == "torchrl":
+        td = obj.reset(seed=1)
+        td_copy = copy.reset(seed=1)
+        td["action"] = td_copy["action"] = torch.as_tensor(action)
+        torch.testing.assert_close(copy.step(td_copy)["next", "observation"], obj.step(td)["next", "observation"])
+        return
+    if export == "sb3":
+        obj.seed(1), copy.seed(1)
+        np.testing.assert_allclose(copy.reset(), obj.reset())
+        np.testing.assert_allclose(copy.step(action)[0], obj.step(action)[0])
+        return
+    if export == "gymnasium-single":
+        action = action[0]
+    np.testing.assert_allclose(copy.reset(seed=1)[0], obj.reset(seed=1)[0])
+    np.testing.assert_allclose(copy.step(action)[0], obj.step(action)[0])
+    assert copy.logic is not obj.logic
+
+
 def small_policy():
     torch.manual_seed(0)
     obs_dim = vector_spaces()[0].shape[0]
@@ -77,6 +113,7 @@ def small_policy():
     return TensorDictModule(net, in_keys=["observation"], out_keys=["action"])
 
 
+@pytest.mark.slow
 def test_parallel_env_of_batched_worker_envs(weights_path):
     env = ParallelEnv(2, EnvCreator(functools.partial(make_torchrl_env, weights_path)))
     try:
@@ -94,6 +131,7 @@ def test_parallel_env_of_batched_worker_envs(weights_path):
         env.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("collector_class", [MultiSyncCollector, MultiAsyncCollector])
 def test_multi_process_collectors_with_worker_built_envs(weights_path, collector_class):
     make_env = functools.partial(make_torchrl_env, weights_path)
@@ -126,6 +164,7 @@ def _run(envs, actions):
     return out
 
 
+@pytest.mark.slow
 def test_gymnasium_async_vector_env_matches_sync(weights_path):
     thunks = [_gym_thunk(weights_path, seed) for seed in (0, 1)]
     actions = [np.stack([vector_spaces()[1].sample()] * 2) for _ in range(2 * HORIZON + 2)]
@@ -147,6 +186,7 @@ def test_gymnasium_async_vector_env_matches_sync(weights_path):
     np.testing.assert_allclose(local.step(actions[0][0])[0], got[0][0][0], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_sb3_subproc_vec_env_matches_dummy_and_trains(weights_path):
     pytest.importorskip("stable_baselines3")
     from stable_baselines3 import PPO

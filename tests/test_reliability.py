@@ -875,3 +875,31 @@ def test_one_element_multidiscrete_actions_keep_their_shape(n):
 def test_info_that_is_not_a_dict_is_named(path):
     with pytest.raises(TypeError, match=re.escape("model.step returned info of type list; expected a dict")):
         _first_step(path, lambda out: (out["observation"], out["reward"], False, False, ["not", "a", "dict"]))
+
+
+# --------------------------------------------------------------------------------------------
+# arrays handed out are the caller's: writing into them cannot change the env
+
+
+def _obs_is_state_reset(model, seed=None, options=None):
+    mask = (options or {}).get("reset_mask")
+    return torch.full((3,) if mask is None else (int(mask.shape[0]), 3), 0.5)
+
+
+def _obs_is_state_transition(model, state, action):
+    return 0.5 * state + 0.1  # no state returned: the observation is the model state
+
+
+@pytest.mark.parametrize("path", ["gym", "vector", "sb3"])
+def test_writing_into_returned_observations_does_not_touch_the_env(path):
+    n = None if path == "gym" else 2
+    env = make(path, Scripted(), n=n, reset_fn=_obs_is_state_reset, transition_fn=_obs_is_state_transition)
+    driver = Driver(path, env)
+    obs = driver.reset(seed=0)
+    obs *= 0.0  # e.g. in-place normalization by the caller
+    np.testing.assert_allclose(driver.step(_action(n))[0], np.full_like(obs, 0.35), rtol=1e-6)
+    obs, _, _, _, info = driver.step(_action(n))
+    obs += 1.0
+    if path == "gym":
+        info["model_state"] += 1.0
+    np.testing.assert_allclose(driver.step(_action(n))[0], np.full_like(obs, 0.5 * 0.275 + 0.1), rtol=1e-6)

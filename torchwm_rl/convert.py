@@ -18,8 +18,16 @@ def observation_to_numpy(observation: Any, space: spaces.Space) -> Any:
         return {k: observation_to_numpy(observation[k], sub) for k, sub in space.spaces.items()}
     array = observation.detach().cpu().numpy()
     if space.dtype is not None and array.dtype != space.dtype:
-        array = array.astype(space.dtype)
-    return array
+        return array.astype(space.dtype)  # a copy
+    return _unshared(array, observation)
+
+
+def _unshared(array: np.ndarray, tensor: torch.Tensor) -> np.ndarray:
+    """``array`` (from ``tensor.numpy()``) as memory the caller owns. ``.numpy()`` of a CPU
+    tensor shares the tensor's memory, so a caller writing into it (``obs /= 255``) would change
+    the env's observation, and the model state when the state is the observation. Gymnasium's
+    vector envs and SB3's VecEnvs hand out copies too."""
+    return array.copy() if tensor.device.type == "cpu" else array
 
 
 def detach_tree(value: Any) -> Any:
@@ -27,7 +35,7 @@ def detach_tree(value: Any) -> Any:
     as they are. Infos handed to Gymnasium/SB3 must hold no autograd graph, and numpy keeps
     Gymnasium's ``check_env`` determinism comparisons (which use ``==``) well defined."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        return _unshared(value.detach().cpu().numpy(), value)
     if isinstance(value, TensorDictBase):
         return detach_tree(value.to_dict())
     if isinstance(value, Mapping):

@@ -310,3 +310,71 @@ def test_batched_auto_reset_keeps_other_envs_exact():
         [True, True, True], [True, False, False], [False, True, False], [True, False, False],
         [False, False, True],
     ]
+
+
+# ------------------------------------------------------------- stochastic models and seeding
+class NoisyModel(VectorModel):
+    """Samples from the GLOBAL torch RNG in reset and step, as many latent models do."""
+
+    def reset(self, seed=None, options=None):
+        mask = (options or {}).get("reset_mask")
+        latent = torch.rand(OBS_DIM if mask is None else (len(mask), OBS_DIM)) * 2 - 1
+        return latent, latent
+
+    def step(self, state, action):
+        nxt = (self.predict_next_state(state, action) + 0.1 * torch.randn_like(state)).clamp(-1, 1)
+        return nxt, nxt
+
+
+def _noisy_rollout(seed, actions, **kwargs):
+    env = make_env(model=NoisyModel(), reset_fn=None, transition_fn=None, max_episode_steps=4, **kwargs)
+    if seed is not None:
+        env.set_seed(seed)
+    return env.rollout(len(actions), fixed_policy(actions), break_when_any_done=False)
+
+
+def test_seed_makes_a_global_rng_model_reproducible():
+    """Once seeded, the model's torch.rand* calls draw from the env's own stream."""
+    actions = np.random.default_rng(0).uniform(-1, 1, (9, ACT_DIM)).astype(np.float32)
+    a, b, c = _noisy_rollout(1, actions), _noisy_rollout(1, actions), _noisy_rollout(2, actions)
+    assert (a == b).all()  # across episode boundaries (auto-resets) too
+    assert not torch.equal(a["next", "observation"], c["next", "observation"])
+    env = make_env(model=NoisyModel(), reset_fn=None, transition_fn=None)
+    torch.testing.assert_close(env.reset(seed=5)["observation"], env.reset(seed=5)["observation"])
+
+
+def test_seeded_env_leaves_the_global_rng_alone():
+    actions = np.zeros((5, ACT_DIM), dtype=np.float32)
+    env = make_env(model=NoisyModel(), reset_fn=None, transition_fn=None, max_episode_steps=4, seed=1)
+    torch.manual_seed(123)  # (after building the toy model: its constructor seeds torch)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    env.rollout(len(actions), fixed_policy(actions), break_when_any_done=False)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_unseeded_env_uses_the_global_rng():
+    actions = np.zeros((5, ACT_DIM), dtype=np.float32)
+    torch.manual_seed(7)
+    a = _noisy_rollout(None, actions)
+    torch.manual_seed(7)
+    b = _noisy_rollout(None, actions)
+    assert (a == b).all()
+
+
+def test_failed_step_does_not_advance_the_model_stream():
+    calls = []
+
+    def transition(model, state, action):
+        noise = torch.rand(())
+        calls.append(float(noise))
+        if len(calls) == 1:
+            raise RuntimeError("model blew up")
+        return state + 0 * noise, state
+
+    env = make_env(transition_fn=transition, seed=3)
+    td = env.rand_action(env.reset())
+    with pytest.raises(RuntimeError, match="blew up"):
+        env.step(td.clone())
+    env.step(td.clone())
+    assert calls[0] == calls[1]  # the retry drew the same number: the stream did not move

@@ -293,6 +293,28 @@ def test_gymnasium_check_env_passes_without_warnings(make):
     assert [str(w.message) for w in caught] == []
 
 
+def test_gymnasium_check_env_passes_for_a_model_sampling_from_the_global_torch_rng():
+    """Gymnasium's determinism checks (same seed, same actions -> same observations) hold for a
+    stochastic model that calls torch.rand*: a seeded env gives the model its own stream."""
+    obs_space, action_space = vector_spaces()
+
+    def reset(model, seed=None, options=None):
+        latent = torch.rand(6) * 2 - 1
+        return latent, latent
+
+    def transition(model, state, action):
+        nxt = (model.predict_next_state(state, action) + 0.1 * torch.randn(6)).clamp(-1, 1)
+        return nxt, nxt, model.predict_reward(nxt, action)
+
+    env = WorldModelEnv(VectorModel(), observation_space=obs_space, action_space=action_space,
+                        reset_fn=reset, transition_fn=transition, max_episode_steps=20)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gym_check_env(env, skip_render_check=True)
+    assert [str(w.message) for w in caught] == []
+    assert sb3_check_env_without_warnings(env) == []
+
+
 @pytest.mark.parametrize("which", ["box_env", "discrete_env"])
 def test_gymnasium_check_env_passes_on_tutorial_env(section1, which):
     """The tutorial's Box(-inf, inf) only draws Gymnasium's advisory about infinite bounds."""

@@ -10,6 +10,7 @@ TorchRL env keeps its snapshot in TensorDicts; the Gymnasium exports keep it in 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
@@ -70,6 +71,12 @@ class EpisodeLogic:
             both state and observation, or a mapping/TensorDict with ``"observation"`` and
             optionally ``"state"``). When given, reset samples rows with replacement from it
             (reproducible under the seed) instead of calling the reset hook.
+
+    Seeding (``seed`` or ``reset(seed=...)``) also gives the model its own torch RNG stream:
+    from then on every hook call runs under that stream (the caller's global torch RNG is saved
+    and restored around it), so a model that samples with ``torch.rand*`` reproduces its
+    episodes under a seed, as Gymnasium's ``reset(seed=...)`` promises, and envs seeded
+    differently draw independent streams. An env never seeded leaves the global RNG to the model.
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class EpisodeLogic:
         self.generator = torch.Generator(device="cpu")
         self.generator.seed()
         self.pending_seed: Optional[int] = None
+        self.rng_state: Optional[tuple] = None  # the model's torch RNG stream(s) once seeded
         self.bank = self._bank(start_states)
 
     def _max_steps(self, value) -> Optional[torch.Tensor]:
@@ -131,7 +139,26 @@ class EpisodeLogic:
         if seed is None:
             return
         self.generator.manual_seed(int(seed))
+        self.rng_state = _seeded_rng_state(int(seed), self.device)
         self.pending_seed = int(seed)
+
+    @contextmanager
+    def model_rng(self):
+        """Run model hooks on the env's torch RNG stream (see the class docs); the stream
+        advances only when the hooks succeed."""
+        if self.rng_state is None:
+            yield
+            return
+        # torch.random.fork_rng does the same for every CUDA device at twice the cost; this
+        # swaps only the CPU generator and the env device's
+        saved = _get_rng_state(self.device)
+        _set_rng_state(self.device, self.rng_state)
+        try:
+            yield
+            new_state = _get_rng_state(self.device)
+        finally:
+            _set_rng_state(self.device, saved)
+        self.rng_state = new_state
 
     # ------------------------------------------------------------------ reset
     def reset(
@@ -152,20 +179,23 @@ class EpisodeLogic:
             seed, self.pending_seed = self.pending_seed, None
         else:
             self.pending_seed = None
-        generator_state = self.generator.get_state()
+        generator_state, rng_state = self.generator.get_state(), self.rng_state
         try:
             if seed is not None:
                 self.generator.manual_seed(int(seed))
+                self.rng_state = _seeded_rng_state(int(seed), self.device)
             options = dict(options or {})
             if self.batch_size:
                 if mask is None:
                     mask = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
                 mask = mask.to(self.device, torch.bool).reshape(self.batch_size)
                 options["reset_mask"] = mask
-            record = self._reset_record(seed, options)
+            with self.model_rng():
+                record = self._reset_record(seed, options)
         except BaseException:
-            # a failed reset leaves no trace: the generator and a seed not yet used stay as they were
+            # a failed reset leaves no trace: the generators and a seed not yet used stay as they were
             self.generator.set_state(generator_state)
+            self.rng_state = rng_state
             self.pending_seed = pending_seed
             raise
         elapsed = torch.zeros(self.batch_size, dtype=torch.int64, device=self.device)
@@ -195,11 +225,37 @@ class EpisodeLogic:
     def step(self, snapshot: Snapshot, action: Any) -> tuple[Snapshot, Transition]:
         """Advance every env one step; the returned transition's ``truncated`` includes the
         time limit. ``snapshot`` is not modified."""
-        record = self.adapter.step(snapshot.state, action)
+        with self.model_rng():
+            record = self.adapter.step(snapshot.state, action)
         elapsed = snapshot.elapsed + 1
         if self.max_steps is not None:
             record.truncated = record.truncated | (elapsed >= self.max_steps)
         return Snapshot(record.state, record.observation, elapsed), record
+
+
+def _seeded_rng_state(seed: int, device: torch.device) -> tuple:
+    """The RNG states ``torch.manual_seed(seed)`` would give the CPU generator (and the CUDA
+    generator of ``device``)."""
+    cpu = torch.Generator().manual_seed(seed).get_state()
+    if device.type != "cuda":
+        return (cpu,)
+    return cpu, torch.Generator(device=device).manual_seed(seed).get_state()
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _get_rng_state(device: torch.device) -> tuple:
+    if device.type != "cuda":
+        return (torch.get_rng_state(),)
+    return torch.get_rng_state(), torch.cuda.get_rng_state(_cuda_index(device))
+
+
+def _set_rng_state(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], _cuda_index(device))
 
 
 def _leading_dim(value: Any) -> int:

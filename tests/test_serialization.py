@@ -1,7 +1,7 @@
 """Safe weight loading: safetensors and torch state dicts load; pickled code and garbage are
 refused with errors that say what is wrong (and how to opt in for a trusted file)."""
 
-import os
+import random
 import pickle
 
 import pytest
@@ -56,7 +56,12 @@ def test_pickled_object_is_refused(tmp_path):
         load_weights(tmp_path / "obj.pkl", trust_code=True)
 
 
-@pytest.mark.parametrize("content", [os.urandom(256), b"hello world, not weights", b""])
+# fixed "random" bytes: os.urandom in a parameter made the test ids differ between pytest-xdist
+# workers, which then refuse to run the suite ("Different tests were collected")
+@pytest.mark.parametrize(
+    "content", [random.Random(0).randbytes(256), b"hello world, not weights", b""],
+    ids=["random-bytes", "text", "empty"],
+)
 @pytest.mark.parametrize("name", ["garbage.pt", "garbage.bin"])
 def test_garbage_file_is_a_format_error(tmp_path, content, name):
     path = tmp_path / name

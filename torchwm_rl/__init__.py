@@ -12,3 +12,8 @@ from .gym import GymVectorWorldModelEnv, GymWorldModelEnv
 
 __all__ = ["ModelAdapter", "WorldModelEnv", "GymWorldModelEnv", "GymVectorWorldModelEnv"]
 __version__ = "0.1.0"
+
+# Added with the zoo/demo work: the reality check is part of the public API.
+from .reality import reality_check  # noqa: E402
+
+__all__ += ["reality_check"]

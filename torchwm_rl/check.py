@@ -197,9 +197,7 @@ def _vector_contract(name: str, venv, seed: int) -> CheckResult:
 
 
 def _check_sb3(env, seed: int) -> CheckResult:
-    try:
-        import stable_baselines3  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("stable_baselines3") is None:
         return CheckResult("sb3-checker", SKIP, "stable-baselines3 not installed (pip install 'torchwm-rl[sb3]')")
     if env.batch_size:
         venv = env.to_sb3()

@@ -288,44 +288,6 @@ def transition(model: CartPoleModel, state: torch.Tensor, action: torch.Tensor) 
         return model(state, action)
 
 
-def _seeded_reset(batch_size: tuple) -> Callable:
-    """A reset hook drawing from the real reset distribution with its own generator: reseeded
-    whenever the env hands it a seed (first reset after ``set_seed``), otherwise continued, so
-    resets are reproducible under the env's seed."""
-    gen = torch.Generator()
-    gen.seed()
-
-    def reset_fn(model, seed=None, options=None):
-        if seed is not None:
-            gen.manual_seed(int(seed))
-        n = batch_size[0] if batch_size else 1
-        out = torch.rand(n, OBS_DIM, generator=gen) * (RESET_HIGH - RESET_LOW) + RESET_LOW
-        return out if batch_size else out[0]
-
-    return reset_fn
-
-
-def transition(model: CartPoleModel, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """Adapter transition: the model's next state (state == observation for CartPole)."""
-    with torch.no_grad():
-        return model(state, action)
-
-
-def reset(model: CartPoleModel, seed: int | None = None, options: dict | None = None) -> torch.Tensor:
-    """Adapter reset: fresh start states from the real reset distribution, one per env.
-
-    ``make_env`` samples resets from a seeded start-state bank instead; this hook is the fallback
-    the adapter requires (and what a user building their own env on the model can pass).
-    """
-    n = int((options or {}).get("reset_mask", torch.ones(1)).numel())
-    g = torch.Generator()
-    if seed is not None:
-        g.manual_seed(int(seed))
-    else:
-        g.seed()
-    return torch.rand(n, OBS_DIM, generator=g) * (RESET_HIGH - RESET_LOW) + RESET_LOW
-
-
 def make_env(
     model: CartPoleModel | None = None,
     batch_size: int | tuple = (),

@@ -433,6 +433,18 @@ def test_model_without_transition_is_refused_at_construction(cls):
 
 
 @pytest.mark.parametrize("cls", [WorldModelEnv, GymWorldModelEnv])
+def test_module_without_forward_or_transition_is_refused_at_construction(cls):
+    """Every nn.Module is callable, but one without forward has no transition either."""
+
+    class NoForward(nn.Module):
+        def reset(self, seed=None, options=None):
+            return S0.clone()
+
+    with pytest.raises(TypeError, match="transition_fn"):
+        cls(NoForward(), OBS_SPACE, ACT_SPACE)
+
+
+@pytest.mark.parametrize("cls", [WorldModelEnv, GymWorldModelEnv])
 def test_explicit_hooks_win_over_model_methods(cls):
     model = _model_with("reset", "step")
     env = cls(model, OBS_SPACE, ACT_SPACE, reset_fn=lambda: 3 * S0, transition_fn=lambda s, a: s)

@@ -175,7 +175,7 @@ class ModelAdapter:
 
         self.reset_hook = _resolve(reset_fn, model, RESET_METHODS, "reset_fn")
         self.transition_hook = _resolve(transition_fn, model, TRANSITION_METHODS, "transition_fn")
-        if self.transition_hook is None and transition_fn is None and callable(model):
+        if self.transition_hook is None and transition_fn is None and _has_call(model):
             self.transition_hook = _Hook(model, "model", pass_model=False, arg_names=HOOK_ARGS["transition_fn"])
         if self.transition_hook is None:
             raise TypeError(
@@ -329,6 +329,14 @@ def _rows(mask: torch.Tensor) -> str:
     if mask.ndim == 0:
         return ""
     return f" at env index {mask.nonzero().flatten().tolist()}"
+
+
+def _has_call(model: Any) -> bool:
+    """Whether calling the model can be its transition. Every ``nn.Module`` is callable, but
+    one without ``forward`` raises NotImplementedError when called: that is no transition."""
+    if isinstance(model, torch.nn.Module):
+        return type(model).forward is not torch.nn.Module.forward
+    return callable(model)
 
 
 def _model_device(model: Any) -> torch.device:

@@ -1,6 +1,6 @@
 """Imagined steps per second, in one process, for one MLP world model and one small policy.
 
-    python benchmarks/throughput.py              # N = 1, 64, 1024; 3 interleaved repeats; 1e5-step memory run
+    python benchmarks/throughput.py              # N = 1, 64, 1024; 7 samples per cell; 1e5-step memory run
     python benchmarks/throughput.py --quick      # shorter runs, 1e4-step memory run
     python benchmarks/throughput.py --threads 2  # torch threads (default 1: the numbers compare overheads)
 
@@ -19,10 +19,13 @@ Rows (same model, same policy, all under ``torch.no_grad()``):
   (e)  N single ``GymWorldModelEnv`` in ``gymnasium.vector.SyncVectorEnv`` (the tutorial's
        CleanRL pattern), same loop.
 
-Each cell is the best of the repeats (the machine may be shared: best-of is the least noisy
-estimate of what the code costs). Ratios are against (a). The memory line steps a batched env
-(N=64, per-env time limits, partial resets) through ``step_and_maybe_reset`` and prints the
-resident and peak RSS at 10%, 50% and 100% of the run. Not a test: it prints numbers.
+Each cell is the fastest of several samples, interleaved across rows and timed in CPU time of
+this process (the machine may be shared: other users' processes would otherwise count, and the
+fastest sample is the least noisy estimate of what the code costs). Ratios are against (a).
+The memory line steps a batched env (N=64, per-env time limits, partial resets) through
+``step_and_maybe_reset`` and prints the resident and peak RSS at 10%, 50% and 100% of the run.
+``--breakdown`` prints where one step of the TorchRL path goes, layer by layer. Not a test: it
+prints numbers.
 """
 
 from __future__ import annotations
@@ -165,24 +168,37 @@ def sync_singles(model, policy, n):
 
 
 # ----------------------------------------------------------------------------- measurement
-def steps_for(n: int, quick: bool, slow_row: bool) -> int:
-    budget = (2 ** 15 if quick else 2 ** 17) // (16 if slow_row else 1)  # imagined steps per run
-    return max(5, min(300 if quick else 1500, budget // n))
+def steps_for(n: int, slow_row: bool) -> int:
+    """Steps of one timed sample: 256 at N=1, 64 at N=1024 (a rollout's fixed costs, reset and
+    setup, are then spread over as many steps as a short imagination horizon); the slow
+    SyncVectorEnv row takes fewer."""
+    if slow_row:
+        return max(2, min(256, 2048 // n))
+    return max(64, min(256, 16384 // n))
 
 
-def measure(rows: dict, n: int, quick: bool, repeats: int) -> dict:
-    """Best steps/s of each row over interleaved repeats (None: the row cannot run)."""
+def measure(rows: dict, n: int, samples: int) -> dict:
+    """Steps/s of each row from its fastest sample (None: the row cannot run).
+
+    Samples of all rows are interleaved, and each is timed in CPU time of this process
+    (``time.process_time``, page faults included): on a shared machine, wall time would also
+    count the other users' processes.
+    """
     best = {name: None for name in rows}
-    for _ in range(repeats):
+    for name, (run, slow) in rows.items():
+        if run is not None:
+            run(min(steps_for(n, slow), 3))  # warm-up (allocations, first-call paths)
+    for _ in range(samples):
         for name, (run, slow) in rows.items():
             if run is None:
                 continue
-            steps = steps_for(n, quick, slow)
-            run(min(steps, 3))  # warm-up (allocations, first-call paths)
-            start = time.perf_counter()
+            steps = steps_for(n, slow)
+            start = time.process_time()
             run(steps)
-            rate = n * steps / (time.perf_counter() - start)
-            best[name] = rate if best[name] is None else max(best[name], rate)
+            elapsed = time.process_time() - start
+            if elapsed > 0:
+                rate = n * steps / elapsed
+                best[name] = rate if best[name] is None else max(best[name], rate)
     return best
 
 
@@ -205,7 +221,7 @@ ROWS = [
 ]
 
 
-def throughput_table(sizes, quick: bool, repeats: int) -> str:
+def throughput_table(sizes, samples: int) -> str:
     model, policy = MLPWorldModel(), make_policy()
     results = {}
     notes = set()
@@ -223,7 +239,7 @@ def throughput_table(sizes, quick: bool, repeats: int) -> str:
             except Exception as err:  # TorchRL's constructor refuses the 8-dim action spec
                 rows[key] = (None, False)
                 notes.add(f"({key}) n/a: {type(err).__name__}: {str(err).splitlines()[0].split(' torch.Size')[0]}...")
-        results[n] = measure(rows, n, quick, repeats)
+        results[n] = measure(rows, n, samples)
     lines = ["| path | " + " | ".join(f"N={n} steps/s | ratio" for n in sizes) + " |",
              "|---|" + "---:|---:|" * len(sizes)]
     for key, label in ROWS:
@@ -241,6 +257,48 @@ def throughput_table(sizes, quick: bool, repeats: int) -> str:
         parts.append(f"(d)/(e) {fmt_ratio(r['d'], r['e'])}")
         derived.append(", ".join(parts))
     return "\n".join(lines + [""] + sorted(notes) + derived)
+
+
+# -------------------------------------------------------------------------------- breakdown
+def _per_call_us(fn: Callable[[], object], calls: int = 20, rounds: int = 60) -> float:
+    """Best mean CPU time of ``calls`` calls over ``rounds`` rounds, in microseconds."""
+    for _ in range(calls):
+        fn()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.process_time() - start) / calls * 1e6)
+    return best
+
+
+def breakdown(n: int, steps: int = 100) -> str:
+    """Where a ``WorldModelEnv.rollout`` step goes, layer by layer (microseconds per step)."""
+    model, policy = MLPWorldModel(), make_policy()
+    env = WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
+                        batch_size=(n,), seed=0)
+    module = TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
+    td = module(env.reset())
+    state, action = td["observation"], td["action"]
+    rollout_calls = 10
+    layers = [
+        ("policy network", lambda: policy(state)),
+        ("policy as TensorDictModule", lambda: module(td)),
+        ("model (transition_fn)", lambda: transition_fn(model, state, action)),
+        ("ModelAdapter.step", lambda: env.adapter.step(state, action)),
+        ("WorldModelEnv._step", lambda: env._step(td)),
+        ("EnvBase.step", lambda: env.step(td.clone(False))),
+        ("EnvBase.step_and_maybe_reset", lambda: env.step_and_maybe_reset(td.clone(False))),
+    ]
+    calls = max(2, 256 // n)
+    rows = [(name, _per_call_us(fn, calls)) for name, fn in layers]
+    rollout = _per_call_us(lambda: env.rollout(steps, module, break_when_any_done=False), 1, rollout_calls) / steps
+    rows.append((f"rollout({steps}) per step (policy + step + stack)", rollout))
+    lines = [f"per-step cost by layer, N={n} (best of many, microseconds):"]
+    for name, us in rows:
+        lines.append(f"  {name:52s} {us:9.1f}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------- memory
@@ -263,11 +321,9 @@ def memory_line(total_steps: int, n: int = 64) -> str:
     marks = {max(1, total_steps // 10): "10%", total_steps // 2: "50%", total_steps: "100%"}
     out = []
     td = env.reset()
-    ends = 0
     for step in range(1, total_steps + 1):
         data, td = env.step_and_maybe_reset(module(td))
         if step in marks:
-            ends += 0
             out.append(f"{marks[step]} RSS {rss_mb():.1f} MiB (peak {peak_rss_mb():.1f})")
     return f"memory, {total_steps:,} steps of N={n} (partial resets): " + "; ".join(out)
 
@@ -289,15 +345,19 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs and a 1e4-step memory run")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024], help="batch sizes N")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; 2 with --quick)")
+    parser.add_argument("--samples", type=int, default=None, help="timed samples per row (default 7; 3 with --quick)")
     parser.add_argument("--memory-steps", type=int, default=None, help="steps of the memory run (0: skip)")
+    parser.add_argument("--breakdown", action="store_true", help="also print per-layer microseconds per step")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    repeats = args.repeats or (2 if args.quick else 3)
+    samples = args.samples or (3 if args.quick else 7)
     memory_steps = args.memory_steps if args.memory_steps is not None else (10_000 if args.quick else 100_000)
     print(f"machine: {machine()}")
     with torch.no_grad():
-        print(throughput_table(args.sizes, args.quick, repeats))
+        print(throughput_table(args.sizes, samples))
+        if args.breakdown:
+            for n in args.sizes:
+                print(breakdown(n))
         if memory_steps:
             print(memory_line(memory_steps))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -128,6 +128,7 @@ def test_collector_restarts_only_finished_envs_exactly():
         if k == 0:
             assert steps_before.tolist() == [0] * N
     # every reset the hook saw (after the first, full one) matches the rows that ended
+    assert hooks.transition_shapes == [(N, 2)] * (2 * T)  # one model call per step, all N envs
     data = torch.cat(batches, dim=1)
     ended = [data["next", "done"][:, t, 0] for t in range(2 * T - 1) if data["next", "done"][:, t].any()]
     masks = [m for m in hooks.reset_masks if not m.all()]
@@ -256,19 +257,29 @@ def test_rollout_keeps_the_graph_from_rewards_to_policy_parameters():
 
 
 def test_gymnasium_exports_build_no_graph():
+    """The exports run the model with grad disabled (so nothing they hand out holds a graph),
+    while the TorchRL path leaves grad mode to the caller."""
     obs_space, act_space = vector_spaces()
+    grad_modes = []
+
+    def transition(model, state, action):
+        grad_modes.append(torch.is_grad_enabled())
+        return transition_world_model(model, state, action)
+
     env = WorldModelEnv(VectorModel(), obs_space, act_space, reset_fn=reset_world_model,
-                        transition_fn=transition_world_model, batch_size=(3,), seed=0)
+                        transition_fn=transition, batch_size=(3,), seed=0)
+    env.rollout(2, break_when_any_done=False)
+    assert grad_modes == [True, True]
     envs = env.to_gymnasium()
-    obs, _ = envs.reset(seed=0)
+    envs.reset(seed=0)
     obs, reward, terminated, truncated, _ = envs.step(envs.action_space.sample())
     assert isinstance(obs, np.ndarray) and isinstance(reward, np.ndarray)
-    assert not envs.state.requires_grad and envs.state.grad_fn is None
+    assert envs.state.grad_fn is None and not envs.state.requires_grad
     venv = env.to_sb3()
     venv.reset()
     obs, reward, dones, infos = venv.step(np.stack([act_space.sample() for _ in range(3)]))
     assert isinstance(obs, np.ndarray) and reward.dtype == np.float32
-    assert not venv.logic.adapter.model.dynamics.weight.requires_grad or venv._snapshot.state.grad_fn is None
+    assert grad_modes == [True, True, False, False]
 
 
 # --------------------------------------------------------------------------------- devices

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -133,7 +134,9 @@ def load_weights(
             "a torch zip archive nor a pickle stream)"
         )
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about protocol-4 pickles; not actionable here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trusted:
             detail = _first_line_mentioning(str(exc), ("global", "operand", "GLOBAL"))

@@ -355,3 +355,27 @@ def test_batched_state_without_batch_dim_names_the_state_key(state):
     with pytest.raises(ValueError, match=re.escape(f"{key}: a batched env needs a model state with leading dims (2,), got shape (3,)")):
         WorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, reset_fn=reset, transition_fn=lambda s, a: (s, a),
                       batch_size=(2,))
+
+
+def test_integer_observation_that_overflows_the_space_dtype_is_refused():
+    """int64 pixels of 300 for a uint8 image space would wrap to 44: refuse, naming the key."""
+    import gymnasium as gym
+    import numpy as np
+    import pytest
+    import torch
+
+    from torchwm_rl import GymWorldModelEnv
+
+    space = gym.spaces.Box(0, 255, shape=(2,), dtype=np.uint8)
+    env = GymWorldModelEnv(
+        object(), space, gym.spaces.Discrete(2),
+        reset_fn=lambda: torch.tensor([300, 1]),
+        transition_fn=lambda state, action: state,
+    )
+    with pytest.raises(ValueError, match=r"observation: values in \[1, 300\].*uint8"):
+        env.reset()
+    ok = GymWorldModelEnv(
+        object(), space, gym.spaces.Discrete(2),
+        reset_fn=lambda: torch.tensor([255, 0]), transition_fn=lambda state, action: state,
+    )
+    assert ok.reset()[0].tolist() == [255, 0]

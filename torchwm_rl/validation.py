@@ -61,8 +61,18 @@ def to_observation(
     if tensor.dtype != dtype:
         if tensor.is_floating_point() and not dtype.is_floating_point:
             raise TypeError(f"{key}: expected dtype {dtype}, got floating dtype {tensor.dtype}")
+        if not dtype.is_floating_point and dtype is not torch.bool and tensor.numel():
+            _check_integer_range(tensor, dtype, key)
         tensor = tensor.to(dtype)
     return tensor
+
+
+def _check_integer_range(tensor: torch.Tensor, dtype: torch.dtype, key: str) -> None:
+    """An integer cast to a narrower integer dtype must not wrap (300 -> 44 in uint8)."""
+    info = torch.iinfo(dtype)
+    low, high = int(tensor.min()), int(tensor.max())
+    if low < info.min or high > info.max:
+        raise ValueError(f"{key}: values in [{low}, {high}] do not fit the space's dtype {dtype} [{info.min}, {info.max}]")
 
 
 def to_batched_scalar(

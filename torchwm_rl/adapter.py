@@ -246,9 +246,14 @@ class ModelAdapter:
     # ----------------------------------------------------------------- action
     def prepare_action(self, action: Any) -> Any:
         """Library action -> model action: tensor conversion, optional check, transform."""
-        if self.torch_actions and not isinstance(action, torch.Tensor):
+        if self.torch_actions and isinstance(self.action_space, spaces.Dict) and isinstance(action, dict):
+            action = {
+                k: torch.as_tensor(np.asarray(v), device=self.device) if not isinstance(v, torch.Tensor) else v
+                for k, v in action.items()
+            }
+        elif self.torch_actions and not isinstance(action, torch.Tensor):
             action = torch.as_tensor(np.asarray(action), device=self.device)
-            if self._action_dtype is not None and not isinstance(self.action_space, spaces.Dict):
+            if self._action_dtype is not None:
                 action = action.to(self._action_dtype)
         elif isinstance(action, torch.Tensor) and action.device != self.device:
             action = action.to(self.device)

@@ -186,16 +186,16 @@ class ModelAdapter:
         self.terminal_hook = _resolve(terminal_fn, model, (), "terminal_fn")
         self.render_hook = _resolve(render_fn, model, (), "render_fn")
         self.action_hook = _resolve(action_transform_fn, model, (), "action_transform_fn")
-        if self.reset_hook is None and initial_observation is None:
-            raise TypeError(
-                f"{type(model).__name__} has no reset: pass reset_fn=(model, seed, options), "
-                f"initial_observation=..., or give the model one of the methods {RESET_METHODS}."
-            )
         self._action_dtype = (
             numpy_to_torch_dtype(action_space.dtype) if action_space.dtype is not None else None
         )
 
     # ------------------------------------------------------------------ reset
+    @property
+    def can_reset(self) -> bool:
+        """Whether a reset hook or an initial observation gives reset an observation."""
+        return self.reset_hook is not None or self.initial_observation is not None
+
     def reset(self, seed: Optional[int] = None, options: Optional[dict] = None) -> Reset:
         """Call the reset hook (or use the initial values) and normalize the result."""
         if self.reset_hook is not None:

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from tensordict import TensorDictBase
 
-from .adapter import ModelAdapter, Reset, Transition
+from .adapter import RESET_METHODS, ModelAdapter, Reset, Transition
 from .validation import flatten_observation, nonfinite_rows, to_observation
 
 
@@ -56,7 +56,9 @@ def select_rows(mask: torch.Tensor, new: Any, old: Any) -> Any:
 def _index_rows(value: Any, index: torch.Tensor) -> Any:
     if isinstance(value, Mapping) and not isinstance(value, TensorDictBase):
         return {k: _index_rows(v, index) for k, v in value.items()}
-    return value[index]
+    # a 0-d index (unbatched env) is basic indexing, i.e. a view: copy so that callers
+    # writing into their observation cannot change the bank
+    return value[index].clone() if index.ndim == 0 else value[index]
 
 
 class EpisodeLogic:
@@ -94,6 +96,12 @@ class EpisodeLogic:
         self.pending_seed: Optional[int] = None
         self.rng_state: Optional[tuple] = None  # the model's torch RNG stream(s) once seeded
         self.bank = self._bank(start_states)
+        if self.bank is None and not adapter.can_reset:
+            raise TypeError(
+                f"{type(adapter.model).__name__} has no reset: pass reset_fn=(model, seed, options), "
+                f"initial_observation=..., start_states=..., or give the model one of the methods "
+                f"{RESET_METHODS}."
+            )
 
     def _max_steps(self, value) -> Optional[torch.Tensor]:
         if value is None:

@@ -172,13 +172,17 @@ class WorldModelEnv(EnvBase):
         extra = {"done": false, "terminated": false.clone(), "truncated": false.clone()}
         if self.adapter.nan_policy == "truncate":
             extra[NONFINITE_KEY] = false.clone()
-        return self._pack(snapshot, extra)
+        # Start states carry no graph: gradients flow through the actions of steps, and a
+        # reset hook that decodes with trainable parameters must not leak a graph into
+        # TorchRL's buffers (ParallelEnv workers copy into shared memory).
+        return self._pack(snapshot, extra).detach()
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        elapsed = tensordict.get(ELAPSED_KEY)
         snapshot = Snapshot(
             state=self._read_state(tensordict),
             observation=None,
-            elapsed=tensordict.get(ELAPSED_KEY).reshape(self.batch_size),
+            elapsed=elapsed.reshape(self.batch_size),
         )
         snapshot, record = self.logic.step(snapshot, tensordict.get("action"))
         terminated, truncated = record.terminated.unsqueeze(-1), record.truncated.unsqueeze(-1)
@@ -193,7 +197,11 @@ class WorldModelEnv(EnvBase):
             if nonfinite is None:
                 nonfinite = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
             extra[NONFINITE_KEY] = nonfinite.unsqueeze(-1)
-        return self._pack(snapshot, extra)
+        out = self._pack(snapshot, extra)
+        # An autograd graph cannot cross processes: a step whose input lives in shared memory
+        # (a ParallelEnv / multi-process collector worker) hands out detached tensors, so a
+        # model with trainable parameters works there unchanged.
+        return out.detach() if elapsed.is_shared() else out
 
     def _read_state(self, tensordict: TensorDictBase) -> Any:
         if self._state_kind == "opaque":

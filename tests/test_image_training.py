@@ -59,7 +59,8 @@ def test_torchrl_clip_ppo_with_gae_on_batched_images():
     optim = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
     buffer = ReplayBuffer(storage=LazyTensorStorage(NUM_ENVS * T), sampler=SamplerWithoutReplacement())
     before = {k: p.detach().clone() for k, p in loss_fn.named_parameters()}
-    collector = Collector(env, actor, frames_per_batch=NUM_ENVS * T, total_frames=2 * NUM_ENVS * T)
+    collector = Collector(env, actor, frames_per_batch=NUM_ENVS * T, total_frames=2 * NUM_ENVS * T,
+                          auto_register_policy_transforms=False)
     batches = 0
     for batch in collector:
         batches += 1

@@ -144,7 +144,8 @@ def train_in_imagination(
         train_env,
         actor,
         frames_per_batch=cfg.frames_per_batch,
-        total_frames=cfg.frames,
+        # a whole number of batches: TorchRL warns (and collects extra frames) otherwise
+        total_frames=max(1, math.ceil(cfg.frames / cfg.frames_per_batch)) * cfg.frames_per_batch,
         auto_register_policy_transforms=False,
     )
     advantage = GAE(gamma=cfg.gamma, lmbda=cfg.lmbda, value_network=critic, average_gae=True)
@@ -313,13 +314,16 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
 
     bar = tqdm(total=cfg.frames, unit="frame", unit_scale=True, disable=not cfg.progress,
                desc="imagination", dynamic_ncols=True)
-    last_eval = [math.nan]
+    last_eval, last_imagined = [math.nan], [math.nan]
 
     def on_batch(rec: dict) -> None:
         bar.update(rec["frames"] - bar.n)
+        # a batch in which no imagined episode ended has no return: keep showing the last one
         if not math.isnan(rec["eval_return"]):
             last_eval[0] = rec["eval_return"]
-        bar.set_postfix(imagined_return=f"{rec['imagined_return']:.1f}", greedy_eval=f"{last_eval[0]:.1f}")
+        if not math.isnan(rec["imagined_return"]):
+            last_imagined[0] = rec["imagined_return"]
+        bar.set_postfix(imagined_return=f"{last_imagined[0]:.1f}", greedy_eval=f"{last_eval[0]:.1f}")
 
     t_train = time.perf_counter()
     try:

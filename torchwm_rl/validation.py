@@ -31,6 +31,16 @@ def _as_tensor(value: Any, device: torch.device, key: str) -> torch.Tensor:
     return torch.as_tensor(array, device=device)
 
 
+def _check_dict_keys(value: Any, space: spaces.Dict, key: str, what: str) -> None:
+    """``value`` must be a mapping with exactly the Dict space's keys."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{key}: the {what} space is a Dict with keys {list(space.spaces)}, got {type(value).__name__}")
+    missing = [k for k in space.spaces if k not in value]
+    extra = [k for k in value if k not in space.spaces]
+    if missing or extra:
+        raise ValueError(f"{key}: Dict {what} keys differ: missing {missing}, unexpected {extra}")
+
+
 def to_observation(
     value: Any, space: spaces.Space, batch_shape: tuple, device: torch.device, key: str = "observation"
 ) -> Any:
@@ -40,15 +50,7 @@ def to_observation(
     for an integer space is refused. Shapes must be ``(*batch_shape, *space.shape)`` exactly.
     """
     if isinstance(space, spaces.Dict):
-        if not isinstance(value, Mapping):
-            raise TypeError(
-                f"{key}: the observation space is a Dict with keys {list(space.spaces)}, "
-                f"got {type(value).__name__}"
-            )
-        missing = [k for k in space.spaces if k not in value]
-        extra = [k for k in value if k not in space.spaces]
-        if missing or extra:
-            raise ValueError(f"{key}: Dict observation keys differ: missing {missing}, unexpected {extra}")
+        _check_dict_keys(value, space, key, "observation")
         return {
             k: to_observation(value[k], sub, batch_shape, device, f"{key}[{k!r}]")
             for k, sub in space.spaces.items()
@@ -187,14 +189,7 @@ def check_action(
     key. Returns the action, clipped where needed, as the same type (tensor or numpy).
     """
     if isinstance(space, spaces.Dict):
-        if not isinstance(action, Mapping):
-            raise TypeError(
-                f"{key}: the action space is a Dict with keys {list(space.spaces)}, got {type(action).__name__}"
-            )
-        missing = [k for k in space.spaces if k not in action]
-        extra = [k for k in action if k not in space.spaces]
-        if missing or extra:
-            raise ValueError(f"{key}: Dict action keys differ: missing {missing}, unexpected {extra}")
+        _check_dict_keys(action, space, key, "action")
         return {
             k: check_action(action[k], sub, batch_shape, device, mode, f"{key}[{k!r}]")
             for k, sub in space.spaces.items()

@@ -267,8 +267,11 @@ class ModelAdapter:
         return check_action(action, self.action_space, self.batch_size, self.device, self.check_actions)
 
     # ------------------------------------------------------------- transition
-    def step(self, state: Any, action: Any) -> Transition:
-        """One batched model step from ``state`` with a library ``action``."""
+    def step(self, state: Any, action: Any, discard: Optional[torch.Tensor] = None) -> Transition:
+        """One batched model step from ``state`` with a library ``action``.
+
+        ``discard`` (bool, shape batch) marks rows whose result the caller throws away (envs
+        that restart instead, under next-step autoreset): the NaN policy ignores them."""
         model_action = self.prepare_action(action)
         raw = parse_transition(
             self.transition_hook(self.model, state, model_action), self._dict_keys, self.transition_hook.name
@@ -293,7 +296,7 @@ class ModelAdapter:
         truncated = self._flag(raw.truncated, "truncated")
 
         record = Transition(next_state, observation, reward, terminated, truncated, raw.info)
-        self._apply_nan_policy(record)
+        self._apply_nan_policy(record, discard)
         return record
 
     def _flag(self, value: Any, key: str) -> torch.Tensor:
@@ -301,12 +304,16 @@ class ModelAdapter:
             return torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
         return to_batched_scalar(value, self.batch_size, self.device, torch.bool, key)
 
-    def _apply_nan_policy(self, record: Transition) -> None:
+    def _apply_nan_policy(self, record: Transition, discard: Optional[torch.Tensor] = None) -> None:
         if self.nan_policy == "ignore":
             return
         checked = flatten_observation(record.observation)
         checked["reward"] = record.reward
         bad, keys = nonfinite_rows(checked, self.batch_size)
+        if bad is not None and discard is not None:
+            bad = bad & ~discard
+            if not bool(bad.any()):
+                return
         if bad is None:
             return
         if self.nan_policy == "raise":

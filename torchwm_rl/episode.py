@@ -230,11 +230,13 @@ class EpisodeLogic:
         return Reset(state=obs if state is None else _index_rows(state, index), observation=obs, info={})
 
     # ------------------------------------------------------------------- step
-    def step(self, snapshot: Snapshot, action: Any) -> tuple[Snapshot, Transition]:
+    def step(
+        self, snapshot: Snapshot, action: Any, discard: Optional[torch.Tensor] = None
+    ) -> tuple[Snapshot, Transition]:
         """Advance every env one step; the returned transition's ``truncated`` includes the
-        time limit. ``snapshot`` is not modified."""
+        time limit. ``snapshot`` is not modified. ``discard``: see ``ModelAdapter.step``."""
         with self.model_rng():
-            record = self.adapter.step(snapshot.state, action)
+            record = self.adapter.step(snapshot.state, action, discard)
         elapsed = snapshot.elapsed + 1
         if self.max_steps is not None:
             record.truncated = record.truncated | (elapsed >= self.max_steps)

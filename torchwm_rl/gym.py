@@ -246,11 +246,13 @@ class GymVectorWorldModelEnv(VectorEnv):
     def step(self, actions: Any):
         if self._snapshot is None:
             raise RuntimeError("step() called before reset(): call envs.reset() first")
+        restarting = self.autoreset_mode is AutoresetMode.NEXT_STEP and bool(self._needs_reset.any())
         with torch.no_grad():
-            snapshot, record = self.logic.step(self._snapshot, actions)
+            # one model call for all N envs; rows restarting now are computed and thrown away
+            snapshot, record = self.logic.step(self._snapshot, actions, self._needs_reset if restarting else None)
             reward, terminated, truncated = record.reward, record.terminated, record.truncated
             infos: dict = {}
-            if self.autoreset_mode is AutoresetMode.NEXT_STEP and bool(self._needs_reset.any()):
+            if restarting:
                 # envs that ended last step restart now; their action is ignored
                 reset_rows = self._needs_reset
                 restarted, _ = self.logic.reset(mask=reset_rows, previous=snapshot)

@@ -30,6 +30,7 @@ from .records import MISSING, parse_reset, parse_transition
 from .spaces import numpy_to_torch_dtype
 from .validation import (
     check_action,
+    env_rows,
     flatten_observation,
     nonfinite_rows,
     to_batched_scalar,
@@ -241,7 +242,7 @@ class ModelAdapter:
             return
         bad, keys = nonfinite_rows(flatten_observation(observation), self.batch_size)
         if bad is not None:
-            raise ValueError(f"reset returned NaN/inf in {keys}{_rows(bad)}; a reset must be finite.")
+            raise ValueError(f"reset returned NaN/inf in {keys}{env_rows(bad)}; a reset must be finite.")
 
     # ----------------------------------------------------------------- action
     def prepare_action(self, action: Any) -> Any:
@@ -318,7 +319,7 @@ class ModelAdapter:
             return
         if self.nan_policy == "raise":
             raise ValueError(
-                f"{self.transition_hook.name} returned NaN/inf in {keys}{_rows(bad)}; pass "
+                f"{self.transition_hook.name} returned NaN/inf in {keys}{env_rows(bad)}; pass "
                 "nan_policy='truncate' to end those episodes instead, or 'ignore'."
             )
         record.truncated = record.truncated | bad
@@ -335,12 +336,6 @@ class ModelAdapter:
         if self.render_hook is not None:
             return self.render_hook(self.model, state)
         return observation
-
-
-def _rows(mask: torch.Tensor) -> str:
-    if mask.ndim == 0:
-        return ""
-    return f" at env index {mask.nonzero().flatten().tolist()}"
 
 
 def _has_call(model: Any) -> bool:

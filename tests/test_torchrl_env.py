@@ -9,7 +9,7 @@ import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector
-from torchrl.envs import StepCounter, TransformedEnv
+from torchrl.envs import ObservationNorm, StepCounter, TransformedEnv
 from torchrl.envs.utils import check_env_specs, step_mdp
 
 from torchwm_rl import WorldModelEnv
@@ -109,6 +109,18 @@ def test_batched_step_counter_and_partial_reset():
     truncated = td["next", "truncated"].squeeze(-1)
     assert truncated.sum(-1).tolist() == [4, 2, 2]  # each env ends at its own limit
     assert td["next", "step_count"][0].squeeze(-1).tolist() == [1, 2] * 4
+
+
+def test_observation_transforms_do_not_change_what_the_model_is_fed():
+    # The model's state travels under its own key, so a transform that rewrites "observation"
+    # (normalization, here) changes what the policy sees, never the state the model steps from.
+    actions = torch.rand(6, ACT_DIM, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    plain = make_env(seed=0).rollout(6, fixed_policy(actions))
+    normed = TransformedEnv(make_env(seed=0), ObservationNorm(loc=3.0, scale=10.0, in_keys=["observation"]))
+    td = normed.rollout(6, fixed_policy(actions))
+    torch.testing.assert_close(td["next", "model_state"], plain["next", "model_state"])
+    torch.testing.assert_close(td["next", "reward"], plain["next", "reward"])
+    torch.testing.assert_close(td["next", "observation"], plain["next", "observation"] * 10.0 + 3.0)
 
 
 # -------------------------------------------------------------------------------- collectors

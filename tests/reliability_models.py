@@ -1,4 +1,4 @@
-"""Module-level toy models and a uniform driver for the reliability and property tests.
+"""Module-level toy models and a uniform driver for the reliability and error tests.
 
 Module level on purpose: the pickling tests need the model and its hooks to be importable.
 
@@ -168,3 +168,60 @@ class Driver:
             truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos])
             return obs, reward, dones & ~truncated, truncated, infos
         return self.env.step(action)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers shared by test_errors.py and test_reliability.py
+
+
+def action_for(n: Optional[int] = None, value: float = 0.5) -> np.ndarray:
+    """A valid Box(-1, 1, (3,)) action for an unbatched env (``n`` None) or ``n`` envs."""
+    return np.full((3,) if n is None else (n, 3), value, dtype=np.float32)
+
+
+def with_value(key: str, value: Any) -> Callable[[dict], dict]:
+    """A ``Scripted(bad=...)`` doctoring that sets ``key`` of the step output to ``value``
+    (or to ``value(out)`` when callable)."""
+
+    def bad(out):
+        out = dict(out)
+        out[key] = value(out) if callable(value) else value
+        return out
+
+    return bad
+
+
+def scripted_via_hook(model, state, action):
+    """A ``transition_fn`` that calls :meth:`Scripted.step`: the same output, but the hook the
+    adapter names in its errors is ``transition_fn`` instead of ``model.step``."""
+    return model.step(state, action)
+
+
+SOURCES = ["model.step", "transition_fn"]
+
+
+def source_kwargs(source: str) -> dict:
+    """Keyword arguments making ``source`` (one of :data:`SOURCES`) the transition hook."""
+    return {} if source == "model.step" else {"transition_fn": scripted_via_hook}
+
+
+def first_step(path: str, bad: Optional[Callable[[dict], Any]], n: Optional[int] = None, obs_space=OBS,
+               model: Optional[Scripted] = None, **kwargs):
+    """Build the env on ``path`` with a model whose first transition output is ``bad(out)``,
+    reset it and take one step (which should raise)."""
+    model = Scripted(bad=bad) if model is None else model
+    driver = Driver(path, make(path, model, obs_space, ACT, n=n, **kwargs))
+    driver.reset(seed=0)
+    return driver.step(action_for(n))
+
+
+def first_reset(path: str, returned: Any, n: Optional[int] = None, obs_space=OBS, model: Any = None, **kwargs):
+    """Build the env on ``path`` with a ``reset_fn`` that returns ``returned`` and reset it
+    (the TorchRL env, and so the exports built on it, already probe the reset when built)."""
+
+    def reset_fn(model, seed=None, options=None):
+        return returned
+
+    driver = Driver(path, make(path, Scripted() if model is None else model, obs_space, ACT, n=n,
+                               reset_fn=reset_fn, **kwargs))
+    return driver.reset(seed=0)

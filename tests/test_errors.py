@@ -1,6 +1,13 @@
 """Clear errors for bad use and bad model output (each names the key, expected and got), and
 the inference-hygiene guarantees of the Gymnasium path (no autograd graph, nothing
-grad-tracking in ``info``)."""
+grad-tracking in ``info``).
+
+Every adapter output passes through the one validation layer (``torchwm_rl.validation`` via
+``ModelAdapter``), so each error is asserted on the TorchRL env AND the Gymnasium env (and on the
+vector / SB3 exports for batched cases), at reset and at step where both can produce it: the same
+key, expected and received value in the message. (NaN/inf errors are part of the NaN policy:
+see ``test_reliability.py``.)
+"""
 
 from __future__ import annotations
 
@@ -10,19 +17,26 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from tensordict import TensorDictBase
 from torch import nn
 
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 from models import (
-    DictModel,
     VectorModel,
-    dict_reset,
-    dict_spaces,
-    dict_transition,
     reset_world_model,
     transition_world_model,
     vector_spaces,
+)
+from reliability_models import (
+    SOURCES,
+    Scripted,
+    action_for,
+    first_reset,
+    first_step,
+    make,
+    source_kwargs,
+    with_value,
 )
 
 OBS_SPACE = gym.spaces.Box(-10.0, 10.0, shape=(3,), dtype=np.float32)
@@ -30,6 +44,20 @@ ACT_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
 S0 = torch.tensor([0.1, 0.2, 0.3])
 ACTION = np.zeros(3, dtype=np.float32)
 CLASSES = [WorldModelEnv, GymWorldModelEnv]
+
+UNBATCHED = ["torchrl", "gym"]
+BATCHED = ["torchrl", "vector", "sb3"]
+N = 4
+# every path, unbatched and batched ("torchrl-batched": the TorchRL env with batch_size (N,))
+ALL_PATHS = ["torchrl", "gym", "torchrl-batched", "vector", "sb3"]
+
+
+def _batched(path):
+    return path in ("torchrl-batched", "vector", "sb3")
+
+
+def _path(path):
+    return "torchrl" if path == "torchrl-batched" else path
 
 
 def _env(cls, transition=lambda s, a: s + a, reset=lambda: S0.clone(), **kwargs):
@@ -74,68 +102,109 @@ def test_gym_vector_step_before_reset_says_to_call_reset():
 @pytest.mark.parametrize("reset", [lambda: None, lambda: {"state": S0.clone()}, lambda: (S0.clone(), None)],
                          ids=["None", "mapping without observation", "(state, None)"])
 def test_reset_without_observation(cls, reset):
-    with pytest.raises(ValueError, match="no observation"):
+    with pytest.raises(ValueError, match=re.escape("reset produced no observation: return one from reset_fn")):
         env = _env(cls, reset=reset)  # the TorchRL env probes reset at construction
         env.reset()
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_transition_without_observation(cls):
-    env = _env(cls, transition=lambda s, a: {"state": s, "reward": 1.0})
-    with pytest.raises(ValueError, match="transition_fn returned no observation"):
-        _step(env)
+@pytest.mark.parametrize("path", UNBATCHED)
+@pytest.mark.parametrize("source", SOURCES)
+def test_step_without_observation_names_the_hook(path, source):
+    def drop_observation(out):
+        return {"state": out["state"], "reward": out["reward"]}
+
+    with pytest.raises(ValueError, match=re.escape(f"{source} returned no observation")):
+        first_step(path, drop_observation, **source_kwargs(source))
 
 
 # ------------------------------------------------------------------------------ wrong shapes
-@pytest.mark.parametrize("cls", CLASSES)
-def test_reset_observation_of_wrong_shape_names_key_expected_and_got(cls):
-    with pytest.raises(ValueError, match=re.escape("observation: expected shape (3,), got (4,)")):
-        _env(cls, reset=lambda: torch.zeros(4)).reset()
+@pytest.mark.parametrize("path", UNBATCHED)
+@pytest.mark.parametrize("phase,shape", [("reset", (4,)), ("step", (4,)), ("step", (2, 3))],
+                         ids=["reset-(4,)", "step-(4,)", "step-(2,3)"])
+def test_observation_of_wrong_shape_names_key_expected_and_got(path, phase, shape):
+    with pytest.raises(ValueError, match=re.escape(f"observation: expected shape (3,), got {shape}")):
+        if phase == "reset":
+            first_reset(path, torch.zeros(shape))
+        else:
+            first_step(path, with_value("observation", torch.zeros(shape)))
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_step_observation_of_wrong_shape_names_key_expected_and_got(cls):
-    env = _env(cls, transition=lambda s, a: torch.zeros(2, 3))
-    with pytest.raises(ValueError, match=re.escape("observation: expected shape (3,), got (2, 3)")):
-        _step(env)
+# the exports are built on a TorchRL env, which probes the reset when built: a bad batched reset
+# fails there, whichever export is asked for, so the reset case runs once
+@pytest.mark.parametrize("path,phase", [("torchrl", "reset"), ("torchrl", "step"), ("vector", "step"), ("sb3", "step")])
+def test_batched_observation_without_batch_dim_names_expected_and_got(path, phase):
+    with pytest.raises(ValueError, match=re.escape(f"observation: expected shape ({N}, 3), got (3,)")):
+        if phase == "reset":
+            first_reset(path, torch.zeros(3), n=N)
+        else:
+            first_step(path, with_value("observation", torch.zeros(3)), n=N)
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_dict_observation_of_wrong_shape_names_the_dict_key(cls):
-    obs_space, act_space = dict_spaces()
-
-    def transition(model, state, action):
-        out = list(dict_transition(model, state, action))
-        out[1] = {**out[1], "step_phase": torch.zeros(2)}
-        return tuple(out)
-
-    env = cls(DictModel(), obs_space, act_space, reset_fn=dict_reset, transition_fn=transition)
-    with pytest.raises(ValueError, match=re.escape("observation['step_phase']: expected shape (1,), got (2,)")):
-        _step(env, np.zeros(2, dtype=np.float32))
+DICT = gym.spaces.Dict(
+    {
+        "position": gym.spaces.Box(-10.0, 10.0, shape=(3,), dtype=np.float32),
+        "phase": gym.spaces.Box(0.0, 10.0, shape=(1,), dtype=np.float32),
+    }
+)
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_dict_observation_with_missing_key_names_it(cls):
-    obs_space, act_space = dict_spaces()
-    with pytest.raises(ValueError, match=r"missing \['step_phase'\]"):
-        env = cls(DictModel(), obs_space, act_space, transition_fn=dict_transition,
-                  reset_fn=lambda model: {"state": S0, "observation": {"position": torch.zeros(6)}})
-        env.reset()
+def _dict_model(observe):
+    """A Scripted model whose observations are ``observe(state)`` (a dict)."""
+
+    class Model(Scripted):
+        def reset(self, seed=None, options=None):
+            out = super().reset(seed, options)
+            s = out["state"]
+            return s, {"position": s, "phase": s[..., :1]}
+
+        def step(self, state, action):
+            out = super().step(state, action)
+            return out["state"], observe(out["state"]), out["reward"], out["terminated"], False, {}
+
+    return Model()
 
 
-def test_batched_observation_without_batch_dim_names_expected_and_got():
-    obs_space, act_space = vector_spaces()
-    with pytest.raises(ValueError, match=re.escape("observation: expected shape (4, 6), got (6,)")):
-        WorldModelEnv(VectorModel(), obs_space, act_space, batch_size=(4,),
-                      reset_fn=lambda model: model.sample_initial_state(), transition_fn=transition_world_model)
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_dict_observation_entry_of_wrong_shape_names_the_entry(path):
+    observe = lambda s: {"position": s, "phase": s}  # noqa: E731  (phase should be (..., 1))
+    n = N if _batched(path) else None
+    expected, got = ((N, 1), (N, 3)) if n else ((1,), (3,))
+    with pytest.raises(ValueError, match=re.escape(f"observation['phase']: expected shape {expected}, got {got}")):
+        first_step(_path(path), None, n=n, obs_space=DICT, model=_dict_model(observe))
 
 
-# ------------------------------------------------------------------------------------ rewards
-@pytest.mark.parametrize("cls", CLASSES)
-def test_non_scalar_reward_in_unbatched_env(cls):
-    env = _env(cls, transition=lambda s, a: (s, s + a, torch.ones(3)))
+@pytest.mark.parametrize("path", UNBATCHED)
+@pytest.mark.parametrize("phase", ["reset", "step"])
+def test_dict_observation_missing_key(path, phase):
+    message = "observation: Dict observation keys differ: missing ['phase'], unexpected []"
+    model = _dict_model(lambda s: {"position": s})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        if phase == "reset":
+            first_reset(path, {"state": torch.zeros(3), "observation": {"position": torch.zeros(3)}},
+                        obs_space=DICT, model=model)
+        else:
+            first_step(path, None, obs_space=DICT, model=model)
+
+
+@pytest.mark.parametrize("path", UNBATCHED)
+def test_dict_observation_extra_key(path):
+    observe = lambda s: {"position": s, "phase": s[..., :1], "velocity": s}  # noqa: E731
+    with pytest.raises(ValueError, match=re.escape("missing [], unexpected ['velocity']")):
+        first_step(path, None, obs_space=DICT, model=_dict_model(observe))
+
+
+@pytest.mark.parametrize("path", UNBATCHED)
+def test_non_dict_observation_for_dict_space(path):
+    message = "observation: the observation space is a Dict with keys ['phase', 'position'], got Tensor"
+    with pytest.raises(TypeError, match=re.escape(message)):
+        first_step(path, None, obs_space=DICT, model=_dict_model(lambda s: s))
+
+
+# ---------------------------------------------------------------------------- rewards and flags
+@pytest.mark.parametrize("path", UNBATCHED)
+def test_unbatched_reward_must_be_a_scalar(path):
     with pytest.raises(ValueError, match=re.escape("reward: expected a scalar, got shape (3,)")):
-        _step(env)
+        first_step(path, with_value("reward", torch.ones(3)))
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -147,10 +216,10 @@ def test_scalar_reward_forms_in_unbatched_env(cls, reward):
     assert value == 1.5
 
 
-def test_batched_reward_shapes():
+def test_batched_reward_shapes_that_are_accepted():
     obs_space, act_space = vector_spaces()
 
-    def make(reward):
+    def make_rollout(reward):
         def transition(model, state, action):
             nxt = model.predict_next_state(state, action)
             return nxt, nxt, reward(nxt)
@@ -158,108 +227,139 @@ def test_batched_reward_shapes():
                             transition_fn=transition, batch_size=(4,))
         return env.rollout(2)
 
-    assert make(lambda n: n[:, 0]).get(("next", "reward")).shape == (4, 2, 1)
-    assert make(lambda n: n[:, :1]).get(("next", "reward")).shape == (4, 2, 1)
-    # a Python constant holds for every env ...
-    torch.testing.assert_close(make(lambda n: 0.5).get(("next", "reward")), torch.full((4, 2, 1), 0.5))
-    # ... but a 0-d tensor in a batched env is a reduction bug: refused
-    with pytest.raises(ValueError, match=re.escape("reward: expected shape (4,) or (4, 1), got shape ()")):
-        make(lambda n: n.sum())
-    with pytest.raises(ValueError, match=re.escape("reward: expected shape (4,) or (4, 1), got shape (4, 6)")):
-        make(lambda n: n)
+    rollout = make_rollout(lambda n: n[:, 0])
+    torch.testing.assert_close(rollout.get(("next", "reward")), rollout.get(("next", "observation"))[..., :1])
+    rollout = make_rollout(lambda n: n[:, :1])
+    torch.testing.assert_close(rollout.get(("next", "reward")), rollout.get(("next", "observation"))[..., :1])
+    # a Python constant holds for every env (a 0-d *tensor* is refused: see the test below)
+    torch.testing.assert_close(make_rollout(lambda n: 0.5).get(("next", "reward")), torch.full((4, 2, 1), 0.5))
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_float_flag_is_refused(cls):
-    env = _env(cls, transition=lambda s, a: {"observation": s, "terminated": torch.tensor(0.7)})
-    with pytest.raises(TypeError, match="terminated: expected a bool flag"):
-        _step(env)
+@pytest.mark.parametrize("path", BATCHED)
+@pytest.mark.parametrize("reward,got", [
+    (lambda out: out["reward"].sum(), "()"),  # a reduction over the batch: a bug, refused
+    (lambda out: out["state"], f"({N}, 3)"),
+    (lambda out: torch.zeros(N - 1), f"({N - 1},)"),
+], ids=["0-d tensor", "one per feature", "too short"])
+def test_batched_reward_of_wrong_shape_names_expected_and_got(path, reward, got):
+    expected = f"reward: expected shape ({N},) or ({N}, 1), got shape {got}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        first_step(path, with_value("reward", reward), n=N)
 
 
-# -------------------------------------------------------------------------------- NaN / inf
-@pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
-def test_nonfinite_observation_raises_naming_it(cls, bad):
-    env = _env(cls, transition=lambda s, a: torch.tensor([0.0, bad, 0.0]))
-    with pytest.raises(ValueError, match=re.escape("NaN/inf in ['observation']")):
-        _step(env)
+@pytest.mark.parametrize("path", ALL_PATHS)
+@pytest.mark.parametrize("flag", ["terminated", "truncated"])
+def test_float_flags_are_refused(path, flag):
+    # unbatched: a 0-d float32 tensor; batched: a float64 numpy array (one per env)
+    n = N if _batched(path) else None
+    value, dtype = (np.full(N, 0.7), torch.float64) if n else (torch.tensor(0.7), torch.float32)
+    with pytest.raises(TypeError, match=re.escape(f"{flag}: expected a bool flag, got floating dtype {dtype}")):
+        first_step(_path(path), with_value(flag, value), n=n)
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_nonfinite_reward_raises_naming_it(cls):
-    env = _env(cls, transition=lambda s, a: (s, s, float("nan")))
-    with pytest.raises(ValueError, match=re.escape("NaN/inf in ['reward']")):
-        _step(env)
-
-
-@pytest.mark.parametrize("cls", CLASSES)
-def test_nonfinite_reset_raises(cls):
-    with pytest.raises(ValueError, match="NaN/inf"):
-        _env(cls, reset=lambda: torch.tensor([0.0, float("nan"), 0.0])).reset()
-
-
-@pytest.mark.parametrize("cls", CLASSES)
-def test_nonfinite_dict_observation_names_the_key(cls):
-    obs_space, act_space = dict_spaces()
-
-    def transition(model, state, action):
-        out = list(dict_transition(model, state, action))
-        out[1] = {**out[1], "position": torch.full((6,), float("nan"))}
-        return tuple(out)
-
-    env = cls(DictModel(), obs_space, act_space, reset_fn=dict_reset, transition_fn=transition)
-    with pytest.raises(ValueError, match=re.escape("observation['position']")):
-        _step(env, np.zeros(2, dtype=np.float32))
-
-
-def test_nonfinite_in_batched_env_names_the_env_index():
-    obs_space, act_space = vector_spaces()
-
-    def transition(model, state, action):
-        nxt = model.predict_next_state(state, action).clone()
-        nxt[2, 1] = float("nan")
-        return nxt, nxt
-
-    env = WorldModelEnv(VectorModel(), obs_space, act_space, reset_fn=reset_world_model,
-                        transition_fn=transition, batch_size=(4,))
-    with pytest.raises(ValueError, match=re.escape("at env index [2]")):
-        env.rollout(1)
+@pytest.mark.parametrize("path", BATCHED)
+def test_batched_flag_of_wrong_shape(path):
+    with pytest.raises(ValueError, match=re.escape(f"truncated: expected shape ({N},) or ({N}, 1), got shape (2,)")):
+        first_step(path, with_value("truncated", torch.zeros(2, dtype=torch.bool)), n=N)
 
 
 # ------------------------------------------------------------------------------------ dtypes
 @pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int64, np.float64],
+                         ids=["torch.float64", "torch.float16", "torch.bfloat16", "torch.int64", "numpy.float64"])
 def test_observation_of_another_numeric_dtype_is_cast_to_the_space_dtype(cls, dtype):
-    env = _env(cls, transition=lambda s, a: torch.ones(3, dtype=dtype), reset=lambda: torch.zeros(3, dtype=dtype))
+    if isinstance(dtype, torch.dtype):
+        zeros, ones = torch.zeros(3, dtype=dtype), torch.ones(3, dtype=dtype)
+    else:
+        zeros, ones = np.zeros(3, dtype=dtype), np.ones(3, dtype=dtype)
+    env = _env(cls, transition=lambda s, a: ones, reset=lambda: zeros)
     out = _step(env)
     if cls is GymWorldModelEnv:
         assert out[0].dtype == np.float32 and env.observation_space.contains(out[0])
+        np.testing.assert_array_equal(out[0], np.ones(3, dtype=np.float32))
     else:
         assert out["next", "observation"].dtype == torch.float32
         assert out["observation"].dtype == torch.float32
+        torch.testing.assert_close(out["next", "observation"], torch.ones(3))
+        torch.testing.assert_close(out["observation"], torch.zeros(3))
+
+
+UINT8 = gym.spaces.Box(0, 255, shape=(3,), dtype=np.uint8)
+
+
+def _uint8_model(bad):
+    class Model(Scripted):
+        def reset(self, seed=None, options=None):
+            out = super().reset(seed, options)
+            out["observation"] = (out["observation"] * 255).to(torch.uint8)
+            return out
+
+    return Model(bad=bad)
+
+
+@pytest.mark.parametrize("path", UNBATCHED)
+@pytest.mark.parametrize("phase", ["reset", "step"])
+def test_float_observation_for_uint8_space_is_refused(path, phase):
+    message = "observation: expected dtype torch.uint8, got floating dtype torch.float32"
+    with pytest.raises(TypeError, match=re.escape(message)):
+        if phase == "reset":
+            first_reset(path, torch.zeros(3), obs_space=UINT8)
+        else:
+            first_step(path, None, obs_space=UINT8, model=_uint8_model(with_value("observation", lambda o: o["state"])))
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-def test_numpy_float64_observation_is_cast(cls):
-    env = _env(cls, transition=lambda s, a: np.ones(3), reset=lambda: np.zeros(3))
-    out = _step(env)
-    obs = out[0] if cls is GymWorldModelEnv else out["next", "observation"]
-    assert obs.dtype in (np.float32, torch.float32)
+def test_integer_observation_that_overflows_the_space_dtype_is_refused(cls):
+    """int64 pixels of 300 for a uint8 image space would wrap to 44: refuse, naming the key."""
+    space = gym.spaces.Box(0, 255, shape=(2,), dtype=np.uint8)
+
+    def build(values):
+        return cls(object(), space, gym.spaces.Discrete(2), reset_fn=lambda: torch.tensor(values),
+                   transition_fn=lambda state, action: state)
+
+    with pytest.raises(ValueError, match=r"observation: values in \[1, 300\] do not fit the space's dtype torch.uint8"):
+        build([300, 1]).reset()  # the TorchRL env already raises when built (it probes reset)
+    out = build([255, 0]).reset()
+    obs = out[0] if cls is GymWorldModelEnv else out["observation"]
+    assert obs.tolist() == [255, 0] and obs.dtype in (np.uint8, torch.uint8)
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_float_observation_for_uint8_space_is_refused(cls):
-    space = gym.spaces.Box(0, 255, shape=(1, 2, 2), dtype=np.uint8)
-    with pytest.raises(TypeError, match="expected dtype torch.uint8, got floating dtype torch.float32"):
-        env = cls(nn.Linear(1, 1), space, ACT_SPACE, reset_fn=lambda: torch.rand(1, 2, 2),
-                  transition_fn=lambda s, a: s)
-        env.reset()
+@pytest.mark.parametrize("path", UNBATCHED)
+@pytest.mark.parametrize("phase", ["reset", "step"])
+def test_non_numeric_observation_is_refused(path, phase):
+    with pytest.raises(TypeError, match=re.escape("observation: expected numbers, got ")):
+        if phase == "reset":
+            first_reset(path, ["a", "b", "c"])
+        else:
+            first_step(path, with_value("observation", "three floats"))
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_non_numeric_observation_is_refused(cls):
-    with pytest.raises(TypeError, match="observation: expected numbers"):
-        _env(cls, reset=lambda: ["a", "b", "c"]).reset()
+# ----------------------------------------------------------------------- record structure
+@pytest.mark.parametrize("path", UNBATCHED)
+def test_unknown_record_key_is_named(path):
+    with pytest.raises(ValueError, match=re.escape("unknown key(s) ['rewrad']")):
+        first_step(path, with_value("rewrad", 1.0))
+
+
+@pytest.mark.parametrize("path", UNBATCHED)
+def test_tuple_of_unsupported_length_is_named(path):
+    with pytest.raises(ValueError, match=re.escape("model.step returned a tuple of length 7")):
+        first_step(path, lambda out: (1, 2, 3, 4, 5, 6, 7))
+
+
+@pytest.mark.parametrize("path", UNBATCHED)
+def test_info_that_is_not_a_dict_is_named(path):
+    with pytest.raises(TypeError, match=re.escape("model.step returned info of type list; expected a dict")):
+        first_step(path, lambda out: (out["observation"], out["reward"], False, False, ["not", "a", "dict"]))
+
+
+@pytest.mark.parametrize("n", [None, N])
+def test_torchrl_refuses_a_state_that_changes_structure(n):
+    def transition(model, state, action):
+        return {"h": state, "c": state}, state  # reset gave a tensor state
+
+    with pytest.raises(TypeError, match=re.escape("model state: the first reset gave a tensor state, this call gave a dict (dict)")):
+        first_step("torchrl", None, n=n, transition_fn=transition)
 
 
 # ------------------------------------------------------------------- no autograd on Gym path
@@ -282,7 +382,8 @@ def test_gym_path_builds_no_autograd_graph_with_an_nn_module():
 
 
 def test_info_model_state_dict_and_user_info_hold_no_grad_tensors():
-    """A dict state and user info with tensors: everything in info is detached."""
+    """A dict state and user info with tensors (a grad-tracking Parameter among them): everything
+    in info is handed out, and detached."""
     model = VectorModel()
 
     def reset(model, seed=None, options=None):
@@ -298,8 +399,13 @@ def test_info_model_state_dict_and_user_info_hold_no_grad_tensors():
     obs_space, act_space = vector_spaces()
     env = GymWorldModelEnv(model, obs_space, act_space, reset_fn=reset, transition_fn=transition)
     _, info = env.reset(seed=0)
+    # the walk below proves nothing about keys that were dropped: they must all be there
+    assert {"w", "model_state"} <= set(info)
+    np.testing.assert_array_equal(np.asarray(info["w"]), model.dynamics.weight.detach().numpy())
     _assert_no_grad_tensors(info)
     _, _, _, _, info = env.step(act_space.sample())
+    assert {"logits", "w", "model_state"} <= set(info)
+    assert len(info["w"]) == 1 and np.asarray(info["logits"]).shape == (1,)
     _assert_no_grad_tensors(info)
     assert set(info["model_state"]) == {"h", "aux"}
     assert not env.state["h"].requires_grad
@@ -309,14 +415,37 @@ def test_gym_vector_path_builds_no_graph():
     obs_space, act_space = vector_spaces()
     venv = WorldModelEnv(VectorModel(), obs_space, act_space, reset_fn=reset_world_model,
                          transition_fn=transition_world_model, batch_size=(3,)).to_gymnasium()
-    venv.reset(seed=0)
-    venv.step(venv.action_space.sample())
-    assert not venv.state.requires_grad
+    _, info = venv.reset(seed=0)
+    _assert_no_grad_tensors(info)
+    obs, reward, _, _, infos = venv.step(venv.action_space.sample())
+    assert torch.is_grad_enabled()  # the export restored the caller's grad mode
+    assert isinstance(venv.state, torch.Tensor) and not venv.state.requires_grad and venv.state.grad_fn is None
+    assert isinstance(obs, np.ndarray) and isinstance(reward, np.ndarray)
+    _assert_no_grad_tensors(infos)
+
+
+def test_gym_path_returns_python_scalars_and_numpy_arrays():
+    env = make("gym", Scripted())
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(action_for())
+    assert type(reward) is float and type(terminated) is bool and type(truncated) is bool
+    assert isinstance(obs, np.ndarray) and obs.dtype == np.float32 and obs.shape == (3,)
+    assert type(info["elapsed_steps"]) is int
+
+
+def test_vector_path_returns_numpy_batches():
+    envs = make("vector", Scripted(), n=N)
+    envs.reset(seed=0)
+    obs, reward, terminated, truncated, _ = envs.step(action_for(N))
+    assert obs.shape == (N, 3) and obs.dtype == np.float32
+    assert reward.shape == (N,) and terminated.dtype == bool and truncated.dtype == bool
 
 
 def _assert_no_grad_tensors(value, where="info"):
     if isinstance(value, torch.Tensor):
         assert not value.requires_grad, where
+    elif isinstance(value, TensorDictBase):
+        _assert_no_grad_tensors(value.to_dict(), where)
     elif isinstance(value, dict):
         for k, v in value.items():
             _assert_no_grad_tensors(v, f"{where}[{k!r}]")
@@ -327,15 +456,15 @@ def _assert_no_grad_tensors(value, where="info"):
 
 # ------------------------------------------------------------------------- construction errors
 def test_spaces_are_required():
-    with pytest.raises(TypeError, match="observation_space and action_space"):
+    with pytest.raises(TypeError, match="WorldModelEnv needs observation_space and action_space"):
         WorldModelEnv(VectorModel())
-    with pytest.raises(TypeError, match="observation_space"):
+    with pytest.raises(TypeError, match="observation_space: expected a gymnasium space or a TorchRL spec, got tuple"):
         GymWorldModelEnv(VectorModel(), (6,), ACT_SPACE, reset_fn=reset_world_model)
 
 
 @pytest.mark.parametrize("cls", CLASSES)
 def test_model_without_reset_is_refused(cls):
-    with pytest.raises(TypeError, match="reset_fn"):
+    with pytest.raises(TypeError, match=re.escape("Linear has no reset: pass reset_fn=")):
         cls(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, transition_fn=lambda s, a: s)
 
 
@@ -355,27 +484,3 @@ def test_batched_state_without_batch_dim_names_the_state_key(state):
     with pytest.raises(ValueError, match=re.escape(f"{key}: a batched env needs a model state with leading dims (2,), got shape (3,)")):
         WorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, reset_fn=reset, transition_fn=lambda s, a: (s, a),
                       batch_size=(2,))
-
-
-def test_integer_observation_that_overflows_the_space_dtype_is_refused():
-    """int64 pixels of 300 for a uint8 image space would wrap to 44: refuse, naming the key."""
-    import gymnasium as gym
-    import numpy as np
-    import pytest
-    import torch
-
-    from torchwm_rl import GymWorldModelEnv
-
-    space = gym.spaces.Box(0, 255, shape=(2,), dtype=np.uint8)
-    env = GymWorldModelEnv(
-        object(), space, gym.spaces.Discrete(2),
-        reset_fn=lambda: torch.tensor([300, 1]),
-        transition_fn=lambda state, action: state,
-    )
-    with pytest.raises(ValueError, match=r"observation: values in \[1, 300\].*uint8"):
-        env.reset()
-    ok = GymWorldModelEnv(
-        object(), space, gym.spaces.Discrete(2),
-        reset_fn=lambda: torch.tensor([255, 0]), transition_fn=lambda state, action: state,
-    )
-    assert ok.reset()[0].tolist() == [255, 0]

@@ -1,8 +1,11 @@
 """The tutorials run, and the tutorial text only shows code that runs.
 
 * Every script in tutorials/ runs end to end with ``--budget tiny`` in a fresh interpreter.
+  ``point_mass.py`` (the stand-in world model and adapters) is a module the scripts import,
+  not a script: it runs as part of every script.
 * Every fenced ``python`` snippet in tutorials/README.md appears verbatim (up to a uniform
-  indentation) in one of the tutorial scripts, so no snippet in the docs goes unexecuted.
+  indentation) in one of the tutorial files (scripts or modules), so no snippet in the docs
+  goes unexecuted.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import pytest
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 README = TUTORIALS / "README.md"
-SCRIPTS = sorted(TUTORIALS.glob("*.py"))
+MODULES = {"point_mass.py"}  # imported by the scripts, never run on their own
+SOURCES = sorted(TUTORIALS.glob("*.py"))
+SCRIPTS = [path for path in SOURCES if path.name not in MODULES]
 RETURN_LINE = re.compile(r"mean return before\s+(-?[\d.]+)\s+after\s+(-?[\d.]+)")
 
 
@@ -84,6 +89,17 @@ def test_every_tutorial_script_is_run_by_this_file():
     assert {script.name for script in SCRIPTS} == tested
 
 
+def test_tutorial_modules_are_imported_not_run():
+    """A file in MODULES skips the script runs above, so it must really be a module: it exists,
+    has no ``__main__`` entry point, and a tested script imports it (and so executes it)."""
+    for name in MODULES:
+        assert (TUTORIALS / name).is_file(), f"MODULES lists a missing file: {name}"
+        assert "__main__" not in (TUTORIALS / name).read_text(), f"{name} is a script: run it in a test"
+        module = name.removesuffix(".py")
+        importers = [script.name for script in SCRIPTS if f"from {module} import" in script.read_text()]
+        assert importers, f"no tutorial script imports {module}"
+
+
 # ------------------------------------------------------------------------- docs snippets
 def python_snippets(markdown: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown, flags=re.DOTALL)
@@ -118,7 +134,7 @@ def test_appears_verbatim_detects_changed_and_reindented_code():
 def test_every_readme_snippet_is_copied_from_a_tutorial_script():
     snippets = python_snippets(README.read_text())
     assert len(snippets) >= 8, "the tutorial shows each library's path in code"
-    sources = {script.name: script.read_text() for script in SCRIPTS}
+    sources = {path.name: path.read_text() for path in SOURCES}
     missing = [s for s in snippets if not any(appears_verbatim(s, src) for src in sources.values())]
     assert not missing, "README snippets not found verbatim in tutorials/*.py:\n\n" + "\n---\n".join(missing)
 

@@ -16,7 +16,9 @@ path with the same env factory pattern:
 
 Factories are module-level functions bound with ``functools.partial``: they pickle under the
 ``spawn`` start method, and they build the model INSIDE the worker, so no model object and no
-mutable model state is shared between processes.
+mutable model state is shared between processes. The model and adapters they use come from
+``point_mass.py``, which every worker imports: local worker processes inherit this script's
+``sys.path`` (its folder included), and Ray workers get the file shipped with the job.
 """
 
 from __future__ import annotations
@@ -27,89 +29,13 @@ import os
 import tempfile
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
-
-# --------------------------------------------------------------------------- the world model
-class PointMassWorldModel(nn.Module):
-    """A point pushed around the square [-1, 1]^2; the goal is the centre.
-
-    Latent state ``(x, y, vx, vy)``. ``residual`` is a small MLP playing the part of learned
-    dynamics error; the decoders turn the latent into the three observation kinds.
-    """
-
-    IMAGE_SIZE = 36  # SB3's NatureCNN needs at least 36 x 36
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.residual = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2))
-        grid = torch.linspace(-1.0, 1.0, self.IMAGE_SIZE)
-        self.register_buffer("grid_y", grid.view(-1, 1).expand(self.IMAGE_SIZE, self.IMAGE_SIZE).clone())
-        self.register_buffer("grid_x", grid.view(1, -1).expand(self.IMAGE_SIZE, self.IMAGE_SIZE).clone())
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def sample_initial_state(self, seed=None, n=None):
-        if seed is not None:
-            self.generator.manual_seed(int(seed))
-        shape = (4,) if n is None else (n, 4)
-        position = torch.rand(shape[:-1] + (2,), generator=self.generator) * 1.6 - 0.8
-        return torch.cat([position, torch.zeros_like(position)], -1)
-
-    def predict_next_state(self, state, action):
-        position, velocity = state[..., :2], state[..., 2:]
-        action = action.to(state.dtype).clamp(-1.0, 1.0)
-        velocity = 0.8 * velocity + 0.2 * action
-        drift = 0.02 * self.residual(torch.cat([state, action], -1))
-        position = (position + 0.1 * velocity + drift).clamp(-1.0, 1.0)
-        return torch.cat([position, velocity], -1)
-
-    def predict_reward(self, state):
-        return -state[..., :2].norm(dim=-1)
-
-    def predict_terminal(self, state):
-        return state[..., :2].norm(dim=-1) < 0.1
-
-    def decode_dict(self, state):
-        return {"position": state[..., :2], "velocity": state[..., 2:]}
-
-    def decode_image(self, state):
-        """Channel-first uint8 image: the point as a blob in channel 0, the goal in channel 1."""
-        x, y = state[..., 0, None, None], state[..., 1, None, None]
-        blob = torch.exp(-((self.grid_x - x) ** 2 + (self.grid_y - y) ** 2) / 0.02)
-        goal = torch.exp(-(self.grid_x**2 + self.grid_y**2) / 0.01).expand_as(blob)
-        image = torch.stack([blob, goal, torch.zeros_like(blob)], -3)
-        return (image * 255).to(torch.uint8)
-
-
-# ------------------------------------------------------------------------------ the adapters
-def batch_of(options):
-    """N for a batched env (the reset mask has one row per env), None for an unbatched one."""
-    mask = (options or {}).get("reset_mask")
-    return None if mask is None else mask.shape[0]
-
-
-def reset_vector(model, seed=None, options=None):
-    state = model.sample_initial_state(seed, batch_of(options))
-    return {"state": state, "observation": state}
-
-
-def transition_vector(model, state, action):
-    next_state = model.predict_next_state(state, action)
-    return {
-        "state": next_state,
-        "observation": next_state,
-        "reward": model.predict_reward(next_state),
-        "terminated": model.predict_terminal(next_state),
-    }
-
-
-OBSERVATION_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
-ACTION_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+# the stand-in for your trained world model, its adapters and spaces (tutorials/point_mass.py)
+from point_mass import ACTION_SPACE, VECTOR_SPACE, PointMassWorldModel, reset_vector, transition_vector
 
 BUDGETS = {"tiny": (4, 32), "full": (32, 4096)}  # envs per worker, frames per path
 PATHS = ["parallel-env", "collectors", "async-vector-env", "subproc-vec-env", "ray"]
@@ -127,7 +53,7 @@ def make_torchrl_env(weights_path: str, num_envs: int) -> WorldModelEnv:
     """A batched TorchRL env: one worker imagines ``num_envs`` envs with one model call."""
     return WorldModelEnv(
         load_world_model(weights_path),
-        observation_space=OBSERVATION_SPACE,
+        observation_space=VECTOR_SPACE,
         action_space=ACTION_SPACE,
         reset_fn=reset_vector,
         transition_fn=transition_vector,
@@ -141,7 +67,7 @@ def make_gym_env(weights_path: str, seed: int) -> GymWorldModelEnv:
     torch.set_num_threads(1)
     return GymWorldModelEnv(
         load_world_model(weights_path),
-        observation_space=OBSERVATION_SPACE,
+        observation_space=VECTOR_SPACE,
         action_space=ACTION_SPACE,
         reset_fn=reset_vector,
         transition_fn=transition_vector,
@@ -159,7 +85,7 @@ def make_env_from_object_store(weights_ref, num_envs: int) -> WorldModelEnv:
     model.eval().requires_grad_(False)
     return WorldModelEnv(
         model,
-        observation_space=OBSERVATION_SPACE,
+        observation_space=VECTOR_SPACE,
         action_space=ACTION_SPACE,
         reset_fn=reset_vector,
         transition_fn=transition_vector,
@@ -230,7 +156,14 @@ def ray_collector(weights_path: str, num_envs: int, frames: int, address) -> Non
     import ray
     from torchrl.collectors import Collector
 
-    ray.init(address=address, num_cpus=None if address else 2, include_dashboard=False)
+    import point_mass
+
+    # The factory below is pickled by value (it lives in this script), but what it takes from
+    # point_mass is pickled by reference: ship point_mass.py with the job, so every node has it.
+    ray.init(
+        address=address, num_cpus=None if address else 2, include_dashboard=False,
+        runtime_env={"py_modules": [point_mass]},
+    )
     weights_ref = ray.put(torch.load(weights_path, weights_only=True))  # once, for all workers
     policy = make_policy()
     collector = Collector(

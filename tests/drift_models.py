@@ -52,8 +52,8 @@ class Hooks:
     """reset_fn / transition_fn that record their calls. ``row`` picks one env's start (a
     single env); None gives the whole batch (the mask's length)."""
 
-    def __init__(self, row: Optional[int] = None):
-        self.row = row
+    def __init__(self, row: Optional[int] = None, with_info: bool = False):
+        self.row, self.with_info = row, with_info
         self.reset_masks: list = []  # options["reset_mask"] of every reset call (None: unbatched)
         self.transition_shapes: list = []  # state shape of every transition call
 
@@ -61,16 +61,21 @@ class Hooks:
         mask = (options or {}).get("reset_mask")
         self.reset_masks.append(None if mask is None else mask.clone())
         start = START[self.row].clone() if self.row is not None else START[: mask.shape[0]].clone()
+        if self.with_info:  # one entry per env (leading dim N when batched) and a shared one
+            return start, start.clone(), {"start_y": start[..., 1].clone(), "source": "reset", "gain": model.gain}
         return start, start.clone()
 
     def transition(self, model, state, action):
         self.transition_shapes.append(tuple(state.shape))
-        return model(state, action)
+        out = model(state, action)
+        if self.with_info:
+            out["info"] = {"x": out["state"][..., 0], "source": "step", "gain": model.gain}
+        return out
 
 
-def batched_env(n: int = N, limits=LIMITS, model=None, **kwargs):
+def batched_env(n: int = N, limits=LIMITS, model=None, with_info: bool = False, **kwargs):
     """A batched ``WorldModelEnv`` of ``n`` drift envs, and its recording hooks."""
-    hooks = Hooks()
+    hooks = Hooks(with_info=with_info)
     env = WorldModelEnv(
         model if model is not None else DriftModel(), OBS_SPACE, ACT_SPACE,
         reset_fn=hooks.reset, transition_fn=hooks.transition,
@@ -80,9 +85,9 @@ def batched_env(n: int = N, limits=LIMITS, model=None, **kwargs):
     return env, hooks
 
 
-def single_env(row: int, max_episode_steps=None, model=None, **kwargs) -> GymWorldModelEnv:
+def single_env(row: int, max_episode_steps=None, model=None, with_info: bool = False, **kwargs) -> GymWorldModelEnv:
     """One Gymnasium drift env that starts at ``START[row]``."""
-    hooks = Hooks(row)
+    hooks = Hooks(row, with_info=with_info)
     return GymWorldModelEnv(
         model if model is not None else DriftModel(), OBS_SPACE, ACT_SPACE,
         reset_fn=hooks.reset, transition_fn=hooks.transition, max_episode_steps=max_episode_steps, **kwargs,

@@ -24,9 +24,31 @@ def actions(seed: int = 0, steps: int = STEPS) -> np.ndarray:
     return rng.uniform([-0.5, -1.0], [1.0, 1.0], size=(steps, N, 2)).astype(np.float32)
 
 
-def singles_with_timelimit():
+def singles_with_timelimit(with_info: bool = False):
     """N single Gymnasium envs, each under Gymnasium's own TimeLimit with its row's limit."""
-    return [lambda i=i: gym.wrappers.TimeLimit(single_env(i), max_episode_steps=LIMITS[i]) for i in range(N)]
+    return [lambda i=i: gym.wrappers.TimeLimit(single_env(i, with_info=with_info), max_episode_steps=LIMITS[i])
+            for i in range(N)]
+
+
+DIAGNOSTICS = ("model_state", "elapsed_steps")  # single envs' own info entries (not the model's)
+
+
+def user_info(info):
+    """A (vector or single) info without the single env's diagnostic entries."""
+    if isinstance(info, dict):
+        return {k: user_info(v) for k, v in info.items() if k.lstrip("_") not in DIAGNOSTICS}
+    return info
+
+
+def assert_same_info(ours, ref, where):
+    assert set(ours) == set(ref), (where, sorted(ours), sorted(ref))
+    for key, value in ref.items():
+        if isinstance(value, dict):
+            assert_same_info(ours[key], value, (where, key))
+        else:
+            mine = ours[key]
+            assert isinstance(mine, np.ndarray) and mine.shape == value.shape and mine.dtype == value.dtype, (where, key)
+            assert all(np.array_equal(a, b) for a, b in zip(mine, value)), (where, key, mine, value)
 
 
 # ------------------------------------------------------------------------- Gymnasium vector
@@ -58,6 +80,25 @@ def test_vector_export_matches_sync_vector_env_of_single_envs(mode):
     assert ended >= N  # the comparison covered many episode ends, of both kinds
     # ONE model call per step for all N envs, whatever the resets
     assert hooks.transition_shapes[calls_before:] == [(N, 2)] * STEPS
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP], ids=lambda m: m.value)
+def test_vector_export_infos_match_sync_vector_env_of_single_envs(mode):
+    # the model's info (one dict for the batch: per-env rows and shared entries) reaches each
+    # env as SyncVectorEnv would hand out the single envs' infos: reset infos for envs that
+    # restart, final_info under SAME_STEP, detached (the "gain" entry is a trainable Parameter)
+    env, _ = batched_env(with_info=True)
+    envs = env.to_gymnasium(autoreset_mode=mode)
+    reference = gym.vector.SyncVectorEnv(singles_with_timelimit(with_info=True), autoreset_mode=mode)
+    ours, ref = envs.reset(seed=0)[1], user_info(reference.reset(seed=0)[1])
+    assert_same_info(ours, ref, "reset")
+    assert set(ours) == {"start_y", "_start_y", "source", "_source", "gain", "_gain"}
+    restarts = 0
+    for t, action in enumerate(actions()):
+        ours, ref = envs.step(action)[4], user_info(reference.step(action)[4])
+        assert_same_info(ours, ref, t)
+        restarts += int(ref.get("_start_y", np.zeros(N, bool)).sum())
+    assert restarts >= N  # reset infos of many restarted envs were compared
 
 
 def test_vector_export_next_step_autoreset_ignores_the_action_and_reports_zero_reward():
@@ -130,6 +171,29 @@ def test_sb3_export_matches_dummy_vec_env_of_single_envs():
     assert hooks.transition_shapes[calls_before:] == [(N, 2)] * STEPS
 
 
+def test_sb3_export_infos_match_dummy_vec_env_of_single_envs():
+    env, _ = batched_env(with_info=True)
+    venv = env.to_sb3()
+    reference = DummyVecEnv(singles_with_timelimit(with_info=True))
+    venv.reset(), reference.reset()
+
+    def same(mine, theirs, where):
+        theirs = user_info(theirs)
+        assert set(mine) == set(theirs), where
+        for key, value in theirs.items():
+            assert np.array_equal(mine[key], value) and type(mine[key]) is type(value), (where, key)
+
+    for i in range(N):
+        same(venv.reset_infos[i], reference.reset_infos[i], ("reset", i))
+    for t, action in enumerate(actions(1)):
+        _, _, dones, infos = venv.step(action)
+        _, _, ref_dones, ref_infos = reference.step(action)
+        for i in range(N):
+            same(infos[i], ref_infos[i], (t, i))
+            same(venv.reset_infos[i], reference.reset_infos[i], ("reset", t, i))
+    assert not isinstance(infos[0]["gain"], torch.Tensor)  # detached to numpy
+
+
 def test_sb3_export_auto_resets_only_done_envs():
     env, hooks = batched_env()
     venv = env.to_sb3()
@@ -143,7 +207,7 @@ def test_sb3_export_auto_resets_only_done_envs():
     assert infos[0]["TimeLimit.truncated"] is True
     assert np.allclose(infos[0]["terminal_observation"], previous[0] + 0.1 * PUSH)
     for i in range(1, N):
-        assert np.allclose(obs[i], previous[i] + 0.1 * PUSH) and infos[i] == {}
+        assert np.allclose(obs[i], previous[i] + 0.1 * PUSH) and infos[i] == {"TimeLimit.truncated": False}
     obs, _, dones, infos = venv.step(push)  # env 4 terminates by the model, env 1 by limit
     assert dones.tolist() == [False, True, False, False, True]
     assert infos[4]["TimeLimit.truncated"] is False and infos[1]["TimeLimit.truncated"] is True

@@ -51,3 +51,85 @@ def image_hwc(frame: Any) -> Any:
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
     return array
+
+
+# ------------------------------------------------------------------------ batched infos
+# A batched hook returns ONE info dict for all N envs. An entry whose leading dim is N is read as
+# one row per env; any other entry holds for every env. The exports hand these out in each
+# library's layout: SB3 wants one dict per env, Gymnasium's vector API one array per key plus a
+# ``"_key"`` mask of the envs that have it.
+
+
+def _is_rows(value: Any, n: int) -> bool:
+    return isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == n
+
+
+def info_row(info: Mapping, n: int, i: int) -> dict:
+    """Env ``i``'s share of a batched (already :func:`detach_tree`-d) info. A row is an array
+    (0-d for a scalar per env, as a single env's 0-d tensor gives)."""
+    return {
+        k: info_row(v, n, i) if isinstance(v, Mapping) else (v[i, ...] if _is_rows(v, n) else v)
+        for k, v in info.items()
+    }
+
+
+def per_env_infos(info: Mapping, n: int) -> list:
+    """A batched hook's info -> one dict per env (SB3's layout)."""
+    if not info:
+        return [{} for _ in range(n)]
+    info = detach_tree(info)
+    return [info_row(info, n, i) for i in range(n)]
+
+
+def vector_info(info: Mapping, n: int, rows: np.ndarray) -> dict:
+    """A batched (already :func:`detach_tree`-d) info in Gymnasium's vector layout, for the envs
+    in ``rows`` (bool, shape ``(n,)``).
+
+    The arrays are those ``gymnasium.vector.VectorEnv._add_info`` builds one env at a time
+    (typed for Python/numpy scalars and arrays, ``object`` otherwise, zero/None outside
+    ``rows``); built here in one go because a batched info already holds the rows. No env in
+    ``rows``: no entries at all, as in Gymnasium.
+    """
+    out: dict = {}
+    if not rows.any():
+        return out
+    for key, value in info.items():
+        if isinstance(value, Mapping):
+            out[key] = vector_info(value, n, rows)
+        elif _is_rows(value, n):
+            out[key] = np.where(rows.reshape(-1, *[1] * (value.ndim - 1)), value, np.zeros_like(value))
+        elif type(value) in (int, float, bool) or isinstance(value, (np.number, np.bool_)):
+            out[key] = np.where(rows, value, np.zeros((), dtype=type(value)))
+        elif isinstance(value, np.ndarray):
+            out[key] = np.where(rows.reshape(-1, *[1] * value.ndim), value[None], np.zeros_like(value)[None])
+        else:
+            out[key] = np.full(n, None, dtype=object)
+            for i in np.flatnonzero(rows):
+                out[key][i] = value
+        out[f"_{key}"] = rows.copy()
+    return out
+
+
+def merge_vector_infos(first: dict, second: dict) -> dict:
+    """Two vector-layout infos over disjoint sets of envs -> one (each env keeps its own)."""
+    out = dict(first)
+    for key, value in second.items():
+        if key.startswith("_") or key not in out:
+            if key.startswith("_") and key in out:
+                out[key] = out[key] | value
+            else:
+                out[key] = value
+            continue
+        mine = second.get(f"_{key}")
+        if isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = merge_vector_infos(out[key], value)
+        elif (isinstance(value, np.ndarray) and isinstance(out[key], np.ndarray)
+              and value.shape == out[key].shape and value.dtype == out[key].dtype):
+            out[key] = np.where(mine.reshape(-1, *[1] * (value.ndim - 1)), value, out[key])
+        else:  # different kinds for different envs: one object per env
+            merged = np.full(len(mine), None, dtype=object)
+            theirs = first.get(f"_{key}", np.zeros(len(mine), dtype=bool))
+            for i in range(len(mine)):
+                merged[i] = value[i] if mine[i] else (out[key][i] if theirs[i] else None)
+            out[key] = merged
+    return out

@@ -20,7 +20,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .adapter import ModelAdapter
-from .convert import detach_tree, image_hwc, observation_to_numpy
+from .convert import detach_tree, image_hwc, merge_vector_infos, observation_to_numpy, vector_info
 from .episode import EpisodeLogic, Snapshot
 from .spaces import as_space
 
@@ -181,6 +181,12 @@ class GymVectorWorldModelEnv(VectorEnv):
     ``AutoresetMode.SAME_STEP`` (reset at once; the final observation and info are in
     ``info["final_obs"]`` / ``info["final_info"]``). ``reset(options={"reset_mask": mask})``
     resets only the masked envs; the others keep their exact state and step count.
+
+    Infos follow Gymnasium's vector layout (``infos[key]`` one entry per env, ``infos["_key"]``
+    which envs have it), as ``SyncVectorEnv`` would merge N single envs' infos: the model's info
+    of a batched call is split per env (an entry whose leading dim is N gives env ``i`` row ``i``;
+    any other entry goes to every env), envs restarting in a step carry their reset's info, and
+    tensors are detached numpy copies. ``envs.state`` is the batched model state.
     """
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -241,41 +247,34 @@ class GymVectorWorldModelEnv(VectorEnv):
                 seed=seed, options=options, mask=mask, previous=self._snapshot if mask is not None else None
             )
         self._needs_reset = self._needs_reset & ~mask if mask is not None else torch.zeros_like(self._needs_reset)
-        return self._obs(), dict(info)
+        rows = np.ones(self.num_envs, dtype=bool) if mask is None else mask.cpu().numpy()
+        return self._obs(), vector_info(detach_tree(info), self.num_envs, rows)
 
     def step(self, actions: Any):
         if self._snapshot is None:
             raise RuntimeError("step() called before reset(): call envs.reset() first")
         restarting = self.autoreset_mode is AutoresetMode.NEXT_STEP and bool(self._needs_reset.any())
+        restarted, reset_info, final_obs = None, {}, None
         with torch.no_grad():
             # one model call for all N envs; rows restarting now are computed and thrown away
             snapshot, record = self.logic.step(self._snapshot, actions, self._needs_reset if restarting else None)
             reward, terminated, truncated = record.reward, record.terminated, record.truncated
-            infos: dict = {}
             if restarting:
                 # envs that ended last step restart now; their action is ignored
-                reset_rows = self._needs_reset
-                restarted, _ = self.logic.reset(mask=reset_rows, previous=snapshot)
-                snapshot = restarted
-                reward = torch.where(reset_rows, torch.zeros_like(reward), reward)
-                terminated = terminated & ~reset_rows
-                truncated = truncated & ~reset_rows
+                restarted = self._needs_reset
+                snapshot, reset_info = self.logic.reset(mask=restarted, previous=snapshot)
+                reward = torch.where(restarted, torch.zeros_like(reward), reward)
+                terminated = terminated & ~restarted
+                truncated = truncated & ~restarted
             done = terminated | truncated
             if self.autoreset_mode is AutoresetMode.SAME_STEP and bool(done.any()):
                 final_obs = observation_to_numpy(snapshot.observation, self.single_observation_space)
-                rows = done.nonzero().flatten().tolist()
-                infos["final_obs"] = np.full(self.num_envs, None, dtype=object)
-                infos["final_info"] = {}
-                infos["_final_obs"] = done.cpu().numpy()
-                for i in rows:
-                    infos["final_obs"][i] = _row(final_obs, i)
-                snapshot, _ = self.logic.reset(mask=done, previous=snapshot)
+                restarted = done
+                snapshot, reset_info = self.logic.reset(mask=done, previous=snapshot)
                 done = torch.zeros_like(done)
             # committed only now: a model or reset hook that raised above left the env as it was
             self._snapshot, self._needs_reset = snapshot, done
-        if record.nonfinite is not None:
-            infos["nonfinite"] = record.nonfinite.cpu().numpy()
-            infos["_nonfinite"] = np.ones(self.num_envs, dtype=bool)
+        infos = self._step_infos(record, restarted, reset_info, final_obs)
         return (
             self._obs(),
             reward.double().cpu().numpy(),
@@ -283,6 +282,28 @@ class GymVectorWorldModelEnv(VectorEnv):
             truncated.cpu().numpy(),
             infos,
         )
+
+    def _step_infos(self, record, restarted: Optional[torch.Tensor], reset_info: dict, final_obs: Any) -> dict:
+        """Gymnasium's vector info of one step: the transition's info for the envs that
+        stepped, the reset's info for the envs that restarted (as ``SyncVectorEnv`` merges its
+        envs' infos), and under SAME_STEP ``final_obs``/``final_info`` of the envs that ended."""
+        n = self.num_envs
+        again = np.zeros(n, dtype=bool) if restarted is None else restarted.cpu().numpy()
+        step_info = detach_tree(record.info) if record.info else {}
+        infos = vector_info(step_info, n, ~again)
+        if reset_info:
+            infos = merge_vector_infos(infos, vector_info(detach_tree(reset_info), n, again))
+        if final_obs is not None:
+            infos["final_obs"] = np.full(n, None, dtype=object)
+            for i in np.flatnonzero(again):
+                infos["final_obs"][i] = _row(final_obs, i)
+            infos["_final_obs"] = again
+            infos["final_info"] = vector_info(step_info, n, again)
+            infos["_final_info"] = again.copy()
+        if record.nonfinite is not None:
+            infos["nonfinite"] = record.nonfinite.cpu().numpy()
+            infos["_nonfinite"] = np.ones(n, dtype=bool)
+        return infos
 
     def render(self):
         if self._snapshot is None:

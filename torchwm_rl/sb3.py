@@ -1,8 +1,11 @@
 """Stable-Baselines3 export: a ``VecEnv`` of N imagined envs stepped by ONE model call.
 
 Follows SB3's own convention (``DummyVecEnv``): an env that ends is reset within the same
-``step_wait``; its last observation is in ``infos[i]["terminal_observation"]`` and a time-limit
-ending sets ``infos[i]["TimeLimit.truncated"]``. Stable-Baselines3 is an optional extra
+``step_wait``; its last observation is in ``infos[i]["terminal_observation"]``;
+``infos[i]["TimeLimit.truncated"]`` says, on every env at every step, whether a time limit ended
+it; the info of the new episode is in ``venv.reset_infos[i]``. The model's own info (one dict for
+the batch) is split per env: an entry whose leading dim is N gives env ``i`` its row ``i``, any
+other entry goes to every env. Stable-Baselines3 is an optional extra
 (``pip install torchwm-rl[sb3]``), imported when this module is.
 """
 
@@ -18,7 +21,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("the SB3 export needs stable-baselines3: pip install 'torchwm-rl[sb3]'") from err
 
-from .convert import image_hwc, observation_to_numpy
+from .convert import image_hwc, observation_to_numpy, per_env_infos
 from .episode import EpisodeLogic, Snapshot
 from .gym import _row
 
@@ -43,7 +46,8 @@ class SB3VecWorldModelEnv(VecEnv):
     def reset(self):
         seed, self._seed = self._seed, None
         with torch.no_grad():
-            self._snapshot, _ = self.logic.reset(seed=seed, options=self._options[0] if self._options else None)
+            self._snapshot, info = self.logic.reset(seed=seed, options=self._options[0] if self._options else None)
+        self.reset_infos = per_env_infos(info, self.num_envs)
         self._reset_seeds()
         self._reset_options()
         return observation_to_numpy(self._snapshot.observation, self.observation_space)
@@ -60,13 +64,17 @@ class SB3VecWorldModelEnv(VecEnv):
             obs = observation_to_numpy(snapshot.observation, self.observation_space)
             dones = done.cpu().numpy()
             timeouts = (record.truncated & ~record.terminated).cpu().numpy()
-            infos = [{} for _ in range(self.num_envs)]
+            infos = per_env_infos(record.info, self.num_envs)
+            for info, timeout in zip(infos, timeouts.tolist()):  # on every env, as DummyVecEnv
+                info["TimeLimit.truncated"] = timeout
             if dones.any():
                 for i in np.flatnonzero(dones):
                     infos[i]["terminal_observation"] = _row(obs, i)
-                    infos[i]["TimeLimit.truncated"] = bool(timeouts[i])
-                snapshot, _ = self.logic.reset(mask=done, previous=snapshot)
+                snapshot, reset_info = self.logic.reset(mask=done, previous=snapshot)
                 obs = observation_to_numpy(snapshot.observation, self.observation_space)
+                reset_infos = per_env_infos(reset_info, self.num_envs)
+                for i in np.flatnonzero(dones):  # as DummyVecEnv: the info of each env's new episode
+                    self.reset_infos[i] = reset_infos[i]
             if record.nonfinite is not None:
                 for i in np.flatnonzero(record.nonfinite.cpu().numpy()):
                     infos[i]["nonfinite"] = True

@@ -257,6 +257,22 @@ def test_float_flags_are_refused(path, flag):
         first_step(_path(path), with_value(flag, value), n=n)
 
 
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_integer_flags_other_than_0_and_1_are_refused(path):
+    n = N if _batched(path) else None
+    value = torch.tensor([0, 1, 2, 1][:N]) if n else torch.tensor(2)
+    with pytest.raises(ValueError, match=re.escape("terminated: expected a bool flag (or integers 0/1), got torch.int64 values [2]")):
+        first_step(_path(path), with_value("terminated", value), n=n)
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_integer_0_1_flags_are_read_as_bools(path):
+    n = N if _batched(path) else None
+    value = np.array([0, 1, 0, 1][:N]) if n else 1
+    terminated = first_step(_path(path), with_value("terminated", value), n=n)[2]
+    assert np.atleast_1d(terminated).tolist() == ([False, True, False, True][:N] if n else [True])
+
+
 @pytest.mark.parametrize("path", BATCHED)
 def test_batched_flag_of_wrong_shape(path):
     with pytest.raises(ValueError, match=re.escape(f"truncated: expected shape ({N},) or ({N}, 1), got shape (2,)")):

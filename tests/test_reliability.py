@@ -127,7 +127,20 @@ def test_nan_from_the_reward_hook_is_caught(path):
     env = make(path, Scripted(), reward_fn=reward_fn, transition_fn=transition_fn)
     driver = Driver(path, env)
     driver.reset(seed=0)
-    with pytest.raises(ValueError, match=re.escape("NaN/inf in ['reward']")):
+    with pytest.raises(ValueError, match=re.escape("reward_fn returned NaN/inf in ['reward']; pass")):
+        driver.step(action_for())
+
+
+@pytest.mark.parametrize("path", UNBATCHED)
+def test_nan_in_the_observation_and_a_hook_reward_names_each_hook(path):
+    def transition_fn(model, state, action):
+        return state, torch.full_like(state, float("inf"))
+
+    env = make(path, Scripted(), reward_fn=lambda next_state: float("nan"), transition_fn=transition_fn)
+    driver = Driver(path, env)
+    driver.reset(seed=0)
+    message = "transition_fn returned NaN/inf in ['observation'] and reward_fn returned NaN/inf in ['reward']; pass"
+    with pytest.raises(ValueError, match=re.escape(message)):
         driver.step(action_for())
 
 

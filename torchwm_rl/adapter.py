@@ -282,9 +282,10 @@ class ModelAdapter:
         observation = to_observation(raw.observation, self.observation_space, self.batch_size, self.device)
         next_state = observation if raw.state is MISSING else raw.state
 
-        reward = raw.reward
+        reward, reward_source = raw.reward, self.transition_hook.name
         if self.reward_hook is not None and reward is MISSING:
             reward = self.reward_hook(self.model, state, model_action, next_state)
+            reward_source = self.reward_hook.name
         reward = (
             torch.zeros(self.batch_size, dtype=torch.float32, device=self.device)
             if reward is MISSING
@@ -297,7 +298,7 @@ class ModelAdapter:
         truncated = self._flag(raw.truncated, "truncated")
 
         record = Transition(next_state, observation, reward, terminated, truncated, raw.info)
-        self._apply_nan_policy(record, discard)
+        self._apply_nan_policy(record, discard, reward_source)
         return record
 
     def _flag(self, value: Any, key: str) -> torch.Tensor:
@@ -305,7 +306,9 @@ class ModelAdapter:
             return torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
         return to_batched_scalar(value, self.batch_size, self.device, torch.bool, key)
 
-    def _apply_nan_policy(self, record: Transition, discard: Optional[torch.Tensor] = None) -> None:
+    def _apply_nan_policy(
+        self, record: Transition, discard: Optional[torch.Tensor] = None, reward_source: Optional[str] = None
+    ) -> None:
         if self.nan_policy == "ignore":
             return
         checked = flatten_observation(record.observation)
@@ -318,9 +321,13 @@ class ModelAdapter:
         if bad is None:
             return
         if self.nan_policy == "raise":
+            by_hook: dict = {}  # the reward may come from reward_fn: name the hook of each key
+            for key in keys:
+                hook = reward_source if key == "reward" and reward_source else self.transition_hook.name
+                by_hook.setdefault(hook, []).append(key)
+            what = " and ".join(f"{hook} returned NaN/inf in {hook_keys}" for hook, hook_keys in by_hook.items())
             raise ValueError(
-                f"{self.transition_hook.name} returned NaN/inf in {keys}{env_rows(bad)}; pass "
-                "nan_policy='truncate' to end those episodes instead, or 'ignore'."
+                f"{what}{env_rows(bad)}; pass nan_policy='truncate' to end those episodes instead, or 'ignore'."
             )
         record.truncated = record.truncated | bad
         record.nonfinite = bad

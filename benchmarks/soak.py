@@ -1,10 +1,10 @@
 """Soak test: a million batched imagined steps with resets; RSS and throughput must stay flat.
 
-    python benchmarks/soak.py                       # 1024 envs x 977 steps ~ 1e6 env-steps, TorchRL path
+    python benchmarks/soak.py                       # 1e6 batched steps of 1024 envs (~1e9 env-steps), TorchRL path
     python benchmarks/soak.py --path vector         # the Gymnasium vector export
     python benchmarks/soak.py --path sb3            # the Stable-Baselines3 VecEnv export
-    python benchmarks/soak.py --steps 100000        # a quick run
-    python benchmarks/soak.py --steps 100000 --grad # grad on: shows the check catching growth
+    python benchmarks/soak.py --steps 10000         # a quick run (1e4 batched steps)
+    python benchmarks/soak.py --steps 10000 --grad  # grad on: shows the check catching growth
 
 Every env has its own time limit (drawn from [--min-len, --max-len]) and the model also
 terminates episodes, so partial resets happen on most steps. The script runs on ONE thread,
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", choices=["torchrl", "vector", "sb3"], default="torchrl")
     parser.add_argument("--num-envs", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=1_000_000, help="total env-steps (batched steps x num-envs)")
+    parser.add_argument("--steps", type=int, default=1_000_000, help="batched steps (each steps all --num-envs envs)")
     parser.add_argument("--min-len", type=int, default=20, help="shortest per-env time limit")
     parser.add_argument("--max-len", type=int, default=200, help="longest per-env time limit")
     parser.add_argument("--report", type=int, default=10, help="number of report rows")
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     n = args.num_envs
-    iterations = max(1, -(-args.steps // n))  # at least --steps env-steps
+    iterations = max(1, args.steps)
     every = max(1, iterations // args.report)
     print(f"soak: path={args.path} num_envs={n} batched_steps={iterations} env_steps={iterations * n} "
           f"episode_len=[{args.min_len},{args.max_len}] threads={torch.get_num_threads()} grad={args.grad}")

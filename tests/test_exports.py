@@ -322,3 +322,17 @@ def test_cleanrl_style_loop_on_the_vector_export():
     assert torch.isfinite(pg_loss) and torch.isfinite(v_loss)
     assert all(not torch.equal(b, p) for b, p in zip(before, params))
     assert hooks.transition_shapes[-steps:] == [(N, 2)] * steps
+
+
+def test_vector_infos_of_different_kinds_for_different_envs_keep_each_envs_value():
+    from torchwm_rl.convert import merge_vector_infos, vector_info
+
+    stepped = np.array([True, False, True])
+    step = vector_info({"x": np.array([0.5, 0.25, 0.75], np.float32), "note": "step"}, 3, stepped)
+    reset = vector_info({"x": np.array([1, 2, 3]), "start": {"y": 7}}, 3, ~stepped)
+    infos = merge_vector_infos(step, reset)
+    assert infos["x"].dtype == object and infos["x"].tolist() == [0.5, 2, 0.75]
+    assert infos["_x"].tolist() == [True, True, True]
+    assert infos["note"].tolist() == ["step", None, "step"] and infos["_note"].tolist() == [True, False, True]
+    assert infos["start"]["y"].tolist() == [0, 7, 0] and infos["_start"].tolist() == [False, True, False]
+    assert vector_info({"x": 1.0}, 3, np.zeros(3, bool)) == {}  # no env has it: no key, as Gymnasium

@@ -114,13 +114,13 @@ def merge_vector_infos(first: dict, second: dict) -> dict:
     """Two vector-layout infos over disjoint sets of envs -> one (each env keeps its own)."""
     out = dict(first)
     for key, value in second.items():
-        if key.startswith("_") or key not in out:
-            if key.startswith("_") and key in out:
-                out[key] = out[key] | value
-            else:
-                out[key] = value
+        if key not in out:
+            out[key] = value
             continue
-        mine = second.get(f"_{key}")
+        if key.startswith("_"):  # a mask: the envs of both sides have the key
+            out[key] = out[key] | value
+            continue
+        mine = second[f"_{key}"]
         if isinstance(value, dict) and isinstance(out[key], dict):
             out[key] = merge_vector_infos(out[key], value)
         elif (isinstance(value, np.ndarray) and isinstance(out[key], np.ndarray)

@@ -99,10 +99,12 @@ def to_batched_scalar(
     if dtype is torch.bool:
         if tensor.is_floating_point():
             raise TypeError(f"{key}: expected a bool flag, got floating dtype {tensor.dtype}")
-        if tensor.dtype is not torch.bool and bool(((tensor != 0) & (tensor != 1)).any()):
+        if tensor.dtype is not torch.bool:
             # 0/1 integers are flags; a 2 is more likely a count or an index than "True"
-            odd = sorted(set(tensor[(tensor != 0) & (tensor != 1)].tolist()))
-            raise ValueError(f"{key}: expected a bool flag (or integers 0/1), got {tensor.dtype} values {odd[:5]}")
+            odd = (tensor != 0) & (tensor != 1)
+            if bool(odd.any()):
+                values = sorted(set(tensor[odd].tolist()))[:5]
+                raise ValueError(f"{key}: expected a bool flag (or integers 0/1), got {tensor.dtype} values {values}")
         return tensor.bool()
     return tensor.to(dtype)
 

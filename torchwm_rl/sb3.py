@@ -21,7 +21,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("the SB3 export needs stable-baselines3: pip install 'torchwm-rl[sb3]'") from err
 
-from .convert import image_hwc, observation_to_numpy, per_env_infos
+from .convert import detach_tree, image_hwc, info_row, observation_to_numpy, per_env_infos
 from .episode import EpisodeLogic, Snapshot
 from .gym import _row
 
@@ -72,9 +72,9 @@ class SB3VecWorldModelEnv(VecEnv):
                     infos[i]["terminal_observation"] = _row(obs, i)
                 snapshot, reset_info = self.logic.reset(mask=done, previous=snapshot)
                 obs = observation_to_numpy(snapshot.observation, self.observation_space)
-                reset_infos = per_env_infos(reset_info, self.num_envs)
+                reset_info = detach_tree(reset_info) if reset_info else {}
                 for i in np.flatnonzero(dones):  # as DummyVecEnv: the info of each env's new episode
-                    self.reset_infos[i] = reset_infos[i]
+                    self.reset_infos[i] = info_row(reset_info, self.num_envs, i)
             if record.nonfinite is not None:
                 for i in np.flatnonzero(record.nonfinite.cpu().numpy()):
                     infos[i]["nonfinite"] = True

@@ -107,7 +107,9 @@ def dict_reset(model, seed=None, options=None):
 
 def dict_transition(model, state, action):
     nxt = model.predict_next_state(state, action)
-    return nxt, model.observe(nxt), model.predict_reward(nxt, action), model.predict_terminal(nxt), False, {}
+    terminated = model.predict_terminal(nxt)
+    # one truncated flag per env (a batched env refuses a scalar)
+    return nxt, model.observe(nxt), model.predict_reward(nxt, action), terminated, torch.zeros_like(terminated), {}
 
 
 class ImageModel(VectorModel):

@@ -91,8 +91,8 @@ def opaque_transition(model, state, action):
     return nxt, nxt.value.clone(), float(nxt.value.sum())
 
 
-def add_one_reward(model, state, action, next_state):
-    """A module-level reward hook (for pickling)."""
+def add_one_reward(model, next_state):
+    """A module-level reward hook (for pickling): TorchWM's ``reward_fn(model, next_state)``."""
     return next_state.sum(-1) + 1.0
 
 

@@ -77,7 +77,7 @@ def _step(env, action=ACTION):
 # -------------------------------------------------------------------------- step before reset
 def test_gym_step_before_reset_says_to_call_reset():
     env = _env(GymWorldModelEnv)
-    with pytest.raises(RuntimeError, match=r"reset\(\)"):
+    with pytest.raises(RuntimeError, match=re.escape("Call reset() before step().")):
         env.step(ACTION)
 
 
@@ -85,7 +85,7 @@ def test_gym_step_after_close_says_to_call_reset():
     env = _env(GymWorldModelEnv)
     env.reset()
     env.close()
-    with pytest.raises(RuntimeError, match=r"reset\(\)"):
+    with pytest.raises(RuntimeError, match=re.escape("Call reset() before step().")):
         env.step(ACTION)
 
 
@@ -93,7 +93,7 @@ def test_gym_vector_step_before_reset_says_to_call_reset():
     obs_space, act_space = vector_spaces()
     venv = WorldModelEnv(VectorModel(), obs_space, act_space, reset_fn=reset_world_model,
                          transition_fn=transition_world_model, batch_size=(2,)).to_gymnasium()
-    with pytest.raises(RuntimeError, match=r"reset\(\)"):
+    with pytest.raises(RuntimeError, match=re.escape("Call reset() before step().")):
         venv.step(np.zeros((2, 2), dtype=np.float32))
 
 
@@ -231,18 +231,29 @@ def test_batched_reward_shapes_that_are_accepted():
     torch.testing.assert_close(rollout.get(("next", "reward")), rollout.get(("next", "observation"))[..., :1])
     rollout = make_rollout(lambda n: n[:, :1])
     torch.testing.assert_close(rollout.get(("next", "reward")), rollout.get(("next", "observation"))[..., :1])
-    # a Python constant holds for every env (a 0-d *tensor* is refused: see the test below)
-    torch.testing.assert_close(make_rollout(lambda n: 0.5).get(("next", "reward")), torch.full((4, 2, 1), 0.5))
+    # a constant is given per env
+    torch.testing.assert_close(make_rollout(lambda n: torch.full((4,), 0.5)).get(("next", "reward")),
+                               torch.full((4, 2, 1), 0.5))
+    # a Python constant is refused: one value for the whole batch (a 0-d tensor too: see below)
+    message = (
+        "transition_fn (read as (state, obs, reward)): reward: a batched env needs one value per env, "
+        "shape (4,) or (4, 1); got a scalar (float)"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_rollout(lambda n: 0.5)
 
 
 @pytest.mark.parametrize("path", BATCHED)
 @pytest.mark.parametrize("reward,got", [
-    (lambda out: out["reward"].sum(), "()"),  # a reduction over the batch: a bug, refused
-    (lambda out: out["state"], f"({N}, 3)"),
-    (lambda out: torch.zeros(N - 1), f"({N - 1},)"),
+    # a reduction over the batch: a bug, refused
+    (lambda out: out["reward"].sum(),
+     f"a batched env needs one value per env, shape ({N},) or ({N}, 1); got a scalar (Tensor)"),
+    (lambda out: out["state"], f"expected shape ({N},) or ({N}, 1), got shape ({N}, 3)"),
+    (lambda out: torch.zeros(N - 1), f"expected shape ({N},) or ({N}, 1), got shape ({N - 1},)"),
 ], ids=["0-d tensor", "one per feature", "too short"])
 def test_batched_reward_of_wrong_shape_names_expected_and_got(path, reward, got):
-    expected = f"reward: expected shape ({N},) or ({N}, 1), got shape {got}"
+    # the error names the hook and how its output was read
+    expected = f"model.step (read as a mapping): reward: {got}"
     with pytest.raises(ValueError, match=re.escape(expected)):
         first_step(path, with_value("reward", reward), n=N)
 
@@ -372,7 +383,7 @@ def test_info_that_is_not_a_dict_is_named(path):
 @pytest.mark.parametrize("n", [None, N])
 def test_torchrl_refuses_a_state_that_changes_structure(n):
     def transition(model, state, action):
-        return {"h": state, "c": state}, state  # reset gave a tensor state
+        return {"state": {"h": state, "c": state}, "observation": state}  # reset gave a tensor state
 
     with pytest.raises(TypeError, match=re.escape("model state: the first reset gave a tensor state, this call gave a dict (dict)")):
         first_step("torchrl", None, n=n, transition_fn=transition)
@@ -415,12 +426,13 @@ def test_info_model_state_dict_and_user_info_hold_no_grad_tensors():
     obs_space, act_space = vector_spaces()
     env = GymWorldModelEnv(model, obs_space, act_space, reset_fn=reset, transition_fn=transition)
     _, info = env.reset(seed=0)
-    # the walk below proves nothing about keys that were dropped: they must all be there
-    assert {"w", "model_state"} <= set(info)
+    # the walk below proves nothing about keys that were dropped: they must all be there (the
+    # reset info is the hook's info exactly, as in TorchWM: no model_state added)
+    assert set(info) == {"w"}
     np.testing.assert_array_equal(np.asarray(info["w"]), model.dynamics.weight.detach().numpy())
     _assert_no_grad_tensors(info)
     _, _, _, _, info = env.step(act_space.sample())
-    assert {"logits", "w", "model_state"} <= set(info)
+    assert set(info) == {"logits", "w", "model_state", "elapsed_steps"}
     assert len(info["w"]) == 1 and np.asarray(info["logits"]).shape == (1,)
     _assert_no_grad_tensors(info)
     assert set(info["model_state"]) == {"h", "aux"}
@@ -478,10 +490,27 @@ def test_spaces_are_required():
         GymWorldModelEnv(VectorModel(), (6,), ACT_SPACE, reset_fn=reset_world_model)
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_model_without_reset_is_refused(cls):
-    with pytest.raises(TypeError, match=re.escape("Linear has no reset: pass reset_fn=")):
-        cls(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, transition_fn=lambda s, a: s)
+def test_model_without_reset_is_refused():
+    """The TorchRL env builds its specs from a first reset, so it refuses at construction."""
+    message = (
+        "WorldModelEnv builds its TensorDict specs from one reset at construction: "
+        "Linear has no reset: pass reset_fn=(model, seed, options), initial_observation=..., start_states=..."
+    )
+    with pytest.raises(TypeError, match=re.escape(message)):
+        WorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, transition_fn=lambda s, a: s)
+
+
+def test_gym_env_without_reset_constructs_and_its_reset_says_what_to_pass():
+    """As TorchWM, the Gymnasium env constructs without a reset source; ``reset`` raises the
+    TypeError naming what to pass, and ``step`` before a reset raises RuntimeError."""
+    env = GymWorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, transition_fn=lambda s, a: s)
+    with pytest.raises(RuntimeError, match=re.escape("Call reset() before step().")):
+        env.step(ACTION)
+    message = "Linear has no reset: pass reset_fn=(model, seed, options), initial_observation=..., start_states=..."
+    with pytest.raises(TypeError, match=re.escape(message)):
+        env.reset(seed=0)
+    with pytest.raises(RuntimeError, match=re.escape("Call reset() before step().")):
+        env.step(ACTION)  # the failed reset started no episode
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -498,5 +527,5 @@ def test_batched_state_without_batch_dim_names_the_state_key(state):
 
     key = "model_state" if isinstance(state, torch.Tensor) else "model_state['c']"
     with pytest.raises(ValueError, match=re.escape(f"{key}: a batched env needs a model state with leading dims (2,), got shape (3,)")):
-        WorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, reset_fn=reset, transition_fn=lambda s, a: (s, a),
-                      batch_size=(2,))
+        WorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, reset_fn=reset,
+                      transition_fn=lambda s, a: {"state": s, "observation": s}, batch_size=(2,))

@@ -44,8 +44,8 @@ def _kwargs(kind: str) -> dict:
     if kind == "vector":
         obs_space, act_space = vector_spaces()
         return dict(model=VectorModel(), observation_space=obs_space, action_space=act_space,
-                    reset_fn=reset_world_model, transition_fn=lambda m, s, a: (
-                        m.predict_next_state(s, a), m.predict_next_state(s, a)), reward_fn=lambda model, next_state, action: model.predict_reward(next_state, action),
+                    reset_fn=reset_world_model, transition_fn=lambda m, s, a: {
+                        "state": m.predict_next_state(s, a), "observation": m.predict_next_state(s, a)}, reward_fn=lambda model, next_state, action: model.predict_reward(next_state, action),
                     terminal_fn=_terminal)
     if kind == "dict":
         obs_space, act_space = dict_spaces()

@@ -146,7 +146,12 @@ def _to_numpy(value, space):
 # forms that return a model state, and forms that do not (the observation is then the state):
 # a model returns its state in one structure throughout, so the two are not mixed
 RESET_FORMS = {"state": ["state_obs", "state_obs_info", "mapping"], "no_state": ["obs", "obs_info"]}
-TRANSITION_FORMS = {"state": ["mapping", "state_obs_reward", "state_obs", "six"], "no_state": ["gymnasium", "gym4", "bare"]}
+# (a (state, obs) 2-tuple is refused as ambiguous: "state_obs" returns that pair as a mapping;
+# "gymnasium_model_state" is a Gymnasium 5-tuple carrying the state in info["model_state"])
+TRANSITION_FORMS = {
+    "state": ["mapping", "state_obs_reward", "state_obs", "six", "gymnasium_model_state"],
+    "no_state": ["gymnasium", "gym4", "bare"],
+}
 CONTAINERS = ["numpy", "torch", "list"]
 
 
@@ -223,7 +228,9 @@ class FormModel:
         if form == "state_obs_reward":
             return nxt, obs, reward
         if form == "state_obs":
-            return nxt, obs
+            return {"state": nxt, "observation": obs}
+        if form == "gymnasium_model_state":
+            return obs, reward, terminated, truncated, {**info, "model_state": nxt}
         if form == "six":
             return nxt, obs, reward, terminated, truncated, info
         return obs
@@ -320,8 +327,9 @@ def _check_unbatched(case):
     env = GymWorldModelEnv(_model(case), case["obs_space"], case["act_space"])
     obs, info = env.reset(seed=7)
     _assert_obs_equal(obs, expected[0][0], case["obs_space"])
-    if case["reset_form"] in ("obs_info", "state_obs_info", "mapping"):
-        assert info["source"] == "generated"
+    # the reset info is the reset hook's info exactly (nothing added), as in TorchWM
+    has_info = case["reset_form"] in ("obs_info", "state_obs_info", "mapping")
+    assert info == ({"source": "generated"} if has_info else {})
     for action, (exp_obs, exp_reward, exp_term, exp_trunc) in zip(actions, expected[1:]):
         obs, reward, terminated, truncated, info = env.step(action)
         _assert_obs_equal(obs, exp_obs, case["obs_space"])

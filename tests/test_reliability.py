@@ -118,11 +118,11 @@ def test_inf_reward_raise_names_the_env_index(path):
 
 @pytest.mark.parametrize("path", UNBATCHED)
 def test_nan_from_the_reward_hook_is_caught(path):
-    def reward_fn(model, state, action, next_state):
+    def reward_fn(model, next_state, obs, action):
         return float("nan")
 
     def transition_fn(model, state, action):
-        return state, state  # no reward: the reward hook supplies it
+        return {"state": state, "observation": state}  # no reward: the reward hook supplies it
 
     env = make(path, Scripted(), reward_fn=reward_fn, transition_fn=transition_fn)
     driver = Driver(path, env)
@@ -134,7 +134,7 @@ def test_nan_from_the_reward_hook_is_caught(path):
 @pytest.mark.parametrize("path", UNBATCHED)
 def test_nan_in_the_observation_and_a_hook_reward_names_each_hook(path):
     def transition_fn(model, state, action):
-        return state, torch.full_like(state, float("inf"))
+        return {"state": state, "observation": torch.full_like(state, float("inf"))}
 
     env = make(path, Scripted(), reward_fn=lambda next_state: float("nan"), transition_fn=transition_fn)
     driver = Driver(path, env)
@@ -471,7 +471,8 @@ def test_check_actions_raise_on_wrong_shape(path):
 @pytest.mark.parametrize("path", BATCHED)
 def test_check_actions_raise_discrete_names_env_index(path):
     env = make(path, Scripted(), gym.spaces.Box(-100, 100, (3,), np.float32), gym.spaces.Discrete(3), n=N,
-               transition_fn=lambda model, state, action: (state, state), check_actions="raise")
+               transition_fn=lambda model, state, action: {"state": state, "observation": state},
+               check_actions="raise")
     driver = Driver(path, env)
     driver.reset(seed=0)
     with pytest.raises(ValueError, match=re.escape("action: outside action_space Discrete(3) at env index [1]; got 5")):
@@ -484,7 +485,7 @@ def test_check_actions_clip_discrete(path):
 
     def transition(model, state, action):
         seen.append(int(action))
-        return state, state
+        return {"state": state, "observation": state}
 
     env = make(path, Scripted(), OBS, gym.spaces.Discrete(3), transition_fn=transition, check_actions="clip")
     driver = Driver(path, env)
@@ -499,7 +500,7 @@ def test_actions_are_not_checked_by_default():
 
     def transition(model, state, action):
         seen.append(action.clone())
-        return state, state
+        return {"state": state, "observation": state}
 
     env = make("gym", Scripted(), transition_fn=transition)
     env.reset(seed=0)
@@ -651,7 +652,7 @@ def test_check_actions_clip_multidiscrete(path):
 
     def transition(model, state, action):
         seen.append(action.clone())
-        return state, state
+        return {"state": state, "observation": state}
 
     env = make(path, Scripted(), OBS, gym.spaces.MultiDiscrete([3, 5]), n=2, transition_fn=transition, check_actions="clip")
     driver = Driver(path, env)
@@ -706,7 +707,7 @@ def test_one_element_multidiscrete_actions_keep_their_shape(n):
 
     def transition(model, state, action):
         seen.append(tuple(action.shape))
-        return state, state
+        return {"state": state, "observation": state}
 
     env = make("torchrl", Scripted(), OBS, gym.spaces.MultiDiscrete([3]), n=n, transition_fn=transition)
     check_env_specs(env)

@@ -8,6 +8,8 @@ has no separate state (then the observation is the state).
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -103,7 +105,7 @@ def test_reset_return_form(path, form):
     expected_obs = (2 * S0 if has_state or form == "mapping pixels" else S0).numpy()
     np.testing.assert_allclose(obs, expected_obs)
     if path == "gym":
-        assert {k: got_info[k] for k in info} == info
+        assert got_info == info  # the reset hook's info exactly, as TorchWM (nothing added)
     d.step()
     state_given = rec.calls[-1][0]
     # without a separate state, the observation serves as the state
@@ -117,7 +119,7 @@ def test_reset_without_state_uses_initial_state(path):
 
     def transition(model, state, action):
         rec.record(state, action)
-        return next_state(state, action), 2 * next_state(state, action)
+        return {"state": next_state(state, action), "observation": 2 * next_state(state, action)}
 
     d = Driver(path, nn.Linear(1, 1), reset_fn=lambda model: 2 * S0, transition_fn=transition,
                initial_state=S0.clone())
@@ -165,7 +167,15 @@ TRANSITION_FORMS = {
         lambda s, a: (next_state(s, a), 1.5, True, {"TimeLimit.truncated": False}), 1.5, True, False, False),
     "(state, obs, reward)": (
         lambda s, a: (next_state(s, a), 2 * next_state(s, a), torch.tensor([1.5])), 1.5, False, False, True),
-    "(state, obs)": (lambda s, a: (next_state(s, a), 2 * next_state(s, a)), 0.0, False, False, True),
+    # what a (state, obs) 2-tuple said before 2-tuples were refused (see the test below)
+    "mapping state/observation only": (
+        lambda s, a: {"state": next_state(s, a), "observation": 2 * next_state(s, a)}, 0.0, False, False, True),
+    # as TorchWM: the Gymnasium / Gym tuples take the next state from info["model_state"]
+    "gymnasium 5-tuple info model_state": (
+        lambda s, a: (2 * next_state(s, a), 1.5, False, False, {"model_state": next_state(s, a)}),
+        1.5, False, False, True),
+    "gym 4-tuple info model_state": (
+        lambda s, a: (2 * next_state(s, a), 1.5, False, {"model_state": next_state(s, a)}), 1.5, False, False, True),
     "6-tuple": (
         lambda s, a: (next_state(s, a), 2 * next_state(s, a), 1.5, torch.tensor(True), False, {"x": 1}),
         1.5, True, False, True),
@@ -197,6 +207,21 @@ def test_transition_return_form(path, form):
     # the next call gets the state the model returned (s1, not the observation 2 * s1), or the
     # observation (s1) when the form carries no state
     torch.testing.assert_close(torch.as_tensor(rec.calls[-1][0]), _s1())
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_transition_2_tuple_is_refused(path):
+    """``(state, obs)`` and ``(obs, reward)`` cannot be told apart: a 2-tuple is refused, and the
+    message names the forms to return instead."""
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: (S0.clone(), S0.clone()),
+               transition_fn=lambda s, a: (next_state(s, a), 2 * next_state(s, a)))
+    d.reset()
+    message = (
+        "transition_fn returned a 2-tuple, which could be (state, obs) or (obs, reward); return "
+        "{'state': ..., 'observation': ...} or (state, obs, reward) instead."
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        d.step()
 
 
 @pytest.mark.parametrize("path", ["gym"])
@@ -231,26 +256,28 @@ def test_missing_reward_and_flag_default_to_zero_and_false(path):
 def test_missing_reward_and_flag_come_from_reward_fn_and_terminal_fn(path):
     seen = {}
 
-    def reward_fn(model, state, action, next_state):
-        seen["reward"] = (state, action, next_state)
+    # TorchWM's full list (model, next_state, obs, action); the state before the step by name
+    def reward_fn(model, next_state, obs, action, prev_state):
+        seen["reward"] = (prev_state, action, next_state, obs)
         return next_state.sum()
 
-    def terminal_fn(model, state, action, next_state):
-        seen["terminal"] = (state, action, next_state)
+    def terminal_fn(model, next_state, obs, action, prev_state):
+        seen["terminal"] = (prev_state, action, next_state, obs)
         return next_state[0] > 0.5
 
     d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: (S0.clone(), S0.clone()),
-               transition_fn=lambda s, a: (next_state(s, a), 2 * next_state(s, a)),
+               transition_fn=lambda s, a: {"state": next_state(s, a), "observation": 2 * next_state(s, a)},
                reward_fn=reward_fn, terminal_fn=terminal_fn)
     d.reset()
     _, r, term, trunc, _ = d.step()
     assert r == pytest.approx(float(_s1().sum()))
     assert term is True and trunc is False  # 0.1 + 0.5 > 0.5
     for key in ("reward", "terminal"):
-        state, action, nxt = seen[key]
+        state, action, nxt, obs = seen[key]
         torch.testing.assert_close(state, S0)
         torch.testing.assert_close(torch.as_tensor(action), torch.as_tensor(ACTION))
         torch.testing.assert_close(nxt, _s1())  # the model's next state, not the observation
+        torch.testing.assert_close(torch.as_tensor(obs), 2 * _s1())  # the observation reached
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -258,8 +285,8 @@ def test_returned_reward_and_flag_win_over_reward_fn_and_terminal_fn(path):
     calls = []
     d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
                transition_fn=lambda s, a: {"observation": next_state(s, a), "reward": 3.0, "terminated": False},
-               reward_fn=lambda m, s, a, n: calls.append("r") or 99.0,
-               terminal_fn=lambda m, s, a, n: calls.append("t") or True)
+               reward_fn=lambda model, next_state, obs, action: calls.append("r") or 99.0,
+               terminal_fn=lambda model, next_state, obs, action: calls.append("t") or True)
     d.reset()
     _, r, term, _, _ = d.step()
     assert (r, term, calls) == (3.0, False, [])
@@ -293,7 +320,8 @@ RESET_SIGNATURES = {
     "fn(model)": lambda model: S0.clone() * model.scale.detach(),
     "fn(model, seed=None, options=None)": lambda model, seed=None, options=None: S0.clone() + (seed or 0),
     "fn(seed=None)": lambda seed=None: S0.clone() + (seed or 0),
-    "fn(**kwargs)": lambda **kwargs: S0.clone() + (kwargs.get("seed") or 0),
+    # as TorchWM: no positional parameter, so no argument (seed/options are not keywords)
+    "fn(**kwargs)": lambda **kwargs: S0.clone() + (kwargs.get("seed") or 0) + 10 * len(kwargs),
 }
 
 
@@ -302,15 +330,16 @@ RESET_SIGNATURES = {
 def test_reset_fn_signatures(path, sig):
     d = Driver(path, SigModel(), reset_fn=RESET_SIGNATURES[sig], transition_fn=next_state)
     obs, _ = d.reset(seed=2)
-    uses_seed = "seed" in sig or "kwargs" in sig
+    uses_seed = "seed" in sig
     np.testing.assert_allclose(obs, (S0 + (2 if uses_seed else 0)).numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_reward_fn_and_terminal_fn_signatures(path):
-    """``fn(model, state, action, next_state)`` down to ``fn(next_state)`` (the trailing args)."""
+    """TorchWM's ``fn(model, next_state, obs, action)`` down to a leading part of it; a lone
+    ``next_state`` is bound by name."""
     d = Driver(path, SigModel(), reset_fn=lambda: (S0.clone(), S0.clone()),
-               transition_fn=lambda s, a: (next_state(s, a), next_state(s, a)),
+               transition_fn=lambda s, a: {"state": next_state(s, a), "observation": next_state(s, a)},
                reward_fn=lambda next_state: next_state.sum(),
                terminal_fn=lambda model, next_state: next_state[0] > 100 * model.scale)
     d.reset()
@@ -320,18 +349,19 @@ def test_reward_fn_and_terminal_fn_signatures(path):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_hook_parameters_named_like_the_hook_args_are_matched_by_name(path):
-    """``reward_fn(state, action)`` gets the state and action, not the trailing (action,
-    next_state); ``terminal_fn(next_state, action)`` (the tutorial's head order) gets its own
-    order. Unrecognised names (``s, a``) fall back to the trailing arguments."""
+    """``reward_fn(state, action)`` gets the state the step reached (``state`` in a reward
+    hook, as in TorchWM) and the action, not the positional (model, next_state);
+    ``terminal_fn(next_state, action)`` (the tutorial's head order) gets its own order;
+    ``render_fn(model, state)`` keeps TorchWM's positional binding."""
     seen = {}
     d = Driver(path, SigModel(), reset_fn=lambda: (S0.clone(), S0.clone()),
-               transition_fn=lambda s, a: (next_state(s, a), 2 * next_state(s, a)),
+               transition_fn=lambda s, a: {"state": next_state(s, a), "observation": 2 * next_state(s, a)},
                reward_fn=lambda state, action: seen.setdefault("reward", (state, action)) and 0.0,
                terminal_fn=lambda next_state, action: seen.setdefault("terminal", (next_state, action)) and False,
                render_fn=lambda model, state: seen.setdefault("render", state))
     d.reset()
     d.step()
-    torch.testing.assert_close(seen["reward"][0], S0)
+    torch.testing.assert_close(seen["reward"][0], _s1())  # the state reached, not the observation
     torch.testing.assert_close(seen["reward"][1], torch.as_tensor(ACTION))
     torch.testing.assert_close(seen["terminal"][0], _s1())
     torch.testing.assert_close(seen["terminal"][1], torch.as_tensor(ACTION))
@@ -472,7 +502,7 @@ def _state_trace(path, initial, advance, to_obs):
         received.append(state)
         nxt = advance(state)
         returned.append(nxt)
-        return nxt, to_obs(nxt)
+        return {"state": nxt, "observation": to_obs(nxt)}
 
     d = Driver(path, nn.Linear(1, 1), reset_fn=reset, transition_fn=transition)
     returned.clear()  # the TorchRL env probes the reset hook once at construction
@@ -558,14 +588,22 @@ def test_action_transform_output_reaches_model_as_is(path):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_action_transform_sees_tensor_by_default(path):
-    seen = []
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(), transition_fn=next_state,
+def test_action_transform_sees_the_library_action_as_given(path):
+    """As TorchWM: the transform gets the action the path was given, with no tensor conversion
+    (``torch_actions`` applies only without a transform): the TorchRL path's action is the
+    TensorDict's tensor, the Gymnasium path's the caller's numpy array itself."""
+    seen, got = [], []
+    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+               transition_fn=lambda s, a: got.append(a) or next_state(s, torch.as_tensor(a)),
                action_transform_fn=lambda model, a: seen.append(a) or a)
     d.reset()
     d.step(ACTION)
-    assert isinstance(seen[-1], torch.Tensor) and seen[-1].dtype == torch.float32
-    torch.testing.assert_close(seen[-1], torch.as_tensor(ACTION))
+    if path == "gym":
+        assert seen[-1] is ACTION  # not converted to a tensor
+    else:
+        assert isinstance(seen[-1], torch.Tensor) and seen[-1].dtype == torch.float32
+        torch.testing.assert_close(seen[-1], torch.as_tensor(ACTION))
+    assert got[-1] is seen[-1]  # and the transform's output reaches the model as is
 
 
 def test_torch_actions_true_converts_library_actions_to_tensors():

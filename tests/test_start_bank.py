@@ -1,4 +1,7 @@
-"""A start-state bank is a reset source on its own; without any reset source the env is refused."""
+"""A start-state bank is a reset source on its own; without any reset source the TorchRL env
+is refused at construction and the Gymnasium env's reset is."""
+
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -29,7 +32,13 @@ def test_bank_alone_resets_both_paths_and_observations_are_copies():
 
 
 def test_no_reset_source_is_refused_naming_the_options():
-    with pytest.raises(TypeError, match="reset_fn.*initial_observation.*start_states"):
+    # the TorchRL env builds its specs from a first reset: refused at construction
+    with pytest.raises(TypeError, match="from one reset at construction: object has no reset: "
+                                        "pass reset_fn.*initial_observation.*start_states"):
         WorldModelEnv(object(), OBS, ACT, transition_fn=step)
-    with pytest.raises(TypeError, match="start_states"):
-        GymWorldModelEnv(object(), OBS, ACT, transition_fn=step)
+    # the Gymnasium env constructs (as TorchWM's); its reset names the options
+    gym_env = GymWorldModelEnv(object(), OBS, ACT, transition_fn=step)
+    with pytest.raises(TypeError, match="object has no reset: pass reset_fn.*initial_observation.*start_states"):
+        gym_env.reset(seed=0)
+    with pytest.raises(RuntimeError, match=re.escape("Call reset() before step().")):
+        gym_env.step(np.zeros(3, np.float32))

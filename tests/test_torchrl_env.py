@@ -200,7 +200,7 @@ def test_max_episode_steps_gymnasium_timelimit_semantics():
     """truncated at the limit; a termination on the limit step is reported as both (as
     Gymnasium's TimeLimit does); done = terminated | truncated."""
     env = make_env(max_episode_steps=3, terminal_fn=lambda next_state: torch.tensor(False),
-                   transition_fn=lambda m, s, a: (m.predict_next_state(s, a),) * 2)
+                   transition_fn=lambda m, s, a: dict.fromkeys(("state", "observation"), m.predict_next_state(s, a)))
     td = env.rollout(3, mlp_policy())
     assert td["next", "truncated"].squeeze(-1).tolist() == [False, False, True]
     assert td["next", "done"].squeeze(-1).tolist() == [False, False, True]
@@ -213,7 +213,7 @@ def test_max_episode_steps_gymnasium_timelimit_semantics():
         return torch.tensor(len(calls) == 3)
 
     env = make_env(max_episode_steps=3, terminal_fn=terminal,
-                   transition_fn=lambda m, s, a: (m.predict_next_state(s, a),) * 2)
+                   transition_fn=lambda m, s, a: dict.fromkeys(("state", "observation"), m.predict_next_state(s, a)))
     td = env.rollout(3, mlp_policy())
     last = td[-1]["next"]
     assert bool(last["terminated"]) and bool(last["truncated"]) and bool(last["done"])
@@ -336,7 +336,7 @@ class NoisyModel(VectorModel):
 
     def step(self, state, action):
         nxt = (self.predict_next_state(state, action) + 0.1 * torch.randn_like(state)).clamp(-1, 1)
-        return nxt, nxt
+        return {"state": nxt, "observation": nxt}
 
 
 def _noisy_rollout(seed, actions, **kwargs):
@@ -383,7 +383,7 @@ def test_failed_step_does_not_advance_the_model_stream():
         calls.append(float(noise))
         if len(calls) == 1:
             raise RuntimeError("model blew up")
-        return state + 0 * noise, state
+        return {"state": state + 0 * noise, "observation": state}
 
     env = make_env(transition_fn=transition, seed=3)
     td = env.rand_action(env.reset())

@@ -6,13 +6,15 @@ this adapter and nothing else of the user's. It
 * finds the hooks: explicit callables first, then the model's own methods
   (reset: ``reset_env``/``reset_state``/``reset``; transition: ``env_step``, ``step``,
   ``predict_step``, ``predict``, ``imagine_step``, ``transition``, then ``__call__``);
-* calls each hook with as many arguments as it declares (:mod:`torchwm_rl.calling`);
+* binds each hook once, at construction, to TorchWM's argument list (:mod:`torchwm_rl.calling`:
+  the contract table, the binding rule, and the signatures it refuses);
 * parses every documented return form (:mod:`torchwm_rl.records`);
 * converts and validates values against the spaces (:mod:`torchwm_rl.validation`) and applies
   the NaN/inf policy.
 
-States are handed back to the model exactly as it returned them; the output of
-``action_transform_fn`` reaches the model as is. Nothing here detaches or disables grad: the
+States are handed back to the model exactly as it returned them. As in TorchWM,
+``action_transform_fn`` receives the library's action as given (no tensor conversion) and its
+output reaches the model as is. Nothing here detaches or disables grad: the
 caller decides (the Gymnasium exports run under ``torch.no_grad``).
 """
 
@@ -25,8 +27,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from .calling import call_with_declared, plan_call
-from .records import MISSING, parse_reset, parse_transition
+from .calling import Hook
+from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import numpy_to_torch_dtype
 from .validation import (
     check_action,
@@ -44,39 +46,17 @@ NAN_POLICIES = ("raise", "truncate", "ignore")
 ACTION_CHECKS = (None, "clip", "raise")
 
 
-class _Hook:
-    """A resolved callable plus how to call it (``pass_model`` is False for model methods)."""
-
-    def __init__(self, fn: Callable, name: str, pass_model: bool, arg_names: tuple = ()):
-        self.fn, self.name, self.pass_model, self.arg_names = fn, name, pass_model, arg_names
-        self.plan = plan_call(fn)
-
-    def __call__(self, model, *args, **kwargs):
-        return call_with_declared(
-            self.fn, self.plan, model, args, kwargs, pass_model=self.pass_model, arg_names=self.arg_names
-        )
-
-
-# the positional arguments (after the model) each hook is called with, by name
-HOOK_ARGS = {
-    "transition_fn": ("state", "action"),
-    "reward_fn": ("state", "action", "next_state"),
-    "terminal_fn": ("state", "action", "next_state"),
-    "render_fn": ("state",),
-    "action_transform_fn": ("action",),
-}
-
-
-def _resolve(explicit: Optional[Callable], model: Any, methods: tuple, hook: str) -> Optional[_Hook]:
-    names = HOOK_ARGS.get(hook, ())
+def _resolve(explicit: Optional[Callable], model: Any, methods: tuple, hook: str) -> Optional[Hook]:
+    """The explicit callable, else the first of the model's ``methods`` it has, bound as
+    ``hook`` (a model method gets the argument list without the model)."""
     if explicit is not None:
         if not callable(explicit):
             raise TypeError(f"{hook} must be callable, got {type(explicit).__name__}")
-        return _Hook(explicit, hook, pass_model=True, arg_names=names)
+        return Hook(explicit, hook)
     for name in methods:
         method = getattr(model, name, None)
         if callable(method):
-            return _Hook(method, f"model.{name}", pass_model=False, arg_names=names)
+            return Hook(method, hook, on_model=True, label=f"model.{name}")
     return None
 
 
@@ -112,14 +92,14 @@ class ModelAdapter:
     Args:
         model: the trained world model (any object; an ``nn.Module`` is typical).
         observation_space, action_space: Gymnasium spaces of ONE env.
-        reset_fn(model, seed=None, options=None): see :mod:`torchwm_rl.records` for return forms.
-        transition_fn(model, state, action): next state/observation (and maybe reward/flags).
-        reward_fn(model, state, action, next_state): used when the transition gives no reward
-            (else 0).
-        terminal_fn(model, state, action, next_state): used when the transition gives no
-            terminated flag (else False).
-        render_fn(model, state): an image for ``render()``; default: the observation.
-        action_transform_fn(model, action): library action -> model action.
+        reset_fn, transition_fn, reward_fn, terminal_fn, render_fn, action_transform_fn: the
+            hooks, bound once here to TorchWM's argument lists (the table in
+            :mod:`torchwm_rl.calling`): ``reset_fn(model, seed, options)``,
+            ``transition_fn(model, state, action)``, ``reward_fn``/``terminal_fn(model,
+            next_state, obs, action)`` (the state and observation the step reached; used when
+            the transition gives no reward / terminated flag, else 0 / False),
+            ``render_fn(model, state, obs)`` and ``action_transform_fn(model, action)``. Return
+            forms: :mod:`torchwm_rl.records`.
         initial_state, initial_observation: used when reset gives no state / observation (the
             state defaults to the observation when neither is given).
         batch_size: leading batch dims of every value (``()`` or ``(N,)``).
@@ -177,7 +157,7 @@ class ModelAdapter:
         self.reset_hook = _resolve(reset_fn, model, RESET_METHODS, "reset_fn")
         self.transition_hook = _resolve(transition_fn, model, TRANSITION_METHODS, "transition_fn")
         if self.transition_hook is None and transition_fn is None and _has_call(model):
-            self.transition_hook = _Hook(model, "model", pass_model=False, arg_names=HOOK_ARGS["transition_fn"])
+            self.transition_hook = Hook(model, "transition_fn", on_model=True, label="model")
         if self.transition_hook is None:
             raise TypeError(
                 f"{type(model).__name__} has no transition: pass transition_fn=(model, state, action) "
@@ -190,6 +170,25 @@ class ModelAdapter:
         self._action_dtype = (
             numpy_to_torch_dtype(action_space.dtype) if action_space.dtype is not None else None
         )
+        # the env's random stream for hooks that ask for ``generator`` (set by EpisodeLogic)
+        self.generator: Optional[torch.Generator] = None
+
+    @property
+    def hooks(self) -> dict:
+        """Every bound hook by role (``"reset_fn"``, ``"transition_fn"``, ...)."""
+        found = {
+            "reset_fn": self.reset_hook, "transition_fn": self.transition_hook,
+            "reward_fn": self.reward_hook, "terminal_fn": self.terminal_hook,
+            "render_fn": self.render_hook, "action_transform_fn": self.action_hook,
+        }
+        return {role: hook for role, hook in found.items() if hook is not None}
+
+    def describe_bindings(self) -> list:
+        """One line per hook: which argument each parameter receives, and by which rule."""
+        return [hook.binding.describe() for hook in self.hooks.values()]
+
+    def wants_generator(self) -> bool:
+        return any("generator" in hook.wants for hook in self.hooks.values())
 
     # ------------------------------------------------------------------ reset
     @property
@@ -200,11 +199,12 @@ class ModelAdapter:
     def reset(self, seed: Optional[int] = None, options: Optional[dict] = None) -> Reset:
         """Call the reset hook (or use the initial values) and normalize the result."""
         if self.reset_hook is not None:
-            raw = parse_reset(
-                self.reset_hook(self.model, seed=seed, options=dict(options or {})),
-                self._dict_keys,
-                self.reset_hook.name,
-            )
+            options = dict(options or {})
+            values = {
+                "model": self.model, "seed": seed, "options": options, "batch_size": self.batch_size,
+                "reset_mask": options.get("reset_mask"), "generator": self.generator,
+            }
+            raw = parse_reset(self.reset_hook(values), self._dict_keys, self.reset_hook.name)
         else:
             raw = parse_reset(MISSING)
         observation = raw.observation
@@ -218,7 +218,9 @@ class ModelAdapter:
         state = raw.state
         if state is MISSING:
             state = self._broadcast_initial(self.initial_state)
-        observation = to_observation(observation, self.observation_space, self.batch_size, self.device)
+        observation = self._read(
+            to_observation, raw, self.reset_hook, observation, self.observation_space, self.batch_size, self.device
+        )
         if state is None:
             state = observation
         self._check_finite_reset(observation)
@@ -246,7 +248,12 @@ class ModelAdapter:
 
     # ----------------------------------------------------------------- action
     def prepare_action(self, action: Any) -> Any:
-        """Library action -> model action: tensor conversion, optional check, transform."""
+        """Library action -> model action: optional check, then ``action_transform_fn`` on the
+        action as given (TorchWM), or else the tensor conversion of ``torch_actions``."""
+        if self.action_hook is not None:
+            if self.check_actions is not None:
+                action = self._check_action(action)
+            return self.action_hook({"model": self.model, "action": action})
         if self.torch_actions and isinstance(self.action_space, spaces.Dict) and isinstance(action, dict):
             action = {
                 k: torch.as_tensor(np.asarray(v), device=self.device) if not isinstance(v, torch.Tensor) else v
@@ -260,8 +267,6 @@ class ModelAdapter:
             action = action.to(self.device)
         if self.check_actions is not None:
             action = self._check_action(action)
-        if self.action_hook is not None:
-            action = self.action_hook(self.model, action)
         return action
 
     def _check_action(self, action: Any) -> Any:
@@ -274,37 +279,58 @@ class ModelAdapter:
         ``discard`` (bool, shape batch) marks rows whose result the caller throws away (envs
         that restart instead, under next-step autoreset): the NaN policy ignores them."""
         model_action = self.prepare_action(action)
-        raw = parse_transition(
-            self.transition_hook(self.model, state, model_action), self._dict_keys, self.transition_hook.name
-        )
+        hook = self.transition_hook
+        values = {"model": self.model, "state": state, "action": model_action, "generator": self.generator}
+        raw = parse_transition(hook(values), self._dict_keys, hook.name)
         if raw.observation is MISSING or raw.observation is None:
-            raise ValueError(f"{self.transition_hook.name} returned no observation")
-        observation = to_observation(raw.observation, self.observation_space, self.batch_size, self.device)
+            raise ValueError(f"{hook.name} returned no observation (read as {raw.form})")
+        observation = self._read(
+            to_observation, raw, hook, raw.observation, self.observation_space, self.batch_size, self.device
+        )
         next_state = observation if raw.state is MISSING else raw.state
+        # reward and terminal hooks see the state and observation the step reached (TorchWM)
+        values = {
+            "model": self.model, "next_state": next_state, "obs": observation, "action": model_action,
+            "prev_state": state, "generator": self.generator,
+        }
 
-        reward, reward_source = raw.reward, self.transition_hook.name
+        reward, reward_hook = raw.reward, hook
         if self.reward_hook is not None and reward is MISSING:
-            reward = self.reward_hook(self.model, state, model_action, next_state)
-            reward_source = self.reward_hook.name
+            reward, reward_hook = self.reward_hook(values), self.reward_hook
+            raw_reward = RawRecord(form="the reward")
+        else:
+            raw_reward = raw
         reward = (
             torch.zeros(self.batch_size, dtype=torch.float32, device=self.device)
             if reward is MISSING
-            else to_batched_scalar(reward, self.batch_size, self.device, torch.float32, "reward")
+            else self._read(to_batched_scalar, raw_reward, reward_hook, reward, self.batch_size, self.device,
+                            torch.float32, "reward")
         )
-        terminated = raw.terminated
+        terminated, terminal_hook = raw.terminated, hook
+        raw_terminal = raw
         if self.terminal_hook is not None and terminated is MISSING:
-            terminated = self.terminal_hook(self.model, state, model_action, next_state)
-        terminated = self._flag(terminated, "terminated")
-        truncated = self._flag(raw.truncated, "truncated")
+            terminated, terminal_hook = self.terminal_hook(values), self.terminal_hook
+            raw_terminal = RawRecord(form="the terminated flag")
+        terminated = self._flag(terminated, "terminated", raw_terminal, terminal_hook)
+        truncated = self._flag(raw.truncated, "truncated", raw, hook)
 
         record = Transition(next_state, observation, reward, terminated, truncated, raw.info)
-        self._apply_nan_policy(record, discard, reward_source)
+        self._apply_nan_policy(record, discard, reward_hook.name)
         return record
 
-    def _flag(self, value: Any, key: str) -> torch.Tensor:
+    @staticmethod
+    def _read(convert: Callable, raw: RawRecord, hook: Any, *args) -> Any:
+        """``convert(*args)``; a conversion error names the hook and how its value was read."""
+        try:
+            return convert(*args)
+        except (ValueError, TypeError) as err:
+            name = hook.name if hook is not None else "initial_observation"
+            raise type(err)(f"{name} (read as {raw.form}): {err}") from None
+
+    def _flag(self, value: Any, key: str, raw: RawRecord, hook: Any) -> torch.Tensor:
         if value is MISSING or value is None:
             return torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
-        return to_batched_scalar(value, self.batch_size, self.device, torch.bool, key)
+        return self._read(to_batched_scalar, raw, hook, value, self.batch_size, self.device, torch.bool, key)
 
     def _apply_nan_policy(
         self, record: Transition, discard: Optional[torch.Tensor] = None, reward_source: Optional[str] = None
@@ -339,9 +365,9 @@ class ModelAdapter:
 
     # ----------------------------------------------------------------- render
     def render(self, state: Any, observation: Any) -> Any:
-        """``render_fn(model, state)`` if given, else the observation."""
+        """``render_fn(model, state, obs)`` if given, else the observation."""
         if self.render_hook is not None:
-            return self.render_hook(self.model, state)
+            return self.render_hook({"model": self.model, "state": state, "obs": observation})
         return observation
 
 

@@ -1,35 +1,108 @@
-"""Call user callables with as many arguments as they declare.
+"""The hook contract: which argument each parameter of a user hook receives, decided ONCE.
 
-Every adapter hook has a *full* argument list, e.g. ``transition_fn(model, state, action)``.
-A user callable may declare fewer positional parameters; it then receives the trailing ones
-(``fn(state, action)`` drops the model). If its first parameter is named ``model`` (or
-``self``/``m``), it receives the model followed by the trailing rest, so
-``terminal_fn(model, next_state)`` works too. ``*args`` receives everything.
+Every hook has TorchWM's positional argument list (:data:`CONTRACT`); the state and
+observation a reward or terminal hook sees are the ones the step *reached*:
 
-When the hook's argument names are known (``state``, ``action``, ``next_state``) and every
-parameter the callable needs is named like one of them, arguments are matched by NAME instead:
-``reward_fn(state, action)`` gets the state and action (not the trailing action and next
-state), and ``reward_fn(next_state, action)`` gets them in its own order.
+=======================  ==========================================  =============================
+hook                     positional arguments                        extra inputs, by name only
+=======================  ==========================================  =============================
+``reset_fn``             ``(model, seed, options)``                  ``batch_size``, ``reset_mask``,
+                                                                     ``generator``
+``transition_fn``        ``(model, state, action)``                  ``generator``
+``reward_fn``,           ``(model, next_state, obs, action)``        ``prev_state`` (the state before
+``terminal_fn``                                                      the step), ``generator``
+``render_fn``            ``(model, state, obs)``
+``action_transform_fn``  ``(model, action)``
+=======================  ==========================================  =============================
+
+How a callable is bound (:func:`bind`, at construction; never per call):
+
+1. **TorchWM's positional rule is the base.** A hook that declares ``k`` positional parameters
+   gets the first ``k`` arguments of its list (``reward_fn(model, next_state)`` gets the model
+   and the state reached); ``*args`` gets them all. A method of the model (the hook found on
+   the model itself) gets the list without the model, and a transition method with one
+   parameter gets the action, as in TorchWM.
+2. **Names check it.** Each parameter whose name is a known name of an argument
+   (:data:`NAMES`: ``state``/``s``/``latent``/``z``, ``obs``/``observation``/``o``,
+   ``action``/``act``/``a``/``u``, ``model``/``self``/``m``, ...) must receive that argument.
+   When every name agrees with the positional rule (or is unknown), the positional binding
+   stands, so every signature that works in TorchWM binds exactly as there.
+3. **Otherwise names decide**, when every parameter without a default names a distinct argument
+   (``reward_fn(state, act)`` gets the state reached and the action; ``transition_fn(s, a=None)``
+   the state and the action). Extra inputs are only ever given by name.
+4. **Anything else is refused** with a ``TypeError`` naming the hook, the parameter and the
+   accepted forms: a name that contradicts its position and cannot be bound by name, two
+   parameters naming one argument, a required parameter with no argument left for it.
+
+:meth:`Binding.describe` says how a hook was bound (``repr(env)`` and ``torchwm-rl check`` show
+it).
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping
 
-_MODEL_NAMES = ("model", "world_model", "wm", "m")
+#: TorchWM's positional argument list of each hook, and the inputs a hook may ask for by name.
+CONTRACT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "reset_fn": (("model", "seed", "options"), ("batch_size", "reset_mask", "generator")),
+    "transition_fn": (("model", "state", "action"), ("generator",)),
+    "reward_fn": (("model", "next_state", "obs", "action"), ("prev_state", "generator")),
+    "terminal_fn": (("model", "next_state", "obs", "action"), ("prev_state", "generator")),
+    "render_fn": (("model", "state", "obs"), ()),
+    "action_transform_fn": (("model", "action"), ()),
+}
+
+_STATE_NAMES = ("state", "s", "latent", "z", "model_state")
+#: Parameter names that identify an argument. In reward and terminal hooks ``state`` (and its
+#: aliases) is the state the step reached, as in TorchWM; the state before is ``prev_state``.
+NAMES: dict[str, tuple[str, ...]] = {
+    "model": ("model", "world_model", "wm", "self", "m"),
+    "state": _STATE_NAMES,
+    "next_state": ("next_state", "next_s", "s_next", "next_latent", *_STATE_NAMES),
+    "obs": ("obs", "observation", "o", "next_obs", "next_observation"),
+    "action": ("action", "act", "a", "u", "actions"),
+    "seed": ("seed",),
+    "options": ("options", "opts"),
+    "batch_size": ("batch_size",),
+    "reset_mask": ("reset_mask",),
+    "prev_state": ("prev_state", "state_before", "previous_state"),
+    "generator": ("generator", "rng"),
+}
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 @dataclass(frozen=True)
-class CallPlan:
-    """How many positional arguments a callable takes and which keywords it accepts."""
+class Binding:
+    """How one hook is called: ``positional`` lists the argument given to each positional
+    parameter in order; ``keywords`` pairs keyword parameters with arguments."""
 
-    n_positional: int  # -1: *args, takes everything
-    n_required: int  # positional parameters without a default
-    positional_names: tuple
-    wants_model: bool
-    keywords: frozenset  # accepted keyword names; contains "**" for **kwargs
+    hook: str
+    target: str  # the callable's name, for messages
+    positional: tuple[str, ...]
+    keywords: tuple[tuple[str, str], ...]
+    rule: str  # "positional (TorchWM)", "by name", "all arguments (*args)", ...
+    params: tuple[str, ...] = ()  # the parameter names, in order, for describe()
+
+    @property
+    def wants(self) -> frozenset:
+        """Every argument the hook receives."""
+        return frozenset(self.positional) | frozenset(arg for _, arg in self.keywords)
+
+    def args(self, values: Mapping[str, Any]) -> tuple[tuple, dict]:
+        return (
+            tuple(values[arg] for arg in self.positional),
+            {name: values[arg] for name, arg in self.keywords},
+        )
+
+    def describe(self) -> str:
+        """``reward_fn = reward(model<-model, s<-next_state) [positional (TorchWM)]``."""
+        names = list(self.params) or [f"*{i}" for i in range(len(self.positional))]
+        parts = [f"{name}<-{arg}" for name, arg in zip(names, self.positional)]
+        parts += [f"{name}<-{arg}" for name, arg in self.keywords]
+        return f"{self.hook} = {self.target}({', '.join(parts)}) [{self.rule}]"
 
 
 def _signature(fn: Callable) -> inspect.Signature | None:
@@ -44,82 +117,147 @@ def _signature(fn: Callable) -> inspect.Signature | None:
         return None
 
 
-def plan_call(fn: Callable) -> CallPlan:
-    """Inspect ``fn`` once; the result is reused for every call."""
-    sig = _signature(fn)
-    if sig is None:
-        return CallPlan(-1, 0, (), False, frozenset({"**"}))
-    positional = []
-    keywords = set()
-    var_positional = False
-    for p in sig.parameters.values():
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            positional.append(p)
-            if p.kind is p.POSITIONAL_OR_KEYWORD:
-                keywords.add(p.name)
-        elif p.kind is p.VAR_POSITIONAL:
-            var_positional = True
-        elif p.kind is p.KEYWORD_ONLY:
-            keywords.add(p.name)
-        elif p.kind is p.VAR_KEYWORD:
-            keywords.add("**")
-    wants_model = bool(positional) and positional[0].name in _MODEL_NAMES
-    return CallPlan(
-        n_positional=-1 if var_positional else len(positional),
-        n_required=sum(1 for p in positional if p.default is p.empty),
-        positional_names=tuple(p.name for p in positional),
-        wants_model=wants_model,
-        keywords=frozenset(keywords),
+def _target_name(fn: Callable) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    return name.split(".")[-1] if "<lambda>" not in name else "<lambda>"
+
+
+def accepted_forms(hook: str, on_model: bool = False) -> str:
+    positional, extras = CONTRACT[hook]
+    if on_model:
+        positional = positional[1:]
+    form = f"{hook}({', '.join(positional)})"
+    extra = f"; by name also {', '.join(extras)}" if extras else ""
+    return (
+        f"{form}, any leading part of it (TorchWM's rule), or parameters named after those "
+        f"arguments in any order{extra}"
     )
 
 
-def call_with_declared(
-    fn: Callable,
-    plan: CallPlan,
-    model: Any,
-    args: Sequence[Any],
-    kwargs: dict | None = None,
-    *,
-    pass_model: bool = True,
-    arg_names: Sequence[str] = (),
-) -> Any:
-    """Call ``fn`` with ``(model, *args)`` trimmed to what it declares.
+def bind(fn: Callable, hook: str, *, on_model: bool = False, label: str | None = None) -> Binding:
+    """Decide how ``fn`` is called as ``hook`` (see the module docstring).
 
-    ``pass_model=False`` is for bound methods of the model itself (the model is ``self``).
-    Keyword arguments are passed only when ``fn`` accepts them by name or via ``**kwargs``;
-    positional parameters named like a keyword (``seed``, ``options``) are not filled
-    positionally, so ``reset(model, seed=None, options=None)`` receives the model only, and
-    positional parameters with defaults are left to their defaults.
+    ``on_model``: ``fn`` is a method of the model (bound, so the model is ``self``): its list
+    has no model argument. Raises ``TypeError`` for a signature that cannot be bound
+    unambiguously.
     """
-    kwargs = kwargs or {}
-    accepted = {k: v for k, v in kwargs.items() if k in plan.keywords or "**" in plan.keywords}
-    full = [model, *args] if pass_model else list(args)
-    if plan.n_positional < 0:
-        return fn(*full, **accepted)
-    # Parameters with defaults are optional extras (``deterministic=True``): fill only the
-    # required ones, unless every parameter has a default.
-    free = [n for n in plan.positional_names if n not in accepted]
-    n = plan.n_required if plan.n_required else len(free)
-    n = min(n, len(free))
-    if arg_names and n:
-        by_name = _match_names(free[:n], plan.wants_model and pass_model, model, args, arg_names)
-        if by_name is not None:
-            return fn(*by_name, **accepted)
-    if n >= len(full):
-        chosen = full
-    elif pass_model and plan.wants_model and n >= 1:
-        chosen = [model, *full[len(full) - (n - 1):]] if n > 1 else [model]
+    positional_args, extras = CONTRACT[hook]
+    if on_model:
+        positional_args = positional_args[1:]
+    label = label or hook
+    target = _target_name(fn)
+    known = {name: arg for arg in (*positional_args, *extras) for name in NAMES[arg]}
+    sig = _signature(fn)
+    if sig is None:  # a builtin or extension callable: TorchWM passes every argument
+        return Binding(label, target, positional_args, (), "all arguments (signature unreadable)")
+
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in _POSITIONAL]
+    var_positional = any(p.kind is p.VAR_POSITIONAL for p in params)
+    keyword_only = [p for p in params if p.kind is p.KEYWORD_ONLY]
+    keywords = _bind_keyword_only(keyword_only, known, label, target, hook, on_model)
+
+    def refuse(why: str) -> TypeError:
+        return TypeError(
+            f"{label}: cannot bind {target}{sig}: {why}. Accepted: {accepted_forms(hook, on_model)}."
+        )
+
+    if var_positional:
+        # TorchWM passes every argument through *args; named parameters before it must agree
+        for i, p in enumerate(positional):
+            arg = known.get(p.name)
+            if i >= len(positional_args):
+                raise refuse(f"parameter {p.name!r} comes after the {len(positional_args)} arguments")
+            if arg is not None and arg != positional_args[i]:
+                raise refuse(f"parameter {p.name!r} would receive {positional_args[i]!r}, not {arg!r}")
+        return Binding(label, target, positional_args, keywords, "all arguments (*args)",
+                       tuple(p.name for p in positional))
+
+    # 1. TorchWM's positional rule
+    if on_model and hook == "transition_fn" and len(positional) == 1:
+        by_position = ("action",)  # TorchWM: a one-parameter transition method gets the action
     else:
-        chosen = full[len(full) - n:] if n else []
-    return fn(*chosen, **accepted)
+        by_position = positional_args[: len(positional)]
+    # 2. names check it
+    disagree = [
+        p for p, arg in zip(positional, by_position) if known.get(p.name) not in (None, arg)
+    ]
+    if not disagree:
+        extra_params = positional[len(by_position):]
+        extra_keywords = []
+        for p in extra_params:
+            arg = known.get(p.name)
+            if arg is not None and arg in extras and p.kind is not p.POSITIONAL_ONLY:
+                extra_keywords.append((p.name, arg))
+            elif p.default is p.empty:
+                raise refuse(f"parameter {p.name!r} has no argument left for it (the list has {len(positional_args)})")
+        _check_distinct([*by_position, *(a for _, a in extra_keywords), *(a for _, a in keywords)], refuse)
+        return Binding(label, target, by_position, (*extra_keywords, *keywords), "positional (TorchWM)",
+                       tuple(p.name for p in positional[: len(by_position)]))
+
+    # 3. names decide
+    names_positional: list[str] = []
+    names_keywords: list[tuple[str, str]] = []
+    for p in positional:
+        arg = known.get(p.name)
+        if arg is None:
+            if p.default is p.empty:
+                first = disagree[0]
+                raise refuse(
+                    f"parameter {first.name!r} names {known[first.name]!r} but would receive "
+                    f"{by_position[positional.index(first)]!r} by position, and parameter {p.name!r} "
+                    "is not the name of any argument"
+                )
+            continue  # an unknown parameter with a default keeps its default
+        if p.kind is p.POSITIONAL_ONLY:
+            if len(names_positional) != positional.index(p):
+                raise refuse(f"positional-only parameter {p.name!r} follows a parameter left to its default")
+            names_positional.append(arg)
+        else:
+            names_keywords.append((p.name, arg))
+    _check_distinct([*names_positional, *(a for _, a in names_keywords), *(a for _, a in keywords)], refuse)
+    return Binding(label, target, tuple(names_positional), (*names_keywords, *keywords), "by name",
+                   tuple(p.name for p in positional[: len(names_positional)]))
 
 
-def _match_names(names: Sequence[str], wants_model: bool, model: Any, args: Sequence[Any],
-                 arg_names: Sequence[str]) -> list | None:
-    """``args`` picked by parameter name (``arg_names[i]`` names ``args[i]``); None unless every
-    name (after a leading model parameter) is one of ``arg_names``."""
-    head = [model] if wants_model else []
-    rest = names[1:] if wants_model else names
-    if not rest or any(name not in arg_names for name in rest):
-        return None
-    return head + [args[list(arg_names).index(name)] for name in rest]
+def _bind_keyword_only(params, known, label, target, hook, on_model) -> tuple:
+    out = []
+    for p in params:
+        arg = known.get(p.name)
+        if arg is not None:
+            out.append((p.name, arg))
+        elif p.default is p.empty:
+            raise TypeError(
+                f"{label}: cannot bind {target}: keyword-only parameter {p.name!r} is not the name of "
+                f"any argument. Accepted: {accepted_forms(hook, on_model)}."
+            )
+    return tuple(out)
+
+
+def _check_distinct(args, refuse) -> None:
+    seen = set()
+    for arg in args:
+        if arg in seen:
+            hint = " (the state before the step is `prev_state`)" if arg == "next_state" else ""
+            raise refuse(f"two parameters name {arg!r}{hint}")
+        seen.add(arg)
+
+
+class Hook:
+    """A user callable with its :class:`Binding`; ``hook(values)`` calls it with the arguments
+    it asked for, taken from ``values`` (argument name -> value)."""
+
+    __slots__ = ("fn", "name", "binding")
+
+    def __init__(self, fn: Callable, hook: str, *, on_model: bool = False, label: str | None = None):
+        self.fn = fn
+        self.name = label or hook
+        self.binding = bind(fn, hook, on_model=on_model, label=self.name)
+
+    @property
+    def wants(self) -> frozenset:
+        return self.binding.wants
+
+    def __call__(self, values: Mapping[str, Any]) -> Any:
+        args, kwargs = self.binding.args(values)
+        return self.fn(*args, **kwargs)

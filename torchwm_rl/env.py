@@ -112,6 +112,11 @@ class WorldModelEnv(EnvBase):
         )
         super().__init__(device=adapter.device, batch_size=batch_size)
         self.logic = EpisodeLogic(adapter, max_episode_steps, start_states)
+        if not self.logic.can_reset:
+            raise TypeError(
+                "WorldModelEnv builds its TensorDict specs from one reset at construction: "
+                + self.logic.no_reset_message()
+            )
         self._held_state: Any = None  # opaque (non-tensor) model state, unbatched envs only
         self._make_specs(self.logic.reset()[0])
         if seed is not None:
@@ -157,6 +162,13 @@ class WorldModelEnv(EnvBase):
         flag = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
         self.done_spec = Composite(
             done=flag.clone(), terminated=flag.clone(), truncated=flag.clone(), shape=batch, device=device
+        )
+
+    def __repr__(self) -> str:
+        hooks = "".join(f"\n    {line}," for line in self.adapter.describe_bindings())
+        return (
+            f"{type(self).__name__}(model={type(self.model).__name__},{hooks}\n    "
+            f"batch_size={tuple(self.batch_size)}, device={self.device})"
         )
 
     # ------------------------------------------------------------------ core

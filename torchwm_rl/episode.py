@@ -96,12 +96,23 @@ class EpisodeLogic:
         self.pending_seed: Optional[int] = None
         self.rng_state: Optional[tuple] = None  # the model's torch RNG stream(s) once seeded
         self.bank = self._bank(start_states)
-        if self.bank is None and not adapter.can_reset:
-            raise TypeError(
-                f"{type(adapter.model).__name__} has no reset: pass reset_fn=(model, seed, options), "
-                f"initial_observation=..., start_states=..., or give the model one of the methods "
-                f"{RESET_METHODS}."
-            )
+        # the env's random stream handed to hooks that ask for ``generator`` (on the env's device)
+        self.hook_generator = torch.Generator(device=self.device)
+        self.hook_generator.seed()
+        adapter.generator = self.hook_generator
+        self._guard_generator = adapter.wants_generator()
+
+    @property
+    def can_reset(self) -> bool:
+        """Whether resets have a source: a reset hook, an initial observation or a bank."""
+        return self.bank is not None or self.adapter.can_reset
+
+    def no_reset_message(self) -> str:
+        return (
+            f"{type(self.adapter.model).__name__} has no reset: pass reset_fn=(model, seed, options), "
+            f"initial_observation=..., start_states=..., or give the model one of the methods "
+            f"{RESET_METHODS}."
+        )
 
     def _max_steps(self, value) -> Optional[torch.Tensor]:
         if value is None:
@@ -147,6 +158,7 @@ class EpisodeLogic:
         if seed is None:
             return
         self.generator.manual_seed(int(seed))
+        self.hook_generator.manual_seed(int(seed))
         self.rng_state = _seeded_rng_state(int(seed), self.device)
         self.pending_seed = int(seed)
 
@@ -154,6 +166,20 @@ class EpisodeLogic:
     def model_rng(self):
         """Run model hooks on the env's torch RNG stream (see the class docs); the stream
         advances only when the hooks succeed."""
+        if self._guard_generator:  # the hooks' generator advances only when they succeed too
+            generator_state = self.hook_generator.get_state()
+            try:
+                with self._global_rng():
+                    yield
+            except BaseException:
+                self.hook_generator.set_state(generator_state)
+                raise
+            return
+        with self._global_rng():
+            yield
+
+    @contextmanager
+    def _global_rng(self):
         if self.rng_state is None:
             yield
             return
@@ -182,15 +208,19 @@ class EpisodeLogic:
         ``previous`` given, rows outside ``mask`` are copied from it exactly (state,
         observation, step count). Without ``previous`` the caller merges (TorchRL does).
         """
+        if not self.can_reset:
+            raise TypeError(self.no_reset_message())
         pending_seed = self.pending_seed
         if seed is None:
             seed, self.pending_seed = self.pending_seed, None
         else:
             self.pending_seed = None
         generator_state, rng_state = self.generator.get_state(), self.rng_state
+        hook_generator_state = self.hook_generator.get_state()
         try:
             if seed is not None:
                 self.generator.manual_seed(int(seed))
+                self.hook_generator.manual_seed(int(seed))
                 self.rng_state = _seeded_rng_state(int(seed), self.device)
             options = dict(options or {})
             if self.batch_size:
@@ -203,6 +233,7 @@ class EpisodeLogic:
         except BaseException:
             # a failed reset leaves no trace: the generators and a seed not yet used stay as they were
             self.generator.set_state(generator_state)
+            self.hook_generator.set_state(hook_generator_state)
             self.rng_state = rng_state
             self.pending_seed = pending_seed
             raise

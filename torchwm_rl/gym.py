@@ -3,8 +3,10 @@
 
 Both run the same :class:`~torchwm_rl.episode.EpisodeLogic` (and so the same adapter) as the
 TorchRL env, always under ``torch.no_grad()``, and convert to numpy once per step.
-``torchwm_rl.gym.WorldModelEnv`` is an alias of :class:`GymWorldModelEnv`, so code written
-against TorchWM's Gymnasium ``WorldModelEnv`` runs with only the import changed.
+``torchwm_rl.gym.WorldModelEnv`` is an alias of :class:`GymWorldModelEnv` and
+:func:`make_world_model_env` is TorchWM's factory, so code written against TorchWM's Gymnasium
+``WorldModelEnv`` runs with only the import changed, and binds its hooks as TorchWM does
+(:mod:`torchwm_rl.calling`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .convert import detach_tree, image_hwc, merge_vector_infos, observation_to_
 from .episode import EpisodeLogic, Snapshot
 from .spaces import as_space
 
-__all__ = ["GymWorldModelEnv", "GymVectorWorldModelEnv", "WorldModelEnv"]
+__all__ = ["GymWorldModelEnv", "GymVectorWorldModelEnv", "WorldModelEnv", "make_world_model_env"]
 
 
 class GymWorldModelEnv(gymnasium.Env):
@@ -32,8 +34,12 @@ class GymWorldModelEnv(gymnasium.Env):
 
     ``reset`` returns ``(obs, info)`` and ``step`` returns ``(obs, reward, terminated,
     truncated, info)`` with numpy observations of the space's dtype, a Python float reward and
-    Python bool flags. ``info["model_state"]`` is the latest model state (tensors detached) and
-    ``info["elapsed_steps"]`` the step count of the episode. ``env.state`` is the model state.
+    Python bool flags. As in TorchWM, the reset info is the reset hook's info as it returned it,
+    and a step's info is the transition's info plus ``info["model_state"]`` (the latest model
+    state) and ``info["elapsed_steps"]`` (the step count of the episode) where the transition's
+    info has no such entry; tensors in infos are handed out as detached numpy copies.
+    ``env.state`` is the model state. Without a reset source the env still constructs; its
+    ``reset`` then says what to provide, and ``step`` before ``reset`` raises ``RuntimeError``.
     Keyword arguments are those of :class:`~torchwm_rl.adapter.ModelAdapter` plus
     ``max_episode_steps``, ``start_states``, ``render_mode`` and ``seed`` (used by the first
     reset that is given no seed).
@@ -131,11 +137,11 @@ class GymWorldModelEnv(gymnasium.Env):
             self._np_random, self._np_random_seed = np_random
             raise
         self._snapshot = snapshot
-        return observation_to_numpy(snapshot.observation, self.observation_space), self._info(info)
+        return observation_to_numpy(snapshot.observation, self.observation_space), detach_tree(dict(info))
 
     def step(self, action: Any):
         if self._snapshot is None:
-            raise RuntimeError("step() called before reset(): call env.reset() first")
+            raise RuntimeError("Call reset() before step().")
         with torch.no_grad():
             snapshot, record = self.logic.step(self._snapshot, action)
         self._snapshot = snapshot
@@ -152,9 +158,15 @@ class GymWorldModelEnv(gymnasium.Env):
 
     def _info(self, info: dict) -> dict:
         info = detach_tree(dict(info))
-        info["model_state"] = detach_tree(self._snapshot.state)
-        info["elapsed_steps"] = int(self._snapshot.elapsed)
+        if "model_state" not in info:
+            info["model_state"] = detach_tree(self._snapshot.state)
+        if "elapsed_steps" not in info:
+            info["elapsed_steps"] = int(self._snapshot.elapsed)
         return info
+
+    def __repr__(self) -> str:
+        hooks = "".join(f"\n    {line}," for line in self.adapter.describe_bindings())
+        return f"{type(self).__name__}(model={type(self.model).__name__},{hooks}\n)"
 
     def render(self):
         """The decoded image of the current state: ``render_fn``'s output, else the
@@ -171,6 +183,12 @@ class GymWorldModelEnv(gymnasium.Env):
 
 
 WorldModelEnv = GymWorldModelEnv
+
+
+def make_world_model_env(world_model: Any, **kwargs: Any) -> GymWorldModelEnv:
+    """TorchWM's factory: ``make_world_model_env(model, observation_space=..., action_space=...,
+    ...)`` is ``WorldModelEnv(model, ...)``."""
+    return GymWorldModelEnv(world_model, **kwargs)
 
 
 class GymVectorWorldModelEnv(VectorEnv):
@@ -252,7 +270,7 @@ class GymVectorWorldModelEnv(VectorEnv):
 
     def step(self, actions: Any):
         if self._snapshot is None:
-            raise RuntimeError("step() called before reset(): call envs.reset() first")
+            raise RuntimeError("Call reset() before step().")
         restarting = self.autoreset_mode is AutoresetMode.NEXT_STEP and bool(self._needs_reset.any())
         restarted, reset_info, final_obs = None, {}, None
         with torch.no_grad():

@@ -10,8 +10,14 @@ reset:
     from :data:`STATE_KEYS`, :data:`OBSERVATION_KEYS` and ``info``.
 transition:
     mapping (keys below) | ``(obs, reward, terminated, truncated, info)`` (Gymnasium) |
-    ``(obs, reward, done, info)`` (Gym) | ``(state, obs, reward)`` | ``(state, obs)`` |
+    ``(obs, reward, done, info)`` (Gym) | ``(state, obs, reward)`` |
     ``(state, obs, reward, terminated, truncated, info)`` | a bare next observation/state.
+    The Gymnasium and Gym tuples take the next state from ``info["model_state"]`` when present
+    (else the observation is the state), as TorchWM does; the info keeps that entry. A 2-tuple
+    is refused: ``(state, obs)`` and ``(obs, reward)`` cannot be told apart.
+
+Each record says how the value was read (:attr:`RawRecord.form`), so a later conversion error
+can say it ("read as Gymnasium's (obs, reward, terminated, truncated, info)").
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class RawRecord:
     terminated: Any = MISSING
     truncated: Any = MISSING
     info: dict = field(default_factory=dict)
+    form: str = "a bare observation"
 
 
 def _is_dict_observation(value: Any, dict_keys: frozenset | None) -> bool:
@@ -60,7 +67,7 @@ def _pick(mapping: Mapping, keys: tuple, what: str, hook: str) -> Any:
     return mapping[found[0]] if found else MISSING
 
 
-def _from_mapping(mapping: Mapping, hook: str) -> RawRecord:
+def _from_mapping(mapping: Mapping, hook: str, form: str = "a mapping") -> RawRecord:
     unknown = [k for k in mapping if k not in _RECORD_KEYS]
     if unknown:
         raise ValueError(
@@ -75,6 +82,7 @@ def _from_mapping(mapping: Mapping, hook: str) -> RawRecord:
         terminated=_pick(mapping, TERMINATED_KEYS, "terminated flag", hook),
         truncated=_pick(mapping, TRUNCATED_KEYS, "truncated flag", hook),
         info=_as_info(info, hook),
+        form=form,
     )
 
 
@@ -97,12 +105,13 @@ def parse_reset(value: Any, dict_keys: frozenset | None = None, hook: str = "res
             return _from_mapping(value, hook)
     if isinstance(value, tuple):
         if len(value) == 3:
-            return RawRecord(state=value[0], observation=value[1], info=_as_info(value[2], hook))
+            return RawRecord(state=value[0], observation=value[1], info=_as_info(value[2], hook),
+                             form="(state, obs, info)")
         if len(value) == 2:
             second = value[1]
             if isinstance(second, Mapping) and not _is_dict_observation(second, dict_keys):
-                return RawRecord(observation=value[0], info=_as_info(second, hook))
-            return RawRecord(state=value[0], observation=second)
+                return RawRecord(observation=value[0], info=_as_info(second, hook), form="(obs, info)")
+            return RawRecord(state=value[0], observation=second, form="(state, obs)")
         raise ValueError(
             f"{hook} returned a tuple of length {len(value)}; expected obs, (obs, info), "
             "(state, obs), (state, obs, info) or a mapping."
@@ -119,25 +128,33 @@ def parse_transition(value: Any, dict_keys: frozenset | None = None, hook: str =
         n = len(value)
         if n == 6:
             s, o, r, term, trunc, info = value
-            return RawRecord(s, o, r, term, trunc, _as_info(info, hook))
+            return RawRecord(s, o, r, term, trunc, _as_info(info, hook),
+                             "(state, obs, reward, terminated, truncated, info)")
         if n == 5:
             o, r, term, trunc, info = value
-            return RawRecord(MISSING, o, r, term, trunc, _as_info(info, hook))
+            info = _as_info(info, hook)
+            return RawRecord(info.get("model_state", MISSING), o, r, term, trunc, info,
+                             "Gymnasium's (obs, reward, terminated, truncated, info)")
         if n == 4:
             o, r, done, info = value
             info = _as_info(info, hook)
+            form = "Gym's (obs, reward, done, info)"
+            state = info.get("model_state", MISSING)
             time_limit = info.pop("TimeLimit.truncated", MISSING)
             if time_limit is MISSING:
-                return RawRecord(MISSING, o, r, done, MISSING, info)
+                return RawRecord(state, o, r, done, MISSING, info, form)
             terminated, truncated = _split_done(done, time_limit)
-            return RawRecord(MISSING, o, r, terminated, truncated, info)
+            return RawRecord(state, o, r, terminated, truncated, info, form)
         if n == 3:
-            return RawRecord(state=value[0], observation=value[1], reward=value[2])
+            return RawRecord(state=value[0], observation=value[1], reward=value[2], form="(state, obs, reward)")
         if n == 2:
-            return RawRecord(state=value[0], observation=value[1])
+            raise ValueError(
+                f"{hook} returned a 2-tuple, which could be (state, obs) or (obs, reward); return "
+                "{'state': ..., 'observation': ...} or (state, obs, reward) instead."
+            )
         raise ValueError(
             f"{hook} returned a tuple of length {n}; expected a mapping, (obs, reward, terminated, "
-            "truncated, info), (obs, reward, done, info), (state, obs, reward), (state, obs) or "
+            "truncated, info), (obs, reward, done, info), (state, obs, reward) or "
             "(state, obs, reward, terminated, truncated, info)."
         )
     return RawRecord(observation=value)

@@ -57,7 +57,7 @@ class SB3VecWorldModelEnv(VecEnv):
 
     def step_wait(self):
         if self._snapshot is None:
-            raise RuntimeError("step() called before reset(): call venv.reset() first")
+            raise RuntimeError("Call reset() before step().")
         with torch.no_grad():
             snapshot, record = self.logic.step(self._snapshot, self._actions)
             done = record.terminated | record.truncated

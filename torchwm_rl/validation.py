@@ -82,17 +82,23 @@ def to_batched_scalar(
 ) -> torch.Tensor:
     """A reward or flag: shape ``batch_shape`` (``(*batch, 1)`` is accepted and squeezed).
 
-    In a batched env a plain Python/numpy scalar (``truncated=False``, ``reward=0.0``) holds
-    for every env and is broadcast; a 0-d *tensor* is refused (it usually means the model
-    reduced over the batch).
+    In a batched env every per-env value must carry the batch dimension: a scalar (Python,
+    numpy or 0-d tensor) is refused, because it usually means the hook reduced over the batch
+    (``float(x.mean())``, ``np.any(...)``) and broadcasting it would give every env one env's
+    value. An unbatched env takes a scalar or a one-element array.
     """
     tensor = _as_tensor(value, device, key)
     shape = tuple(tensor.shape)
     if shape != batch_shape:
         if shape == (*batch_shape, 1) or (not batch_shape and tensor.numel() == 1 and len(shape) <= 1):
             tensor = tensor.reshape(batch_shape)
-        elif batch_shape and not shape and isinstance(value, (bool, int, float, np.generic)):
-            tensor = tensor.expand(batch_shape)
+        elif batch_shape and not shape:
+            raise ValueError(
+                f"{key}: a batched env needs one value per env, shape {batch_shape} or "
+                f"{(*batch_shape, 1)}; got a scalar ({type(value).__name__}). One value for the "
+                "whole batch would be given to every env: compute it per env (reduce over the "
+                "non-batch dims only, e.g. x.sum(-1) or (x[..., 0] > 2))"
+            )
         else:
             what = "a scalar" if not batch_shape else f"shape {batch_shape} or {(*batch_shape, 1)}"
             raise ValueError(f"{key}: expected {what}, got shape {shape}")

@@ -71,14 +71,13 @@ class PointMassWorldModel(nn.Module):
 
 
 # ------------------------------------------------------------------------------ the adapters
-def batch_of(options):
-    """N for a batched env (the reset mask has one row per env), None for an unbatched one."""
-    mask = (options or {}).get("reset_mask")
-    return None if mask is None else mask.shape[0]
+def rows(batch_size):
+    """N for a batched env, None for an unbatched one (``batch_size`` is () or (N,))."""
+    return batch_size[0] if batch_size else None
 
 
-def reset_vector(model, seed=None, options=None):
-    state = model.sample_initial_state(seed, batch_of(options))
+def reset_vector(model, seed=None, options=None, batch_size=()):
+    state = model.sample_initial_state(seed, rows(batch_size))
     return {"state": state, "observation": state}
 
 
@@ -92,8 +91,8 @@ def transition_vector(model, state, action):
     }
 
 
-def reset_dict(model, seed=None, options=None):
-    state = model.sample_initial_state(seed, batch_of(options))
+def reset_dict(model, seed=None, options=None, batch_size=()):
+    state = model.sample_initial_state(seed, rows(batch_size))
     return {"state": state, "observation": model.decode_dict(state)}
 
 
@@ -103,8 +102,8 @@ def transition_dict(model, state, action):
     return out
 
 
-def reset_image(model, seed=None, options=None):
-    state = model.sample_initial_state(seed, batch_of(options))
+def reset_image(model, seed=None, options=None, batch_size=()):
+    state = model.sample_initial_state(seed, rows(batch_size))
     return {"state": state, "observation": model.decode_image(state)}
 
 

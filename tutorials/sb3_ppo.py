@@ -35,8 +35,9 @@ DIRECTIONS = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0
 
 
 def discrete_to_push(model, action):
-    """Library action (an index in Discrete(5), batched) -> the model's action (a 2-D push)."""
-    return DIRECTIONS[action.long()]
+    """Library action (an index in Discrete(5), batched) -> the model's action (a 2-D push).
+    The transform gets the action as the library gives it (here SB3's numpy array)."""
+    return DIRECTIONS[torch.as_tensor(action).long()]
 
 
 SETUPS = {  # kind -> SB3 policy and the env's keyword arguments

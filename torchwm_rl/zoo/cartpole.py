@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -265,21 +265,13 @@ def load(path: str | Path | None = None, device: str | torch.device | None = Non
     return model.eval().to(device) if device is not None else model.eval()
 
 
-def _seeded_reset(batch_size: tuple) -> Callable:
-    """A reset hook drawing from the real reset distribution with its own generator: reseeded
-    whenever the env hands it a seed (first reset after ``set_seed``), otherwise continued, so
-    resets are reproducible under the env's seed."""
-    gen = torch.Generator()
-    gen.seed()
-
-    def reset_fn(model, seed=None, options=None):
-        if seed is not None:
-            gen.manual_seed(int(seed))
-        n = batch_size[0] if batch_size else 1
-        out = torch.rand(n, OBS_DIM, generator=gen) * (RESET_HIGH - RESET_LOW) + RESET_LOW
-        return out if batch_size else out[0]
-
-    return reset_fn
+def reset(model, seed=None, options=None, batch_size=(), *, generator: torch.Generator) -> torch.Tensor:
+    """Adapter reset: states from the real reset distribution, drawn from the env's own random
+    stream (``generator``: seeded by the env's seed, so resets are reproducible under it)."""
+    n = batch_size[0] if batch_size else 1
+    out = torch.rand(n, OBS_DIM, generator=generator, device=generator.device)
+    out = out * (RESET_HIGH - RESET_LOW) + RESET_LOW
+    return out if batch_size else out[0]
 
 
 def transition(model: CartPoleModel, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -313,7 +305,7 @@ def make_env(
         model,
         observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
         action_space=gym.spaces.Discrete(N_ACTIONS),
-        reset_fn=_seeded_reset(batch_size),
+        reset_fn=reset,
         transition_fn=transition,
         reward_fn=reward,
         terminal_fn=terminated,

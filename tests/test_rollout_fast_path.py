@@ -41,7 +41,7 @@ class Model(nn.Module):
 
     def start(self, options):
         mask = (options or {}).get("reset_mask")
-        return torch.randn(OBS if mask is None else (mask.shape[0], OBS))
+        return torch.randn(OBS if mask is None else (mask.shape[0], OBS), device=self.net.weight.device)
 
     def wrap(self, latent):
         if self.state == "dict":
@@ -210,6 +210,15 @@ def test_gradients_reach_the_policy_parameters_alike():
     for a, b in zip(*grads):
         assert a.abs().sum() > 0
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda():
+    make = lambda: make_env(model=Model().cuda())  # noqa: E731
+    policy = policy_module().cuda()
+    fast, general = both(make, 10, policy, break_when_any_done=False)
+    assert fast.device.type == "cuda"
+    assert_identical(fast, general)
 
 
 def test_no_grad_builds_no_graph():

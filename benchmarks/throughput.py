@@ -3,14 +3,18 @@
     python benchmarks/throughput.py              # N = 1, 64, 1024; 7 samples per cell; 1e5-step memory run
     python benchmarks/throughput.py --quick      # shorter runs, 1e4-step memory run
     python benchmarks/throughput.py --threads 2  # torch threads (default 1: the numbers compare overheads)
+    python benchmarks/throughput.py --device cuda --json throughput.json   # on a GPU; numbers also to JSON
 
 Rows (same model, same policy, all under ``torch.no_grad()``):
 
   (a)  bare loop: ``a = policy(s); s, r, d = model(s, a)``, keeping the trajectory (latent,
        action, reward, done) and stacking it at the end, as Dreamer's imagination does. The limit.
   (a0) the same loop keeping nothing (pure compute), for reference.
-  (b)  ``torchwm_rl.WorldModelEnv.rollout(T, policy)`` (a TensorDictModule policy; TorchRL
-       returns the stacked [N, T] trajectory with root and "next" entries).
+  (b)  ``torchwm_rl.WorldModelEnv.rollout(T, policy, break_when_any_done=False)`` (a
+       TensorDictModule policy; the stacked [N, T] trajectory with root and "next" entries).
+  (b0) the same call through TorchRL's general ``EnvBase.rollout`` (what (b) was before its fast
+       path; the fast path returns the same tensordict).
+  (bt) ``TransformedEnv(env, RewardSum()).rollout(...)``: TorchRL's general path over our step.
   (c)  TorchRL's own ``torchrl.envs.model_based.WorldModelEnv``: its constructor expands the
        reference env's action spec by the batch size, which fails for an 8-dim action at every
        N, so it is "n/a" as shipped; (c*) builds it with a 1-dim reference action spec and sets
@@ -18,10 +22,17 @@ Rows (same model, same policy, all under ``torch.no_grad()``):
   (d)  the Gymnasium vector export (``env.to_gymnasium()``, numpy in and out), CleanRL-style loop.
   (e)  N single ``GymWorldModelEnv`` in ``gymnasium.vector.SyncVectorEnv`` (the tutorial's
        CleanRL pattern), same loop.
+  (f)  a TorchRL ``Collector`` over our env (frames_per_batch = N x T), steps/s of its batches;
+  (g)  the same ``Collector`` over TorchRL's own env (c*), its reset drawing the same start
+       latents (TorchRL's own env cannot reset without a given latent).
 
 Each cell is the fastest of several samples, interleaved across rows and timed in CPU time of
 this process (the machine may be shared: other users' processes would otherwise count, and the
-fastest sample is the least noisy estimate of what the code costs). Ratios are against (a).
+fastest sample is the least noisy estimate of what the code costs). With ``--device cuda``
+everything (model, policy, envs) lives on the GPU and cells are wall-clock times with
+``torch.cuda.synchronize()`` before each timer read (CPU time means nothing there). Ratios are
+against (a). The bytes line gives the memory of the kept trajectory per env-step: the rollout's
+output tensordict against the bare loop's stacked tensors.
 The memory line steps a batched env (N=64, per-env time limits, partial resets) through
 ``step_and_maybe_reset`` and prints the resident and peak RSS at 10%, 50% and 100% of the run.
 ``--breakdown`` prints where one step of the TorchRL path goes, layer by layer. Not a test: it
@@ -31,6 +42,7 @@ prints numbers.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -46,6 +58,7 @@ from torch import nn
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 LATENT, ACTION, HIDDEN = 64, 8, 256
+DEVICE = torch.device("cpu")  # set by --device
 OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, shape=(LATENT,), dtype=np.float32)
 ACT_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(ACTION,), dtype=np.float32)
 
@@ -67,12 +80,17 @@ class MLPWorldModel(nn.Module):
         return torch.tanh(out[..., :LATENT]), out[..., LATENT], out[..., LATENT + 1] > 3.0
 
     def initial(self, n: Optional[int], generator: torch.Generator):
-        return 0.5 * torch.randn((LATENT,) if n is None else (n, LATENT), generator=generator)
+        latent = 0.5 * torch.randn((LATENT,) if n is None else (n, LATENT), generator=generator)
+        return latent.to(DEVICE)  # drawn on the CPU: the same start states on every device
+
+
+def make_model() -> MLPWorldModel:
+    return MLPWorldModel().to(DEVICE)
 
 
 def make_policy() -> nn.Module:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(LATENT, 64), nn.Tanh(), nn.Linear(64, ACTION), nn.Tanh())
+    return nn.Sequential(nn.Linear(LATENT, 64), nn.Tanh(), nn.Linear(64, ACTION), nn.Tanh()).to(DEVICE)
 
 
 def reset_fn(model, seed=None, options=None):
@@ -101,16 +119,44 @@ def bare(model, policy, n, steps, keep=True):
     return state
 
 
-def ours_rollout(model, policy, n):
-    env = WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
-                        batch_size=(n,), seed=0)
+def ours_env(model, n):
+    return WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
+                         batch_size=(n,), seed=0)
+
+
+def ours_rollout(model, policy, n, general=False, transformed=False):
+    env = ours_env(model, n)
+    if transformed:
+        from torchrl.envs import RewardSum, TransformedEnv
+
+        env = TransformedEnv(env, RewardSum())
     module = TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
+    if general:
+        from torchrl.envs import EnvBase
+
+        return lambda steps: EnvBase.rollout(env, steps, module, break_when_any_done=False)
     return lambda steps: env.rollout(steps, module, break_when_any_done=False)
 
 
-def torchrl_rollout(model, policy, n, patch_specs: bool):
+def collector(env, policy, n, in_key):
+    """Steps ``steps`` x N env-steps through a TorchRL Collector (batches of N x steps frames)."""
+    from torchrl.collectors import Collector
+
+    module = TensorDictModule(policy, in_keys=[in_key], out_keys=["action"])
+    made = {}
+
+    def run(steps):
+        if made.get("steps") != steps:  # one collector per batch length, built outside the timing
+            made.update(steps=steps, it=iter(Collector(env, module, frames_per_batch=n * steps, total_frames=-1,
+                                                          auto_register_policy_transforms=False)))
+        return next(made["it"])
+    return run
+
+
+def torchrl_env(model, n, patch_specs: bool):
     """TorchRL's own WorldModelEnv driving the same MLP. Raises where its constructor cannot
-    take an (N, 8) action spec (``patch_specs=False``)."""
+    take an (N, 8) action spec (``patch_specs=False``). Its reset, given no latent, draws the
+    same start latents as ours (a Collector resets without one)."""
     from tensordict import TensorDict
     from torchrl.data import Bounded, Composite, Unbounded
     from torchrl.envs.model_based import WorldModelEnv as TorchRLWorldModelEnv
@@ -130,18 +176,32 @@ def torchrl_rollout(model, policy, n, patch_specs: bool):
     reward_head = TensorDictModule(nn.Identity(), in_keys=[("next", "reward")], out_keys=[("next", "reward")])
     world_model = WorldModel(TensorDictModule(nn.Identity(), ["observation"], ["latent"]), dynamics, reward_head)
     action_space = ACT_SPACE if not patch_specs else gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-    reference = WorldModelEnv(model, OBS_SPACE, action_space, reset_fn=reset_fn,
+    reference = WorldModelEnv(model, OBS_SPACE, action_space, reset_fn=reset_fn, device=DEVICE,
                               transition_fn=lambda m, s, a: s)  # only its specs are read
-    env = TorchRLWorldModelEnv(
-        world_model, reference, batch_size=(n,),
-        observation_spec=Composite(latent=Unbounded((n, LATENT)), shape=(n,)),
+    class StartingWorldModelEnv(TorchRLWorldModelEnv):
+        def _reset(self, tensordict=None, **kwargs):
+            if tensordict is None or "latent" not in tensordict.keys():
+                tensordict = TensorDict({"latent": model.initial(n, torch.Generator().manual_seed(0))},
+                                        batch_size=[n], device=DEVICE)
+            return super()._reset(tensordict, **kwargs)
+
+    env = StartingWorldModelEnv(
+        world_model, reference, batch_size=(n,), device=DEVICE,
+        observation_spec=Composite(latent=Unbounded((n, LATENT), device=DEVICE), shape=(n,), device=DEVICE),
         latent_key="latent",
     )
     if patch_specs:
-        env.action_spec = Bounded(-1.0, 1.0, shape=(n, ACTION))
-        env.reward_spec = Unbounded(shape=(n, 1))
+        env.action_spec = Bounded(-1.0, 1.0, shape=(n, ACTION), device=DEVICE)
+        env.reward_spec = Unbounded(shape=(n, 1), device=DEVICE)
+    return env
+
+
+def torchrl_rollout(model, policy, n, patch_specs: bool):
+    from tensordict import TensorDict
+
+    env = torchrl_env(model, n, patch_specs)
     module = TensorDictModule(policy, in_keys=["latent"], out_keys=["action"])
-    start = TensorDict({"latent": model.initial(n, torch.Generator().manual_seed(0))}, batch_size=[n])
+    start = TensorDict({"latent": model.initial(n, torch.Generator().manual_seed(0))}, batch_size=[n], device=DEVICE)
     return lambda steps: env.rollout(steps, module, tensordict=start.clone(), break_when_any_done=False)
 
 
@@ -149,15 +209,13 @@ def vector_loop(envs, policy):
     def run(steps):
         obs, _ = envs.reset(seed=0)
         for _ in range(steps):
-            action = policy(torch.as_tensor(obs)).numpy()
+            action = policy(torch.as_tensor(obs, device=DEVICE)).cpu().numpy()
             obs, reward, terminated, truncated, _ = envs.step(action)
     return run
 
 
 def ours_vector(model, policy, n):
-    env = WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
-                        batch_size=(n,), seed=0)
-    return vector_loop(env.to_gymnasium(), policy)
+    return vector_loop(ours_env(model, n).to_gymnasium(), policy)
 
 
 def sync_singles(model, policy, n):
@@ -177,25 +235,35 @@ def steps_for(n: int, slow_row: bool) -> int:
     return max(64, min(256, 16384 // n))
 
 
+def clock() -> float:
+    """Seconds: process CPU time on the CPU; wall clock after a synchronize on CUDA (the GPU
+    works asynchronously, and CPU time would not count its work)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+        return time.perf_counter()
+    return time.process_time()
+
+
 def measure(rows: dict, n: int, samples: int) -> dict:
     """Steps/s of each row from its fastest sample (None: the row cannot run).
 
-    Samples of all rows are interleaved, and each is timed in CPU time of this process
-    (``time.process_time``, page faults included): on a shared machine, wall time would also
-    count the other users' processes.
+    Samples of all rows are interleaved, and each is timed by :func:`clock`: on the CPU the CPU
+    time of this process (``time.process_time``, page faults included), since on a shared
+    machine wall time would also count the other users' processes.
     """
     best = {name: None for name in rows}
     for name, (run, slow) in rows.items():
         if run is not None:
             run(min(steps_for(n, slow), 3))  # warm-up (allocations, first-call paths)
+            run(steps_for(n, slow))
     for _ in range(samples):
         for name, (run, slow) in rows.items():
             if run is None:
                 continue
             steps = steps_for(n, slow)
-            start = time.process_time()
+            start = clock()
             run(steps)
-            elapsed = time.process_time() - start
+            elapsed = clock() - start
             if elapsed > 0:
                 rate = n * steps / elapsed
                 best[name] = rate if best[name] is None else max(best[name], rate)
@@ -213,16 +281,20 @@ def fmt_ratio(rate: Optional[float], ref: Optional[float]) -> str:
 ROWS = [
     ("a", "(a) bare loop, keeps the trajectory (the limit)"),
     ("a0", "(a0) bare loop, keeps nothing"),
-    ("b", "(b) torchwm_rl WorldModelEnv.rollout"),
+    ("b", "(b) torchwm_rl `WorldModelEnv.rollout`"),
+    ("b0", "(b0) the same through TorchRL's general `EnvBase.rollout`"),
+    ("bt", "(bt) `TransformedEnv(env, RewardSum()).rollout`"),
     ("c", "(c) TorchRL's own WorldModelEnv.rollout"),
     ("c*", "(c*) TorchRL's own, specs set after construction"),
     ("d", "(d) torchwm_rl Gymnasium vector export"),
     ("e", "(e) SyncVectorEnv of N GymWorldModelEnv"),
+    ("f", "(f) TorchRL `Collector` over torchwm_rl's env"),
+    ("g", "(g) TorchRL `Collector` over TorchRL's own env (c*)"),
 ]
 
 
-def throughput_table(sizes, samples: int) -> str:
-    model, policy = MLPWorldModel(), make_policy()
+def throughput_table(sizes, samples: int, skip=()) -> tuple[str, dict]:
+    model, policy = make_model(), make_policy()
     results = {}
     notes = set()
     for n in sizes:
@@ -230,8 +302,11 @@ def throughput_table(sizes, samples: int) -> str:
             "a": (lambda steps, n=n: bare(model, policy, n, steps), False),
             "a0": (lambda steps, n=n: bare(model, policy, n, steps, keep=False), False),
             "b": (ours_rollout(model, policy, n), False),
+            "b0": (ours_rollout(model, policy, n, general=True), False),
+            "bt": (ours_rollout(model, policy, n, transformed=True), False),
             "d": (ours_vector(model, policy, n), False),
             "e": (sync_singles(model, policy, n), True),
+            "f": (collector(ours_env(model, n), policy, n, "observation"), False),
         }
         for key, patch in (("c", False), ("c*", True)):
             try:
@@ -239,24 +314,53 @@ def throughput_table(sizes, samples: int) -> str:
             except Exception as err:  # TorchRL's constructor refuses the 8-dim action spec
                 rows[key] = (None, False)
                 notes.add(f"({key}) n/a: {type(err).__name__}: {str(err).splitlines()[0].split(' torch.Size')[0]}...")
+        rows["g"] = (collector(torchrl_env(model, n, True), policy, n, "latent"), False)
+        for key in skip:
+            rows.pop(key, None)
         results[n] = measure(rows, n, samples)
     lines = ["| path | " + " | ".join(f"N={n} steps/s | ratio" for n in sizes) + " |",
              "|---|" + "---:|---:|" * len(sizes)]
     for key, label in ROWS:
+        if all(key not in results[n] for n in sizes):
+            continue
         cells = []
         for n in sizes:
-            rate = results[n][key]
+            rate = results[n].get(key)
             cells += [fmt_rate(rate), fmt_ratio(rate, results[n]["a"])]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     derived = []
     for n in sizes:
         r = results[n]
-        parts = [f"N={n}: (b)/(a0) {fmt_ratio(r['b'], r['a0'])}"]
-        if r.get("c*"):
-            parts.append(f"(b)/(c*) {fmt_ratio(r['b'], r['c*'])}")
-        parts.append(f"(d)/(e) {fmt_ratio(r['d'], r['e'])}")
+        parts = [f"N={n}: (b)/(a0) {fmt_ratio(r.get('b'), r.get('a0'))}"]
+        for num, den in (("b", "b0"), ("b", "c*"), ("bt", "b0"), ("f", "g"), ("d", "e")):
+            if r.get(num) and r.get(den):
+                parts.append(f"({num})/({den}) {fmt_ratio(r[num], r[den])}")
         derived.append(", ".join(parts))
-    return "\n".join(lines + [""] + sorted(notes) + derived)
+    return "\n".join(lines + [""] + sorted(notes) + derived), results
+
+
+# ---------------------------------------------------------------------------- memory per step
+def tensor_bytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return sum(tensor_bytes(v) for v in value.values(True, True))
+
+
+def bytes_per_env_step(n: int = 64, steps: int = 64) -> dict:
+    """Bytes of the kept trajectory per env-step: the rollout's output tensordict (root and
+    "next" entries) against the bare loop's stacked (latent, action, reward, done)."""
+    model, policy = make_model(), make_policy()
+    out = {
+        "a": tensor_bytes(bare(model, policy, n, steps)) / (n * steps),
+        "b": tensor_bytes(ours_rollout(model, policy, n)(steps)) / (n * steps),
+    }
+    try:
+        out["c*"] = tensor_bytes(torchrl_rollout(model, policy, n, True)(steps)) / (n * steps)
+    except Exception:  # noqa: BLE001 - a TorchRL version whose env cannot be built
+        out["c*"] = None
+    return out
 
 
 # -------------------------------------------------------------------------------- breakdown
@@ -266,18 +370,19 @@ def _per_call_us(fn: Callable[[], object], calls: int = 20, rounds: int = 60) ->
         fn()
     best = float("inf")
     for _ in range(rounds):
-        start = time.process_time()
+        start = clock()
         for _ in range(calls):
             fn()
-        best = min(best, (time.process_time() - start) / calls * 1e6)
+        best = min(best, (clock() - start) / calls * 1e6)
     return best
 
 
 def breakdown(n: int, steps: int = 100) -> str:
     """Where a ``WorldModelEnv.rollout`` step goes, layer by layer (microseconds per step)."""
-    model, policy = MLPWorldModel(), make_policy()
-    env = WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
-                        batch_size=(n,), seed=0)
+    from torchrl.envs import EnvBase
+
+    model, policy = make_model(), make_policy()
+    env = ours_env(model, n)
     module = TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
     td = module(env.reset())
     state, action = td["observation"], td["action"]
@@ -287,6 +392,8 @@ def breakdown(n: int, steps: int = 100) -> str:
         ("policy as TensorDictModule", lambda: module(td)),
         ("model (transition_fn)", lambda: transition_fn(model, state, action)),
         ("ModelAdapter.step", lambda: env.adapter.step(state, action)),
+        ("WorldModelEnv._step_entries (the fast path's step)", lambda: env._step_entries(
+            td["model_state"], td["elapsed_steps"], action)),
         ("WorldModelEnv._step", lambda: env._step(td)),
         ("EnvBase.step", lambda: env.step(td.clone(False))),
         ("EnvBase.step_and_maybe_reset", lambda: env.step_and_maybe_reset(td.clone(False))),
@@ -294,10 +401,14 @@ def breakdown(n: int, steps: int = 100) -> str:
     calls = max(2, 256 // n)
     rows = [(name, _per_call_us(fn, calls)) for name, fn in layers]
     rollout = _per_call_us(lambda: env.rollout(steps, module, break_when_any_done=False), 1, rollout_calls) / steps
-    rows.append((f"rollout({steps}) per step (policy + step + stack)", rollout))
+    rows.append((f"rollout({steps}) per step, fast path (policy + step + stack)", rollout))
+    general = _per_call_us(lambda: EnvBase.rollout(env, steps, module, break_when_any_done=False), 1, rollout_calls)
+    rows.append((f"rollout({steps}) per step, EnvBase.rollout", general / steps))
+    kept = lambda: bare(model, policy, n, steps)  # noqa: E731
+    rows.append((f"bare loop keeping the trajectory, per step ({steps} steps)", _per_call_us(kept, 1, rollout_calls) / steps))
     lines = [f"per-step cost by layer, N={n} (best of many, microseconds):"]
     for name, us in rows:
-        lines.append(f"  {name:52s} {us:9.1f}")
+        lines.append(f"  {name:60s} {us:9.1f}")
     return "\n".join(lines)
 
 
@@ -313,8 +424,8 @@ def peak_rss_mb() -> float:
 
 def memory_line(total_steps: int, n: int = 64) -> str:
     """RSS while a batched env takes ``total_steps`` steps with partial resets."""
-    model, policy = MLPWorldModel(), make_policy()
-    limits = torch.randint(20, 200, (n,), generator=torch.Generator().manual_seed(0))
+    model, policy = make_model(), make_policy()
+    limits = torch.randint(20, 200, (n,), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     env = WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
                         batch_size=(n,), max_episode_steps=limits, seed=0)
     module = TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
@@ -341,6 +452,7 @@ def machine() -> str:
 
 
 def main(argv=None) -> None:
+    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs and a 1e4-step memory run")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
@@ -348,19 +460,42 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=None, help="timed samples per row (default 7; 3 with --quick)")
     parser.add_argument("--memory-steps", type=int, default=None, help="steps of the memory run (0: skip)")
     parser.add_argument("--breakdown", action="store_true", help="also print per-layer microseconds per step")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]: model, policy and envs there")
+    parser.add_argument("--skip", nargs="*", default=[], help="rows to leave out, e.g. --skip e g")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the table's numbers to PATH")
     args = parser.parse_args(argv)
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     samples = args.samples or (3 if args.quick else 7)
     memory_steps = args.memory_steps if args.memory_steps is not None else (10_000 if args.quick else 100_000)
     print(f"machine: {machine()}")
+    report: dict = {"machine": machine(), "device": str(DEVICE), "threads": args.threads, "samples": samples,
+                    "timer": "wall clock, synchronized" if DEVICE.type == "cuda" else "process CPU time"}
     with torch.no_grad():
-        print(throughput_table(args.sizes, samples))
+        table, results = throughput_table(args.sizes, samples, skip=args.skip)
+        print(table)
+        report["steps_per_s"] = {str(n): r for n, r in results.items()}
+        report["ratio_to_a"] = {
+            str(n): {k: (v / r["a"] if v and r.get("a") else None) for k, v in r.items()} for n, r in results.items()
+        }
+        per_step = bytes_per_env_step()
+        report["bytes_per_env_step_N64_T64"] = per_step
+        print("bytes per env-step of the kept trajectory (N=64, 64 steps): "
+              + ", ".join(f"({k}) {v:,.0f} B" for k, v in per_step.items() if v is not None))
         if args.breakdown:
             for n in args.sizes:
                 print(breakdown(n))
         if memory_steps:
-            print(memory_line(memory_steps))
+            line = memory_line(memory_steps)
+            report["memory"] = line
+            print(line)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

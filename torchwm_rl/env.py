@@ -26,9 +26,11 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
+from torchrl.envs.utils import _make_compatible_policy
 
 from .adapter import ModelAdapter
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
+from .rollout import _register_originals, fast_rollout, fast_rollout_applies
 from .spaces import as_space, space_to_spec
 
 STATE_KEY = "model_state"
@@ -178,25 +180,36 @@ class WorldModelEnv(EnvBase):
     def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDictBase:
         mask = None
         if tensordict is not None and "_reset" in tensordict.keys():
-            mask = tensordict.get("_reset").reshape(self.batch_size)
-        snapshot, _ = self.logic.reset(seed=kwargs.get("seed"), options=kwargs.get("options"), mask=mask)
+            mask = tensordict.get("_reset").reshape(tensordict.batch_size)
+        entries = self._reset_entries(mask, kwargs.get("seed"), kwargs.get("options"))
+        # Start states carry no graph: gradients flow through the actions of steps, and a
+        # reset hook that decodes with trainable parameters must not leak a graph into
+        # TorchRL's buffers (ParallelEnv workers copy into shared memory).
+        return TensorDict(entries, batch_size=self.batch_size, device=self.device).detach()
+
+    def _reset_entries(self, mask: Optional[torch.Tensor], seed=None, options=None) -> dict:
+        """The entries of a reset tensordict (not yet detached); shared with the fast rollout."""
+        snapshot, _ = self.logic.reset(seed=seed, options=options, mask=mask)
         false = torch.zeros((*self.batch_size, 1), dtype=torch.bool, device=self.device)
         extra = {"done": false, "terminated": false.clone(), "truncated": false.clone()}
         if self.adapter.nan_policy == "truncate":
             extra[NONFINITE_KEY] = false.clone()
-        # Start states carry no graph: gradients flow through the actions of steps, and a
-        # reset hook that decodes with trainable parameters must not leak a graph into
-        # TorchRL's buffers (ParallelEnv workers copy into shared memory).
-        return self._pack(snapshot, extra).detach()
+        return self._pack(snapshot, extra)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         elapsed = tensordict.get(ELAPSED_KEY)
-        snapshot = Snapshot(
-            state=self._read_state(tensordict),
-            observation=None,
-            elapsed=elapsed.reshape(self.batch_size),
-        )
-        snapshot, record = self.logic.step(snapshot, tensordict.get("action"))
+        entries = self._step_entries(self._read_state(tensordict), elapsed, tensordict.get("action"))
+        out = TensorDict(entries, batch_size=self.batch_size, device=self.device)
+        # An autograd graph cannot cross processes: a step whose input lives in shared memory
+        # (a ParallelEnv / multi-process collector worker) hands out detached tensors, so a
+        # model with trainable parameters works there unchanged.
+        return out.detach() if elapsed.is_shared() else out
+
+    def _step_entries(self, state: Any, elapsed: torch.Tensor, action: Any) -> dict:
+        """The entries of a step's ``"next"`` tensordict from the model state (as the hooks
+        take it), the step counts ``[*B, 1]`` and the action; shared with the fast rollout."""
+        snapshot = Snapshot(state=state, observation=None, elapsed=elapsed.reshape(elapsed.shape[:-1]))
+        snapshot, record = self.logic.step(snapshot, action)
         terminated, truncated = record.terminated.unsqueeze(-1), record.truncated.unsqueeze(-1)
         extra = {
             "reward": record.reward.unsqueeze(-1),
@@ -207,13 +220,59 @@ class WorldModelEnv(EnvBase):
         if self.adapter.nan_policy == "truncate":
             nonfinite = record.nonfinite
             if nonfinite is None:
-                nonfinite = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+                nonfinite = torch.zeros_like(record.truncated)
             extra[NONFINITE_KEY] = nonfinite.unsqueeze(-1)
-        out = self._pack(snapshot, extra)
-        # An autograd graph cannot cross processes: a step whose input lives in shared memory
-        # (a ParallelEnv / multi-process collector worker) hands out detached tensors, so a
-        # model with trainable parameters works there unchanged.
-        return out.detach() if elapsed.is_shared() else out
+        return self._pack(snapshot, extra)
+
+    def rollout(
+        self,
+        max_steps: int,
+        policy: Optional[Callable[[TensorDictBase], TensorDictBase]] = None,
+        callback: Optional[Callable] = None,
+        *,
+        actions=None,
+        auto_reset: bool = True,
+        auto_cast_to_device: bool = False,
+        break_when_any_done: Optional[bool] = None,
+        break_when_all_done: Optional[bool] = None,
+        return_contiguous: Optional[bool] = False,
+        tensordict: Optional[TensorDictBase] = None,
+        set_truncated: bool = False,
+        out=None,
+        trust_policy: bool = False,
+        storing_device=None,
+        set_state: Optional[bool] = None,
+    ) -> TensorDictBase:
+        """TorchRL's :meth:`~torchrl.envs.EnvBase.rollout` (same arguments, same result).
+
+        The common calls (a policy or random actions, with or without ``break_when_any_done``,
+        ``auto_reset``, ``tensordict=``) take a fast path (:mod:`torchwm_rl.rollout`) that
+        skips TorchRL's per-step TensorDict bookkeeping and returns the same tensordict; the
+        rest (``callback``, ``out=``, ``break_when_all_done``, ...) runs ``EnvBase.rollout``.
+        """
+        kwargs = dict(
+            actions=actions, auto_reset=auto_reset, auto_cast_to_device=auto_cast_to_device,
+            break_when_any_done=break_when_any_done, break_when_all_done=break_when_all_done,
+            return_contiguous=return_contiguous, tensordict=tensordict, set_truncated=set_truncated,
+            out=out, trust_policy=trust_policy, storing_device=storing_device, set_state=set_state,
+        )
+        if not fast_rollout_applies(self, dict(kwargs, max_steps=max_steps, callback=callback)):
+            return super().rollout(max_steps, policy, callback, **kwargs)
+        # the argument handling of EnvBase.rollout, for the cases the fast path takes
+        if break_when_any_done is None:
+            break_when_any_done = True
+        if return_contiguous is None:
+            return_contiguous = not self._has_dynamic_specs
+        if policy is not None:
+            policy = _make_compatible_policy(
+                policy, self.observation_spec, env=self, fast_wrap=True, trust_policy=trust_policy
+            )
+        else:
+            policy = self.rand_action
+        return fast_rollout(
+            self, max_steps, policy, auto_reset=auto_reset, break_when_any_done=break_when_any_done,
+            return_contiguous=return_contiguous, tensordict=tensordict, set_state=set_state,
+        )
 
     def _read_state(self, tensordict: TensorDictBase) -> Any:
         if self._state_kind == "opaque":
@@ -223,9 +282,10 @@ class WorldModelEnv(EnvBase):
             return state.to_dict()
         return state
 
-    def _pack(self, snapshot: Snapshot, extra: Optional[dict] = None) -> TensorDictBase:
-        """Snapshot (+ ``extra`` entries) -> tensordict (observation keys, model state, step
-        count). Built by ONE TensorDict constructor call: it is on the per-step hot path."""
+    def _pack(self, snapshot: Snapshot, extra: Optional[dict] = None) -> dict:
+        """Snapshot (+ ``extra`` entries) -> the entries of a tensordict (observation keys,
+        model state, step count), made into a tensordict by ONE constructor call by the caller:
+        this is on the per-step hot path."""
         kind = _state_kind(snapshot.state)
         if kind != self._state_kind:  # the state spec was built from the first reset's state
             raise TypeError(
@@ -239,10 +299,9 @@ class WorldModelEnv(EnvBase):
         entries[ELAPSED_KEY] = snapshot.elapsed.unsqueeze(-1)
         if extra:
             entries.update(extra)
-        out = TensorDict(entries, batch_size=self.batch_size, device=self.device)
         if self._state_kind == "opaque":
             self._held_state = snapshot.state  # committed only after the step succeeded
-        return out
+        return entries
 
     def close(self, *, raise_if_closed: bool = True) -> None:
         """Drop the model state this env holds (an opaque state); the adapter keeps the model,
@@ -273,6 +332,9 @@ class WorldModelEnv(EnvBase):
 
             return DummyVecEnv([self.to_gymnasium])
         return SB3VecWorldModelEnv(self.logic)
+
+
+_register_originals(WorldModelEnv)
 
 
 def _check_state_batch(state: Any, batch: tuple, key: str) -> None:

@@ -266,8 +266,17 @@ class EpisodeLogic:
     ) -> tuple[Snapshot, Transition]:
         """Advance every env one step; the returned transition's ``truncated`` includes the
         time limit. ``snapshot`` is not modified. ``discard``: see ``ModelAdapter.step``."""
-        with self.model_rng():
+        if self.rng_state is None:
             record = self.adapter.step(snapshot.state, action, discard)
+        else:  # model_rng() inlined: this runs once per step
+            saved = _get_rng_state(self.device)
+            _set_rng_state(self.device, self.rng_state)
+            try:
+                record = self.adapter.step(snapshot.state, action, discard)
+                new_state = _get_rng_state(self.device)
+            finally:
+                _set_rng_state(self.device, saved)
+            self.rng_state = new_state
         elapsed = snapshot.elapsed + 1
         if self.max_steps is not None:
             record.truncated = record.truncated | (elapsed >= self.max_steps)

@@ -1,0 +1,286 @@
+"""``WorldModelEnv.rollout``'s fast path against TorchRL's own ``EnvBase.rollout``.
+
+Every case runs the same rollout twice, on two envs built alike with the same seed: once through
+``env.rollout`` (the fast path) and once through ``EnvBase.rollout(env, ...)`` (TorchRL's general
+path), and requires identical tensordicts: keys, shapes, dtypes, names, devices, values and the
+gradients they give the policy's parameters.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.envs import EnvBase, StepCounter, TransformedEnv, step_mdp
+
+from torchwm_rl import WorldModelEnv
+from torchwm_rl.rollout import fast_rollout_applies
+
+OBS, ACT = 4, 2
+BOX = gym.spaces.Box(-np.inf, np.inf, shape=(OBS,), dtype=np.float32)
+ACTION = gym.spaces.Box(-1.0, 1.0, shape=(ACT,), dtype=np.float32)
+DICT_OBS = gym.spaces.Dict(
+    {"position": gym.spaces.Box(-np.inf, np.inf, shape=(OBS,), dtype=np.float32),
+     "speed": gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)}
+)
+
+
+class Model(nn.Module):
+    """Random starts (on the env's seeded stream), terminations where latent[0] > 0.6, and a NaN
+    observation row where latent[1] > 0.2 when ``nan=True``."""
+
+    def __init__(self, nan=False, state="tensor"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Linear(OBS + ACT, OBS)
+        self.nan, self.state = nan, state
+
+    def start(self, options):
+        mask = (options or {}).get("reset_mask")
+        return torch.randn(OBS if mask is None else (mask.shape[0], OBS), device=self.net.weight.device)
+
+    def wrap(self, latent):
+        if self.state == "dict":
+            return {"h": latent, "aux": {"c": latent[..., :1].double()}}
+        if self.state == "tensordict":
+            return TensorDict({"h": latent}, batch_size=latent.shape[:-1])
+        return latent
+
+    def unwrap(self, state):
+        return state if isinstance(state, torch.Tensor) else state["h"]
+
+    def step(self, state, action):
+        latent = torch.tanh(self.net(torch.cat([self.unwrap(state), action], -1)))
+        obs = latent
+        if self.nan:
+            obs = torch.where(latent[..., 1:2] > 0.2, torch.full_like(latent, float("nan")), latent)
+        return self.wrap(latent), obs, latent.sum(-1), latent[..., 0] > 0.6
+
+
+def reset_fn(model, seed=None, options=None):
+    latent = model.start(options)
+    return model.wrap(latent), latent
+
+
+def transition_fn(model, state, action):
+    nxt, obs, reward, terminated = model.step(state, action)
+    return nxt, obs, reward, terminated, False, {}
+
+
+def dict_reset(model, seed=None, options=None):
+    latent = model.start(options)
+    return latent, {"position": latent, "speed": latent[..., :1].abs()}
+
+
+def dict_transition(model, state, action):
+    nxt, obs, reward, terminated = model.step(state, action)
+    return nxt, {"position": obs, "speed": obs[..., :1].abs()}, reward, terminated, False, {}
+
+
+def make_env(batch=(3,), limits=(2, 3, 5), dict_obs=False, model=None, **kwargs):
+    model = model if model is not None else Model()
+    if batch and limits is not None:
+        limits = torch.tensor(limits[: batch[0]])
+    return WorldModelEnv(
+        model, DICT_OBS if dict_obs else BOX, ACTION,
+        reset_fn=dict_reset if dict_obs else reset_fn, transition_fn=dict_transition if dict_obs else transition_fn,
+        batch_size=batch, max_episode_steps=limits, seed=3, **kwargs,
+    )
+
+
+def policy_module(in_key="observation"):
+    torch.manual_seed(1)
+    return TensorDictModule(nn.Sequential(nn.Linear(OBS, ACT), nn.Tanh()), in_keys=[in_key], out_keys=["action"])
+
+
+def assert_identical(fast, general):
+    assert type(fast) is type(general)
+    assert fast.batch_size == general.batch_size and fast.device == general.device
+    assert fast.names == general.names and fast["next"].names == general["next"].names
+    keys = set(general.keys(True, True))
+    assert set(fast.keys(True, True)) == keys
+    for key in keys:
+        a, b = fast.get(key), general.get(key)
+        assert (a.shape, a.dtype, a.device, a.requires_grad) == (b.shape, b.dtype, b.device, b.requires_grad), key
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{key}: {m}")
+
+
+def both(make, *args, **kwargs):
+    """(fast, general) rollouts of two envs from ``make()``, from the same seeds."""
+    torch.manual_seed(7)  # random actions come from the global stream
+    fast_env = make()
+    assert fast_rollout_applies(fast_env, dict(kwargs, max_steps=args[0]))
+    fast = fast_env.rollout(*args, **kwargs)
+    torch.manual_seed(7)
+    general = EnvBase.rollout(make(), *args, **kwargs)
+    return fast, general
+
+
+# ----------------------------------------------------------------------------- the cases
+@pytest.mark.parametrize("break_when_any_done", [False, True])
+def test_partial_auto_resets_with_per_env_time_limits(break_when_any_done):
+    policy = policy_module()
+    fast, general = both(make_env, 12, policy, break_when_any_done=break_when_any_done)
+    assert_identical(fast, general)
+    if not break_when_any_done:
+        assert fast.shape == (3, 12)
+        assert fast["next", "done"].sum() > 3  # several episodes ended, at different steps
+        assert fast["next", "terminated"].any() and fast["next", "truncated"].any()
+    else:
+        assert fast["next", "done"][:, -1].any() and not fast["next", "done"][:, :-1].any()
+
+
+def test_every_env_done_at_once_is_a_full_reset():
+    fast, general = both(lambda: make_env(limits=(2, 2, 2), model=Model()), 7, policy_module(), break_when_any_done=False)
+    assert_identical(fast, general)
+    assert fast["next", "truncated"][:, 1].all()
+
+
+def test_random_actions_without_policy():
+    fast, general = both(make_env, 9, break_when_any_done=False)
+    assert_identical(fast, general)
+
+
+def test_tensordict_policy_that_is_not_a_plain_module():
+    torch.manual_seed(1)
+    net = TensorDictModule(nn.Linear(OBS, ACT), in_keys=["observation"], out_keys=["loc"])
+    squash = TensorDictModule(torch.tanh, in_keys=["loc"], out_keys=["action"])
+    policy = TensorDictSequential(net, squash)
+    fast, general = both(make_env, 10, policy, break_when_any_done=False)
+    assert_identical(fast, general)
+    assert "loc" in fast.keys()
+
+
+def test_plain_module_with_extra_out_keys_and_previous_action_in():
+    torch.manual_seed(1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(OBS, ACT)
+
+        def forward(self, obs, previous):
+            action = torch.tanh(self.lin(obs))
+            if previous is not None:
+                action = action + 0.1 * previous
+            return action, action.norm(dim=-1, keepdim=True)
+
+    policy = TensorDictModule(Net(), in_keys=["observation", "action"], out_keys=["action", "norm"])
+    fast, general = both(make_env, 10, policy, break_when_any_done=False)
+    assert_identical(fast, general)
+
+
+def test_nan_policy_truncate_key():
+    make = lambda: make_env(model=Model(nan=True), nan_policy="truncate", limits=None)  # noqa: E731
+    fast, general = both(make, 12, policy_module(), break_when_any_done=False)
+    assert_identical(fast, general)
+    assert fast["next", "nonfinite"].any() and "nonfinite" in fast.keys()
+
+
+def test_dict_observations():
+    make = lambda: make_env(dict_obs=True)  # noqa: E731
+    fast, general = both(make, 10, policy_module("position"), break_when_any_done=False)
+    assert_identical(fast, general)
+
+
+@pytest.mark.parametrize("kind", ["dict", "tensordict"])
+def test_dict_and_tensordict_model_states(kind):
+    make = lambda: make_env(model=Model(state=kind))  # noqa: E731
+    fast, general = both(make, 10, policy_module(), break_when_any_done=False)
+    assert_identical(fast, general)
+    assert ("model_state", "h") in fast.keys(True)
+
+
+@pytest.mark.parametrize("break_when_any_done", [False, True])
+def test_unbatched_env(break_when_any_done):
+    make = lambda: make_env(batch=(), limits=3)  # noqa: E731
+    fast, general = both(make, 8, policy_module(), break_when_any_done=break_when_any_done)
+    assert_identical(fast, general)
+
+
+def test_gradients_reach_the_policy_parameters_alike():
+    policy = policy_module()
+    fast, general = both(make_env, 8, policy, break_when_any_done=False)
+    assert_identical(fast, general)
+    grads = [torch.autograd.grad(td["next", "reward"].sum(), list(policy.parameters())) for td in (fast, general)]
+    for a, b in zip(*grads):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda():
+    make = lambda: make_env(model=Model().cuda())  # noqa: E731
+    policy = policy_module().cuda()
+    fast, general = both(make, 10, policy, break_when_any_done=False)
+    assert fast.device.type == "cuda"
+    assert_identical(fast, general)
+
+
+def test_no_grad_builds_no_graph():
+    with torch.no_grad():
+        fast, general = both(make_env, 5, policy_module(), break_when_any_done=False)
+    assert_identical(fast, general)
+    assert not fast["action"].requires_grad
+
+
+@pytest.mark.parametrize("auto_reset", [False, True])
+def test_continuing_from_a_tensordict(auto_reset):
+    """The collection pattern: the next rollout starts from ``step_mdp`` of the last step."""
+    policy = policy_module()
+    outs = []
+    for rollout in (lambda env, *a, **k: env.rollout(*a, **k), lambda env, *a, **k: EnvBase.rollout(env, *a, **k)):
+        env = make_env()
+        first = rollout(env, 4, policy, break_when_any_done=False)
+        start = step_mdp(first[..., -1])
+        assert fast_rollout_applies(env, dict(max_steps=6, auto_reset=auto_reset, tensordict=start))
+        outs.append(rollout(env, 6, policy, break_when_any_done=False, auto_reset=auto_reset, tensordict=start))
+    assert_identical(*outs)
+
+
+def test_the_fast_path_is_taken_only_where_it_applies():
+    env = make_env()
+    base = dict(max_steps=3, tensordict=None)
+    assert fast_rollout_applies(env, base)
+    for extra in (
+        {"callback": lambda env, td: None},
+        {"out": TensorDict()},
+        {"break_when_all_done": True},
+        {"set_truncated": True},
+        {"auto_cast_to_device": True},
+        {"storing_device": "cpu"},
+        {"tensordict": TensorDict({"unknown": torch.zeros(3)}, batch_size=[3])},
+        {"max_steps": 0},
+    ):
+        assert not fast_rollout_applies(env, dict(base, **extra)), extra
+
+    class Stepped(WorldModelEnv):
+        def _step(self, tensordict):
+            return super()._step(tensordict)
+
+    sub = Stepped(Model(), BOX, ACTION, reset_fn=reset_fn, transition_fn=transition_fn, batch_size=(3,))
+    assert not fast_rollout_applies(sub, base)
+
+
+def test_fallback_cases_still_run():
+    env = make_env()
+    seen = []
+    td = env.rollout(4, policy_module(), lambda env, td: seen.append(td), break_when_any_done=False)
+    assert td.shape == (3, 4) and len(seen) == 3
+    td = env.rollout(6, policy_module(), break_when_all_done=True)
+    assert td.shape[0] == 3
+
+
+def test_transformed_env_is_unchanged():
+    """A TransformedEnv runs TorchRL's rollout over the env's step: same data as before."""
+    policy = policy_module()
+    outs = []
+    for _ in range(2):
+        env = TransformedEnv(make_env(), StepCounter())
+        outs.append(env.rollout(8, policy, break_when_any_done=False))
+    assert_identical(*outs)
+    torch.testing.assert_close(outs[0]["next", "step_count"], outs[0]["next", "elapsed_steps"])

@@ -1,0 +1,282 @@
+"""The fast path of :meth:`torchwm_rl.WorldModelEnv.rollout`.
+
+TorchRL's ``EnvBase.rollout`` builds, checks and copies TensorDicts around every step (``step``,
+``step_mdp``, ``maybe_reset``) and calls a ``TensorDictModule`` policy through its TensorDict
+machinery. For an imagined env that bookkeeping costs more than a small world model's call. This
+module runs the same rollout on plain ``{key: tensor}`` dicts and builds ONE TensorDict at the
+end, computing every entry with the env's own code (``WorldModelEnv._step_entries`` /
+``_reset_entries``), so the output is what ``EnvBase.rollout`` returns: same keys, shapes,
+dtypes, values, names and autograd graph.
+
+What it reproduces of TorchRL 0.14, step by step:
+
+* start: ``env.reset(tensordict, set_state=...)`` (``auto_reset=True``) or
+  ``env.maybe_reset(tensordict)``, both TorchRL's own calls;
+* each step: ``td.update(policy(td))``; ``("next", ...)`` entries from the model; the next root
+  is ``step_mdp`` (root minus the done keys and the reward, plus the ``"next"`` observation,
+  state and done entries); then ``maybe_reset`` when any env is done: a reset of the done rows
+  merged as ``_update_during_reset`` does (a full reset updates the reset keys and keeps the
+  others; a partial one takes the reset rows from the reset and pads every other key's reset
+  rows with zeros), without a reset after the last step;
+* ``break_when_any_done=True``: no resets, stop after the first step where any env is done.
+
+:func:`fast_rollout_applies` says when this path is taken; every other case (callbacks,
+``out=``, ``break_when_all_done``, storing devices, device casting, ``set_truncated``, opaque
+model states, input tensordicts with keys the env does not produce, subclasses that override
+the step) goes to TorchRL's ``EnvBase.rollout``.
+
+A plain ``TensorDictModule`` policy (no hooks, keys in and out, no method/kwargs mapping) is
+called on its tensors directly, as ``TensorDictModule.forward`` would; any other policy is
+called on a TensorDict built for it each step, holding what TorchRL's would hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule, skip_existing
+from torch.nn.modules import module as _nn_module
+from torchrl.envs.utils import _StepMDP, _update_during_reset
+
+# EnvBase.rollout's keyword defaults; the fast path takes a call only if these are unchanged
+_MUST_BE_DEFAULT = {
+    "callback": None,
+    "actions": None,
+    "auto_cast_to_device": False,
+    "set_truncated": False,
+    "out": None,
+    "storing_device": None,
+}
+
+
+def fast_rollout_applies(env, kwargs: dict) -> bool:
+    """Whether ``env.rollout(**kwargs)`` can take the fast path (else ``EnvBase.rollout``)."""
+    from .env import WorldModelEnv
+
+    for key, default in _MUST_BE_DEFAULT.items():
+        if kwargs.get(key, default) is not default:
+            return False
+    if kwargs.get("break_when_all_done"):
+        return False
+    if kwargs["max_steps"] < 1 or env._state_kind == "opaque" or step_mdp_keys(env)[0] is None:
+        return False
+    # TorchRL features that change what a step does
+    if env.run_type_checks or env._post_step_mdp_hooks is not None:
+        return False
+    if "_compiled_step_and_maybe_reset" in env.__dict__ or env.__dict__.get("_torchrl_native_autoreset", False):
+        return False
+    # a subclass that changes any of the steps TorchRL's rollout goes through
+    cls = type(env)
+    for name in _STEP_METHODS:
+        if getattr(cls, name) is not _ORIGINALS[name]:
+            return False
+    tensordict = kwargs.get("tensordict")
+    if tensordict is not None:
+        if type(tensordict) is not TensorDict or tensordict.is_shared() or tensordict.is_memmap():
+            return False
+        # keys the env does not produce would need step_mdp's general handling
+        carried, _ = step_mdp_keys(env)
+        if carried is None or not set(tensordict.keys()) <= set(carried) | {"action"}:
+            return False
+    if not kwargs.get("auto_reset", True) and tensordict is None:
+        return False  # EnvBase.rollout raises the error
+    return True
+
+
+def step_mdp_keys(env) -> tuple:
+    """(``{key: subtree}`` that ``step_mdp`` copies from ``"next"`` to the root, root keys it
+    drops), read from the env's own ``_StepMDP``; (None, None) for a layout not handled here."""
+    mdp = env._step_mdp
+    if not mdp.keep_other or any(v is not None for v in mdp.exclude_from_root.values()):
+        return None, None
+    return dict(mdp.keys_from_next), frozenset(mdp.exclude_from_root)
+
+
+def _carry(root: dict, nxt: dict, carried: dict, dropped) -> dict:
+    """``step_mdp``: the next root from this step's root and ``"next"`` entries."""
+    out = {k: v for k, v in root.items() if k not in dropped}
+    for key, subtree in carried.items():
+        value = nxt.get(key)
+        if value is None:
+            continue
+        if subtree is not None:  # a nested model state: TorchRL's own placement of its leaves
+            old = out.get(key)
+            target = old.copy() if isinstance(old, TensorDictBase) and old.batch_size == value.batch_size else None
+            value = _StepMDP._grab_and_place(
+                subtree, value, target if target is not None else value.empty(batch_size=value.batch_size), True
+            )
+        out[key] = value
+    return out
+
+
+_STEP_METHODS = (
+    "_step", "_reset", "step", "reset", "maybe_reset", "step_and_maybe_reset", "_step_and_maybe_reset",
+    "_step_proc_data", "_reset_proc_data", "any_done", "_reset_entries", "_step_entries", "_pack",
+    "_read_state",
+)
+_ORIGINALS: dict = {}
+
+
+def _register_originals(cls) -> None:
+    for name in _STEP_METHODS:
+        _ORIGINALS[name] = getattr(cls, name)
+
+
+def fast_rollout(
+    env,
+    max_steps: int,
+    policy: Callable,
+    *,
+    auto_reset: bool,
+    break_when_any_done: bool,
+    return_contiguous: bool,
+    tensordict: Optional[TensorDictBase],
+    set_state,
+) -> TensorDictBase:
+    """``EnvBase.rollout`` for the cases :func:`fast_rollout_applies` accepts. ``policy`` is
+    already made compatible (``_make_compatible_policy``) or is ``env.rand_action``."""
+    device = env.device
+    if auto_reset:
+        start = env.reset(tensordict, set_state=set_state)
+    else:
+        start = env.maybe_reset(tensordict)
+    batch = start.batch_size
+    root = dict(start.items())
+    direct = _direct_call(policy, device, batch)
+    state_kind = env._state_kind
+    carried, dropped = step_mdp_keys(env)
+    roots, nexts = [], []
+    for i in range(max_steps):
+        if direct is not None:
+            direct(root)
+        else:
+            td = TensorDict(root, batch_size=batch, device=device)
+            td.update(policy(td))
+            root = dict(td.items())
+        state = root.get("model_state")
+        if state_kind == "dict":
+            state = state.to_dict()
+        nxt = env._step_entries(state, root["elapsed_steps"], root.get("action"))
+        _to_tensordict_layout(nxt, batch, device)
+        roots.append(root)
+        nexts.append(nxt)
+        if i == max_steps - 1:
+            break
+        done = nxt["done"]
+        if break_when_any_done:
+            if bool((done | nxt["terminated"] | nxt["truncated"]).any()):
+                break
+        root = _carry(root, nxt, carried, dropped)
+        if not break_when_any_done and bool(done.any()):
+            root = _restart(env, root, done, batch, device)
+    return _stack(roots, nexts, batch, device, return_contiguous)
+
+
+def _restart(env, root: dict, done: torch.Tensor, batch, device) -> dict:
+    """``maybe_reset``: reset the done rows and merge them into ``root`` with TorchRL's own
+    ``_update_during_reset`` (a full reset replaces the reset keys and keeps the others; a
+    partial one takes the reset rows from the reset and zero-pads the other keys' rows)."""
+    mask = done.reshape(batch)
+    fresh = env._reset_entries(mask)
+    fresh = TensorDict(fresh, batch_size=batch, device=device).detach()  # as WorldModelEnv._reset
+    node = TensorDict(root, batch_size=batch, device=device)
+    node.set("_reset", done.clone())
+    return dict(_update_during_reset(fresh, node, env.reset_keys).items())
+
+
+def _to_tensordict_layout(entries: dict, batch, device) -> None:
+    """What ``TensorDict(entries, batch_size=batch, device=device)`` would hold, in place:
+    tensors on ``device``, a dict/TensorDict model state as a TensorDict."""
+    for key, value in entries.items():
+        if isinstance(value, torch.Tensor):
+            if value.device != device:
+                entries[key] = value.to(device)
+        else:
+            entries[key] = TensorDict({key: value}, batch_size=batch, device=device).get(key)
+
+
+def _stack(roots: list, nexts: list, batch, device, return_contiguous) -> TensorDictBase:
+    dim = len(batch)
+    shape = torch.Size([*batch, len(roots)])
+    keys, next_keys = list(roots[0]), list(nexts[0])
+    same = all(r.keys() == roots[0].keys() for r in roots) and all(n.keys() == nexts[0].keys() for n in nexts)
+    if not same:  # a policy that writes different keys at different steps: TorchRL's own stacking
+        tds = []
+        for root, nxt in zip(roots, nexts):
+            td = TensorDict(root, batch_size=batch, device=device)
+            td.set("next", TensorDict(nxt, batch_size=batch, device=device))
+            tds.append(td)
+        out = torch.stack(tds, dim) if return_contiguous else LazyStackedTensorDict.maybe_dense_stack(tds, dim)
+    else:
+        nxt = TensorDict(
+            {k: torch.stack([n[k] for n in nexts], dim) for k in next_keys}, batch_size=shape, device=device
+        )
+        entries = {k: torch.stack([r[k] for r in roots], dim) for k in keys}
+        entries["next"] = nxt
+        out = TensorDict(entries, batch_size=shape, device=device)
+    out.refine_names(..., "time")
+    return out
+
+
+# ------------------------------------------------------------------------------- policy
+def _direct_call(policy: Any, device, batch) -> Optional[Callable[[dict], None]]:
+    """A function that does what ``policy(td)`` does to a TensorDict, on a ``{key: tensor}``
+    dict, for a plain ``TensorDictModule``; None for any other policy."""
+    if type(policy) is not TensorDictModule:
+        return None
+    if policy._kwargs is not None or policy.method is not None or policy.method_kwargs or policy._get_kwargs:
+        return None
+    if policy.inplace is not True or skip_existing():
+        return None
+    if policy._forward_hooks or policy._forward_pre_hooks or policy._backward_hooks or policy._backward_pre_hooks:
+        return None
+    if (
+        _nn_module._global_forward_hooks
+        or _nn_module._global_forward_pre_hooks
+        or _nn_module._global_backward_hooks
+        or _nn_module._global_backward_pre_hooks
+    ):
+        return None
+    out_keys = list(policy.out_keys_source)
+    if list(policy.out_keys) != out_keys or not all(isinstance(k, str) for k in out_keys):
+        return None
+    in_keys = list(policy.in_keys)
+    module, strict = policy.module, policy.strict
+    nbatch = len(batch)
+
+    def read(root: dict, key):
+        if isinstance(key, str):
+            value = root.get(key)
+        else:
+            value = root.get(key[0])
+            for part in key[1:]:
+                value = value.get(part, None) if isinstance(value, TensorDictBase) else None
+        if value is None and strict:
+            raise KeyError(f"key {key!r} not found in the rollout's tensordict")
+        return value
+
+    def call(root: dict) -> None:
+        out = module(*[read(root, key) for key in in_keys])
+        if out is None:
+            out = ()
+        if isinstance(out, (dict, TensorDictBase)) and all(key in out for key in out_keys):
+            out = tuple(out.get(key) for key in out_keys)
+        if not isinstance(out, tuple):
+            out = (out,)
+        if len(out) > len(out_keys):
+            raise RuntimeError(f"There are more tensors ({len(out)=}) than out_keys ({out_keys=}).")
+        if len(out_keys) > len(out):
+            raise RuntimeError("There are more out_keys than tensors.")
+        for key, value in zip(out_keys, out):
+            if key == "_":
+                continue
+            if not (isinstance(value, torch.Tensor) and value.device == device and value.shape[:nbatch] == batch):
+                # what TensorDict.set does to anything else (conversion, device move, checks)
+                holder = TensorDict(batch_size=batch, device=device)
+                holder.set(key, TensorDict.from_any(value))
+                value = holder.get(key)
+            root[key] = value
+
+    return call

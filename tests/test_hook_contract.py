@@ -535,3 +535,27 @@ def test_render_fn_gets_torchwms_three_arguments():
     assert env.render().shape == (4, 4, 3)
     torch.testing.assert_close(seen["state"], torch.tensor([1.5, 0.5]))
     torch.testing.assert_close(seen["obs"], torch.tensor([3.0, 1.0]))
+
+
+def test_failed_step_leaves_the_hooks_generator_where_it_was():
+    calls = {"n": 0}
+
+    def transition(model, state, action, generator):
+        noise = torch.rand(state.shape, generator=generator)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("model failure on purpose")
+        return {"state": state + noise, "observation": state + noise}
+
+    def run(fail: bool):
+        calls["n"] = 0 if fail else 2
+        env = GymWorldModelEnv(object(), _BOX, _BOX, reset_fn=_reset, transition_fn=transition, seed=0)
+        env.reset()
+        out = [env.step(np.zeros(2, np.float32))[0]]
+        if fail:
+            with pytest.raises(RuntimeError, match="on purpose"):
+                env.step(np.zeros(2, np.float32))
+        out.append(env.step(np.zeros(2, np.float32))[0])
+        return np.stack(out)
+
+    np.testing.assert_array_equal(run(fail=True), run(fail=False))

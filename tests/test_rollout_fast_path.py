@@ -68,7 +68,7 @@ def reset_fn(model, seed=None, options=None):
 
 def transition_fn(model, state, action):
     nxt, obs, reward, terminated = model.step(state, action)
-    return nxt, obs, reward, terminated, False, {}
+    return nxt, obs, reward, terminated, torch.zeros_like(terminated), {}
 
 
 def dict_reset(model, seed=None, options=None):
@@ -78,7 +78,7 @@ def dict_reset(model, seed=None, options=None):
 
 def dict_transition(model, state, action):
     nxt, obs, reward, terminated = model.step(state, action)
-    return nxt, {"position": obs, "speed": obs[..., :1].abs()}, reward, terminated, False, {}
+    return nxt, {"position": obs, "speed": obs[..., :1].abs()}, reward, terminated, torch.zeros_like(terminated), {}
 
 
 def make_env(batch=(3,), limits=(2, 3, 5), dict_obs=False, model=None, **kwargs):

@@ -266,7 +266,10 @@ class EpisodeLogic:
     ) -> tuple[Snapshot, Transition]:
         """Advance every env one step; the returned transition's ``truncated`` includes the
         time limit. ``snapshot`` is not modified. ``discard``: see ``ModelAdapter.step``."""
-        if self.rng_state is None:
+        if self._guard_generator:  # a hook draws from the env's generator: restore it on failure
+            with self.model_rng():
+                record = self.adapter.step(snapshot.state, action, discard)
+        elif self.rng_state is None:
             record = self.adapter.step(snapshot.state, action, discard)
         else:  # model_rng() inlined: this runs once per step
             saved = _get_rng_state(self.device)

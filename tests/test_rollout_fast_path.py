@@ -221,6 +221,17 @@ def test_on_cuda():
     assert_identical(fast, general)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_general_path_keeps_the_graph_on_cuda():
+    """``Tensor.is_shared()`` is True for every CUDA tensor: the step must not read it as "a
+    multi-process worker" and detach, or no gradient reaches the policy on a GPU."""
+    env = make_env(model=Model().cuda())
+    policy = policy_module().cuda()
+    out = EnvBase.rollout(env, 5, policy, break_when_any_done=False)
+    out["next", "reward"].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
+
+
 def test_no_grad_builds_no_graph():
     with torch.no_grad():
         fast, general = both(make_env, 5, policy_module(), break_when_any_done=False)

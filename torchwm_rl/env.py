@@ -203,7 +203,9 @@ class WorldModelEnv(EnvBase):
         # An autograd graph cannot cross processes: a step whose input lives in shared memory
         # (a ParallelEnv / multi-process collector worker) hands out detached tensors, so a
         # model with trainable parameters works there unchanged.
-        return out.detach() if elapsed.is_shared() else out
+        # (``is_shared()`` is True for EVERY CUDA tensor, so it only says "worker" on the CPU: on
+        # CUDA the graph is kept, as the fast rollout keeps it.)
+        return out.detach() if elapsed.device.type == "cpu" and elapsed.is_shared() else out
 
     def _step_entries(self, state: Any, elapsed: torch.Tensor, action: Any) -> dict:
         """The entries of a step's ``"next"`` tensordict from the model state (as the hooks

@@ -22,7 +22,8 @@ Learn a task without touching it: load a bundled world model of the task (defaul
 train a PPO policy only inside it (TorchRL Collector + GAE + ClipPPOLoss on a batch of imagined
 envs, no real environment steps), then run that policy on the real Gymnasium env from the same
 start states and report both returns and the model's open-loop error. Writes policy.safetensors,
-results.json and results.png to the output folder. Takes about half a minute on a laptop CPU."""
+results.json and results.png to the output folder. Takes 10-20 s on an idle 2-core CPU,
+30-45 s on a busy one (see the README for measured runs)."""
 
 
 def _version() -> str:

@@ -70,17 +70,19 @@ def test_json_safe_writes_null_for_missing_values():
         _strict_json(json.dumps({"a": math.nan}))  # what the demo wrote before
 
 
-def test_unknown_task_is_one_line_listing_the_tasks_and_makes_no_folder(tmp_path):
+def test_unknown_task_is_one_line_listing_the_tasks_and_makes_no_folder(tmp_path, monkeypatch, capsys):
     from torchwm_rl import zoo
+    from torchwm_rl.cli import main
 
-    for command in (["demo", "pendulum"], ["train-model", "pendulum"]):
-        proc = subprocess.run([sys.executable, "-m", "torchwm_rl", *command], capture_output=True, text=True,
-                              timeout=300, cwd=tmp_path)
-        assert proc.returncode == 2
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and "unknown task 'pendulum'" in lines[0], proc.stderr
-        assert all(name in lines[0] for name in zoo.available())
-        assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "torchwm_rl", "demo", "pendulum"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)  # as a user runs it
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"torchwm-rl demo: unknown task 'pendulum'; available: {', '.join(zoo.available())}"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-model", "pendulum"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"torchwm-rl train-model: unknown task 'pendulum'; available: {', '.join(zoo.available())}"]
     assert list(tmp_path.iterdir()) == []  # no empty run folder
 
 

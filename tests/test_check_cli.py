@@ -2,6 +2,7 @@
 report naming the failing check; plus the CLI plumbing (`python -m torchwm_rl`, train-model)."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -74,6 +75,85 @@ FACTORIES = textwrap.dedent(
         )
 
 
+    class RandomInit(torch.nn.Module):
+        # the README's model: fresh random weights at every construction
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4 + 1, 4)
+
+        def forward(self, state, action):
+            return state + 0.1 * torch.tanh(self.net(torch.cat([state, action], -1)))
+
+
+    def random_weights_batched():
+        return WorldModelEnv(
+            RandomInit(),
+            observation_space=gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+            action_space=gym.spaces.Box(-1.0, 1.0, (1,), np.float32),
+            reset_fn=lambda model, seed=None, options=None: torch.zeros(len(options["reset_mask"]), 4),
+            reward_fn=lambda next_state: -next_state.pow(2).sum(-1),
+            terminal_fn=lambda next_state: next_state[..., 0].abs() > 2.0,
+            max_episode_steps=50,
+            batch_size=(256,),
+        )
+
+
+    def gymnasium_single():
+        from torchwm_rl.gym import WorldModelEnv as GymWorldModelEnv
+
+        return GymWorldModelEnv(
+            RandomInit(),
+            gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+            gym.spaces.Box(-1.0, 1.0, (1,), np.float32),
+            reset_fn=lambda model, seed=None, options=None: torch.zeros(4),
+            reward_fn=lambda next_state: -next_state.pow(2).sum(-1),
+            max_episode_steps=20,
+        )
+
+
+    def gymnasium_vector():
+        return random_weights_batched().to_gymnasium()
+
+
+    def wrong_reward_shape():
+        return WorldModelEnv(
+            RandomInit(),
+            observation_space=gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+            action_space=gym.spaces.Box(-1.0, 1.0, (1,), np.float32),
+            reset_fn=lambda model, seed=None, options=None: torch.zeros(len(options["reset_mask"]), 4),
+            reward_fn=lambda next_state: -next_state.pow(2),  # (N, 4): one reward per env expected
+            max_episode_steps=50,
+            batch_size=(8,),
+        )
+
+
+    def _missing_key(next_state):
+        raise KeyError("latent")
+
+
+    def raising_terminal():
+        return WorldModelEnv(
+            Decay(),
+            observation_space=gym.spaces.Box(-10, 10, (3,), np.float32),
+            action_space=gym.spaces.Box(-1, 1, (3,), np.float32),
+            reset_fn=lambda seed=None, options=None: torch.ones(3),
+            terminal_fn=_missing_key,
+        )
+
+
+    def unseeded_noise_batched():
+        return WorldModelEnv(
+            torch.nn.Identity(),
+            observation_space=gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+            action_space=gym.spaces.Discrete(2),
+            reset_fn=lambda options=None: torch.zeros(len(options["reset_mask"]), 2),
+            transition_fn=lambda state, action: state + torch.as_tensor(
+                _rng.normal(size=(len(state), 2)), dtype=torch.float32),
+            max_episode_steps=10,
+            batch_size=(64,),
+        )
+
+
     def not_an_env():
         return "hello"
 
@@ -95,21 +175,72 @@ def _status(report):
     return {r.name: r.status for r in report.results}
 
 
-@pytest.mark.parametrize("name", ["cartpole", "cartpole_batched", "decay"])
+@pytest.mark.parametrize("name", ["cartpole", "cartpole_batched", "decay", "random_weights_batched",
+                                  "gymnasium_single", "gymnasium_vector"])
 def test_good_factories_pass_every_check(factories, name):
     report = check_factory(f"{factories}:{name}", steps=40)
     assert report.ok, report.format()
     status = _status(report)
     assert status == {k: "PASS" for k in
-                      ["factory", "torchrl-specs", "rollout", "gymnasium-checker", "sb3-checker", "parity"]}
+                      ["factory", "hooks", "torchrl-specs", "rollout", "gymnasium-checker", "sb3-checker", "parity"]}
     assert "OK: all checks passed" in report.format()
+    # the report shows how each hook was bound, e.g. "transition_fn = transition(model<-model, ...)"
+    assert re.search(r"note: (transition_fn|model\.?\w*) = \w+\(.*<-", report.format()), report.format()
 
 
 def test_nan_model_fails_with_a_clear_reason(factories):
     report = check_factory(f"{factories}:nan_model")
     assert not report.ok
-    assert _status(report)["rollout"] == "FAIL"
-    assert "NaN" in report.format()
+    # the first check that steps the model meets the NaN; the later ones are stopped by it
+    assert _status(report)["torchrl-specs"] == "FAIL"
+    assert {_status(report)[k] for k in ("rollout", "parity")} == {"SKIP"}
+    assert report.format().count("NaN") == 1  # reported once, not once per check
+
+
+def test_factory_is_built_once(tmp_path):
+    """A factory whose every call builds a different model (fresh random weights) is checked
+    on the one model it built: calling it again would compare two different models."""
+    calls = []
+
+    def factory():
+        from torchwm_rl import zoo
+
+        calls.append(1)
+        return zoo.make_env("cartpole", batch_size=2, seed=0, max_episode_steps=10)
+
+    from torchwm_rl.check import check_env
+
+    assert check_env(factory, steps=12).ok
+    assert len(calls) == 1
+
+
+def test_one_error_is_reported_once_naming_the_hook(factories):
+    report = check_factory(f"{factories}:wrong_reward_shape")
+    text = report.format()
+    failed = [r for r in report.results if r.status == "FAIL"]
+    assert [r.name for r in failed] == ["torchrl-specs"], text
+    assert "reward_fn" in failed[0].detail and "(8, 4)" in failed[0].detail
+    assert "validation.py" not in text
+    stopped = [r for r in report.results if r.status == "SKIP"]
+    assert [r.name for r in stopped] == ["rollout", "gymnasium-checker", "sb3-checker", "parity"]
+    assert all("same error as torchrl-specs" in r.detail for r in stopped)
+    assert text.count("(8, 4)") == 1 and "FAILED: 1 check(s) failed (4 more stopped by the same error)" in text
+
+
+def test_an_exception_inside_a_hook_names_the_hook_and_the_user_line(factories):
+    report = check_factory(f"{factories}:raising_terminal")
+    (failed,) = [r for r in report.results if r.status == "FAIL"]
+    assert "KeyError" in failed.detail and "terminal_fn" in failed.detail
+    assert "user_envs.py:" in failed.detail and "_missing_key" in failed.detail
+
+
+def test_parity_mismatch_is_one_short_line_with_step_env_and_values(factories):
+    report = check_factory(f"{factories}:unseeded_noise_batched")
+    detail = {r.name: r.detail for r in report.results}["parity"]
+    assert _status(report)["parity"] == "FAIL"
+    assert detail.startswith("step 0, env ") and "Gymnasium [" in detail and "TorchRL [" in detail
+    assert "of 64 envs differ" in detail
+    assert "\n" not in detail and len(detail) < 400  # not two 64-row arrays
 
 
 def test_unseeded_stochastic_model_fails_parity(factories):
@@ -119,7 +250,7 @@ def test_unseeded_stochastic_model_fails_parity(factories):
 
 
 @pytest.mark.parametrize("target, check, words", [
-    ("{f}:not_an_env", "factory", "expected a torchwm_rl.WorldModelEnv"),
+    ("{f}:not_an_env", "factory", "expected a torchwm_rl.WorldModelEnv or a torchwm_rl.gym env"),
     ("{f}:raises", "factory", "factory blew up"),
     ("{f}:missing", "import", "no attribute 'missing'"),
     ("no_such_module_xyz:make", "import", "No module named"),

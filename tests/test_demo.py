@@ -3,9 +3,12 @@ cannot learn CartPole; the full-budget figures are measured separately and repor
 
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,9 +39,120 @@ def test_cli_demo_json_last_line_and_files(tmp_path):
     weights = load_weights(out / "policy.safetensors")
     assert weights["0.weight"].shape == (64, 4) and weights["4.weight"].shape == (2, 64)
     assert read_metadata(out / "policy.safetensors")["task"] == "cartpole"
-    saved = json.load(open(out / "results.json"))
+    saved = _strict_json((out / "results.json").read_text())
     assert saved["result"]["real_mean_return"] == result["real_mean_return"]
     assert len(saved["reality_check"]["real_returns"]) == 2
+    # batches in which no training episode ended, or no evaluation ran, have no value: null
+    history = saved["history"]
+    assert any(h["eval_return"] is None for h in history)
+    assert all(h["eval_return"] is None or math.isfinite(h["eval_return"]) for h in history)
+    # the policy is an ordinary file: readable by the group and others under the usual umask
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "policy.safetensors").stat().st_mode) == 0o666 & ~umask
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN/Infinity, as JSON parsers outside Python do."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_safe_writes_null_for_missing_values():
+    from torchwm_rl.demo import json_safe
+
+    data = {"a": math.nan, "b": [1.0, math.inf, -math.inf], "c": np.float32(2.5), "d": torch.tensor([1.0, math.nan])}
+    text = json.dumps(json_safe(data), allow_nan=False)
+    assert _strict_json(text) == {"a": None, "b": [1.0, None, None], "c": 2.5, "d": [1.0, None]}
+    with pytest.raises(ValueError):
+        _strict_json(json.dumps({"a": math.nan}))  # what the demo wrote before
+
+
+def test_unknown_task_is_one_line_listing_the_tasks_and_makes_no_folder(tmp_path, monkeypatch, capsys):
+    from torchwm_rl import zoo
+    from torchwm_rl.cli import main
+
+    proc = subprocess.run([sys.executable, "-m", "torchwm_rl", "demo", "pendulum"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)  # as a user runs it
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"torchwm-rl demo: unknown task 'pendulum'; available: {', '.join(zoo.available())}"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-model", "pendulum"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"torchwm-rl train-model: unknown task 'pendulum'; available: {', '.join(zoo.available())}"]
+    assert list(tmp_path.iterdir()) == []  # no empty run folder
+
+
+def test_run_demo_refuses_an_unknown_task_before_making_the_folder(tmp_path):
+    from torchwm_rl.zoo import UnknownModelError
+
+    with pytest.raises(UnknownModelError, match="available: cartpole"):
+        run_demo(DemoConfig(task="pendulum", out=str(tmp_path / "run"), progress=False), log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_task_list_comes_from_the_zoo_registry(monkeypatch, capsys):
+    from torchwm_rl import zoo
+    from torchwm_rl.cli import main
+
+    monkeypatch.setitem(zoo._REGISTRY, "pendulum", ("torchwm_rl.zoo.cartpole", "Pendulum-v1"))
+    assert zoo.canonical("Pendulum-v1") == "pendulum"
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "cartpole, pendulum" in capsys.readouterr().out
+
+
+def test_demo_wall_clock_starts_with_the_demo_command(monkeypatch):
+    """wall_seconds counts from the demo command's own start, not from the process start (which,
+    in a one-line set-up command, is where pip installs were counted)."""
+    import time
+
+    import torchwm_rl.demo as demo
+    from torchwm_rl.cli import main
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda cfg, t0=None, **kw: seen.update(t0=t0) or {})
+    before = time.perf_counter()
+    assert main(["demo", "--no-plot"]) == 0
+    assert before <= seen["t0"] <= time.perf_counter()
+
+
+def test_cli_version_and_help_texts(capsys):
+    from torchwm_rl import __version__
+    from torchwm_rl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+    helps = {}
+    for command in ("demo", "train-model", "check"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        helps[command] = " ".join(capsys.readouterr().out.split())
+    assert "train a PPO policy only inside it" in helps["demo"] and "real Gymnasium env" in helps["demo"]
+    assert "which bundled world model to train in (one of: cartpole" in helps["demo"]
+    assert "--seed SEED seeds" in helps["demo"]
+    assert "which bundled world model to rebuild" in helps["train-model"]
+    assert "--seed SEED seeds" in helps["train-model"] and "--seed SEED seed for" in helps["check"]
+
+
+def test_load_policy_rebuilds_the_saved_network(tmp_path):
+    from torchwm_rl.demo import build_actor_critic, load_policy
+    from torchwm_rl.serialization import save_weights
+
+    from torchrl.data import Categorical
+
+    _, _, net = build_actor_critic(4, 2, Categorical(2), hidden=64)
+    path = save_weights(net, tmp_path / "policy.safetensors",
+                        {"kind": "torchwm_rl.demo.ppo_policy/1", "hidden": 64, "obs_dim": 4, "n_actions": 2})
+    loaded = load_policy(path)
+    x = torch.randn(5, 4)
+    assert torch.equal(loaded(x), net(x).detach())
+    with pytest.raises(ValueError, match="not a torchwm-rl demo policy"):
+        load_policy(save_weights(net, tmp_path / "other.safetensors"))
 
 
 @pytest.mark.slow

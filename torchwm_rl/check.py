@@ -1,26 +1,36 @@
 """``torchwm-rl check MODULE:FACTORY``: validate a user's world-model environment.
 
 ``check_factory("pkg.mod:make_env")`` (or ``"path/to/file.py:make_env"``) imports the factory,
-calls it with no arguments, and expects a :class:`torchwm_rl.WorldModelEnv` (batched or not). It
-then runs, each as one named check that passes, fails (with the reason) or is skipped:
+calls it ONCE with no arguments, and expects a :class:`torchwm_rl.WorldModelEnv` (batched or
+not) or a Gymnasium env of this package (``torchwm_rl.gym.WorldModelEnv`` /
+``GymWorldModelEnv``, or the vector export of a batched env). Every check runs on that one
+built env (a Gymnasium env is checked through a TorchRL env over the same adapter and model), so
+a factory that builds a model with fresh random weights is checked as it is. The checks, each
+of which passes, fails (with the reason) or is skipped:
 
 * ``torchrl-specs``: TorchRL's own ``check_env_specs`` (specs vs real reset/step data);
 * ``rollout``: a ``steps``-long rollout: finite floats, reward ``[*B, T, 1]`` float, bool flags;
-* ``gymnasium-checker``: Gymnasium's ``check_env`` on the ``to_gymnasium()`` export (unbatched),
-  or a reset/step contract check of the Gymnasium vector export (batched);
+* ``gymnasium-checker``: Gymnasium's ``check_env`` on the Gymnasium env (unbatched), or a
+  reset/step contract check of the Gymnasium vector export (batched);
 * ``sb3-checker``: Stable-Baselines3's ``check_env`` on the export (unbatched; its warnings are
   reported as notes), or a contract check of ``to_sb3()`` (batched); skipped without SB3;
-* ``parity``: the TorchRL path and the Gymnasium export, built fresh from the factory with the
-  same seed and fed the same actions, produce the same observations, rewards and flags
-  (across resets).
+* ``parity``: the TorchRL path and the Gymnasium path, on the same model, seeded alike and fed
+  the same actions, produce the same observations, rewards and flags (across resets). A
+  mismatch is reported as the first differing step and env, with both values.
+
+An error that stops one check usually stops the later ones too: it is reported once, at the
+first check it stopped, naming the hook whose output (or call) raised it; later checks it
+stopped are skipped with a pointer to that one.
 
 :class:`CheckReport` ``.ok`` is True when no check failed; ``.format()`` prints the report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import logging
 import re
 import sys
 import traceback
@@ -63,7 +73,9 @@ class CheckReport:
             lines.append(f"  [{r.status}] {r.name}" + (f": {r.detail}" if r.detail else ""))
             lines += [f"         note: {n}" for n in r.notes]
         n_fail = sum(r.status == FAIL for r in self.results)
-        lines.append("OK: all checks passed" if self.ok else f"FAILED: {n_fail} check(s) failed")
+        n_stopped = sum(r.status == SKIP and r.detail.startswith(_SAME) for r in self.results)
+        stopped = f" ({n_stopped} more stopped by the same error)" if n_stopped else ""
+        lines.append("OK: all checks passed" if self.ok else f"FAILED: {n_fail} check(s) failed{stopped}")
         return "\n".join(lines)
 
 
@@ -111,13 +123,95 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:400]
 
 
-def _run(name: str, fn: Callable[[], Optional[CheckResult]]) -> CheckResult:
+_SAME = "stopped by the same error as"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_HOOK_ATTRS = ("reset_hook", "transition_hook", "reward_hook", "terminal_hook", "render_hook", "action_hook")
+
+
+class _HookTracker:
+    """Records which of the adapter's hooks ran last, so that an error raised while checking
+    its output names that hook (``reward_fn``, ``transition_fn``, ...) instead of the line of
+    torchwm-rl that detected it. Installed for the duration of the checks, then removed."""
+
+    def __init__(self, adapter: Any):
+        self.adapter, self.saved, self.last = adapter, {}, None
+
+    def __enter__(self) -> "_HookTracker":
+        for attr in _HOOK_ATTRS:
+            hook = getattr(self.adapter, attr, None)
+            if hook is not None and callable(hook):
+                self.saved[attr] = hook
+                setattr(self.adapter, attr, self._wrap(hook))
+        for method in ("reset", "step"):  # a new call: no hook has run yet
+            bound = getattr(self.adapter, method, None)
+            if callable(bound):
+                self.saved[method] = None  # an instance attribute shadowing the method; deleted on exit
+                setattr(self.adapter, method, self._fresh(bound))
+        return self
+
+    def _fresh(self, bound: Callable) -> Callable:
+        def call(*args, **kwargs):
+            self.last = None
+            return bound(*args, **kwargs)
+
+        return call
+
+    def _wrap(self, hook: Any) -> Callable:
+        tracker, name = self, str(getattr(hook, "name", "hook"))
+
+        class Tracked:
+            def __getattr__(self, item):  # the hook's own attributes (name, plan, ...)
+                return getattr(hook, item)
+
+            def __call__(self, *args, **kwargs):
+                tracker.last = name
+                return hook(*args, **kwargs)
+
+        return Tracked()
+
+    def __exit__(self, *exc) -> None:
+        for attr, hook in self.saved.items():
+            if hook is None:
+                delattr(self.adapter, attr)
+            else:
+                setattr(self.adapter, attr, hook)
+
+
+def _user_frame(exc: BaseException) -> Optional[str]:
+    """``file.py:line in func`` of the innermost traceback frame in the user's own code."""
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename).resolve()
+        if (_PACKAGE_DIR in path.parents or "site-packages" in path.parts or "dist-packages" in path.parts
+                or path.is_relative_to(Path(traceback.__file__).resolve().parent)):
+            continue
+        found = f"{path.name}:{frame.lineno} in {frame.name}"
+    return found
+
+
+def _run(name: str, fn: Callable[[], Optional[CheckResult]], tracker: Optional[_HookTracker] = None,
+         seen: Optional[dict] = None) -> CheckResult:
+    """Run one check; an exception becomes a FAIL naming the hook that raised it (or whose
+    output was refused), or, when an earlier check already failed with the same error, a SKIP
+    pointing to it."""
+    if tracker is not None:
+        tracker.last = None
     try:
         out = fn()
     except Exception as exc:  # a check failing is data, not a crash
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
-        return CheckResult(name, FAIL, _error(exc) + where)
+        message = _error(exc)
+        if seen is not None and message in seen:
+            return CheckResult(name, SKIP, f"{_SAME} {seen[message]} (above)")
+        if seen is not None:
+            seen[message] = name
+        where = []
+        hook = tracker.last if tracker is not None else None
+        if hook and hook not in message:
+            where.append(f"hook: {hook}")
+        user = _user_frame(exc)
+        if user:
+            where.append(f"raised at {user}")
+        return CheckResult(name, FAIL, message + (f" [{'; '.join(where)}]" if where else ""))
     return out if out is not None else CheckResult(name, PASS)
 
 
@@ -159,8 +253,11 @@ def _check_rollout(env, steps: int, seed: int) -> CheckResult:
     return CheckResult("rollout", PASS, f"{steps} random-action steps, finite, {ends} episode end(s)", notes)
 
 
-def _check_gymnasium(env, seed: int) -> CheckResult:
-    gym_env = env.to_gymnasium()
+def _check_gymnasium(env, seed: int, built: Any = None) -> CheckResult:
+    from .gym import GymWorldModelEnv
+
+    # the user's own Gymnasium env when the factory returned one, else the export
+    gym_env = built if isinstance(built, GymWorldModelEnv) else env.to_gymnasium()
     if env.batch_size:
         return _vector_contract("gymnasium-checker", gym_env, seed)
     from gymnasium.utils.env_checker import check_env as gym_check_env
@@ -241,12 +338,42 @@ def _close(a, b) -> bool:
                                               rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
-def _check_parity(factory: Callable[[], Any], steps: int, seed: int) -> CheckResult:
+def _show(value: Any) -> str:
+    return np.array2string(np.asarray(value), precision=6, threshold=8, edgeitems=3, separator=", ")
+
+
+def _diff(what: str, t: int, gym_value: Any, trl_value: Any, batched: bool,
+          rows: Optional[np.ndarray] = None) -> Optional[str]:
+    """None when the two paths agree; else one short line: the first differing env (batched),
+    the two values, and how many envs differ at this step. ``rows`` limits the comparison to
+    some envs (a bool mask)."""
+    if isinstance(gym_value, dict):
+        for k in gym_value:
+            found = _diff(f"{what}[{k!r}]", t, gym_value[k], trl_value[k], batched, rows)
+            if found:
+                return found
+        return None
+    a, b = np.asarray(gym_value), np.asarray(trl_value)
+    if a.shape != b.shape:
+        return f"step {t}: {what} shapes differ: Gymnasium {a.shape} vs TorchRL {b.shape}"
+    if not batched:
+        return None if _close(a, b) else f"step {t}: {what} differs: Gymnasium {_show(a)} vs TorchRL {_show(b)}"
+    n = a.shape[0]
+    rows = np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    bad = [i for i in np.flatnonzero(rows) if not _close(a[i], b[i])]
+    if not bad:
+        return None
+    i = bad[0]
+    return (f"step {t}, env {i}: {what} differs: Gymnasium {_show(a[i])} vs TorchRL {_show(b[i])} "
+            f"({len(bad)} of {n} envs differ at this step)")
+
+
+def _check_parity(trl, steps: int, seed: int) -> CheckResult:
+    """The TorchRL env and its Gymnasium export (one adapter, one model), seeded alike and fed
+    the same actions, must produce the same numbers."""
     from gymnasium.spaces import Dict as DictSpace
     from gymnasium.vector import AutoresetMode
 
-    trl = factory()
-    gym_src = factory()
     batch = tuple(trl.batch_size)
     space = trl.adapter.observation_space
     keys = list(space.spaces) if isinstance(space, DictSpace) else None
@@ -261,46 +388,45 @@ def _check_parity(factory: Callable[[], Any], steps: int, seed: int) -> CheckRes
     with torch.no_grad():
         td = trl.rollout(steps, policy, break_when_any_done=False)
     if batch:
-        genv = gym_src.to_gymnasium(autoreset_mode=AutoresetMode.SAME_STEP)
+        genv = trl.to_gymnasium(autoreset_mode=AutoresetMode.SAME_STEP)
         td_t = lambda t: td[:, t]  # noqa: E731
     else:
-        genv = gym_src.to_gymnasium()
+        genv = trl.to_gymnasium()
         td_t = lambda t: td[t]  # noqa: E731
+    hint = " (a stochastic model that does not draw from the env's seeded torch RNG gives this)"
     obs, _ = genv.reset(seed=seed)
     ends = 0
     for t, action in enumerate(actions):
         step_td = td_t(t)
-        if not _close(obs, _obs_np(step_td, keys)):
-            return CheckResult("parity", FAIL, f"step {t}: observation differs between the TorchRL "
-                               "env and its Gymnasium export (stochastic model not seeded from the env?)")
+        found = _diff("observation", t, obs, _obs_np(step_td, keys), bool(batch))
+        if found:
+            return CheckResult("parity", FAIL, found + hint)
         obs, reward, terminated, truncated, info = genv.step(action)
         nxt = step_td["next"]
-        want = {
-            "reward": nxt["reward"].squeeze(-1).detach().cpu().numpy(),
-            "terminated": nxt["terminated"].squeeze(-1).cpu().numpy(),
-            "truncated": nxt["truncated"].squeeze(-1).cpu().numpy(),
-        }
-        got = {"reward": reward, "terminated": terminated, "truncated": truncated}
-        for k in want:
-            if not _close(got[k], want[k]):
-                return CheckResult("parity", FAIL, f"step {t}: {k} differs: gymnasium {got[k]} vs torchrl {want[k]}")
+        for name, got in (("reward", reward), ("terminated", terminated), ("truncated", truncated)):
+            want = nxt[name].squeeze(-1).detach().cpu().numpy()
+            found = _diff(name, t, got, want, bool(batch))
+            if found:
+                return CheckResult("parity", FAIL, found + hint)
         done = np.asarray(terminated) | np.asarray(truncated)
         ends += int(done.sum())
         final = _obs_np(nxt, keys)
         if batch:
-            for i in np.flatnonzero(done):
-                fo = info["final_obs"][i]
-                fi = {k: v[i] for k, v in final.items()} if keys else final[i]
-                if not _close(fo, fi):
-                    return CheckResult("parity", FAIL, f"step {t}, env {i}: final observation differs")
-            live = ~done
-            if keys is None and not _close(np.asarray(obs)[live], final[live]):
-                return CheckResult("parity", FAIL, f"step {t}: next observation differs")
+            if done.any():
+                final_obs = info["final_obs"]
+                stacked = ({k: np.stack([final_obs[i][k] if done[i] else final[k][i] for i in range(len(done))])
+                            for k in keys} if keys else
+                           np.stack([final_obs[i] if done[i] else final[i] for i in range(len(done))]))
+                found = _diff("final observation", t, stacked, final, True, rows=done)
+                if found:
+                    return CheckResult("parity", FAIL, found + hint)
+            found = _diff("next observation", t, obs, final, True, rows=~done)
         else:
-            if not _close(obs, final):
-                return CheckResult("parity", FAIL, f"step {t}: next observation differs")
-            if done:
+            found = _diff("next observation", t, obs, final, False)
+            if done and not found:
                 obs, _ = genv.reset()
+        if found:
+            return CheckResult("parity", FAIL, found + hint)
     return CheckResult("parity", PASS, f"TorchRL env == Gymnasium export over {steps} steps with the same "
                        f"seed and actions ({ends} episode end(s))")
 
@@ -308,29 +434,64 @@ def _check_parity(factory: Callable[[], Any], steps: int, seed: int) -> CheckRes
 # ---------------------------------------------------------------------------------- drivers
 
 
+def _torchrl_env(built: Any):
+    """The TorchRL env to check for what a factory returned: a ``torchwm_rl.WorldModelEnv`` as
+    is; a Gymnasium env of this package (single or vector) through a TorchRL env over the same
+    episode logic (same adapter, same model). Anything else: ``TypeError``."""
+    from .env import WorldModelEnv
+    from .gym import GymVectorWorldModelEnv, GymWorldModelEnv
+
+    if isinstance(built, WorldModelEnv):
+        return built
+    if isinstance(built, (GymWorldModelEnv, GymVectorWorldModelEnv)):
+        return WorldModelEnv.from_logic(built.logic)
+    raise TypeError(f"expected a torchwm_rl.WorldModelEnv or a torchwm_rl.gym env (WorldModelEnv / "
+                    f"GymWorldModelEnv, or the vector export of a batched env), got {type(built).__name__}")
+
+
+@contextlib.contextmanager
+def _quiet_torchrl():
+    """TorchRL logs "check_env_specs succeeded!" at INFO; the report says it already."""
+    logger = logging.getLogger("torchrl")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def check_env(factory: Callable[[], Any], target: str = "<factory>", seed: int = 0,
               steps: int = 50) -> CheckReport:
-    """Run every check on the envs ``factory()`` builds (see module docstring)."""
-    from torchrl.envs import EnvBase
-
+    """Build ``factory()`` once and run every check on it (see module docstring)."""
     report = CheckReport(target)
     try:
-        env = factory()
+        built = factory()
     except Exception as exc:
         report.results.append(CheckResult("factory", FAIL, f"calling the factory raised {_error(exc)}"))
         return report
-    if not isinstance(env, EnvBase) or not hasattr(env, "to_gymnasium") or not hasattr(env, "adapter"):
-        report.results.append(CheckResult(
-            "factory", FAIL, f"expected a torchwm_rl.WorldModelEnv, got {type(env).__name__}"))
+    try:
+        env = _torchrl_env(built)
+    except TypeError as exc:
+        report.results.append(CheckResult("factory", FAIL, str(exc)))
         return report
+    kind = type(built).__name__ if built is env else f"{type(built).__module__}.{type(built).__name__}"
     report.results.append(CheckResult(
-        "factory", PASS, f"{type(env).__name__}, batch_size={tuple(env.batch_size)}, "
+        "factory", PASS, f"{kind}, batch_size={tuple(env.batch_size)}, "
         f"observation_space={env.adapter.observation_space}, action_space={env.adapter.action_space}"))
-    report.results.append(_run("torchrl-specs", lambda: _check_specs(env, seed)))
-    report.results.append(_run("rollout", lambda: _check_rollout(factory(), steps, seed)))
-    report.results.append(_run("gymnasium-checker", lambda: _check_gymnasium(factory(), seed)))
-    report.results.append(_run("sb3-checker", lambda: _check_sb3(factory(), seed)))
-    report.results.append(_run("parity", lambda: _check_parity(factory, steps, seed)))
+    # how each hook was bound at construction (which argument each parameter receives)
+    report.results.append(CheckResult("hooks", PASS, "bound as below", notes=env.adapter.describe_bindings()))
+    checks = [
+        ("torchrl-specs", lambda: _check_specs(env, seed)),
+        ("rollout", lambda: _check_rollout(env, steps, seed)),
+        ("gymnasium-checker", lambda: _check_gymnasium(env, seed, built)),
+        ("sb3-checker", lambda: _check_sb3(env, seed)),
+        ("parity", lambda: _check_parity(env, steps, seed)),
+    ]
+    seen: dict = {}
+    with _quiet_torchrl(), _HookTracker(env.adapter) as tracker:
+        for name, fn in checks:
+            report.results.append(_run(name, fn, tracker, seen))
     return report
 
 

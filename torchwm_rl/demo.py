@@ -29,7 +29,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-__all__ = ["DemoConfig", "run_demo", "train_in_imagination", "build_actor_critic", "format_table"]
+__all__ = ["DemoConfig", "run_demo", "train_in_imagination", "build_actor_critic", "format_table",
+           "json_safe", "load_policy"]
 
 
 @dataclass
@@ -124,9 +125,12 @@ def train_in_imagination(
     """PPO in ``env`` (a batched TorchRL env, e.g. ``WorldModelEnv``); model selection on
     ``eval_env``. Returns ``(actor, policy_net, history)`` with the best weights loaded.
 
-    ``history`` is a list of dicts ``{"frames", "imagined_return", "eval_return", "seconds"}``;
-    ``imagined_return`` is the mean return of imagined training episodes that ended in the batch
-    (``nan`` if none did); ``eval_return`` the greedy imagined evaluation (``nan`` when skipped).
+    ``history`` is a list of dicts ``{"frames", "imagined_return", "running_return",
+    "eval_return", "seconds"}``, one per batch; ``imagined_return`` is the mean return of imagined
+    training episodes that ended in the batch (``nan`` if none did; short episodes end more
+    often, so it under-states a good policy); ``running_return`` the mean return so far of the
+    training episodes still running at the batch's end (a lower bound of their return);
+    ``eval_return`` the greedy imagined evaluation (``nan`` when none ran after this batch).
     """
     from torchrl.collectors import Collector
     from torchrl.envs import RewardSum, TransformedEnv
@@ -172,8 +176,12 @@ def train_in_imagination(
             for group in optim.param_groups:  # linear learning-rate decay
                 group["lr"] = cfg.lr * max(0.0, 1.0 - i / n_batches)
             done = batch["next", "done"].squeeze(-1)
-            ended = batch["next", "episode_reward"].squeeze(-1)[done]
+            episode_reward = batch["next", "episode_reward"].squeeze(-1)
+            ended = episode_reward[done]
             imagined = float(ended.mean()) if ended.numel() else math.nan
+            # episodes still running when the batch ends: their return so far (a lower bound)
+            running = episode_reward[..., -1][~done[..., -1]]
+            running_return = float(running.mean()) if running.numel() else math.nan
             for _ in range(cfg.epochs):
                 with torch.no_grad():
                     advantage(batch)
@@ -199,6 +207,7 @@ def train_in_imagination(
             record = {
                 "frames": frames,
                 "imagined_return": imagined,
+                "running_return": running_return,
                 "eval_return": eval_return,
                 "seconds": time.perf_counter() - t0,
             }
@@ -223,8 +232,15 @@ def format_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join([line, *body, line])
 
 
-def _plot(path: Path, history: list[dict], report, task: str) -> Optional[str]:
-    """Write the results PNG; returns a message instead when matplotlib is missing."""
+def _plot(path: Path, history: list[dict], report, task: str, eval_envs: int = 0,
+          real_id: str = "") -> Optional[str]:
+    """Write the results PNG; returns a message instead when matplotlib is missing.
+
+    Only what was measured is drawn, where it was measured: one marker per batch for training
+    episodes, one per greedy evaluation (not joined: nothing was measured in between), the
+    real-env result once, at the frame count where it was measured, and the open-loop error
+    only over the steps where episodes still contributed, with the count shown and the cut
+    labelled."""
     try:
         import matplotlib
 
@@ -232,18 +248,30 @@ def _plot(path: Path, history: list[dict], report, task: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: skipped the plot (pip install 'torchwm-rl[plot]')"
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 6.2))
+    below = dict(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     ax = axes[0]
     fr = [h["frames"] for h in history]
-    ax.plot(fr, [h["imagined_return"] for h in history], ".", ms=3, alpha=0.5, label="imagined (training episodes)")
+    ax.plot(fr, [h["imagined_return"] for h in history], ".", ms=4, alpha=0.6, color="C0",
+            label="training episodes that ended in the batch (mean return)")
+    if any("running_return" in h for h in history):
+        ax.plot(fr, [h.get("running_return", math.nan) for h in history], "1", ms=5, alpha=0.5, color="C2",
+                label="training episodes still running at batch end (return so far, a lower bound)")
     ev = [(h["frames"], h["eval_return"]) for h in history if not math.isnan(h["eval_return"])]
     if ev:
-        ax.plot(*zip(*ev), "o-", label="imagined (greedy eval)")
-    ax.axhline(report.real_mean_return, color="k", ls="--", label=f"real, final ({report.real_mean_return:.0f})")
-    ax.set_xlabel("imagined frames")
+        what = f"{eval_envs} episodes" if eval_envs else "one batch"
+        ax.plot(*zip(*ev), "o", color="C1", ms=6, label=f"greedy policy in the model ({what}; only at these points)")
+    limit = report.horizon
+    ax.axhline(limit, color="0.6", ls=":", lw=1, label=f"time limit ({limit} steps = max return)")
+    final = fr[-1] if fr else 0
+    ax.errorbar([final], [report.real_mean_return], yerr=[report.real_std_return], fmt="*", ms=14, color="k",
+                capsize=4, label=f"real {real_id or task}: measured once, after training "
+                                 f"({report.episodes} episodes, {report.real_mean_return:.0f})")
+    ax.set_xlabel("imagined frames (training)")
     ax.set_ylabel("episode return")
+    ax.set_ylim(bottom=0, top=limit * 1.08)
     ax.set_title("Learning curve (trained only in the model)")
-    ax.legend(fontsize=8)
+    ax.legend(**below)
     ax = axes[1]
     imag, real = report.imagined_trajectory, report.real_trajectory
     names = ["x (m)", "x_dot", "theta (rad)", "theta_dot"] if task == "cartpole" else None
@@ -254,12 +282,31 @@ def _plot(path: Path, history: list[dict], report, task: str) -> Optional[str]:
         ax.plot([s[d] for s in imag], "--", color=line.get_color(), label=f"{label}, imagined")
     ax.set_xlabel("step")
     ax.set_title("Same start state, same policy: imagined vs real")
-    ax.legend(fontsize=8)
+    ax.legend(ncols=2, **below)
     ax = axes[2]
-    enough = [i for i, c in enumerate(report.prediction_error_count) if c >= max(1, report.episodes // 2)]
-    if enough:
-        k = enough[-1] + 1
-        ax.semilogy(range(1, k + 1), report.prediction_error[:k])
+    counts = list(report.prediction_error_count)
+    k = len(counts)
+    half = max(1, report.episodes // 2)
+    if k:
+        steps = range(1, k + 1)
+        full = [e if c >= half else math.nan for e, c in zip(report.prediction_error, counts)]
+        few = [e if c < half else math.nan for e, c in zip(report.prediction_error, counts)]
+        ax.semilogy(steps, full, color="C0", label=f"mean over >= {half} of {report.episodes} episodes")
+        if any(not math.isnan(x) for x in few):
+            ax.semilogy(steps, few, color="C0", alpha=0.35, label=f"fewer than {half} episodes (noisy)")
+        ax.set_xlim(0, report.horizon)
+        count_ax = ax.twinx()
+        count_ax.plot(steps, counts, color="0.5", lw=0.8, ls="--")
+        count_ax.set_ylim(0, report.episodes * 1.05)
+        count_ax.set_ylabel("episodes still counted", color="0.4")
+        if k < report.horizon:
+            ax.axvspan(k, report.horizon, color="0.92")
+            ax.text((k + report.horizon) / 2, 0.5, f"steps {k + 1}-{report.horizon}:\nno episode left\n(each had ended, "
+                    "in the real env\nor in the model driven open\nloop by the real actions)",
+                    transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=7, color="0.3")
+        handles = ax.get_legend_handles_labels()
+        count_line, = count_ax.get_lines()
+        ax.legend(handles[0] + [count_line], handles[1] + ["episodes still counted (right axis)"], **below)
     ax.set_xlabel("open-loop horizon (steps)")
     ax.set_ylabel("mean L2 error vs real")
     ax.set_title("Open-loop model error (real actions, real start)")
@@ -269,18 +316,35 @@ def _plot(path: Path, history: list[dict], report, task: str) -> Optional[str]:
     return None
 
 
-def process_seconds() -> Optional[float]:
-    """Seconds since this process started (Linux ``/proc``), or None where unavailable."""
-    try:
-        import os
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by ``None`` and numpy/torch
+    scalars made Python numbers, so that ``json.dumps(..., allow_nan=False)`` writes strict
+    JSON (bare ``NaN`` is not JSON: most parsers outside Python reject it)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return json_safe(value.tolist())
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
 
-        with open(f"/proc/{os.getpid()}/stat") as fh:
-            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as fh:
-            uptime = float(fh.read().split()[0])
-        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except Exception:
-        return None
+
+def load_policy(path: str | Path) -> nn.Sequential:
+    """The demo's saved policy (``policy.safetensors``) as a plain ``nn.Sequential`` mapping
+    observations ``[..., obs_dim]`` (float32) to action logits ``[..., n_actions]``; the greedy
+    action is ``logits.argmax(-1)``. The architecture is read from the file's metadata."""
+    from .serialization import load_weights, read_metadata
+
+    meta = read_metadata(path)
+    if not meta.get("kind", "").startswith("torchwm_rl.demo.ppo_policy"):
+        raise ValueError(f"{path} is not a torchwm-rl demo policy (metadata kind {meta.get('kind')!r})")
+    net = _mlp(int(meta["obs_dim"]), int(meta["n_actions"]), int(meta["hidden"]))
+    net.load_state_dict(load_weights(path))
+    return net.eval().requires_grad_(False)
 
 
 def default_out_dir() -> Path:
@@ -291,8 +355,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
              t0: Optional[float] = None) -> dict[str, Any]:
     """Run the whole demo (see module docstring); returns the results dict.
 
-    ``wall_seconds`` is measured from ``t0`` (a ``time.perf_counter()`` value; the CLI passes the
-    process start, so imports count), default: the call to ``run_demo``.
+    ``wall_seconds`` is measured from ``t0`` (a ``time.perf_counter()`` value taken in this
+    process; the CLI takes it when the ``demo`` command starts, so the demo's own imports count,
+    and nothing that ran before the command does), default: the call to ``run_demo``.
     """
     import gymnasium as gym
     from tqdm.auto import tqdm
@@ -303,10 +368,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
 
     t_start = time.perf_counter() if t0 is None else t0
     torch.set_num_threads(max(1, int(cfg.threads)))
+    model = zoo.load(cfg.task)  # an unknown task fails here, before any folder is made
     out = Path(cfg.out) if cfg.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
 
-    model = zoo.load(cfg.task)
     env = zoo.make_env(cfg.task, model=model, batch_size=cfg.num_envs, seed=cfg.seed)
     eval_env = zoo.make_env(cfg.task, model=model, batch_size=cfg.eval_envs, seed=cfg.seed + 10_000)
     log(f"[torchwm-rl] {cfg.task}: training PPO in the bundled world model only "
@@ -342,7 +407,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
                  {"task": cfg.task, "kind": "torchwm_rl.demo.ppo_policy/1", "hidden": cfg.hidden,
                   "obs_dim": policy_net[0].in_features, "n_actions": policy_net[-1].out_features,
                   "architecture": "Linear-Tanh-Linear-Tanh-Linear (observation -> logits)"})
-    plot_msg = _plot(out / "results.png", history, report, cfg.task) if cfg.save_plot else "plot disabled"
+    plot_msg = (_plot(out / "results.png", history, report, cfg.task, cfg.eval_envs, zoo.real_env_id(cfg.task))
+                if cfg.save_plot else "plot disabled")
     if plot_msg:
         log(f"[torchwm-rl] {plot_msg}")
     frames = history[-1]["frames"] if history else 0
@@ -365,9 +431,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
         "policy_path": str(out / "policy.safetensors"),
         "plot_path": None if plot_msg else str(out / "results.png"),
     }
-    with open(out / "results.json", "w") as fh:
-        json.dump({"result": result, "config": asdict(cfg), "history": history,
-                   "reality_check": report.to_dict()}, fh, indent=1, default=float)
+    with open(out / "results.json", "w") as fh:  # strict JSON: null where there is no value
+        json.dump(json_safe({"result": result, "config": asdict(cfg), "history": history,
+                             "reality_check": report.to_dict()}), fh, indent=1, allow_nan=False)
     log(format_table([
         ("task", f"{cfg.task} (real: {zoo.real_env_id(cfg.task)})"),
         ("imagined return (greedy, model)", f"{report.imagined_mean_return:.1f} +/- {report.imagined_std_return:.1f}"),
@@ -375,7 +441,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
         ("imagined steps (training)", f"{frames:,}"),
         ("model error, 1 / 100 steps open loop", f"{report.error_at(1):.2g} / {report.error_at(100):.2g}"),
         ("train seconds", f"{train_seconds:.1f}"),
-        ("wall seconds (whole demo, from process start)", f"{wall:.1f}"),
+        ("wall seconds (the demo command, imports included)", f"{wall:.1f}"),
         ("outputs", str(out)),
     ]))
     return result

@@ -112,8 +112,11 @@ class WorldModelEnv(EnvBase):
             nan_policy=nan_policy,
             check_actions=check_actions,
         )
-        super().__init__(device=adapter.device, batch_size=batch_size)
-        self.logic = EpisodeLogic(adapter, max_episode_steps, start_states)
+        self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), seed)
+
+    def _setup(self, logic: EpisodeLogic, seed: Optional[int]) -> None:
+        EnvBase.__init__(self, device=logic.device, batch_size=torch.Size(logic.batch_size))
+        self.logic = logic
         if not self.logic.can_reset:
             raise TypeError(
                 "WorldModelEnv builds its TensorDict specs from one reset at construction: "
@@ -123,6 +126,12 @@ class WorldModelEnv(EnvBase):
         self._make_specs(self.logic.reset()[0])
         if seed is not None:
             self.set_seed(seed)
+
+    @classmethod
+    def from_logic(cls, logic: EpisodeLogic, seed: Optional[int] = None) -> "WorldModelEnv":
+        """A TorchRL env over an existing episode logic, so over the same adapter and model: the
+        TorchRL side of a Gymnasium env, ``WorldModelEnv.from_logic(gym_env.logic)``."""
+        return _SharedLogicEnv(logic, seed)
 
     # ----------------------------------------------------------------- specs
     @property
@@ -362,3 +371,11 @@ def _state_kind(state: Any) -> str:
     if isinstance(state, Mapping) and is_tensor_state(state):
         return "dict"
     return "opaque"
+
+
+class _SharedLogicEnv(WorldModelEnv):
+    """:meth:`WorldModelEnv.from_logic`'s env (a subclass only so that TorchRL's metaclass
+    finishes the env as it does for any constructor call)."""
+
+    def __init__(self, logic: EpisodeLogic, seed: Optional[int] = None):
+        self._setup(logic, seed)

@@ -167,8 +167,12 @@ def save_weights(
     path: str | os.PathLike,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``state_dict`` (or a module's) to a safetensors file; metadata values become strings."""
-    from safetensors.torch import save_file
+    """Write ``state_dict`` (or a module's) to a safetensors file; metadata values become strings.
+
+    The file is created with the usual permissions (``0666`` less the umask, so ``0644``
+    under the common umask ``022``); ``safetensors.torch.save_file`` would create it ``0600``.
+    """
+    from safetensors.torch import save
 
     if isinstance(state_dict, torch.nn.Module):
         state_dict = state_dict.state_dict()
@@ -176,7 +180,9 @@ def save_weights(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    save_file(tensors, str(path), metadata=meta)
+    data = save(tensors, metadata=meta)
+    with open(path, "wb") as fh:
+        fh.write(data)
     return path
 
 

@@ -152,6 +152,19 @@ def sb3_subproc_vec_env(weights_path: str, frames: int) -> None:
     print(f"SubprocVecEnv + PPO   {model.num_timesteps} timesteps")
 
 
+def ray_worker_collector_class():
+    """The collector class each Ray actor runs: TorchRL's ``Collector`` with a one-line repr.
+    Ray labels an actor's log lines with the actor's repr, and ``Collector``'s spans a dozen
+    lines (env, policy, output), which Ray would print in full for every actor."""
+    from torchrl.collectors import Collector
+
+    class RayWorkerCollector(Collector):
+        def __repr__(self) -> str:
+            return "RayWorkerCollector()"
+
+    return RayWorkerCollector
+
+
 def ray_collector(weights_path: str, num_envs: int, frames: int, address) -> None:
     import ray
     from torchrl.collectors import Collector
@@ -173,7 +186,12 @@ def ray_collector(weights_path: str, num_envs: int, frames: int, address) -> Non
         num_collectors=2,
         frames_per_batch=frames // 2,
         total_frames=frames,
-        backend_options={"remote_configs": {"num_cpus": 1, "memory": 1024**3}},
+        backend_options={
+            "remote_configs": {"num_cpus": 1, "memory": 1024**3},
+            "collector_class": ray_worker_collector_class(),  # one-line actor names in Ray's logs
+            # a feed-forward policy needs no InitTracker: say so, and the workers do not warn
+            "collector_kwargs": {"auto_register_policy_transforms": False},
+        },
     )
     collector.update_policy_weights_(policy)  # send the current policy to every worker
     for batch in collector:

@@ -9,15 +9,26 @@ Available models: ``"cartpole"`` (Gymnasium ``CartPole-v1``; see :mod:`torchwm_r
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["available", "load", "make_env", "train_model", "real_env_id", "weights_path"]
+__all__ = ["UnknownModelError", "available", "canonical", "load", "make_env", "train_model", "real_env_id", "weights_path"]
 
-# name -> (module path, real Gymnasium id)
-_REGISTRY = {"cartpole": ("torchwm_rl.zoo.cartpole", "CartPole-v1")}
+# The one list of bundled models: name -> (module path, real Gymnasium id). The CLI's task list,
+# its help and its error messages all read it, so adding a model is adding one line here.
+_REGISTRY = {
+    "cartpole": ("torchwm_rl.zoo.cartpole", "CartPole-v1"),
+}
+
+
+class UnknownModelError(KeyError):
+    """A name that is not in the zoo; ``str()`` is the one-line message listing what is."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def available() -> list[str]:
@@ -25,20 +36,24 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def canonical(name: str) -> str:
+    """The registry name for ``name`` (case, ``_``/``-`` and a Gymnasium ``-vN`` suffix are
+    ignored: ``CartPole-v1`` -> ``cartpole``); :class:`UnknownModelError` if there is none."""
+    key = re.sub(r"-v\d+$", "", str(name).lower()).replace("_", "").replace("-", "")
+    if key not in _REGISTRY:
+        raise UnknownModelError(f"unknown task {name!r}; available: {', '.join(available())}")
+    return key
+
+
 def _module(name: str):
     import importlib
 
-    key = name.lower().replace("-v1", "").replace("_", "").replace("-", "")
-    if key not in _REGISTRY:
-        raise KeyError(f"unknown zoo model {name!r}; available: {available()}")
-    return importlib.import_module(_REGISTRY[key][0])
+    return importlib.import_module(_REGISTRY[canonical(name)][0])
 
 
 def real_env_id(name: str) -> str:
     """The Gymnasium id of the real environment the named model imitates."""
-    _module(name)
-    key = name.lower().replace("-v1", "").replace("_", "").replace("-", "")
-    return _REGISTRY[key][1]
+    return _REGISTRY[canonical(name)][1]
 
 
 def weights_path(name: str) -> Path:

@@ -163,6 +163,22 @@ class EpisodeLogic:
         self.pending_seed = int(seed)
 
     @contextmanager
+    def transaction(self):
+        """Everything inside either happens or leaves no trace in the random streams: the
+        env's generators, the model's stream and an unused seed are restored when it raises.
+        The exports run a whole step (step + autoreset) in one, so a step that fails after a
+        successful reset (or the reverse) can be retried and gives what a run without the
+        failure gives."""
+        saved = (self.generator.get_state(), self.hook_generator.get_state(), self.rng_state, self.pending_seed)
+        try:
+            yield
+        except BaseException:
+            self.generator.set_state(saved[0])
+            self.hook_generator.set_state(saved[1])
+            self.rng_state, self.pending_seed = saved[2], saved[3]
+            raise
+
+    @contextmanager
     def model_rng(self):
         """Run model hooks on the env's torch RNG stream (see the class docs); the stream
         advances only when the hooks succeed."""

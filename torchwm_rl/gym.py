@@ -23,7 +23,7 @@ from gymnasium.vector.utils import batch_space
 
 from .adapter import ModelAdapter
 from .convert import detach_tree, image_hwc, merge_vector_infos, observation_to_numpy, vector_info
-from .episode import EpisodeLogic, Snapshot
+from .episode import EpisodeLogic, Snapshot, select_rows
 from .spaces import as_space
 
 __all__ = ["GymWorldModelEnv", "GymVectorWorldModelEnv", "WorldModelEnv", "make_world_model_env"]
@@ -131,37 +131,39 @@ class GymWorldModelEnv(gymnasium.Env):
         np_random = self._np_random, self._np_random_seed
         super().reset(seed=seed)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.logic.transaction():
                 snapshot, info = self.logic.reset(seed=seed, options=options)
-        except BaseException:  # a failed reset leaves the env (and np_random) as it was
+                out = observation_to_numpy(snapshot.observation, self.observation_space), detach_tree(dict(info))
+        except BaseException:  # a failed reset (or conversion) leaves the env (and np_random) as it was
             self._np_random, self._np_random_seed = np_random
             raise
         self._snapshot = snapshot
-        return observation_to_numpy(snapshot.observation, self.observation_space), detach_tree(dict(info))
+        return out
 
     def step(self, action: Any):
         if self._snapshot is None:
             raise RuntimeError("Call reset() before step().")
-        with torch.no_grad():
+        with torch.no_grad(), self.logic.transaction():
             snapshot, record = self.logic.step(self._snapshot, action)
-        self._snapshot = snapshot
-        info = self._info(record.info)
-        if record.nonfinite is not None:
-            info["nonfinite"] = bool(record.nonfinite)
-        return (
-            observation_to_numpy(snapshot.observation, self.observation_space),
-            float(record.reward),
-            bool(record.terminated),
-            bool(record.truncated),
-            info,
-        )
+            info = self._info(record.info, snapshot)
+            if record.nonfinite is not None:
+                info["nonfinite"] = bool(record.nonfinite)
+            out = (
+                observation_to_numpy(snapshot.observation, self.observation_space),
+                float(record.reward),
+                bool(record.terminated),
+                bool(record.truncated),
+                info,
+            )
+        self._snapshot = snapshot  # only after every conversion succeeded: a failed step leaves no trace
+        return out
 
-    def _info(self, info: dict) -> dict:
+    def _info(self, info: dict, snapshot: Snapshot) -> dict:
         info = detach_tree(dict(info))
         if "model_state" not in info:
-            info["model_state"] = detach_tree(self._snapshot.state)
+            info["model_state"] = detach_tree(snapshot.state)
         if "elapsed_steps" not in info:
-            info["elapsed_steps"] = int(self._snapshot.elapsed)
+            info["elapsed_steps"] = int(snapshot.elapsed)
         return info
 
     def __repr__(self) -> str:
@@ -257,49 +259,60 @@ class GymVectorWorldModelEnv(VectorEnv):
         if mask is not None:
             if self._snapshot is None:
                 raise RuntimeError("a partial reset (reset_mask) needs a full reset() first")
-            mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool, device=self.logic.device)
-            if tuple(mask.shape) != (self.num_envs,):
-                raise ValueError(f"reset_mask: expected shape ({self.num_envs},), got {tuple(mask.shape)}")
-        with torch.no_grad():
-            self._snapshot, info = self.logic.reset(
+            mask = _bool_mask(mask, self.num_envs, self.logic.device)
+        with torch.no_grad(), self.logic.transaction():
+            snapshot, info = self.logic.reset(
                 seed=seed, options=options, mask=mask, previous=self._snapshot if mask is not None else None
             )
+            rows = np.ones(self.num_envs, dtype=bool) if mask is None else mask.cpu().numpy()
+            out = (observation_to_numpy(snapshot.observation, self.single_observation_space),
+                   vector_info(detach_tree(info), self.num_envs, rows))
+        self._snapshot = snapshot  # committed after every conversion succeeded
         self._needs_reset = self._needs_reset & ~mask if mask is not None else torch.zeros_like(self._needs_reset)
-        rows = np.ones(self.num_envs, dtype=bool) if mask is None else mask.cpu().numpy()
-        return self._obs(), vector_info(detach_tree(info), self.num_envs, rows)
+        return out
 
     def step(self, actions: Any):
         if self._snapshot is None:
             raise RuntimeError("Call reset() before step().")
         restarting = self.autoreset_mode is AutoresetMode.NEXT_STEP and bool(self._needs_reset.any())
         restarted, reset_info, final_obs = None, {}, None
-        with torch.no_grad():
-            # one model call for all N envs; rows restarting now are computed and thrown away
-            snapshot, record = self.logic.step(self._snapshot, actions, self._needs_reset if restarting else None)
-            reward, terminated, truncated = record.reward, record.terminated, record.truncated
+        with torch.no_grad(), self.logic.transaction():
+            snapshot = self._snapshot
             if restarting:
-                # envs that ended last step restart now; their action is ignored
+                # envs that ended last step restart now and their action is ignored. They are
+                # reset FIRST, so the one model call for all N envs steps them from their new
+                # start (never from a state past an episode end); their result is thrown away.
+                # The random streams are then used in the order of the other paths: the step
+                # that ended an episode, the reset, the next step.
                 restarted = self._needs_reset
                 snapshot, reset_info = self.logic.reset(mask=restarted, previous=snapshot)
+            stepped, record = self.logic.step(snapshot, actions, restarted)
+            reward, terminated, truncated = record.reward, record.terminated, record.truncated
+            if restarting:
+                stepped = Snapshot(
+                    select_rows(restarted, snapshot.state, stepped.state),
+                    select_rows(restarted, snapshot.observation, stepped.observation),
+                    torch.where(restarted, snapshot.elapsed, stepped.elapsed),
+                )
                 reward = torch.where(restarted, torch.zeros_like(reward), reward)
                 terminated = terminated & ~restarted
                 truncated = truncated & ~restarted
+            snapshot = stepped
             done = terminated | truncated
             if self.autoreset_mode is AutoresetMode.SAME_STEP and bool(done.any()):
                 final_obs = observation_to_numpy(snapshot.observation, self.single_observation_space)
                 restarted = done
                 snapshot, reset_info = self.logic.reset(mask=done, previous=snapshot)
                 done = torch.zeros_like(done)
-            # committed only now: a model or reset hook that raised above left the env as it was
+            observation = observation_to_numpy(snapshot.observation, self.single_observation_space)
+            infos = self._step_infos(record, restarted, reset_info, final_obs)
+            # copies: the flags must not alias tensors the model may write into later
+            out = (observation, reward.double().cpu().numpy(), terminated.cpu().numpy().copy(),
+                   truncated.cpu().numpy().copy(), infos)
+            # committed only now: a hook, a conversion or an info that failed above left the env
+            # (and its random streams) as it was
             self._snapshot, self._needs_reset = snapshot, done
-        infos = self._step_infos(record, restarted, reset_info, final_obs)
-        return (
-            self._obs(),
-            reward.double().cpu().numpy(),
-            terminated.cpu().numpy(),
-            truncated.cpu().numpy(),
-            infos,
-        )
+        return out
 
     def _step_infos(self, record, restarted: Optional[torch.Tensor], reset_info: dict, final_obs: Any) -> dict:
         """Gymnasium's vector info of one step: the transition's info for the envs that
@@ -332,6 +345,18 @@ class GymVectorWorldModelEnv(VectorEnv):
 
     def close_extras(self, **kwargs):
         self._snapshot = None
+
+
+def _bool_mask(mask: Any, n: int, device: torch.device) -> torch.Tensor:
+    """``options["reset_mask"]`` as a bool tensor of shape ``(n,)``. Gymnasium's vector API
+    takes a bool mask: an int or float mask (``[0, 1, 2]``, indices or weights?) is refused
+    rather than read as truthiness."""
+    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if array.dtype != np.bool_:
+        raise TypeError(f"reset_mask: expected a bool mask of shape ({n},), got dtype {array.dtype}")
+    if array.shape != (n,):
+        raise ValueError(f"reset_mask: expected shape ({n},), got {array.shape}")
+    return torch.as_tensor(array, device=device)
 
 
 def _row(observation: Any, i: int) -> Any:

@@ -44,13 +44,16 @@ class SB3VecWorldModelEnv(VecEnv):
         self._seed: Optional[int] = None
 
     def reset(self):
-        seed, self._seed = self._seed, None
-        with torch.no_grad():
-            self._snapshot, info = self.logic.reset(seed=seed, options=self._options[0] if self._options else None)
-        self.reset_infos = per_env_infos(info, self.num_envs)
+        seed = self._seed
+        with torch.no_grad(), self.logic.transaction():
+            snapshot, info = self.logic.reset(seed=seed, options=self._options[0] if self._options else None)
+            reset_infos = per_env_infos(info, self.num_envs)
+            obs = observation_to_numpy(snapshot.observation, self.observation_space)
+        # committed after every conversion succeeded: a failed reset leaves the VecEnv as it was
+        self._snapshot, self.reset_infos, self._seed = snapshot, reset_infos, None
         self._reset_seeds()
         self._reset_options()
-        return observation_to_numpy(self._snapshot.observation, self.observation_space)
+        return obs
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = actions
@@ -58,15 +61,16 @@ class SB3VecWorldModelEnv(VecEnv):
     def step_wait(self):
         if self._snapshot is None:
             raise RuntimeError("Call reset() before step().")
-        with torch.no_grad():
+        with torch.no_grad(), self.logic.transaction():
             snapshot, record = self.logic.step(self._snapshot, self._actions)
             done = record.terminated | record.truncated
             obs = observation_to_numpy(snapshot.observation, self.observation_space)
-            dones = done.cpu().numpy()
+            dones = done.cpu().numpy().copy()  # a copy: never an alias of the model's tensors
             timeouts = (record.truncated & ~record.terminated).cpu().numpy()
             infos = per_env_infos(record.info, self.num_envs)
             for info, timeout in zip(infos, timeouts.tolist()):  # on every env, as DummyVecEnv
                 info["TimeLimit.truncated"] = timeout
+            reset_infos = list(self.reset_infos)
             if dones.any():
                 for i in np.flatnonzero(dones):
                     infos[i]["terminal_observation"] = _row(obs, i)
@@ -74,12 +78,14 @@ class SB3VecWorldModelEnv(VecEnv):
                 obs = observation_to_numpy(snapshot.observation, self.observation_space)
                 reset_info = detach_tree(reset_info) if reset_info else {}
                 for i in np.flatnonzero(dones):  # as DummyVecEnv: the info of each env's new episode
-                    self.reset_infos[i] = info_row(reset_info, self.num_envs, i)
+                    reset_infos[i] = info_row(reset_info, self.num_envs, i)
             if record.nonfinite is not None:
                 for i in np.flatnonzero(record.nonfinite.cpu().numpy()):
                     infos[i]["nonfinite"] = True
-            self._snapshot = snapshot
-        return obs, record.reward.cpu().numpy().astype(np.float32), dones, infos
+            rewards = record.reward.cpu().numpy().astype(np.float32)
+        # committed only now: a hook or conversion that failed above left the VecEnv as it was
+        self._snapshot, self.reset_infos = snapshot, reset_infos
+        return obs, rewards, dones, infos
 
     def seed(self, seed: Optional[int] = None) -> Sequence[None]:
         """Seed the next ``reset`` (SB3 semantics); the N envs share one seeded generator."""

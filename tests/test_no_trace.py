@@ -1,0 +1,168 @@
+"""A call that fails leaves no trace, and nothing handed out aliases the model's tensors.
+
+Covers the exports' side of the adversarial battery (issue 13): failures in conversions and
+infos, failures during an autoreset (the random streams are rolled back, so a retry gives what a
+run without the failure gives), the vector export's next-step autoreset never stepping a state
+past an episode end, refused non-bool reset masks, and flags that must not alias the model's
+buffers.
+"""
+
+from __future__ import annotations
+
+import re
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from torchwm_rl import GymWorldModelEnv, WorldModelEnv
+
+BOX = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+ACT = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+N = 3
+
+
+class Flaky:
+    """Random dynamics (from the env's generator) that can fail on chosen calls: the transition
+    on call ``fail_step`` (info of an unconvertible dtype) and the reset on call ``fail_reset``."""
+
+    def __init__(self, fail_step=None, fail_reset=None):
+        self.steps = self.resets = 0
+        self.fail_step, self.fail_reset = fail_step, fail_reset
+
+    def reset_fn(self, model, seed=None, options=None, batch_size=(), *, generator):
+        self.resets += 1
+        if self.resets == self.fail_reset:
+            raise RuntimeError("reset failed on purpose")
+        return torch.rand(*batch_size, 2, generator=generator) * 0.2
+
+    def transition_fn(self, model, state, action, *, generator):
+        self.steps += 1
+        nxt = state + 0.3 + 0.1 * torch.rand(state.shape, generator=generator)
+        info = {"noise": nxt.sum(-1)}
+        if self.steps == self.fail_step:
+            info = {"noise": nxt.sum(-1).to(torch.bfloat16)}  # numpy has no bfloat16: conversion fails
+        return {"state": nxt, "observation": nxt, "reward": nxt.sum(-1), "terminated": nxt[..., 0] > 1.0,
+                "info": info}
+
+
+def _make(kind: str, model: Flaky):
+    hooks = dict(reset_fn=model.reset_fn, transition_fn=model.transition_fn)
+    if kind == "gym":
+        return GymWorldModelEnv(model, BOX, ACT, seed=0, **hooks)
+    env = WorldModelEnv(model, BOX, ACT, batch_size=(N,), seed=0, **hooks)
+    return env.to_gymnasium() if kind == "vector" else env.to_sb3()
+
+
+def _drive(kind: str, env, steps: int, retry: bool):
+    """Observations and rewards of ``steps`` steps; with ``retry`` a failed call is repeated."""
+    out = []
+
+    def call(fn):
+        try:
+            return fn()
+        except (RuntimeError, TypeError):
+            if not retry:
+                raise
+            return fn()
+
+    if kind == "sb3":
+        out.append(call(env.reset))
+    else:
+        out.append(call(lambda: env.reset(seed=0) if kind == "vector" else env.reset())[0])
+    action = np.zeros((N, 2) if kind != "gym" else 2, np.float32)
+    for _ in range(steps):
+        if kind == "sb3":
+            obs, reward, done, _ = call(lambda: env.step(action))
+        else:
+            obs, reward, *_ = call(lambda: env.step(action))
+        out.append(np.asarray(obs).copy())
+        out.append(np.asarray(reward, dtype=np.float64).copy())
+        if kind == "gym" and bool(np.any(np.asarray(obs)[..., 0] > 1.0)):
+            out.append(call(env.reset)[0])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["gym", "vector", "sb3"])
+@pytest.mark.parametrize("failure", ["step", "reset"])
+def test_a_failed_call_leaves_no_trace_and_a_retry_gives_the_unfailed_run(kind, failure):
+    steps = 8
+    clean = _drive(kind, _make(kind, Flaky()), steps, retry=False)
+    # the 4th transition call fails in conversion; or the first reset after an episode end fails
+    # (the batched envs reset once at construction and once in reset(): the 3rd is an autoreset)
+    first_end = 2 if kind == "gym" else 3
+    flaky = Flaky(fail_step=4) if failure == "step" else Flaky(fail_reset=first_end)
+    retried = _drive(kind, _make(kind, flaky), steps, retry=True)
+    if failure == "step":
+        assert flaky.steps == steps + 1  # the failed step really happened, and was retried
+    else:
+        assert flaky.resets > first_end
+    assert len(clean) == len(retried)
+    for a, b in zip(clean, retried):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_failed_conversion_in_a_single_env_does_not_advance_it():
+    model = Flaky(fail_step=1)
+    env = _make("gym", model)
+    env.reset()
+    before = env.state.clone()
+    with pytest.raises(TypeError):
+        env.step(np.zeros(2, np.float32))
+    torch.testing.assert_close(env.state, before)
+    *_, info = env.step(np.zeros(2, np.float32))
+    assert info["elapsed_steps"] == 1  # the failed step did not count
+
+
+def test_vector_next_step_autoreset_never_steps_a_state_past_the_end():
+    """A model that raises outside its domain (past an episode end) works in the vector
+    export's default mode: the envs restarting in a step are reset before the model call."""
+
+    def reset(model, seed=None, options=None, batch_size=()):
+        return torch.zeros(*batch_size, 2)
+
+    def transition(model, state, action):
+        if bool((state[..., 0] >= 1.0).any()):
+            raise ValueError("stepped a state past the episode end")
+        nxt = state + torch.tensor([0.5, 0.0]) * (1 + torch.arange(N).unsqueeze(-1))
+        return {"state": nxt, "observation": nxt, "reward": nxt[..., 0], "terminated": nxt[..., 0] >= 1.0}
+
+    envs = WorldModelEnv(object(), BOX, ACT, reset_fn=reset, transition_fn=transition, batch_size=(N,)).to_gymnasium()
+    envs.reset(seed=0)
+    ended = np.zeros(N, dtype=bool)
+    for _ in range(6):
+        _, _, terminated, _, _ = envs.step(np.zeros((N, 2), np.float32))
+        ended |= terminated
+    assert ended.all()  # every env reached its end and restarted
+
+
+def test_vector_reset_mask_must_be_bool():
+    envs = _make("vector", Flaky())
+    envs.reset(seed=0)
+    for mask in ([1, 0, 1], np.array([1.0, 0.0, 1.0])):
+        with pytest.raises(TypeError, match=re.escape("reset_mask: expected a bool mask of shape (3,), got dtype")):
+            envs.reset(options={"reset_mask": mask})
+    envs.reset(options={"reset_mask": np.array([True, False, True])})
+
+
+@pytest.mark.parametrize("kind", ["vector", "sb3"])
+def test_flags_do_not_alias_a_buffer_the_model_reuses(kind):
+    buffer = torch.zeros(N, dtype=torch.bool)
+
+    def reset(model, seed=None, options=None, batch_size=()):
+        return torch.zeros(*batch_size, 2)
+
+    def transition(model, state, action):
+        nxt = state + 1.0
+        buffer.copy_(nxt[..., 0] > 1.5)  # the model writes its flags into one preallocated buffer
+        return {"state": nxt, "observation": nxt, "terminated": buffer}
+
+    env = WorldModelEnv(object(), BOX, ACT, reset_fn=reset, transition_fn=transition, batch_size=(N,))
+    env = env.to_gymnasium() if kind == "vector" else env.to_sb3()
+    env.reset() if kind == "sb3" else env.reset(seed=0)
+    first = env.step(np.zeros((N, 2), np.float32))
+    flags = first[2].copy()
+    assert not flags.any()
+    env.step(np.zeros((N, 2), np.float32))  # the buffer now holds True
+    np.testing.assert_array_equal(first[2], flags)

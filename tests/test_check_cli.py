@@ -298,3 +298,44 @@ def test_cli_train_model_writes_a_loadable_file(tmp_path, monkeypatch, capsys):
     assert main(["train-model", "cartpole", "--seed", "1", "--out", str(out), "--quiet"]) == 0
     assert str(out) in capsys.readouterr().out
     assert zoo.load("cartpole", path=out).metadata["seed"] == "1"
+
+
+_EXITING = {
+    "exit_at_import": "import sys\nsys.exit(0)\n",
+    "argparse_at_import": "import argparse\nargparse.ArgumentParser().parse_args(['--no-such-flag'])\n",
+    "exit_in_factory": "import sys\ndef make():\n    sys.exit(0)\n",
+    "interrupt_in_factory": "def make():\n    raise KeyboardInterrupt\n",
+    "exit_in_hook": textwrap.dedent("""
+        import sys
+        import gymnasium as gym
+        import numpy as np
+        import torch
+        from torchwm_rl import WorldModelEnv
+
+        def make():
+            box = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+            calls = []
+
+            def transition(model, state, action):
+                calls.append(1)
+                if len(calls) > 1:
+                    sys.exit(0)
+                return {"state": state, "observation": state}
+
+            return WorldModelEnv(object(), box, box, reset_fn=lambda: torch.zeros(2), transition_fn=transition)
+    """),
+}
+
+
+@pytest.mark.parametrize("name", list(_EXITING))
+def test_check_never_passes_when_the_users_code_exits(tmp_path, monkeypatch, capsys, name):
+    """``sys.exit(0)`` (or argparse, or KeyboardInterrupt) at import, in the factory or in a hook
+    is a failed check with exit code 1, not an exit 0 that checked nothing."""
+    module = f"exiting_{name}"
+    (tmp_path / f"{module}.py").write_text(_EXITING[name])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["check", f"{module}:make"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out
+    assert ("SystemExit" in out and "if __name__ == '__main__'" in out) or "KeyboardInterrupt" in out

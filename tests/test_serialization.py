@@ -112,3 +112,22 @@ def test_code_in_pickle_never_runs_by_default(tmp_path, writer):
     with pytest.raises(UnsafeWeightsError):
         load_weights(path)
     assert not marker.exists()
+
+
+def test_errors_name_what_is_wrong(tmp_path):
+    """Refused, with the file and the reason: an empty state dict (load_weights could not read
+    it back), metadata of a non-safetensors file, a weights file of another model for the zoo."""
+    from torchwm_rl import zoo
+    from torchwm_rl.serialization import WeightsFormatError, read_metadata, save_weights
+
+    with pytest.raises(ValueError, match="the state dict is empty"):
+        save_weights({}, tmp_path / "empty.safetensors")
+    assert not (tmp_path / "empty.safetensors").exists()
+    torch.save({"a": torch.zeros(1)}, tmp_path / "model.pt")
+    with pytest.raises(WeightsFormatError, match="metadata is read from safetensors files only"):
+        read_metadata(tmp_path / "model.pt")
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        read_metadata(tmp_path / "missing.safetensors")
+    save_weights({"a": torch.zeros(1)}, tmp_path / "other.safetensors")
+    with pytest.raises(WeightsFormatError, match=r"not a CartPole model: no 'net.0.weight' tensor \(found \['a'\]\)"):
+        zoo.load("cartpole", path=tmp_path / "other.safetensors")

@@ -118,7 +118,18 @@ def _note(message: Any) -> str:
     return _ANSI.sub("", str(message)).strip().splitlines()[0][:200] if str(message).strip() else ""
 
 
+# What the user's code may raise that must become a FAIL, never a pass or an escape: a module
+# that calls sys.exit(0) at import (or argparse's parse_args() failing) would otherwise end the
+# check with exit code 0 having checked nothing.
+_USER_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
+
+
 def _error(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return (f"SystemExit({exc.code!r}): the code called sys.exit() (argparse's parse_args() does too); "
+                "keep script code under `if __name__ == '__main__':`")
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt raised by the code under check"
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:400]
 
@@ -198,7 +209,7 @@ def _run(name: str, fn: Callable[[], Optional[CheckResult]], tracker: Optional[_
         tracker.last = None
     try:
         out = fn()
-    except Exception as exc:  # a check failing is data, not a crash
+    except _USER_FAILURES as exc:  # a check failing is data, not a crash
         message = _error(exc)
         if seen is not None and message in seen:
             return CheckResult(name, SKIP, f"{_SAME} {seen[message]} (above)")
@@ -467,7 +478,7 @@ def check_env(factory: Callable[[], Any], target: str = "<factory>", seed: int =
     report = CheckReport(target)
     try:
         built = factory()
-    except Exception as exc:
+    except _USER_FAILURES as exc:
         report.results.append(CheckResult("factory", FAIL, f"calling the factory raised {_error(exc)}"))
         return report
     try:
@@ -499,7 +510,7 @@ def check_factory(target: str, seed: int = 0, steps: int = 50) -> CheckReport:
     """Import ``MODULE:FACTORY`` and :func:`check_env` it; import errors become a failed check."""
     try:
         factory = load_factory(target)
-    except Exception as exc:
+    except _USER_FAILURES as exc:
         report = CheckReport(target)
         report.results.append(CheckResult("import", FAIL, _error(exc)))
         return report

@@ -176,6 +176,9 @@ def save_weights(
 
     if isinstance(state_dict, torch.nn.Module):
         state_dict = state_dict.state_dict()
+    if not state_dict:
+        # load_weights refuses a file without tensors (it is no model): refuse to write one
+        raise ValueError(f"save_weights: the state dict is empty; nothing to write to {path}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,5 +193,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """Return the string metadata stored in a safetensors file (``{}`` when there is none)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
-        return dict(fh.metadata() or {})
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if not _is_safetensors(path):
+        raise WeightsFormatError(f"{path}: metadata is read from safetensors files only; this is not one")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise WeightsFormatError(f"{path}: not a valid safetensors file ({exc})") from exc

@@ -248,7 +248,7 @@ def train(
 
 def load(path: str | Path | None = None, device: str | torch.device | None = None) -> CartPoleModel:
     """Load the bundled (or a given) CartPole model file; returns an eval-mode, grad-free module."""
-    from ..serialization import load_weights, read_metadata
+    from ..serialization import WeightsFormatError, load_weights, read_metadata
 
     path = Path(path) if path is not None else WEIGHTS_PATH
     if not path.is_file():
@@ -257,6 +257,10 @@ def load(path: str | Path | None = None, device: str | torch.device | None = Non
         )
     sd = load_weights(path)
     meta = read_metadata(path) if path.suffix == ".safetensors" else {}
+    if "hidden" not in meta and "net.0.weight" not in sd:
+        raise WeightsFormatError(
+            f"{path}: not a CartPole model: no 'net.0.weight' tensor (found {sorted(sd)[:5]})"
+        )
     hidden = int(meta.get("hidden", sd["net.0.weight"].shape[0]))
     model = CartPoleModel(hidden)
     model.load_state_dict(sd)

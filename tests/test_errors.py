@@ -21,6 +21,7 @@ from tensordict import TensorDictBase
 from torch import nn
 
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
+from torchwm_rl.spaces import numpy_to_torch_dtype
 
 from models import (
     VectorModel,
@@ -344,7 +345,7 @@ def test_integer_observation_that_overflows_the_space_dtype_is_refused(cls):
         return cls(object(), space, gym.spaces.Discrete(2), reset_fn=lambda: torch.tensor(values),
                    transition_fn=lambda state, action: state)
 
-    with pytest.raises(ValueError, match=r"observation: values in \[1, 300\] do not fit the space's dtype torch.uint8"):
+    with pytest.raises(ValueError, match=r"observation: values in \[1, 300\] \(torch.int64\) do not fit the space's dtype torch.uint8"):
         build([300, 1]).reset()  # the TorchRL env already raises when built (it probes reset)
     out = build([255, 0]).reset()
     obs = out[0] if cls is GymWorldModelEnv else out["observation"]
@@ -529,3 +530,36 @@ def test_batched_state_without_batch_dim_names_the_state_key(state):
     with pytest.raises(ValueError, match=re.escape(f"{key}: a batched env needs a model state with leading dims (2,), got shape (3,)")):
         WorldModelEnv(nn.Linear(1, 1), OBS_SPACE, ACT_SPACE, reset_fn=reset,
                       transition_fn=lambda s, a: {"state": s, "observation": s}, batch_size=(2,))
+
+
+# ------------------------------------------------ values read unambiguously, or refused by name
+_U8 = gym.spaces.Box(0, 255, (3,), np.uint8)
+_F32 = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+
+
+@pytest.mark.parametrize("value, space, expected", [
+    (np.array([1, 2, 3], dtype=np.uint16), _U8, [1, 2, 3]),
+    (np.array([1, 2, 3], dtype=np.uint64), _U8, [1, 2, 3]),
+    (np.arange(3.0, dtype=np.float32)[::-1], _F32, [2.0, 1.0, 0.0]),  # negative strides
+    (np.arange(3.0).astype(">f4"), _F32, [0.0, 1.0, 2.0]),  # big-endian
+], ids=["uint16 image", "uint64 image", "negative strides", "big-endian"])
+def test_values_that_read_one_way_are_converted(value, space, expected):
+    from torchwm_rl.validation import to_observation
+
+    out = to_observation(value, space, (), torch.device("cpu"))
+    assert out.dtype == numpy_to_torch_dtype(space.dtype)
+    assert out.tolist() == expected
+
+
+@pytest.mark.parametrize("value, space, error, message", [
+    (np.array([1, 2, 300], dtype=np.uint32), _U8, ValueError,
+     "observation: values in [1, 300] (torch.uint32) do not fit the space's dtype torch.uint8 [0, 255]"),
+    (torch.tensor([1 + 1j, 2, 3]), _F32, TypeError, "observation: expected real numbers, got a complex tensor"),
+    (np.array([1e300, 0.0, 0.0]), _F32, ValueError,
+     "observation: finite values up to 1e+300 (torch.float64) overflow the space's dtype torch.float32"),
+], ids=["uint32 out of range", "complex", "finite float64 overflowing float32"])
+def test_values_that_would_be_mangled_are_refused_by_name(value, space, error, message):
+    from torchwm_rl.validation import to_observation
+
+    with pytest.raises(error, match=re.escape(message)):
+        to_observation(value, space, (), torch.device("cpu"))

@@ -19,6 +19,8 @@ from .spaces import numpy_to_torch_dtype
 
 def _as_tensor(value: Any, device: torch.device, key: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
+        if value.is_complex():  # a cast to a real dtype would drop the imaginary part
+            raise TypeError(f"{key}: expected real numbers, got a complex tensor ({value.dtype})")
         return value if value.device == device else value.to(device)
     try:
         array = np.asarray(value)
@@ -28,6 +30,12 @@ def _as_tensor(value: Any, device: torch.device, key: str) -> torch.Tensor:
         raise TypeError(
             f"{key}: expected numbers, got {type(value).__name__} (numpy dtype {array.dtype})"
         )
+    # torch takes neither byte-swapped arrays nor negative strides (a flipped view); both
+    # read unambiguously, so convert them (one copy) rather than fail with torch's message
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if any(stride < 0 for stride in array.strides):
+        array = np.ascontiguousarray(array)
     return torch.as_tensor(array, device=device)
 
 
@@ -65,16 +73,37 @@ def to_observation(
             raise TypeError(f"{key}: expected dtype {dtype}, got floating dtype {tensor.dtype}")
         if not dtype.is_floating_point and dtype is not torch.bool and tensor.numel():
             _check_integer_range(tensor, dtype, key)
-        tensor = tensor.to(dtype)
+        cast = tensor.to(dtype)
+        if tensor.is_floating_point() and torch.finfo(dtype).max < torch.finfo(tensor.dtype).max:
+            _check_float_range(tensor, cast, key)
+        tensor = cast
     return tensor
 
 
 def _check_integer_range(tensor: torch.Tensor, dtype: torch.dtype, key: str) -> None:
     """An integer cast to a narrower integer dtype must not wrap (300 -> 44 in uint8)."""
     info = torch.iinfo(dtype)
-    low, high = int(tensor.min()), int(tensor.max())
+    # min/max are not implemented for torch's uint16/32/64: compare in a type that has them
+    wide = tensor if tensor.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool) \
+        else tensor.to(torch.float64)
+    low, high = wide.min().item(), wide.max().item()
     if low < info.min or high > info.max:
-        raise ValueError(f"{key}: values in [{low}, {high}] do not fit the space's dtype {dtype} [{info.min}, {info.max}]")
+        raise ValueError(
+            f"{key}: values in [{int(low)}, {int(high)}] ({tensor.dtype}) do not fit the space's dtype "
+            f"{dtype} [{info.min}, {info.max}]"
+        )
+
+
+def _check_float_range(tensor: torch.Tensor, cast: torch.Tensor, key: str) -> None:
+    """A finite value must stay finite when cast to the space's narrower float dtype (1e300 in
+    float64 is inf in float32): say so, rather than report it later as NaN/inf."""
+    overflow = torch.isfinite(tensor) & ~torch.isfinite(cast)
+    if bool(overflow.any()):
+        worst = tensor[overflow].abs().max().item()
+        raise ValueError(
+            f"{key}: finite values up to {worst:.3g} ({tensor.dtype}) overflow the space's dtype {cast.dtype} "
+            f"(max {torch.finfo(cast.dtype).max:.3g})"
+        )
 
 
 def to_batched_scalar(

@@ -563,3 +563,45 @@ def test_values_that_would_be_mangled_are_refused_by_name(value, space, error, m
 
     with pytest.raises(error, match=re.escape(message)):
         to_observation(value, space, (), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("path", ["torchrl", "gym", "vector", "sb3"])
+@pytest.mark.parametrize("mode", [None, "raise", "clip"])
+def test_integer_actions_are_checked_before_any_cast_the_same_on_every_path(path, mode):
+    """A Discrete action of 1.7 never reaches the model as 1: refused by default and with
+    "raise" (named), rounded then clipped with "clip" (2.5 -> 2, 3.4 -> 2), on every path."""
+    box = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    seen = []
+
+    def reset(model, batch_size=()):
+        return torch.zeros(*batch_size, 1)
+
+    def transition(model, state, action):
+        seen.append(torch.as_tensor(action).clone())
+        return {"state": state, "observation": state}
+
+    n = None if path in ("torchrl", "gym") else 4
+    kwargs = dict(reset_fn=reset, transition_fn=transition, check_actions=mode)
+    actions = np.array([1.7]) if n is None else np.array([0.4, 1.6, 2.5, 3.4])
+    if path == "gym":
+        env = GymWorldModelEnv(object(), box, gym.spaces.Discrete(3), **kwargs)
+        env.reset()
+        step = lambda: env.step(actions[0])  # noqa: E731
+    elif path == "torchrl":
+        env = WorldModelEnv(object(), box, gym.spaces.Discrete(3), **kwargs)
+        td = env.reset()
+        td["action"] = torch.tensor(actions[0])
+        step = lambda: env.step(td)  # noqa: E731
+    else:
+        env = WorldModelEnv(object(), box, gym.spaces.Discrete(3), batch_size=(n,), **kwargs)
+        env = env.to_gymnasium() if path == "vector" else env.to_sb3()
+        env.reset()
+        step = lambda: env.step(actions)  # noqa: E731
+    if mode == "clip":
+        step()
+        assert seen[-1].reshape(-1).tolist() == ([2] if n is None else [0, 2, 2, 2])
+    else:
+        message = "non-integral values" if mode is None else re.escape("outside action_space Discrete(3)")
+        with pytest.raises(ValueError, match=message):
+            step()
+        assert not seen

@@ -248,11 +248,12 @@ class ModelAdapter:
 
     # ----------------------------------------------------------------- action
     def prepare_action(self, action: Any) -> Any:
-        """Library action -> model action: optional check, then ``action_transform_fn`` on the
-        action as given (TorchWM), or else the tensor conversion of ``torch_actions``."""
+        """Library action -> model action: the optional check (on the action as given, before
+        any cast), then ``action_transform_fn`` on that action (TorchWM), or else the tensor
+        conversion of ``torch_actions``."""
+        if self.check_actions is not None:
+            action = self._check_action(action)
         if self.action_hook is not None:
-            if self.check_actions is not None:
-                action = self._check_action(action)
             return self.action_hook({"model": self.model, "action": action})
         if self.torch_actions and isinstance(self.action_space, spaces.Dict) and isinstance(action, dict):
             action = {
@@ -260,13 +261,18 @@ class ModelAdapter:
                 for k, v in action.items()
             }
         elif self.torch_actions and not isinstance(action, torch.Tensor):
-            action = torch.as_tensor(np.asarray(action), device=self.device)
+            array = np.asarray(action)
+            if self._action_dtype is not None and not self._action_dtype.is_floating_point and array.dtype.kind == "f":
+                _refuse_truncation(array)
+            action = torch.as_tensor(array, device=self.device)
             if self._action_dtype is not None:
                 action = action.to(self._action_dtype)
-        elif isinstance(action, torch.Tensor) and action.device != self.device:
-            action = action.to(self.device)
-        if self.check_actions is not None:
-            action = self._check_action(action)
+        elif isinstance(action, torch.Tensor):
+            if self._action_dtype is not None and not self._action_dtype.is_floating_point \
+                    and action.is_floating_point():
+                _refuse_truncation(action.detach().cpu().numpy())
+            if action.device != self.device:
+                action = action.to(self.device)
         return action
 
     def _check_action(self, action: Any) -> Any:
@@ -369,6 +375,17 @@ class ModelAdapter:
         if self.render_hook is not None:
             return self.render_hook({"model": self.model, "state": state, "obs": observation})
         return observation
+
+
+def _refuse_truncation(array: np.ndarray) -> None:
+    """Float actions for an integer action space: casting would truncate 1.7 to 1 silently."""
+    integral = np.isfinite(array) & (array == np.round(array))
+    if not bool(integral.all()):
+        bad = array[~integral].ravel()[:5].tolist()
+        raise ValueError(
+            f"action: non-integral values {bad} for an integer action space; a cast would truncate them. "
+            "Round them first, or pass check_actions='clip' (rounds, then clips into the space)."
+        )
 
 
 def _has_call(model: Any) -> bool:

@@ -166,3 +166,40 @@ def test_flags_do_not_alias_a_buffer_the_model_reuses(kind):
     assert not flags.any()
     env.step(np.zeros((N, 2), np.float32))  # the buffer now holds True
     np.testing.assert_array_equal(first[2], flags)
+
+
+def test_configuration_that_would_be_read_one_way_is_refused():
+    """max_episode_steps 2.5 (was 2), inf/nan/"3"/True; a Tuple space (failed at the first
+    value); a bank with fewer state rows than observation rows (failed at a random reset)."""
+    hooks = dict(reset_fn=lambda: torch.zeros(2), transition_fn=lambda s, a: s)
+    for bad in (2.5, float("inf"), float("nan"), "3", True):
+        with pytest.raises(TypeError, match="max_episode_steps: expected a positive int or one per env"):
+            GymWorldModelEnv(object(), BOX, ACT, max_episode_steps=bad, **hooks)
+    with pytest.raises(TypeError, match=re.escape("observation_space: Tuple spaces are not supported")):
+        GymWorldModelEnv(object(), gym.spaces.Tuple((BOX, BOX)), ACT, **hooks)
+    bank = {"observation": torch.zeros(5, 2), "state": torch.zeros(3, 2)}
+    with pytest.raises(ValueError, match=re.escape("start_states: 'state' has 3 rows but 'observation' has 5")):
+        GymWorldModelEnv(object(), BOX, ACT, start_states=bank, transition_fn=lambda s, a: s)
+
+
+def test_partial_reset_returning_only_the_masked_rows_says_to_return_all():
+    def reset(model, batch_size=(), reset_mask=None):
+        rows = batch_size[0] if reset_mask is None else int(reset_mask.sum())
+        return torch.zeros(rows, 2)
+
+    envs = WorldModelEnv(object(), BOX, ACT, reset_fn=reset, transition_fn=lambda s, a: {"state": s, "observation": s},
+                         batch_size=(N,)).to_gymnasium()
+    envs.reset(seed=0)
+    with pytest.raises(ValueError, match=re.escape("a partial reset still computes the full batch: return all 3 rows")):
+        envs.reset(options={"reset_mask": np.array([True, False, False])})
+
+
+def test_vector_info_key_colliding_with_a_mask_is_refused():
+    def transition(model, state, action):
+        return {"state": state, "observation": state, "info": {"x": state[..., 0], "_x": state[..., 1]}}
+
+    envs = WorldModelEnv(object(), BOX, ACT, reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+                         transition_fn=transition, batch_size=(N,)).to_gymnasium()
+    envs.reset(seed=0)
+    with pytest.raises(ValueError, match=re.escape("info: keys 'x' and '_x' collide")):
+        envs.step(np.zeros((N, 2), np.float32))

@@ -29,7 +29,7 @@ from gymnasium import spaces
 
 from .calling import Hook
 from .records import MISSING, RawRecord, parse_reset, parse_transition
-from .spaces import numpy_to_torch_dtype
+from .spaces import check_supported, numpy_to_torch_dtype
 from .validation import (
     check_action,
     env_rows,
@@ -140,6 +140,7 @@ class ModelAdapter:
         for name, space in (("observation_space", observation_space), ("action_space", action_space)):
             if not isinstance(space, spaces.Space):
                 raise TypeError(f"{name} must be a gymnasium space, got {type(space).__name__}")
+            check_supported(space, name)
         self.model = model
         self.observation_space = observation_space
         self.action_space = action_space
@@ -218,9 +219,18 @@ class ModelAdapter:
         state = raw.state
         if state is MISSING:
             state = self._broadcast_initial(self.initial_state)
-        observation = self._read(
-            to_observation, raw, self.reset_hook, observation, self.observation_space, self.batch_size, self.device
-        )
+        try:
+            observation = self._read(
+                to_observation, raw, self.reset_hook, observation, self.observation_space, self.batch_size, self.device
+            )
+        except ValueError as err:
+            mask = (options or {}).get("reset_mask")
+            if mask is None or bool(mask.all()):
+                raise
+            raise ValueError(
+                f"{err}; a partial reset still computes the full batch: return all {self.batch_size[0]} rows "
+                "(reset_mask says which of them are used)"
+            ) from None
         if state is None:
             state = observation
         self._check_finite_reset(observation)

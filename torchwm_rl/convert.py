@@ -93,6 +93,12 @@ def vector_info(info: Mapping, n: int, rows: np.ndarray) -> dict:
     out: dict = {}
     if not rows.any():
         return out
+    for key in info:
+        if isinstance(key, str) and key.startswith("_") and key[1:] in info:
+            raise ValueError(
+                f"info: keys {key[1:]!r} and {key!r} collide: Gymnasium's vector infos use {key!r} for the "
+                f"mask of the envs that have {key[1:]!r}; rename {key!r}"
+            )
     for key, value in info.items():
         if isinstance(value, Mapping):
             out[key] = vector_info(value, n, rows)

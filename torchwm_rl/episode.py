@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 
@@ -117,7 +118,14 @@ class EpisodeLogic:
     def _max_steps(self, value) -> Optional[torch.Tensor]:
         if value is None:
             return None
-        steps = torch.as_tensor(value, dtype=torch.int64, device=self.device)
+        # whole numbers only: 2.5 would become 2, inf/nan/"3" fail deep in torch otherwise
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if isinstance(value, bool) or array.dtype.kind not in "iu":
+            raise TypeError(
+                f"max_episode_steps: expected a positive int or one per env, got {value!r} "
+                f"({type(value).__name__}{'' if array.dtype == object else ', dtype ' + str(array.dtype)})"
+            )
+        steps = torch.as_tensor(array, dtype=torch.int64, device=self.device)
         if steps.ndim and tuple(steps.shape) != self.batch_size:
             raise ValueError(
                 f"max_episode_steps: expected an int or one per env (shape {self.batch_size}), "
@@ -140,6 +148,11 @@ class EpisodeLogic:
         size = _leading_dim(observation)
         if size == 0:
             raise ValueError("start_states: the bank is empty")
+        if state is not None and _leading_dim(state) != size:
+            raise ValueError(
+                f"start_states: 'state' has {_leading_dim(state)} rows but 'observation' has {size}; "
+                "row i of each is one start state"
+            )
         # check the whole bank once, here, rather than each sampled row at every reset
         checked = to_observation(
             observation, self.adapter.observation_space, (size,), _bank_device(observation), "start_states"

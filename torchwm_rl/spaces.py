@@ -100,6 +100,22 @@ def spec_to_space(spec: TensorSpec, batch_ndim: int = 0) -> spaces.Space:
     raise TypeError(f"unsupported spec {type(spec).__name__}: no Gymnasium space maps to it")
 
 
+SUPPORTED = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def check_supported(space: spaces.Space, name: str) -> None:
+    """Refuse, at construction, a space no path can carry (Tuple, Sequence, Text, Graph, ...):
+    every value is checked against the space, and these have no tensor form here."""
+    if isinstance(space, spaces.Dict):
+        for key, sub in space.spaces.items():
+            check_supported(sub, f"{name}[{key!r}]")
+    elif not isinstance(space, SUPPORTED):
+        raise TypeError(
+            f"{name}: {type(space).__name__} spaces are not supported ({space!r}); use Box, Discrete, "
+            "MultiDiscrete, MultiBinary or a Dict of them"
+        )
+
+
 def as_space(space_or_spec, name: str, batch_ndim: int = 0) -> spaces.Space:
     """Accept a Gymnasium space, a TorchRL spec (with ``batch_ndim`` leading dims) or a
     mapping of either (a Dict); return the Gymnasium space."""

@@ -148,7 +148,7 @@ def test_nan_in_the_observation_and_a_hook_reward_names_each_hook(path):
 @pytest.mark.parametrize("nan_policy", ["raise", "truncate"])
 def test_nan_in_reset_raises_even_when_truncating(path, nan_policy):
     """There is no episode to truncate at a reset: "raise" and "truncate" both refuse it."""
-    message = "reset returned NaN/inf in ['observation']; a reset must be finite."
+    message = "reset_fn returned NaN/inf in ['observation']; a reset must be finite."
     with pytest.raises(ValueError, match=re.escape(message)):
         first_reset(path, torch.tensor([0.0, float("nan"), 0.0]), nan_policy=nan_policy)
 

@@ -254,7 +254,8 @@ class ModelAdapter:
             return
         bad, keys = nonfinite_rows(flatten_observation(observation), self.batch_size)
         if bad is not None:
-            raise ValueError(f"reset returned NaN/inf in {keys}{env_rows(bad)}; a reset must be finite.")
+            source = self.reset_hook.name if self.reset_hook is not None else "initial_observation"
+            raise ValueError(f"{source} returned NaN/inf in {keys}{env_rows(bad)}; a reset must be finite.")
 
     # ----------------------------------------------------------------- action
     def prepare_action(self, action: Any) -> Any:
@@ -310,7 +311,8 @@ class ModelAdapter:
             "prev_state": state, "generator": self.generator,
         }
 
-        reward, reward_hook = raw.reward, hook
+        # a reward of None is no reward (TorchWM): reward_fn's, else 0
+        reward, reward_hook = (MISSING if raw.reward is None else raw.reward), hook
         if self.reward_hook is not None and reward is MISSING:
             reward, reward_hook = self.reward_hook(values), self.reward_hook
             raw_reward = RawRecord(form="the reward")

@@ -247,7 +247,8 @@ def test_reset_hook_gets_batch_size_and_reset_mask_by_name():
     env = WorldModelEnv(object(), _BOX, _BOX, reset_fn=reset, transition_fn=_transition, batch_size=(N,))
     assert seen["batch_size"] == (N,)
     mask = torch.tensor([True, False, True, False])
-    env.reset(TensorDict({"_reset": mask.unsqueeze(-1)}, batch_size=(N,)))
+    # a partial reset keeps the other envs' states, so it takes the tensordict that carries them
+    env.reset(env.reset().set("_reset", mask.unsqueeze(-1)))
     assert torch.equal(seen["reset_mask"], mask)
 
 

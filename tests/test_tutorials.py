@@ -111,8 +111,38 @@ def test_multiprocess_tutorial_paths(path):
     assert not [w for w in UNWANTED if w in stderr], stderr[-3000:]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("planner", ["cem", "mppi"])
+def test_planning_tutorial_acts_in_the_real_env(planner):
+    stdout, stderr = run_script("planning.py", "--planner", planner, stderr=True)
+    found = re.search(rf"{planner.upper()} MPC real returns: \[([\d.]+)\]", stdout)
+    assert found, stdout
+    # one real CartPole-v1 episode capped at 20 steps: a return in [1, 20]
+    assert 1 <= float(found.group(1)) <= 20, stdout
+    assert "random policy real returns" in stdout
+    assert "Traceback" not in stderr, stderr[-3000:]
+
+
+def test_sac_target_entropy_is_one_envs_action_dims():
+    """SACLoss's automatic target entropy is -(action dims) of one env: -2 for the tutorial's
+    2-dim action, whatever the number of envs (the batched spec gave -2 * num_envs)."""
+    sys.path.insert(0, str(TUTORIALS))
+    try:
+        import torchrl_ppo
+    finally:
+        sys.path.remove(str(TUTORIALS))
+    env = torchrl_ppo.make_env("vector", 8, 0)
+    actor = torchrl_ppo.make_actor(env, "vector")
+    from torchrl.modules import MLP, ValueOperator
+
+    qvalue = ValueOperator(MLP(in_features=6, out_features=1, num_cells=[8]), in_keys=["observation", "action"])
+    loss = torchrl_ppo.make_sac_loss(env, actor, qvalue)
+    assert env.action_spec.shape == (8, 2)
+    assert float(loss.target_entropy) == -2.0
+
+
 def test_every_tutorial_script_is_run_by_this_file():
-    tested = {"sb3_ppo.py", "torchrl_ppo.py", "cleanrl_ppo.py", "multiprocess_workers.py"}
+    tested = {"sb3_ppo.py", "torchrl_ppo.py", "cleanrl_ppo.py", "multiprocess_workers.py", "planning.py"}
     assert {script.name for script in SCRIPTS} == tested
 
 

@@ -13,6 +13,8 @@ hook                     positional arguments                        extra input
 ``terminal_fn``                                                      the step), ``generator``
 ``render_fn``            ``(model, state, obs)``
 ``action_transform_fn``  ``(model, action)``
+``decode_fn``            ``(model, state)`` (TorchRL env only: the
+                         observation of a given start state)
 =======================  ==========================================  =============================
 
 How a callable is bound (:func:`bind`, at construction; never per call):
@@ -52,6 +54,8 @@ CONTRACT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "terminal_fn": (("model", "next_state", "obs", "action"), ("prev_state", "generator")),
     "render_fn": (("model", "state", "obs"), ()),
     "action_transform_fn": (("model", "action"), ()),
+    # the TorchRL env's reset from given model states: the observation of a state
+    "decode_fn": (("model", "state"), ()),
 }
 
 _STATE_NAMES = ("state", "s", "latent", "z", "model_state")

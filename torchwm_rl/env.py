@@ -26,12 +26,14 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
-from torchrl.envs.utils import _make_compatible_policy
+from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
 from .adapter import ModelAdapter
+from .calling import Hook
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
 from .spaces import as_space, space_to_spec
+from .validation import to_observation
 
 STATE_KEY = "model_state"
 ELAPSED_KEY = "elapsed_steps"
@@ -62,6 +64,16 @@ class WorldModelEnv(EnvBase):
         seed: seeds the env (as ``set_seed``); the first reset hands it to the reset hook.
         start_states: bank of start states to sample resets from (see ``EpisodeLogic``).
         nan_policy, check_actions, torch_actions: see ``ModelAdapter``.
+        decode_fn: ``(model, state) -> observation``, for ``reset(td, set_state=True)`` from
+            model states that come without an observation (when the observation is not the
+            state itself).
+        info_keys: model info values to put in the tensordict: a list of keys (specs probed
+            from one random step here) or ``{key: spec of one env}``.
+
+    Batch-unlocked, as TorchRL's model-based envs: ``reset``, ``step`` and ``rollout`` take any
+    leading batch of start states (``batch_size`` is the batch of a reset without a
+    tensordict); ``reset(td, set_state=True)`` starts from ``td["model_state"]``; an
+    ``nn.Module`` model is the submodule ``world_model``.
 
     The model's reset hook is called once at construction to learn the state's structure.
     """
@@ -88,6 +100,8 @@ class WorldModelEnv(EnvBase):
         nan_policy: str = "raise",
         check_actions: Optional[str] = None,
         torch_actions: bool = True,
+        decode_fn: Optional[Callable] = None,
+        info_keys: Union[None, Sequence[str], Mapping[str, TensorSpec]] = None,
     ):
         if observation_space is None or action_space is None:
             raise TypeError("WorldModelEnv needs observation_space and action_space (gymnasium spaces or TorchRL specs)")
@@ -112,18 +126,37 @@ class WorldModelEnv(EnvBase):
             nan_policy=nan_policy,
             check_actions=check_actions,
         )
-        self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), seed)
+        self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), seed, decode_fn, info_keys)
 
-    def _setup(self, logic: EpisodeLogic, seed: Optional[int]) -> None:
+    def __new__(cls, *args, **kwargs):
+        # batch-unlocked, as TorchRL's own model-based envs (ModelBasedEnvBase.__new__)
+        return super().__new__(cls, *args, _batch_locked=False, **kwargs)
+
+    #: ``reset(td, set_state=True)`` starts from the model states ``td`` carries (TorchRL's flag)
+    _supports_set_state = True
+
+    def _setup(self, logic: EpisodeLogic, seed: Optional[int], decode_fn=None, info_keys=None) -> None:
         EnvBase.__init__(self, device=logic.device, batch_size=torch.Size(logic.batch_size))
         self.logic = logic
+        model = logic.adapter.model
+        if isinstance(model, torch.nn.Module):
+            # a registered submodule, as in TorchRL's model-based envs: parameters(), state_dict(),
+            # to(device) and hold_out_net(env) include the world model
+            self.world_model = model
+        self._decode = Hook(decode_fn, "decode_fn") if decode_fn is not None else None
         if not self.logic.can_reset:
             raise TypeError(
                 "WorldModelEnv builds its TensorDict specs from one reset at construction: "
                 + self.logic.no_reset_message()
             )
         self._held_state: Any = None  # opaque (non-tensor) model state, unbatched envs only
-        self._make_specs(self.logic.reset()[0])
+        probe = self.logic.reset()[0]
+        # the observation IS the state when the reset gave no separate state (adapter.reset)
+        self._state_is_observation = probe.state is probe.observation
+        self._make_specs(probe)
+        self._info_specs = self._make_info_specs(probe, info_keys)
+        for key, spec in self._info_specs.items():
+            self.observation_spec[key] = spec
         if seed is not None:
             self.set_seed(seed)
 
@@ -186,39 +219,248 @@ class WorldModelEnv(EnvBase):
     def _set_seed(self, seed: Optional[int]) -> None:
         self.logic.seed(seed)
 
+    def _make_info_specs(self, probe: Snapshot, info_keys) -> dict:
+        """Specs of the model's info values put in the tensordict (GymWrapper's info reader):
+        declared (``{key: spec of one env}``) or probed from one random step (a list of keys)."""
+        if info_keys is None:
+            return {}
+        batch, device = tuple(self.batch_size), self.device
+        if isinstance(info_keys, Mapping):
+            specs = {}
+            for key, spec in info_keys.items():
+                if not isinstance(spec, TensorSpec):
+                    raise TypeError(f"info_keys[{key!r}]: expected a TensorSpec of one env, got {type(spec).__name__}")
+                specs[key] = spec.to(device).expand(*batch, *spec.shape)
+            return specs
+        info_keys = [info_keys] if isinstance(info_keys, str) else list(info_keys)
+        with torch.no_grad():
+            action = self.full_action_spec["action"].rand()
+            _, record = self.logic.step(probe, action)
+        specs = {}
+        for key in info_keys:
+            if key not in record.info:
+                raise KeyError(
+                    f"info_keys: the model's step info has no {key!r} (it has {sorted(record.info)}); "
+                    "declare it with a spec instead (info_keys={key: spec}) if it only appears later"
+                )
+            value = torch.as_tensor(record.info[key], device=device)
+            if tuple(value.shape[: len(batch)]) != batch:
+                raise ValueError(f"info[{key!r}]: expected leading dims {batch}, got shape {tuple(value.shape)}")
+            specs[key] = Unbounded(shape=value.shape, dtype=value.dtype, device=device)
+        return specs
+
+    def _info_entries(self, info: dict, batch, at_reset: bool) -> dict:
+        """The declared info values of a step (a missing one is an error) or a reset (a reset
+        has no transition: a value the reset hook does not give is zero)."""
+        out = {}
+        for key, spec in self._info_specs.items():
+            value = info.get(key) if info else None
+            per_env = spec.shape[len(self.batch_size):]
+            if value is None:
+                if not at_reset:
+                    raise KeyError(
+                        f"info key {key!r} (declared in info_keys) is missing from the model's step info "
+                        f"(it has {sorted(info or {})})"
+                    )
+                out[key] = torch.zeros((*batch, *per_env), dtype=spec.dtype, device=self.device)
+            else:
+                out[key] = torch.as_tensor(value, device=self.device).to(spec.dtype).reshape(*batch, *per_env)
+        return out
+
+    # ---------------------------------------------------------- batch-unlocked
+    def _assert_tensordict_shape(self, tensordict: TensorDictBase) -> None:
+        # Batch-unlocked: any leading batch of start states (EnvBase still refuses every batch
+        # but env.batch_size on an unlocked env whose batch_size is not (), hence this override).
+        return
+
+    def rand_action(self, tensordict: Optional[TensorDictBase] = None):
+        """Random actions for ``tensordict``'s batch (the env's batch without one)."""
+        if tensordict is None:
+            return self.full_action_spec.rand()
+        if tensordict.batch_size == self.batch_size:
+            return super().rand_action(tensordict)
+        return tensordict.update(self.full_action_spec_unbatched.rand(tensordict.batch_size))
+
+    def step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if "_step" in tensordict.keys() and tensordict.batch_size == self.batch_size:
+            # A partial step ("_step", e.g. rollout(break_when_all_done=True)) at the env's own
+            # batch runs as it did when the env was batch-locked: every row is stepped (one
+            # model call) and TorchRL keeps the masked ones. EnvBase's unlocked branch would
+            # step a row subset, which loses which env each row is (per-env time limits).
+            partial = tensordict.pop("_step")
+            if not bool(partial.any()):
+                tensordict.set("next", self._skip_tensordict(tensordict))
+                return tensordict
+        return super().step(tensordict)
+
+    def _input_td_has_state(self, tensordict: Optional[TensorDictBase]) -> bool:
+        # A "_reset" mask asks for fresh starts of the masked rows (the others keep theirs), so
+        # TorchRL's implicit set_state must not turn it into a reset to the given states.
+        if tensordict is not None and "_reset" in tensordict.keys():
+            return False
+        return super()._input_td_has_state(tensordict)
+
+    def _step_proc_data(self, next_tensordict):
+        if next_tensordict.batch_size == self.batch_size:
+            return super()._step_proc_data(next_tensordict)
+        # another batch: EnvBase's completion reads the spec's batch; _step wrote every done
+        # entry and the reward [*batch, 1] itself
+        return next_tensordict
+
+    def _reset_proc_data(self, tensordict, tensordict_reset):
+        if tensordict is not None:
+            self._complete_kept_rows(tensordict)
+        if tensordict_reset.batch_size == self.batch_size:
+            return super()._reset_proc_data(tensordict, tensordict_reset)
+        if tensordict is not None:
+            return _update_during_reset(tensordict_reset, tensordict, self.reset_keys)
+        return tensordict_reset
+
+    def _complete_kept_rows(self, tensordict: TensorDictBase) -> None:
+        """A partial reset keeps the rows not reset from ``tensordict``. TorchRL pads a key the
+        tensordict lacks with zeros, so: the step count defaults to 0, an observation comes from
+        the state (see :meth:`_observation_of`), and a missing model state is an error."""
+        mask = tensordict.get("_reset", None)
+        if mask is None or bool(mask.all()):
+            return
+        if STATE_KEY in self.state_spec.keys() and STATE_KEY not in tensordict.keys():
+            raise KeyError(
+                f"partial reset: the envs not being reset keep their state, but the tensordict has no "
+                f"{STATE_KEY!r} (it has {sorted(map(str, tensordict.keys()))}); pass the tensordict of the "
+                "previous step or reset (it carries every key), or reset every env"
+            )
+        self._complete_start(tensordict, in_place=True)
+
+    def _observation_keys(self) -> list:
+        return list(self.adapter.observation_space.spaces) if self._dict_observation else [OBSERVATION_KEY]
+
+    def _complete_start(self, tensordict: TensorDictBase, in_place: bool = False) -> TensorDictBase:
+        """``tensordict`` with what a start state implies filled in where absent: the
+        observation (:meth:`_observation_of`), the step count (0), the done flags (False) and
+        declared info values (0). Unchanged (same object) when nothing is missing."""
+        batch = tensordict.batch_size
+        keys = set(tensordict.keys())
+        missing_obs = [k for k in self._observation_keys() if k not in keys]
+        fill = {}
+        if missing_obs:
+            fill.update(self._observation_of(tensordict, missing_obs))
+        if ELAPSED_KEY not in keys:
+            fill[ELAPSED_KEY] = torch.zeros((*batch, 1), dtype=torch.int64, device=self.device)
+        for key in ("done", "terminated", "truncated", *((NONFINITE_KEY,) if self.adapter.nan_policy == "truncate" else ())):
+            if key not in keys:
+                fill[key] = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
+        fill.update({k: v for k, v in self._info_entries({}, batch, True).items() if k not in keys})
+        if not fill:
+            return tensordict
+        out = tensordict if in_place else tensordict.copy()
+        out.update(fill)
+        return out
+
+    def _observation_of(self, tensordict: TensorDictBase, missing: list) -> dict:
+        """The observation entries of the model states in ``tensordict``: the state itself when
+        the observation is the state, else ``decode_fn(model, state)``."""
+        state = tensordict.get(STATE_KEY, None)
+        if state is None:
+            raise KeyError(
+                f"a start state needs {STATE_KEY!r} in the tensordict (got keys {sorted(map(str, tensordict.keys()))})"
+            )
+        batch = tensordict.batch_size
+        if self._state_is_observation:
+            observation = state.to_dict() if self._state_kind == "dict" else state
+        elif self._decode is not None:
+            with torch.no_grad(), self.logic.batch_override(tuple(batch)):
+                raw = self._decode({"model": self.model, "state": self._as_hook_state(state)})
+            try:
+                observation = to_observation(raw, self.adapter.observation_space, tuple(batch), self.device)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"decode_fn: {err}") from None
+        else:
+            raise KeyError(
+                f"reset from given states: the tensordict has {STATE_KEY!r} but no observation {missing}, "
+                "and this model's observation is not its state; put the observation in the tensordict "
+                "or pass decode_fn=(model, state) -> observation to WorldModelEnv"
+            )
+        entries = dict(observation) if self._dict_observation else {OBSERVATION_KEY: observation}
+        return {k: entries[k] for k in missing}
+
+    def _as_hook_state(self, state: Any) -> Any:
+        return state.to_dict() if self._state_kind == "dict" and isinstance(state, TensorDictBase) else state
+
+    # ------------------------------------------------------------------ core
     def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDictBase:
+        batch = self.batch_size if tensordict is None else tensordict.batch_size
+        if kwargs.get("set_state"):
+            # start from the states the tensordict carries (TorchRL's set_state contract)
+            if tensordict is None or STATE_KEY not in tensordict.keys():
+                got = sorted(map(str, tensordict.keys())) if tensordict is not None else "no tensordict"
+                raise KeyError(f"reset(set_state=True) needs {STATE_KEY!r} in the tensordict, got {got}")
+            keys = [*self._observation_keys(), STATE_KEY, ELAPSED_KEY, "done", "terminated", "truncated"]
+            if self.adapter.nan_policy == "truncate":
+                keys.append(NONFINITE_KEY)
+            start = self._complete_start(tensordict.select(*keys, *self._info_specs, strict=False))
+            out = start.select(*keys, *self._info_specs).clone(False)
+            false = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
+            out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
+            return out
         mask = None
         if tensordict is not None and "_reset" in tensordict.keys():
-            mask = tensordict.get("_reset").reshape(tensordict.batch_size)
-        entries = self._reset_entries(mask, kwargs.get("seed"), kwargs.get("options"))
+            mask = tensordict.get("_reset").reshape(batch)
+        entries = self._reset_entries(mask, kwargs.get("seed"), kwargs.get("options"), batch)
         # Start states carry no graph: gradients flow through the actions of steps, and a
         # reset hook that decodes with trainable parameters must not leak a graph into
         # TorchRL's buffers (ParallelEnv workers copy into shared memory).
-        return TensorDict(entries, batch_size=self.batch_size, device=self.device).detach()
+        return TensorDict(entries, batch_size=batch, device=self.device).detach()
 
-    def _reset_entries(self, mask: Optional[torch.Tensor], seed=None, options=None) -> dict:
+    def _reset_entries(self, mask: Optional[torch.Tensor], seed=None, options=None, batch=None) -> dict:
         """The entries of a reset tensordict (not yet detached); shared with the fast rollout."""
-        snapshot, _ = self.logic.reset(seed=seed, options=options, mask=mask)
-        false = torch.zeros((*self.batch_size, 1), dtype=torch.bool, device=self.device)
+        batch = self.batch_size if batch is None else batch
+        with self.logic.batch_override(tuple(batch)):
+            snapshot, info = self.logic.reset(seed=seed, options=options, mask=mask)
+        false = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
         extra = {"done": false, "terminated": false.clone(), "truncated": false.clone()}
         if self.adapter.nan_policy == "truncate":
             extra[NONFINITE_KEY] = false.clone()
+        if self._info_specs:
+            extra.update(self._info_entries(info, batch, True))
         return self._pack(snapshot, extra)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        elapsed = tensordict.get(ELAPSED_KEY)
-        entries = self._step_entries(self._read_state(tensordict), elapsed, tensordict.get("action"))
-        out = TensorDict(entries, batch_size=self.batch_size, device=self.device)
+        batch = tensordict.batch_size
+        elapsed = tensordict.get(ELAPSED_KEY, None)
+        action = tensordict.get("action", None)
+        if action is None:
+            raise KeyError("step: the tensordict has no 'action' (set one, e.g. env.rand_action(td) or a policy)")
+        entries = self._step_entries(self._read_state(tensordict), elapsed, action, batch)
+        out = TensorDict(entries, batch_size=batch, device=self.device)
         # An autograd graph cannot cross processes: a step whose input lives in shared memory
         # (a ParallelEnv / multi-process collector worker) hands out detached tensors, so a
         # model with trainable parameters works there unchanged.
         # (``is_shared()`` is True for EVERY CUDA tensor, so it only says "worker" on the CPU: on
         # CUDA the graph is kept, as the fast rollout keeps it.)
-        return out.detach() if elapsed.device.type == "cpu" and elapsed.is_shared() else out
+        shared = elapsed is not None and elapsed.device.type == "cpu" and elapsed.is_shared()
+        return out.detach() if shared else out
 
-    def _step_entries(self, state: Any, elapsed: torch.Tensor, action: Any) -> dict:
+    def _step_entries(self, state: Any, elapsed: Optional[torch.Tensor], action: Any, batch=None) -> dict:
         """The entries of a step's ``"next"`` tensordict from the model state (as the hooks
-        take it), the step counts ``[*B, 1]`` and the action; shared with the fast rollout."""
+        take it), the step counts ``[*B, 1]`` (None: 0) and the action; shared with the fast
+        rollout. A batch other than the env's is stepped in one model call, its leading dims
+        flattened into one."""
+        batch = self.batch_size if batch is None else batch
+        if elapsed is None:
+            elapsed = torch.zeros((*batch, 1), dtype=torch.int64, device=self.device)
+        if batch != self.batch_size:
+            if len(batch) > 1:
+                flat = (batch.numel(),)
+                entries = self._step_entries(
+                    _reshape(state, len(batch), flat), elapsed.reshape(*flat, 1), _reshape(action, len(batch), flat),
+                    torch.Size(flat),
+                )
+                return {k: _reshape(v, 1, batch) for k, v in entries.items()}
+            with self.logic.batch_override(tuple(batch)):
+                return self._step_entries_now(state, elapsed, action, batch)
+        return self._step_entries_now(state, elapsed, action, batch)
+
+    def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch) -> dict:
         snapshot = Snapshot(state=state, observation=None, elapsed=elapsed.reshape(elapsed.shape[:-1]))
         snapshot, record = self.logic.step(snapshot, action)
         terminated, truncated = record.terminated.unsqueeze(-1), record.truncated.unsqueeze(-1)
@@ -233,6 +475,8 @@ class WorldModelEnv(EnvBase):
             if nonfinite is None:
                 nonfinite = torch.zeros_like(record.truncated)
             extra[NONFINITE_KEY] = nonfinite.unsqueeze(-1)
+        if self._info_specs:
+            extra.update(self._info_entries(record.info, batch, False))
         return self._pack(snapshot, extra)
 
     def rollout(
@@ -267,6 +511,11 @@ class WorldModelEnv(EnvBase):
             return_contiguous=return_contiguous, tensordict=tensordict, set_truncated=set_truncated,
             out=out, trust_policy=trust_policy, storing_device=storing_device, set_state=set_state,
         )
+        if tensordict is not None and not auto_reset and self._state_kind != "opaque":
+            # start states from a replay buffer or an encoder: fill in the observation, step
+            # count and done flags they imply (both rollout paths then see a full tensordict)
+            tensordict = self._complete_start(tensordict)
+            kwargs["tensordict"] = tensordict
         if not fast_rollout_applies(self, dict(kwargs, max_steps=max_steps, callback=callback)):
             return super().rollout(max_steps, policy, callback, **kwargs)
         # the argument handling of EnvBase.rollout, for the cases the fast path takes
@@ -288,7 +537,12 @@ class WorldModelEnv(EnvBase):
     def _read_state(self, tensordict: TensorDictBase) -> Any:
         if self._state_kind == "opaque":
             return self._held_state
-        state = tensordict.get(STATE_KEY)
+        state = tensordict.get(STATE_KEY, None)
+        if state is None:
+            raise KeyError(
+                f"step: the tensordict has no {STATE_KEY!r} (it has {sorted(map(str, tensordict.keys()))}); "
+                "step from the tensordict env.reset() returns, or from model states (env.reset(td, set_state=True))"
+            )
         if self._state_kind == "dict":
             return state.to_dict()
         return state
@@ -313,6 +567,12 @@ class WorldModelEnv(EnvBase):
         if self._state_kind == "opaque":
             self._held_state = snapshot.state  # committed only after the step succeeded
         return entries
+
+    def to(self, device) -> "WorldModelEnv":
+        """Move the env, its specs and its world model (a registered submodule) to ``device``."""
+        out = super().to(device)
+        self.logic.move_to(self.device)
+        return out
 
     def close(self, *, raise_if_closed: bool = True) -> None:
         """Drop the model state this env holds (an opaque state); the adapter keeps the model,
@@ -363,6 +623,17 @@ def _check_state_batch(state: Any, batch: tuple, key: str) -> None:
         _check_state_batch(v, batch, f"{key}[{k!r}]")
 
 
+def _reshape(value: Any, ndim: int, batch) -> Any:
+    """``value`` (a tensor, TensorDict or dict of them) with its ``ndim`` leading dims made ``batch``."""
+    if isinstance(value, torch.Tensor):
+        return value.reshape(*batch, *value.shape[ndim:])
+    if isinstance(value, TensorDictBase):
+        return value.reshape(*batch)
+    if isinstance(value, Mapping):
+        return {k: _reshape(v, ndim, batch) for k, v in value.items()}
+    return value
+
+
 def _state_kind(state: Any) -> str:
     if isinstance(state, torch.Tensor):
         return "tensor"
@@ -377,5 +648,5 @@ class _SharedLogicEnv(WorldModelEnv):
     """:meth:`WorldModelEnv.from_logic`'s env (a subclass only so that TorchRL's metaclass
     finishes the env as it does for any constructor call)."""
 
-    def __init__(self, logic: EpisodeLogic, seed: Optional[int] = None):
-        self._setup(logic, seed)
+    def __init__(self, logic: EpisodeLogic, seed: Optional[int] = None, decode_fn=None, info_keys=None):
+        self._setup(logic, seed, decode_fn, info_keys)

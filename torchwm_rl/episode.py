@@ -223,6 +223,46 @@ class EpisodeLogic:
             _set_rng_state(self.device, saved)
         self.rng_state = new_state
 
+    @contextmanager
+    def batch_override(self, batch: tuple):
+        """Run resets and steps for ``batch`` instead of the env's batch (a batch-unlocked TorchRL
+        env given start states of another batch): hooks asking for ``batch_size`` get it and
+        every value is checked against it. Per-env time limits (one per env of the env's own
+        batch) cannot be mapped to another batch and are refused."""
+        batch = tuple(batch)
+        if batch == self.batch_size:
+            yield
+            return
+        if self.max_steps is not None and self.max_steps.ndim:
+            raise ValueError(
+                f"max_episode_steps was given per env (shape {tuple(self.max_steps.shape)}), so it has no "
+                f"meaning for a batch of shape {batch}; pass one int limit to use other batch sizes"
+            )
+        adapter = self.adapter
+        saved = self.batch_size, adapter.batch_size
+        self.batch_size = adapter.batch_size = batch
+        try:
+            yield
+        finally:
+            self.batch_size, adapter.batch_size = saved
+
+    def move_to(self, device: torch.device) -> None:
+        """Follow the model to ``device`` (``WorldModelEnv.to``): tensors and generators this
+        logic keeps move with it; a hook generator is re-created there (same seed)."""
+        device = torch.device(device)
+        if device == self.device:
+            return
+        self.device = self.adapter.device = device
+        if self.max_steps is not None:
+            self.max_steps = self.max_steps.to(device)
+        seed = self.hook_generator.initial_seed()
+        self.hook_generator = torch.Generator(device=device)
+        self.hook_generator.manual_seed(seed)
+        self.adapter.generator = self.hook_generator
+        if self.rng_state is not None:  # the CPU stream goes on; a CUDA one starts from the seed
+            seeded = _seeded_rng_state(int(self.generator.initial_seed()), device)
+            self.rng_state = (self.rng_state[0], *seeded[1:])
+
     # ------------------------------------------------------------------ reset
     def reset(
         self,

@@ -114,7 +114,8 @@ def _carry(root: dict, nxt: dict, carried: dict, dropped) -> dict:
 _STEP_METHODS = (
     "_step", "_reset", "step", "reset", "maybe_reset", "step_and_maybe_reset", "_step_and_maybe_reset",
     "_step_proc_data", "_reset_proc_data", "any_done", "_reset_entries", "_step_entries", "_pack",
-    "_read_state",
+    "_read_state", "_step_entries_now", "_complete_kept_rows", "_complete_start", "_assert_tensordict_shape",
+    "rand_action",
 )
 _ORIGINALS: dict = {}
 
@@ -158,7 +159,7 @@ def fast_rollout(
         state = root.get("model_state")
         if state_kind == "dict":
             state = state.to_dict()
-        nxt = env._step_entries(state, root["elapsed_steps"], root.get("action"))
+        nxt = env._step_entries(state, root.get("elapsed_steps"), root.get("action"), batch)
         _to_tensordict_layout(nxt, batch, device)
         roots.append(root)
         nexts.append(nxt)
@@ -179,7 +180,7 @@ def _restart(env, root: dict, done: torch.Tensor, batch, device) -> dict:
     ``_update_during_reset`` (a full reset replaces the reset keys and keeps the others; a
     partial one takes the reset rows from the reset and zero-pads the other keys' rows)."""
     mask = done.reshape(batch)
-    fresh = env._reset_entries(mask)
+    fresh = env._reset_entries(mask, batch=batch)
     fresh = TensorDict(fresh, batch_size=batch, device=device).detach()  # as WorldModelEnv._reset
     node = TensorDict(root, batch_size=batch, device=device)
     node.set("_reset", done.clone())

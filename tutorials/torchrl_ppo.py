@@ -183,6 +183,12 @@ def train_ppo(kind: str, budget: str, seed: int = 0) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------- SAC
+def make_sac_loss(env, actor, qvalue) -> SACLoss:
+    """SAC's automatic target entropy is -(action dims of ONE env): give it the unbatched action
+    spec (the batched one, (num_envs, 2), would give -2 * num_envs)."""
+    return SACLoss(actor, qvalue, num_qvalue_nets=2, action_spec=env.action_spec_unbatched)
+
+
 def train_sac(budget: str, seed: int = 0) -> tuple[float, float]:
     num_envs, frames_per_batch, total_frames, updates = BUDGETS[budget]
     torch.manual_seed(seed)
@@ -192,7 +198,7 @@ def train_sac(budget: str, seed: int = 0) -> tuple[float, float]:
         MLP(in_features=4 + 2, out_features=1, num_cells=[64, 64]), in_keys=["observation", "action"]
     )
     before = evaluate(env, actor)
-    loss_fn = SACLoss(actor, qvalue, num_qvalue_nets=2)
+    loss_fn = make_sac_loss(env, actor, qvalue)
     loss_fn.make_value_estimator(gamma=0.99)
     target_update = SoftUpdate(loss_fn, tau=0.005)
     buffer = ReplayBuffer(storage=LazyTensorStorage(100_000))

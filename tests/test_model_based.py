@@ -1,0 +1,268 @@
+"""WorldModelEnv with TorchRL's model-based tools (issue 10): batch-unlocked, reset from given
+states, the model as a submodule, planners, imagination from replay states, info keys. Every
+test uses the real TorchRL classes."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.data import Unbounded
+from torchrl.envs import EnvBase
+from torchrl.modules import CEMPlanner, MPPIPlanner, ValueOperator
+from torchrl.objectives.utils import hold_out_net
+from torchrl.objectives.value import TDLambdaEstimator
+
+from torchwm_rl import WorldModelEnv
+
+OBS, ACT = 4, 2
+BOX = gym.spaces.Box(-np.inf, np.inf, shape=(OBS,), dtype=np.float32)
+ACTION = gym.spaces.Box(-1.0, 1.0, shape=(ACT,), dtype=np.float32)
+LATENT = 6
+
+
+class Model(nn.Module):
+    """Latent ``[*, 6]``; observation = first 4 dims (``decode``), or the latent itself when
+    ``obs_is_state``. Reward = -|obs|^2 - |action|^2; info: ``"spread"`` ``[*, 1]``. Counts calls."""
+
+    def __init__(self, obs_is_state=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.obs_is_state = obs_is_state
+        dim = OBS if obs_is_state else LATENT
+        self.net = nn.Linear(dim + ACT, dim)
+        self.calls = 0
+
+    def decode(self, state):
+        return state if self.obs_is_state else state[..., :OBS]
+
+    def reset_fn(self, seed=None, options=None, batch_size=()):
+        n = batch_size[0] if batch_size else None
+        state = torch.randn(*((n,) if n else ()), OBS if self.obs_is_state else LATENT) * 0.1
+        return state if self.obs_is_state else (state, self.decode(state))
+
+    def transition_fn(self, state, action):
+        self.calls += 1
+        nxt = state + 0.1 * torch.tanh(self.net(torch.cat([state, action], -1)))
+        obs = self.decode(nxt)
+        reward = -(obs**2).sum(-1) - (action**2).sum(-1)
+        info = {"spread": nxt.std(-1, keepdim=True)}
+        return nxt, obs, reward, torch.zeros_like(reward, dtype=torch.bool), torch.zeros_like(reward, dtype=torch.bool), info
+
+
+def make_env(batch=(16,), obs_is_state=False, **kwargs):
+    model = Model(obs_is_state)
+    return WorldModelEnv(
+        model, BOX, ACTION,
+        reset_fn=lambda m, seed, options, batch_size=(): m.reset_fn(seed, options, batch_size),
+        transition_fn=lambda m, state, action: m.transition_fn(state, action),
+        batch_size=batch, seed=0, **kwargs,
+    )
+
+
+def replay_states(n, obs_is_state=False):
+    torch.manual_seed(5)
+    return TensorDict({"model_state": torch.randn(n, OBS if obs_is_state else LATENT) * 0.2}, [n])
+
+
+# ------------------------------------------------------------------------ 1. batch-unlocked
+def test_batch_unlocked_any_leading_batch_one_model_call_per_step():
+    env = make_env((16,), decode_fn=lambda model, state: model.decode(state))
+    assert env.batch_locked is False
+    assert env.reset().batch_size == (16,)  # no tensordict: the env's batch
+    start = replay_states(64)
+    env.model.calls = 0
+    out = env.rollout(5, auto_reset=False, tensordict=start)
+    assert out.batch_size == (64, 5) and env.model.calls == 5
+    assert out["next", "reward"].shape == (64, 5, 1)
+    # a 2-dim batch (start states x candidates) is one model call too
+    env.model.calls = 0
+    grid = TensorDict({"model_state": torch.randn(3, 7, LATENT)}, [3, 7])
+    out = env.rollout(4, auto_reset=False, tensordict=grid, break_when_any_done=False)
+    assert out.batch_size == (3, 7, 4) and env.model.calls == 4
+    # step and rand_step with another batch
+    td = env.reset(start.copy(), set_state=True)
+    stepped = env.rand_step(td)
+    assert stepped["next", "observation"].shape == (64, OBS)
+    torch.testing.assert_close(stepped["next", "observation"], stepped["next", "model_state"][:, :OBS])
+
+
+def test_unlocked_batch_fast_path_equals_torchrl_rollout():
+    def run(general):
+        env = make_env((16,), decode_fn=lambda model, state: model.decode(state))
+        torch.manual_seed(3)
+        policy = TensorDictModule(nn.Linear(OBS, ACT), in_keys=["observation"], out_keys=["action"])
+        start = env._complete_start(replay_states(64))
+        call = EnvBase.rollout if general else type(env).rollout
+        return call(env, 6, policy, auto_reset=False, tensordict=start, break_when_any_done=False)
+
+    fast, general = run(False), run(True)
+    assert set(fast.keys(True, True)) == set(general.keys(True, True))
+    for key in general.keys(True, True):
+        torch.testing.assert_close(fast[key], general[key], rtol=0, atol=0, msg=str(key))
+
+
+def test_per_env_time_limits_refuse_another_batch():
+    env = make_env((4,), max_episode_steps=torch.tensor([2, 3, 4, 5]), obs_is_state=True)
+    with pytest.raises(ValueError, match="per env"):
+        env.rollout(2, auto_reset=False, tensordict=replay_states(8, True))
+
+
+# ------------------------------------------------------------------- 2. reset from states
+def test_reset_starts_from_given_states_and_fills_bookkeeping():
+    env = make_env((16,), decode_fn=lambda model, state: model.decode(state))
+    start = replay_states(64)
+    out = env.reset(start.copy(), set_state=True)
+    torch.testing.assert_close(out["model_state"], start["model_state"])
+    torch.testing.assert_close(out["observation"], start["model_state"][:, :OBS])  # decode_fn
+    assert (out["elapsed_steps"] == 0).all() and not out["done"].any()
+    # the observation given in the tensordict wins over decode
+    given = start.copy().set("observation", torch.full((64, OBS), 7.0))
+    assert (env.reset(given, set_state=True)["observation"] == 7.0).all()
+    # set_state=False draws fresh states from the reset hook, for the tensordict's batch
+    fresh = env.reset(start.copy(), set_state=False)
+    assert fresh.batch_size == (64,) and not torch.equal(fresh["model_state"], start["model_state"])
+
+
+def test_reset_from_states_when_the_observation_is_the_state():
+    env = make_env((16,), obs_is_state=True)
+    start = replay_states(5, True)
+    out = env.reset(start.copy(), set_state=True)
+    torch.testing.assert_close(out["observation"], start["model_state"])
+
+
+def test_reset_from_states_without_observation_or_decode_says_what_to_provide():
+    env = make_env((16,))
+    with pytest.raises(KeyError, match="decode_fn"):
+        env.reset(replay_states(4), set_state=True)
+    with pytest.raises(KeyError, match="model_state"):
+        env.reset(TensorDict({"observation": torch.zeros(4, OBS)}, [4]), set_state=True)
+
+
+def test_step_and_rand_step_without_state_name_the_key():
+    env = make_env((16,))
+    with pytest.raises(KeyError, match="model_state"):
+        env.rand_step()
+    # elapsed_steps is bookkeeping: absent, it starts at 0
+    td = env.reset().exclude("elapsed_steps")
+    assert (env.rand_step(td)["next", "elapsed_steps"] == 1).all()
+
+
+def test_partial_reset_keeps_or_refuses_never_zeroes():
+    env = make_env((8,))
+    td = env.reset()
+    mask = torch.zeros(8, 1, dtype=torch.bool)
+    mask[:3] = True
+    with pytest.raises(KeyError, match="model_state"):
+        env.reset(TensorDict({"_reset": mask}, [8]))
+    before = td.clone()
+    out = env.reset(td.set("_reset", mask))
+    torch.testing.assert_close(out["model_state"][3:], before["model_state"][3:])
+    assert not torch.equal(out["model_state"][:3], before["model_state"][:3])  # fresh starts
+
+
+# ------------------------------------------------------------- 3. the model in the env
+def test_world_model_is_a_registered_submodule():
+    env = make_env((4,))
+    names = [name for name, _ in env.named_parameters()]
+    assert names and all(name.startswith("world_model.") for name in names)
+    state = env.state_dict()
+    assert "world_model.net.weight" in state
+    with torch.no_grad():
+        env.model.net.weight.zero_()
+    env.load_state_dict(state)
+    assert torch.equal(env.model.net.weight, state["world_model.net.weight"])
+    assert env.to("cpu") is env and env.model.net.weight.device.type == "cpu"
+    with hold_out_net(env):
+        assert not any(p.requires_grad for p in env.model.parameters())
+    assert all(p.requires_grad for p in env.model.parameters())
+
+
+def test_actor_update_through_rollout_freezes_the_world_model():
+    """Imagination from replay states (Dreamer's actor update): gradients reach the actor
+    through the world model, which stays frozen under hold_out_net."""
+    env = make_env((16,), decode_fn=lambda model, state: model.decode(state))
+    actor = TensorDictModule(nn.Sequential(nn.Linear(OBS, ACT), nn.Tanh()), in_keys=["observation"], out_keys=["action"])
+    start = replay_states(32)
+    with hold_out_net(env):
+        data = env.rollout(5, actor, auto_reset=False, tensordict=start)
+        loss = -data["next", "reward"].sum(-2).mean()
+        loss.backward()
+    assert data.batch_size == (32, 5)
+    torch.testing.assert_close(data["model_state"][:, 0], start["model_state"])  # started from them
+    assert actor.module[0].weight.grad is not None and actor.module[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in env.model.parameters())
+    opt = torch.optim.SGD(actor.parameters(), lr=0.1)
+    before = actor.module[0].weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, actor.module[0].weight)
+
+
+# ------------------------------------------------------------------------- 4. planners
+def planning_env():
+    # TorchRL's planners read the action spec as one env's: plan on an unbatched env
+    return make_env((), decode_fn=lambda model, state: model.decode(state))
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_cem_plans_from_one_and_many_start_states(batch):
+    env = planning_env()
+    planner = CEMPlanner(env, planning_horizon=4, optim_steps=2, num_candidates=8, top_k=3)
+    start = env._complete_start(TensorDict({"model_state": torch.randn(*batch, LATENT) * 0.1}, batch))
+    env.model.calls = 0
+    action = planner(start)["action"]
+    assert action.shape == (*batch, ACT) and (action.abs() <= 1).all()
+    assert env.model.calls == 2 * 4  # one model call per imagined step for all candidates
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_mppi_plans_with_a_value_module(batch):
+    env = planning_env()
+    value = ValueOperator(nn.Linear(OBS, 1), in_keys=["observation"])
+    advantage = TDLambdaEstimator(gamma=0.99, lmbda=0.95, value_network=value)
+    planner = MPPIPlanner(env, advantage, temperature=1.0, planning_horizon=4, optim_steps=2,
+                          num_candidates=8, top_k=3)
+    start = env._complete_start(TensorDict({"model_state": torch.randn(*batch, LATENT) * 0.1}, batch))
+    action = planner(start)["action"]
+    assert action.shape == (*batch, ACT) and torch.isfinite(action).all()
+
+
+def test_cem_prefers_the_better_action():
+    """A reward that pays for pushing action[0] up: CEM's plan must push it up."""
+    env = WorldModelEnv(
+        nn.Identity(), BOX, ACTION, reset_fn=lambda m, seed, options: torch.zeros(OBS),
+        transition_fn=lambda m, state, action: (state, state, action[..., :1].sum(-1)), seed=0,
+    )
+    planner = CEMPlanner(env, planning_horizon=3, optim_steps=4, num_candidates=32, top_k=4)
+    start = env._complete_start(TensorDict({"model_state": torch.zeros(OBS)}, []))
+    assert planner(start)["action"][0] > 0.3
+
+
+# ------------------------------------------------------------------------ 6. info keys
+@pytest.mark.parametrize("declared", [False, True])
+def test_info_values_reach_the_tensordict(declared):
+    info_keys = {"spread": Unbounded(shape=(1,))} if declared else ["spread"]
+    env = make_env((16,), info_keys=info_keys)
+    assert env.observation_spec["spread"].shape == (16, 1)
+    out = env.rollout(3)
+    expected = out["next", "model_state"].std(-1, keepdim=True)
+    torch.testing.assert_close(out["next", "spread"], expected)
+    assert (env.reset()["spread"] == 0).all()  # a reset has no transition: 0
+    from torchrl.envs.utils import check_env_specs
+
+    check_env_specs(env)
+
+
+def test_a_missing_declared_info_key_is_an_error():
+    env = make_env((4,), info_keys={"uncertainty": Unbounded(shape=(1,))})
+    with pytest.raises(KeyError, match="uncertainty"):
+        env.rand_step(env.reset())
+
+
+def test_probing_an_absent_info_key_says_how_to_declare_it():
+    with pytest.raises(KeyError, match="declare it"):
+        make_env((4,), info_keys=["uncertainty"])

@@ -230,6 +230,8 @@ class EpisodeLogic:
                 options["reset_mask"] = mask
             with self.model_rng():
                 record = self._reset_record(seed, options)
+                if self.adapter.ensemble is not None:  # "fixed": the restarted envs draw a member
+                    self.adapter.ensemble.on_reset(self.hook_generator, mask)
         except BaseException:
             # a failed reset leaves no trace: the generators and a seed not yet used stay as they were
             self.generator.set_state(generator_state)

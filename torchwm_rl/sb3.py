@@ -78,6 +78,10 @@ class SB3VecWorldModelEnv(VecEnv):
             if record.nonfinite is not None:
                 for i in np.flatnonzero(record.nonfinite.cpu().numpy()):
                     infos[i]["nonfinite"] = True
+            if record.uncertainty is not None:
+                for info, u, h in zip(infos, record.uncertainty.tolist(), record.halted.tolist()):
+                    info["uncertainty"] = float(u)
+                    info["halted"] = bool(h)
             self._snapshot = snapshot
         return obs, record.reward.cpu().numpy().astype(np.float32), dones, infos
 

@@ -74,23 +74,23 @@ def test_unknown_task_is_one_line_listing_the_tasks_and_makes_no_folder(tmp_path
     from torchwm_rl import zoo
     from torchwm_rl.cli import main
 
-    proc = subprocess.run([sys.executable, "-m", "torchwm_rl", "demo", "pendulum"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "torchwm_rl", "demo", "acrobot"], capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)  # as a user runs it
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines == [f"torchwm-rl demo: unknown task 'pendulum'; available: {', '.join(zoo.available())}"]
+    assert lines == [f"torchwm-rl demo: unknown task 'acrobot'; available: {', '.join(zoo.available())}"]
     monkeypatch.chdir(tmp_path)
-    assert main(["train-model", "pendulum"]) == 2
+    assert main(["train-model", "acrobot"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"torchwm-rl train-model: unknown task 'pendulum'; available: {', '.join(zoo.available())}"]
+        f"torchwm-rl train-model: unknown task 'acrobot'; available: {', '.join(zoo.available())}"]
     assert list(tmp_path.iterdir()) == []  # no empty run folder
 
 
 def test_run_demo_refuses_an_unknown_task_before_making_the_folder(tmp_path):
     from torchwm_rl.zoo import UnknownModelError
 
-    with pytest.raises(UnknownModelError, match="available: cartpole"):
-        run_demo(DemoConfig(task="pendulum", out=str(tmp_path / "run"), progress=False), log=lambda m: None)
+    with pytest.raises(UnknownModelError, match="available: cartpole, pendulum"):
+        run_demo(DemoConfig(task="acrobot", out=str(tmp_path / "run"), progress=False), log=lambda m: None)
     assert not (tmp_path / "run").exists()
 
 
@@ -98,11 +98,11 @@ def test_task_list_comes_from_the_zoo_registry(monkeypatch, capsys):
     from torchwm_rl import zoo
     from torchwm_rl.cli import main
 
-    monkeypatch.setitem(zoo._REGISTRY, "pendulum", ("torchwm_rl.zoo.cartpole", "Pendulum-v1"))
-    assert zoo.canonical("Pendulum-v1") == "pendulum"
+    monkeypatch.setitem(zoo._REGISTRY, "acrobot", ("torchwm_rl.zoo.cartpole", "Acrobot-v1"))
+    assert zoo.canonical("Acrobot-v1") == "acrobot"
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
-    assert "cartpole, pendulum" in capsys.readouterr().out
+    assert "acrobot, cartpole, pendulum" in capsys.readouterr().out
 
 
 def test_demo_wall_clock_starts_with_the_demo_command(monkeypatch):

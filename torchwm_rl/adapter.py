@@ -28,6 +28,7 @@ import torch
 from gymnasium import spaces
 
 from .calling import Hook
+from .ensemble import Ensemble
 from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import check_supported, numpy_to_torch_dtype
 from .validation import (
@@ -84,6 +85,9 @@ class Transition:
     truncated: torch.Tensor
     info: dict = field(default_factory=dict)
     nonfinite: Optional[torch.Tensor] = None
+    # ensembles only (see torchwm_rl.ensemble): float32 / bool, shape batch
+    uncertainty: Optional[torch.Tensor] = None
+    halted: Optional[torch.Tensor] = None
 
 
 class ModelAdapter:
@@ -111,6 +115,10 @@ class ModelAdapter:
             non-finite observation entry and reward, so learners never bootstrap from NaN.
         check_actions: ``None`` (default, fastest), ``"clip"`` or ``"raise"``: check actions
             against ``action_space`` before the hooks.
+        ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
+            uncertainty_fn: an ensemble model (the transition's outputs lead with an ensemble
+            dim of ``ensemble_size``): how the next state is picked, the uncertainty measure,
+            MOPO's reward penalty and MOReL's halting. See :mod:`torchwm_rl.ensemble`.
     """
 
     def __init__(
@@ -132,6 +140,12 @@ class ModelAdapter:
         torch_actions: bool = True,
         nan_policy: str = "raise",
         check_actions: Optional[str] = None,
+        ensemble_size: Optional[int] = None,
+        propagation: str = "random",
+        uncertainty_penalty: float = 0.0,
+        uncertainty_threshold: Optional[float] = None,
+        halt_reward: float = 0.0,
+        uncertainty_fn: Optional[Callable] = None,
     ):
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
@@ -154,6 +168,19 @@ class ModelAdapter:
         self._dict_keys = (
             frozenset(observation_space.spaces) if isinstance(observation_space, spaces.Dict) else None
         )
+        self.ensemble: Optional[Ensemble] = None
+        if ensemble_size is not None:
+            self.ensemble = Ensemble(
+                ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
+                uncertainty_fn, self.batch_size, self.device,
+            )
+        else:
+            given = [name for name, value, default in (
+                ("propagation", propagation, "random"), ("uncertainty_penalty", uncertainty_penalty, 0.0),
+                ("uncertainty_threshold", uncertainty_threshold, None), ("halt_reward", halt_reward, 0.0),
+                ("uncertainty_fn", uncertainty_fn, None)) if value != default]
+            if given:
+                raise ValueError(f"{', '.join(given)} need(s) an ensemble: pass ensemble_size=E as well")
 
         self.reset_hook = _resolve(reset_fn, model, RESET_METHODS, "reset_fn")
         self.transition_hook = _resolve(transition_fn, model, TRANSITION_METHODS, "transition_fn")
@@ -189,6 +216,10 @@ class ModelAdapter:
         return [hook.binding.describe() for hook in self.hooks.values()]
 
     def wants_generator(self) -> bool:
+        """Whether a step or reset draws from the env's generator (a hook that asks for it, or
+        an ensemble that draws members)."""
+        if self.ensemble is not None and self.ensemble.propagation != "mean":
+            return True
         return any("generator" in hook.wants for hook in self.hooks.values())
 
     # ------------------------------------------------------------------ reset
@@ -299,6 +330,9 @@ class ModelAdapter:
         hook = self.transition_hook
         values = {"model": self.model, "state": state, "action": model_action, "generator": self.generator}
         raw = parse_transition(hook(values), self._dict_keys, hook.name)
+        uncertainty = None
+        if self.ensemble is not None:  # [E, *batch, ...] -> the propagated transition
+            raw, uncertainty = self.ensemble.propagate(raw, hook.name, self.observation_space, self.generator)
         if raw.observation is MISSING or raw.observation is None:
             raise ValueError(f"{hook.name} returned no observation (read as {raw.form})")
         observation = self._read(
@@ -331,8 +365,12 @@ class ModelAdapter:
             raw_terminal = RawRecord(form="the terminated flag")
         terminated = self._flag(terminated, "terminated", raw_terminal, terminal_hook)
         truncated = self._flag(raw.truncated, "truncated", raw, hook)
+        halted = None
+        if self.ensemble is not None:  # MOPO's penalty, MOReL's halting
+            reward, terminated, halted = self.ensemble.apply(reward, terminated, uncertainty)
 
-        record = Transition(next_state, observation, reward, terminated, truncated, raw.info)
+        record = Transition(next_state, observation, reward, terminated, truncated, raw.info,
+                            uncertainty=uncertainty, halted=halted)
         self._apply_nan_policy(record, discard, reward_hook.name)
         return record
 
@@ -357,6 +395,8 @@ class ModelAdapter:
             return
         checked = flatten_observation(record.observation)
         checked["reward"] = record.reward
+        if record.uncertainty is not None:  # non-finite member predictions (maybe not the one picked)
+            checked["uncertainty (the members' observations)"] = record.uncertainty
         bad, keys = nonfinite_rows(checked, self.batch_size)
         if bad is not None and discard is not None:
             bad = bad & ~discard
@@ -380,6 +420,8 @@ class ModelAdapter:
         # NaN losses. Non-finite entries (only in the ``bad`` rows) read 0; the flag says why.
         record.observation = zero_nonfinite(record.observation)
         record.reward = zero_nonfinite(record.reward)
+        if record.uncertainty is not None:
+            record.uncertainty = zero_nonfinite(record.uncertainty)
 
     # ----------------------------------------------------------------- render
     def render(self, state: Any, observation: Any) -> Any:

@@ -40,7 +40,7 @@ class DemoConfig:
 
     task: str = "cartpole"
     seed: int = 0
-    frames: int = 300_000
+    frames: Optional[int] = None  # None: the task's default (DEFAULT_FRAMES)
     num_envs: int = 64
     steps_per_batch: int = 16
     epochs: int = 10
@@ -63,6 +63,21 @@ class DemoConfig:
     @property
     def frames_per_batch(self) -> int:
         return self.num_envs * self.steps_per_batch
+
+
+#: imagined-frame budget per task when none is given (pendulum: SAC, ~60 s of training on 2 cores)
+DEFAULT_FRAMES = {"cartpole": 300_000, "pendulum": 16_000}
+
+
+def _resolved(cfg: DemoConfig) -> DemoConfig:
+    """``cfg`` with the task's default frame budget filled in."""
+    from dataclasses import replace
+
+    from .zoo import canonical
+
+    if cfg.frames is None:
+        return replace(cfg, frames=DEFAULT_FRAMES.get(canonical(cfg.task), 300_000))
+    return cfg
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -139,6 +154,7 @@ def train_in_imagination(
 
     from .reality import env_time_limit
 
+    cfg = _resolved(cfg)
     torch.manual_seed(cfg.seed)
     obs_dim = env.observation_spec["observation"].shape[-1]
     n_actions = env.action_spec.space.n
@@ -368,6 +384,11 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
 
     t_start = time.perf_counter() if t0 is None else t0
     torch.set_num_threads(max(1, int(cfg.threads)))
+    cfg = _resolved(cfg)
+    if zoo.canonical(cfg.task) == "pendulum":
+        from .demo_sac import run_sac_demo
+
+        return run_sac_demo(cfg, log, t_start)
     model = zoo.load(cfg.task)  # an unknown task fails here, before any folder is made
     out = Path(cfg.out) if cfg.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ TensorDict layout (``B`` = ``batch_size``):
   tensors, so rollouts are functional; an opaque Python state (unbatched envs only) is held by
   the env instead. ``"elapsed_steps"``: int64 ``[*B, 1]``, for the time limit.
 * ``"nonfinite"``: bool ``[*B, 1]``, only with ``nan_policy="truncate"``.
+* ``"uncertainty"``: float32 ``[*B, 1]`` and ``"halted"``: bool ``[*B, 1]``, only with
+  ``ensemble_size`` (see :mod:`torchwm_rl.ensemble`; 0 / False after a reset).
 
 Partial resets use TorchRL's ``"_reset"`` mask: the reset hook computes the full batch (it gets
 ``options["reset_mask"]``) and TorchRL keeps the rows not being reset from the input tensordict.
@@ -38,6 +40,8 @@ from .validation import to_observation
 STATE_KEY = "model_state"
 ELAPSED_KEY = "elapsed_steps"
 NONFINITE_KEY = "nonfinite"
+UNCERTAINTY_KEY = "uncertainty"
+HALTED_KEY = "halted"
 OBSERVATION_KEY = "observation"
 
 
@@ -74,6 +78,8 @@ class WorldModelEnv(EnvBase):
     leading batch of start states (``batch_size`` is the batch of a reset without a
     tensordict); ``reset(td, set_state=True)`` starts from ``td["model_state"]``; an
     ``nn.Module`` model is the submodule ``world_model``.
+        ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
+        uncertainty_fn: an ensemble world model, see :mod:`torchwm_rl.ensemble`.
 
     The model's reset hook is called once at construction to learn the state's structure.
     """
@@ -102,6 +108,12 @@ class WorldModelEnv(EnvBase):
         torch_actions: bool = True,
         decode_fn: Optional[Callable] = None,
         info_keys: Union[None, Sequence[str], Mapping[str, TensorSpec]] = None,
+        ensemble_size: Optional[int] = None,
+        propagation: str = "random",
+        uncertainty_penalty: float = 0.0,
+        uncertainty_threshold: Optional[float] = None,
+        halt_reward: float = 0.0,
+        uncertainty_fn: Optional[Callable] = None,
     ):
         if observation_space is None or action_space is None:
             raise TypeError("WorldModelEnv needs observation_space and action_space (gymnasium spaces or TorchRL specs)")
@@ -125,6 +137,12 @@ class WorldModelEnv(EnvBase):
             torch_actions=torch_actions,
             nan_policy=nan_policy,
             check_actions=check_actions,
+            ensemble_size=ensemble_size,
+            propagation=propagation,
+            uncertainty_penalty=uncertainty_penalty,
+            uncertainty_threshold=uncertainty_threshold,
+            halt_reward=halt_reward,
+            uncertainty_fn=uncertainty_fn,
         )
         self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), seed, decode_fn, info_keys)
 
@@ -199,6 +217,9 @@ class WorldModelEnv(EnvBase):
             observation[key] = spec.clone()
         if self.adapter.nan_policy == "truncate":
             observation[NONFINITE_KEY] = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
+        if self.adapter.ensemble is not None:
+            observation[UNCERTAINTY_KEY] = Unbounded(shape=(*batch, 1), dtype=torch.float32, device=device)
+            observation[HALTED_KEY] = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
         self.observation_spec = observation
         self.state_spec = state
         self.action_spec = space_to_spec(adapter.action_space, batch, device)
@@ -422,6 +443,9 @@ class WorldModelEnv(EnvBase):
             extra[NONFINITE_KEY] = false.clone()
         if self._info_specs:
             extra.update(self._info_entries(info, batch, True))
+        if self.adapter.ensemble is not None:
+            extra[UNCERTAINTY_KEY] = torch.zeros((*batch, 1), dtype=torch.float32, device=self.device)
+            extra[HALTED_KEY] = false.clone()
         return self._pack(snapshot, extra)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -477,6 +501,9 @@ class WorldModelEnv(EnvBase):
             extra[NONFINITE_KEY] = nonfinite.unsqueeze(-1)
         if self._info_specs:
             extra.update(self._info_entries(record.info, batch, False))
+        if record.uncertainty is not None:
+            extra[UNCERTAINTY_KEY] = record.uncertainty.unsqueeze(-1)
+            extra[HALTED_KEY] = record.halted.unsqueeze(-1)
         return self._pack(snapshot, extra)
 
     def rollout(

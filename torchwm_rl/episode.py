@@ -238,6 +238,13 @@ class EpisodeLogic:
                 f"max_episode_steps was given per env (shape {tuple(self.max_steps.shape)}), so it has no "
                 f"meaning for a batch of shape {batch}; pass one int limit to use other batch sizes"
             )
+        ensemble = self.adapter.ensemble
+        if ensemble is not None and ensemble.propagation == "fixed":
+            raise ValueError(
+                f"propagation='fixed' keeps one ensemble member per env of the env's batch {self.batch_size}, "
+                f"so it has no meaning for a batch of shape {batch}; use 'random' or 'mean', or build the env "
+                f"with batch_size={batch}"
+            )
         adapter = self.adapter
         saved = self.batch_size, adapter.batch_size
         self.batch_size = adapter.batch_size = batch
@@ -299,6 +306,8 @@ class EpisodeLogic:
                 options["reset_mask"] = mask
             with self.model_rng():
                 record = self._reset_record(seed, options)
+                if self.adapter.ensemble is not None:  # "fixed": the restarted envs draw a member
+                    self.adapter.ensemble.on_reset(self.hook_generator, mask)
         except BaseException:
             # a failed reset leaves no trace: the generators and a seed not yet used stay as they were
             self.generator.set_state(generator_state)

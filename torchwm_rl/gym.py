@@ -42,7 +42,8 @@ class GymWorldModelEnv(gymnasium.Env):
     ``reset`` then says what to provide, and ``step`` before ``reset`` raises ``RuntimeError``.
     Keyword arguments are those of :class:`~torchwm_rl.adapter.ModelAdapter` plus
     ``max_episode_steps``, ``start_states``, ``render_mode`` and ``seed`` (used by the first
-    reset that is given no seed).
+    reset that is given no seed). With ``ensemble_size`` (:mod:`torchwm_rl.ensemble`) a step's
+    info also has ``info["uncertainty"]`` (float) and ``info["halted"]`` (bool).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
@@ -69,6 +70,12 @@ class GymWorldModelEnv(gymnasium.Env):
         start_states: Any = None,
         nan_policy: str = "raise",
         check_actions: Optional[str] = None,
+        ensemble_size: Optional[int] = None,
+        propagation: str = "random",
+        uncertainty_penalty: float = 0.0,
+        uncertainty_threshold: Optional[float] = None,
+        halt_reward: float = 0.0,
+        uncertainty_fn: Optional[Callable] = None,
     ):
         adapter = ModelAdapter(
             model,
@@ -86,6 +93,12 @@ class GymWorldModelEnv(gymnasium.Env):
             torch_actions=torch_actions,
             nan_policy=nan_policy,
             check_actions=check_actions,
+            ensemble_size=ensemble_size,
+            propagation=propagation,
+            uncertainty_penalty=uncertainty_penalty,
+            uncertainty_threshold=uncertainty_threshold,
+            halt_reward=halt_reward,
+            uncertainty_fn=uncertainty_fn,
         )
         self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), render_mode, seed)
 
@@ -148,6 +161,9 @@ class GymWorldModelEnv(gymnasium.Env):
             info = self._info(record.info, snapshot)
             if record.nonfinite is not None:
                 info["nonfinite"] = bool(record.nonfinite)
+            if record.uncertainty is not None:
+                info["uncertainty"] = float(record.uncertainty)
+                info["halted"] = bool(record.halted)
             out = (
                 observation_to_numpy(snapshot.observation, self.observation_space),
                 float(record.reward),
@@ -321,6 +337,9 @@ class GymVectorWorldModelEnv(VectorEnv):
         n = self.num_envs
         again = np.zeros(n, dtype=bool) if restarted is None else restarted.cpu().numpy()
         step_info = detach_tree(record.info) if record.info else {}
+        if record.uncertainty is not None:  # per env, split like the model's own info entries
+            step_info = {**step_info, "uncertainty": record.uncertainty.cpu().numpy(),
+                         "halted": record.halted.cpu().numpy()}
         infos = vector_info(step_info, n, ~again)
         if reset_info:
             infos = merge_vector_infos(infos, vector_info(detach_tree(reset_info), n, again))

@@ -82,6 +82,10 @@ class SB3VecWorldModelEnv(VecEnv):
             if record.nonfinite is not None:
                 for i in np.flatnonzero(record.nonfinite.cpu().numpy()):
                     infos[i]["nonfinite"] = True
+            if record.uncertainty is not None:
+                for info, u, h in zip(infos, record.uncertainty.tolist(), record.halted.tolist()):
+                    info["uncertainty"] = float(u)
+                    info["halted"] = bool(h)
             rewards = record.reward.cpu().numpy().astype(np.float32)
         # committed only now: a hook or conversion that failed above left the VecEnv as it was
         self._snapshot, self.reset_infos = snapshot, reset_infos

@@ -4,7 +4,8 @@
 the batched :class:`torchwm_rl.WorldModelEnv` for it; ``train_model(name, seed, path)`` rebuilds the
 bundled weights file from real environment data (used by ``torchwm-rl train-model``).
 
-Available models: ``"cartpole"`` (Gymnasium ``CartPole-v1``; see :mod:`torchwm_rl.zoo.cartpole`).
+Available models: ``"cartpole"`` (Gymnasium ``CartPole-v1``; see :mod:`torchwm_rl.zoo.cartpole`) and
+``"pendulum"`` (Gymnasium ``Pendulum-v1``, a 5-member ensemble; see :mod:`torchwm_rl.zoo.pendulum`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = ["UnknownModelError", "available", "canonical", "load", "make_env", "t
 # its help and its error messages all read it, so adding a model is adding one line here.
 _REGISTRY = {
     "cartpole": ("torchwm_rl.zoo.cartpole", "CartPole-v1"),
+    "pendulum": ("torchwm_rl.zoo.pendulum", "Pendulum-v1"),
 }
 
 

@@ -1,0 +1,365 @@
+"""Ensemble world models on every path: propagation, uncertainty, penalty, halting, info keys."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from torchwm_rl import GymWorldModelEnv, WorldModelEnv
+from torchwm_rl.ensemble import max_pairwise_distance
+
+E = 5
+# member k moves the state by action + OFFSETS[k]: the step's displacement names the member
+OFFSETS = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [-4.0, 1.0]])
+OBS = gym.spaces.Box(-1e6, 1e6, (2,), np.float32)
+ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+class Members:
+    """A toy ensemble; ``scale`` multiplies every member's offset (the spread)."""
+
+    def __init__(self, scale=1.0):
+        self.offsets = OFFSETS * scale
+
+    def transition(self, model, state, action):
+        shape = (E,) + (1,) * (state.ndim - 1) + (2,)
+        nxt = state.unsqueeze(0) + action.unsqueeze(0) + self.offsets.reshape(shape)
+        return {"state": nxt, "observation": nxt, "reward": nxt.sum(-1), "terminated": nxt[..., 0] > 1e5}
+
+
+def reset(model, seed, options, batch_size, generator):
+    return torch.rand(*batch_size, 2, generator=generator)
+
+
+def make(batch=(8,), scale=1.0, **kwargs):
+    m = Members(scale)
+    kwargs.setdefault("seed", 0)
+    return WorldModelEnv(m, OBS, ACT, reset_fn=reset, transition_fn=m.transition, batch_size=batch,
+                         ensemble_size=E, **kwargs)
+
+
+def members_of(obs_before, obs_after, action):
+    """Which member made each step: ``[..., 2]`` displacements -> member indices ``[...]``."""
+    offset = obs_after - obs_before - action
+    dist = (offset.unsqueeze(-2) - OFFSETS).norm(dim=-1)
+    assert bool((dist.min(-1).values < 1e-4).all()), "a step matches no member"
+    return dist.argmin(-1)
+
+
+def zero_policy(td):
+    td["action"] = torch.zeros(*td.batch_size, 2)
+    return td
+
+
+def rollout_members(env, steps, policy=None):
+    td = env.rollout(steps, policy, break_when_any_done=False)
+    return members_of(td["observation"], td["next", "observation"], td["action"]), td
+
+
+def test_mean_propagation_is_the_member_mean():
+    env = make(propagation="mean")
+    td = env.reset()
+    td["action"] = torch.full((8, 2), 0.5)
+    out = env.step(td)["next"]
+    expected = td["observation"] + 0.5 + OFFSETS.mean(0)
+    torch.testing.assert_close(out["observation"], expected)
+    torch.testing.assert_close(out["model_state"], expected)
+    # the reward is the mean of the members' rewards (a linear function: the reward of the mean)
+    torch.testing.assert_close(out["reward"], expected.sum(-1, keepdim=True))
+
+
+def test_fixed_keeps_one_member_per_episode_and_random_redraws_each_step():
+    fixed, _ = rollout_members(make(batch=(32,), propagation="fixed"), 10)
+    assert bool((fixed == fixed[:, :1]).all()), "a 'fixed' env changed member mid-episode"
+    assert len(set(fixed[:, 0].tolist())) > 1, "every env got the same member: draws are not per env"
+
+    random, _ = rollout_members(make(batch=(32,), propagation="random"), 10)
+    changed = (random != random[:, :1]).any(-1)
+    assert bool(changed.all()), "a 'random' env kept one member for 10 steps"
+    assert set(random.flatten().tolist()) == set(range(E))
+    assert any(len(set(random[:, t].tolist())) > 1 for t in range(10)), "draws are per batch, not per env"
+
+
+def test_fixed_redraws_at_each_full_reset():
+    env = make(batch=(32,), propagation="fixed")
+    first, _ = rollout_members(env, 2)
+    second, _ = rollout_members(env, 2)  # rollout resets first
+    assert not torch.equal(first[:, 0], second[:, 0])
+
+
+def test_fixed_partial_reset_redraws_only_restarted_envs_torchrl():
+    env = make(batch=(32,), propagation="fixed")
+    td = env.reset()
+    action = torch.zeros(32, 2)
+
+    def members_now(td):
+        td["action"] = action
+        nxt = env.step(td.clone())["next"]
+        return members_of(td["observation"], nxt["observation"], action)
+
+    before = members_now(td)
+    mask = torch.zeros(32, 1, dtype=torch.bool)
+    mask[::2] = True
+    td["_reset"] = mask
+    td = env.reset(td)
+    after = members_now(td)
+    keep = ~mask.squeeze(-1)
+    assert torch.equal(after[keep], before[keep]), "envs not being reset changed member"
+    assert not torch.equal(after[~keep], before[~keep]), "restarted envs kept their members"
+
+
+def test_fixed_partial_reset_redraws_only_restarted_envs_vector():
+    venv = make(batch=(32,), propagation="fixed").to_gymnasium()
+    obs, _ = venv.reset(seed=1)
+    action = np.zeros((32, 2), np.float32)
+
+    def members_now():
+        # peek with the shared logic: a step from the current snapshot without committing it
+        snap, rec = venv.logic.step(venv._snapshot, torch.as_tensor(action))
+        return members_of(torch.as_tensor(venv._obs()), rec.observation, torch.as_tensor(action))
+
+    before = members_now()
+    mask = np.zeros(32, bool)
+    mask[:16] = True
+    venv.reset(options={"reset_mask": mask})
+    after = members_now()
+    assert torch.equal(after[16:], before[16:])
+    assert not torch.equal(after[:16], before[:16])
+
+
+@pytest.mark.parametrize("propagation", ["random", "fixed"])
+def test_same_seed_same_trajectories(propagation):
+    # random actions come from TorchRL's global RNG: a fixed policy isolates the env's own draws
+    a = make(propagation=propagation, seed=3).rollout(20, zero_policy, break_when_any_done=False)
+    b = make(propagation=propagation, seed=3).rollout(20, zero_policy, break_when_any_done=False)
+    c = make(propagation=propagation, seed=4).rollout(20, zero_policy, break_when_any_done=False)
+    assert (a == b).all()
+    assert not torch.equal(a["next", "observation"], c["next", "observation"])
+
+
+def test_draws_do_not_touch_the_global_rng():
+    env = make(propagation="random")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    env.rollout(5, zero_policy)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_uncertainty_is_max_pairwise_distance_and_scales_linearly():
+    # members 3 and 4 are furthest apart: |(3,3) - (-4,1)| = sqrt(53)
+    spread = math.sqrt(53.0)
+    for scale in (0.5, 1.0, 3.0):
+        td = make(scale=scale, propagation="mean").rollout(3, zero_policy)
+        u = td["next", "uncertainty"]
+        assert u.dtype == torch.float32 and u.shape == (8, 3, 1)
+        torch.testing.assert_close(u, torch.full_like(u, spread * scale))
+    assert float(td["uncertainty"][:, 0].abs().max()) == 0.0  # after a reset: no prediction yet
+
+
+def test_max_pairwise_distance_by_hand():
+    members = torch.randn(4, 6, 3)
+    u = max_pairwise_distance(members, 1)
+    by_hand = torch.stack([
+        max((members[i, b] - members[j, b]).norm() for i in range(4) for j in range(4)) for b in range(6)
+    ])
+    torch.testing.assert_close(u, by_hand)
+    assert torch.equal(max_pairwise_distance(members[:1], 1), torch.zeros(6))
+
+
+def test_uncertainty_fn_replaces_the_measure():
+    env = make(propagation="mean", uncertainty_fn=lambda obs: obs[..., 0].std(0), uncertainty_penalty=2.0)
+    base = make(propagation="mean")
+    a, b = env.rollout(4, zero_policy), base.rollout(4, zero_policy)
+    std = OFFSETS[:, 0].std()
+    torch.testing.assert_close(a["next", "uncertainty"], torch.full((8, 4, 1), float(std)))
+    torch.testing.assert_close(a["next", "reward"], b["next", "reward"] - 2.0 * std)
+
+
+@pytest.mark.parametrize("propagation", ["random", "fixed", "mean"])
+def test_penalty_identity(propagation):
+    plain = make(propagation=propagation).rollout(10, zero_policy, break_when_any_done=False)
+    lam = 0.7
+    penalized = make(propagation=propagation, uncertainty_penalty=lam).rollout(10, zero_policy,
+                                                                               break_when_any_done=False)
+    torch.testing.assert_close(penalized["next", "observation"], plain["next", "observation"])
+    torch.testing.assert_close(
+        penalized["next", "reward"], plain["next", "reward"] - lam * plain["next", "uncertainty"]
+    )
+
+
+def test_halting_flags_and_rewards():
+    # spread sqrt(53) ~ 7.28 at scale 1, ~ 3.64 at scale 0.5: a threshold of 5 halts only the first
+    halting = make(propagation="mean", uncertainty_threshold=5.0, halt_reward=-3.0, uncertainty_penalty=1.0)
+    td = halting.rollout(5, zero_policy, break_when_any_done=False)
+    nxt = td["next"]
+    assert bool(nxt["halted"].all()) and bool(nxt["terminated"].all()) and bool(nxt["done"].all())
+    assert not bool(nxt["truncated"].any())
+    torch.testing.assert_close(nxt["reward"], torch.full_like(nxt["reward"], -3.0))
+    # break_when_any_done (the default) stops at the halted step
+    assert halting.rollout(5, zero_policy).shape == (8, 1)
+
+    calm = make(scale=0.5, propagation="mean", uncertainty_threshold=5.0, halt_reward=-3.0)
+    nxt = calm.rollout(5, zero_policy, break_when_any_done=False)["next"]
+    assert not bool(nxt["halted"].any()) and not bool(nxt["terminated"].any())
+    assert not bool((nxt["reward"] == -3.0).any())
+
+
+def test_halting_is_per_env():
+    def uncertainty(obs):  # env b's uncertainty is b
+        return torch.arange(obs.shape[1], dtype=torch.float32)
+
+    env = make(propagation="mean", uncertainty_fn=uncertainty, uncertainty_threshold=3.5, halt_reward=7.0)
+    td = env.reset()
+    td["action"] = torch.zeros(8, 2)
+    nxt = env.step(td)["next"]
+    halted = torch.arange(8) > 3.5
+    assert torch.equal(nxt["halted"].squeeze(-1), halted)
+    assert torch.equal(nxt["terminated"].squeeze(-1), halted)
+    assert bool((nxt["reward"].squeeze(-1)[halted] == 7.0).all())
+    assert not bool((nxt["reward"].squeeze(-1)[~halted] == 7.0).any())
+
+
+def test_info_keys_on_every_path_match_torchrl():
+    # an uncertainty that varies with the state, so that some envs halt and some do not
+    kwargs = dict(propagation="random", uncertainty_threshold=1.0, seed=5,
+                  uncertainty_fn=lambda obs: obs.mean(0)[..., 0].abs() % 2)
+    torchrl_env = make(batch=(4,), **kwargs)
+    reference = torchrl_env.rollout(6, zero_policy, break_when_any_done=False)
+    u_ref = reference["next", "uncertainty"].squeeze(-1)  # [4, 6]
+    h_ref = reference["next", "halted"].squeeze(-1)
+    assert bool(h_ref.any()) and not bool(h_ref.all())  # both cases occur below
+
+    # Gymnasium vector env (SAME_STEP autoreset so every step is a model step)
+    venv = make(batch=(4,), **kwargs).to_gymnasium(autoreset_mode="SameStep")
+    venv.reset(seed=5)
+    for t in range(6):
+        _, _, _, _, infos = venv.step(np.zeros((4, 2), np.float32))
+        u = infos["uncertainty"].copy()
+        h = infos["halted"].copy()
+        if "final_info" in infos:
+            ended = infos["_final_info"]
+            u[ended] = infos["final_info"]["uncertainty"][ended]
+            h[ended] = infos["final_info"]["halted"][ended]
+        # rows that reset differ from the TorchRL reference once any env halted; compare the first step
+        if t == 0:
+            np.testing.assert_allclose(u, u_ref[:, 0].numpy())
+            np.testing.assert_array_equal(h, h_ref[:, 0].numpy())
+        assert u.dtype == np.float32 and h.dtype == bool
+
+    # SB3
+    sb3 = make(batch=(4,), **kwargs).to_sb3()
+    sb3.seed(5)
+    sb3.reset()
+    _, _, _, infos = sb3.step(np.zeros((4, 2), np.float32))
+    assert [i["uncertainty"] for i in infos] == pytest.approx(u_ref[:, 0].tolist())
+    assert [i["halted"] for i in infos] == h_ref[:, 0].tolist()
+
+    # single Gymnasium env (constructor keywords and the export)
+    m = Members()
+    single = GymWorldModelEnv(m, OBS, ACT, reset_fn=reset, transition_fn=m.transition, ensemble_size=E,
+                              propagation="mean", uncertainty_penalty=0.5)
+    single.reset(seed=0)
+    _, reward, _, _, info = single.step(np.zeros(2, np.float32))
+    assert info["uncertainty"] == pytest.approx(math.sqrt(53.0)) and info["halted"] is False
+    unbatched = make(batch=(), propagation="fixed").to_gymnasium()
+    unbatched.reset(seed=0)
+    info = unbatched.step(np.zeros(2, np.float32))[-1]
+    assert isinstance(info["uncertainty"], float) and isinstance(info["halted"], bool)
+
+
+def test_unbatched_fixed_and_random():
+    env = make(batch=(), propagation="fixed")
+    members, _ = rollout_members(env, 8)
+    assert bool((members == members[0]).all())
+    env = make(batch=(), propagation="random")
+    members, _ = rollout_members(env, 30)
+    assert len(set(members.tolist())) > 1
+
+
+def test_gradients_flow_through_mean():
+    env = make(propagation="mean", uncertainty_penalty=0.3)
+    td = env.reset()
+    action = torch.zeros(8, 2, requires_grad=True)
+    td["action"] = action
+    reward = env.step(td)["next", "reward"]
+    reward.sum().backward()
+    torch.testing.assert_close(action.grad, torch.ones(8, 2))  # d(sum of next obs)/d(action)
+
+
+def test_reward_fn_sees_the_propagated_observation():
+    m = Members()
+    seen = []
+
+    def reward_fn(model, next_state, obs, action):
+        seen.append(obs.shape)
+        return obs[..., 1]
+
+    m_transition = lambda model, state, action: {k: v for k, v in m.transition(model, state, action).items()
+                                                  if k != "reward"}
+    env = WorldModelEnv(m, OBS, ACT, reset_fn=reset, transition_fn=m_transition, reward_fn=reward_fn,
+                        batch_size=(8,), ensemble_size=E, propagation="mean", seed=0)
+    td = env.rollout(2, zero_policy)
+    assert seen and all(s == (8, 2) for s in seen)
+    torch.testing.assert_close(td["next", "reward"].squeeze(-1), td["next", "observation"][..., 1])
+
+
+def test_errors_name_what_is_wrong():
+    m = Members()
+    with pytest.raises(ValueError, match=r"leading ensemble dim.*expected shape \(5, 8, 2\), got \(8, 2\)"):
+        WorldModelEnv(m, OBS, ACT, reset_fn=reset, batch_size=(8,), ensemble_size=E, seed=0,
+                      transition_fn=lambda model, state, action: state + action).rollout(1)
+    with pytest.raises(ValueError, match=r"reward must have a leading ensemble dim"):
+        WorldModelEnv(m, OBS, ACT, reset_fn=reset, batch_size=(8,), ensemble_size=E, seed=0,
+                      transition_fn=lambda model, state, action: {
+                          "observation": m.transition(model, state, action)["observation"],
+                          "reward": state.sum(-1)}).rollout(1)
+    with pytest.raises(ValueError, match="propagation must be one of"):
+        make(propagation="ts1")
+    with pytest.raises(ValueError, match="uncertainty_penalty must be a finite number >= 0"):
+        make(uncertainty_penalty=-1.0)
+    with pytest.raises(ValueError, match="ensemble_size must be a positive int"):
+        make(ensemble_size=0) if False else WorldModelEnv(m, OBS, ACT, reset_fn=reset, ensemble_size=0,
+                                                           transition_fn=m.transition)
+    with pytest.raises(ValueError, match="uncertainty_penalty need.*ensemble_size"):
+        WorldModelEnv(m, OBS, ACT, reset_fn=reset, transition_fn=m.transition, uncertainty_penalty=1.0)
+    with pytest.raises(ValueError, match="uncertainty_fn must return shape"):
+        make(uncertainty_fn=lambda obs: obs.sum(-1)).rollout(1)
+
+
+def test_mean_refuses_integer_members():
+    space = gym.spaces.Box(-100, 100, (2,), np.int64)
+
+    def transition(model, state, action):
+        return state.unsqueeze(0).expand(E, *state.shape).clone()
+
+    env = WorldModelEnv(None, space, ACT, reset_fn=lambda model, seed, options: torch.zeros(2, dtype=torch.int64),
+                        transition_fn=transition, ensemble_size=E, propagation="mean")
+    with pytest.raises(TypeError, match="propagation='mean' needs floating-point"):
+        env.rollout(1)
+
+
+def test_fixed_members_refuse_a_batch_of_another_size():
+    """A batch-unlocked env given start states of another batch cannot map its per-env "fixed"
+    members onto them: refused by name, never indexed wrongly."""
+    import re as _re
+
+    from tensordict import TensorDict as _TD
+
+    def reset(model, batch_size=()):
+        return torch.zeros(E, *batch_size, 2)[0]
+
+    def transition(model, state, action):
+        nxt = state.unsqueeze(0) + torch.arange(E, dtype=torch.float32).reshape(E, *[1] * state.ndim)
+        return {"state": nxt, "observation": nxt}
+
+    box = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    env = WorldModelEnv(object(), box, box, reset_fn=reset, transition_fn=transition, batch_size=(4,),
+                        ensemble_size=E, propagation="fixed")
+    start = _TD({"model_state": torch.zeros(6, 2), "observation": torch.zeros(6, 2)}, batch_size=(6,))
+    with pytest.raises(ValueError, match=_re.escape("propagation='fixed' keeps one ensemble member per env")):
+        td = env.reset(start, set_state=True)
+        td["action"] = torch.zeros(6, 2)
+        env.step(td)

@@ -1,0 +1,175 @@
+"""The continuous-control demo (``torchwm-rl demo pendulum``): SAC only in the bundled ensemble
+world model, then :func:`torchwm_rl.reality_check` on the real ``Pendulum-v1``.
+
+Same outputs as the CartPole demo (:mod:`torchwm_rl.demo`): ``policy.safetensors``,
+``results.json`` (``real_mean_return``, ``imagined_mean_return``, ``wall_seconds``, ...) and
+``results.png``, whose middle panel shows the imagined and real trajectories from the same start
+state with the ensemble's uncertainty (max pairwise L2 distance of the members' predictions)
+along each. Deterministic given the seed (one torch thread; a frame budget, never a time budget).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from .demo import DemoConfig, default_out_dir, format_table, json_safe
+
+DEMO_NUM_ENVS = 32  # imagined envs for SAC when the CLI does not say (--num-envs)
+
+
+@torch.no_grad()
+def trajectory_uncertainty(model, net, observations: list) -> list:
+    """The ensemble's uncertainty at each step of a trajectory driven by the deterministic SAC
+    policy: the max pairwise L2 distance of the members' predicted next observations."""
+    from .ensemble import max_pairwise_distance
+
+    if len(observations) < 2:
+        return []
+    obs = torch.tensor(observations[:-1], dtype=torch.float32)
+    action = _greedy(net, obs)
+    return max_pairwise_distance(model(obs, action), 1).tolist()
+
+
+def _greedy(net, obs: torch.Tensor) -> torch.Tensor:
+    """The policy's mean action (the TanhNormal's location squashed into [-2, 2])."""
+    loc = net(obs)[..., : net[-1].out_features // 2]
+    return torch.tanh(loc) * 2.0
+
+
+def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str, Any]:
+    import gymnasium as gym
+
+    from . import zoo
+    from .reality import reality_check
+    from .sac import SACConfig, train_sac
+    from .serialization import save_weights
+    from .zoo import pendulum
+
+    model = zoo.load("pendulum")
+    out = Path(cfg.out) if cfg.out else default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    num_envs = cfg.num_envs if cfg.num_envs != DemoConfig.num_envs else DEMO_NUM_ENVS
+    sac = SACConfig(seed=cfg.seed, frames=cfg.frames, num_envs=num_envs,
+                    init_random_frames=min(2_000, max(cfg.frames // 4, num_envs)))
+    env = pendulum.make_env(model, batch_size=num_envs, seed=cfg.seed)
+    log(f"[torchwm-rl] pendulum: training SAC in the bundled {model.members}-member ensemble only "
+        f"({num_envs} imagined envs, {cfg.frames:,} frames, seed {cfg.seed})")
+    t_train = time.perf_counter()
+    actor, net, history = train_sac(env, sac, on_batch=lambda r: log(
+        f"  {r['frames']:>7,} frames  {r['seconds']:5.1f}s  imagined return {r['imagined_return']:8.1f}")
+        if cfg.progress else None)
+    train_seconds = time.perf_counter() - t_train
+
+    log(f"[torchwm-rl] reality check: {cfg.episodes} episodes on the real Pendulum-v1")
+    real_env = gym.make("Pendulum-v1")
+    check_env = pendulum.make_env(model, batch_size=min(cfg.episodes, 64), seed=cfg.seed + 20_000)
+    report = reality_check(actor, check_env, real_env, episodes=cfg.episodes, seed=cfg.seed,
+                           set_real_state=pendulum.set_real_state)
+    real_env.close()
+    u_imagined = trajectory_uncertainty(model, net, report.imagined_trajectory)
+    u_real = trajectory_uncertainty(model, net, report.real_trajectory)
+
+    save_weights(net, out / "policy.safetensors",
+                 {"task": "pendulum", "kind": "torchwm_rl.demo.sac_policy/1", "hidden": sac.hidden,
+                  "obs_dim": net[0].in_features, "n_actions": net[-1].out_features // 2,
+                  "architecture": "Linear-ReLU-Linear-ReLU-Linear (observation -> TanhNormal loc, scale "
+                                  "parameter); greedy action = 2 * tanh(loc)"})
+    plot_msg = _plot(out / "results.png", history, report, u_imagined, u_real) if cfg.save_plot else "plot disabled"
+    if plot_msg:
+        log(f"[torchwm-rl] {plot_msg}")
+    frames = history[-1]["frames"] if history else 0
+    wall = time.perf_counter() - t_start
+    result = {
+        "task": "pendulum",
+        "seed": cfg.seed,
+        "algorithm": "SAC",
+        "real_mean_return": report.real_mean_return,
+        "real_std_return": report.real_std_return,
+        "imagined_mean_return": report.imagined_mean_return,
+        "imagined_std_return": report.imagined_std_return,
+        "return_gap": report.return_gap,
+        "episodes": report.episodes,
+        "imagined_frames": frames,
+        "train_seconds": round(train_seconds, 2),
+        "wall_seconds": round(wall, 2),
+        "model_error_step1": report.error_at(1),
+        "model_error_step100": report.error_at(100),
+        "uncertainty_imagined_mean": float(sum(u_imagined) / len(u_imagined)) if u_imagined else math.nan,
+        "uncertainty_real_mean": float(sum(u_real) / len(u_real)) if u_real else math.nan,
+        "out_dir": str(out),
+        "policy_path": str(out / "policy.safetensors"),
+        "plot_path": None if plot_msg else str(out / "results.png"),
+    }
+    with open(out / "results.json", "w") as fh:
+        json.dump(json_safe({"result": result, "config": asdict(cfg), "sac": asdict(sac), "history": history,
+                             "uncertainty": {"imagined": u_imagined, "real": u_real},
+                             "reality_check": report.to_dict()}), fh, indent=1, allow_nan=False)
+    log(format_table([
+        ("task", "pendulum (real: Pendulum-v1)"),
+        ("imagined return (deterministic policy, model)",
+         f"{report.imagined_mean_return:.1f} +/- {report.imagined_std_return:.1f}"),
+        (f"real return ({report.episodes} episodes)", f"{report.real_mean_return:.1f} +/- {report.real_std_return:.1f}"),
+        ("imagined steps (training)", f"{frames:,}"),
+        ("model error, 1 / 100 steps open loop", f"{report.error_at(1):.2g} / {report.error_at(100):.2g}"),
+        ("train seconds", f"{train_seconds:.1f}"),
+        ("wall seconds (the demo command, imports included)", f"{wall:.1f}"),
+        ("outputs", str(out)),
+    ]))
+    return result
+
+
+def _plot(path: Path, history: list, report, u_imagined: list, u_real: list) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: skipped the plot (pip install 'torchwm-rl[plot]')"
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.8))
+    ax = axes[0]
+    ax.plot([h["frames"] for h in history], [h["imagined_return"] for h in history], ".", color="C0",
+            label="training episodes that ended (mean return, in the model)")
+    ax.errorbar([history[-1]["frames"] if history else 0], [report.real_mean_return],
+                yerr=[report.real_std_return], fmt="*", ms=14, color="k", capsize=4,
+                label=f"real Pendulum-v1, after training ({report.episodes} episodes)")
+    ax.set_xlabel("imagined frames (training)")
+    ax.set_ylabel("episode return")
+    ax.set_title("SAC trained only in the ensemble model")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]
+    imag = torch.tensor(report.imagined_trajectory)
+    real = torch.tensor(report.real_trajectory)
+    for traj, style, name in ((real, "-", "real"), (imag, "--", "imagined")):
+        if len(traj):
+            ax.plot(torch.atan2(traj[:, 1], traj[:, 0]).tolist(), style, color="C0", label=f"angle (rad), {name}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("angle (rad)")
+    twin = ax.twinx()
+    twin.plot(range(1, len(u_real) + 1), u_real, "-", color="C3", lw=0.9, label="uncertainty along the real one")
+    twin.plot(range(1, len(u_imagined) + 1), u_imagined, "--", color="C3", lw=0.9,
+              label="uncertainty along the imagined one")
+    twin.set_ylabel("ensemble uncertainty (max pairwise L2)", color="C3")
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8)
+    ax.set_title("Same start, same policy: imagined vs real, with uncertainty")
+
+    ax = axes[2]
+    if report.prediction_error:
+        ax.semilogy(range(1, len(report.prediction_error) + 1), report.prediction_error)
+    ax.set_xlabel("open-loop horizon (steps)")
+    ax.set_ylabel("mean L2 error vs real")
+    ax.set_title("Open-loop model error (real actions, real start)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None

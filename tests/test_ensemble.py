@@ -363,3 +363,34 @@ def test_fixed_members_refuse_a_batch_of_another_size():
         td = env.reset(start, set_state=True)
         td["action"] = torch.zeros(6, 2)
         env.step(td)
+
+
+def test_fixed_members_from_given_start_states_reproduce_under_the_seed():
+    """reset(td, set_state=True) draws the "fixed" members of the started envs from the env's
+    seeded stream: same seed, same members and rewards (they came from the construction probe)."""
+    from tensordict import TensorDict
+
+    start = torch.rand(8, 2, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for _ in range(3):
+        env = make(batch=(8,), propagation="fixed", seed=123)
+        td = env.reset(TensorDict({"model_state": start.clone()}, batch_size=[8]), set_state=True)
+        td["action"] = torch.zeros(8, 2)
+        nxt = env.step(td)["next"]
+        runs.append((members_of(td["observation"], nxt["observation"], td["action"]).tolist(),
+                     nxt["reward"].squeeze(-1).tolist()))
+    assert runs[0] == runs[1] == runs[2]
+    assert len(set(runs[0][0])) > 1  # the envs really drew (different) members
+
+
+@pytest.mark.parametrize("propagation", ["random", "mean"])
+def test_random_and_mean_ensembles_take_start_states_of_another_batch(propagation):
+    from tensordict import TensorDict
+
+    env = make(batch=(16,), propagation=propagation)
+    start = TensorDict({"model_state": torch.zeros(64, 2)}, batch_size=[64])
+    td = env.reset(start, set_state=True)
+    out = env.rollout(3, auto_reset=False, tensordict=td, break_when_any_done=False)
+    assert out.batch_size == torch.Size([64, 3]) and out["next", "uncertainty"].shape == (64, 3, 1)
+    expected = max_pairwise_distance(OFFSETS.unsqueeze(1), 1)  # the members' spread, every env
+    torch.testing.assert_close(out["next", "uncertainty"][:, 0, 0], expected.expand(64))

@@ -266,3 +266,26 @@ def test_a_missing_declared_info_key_is_an_error():
 def test_probing_an_absent_info_key_says_how_to_declare_it():
     with pytest.raises(KeyError, match="declare it"):
         make_env((4,), info_keys=["uncertainty"])
+
+
+def test_declared_info_values_of_another_shape_are_refused_not_reshaped():
+    """A declared info spec is one env's shape: a value of shape [K, N] for a [N, K] batch would
+    mix rows across envs if reshaped; it is refused, as is a float for an integer spec."""
+    import gymnasium as _gym
+    import numpy as _np
+    from torchrl.data import Unbounded as _Unbounded
+
+    from torchwm_rl import WorldModelEnv as _Env
+
+    box = _gym.spaces.Box(-_np.inf, _np.inf, (2,), _np.float32)
+
+    def transition(model, state, action):
+        per_member = torch.arange(3.0).reshape(3, 1) * 10 + torch.arange(4.0)  # [K=3, N=4]
+        return {"state": state, "observation": state, "info": {"per_member": per_member}}
+
+    env = _Env(object(), box, box, reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+               transition_fn=transition, batch_size=(4,), info_keys={"per_member": _Unbounded(shape=(3,))})
+    td = env.reset()
+    td["action"] = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match=r"info\['per_member'\]: expected shape \(4, 3\).*got \(3, 4\)"):
+        env.step(td)

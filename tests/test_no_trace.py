@@ -203,3 +203,130 @@ def test_vector_info_key_colliding_with_a_mask_is_refused():
     envs.reset(seed=0)
     with pytest.raises(ValueError, match=re.escape("info: keys 'x' and '_x' collide")):
         envs.step(np.zeros((N, 2), np.float32))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["env.rollout", "EnvBase.rollout"])
+def test_a_model_writing_into_one_buffer_gives_a_rollout_of_every_steps_values(fast):
+    """Tensors the model returns are not kept by reference when it reuses their memory: each
+    recorded step holds its own values (observation, state, reward, flags)."""
+    from torchrl.envs import EnvBase
+
+    buffers = {"state": torch.zeros(N, 2), "reward": torch.zeros(N), "done": torch.zeros(N, dtype=torch.bool)}
+
+    def reset(model, batch_size=()):
+        return torch.zeros(*batch_size, 2)
+
+    def transition(model, state, action):
+        torch.add(state, 1.0, out=buffers["state"])
+        torch.sum(buffers["state"], -1, out=buffers["reward"])
+        torch.gt(buffers["state"][..., 0], 2.5, out=buffers["done"])
+        return {"state": buffers["state"], "observation": buffers["state"], "reward": buffers["reward"],
+                "terminated": buffers["done"]}
+
+    env = WorldModelEnv(object(), BOX, ACT, reset_fn=reset, transition_fn=transition, batch_size=(N,))
+    rollout = env.rollout(4, break_when_any_done=False) if fast else EnvBase.rollout(env, 4, break_when_any_done=False)
+    obs = rollout["next", "observation"][0, :, 0].tolist()
+    assert obs[:3] == [1.0, 2.0, 3.0]  # each step's own value (then the auto-reset restarts at 1)
+    assert rollout["next", "reward"][0, :3, 0].tolist() == [2.0, 4.0, 6.0]
+    assert rollout["next", "terminated"][0, :3, 0].tolist() == [False, False, True]
+
+
+def test_writing_into_the_observation_never_changes_the_model_state():
+    env = WorldModelEnv(object(), BOX, ACT, reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+                        transition_fn=lambda s, a: s + 1.0, batch_size=(N,))  # the observation is the state
+    td = env.reset()
+    td["action"] = torch.zeros(N, 2)
+    out = env.step(td)["next"]
+    out["observation"].mul_(100.0)
+    assert out["model_state"].tolist() == [[1.0, 1.0]] * N
+
+
+def test_tensordict_key_collisions_and_batch_sizes_are_refused():
+    hooks = dict(reset_fn=lambda: {"elapsed_steps": torch.zeros(2), "pos": torch.zeros(2)}, transition_fn=lambda s, a: s)
+    space = gym.spaces.Dict({"elapsed_steps": BOX, "pos": BOX})
+    with pytest.raises(ValueError, match=re.escape("key(s) ['elapsed_steps'] collide with the tensordict's own keys")):
+        WorldModelEnv(object(), space, ACT, **hooks)
+    hooks = dict(reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2), transition_fn=lambda s, a: s)
+    for bad in ((0,), (-1,), (2, 3)):
+        with pytest.raises(ValueError, match=re.escape("batch_size must be () or (N,) with N >= 1")):
+            WorldModelEnv(object(), BOX, ACT, batch_size=bad, **hooks)
+    assert WorldModelEnv(object(), BOX, ACT, batch_size=4, **hooks).batch_size == torch.Size([4])  # N is (N,)
+
+
+def test_a_nan_action_is_blamed_on_the_policy_not_the_model():
+    env = GymWorldModelEnv(object(), BOX, ACT, reset_fn=lambda: torch.zeros(2),
+                           transition_fn=lambda s, a: {"state": s + a, "observation": s + a})
+    env.reset()
+    with pytest.raises(ValueError, match=re.escape("the action was NaN/inf (the policy's output;")):
+        env.step(np.array([np.nan, 0.0], np.float32))
+
+
+def test_a_torchrl_view_of_a_gymnasium_env_leaves_its_seed_and_streams_alone():
+    """WorldModelEnv.from_logic (used by `torchwm-rl check`) probes a reset to build its specs:
+    the Gymnasium env it views keeps its pending seed and random streams."""
+    def build():
+        model = Flaky()
+        return GymWorldModelEnv(model, BOX, ACT, seed=5, reset_fn=model.reset_fn, transition_fn=model.transition_fn)
+
+    alone = build()
+    expected = [alone.reset()[0], alone.step(np.zeros(2, np.float32))[0]]
+    viewed = build()
+    WorldModelEnv.from_logic(viewed.logic)
+    got = [viewed.reset()[0], viewed.step(np.zeros(2, np.float32))[0]]
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_failed_step_after_an_autoreset_keeps_the_fixed_ensemble_members(monkeypatch):
+    """The transaction also restores an ensemble's "fixed" members (the autoreset redraws them)."""
+    import torchwm_rl.sb3 as sb3_module
+
+    E = 3
+
+    def reset(model, batch_size=(), *, generator):
+        return torch.rand(*batch_size, 2, generator=generator)
+
+    def transition(model, state, action):
+        nxt = state.unsqueeze(0) + torch.arange(E, dtype=torch.float32).reshape(E, 1, 1) + 0.5
+        return {"state": nxt, "observation": nxt, "reward": nxt.sum(-1), "terminated": nxt[..., 0] > 2.0}
+
+    def build():
+        env = WorldModelEnv(object(), BOX, ACT, reset_fn=reset, transition_fn=transition, batch_size=(8,),
+                            seed=11, ensemble_size=E, propagation="fixed")
+        venv = env.to_sb3()
+        venv.seed(11)
+        venv.reset()
+        return venv
+
+    action = np.zeros((8, 2), np.float32)
+    clean = build()
+    want = [clean.step(action)[1] for _ in range(4)]
+    venv = build()
+    got = [venv.step(action)[1]]
+    real = sb3_module.observation_to_numpy
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):  # the conversion right after the step's autoreset fails once
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sb3_module, "observation_to_numpy", failing)
+    for _ in range(3):
+        try:
+            got.append(venv.step(action)[1])
+        except KeyboardInterrupt:
+            got.append(venv.step(action)[1])
+    assert calls["n"] >= 2
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_vector_reset_takes_a_seed_list_only_as_gymnasium_means_it():
+    envs = _make("vector", Flaky())
+    a = envs.reset(seed=[4, 5, 6])[0]
+    b = envs.reset(seed=4)[0]
+    np.testing.assert_array_equal(a, b)  # [s, s+1, s+2] is what reset(seed=s) means
+    with pytest.raises(ValueError, match=re.escape("a list must be [s, s+1, ..., s+2]")):
+        envs.reset(seed=[1, 99, 98])

@@ -200,6 +200,7 @@ class ModelAdapter:
         )
         # the env's random stream for hooks that ask for ``generator`` (set by EpisodeLogic)
         self.generator: Optional[torch.Generator] = None
+        self._recent_addresses: set = set()  # memory of the last outputs (see _unalias)
 
     @property
     def hooks(self) -> dict:
@@ -265,6 +266,7 @@ class ModelAdapter:
         if state is None:
             state = observation
         self._check_finite_reset(observation)
+        state, observation = self._unalias((state, observation))
         return Reset(state=state, observation=observation, info=raw.info)
 
     def _broadcast_initial(self, value: Any) -> Any:
@@ -371,8 +373,38 @@ class ModelAdapter:
 
         record = Transition(next_state, observation, reward, terminated, truncated, raw.info,
                             uncertainty=uncertainty, halted=halted)
-        self._apply_nan_policy(record, discard, reward_hook.name)
+        self._apply_nan_policy(record, discard, reward_hook.name, model_action)
+        record.state, record.observation, record.reward, record.terminated, record.truncated = self._unalias(
+            (record.state, record.observation, record.reward, record.terminated, record.truncated)
+        )
         return record
+
+    def _unalias(self, values: tuple) -> tuple:
+        """``values`` with every tensor that shares memory with the previous call's outputs
+        replaced by a copy. A model that writes into preallocated buffers (CUDA graphs, ``out=``
+        kernels) returns the same memory every step; kept by reference, every recorded step
+        would show the last values and flags would change after the fact. The check is an
+        address comparison, so a model that returns fresh tensors pays no copy."""
+        recent = self._recent_addresses
+        seen: set = set()
+
+        def fix(value):
+            if isinstance(value, torch.Tensor):
+                if value.numel():
+                    address = value.data_ptr()  # the model's memory, remembered even when copied
+                    seen.add(address)
+                    if address in recent:
+                        value = value.clone()
+                return value
+            if isinstance(value, dict):
+                fixed = {k: fix(v) for k, v in value.items()}
+                # the model's own dict back when nothing was copied: states go back as returned
+                return value if all(fixed[k] is value[k] for k in value) else fixed
+            return value
+
+        out = tuple(fix(v) for v in values)
+        self._recent_addresses = seen
+        return out
 
     @staticmethod
     def _read(convert: Callable, raw: RawRecord, hook: Any, *args) -> Any:
@@ -389,7 +421,8 @@ class ModelAdapter:
         return self._read(to_batched_scalar, raw, hook, value, self.batch_size, self.device, torch.bool, key)
 
     def _apply_nan_policy(
-        self, record: Transition, discard: Optional[torch.Tensor] = None, reward_source: Optional[str] = None
+        self, record: Transition, discard: Optional[torch.Tensor] = None, reward_source: Optional[str] = None,
+        action: Any = None,
     ) -> None:
         if self.nan_policy == "ignore":
             return
@@ -410,6 +443,10 @@ class ModelAdapter:
                 hook = reward_source if key == "reward" and reward_source else self.transition_hook.name
                 by_hook.setdefault(hook, []).append(key)
             what = " and ".join(f"{hook} returned NaN/inf in {hook_keys}" for hook, hook_keys in by_hook.items())
+            cause = _nonfinite_action(action, self.batch_size)
+            if cause is not None:  # the model only passed on what the policy gave it
+                what = (f"the action was NaN/inf{env_rows(cause)} (the policy's output; check_actions='raise' "
+                        f"refuses it before the model), and then {what}")
             raise ValueError(
                 f"{what}{env_rows(bad)}; pass nan_policy='truncate' to end those episodes instead, or 'ignore'."
             )
@@ -429,6 +466,16 @@ class ModelAdapter:
         if self.render_hook is not None:
             return self.render_hook({"model": self.model, "state": state, "obs": observation})
         return observation
+
+
+def _nonfinite_action(action: Any, batch_size: tuple) -> Optional[torch.Tensor]:
+    """Rows whose (float tensor) action holds NaN/inf, or None. Only looked at once a step has
+    already failed the NaN check, so it costs nothing on the common path."""
+    if not isinstance(action, torch.Tensor) or not action.is_floating_point():
+        return None
+    finite = torch.isfinite(action.detach())
+    rows = finite.reshape(*batch_size, -1).all(-1) if batch_size else finite.all()
+    return None if bool(rows.all()) else ~rows
 
 
 def _refuse_truncation(array: np.ndarray) -> None:

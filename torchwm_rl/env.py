@@ -117,9 +117,7 @@ class WorldModelEnv(EnvBase):
     ):
         if observation_space is None or action_space is None:
             raise TypeError("WorldModelEnv needs observation_space and action_space (gymnasium spaces or TorchRL specs)")
-        batch_size = torch.Size(batch_size)
-        if len(batch_size) > 1:
-            raise ValueError(f"batch_size must be () or (N,), got {tuple(batch_size)}")
+        batch_size = _batch_size(batch_size)
         adapter = ModelAdapter(
             model,
             as_space(observation_space, "observation_space"),
@@ -168,11 +166,15 @@ class WorldModelEnv(EnvBase):
                 + self.logic.no_reset_message()
             )
         self._held_state: Any = None  # opaque (non-tensor) model state, unbatched envs only
-        probe = self.logic.reset()[0]
-        # the observation IS the state when the reset gave no separate state (adapter.reset)
-        self._state_is_observation = probe.state is probe.observation
-        self._make_specs(probe)
-        self._info_specs = self._make_info_specs(probe, info_keys)
+        # the probes (a reset for the specs, a step for probed info keys) leave the logic's seed,
+        # streams and ensemble members as they were: the logic may belong to a Gymnasium env
+        with self.logic.preserved():
+            probe = self.logic.reset()[0]
+            # the observation IS the state when the reset gave no separate state (adapter.reset)
+            self._state_is_observation = probe.state is probe.observation
+            self._make_specs(probe)
+            self._info_specs = self._make_info_specs(probe, info_keys)
+        _refuse_reserved(self._info_specs, "info_keys", taken=self.observation_spec.keys())
         for key, spec in self._info_specs.items():
             self.observation_spec[key] = spec
         if seed is not None:
@@ -197,6 +199,10 @@ class WorldModelEnv(EnvBase):
         adapter, batch, device = self.adapter, self.batch_size, self.device
         obs_spec = space_to_spec(adapter.observation_space, batch, device)
         self._dict_observation = isinstance(obs_spec, Composite)
+        if self._dict_observation:
+            optional = ([NONFINITE_KEY] if adapter.nan_policy == "truncate" else []) + (
+                [UNCERTAINTY_KEY, HALTED_KEY] if adapter.ensemble is not None else [])
+            _refuse_reserved(obs_spec.keys(), "observation_space (a Dict: its keys are tensordict keys)", optional)
         observation = Composite(
             dict(obs_spec.items()) if self._dict_observation else {OBSERVATION_KEY: obs_spec},
             shape=batch,
@@ -285,7 +291,15 @@ class WorldModelEnv(EnvBase):
                     )
                 out[key] = torch.zeros((*batch, *per_env), dtype=spec.dtype, device=self.device)
             else:
-                out[key] = torch.as_tensor(value, device=self.device).to(spec.dtype).reshape(*batch, *per_env)
+                tensor = torch.as_tensor(value, device=self.device)
+                expected = (*batch, *per_env)
+                if tuple(tensor.shape) != expected:  # never reshaped: rows would mix across envs
+                    raise ValueError(f"info[{key!r}]: expected shape {expected} (the batch, then the "
+                                     f"declared spec's shape), got {tuple(tensor.shape)}")
+                if tensor.is_floating_point() and not spec.dtype.is_floating_point:
+                    raise TypeError(f"info[{key!r}]: a float value for the declared dtype {spec.dtype} "
+                                    "would be truncated; declare a float spec")
+                out[key] = tensor.to(spec.dtype)
         return out
 
     # ---------------------------------------------------------- batch-unlocked
@@ -420,6 +434,7 @@ class WorldModelEnv(EnvBase):
                 keys.append(NONFINITE_KEY)
             start = self._complete_start(tensordict.select(*keys, *self._info_specs, strict=False))
             out = start.select(*keys, *self._info_specs).clone(False)
+            self.logic.start_from_given_states(tuple(batch), kwargs.get("seed"))
             false = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
             out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
             return out
@@ -585,7 +600,11 @@ class WorldModelEnv(EnvBase):
                 f"({type(snapshot.state).__name__}); return the state in one structure throughout "
                 "(a hook that returns no state makes the observation the state)"
             )
-        entries = dict(snapshot.observation) if self._dict_observation else {OBSERVATION_KEY: snapshot.observation}
+        observation = snapshot.observation
+        if observation is snapshot.state:  # the observation is the state: two keys, two tensors,
+            # so writing into one never changes the other
+            observation = _clone_tree(observation)
+        entries = dict(observation) if self._dict_observation else {OBSERVATION_KEY: observation}
         if self._state_kind != "opaque":
             entries[STATE_KEY] = snapshot.state
         entries[ELAPSED_KEY] = snapshot.elapsed.unsqueeze(-1)
@@ -633,6 +652,45 @@ class WorldModelEnv(EnvBase):
 
 
 _register_originals(WorldModelEnv)
+
+
+# the env's own keys (plus "nonfinite", "uncertainty", "halted" when the env writes them)
+RESERVED_KEYS = frozenset({
+    "action", "reward", "done", "terminated", "truncated", "next", "_reset", "_step", STATE_KEY, ELAPSED_KEY,
+})
+
+
+def _refuse_reserved(keys, what: str, taken=()) -> None:
+    """Keys that would overwrite (or be overwritten by) the env's own entries are refused."""
+    taken = set(taken)
+    clash = sorted(k for k in keys if k in RESERVED_KEYS or k in taken)
+    if clash:
+        raise ValueError(
+            f"{what}: key(s) {clash} collide with the tensordict's own keys "
+            f"({sorted(RESERVED_KEYS | taken)}); rename them"
+        )
+
+
+def _clone_tree(value: Any) -> Any:
+    """A tensor, or a (nested) dict of tensors, copied."""
+    if isinstance(value, Mapping):
+        return {k: _clone_tree(v) for k, v in value.items()}
+    return value.clone()
+
+
+def _batch_size(value: Any) -> torch.Size:
+    """``()`` or ``(N,)`` with N >= 1; an int N is read as ``(N,)``."""
+    if isinstance(value, bool):
+        raise TypeError(f"batch_size: expected () or (N,), got {value!r}")
+    if isinstance(value, int):
+        value = (value,)
+    try:
+        size = torch.Size(value)
+    except TypeError:
+        raise TypeError(f"batch_size: expected () or (N,), got {value!r}") from None
+    if len(size) > 1 or any(n < 1 for n in size):
+        raise ValueError(f"batch_size must be () or (N,) with N >= 1, got {tuple(size)}")
+    return size
 
 
 def _check_state_batch(state: Any, batch: tuple, key: str) -> None:

@@ -182,14 +182,56 @@ class EpisodeLogic:
         The exports run a whole step (step + autoreset) in one, so a step that fails after a
         successful reset (or the reverse) can be retried and gives what a run without the
         failure gives."""
-        saved = (self.generator.get_state(), self.hook_generator.get_state(), self.rng_state, self.pending_seed)
+        saved = self._save()
         try:
             yield
         except BaseException:
-            self.generator.set_state(saved[0])
-            self.hook_generator.set_state(saved[1])
-            self.rng_state, self.pending_seed = saved[2], saved[3]
+            self._restore(saved)
             raise
+
+    @contextmanager
+    def preserved(self):
+        """Everything inside leaves the random streams, an unused seed and the ensemble's
+        "fixed" members as they were, whether it succeeds or not: for probes (a TorchRL view
+        built over a logic another env owns must not use up its seed or redraw its members)."""
+        saved = self._save()
+        try:
+            yield
+        finally:
+            self._restore(saved)
+
+    def _save(self) -> tuple:
+        ensemble = self.adapter.ensemble
+        members = None if ensemble is None or ensemble.members is None else ensemble.members.clone()
+        return (self.generator.get_state(), self.hook_generator.get_state(), self.rng_state, self.pending_seed,
+                members)
+
+    def _restore(self, saved: tuple) -> None:
+        self.generator.set_state(saved[0])
+        self.hook_generator.set_state(saved[1])
+        self.rng_state, self.pending_seed = saved[2], saved[3]
+        if self.adapter.ensemble is not None:
+            self.adapter.ensemble.members = saved[4]
+
+    def start_from_given_states(self, batch: tuple, seed: Optional[int] = None) -> None:
+        """A reset from states the caller gives (TorchRL's ``set_state``): no hook runs, but a
+        seed (given or pending) seeds the streams as a reset would, and "fixed" ensemble members
+        are drawn for the started envs from the env's stream."""
+        if seed is None:
+            seed, self.pending_seed = self.pending_seed, None
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+            self.hook_generator.manual_seed(int(seed))
+            self.rng_state = _seeded_rng_state(int(seed), self.device)
+        ensemble = self.adapter.ensemble
+        if ensemble is not None and ensemble.propagation == "fixed":
+            if tuple(batch) != tuple(self.batch_size):
+                raise ValueError(
+                    f"propagation='fixed' keeps one ensemble member per env of the env's batch {self.batch_size}, "
+                    f"so it has no meaning for a batch of shape {tuple(batch)}; use 'random' or 'mean', or build "
+                    f"the env with batch_size={tuple(batch)}"
+                )
+            ensemble.on_reset(self.hook_generator, None)
 
     @contextmanager
     def model_rng(self):
@@ -246,12 +288,16 @@ class EpisodeLogic:
                 f"with batch_size={batch}"
             )
         adapter = self.adapter
-        saved = self.batch_size, adapter.batch_size
+        saved = self.batch_size, adapter.batch_size, None if ensemble is None else ensemble.batch_size
         self.batch_size = adapter.batch_size = batch
+        if ensemble is not None:
+            ensemble.batch_size = batch
         try:
             yield
         finally:
-            self.batch_size, adapter.batch_size = saved
+            self.batch_size, adapter.batch_size = saved[:2]
+            if ensemble is not None:
+                ensemble.batch_size = saved[2]
 
     def move_to(self, device: torch.device) -> None:
         """Follow the model to ``device`` (``WorldModelEnv.to``): tensors and generators this

@@ -260,7 +260,7 @@ class GymVectorWorldModelEnv(VectorEnv):
     def reset(self, *, seed: Optional[Union[int, Sequence[int]]] = None, options: Optional[dict] = None):
         """Reset all envs (or ``options["reset_mask"]`` rows). A list of seeds uses its first."""
         if isinstance(seed, (list, tuple)):
-            seed = seed[0]
+            seed = _one_seed(seed, self.num_envs)
         np_random = self._np_random, self._np_random_seed
         if seed is not None:
             self._np_random, self._np_random_seed = seeding.np_random(seed)
@@ -364,6 +364,21 @@ class GymVectorWorldModelEnv(VectorEnv):
 
     def close_extras(self, **kwargs):
         self._snapshot = None
+
+
+def _one_seed(seeds: Sequence[Any], n: int) -> Optional[int]:
+    """The N envs share ONE seeded stream, so a list of seeds can only mean what an int means:
+    Gymnasium's ``reset(seed=s)`` seeds env ``i`` with ``s + i``, so ``[s, s+1, ..., s+N-1]`` is
+    read as ``s`` (and all None as None); any other list is refused rather than half used."""
+    seeds = list(seeds)
+    if len(seeds) == n and all(x is None for x in seeds):
+        return None
+    if len(seeds) == n and all(isinstance(x, int) for x in seeds) and seeds == list(range(seeds[0], seeds[0] + n)):
+        return seeds[0]
+    raise ValueError(
+        f"reset(seed=...): the {n} envs share one seeded stream, so a list must be [s, s+1, ..., s+{n - 1}] "
+        f"(as reset(seed=s) seeds them in Gymnasium); got {seeds[:6]}{'...' if len(seeds) > 6 else ''}. Pass an int."
+    )
 
 
 def _bool_mask(mask: Any, n: int, device: torch.device) -> torch.Tensor:

@@ -132,7 +132,7 @@ def test_cli_version_and_help_texts(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         helps[command] = " ".join(capsys.readouterr().out.split())
-    assert "train a PPO policy only inside it" in helps["demo"] and "real Gymnasium env" in helps["demo"]
+    assert "train a policy only inside it" in helps["demo"] and "real Gymnasium env" in helps["demo"]
     assert "which bundled world model to train in (one of: cartpole" in helps["demo"]
     assert "--seed SEED seeds" in helps["demo"]
     assert "which bundled world model to rebuild" in helps["train-model"]

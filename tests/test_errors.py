@@ -605,3 +605,44 @@ def test_integer_actions_are_checked_before_any_cast_the_same_on_every_path(path
         with pytest.raises(ValueError, match=message):
             step()
         assert not seen
+
+
+@pytest.mark.parametrize("path", ["torchrl", "gym", "vector", "sb3"])
+def test_check_observations_refuses_values_outside_the_space_and_is_off_by_default(path):
+    space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(model, batch_size=()):
+        return torch.zeros(*batch_size, 2)
+
+    def transition(model, state, action):
+        nxt = state + 0.75
+        return {"state": nxt, "observation": nxt}
+
+    def run(check):
+        kwargs = dict(reset_fn=reset, transition_fn=transition, check_observations=check)
+        if path == "gym":
+            env = GymWorldModelEnv(object(), space, space, **kwargs)
+            env.reset()
+            return lambda: env.step(np.zeros(2, np.float32))
+        n = None if path == "torchrl" else 3
+        env = WorldModelEnv(object(), space, space, batch_size=() if n is None else (n,), **kwargs)
+        if path == "torchrl":
+            td = env.reset()
+            td["action"] = torch.zeros(2)
+            state = {"td": td}
+
+            def step():
+                out = env.step(state["td"])["next"]
+                state["td"] = out.exclude("reward", "done", "terminated", "truncated")
+                state["td"]["action"] = torch.zeros(2)
+            return step
+        export = env.to_gymnasium() if path == "vector" else env.to_sb3()
+        export.reset()
+        return lambda: export.step(np.zeros((n, 2), np.float32))
+
+    step = run(False)
+    step(), step()  # 0.75, then 1.5: outside the Box, accepted without the check (the default)
+    step = run(True)
+    step()
+    with pytest.raises(ValueError, match=re.escape("transition_fn (read as a mapping): observation: outside observation_space Box(-1.0, 1.0, (2,), float32)")):
+        step()

@@ -33,6 +33,7 @@ from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import check_supported, numpy_to_torch_dtype
 from .validation import (
     check_action,
+    check_observation,
     env_rows,
     flatten_observation,
     nonfinite_rows,
@@ -113,6 +114,9 @@ class ModelAdapter:
             observations and rewards. ``"truncate"`` ends the affected envs' episodes
             (``truncated=True``, ``Transition.nonfinite``) and hands out 0 in place of each
             non-finite observation entry and reward, so learners never bootstrap from NaN.
+        check_observations: check every observation against ``observation_space`` (Box bounds,
+            Discrete/MultiDiscrete ranges, MultiBinary 0/1) and raise naming the hook, key and
+            env; off by default because it costs a pass over every observation per step.
         check_actions: ``None`` (default, fastest), ``"clip"`` or ``"raise"``: check actions
             against ``action_space`` before the hooks.
         ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
@@ -140,6 +144,7 @@ class ModelAdapter:
         torch_actions: bool = True,
         nan_policy: str = "raise",
         check_actions: Optional[str] = None,
+        check_observations: bool = False,
         ensemble_size: Optional[int] = None,
         propagation: str = "random",
         uncertainty_penalty: float = 0.0,
@@ -163,6 +168,7 @@ class ModelAdapter:
         self.torch_actions = torch_actions
         self.nan_policy = nan_policy
         self.check_actions = check_actions
+        self.check_observations = bool(check_observations)
         self.initial_state = initial_state
         self.initial_observation = initial_observation
         self._dict_keys = (
@@ -265,6 +271,8 @@ class ModelAdapter:
             ) from None
         if state is None:
             state = observation
+        if self.check_observations:
+            self._read(check_observation, raw, self.reset_hook, observation, self.observation_space, self.batch_size)
         self._check_finite_reset(observation)
         state, observation = self._unalias((state, observation))
         return Reset(state=state, observation=observation, info=raw.info)
@@ -340,6 +348,8 @@ class ModelAdapter:
         observation = self._read(
             to_observation, raw, hook, raw.observation, self.observation_space, self.batch_size, self.device
         )
+        if self.check_observations:
+            self._read(check_observation, raw, hook, observation, self.observation_space, self.batch_size)
         next_state = observation if raw.state is MISSING else raw.state
         # reward and terminal hooks see the state and observation the step reached (TorchWM)
         values = {

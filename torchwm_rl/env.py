@@ -67,7 +67,7 @@ class WorldModelEnv(EnvBase):
         device: where the env's tensors live (default: the model's device).
         seed: seeds the env (as ``set_seed``); the first reset hands it to the reset hook.
         start_states: bank of start states to sample resets from (see ``EpisodeLogic``).
-        nan_policy, check_actions, torch_actions: see ``ModelAdapter``.
+        nan_policy, check_actions, check_observations, torch_actions: see ``ModelAdapter``.
         decode_fn: ``(model, state) -> observation``, for ``reset(td, set_state=True)`` from
             model states that come without an observation (when the observation is not the
             state itself).
@@ -105,6 +105,7 @@ class WorldModelEnv(EnvBase):
         start_states: Any = None,
         nan_policy: str = "raise",
         check_actions: Optional[str] = None,
+        check_observations: bool = False,
         torch_actions: bool = True,
         decode_fn: Optional[Callable] = None,
         info_keys: Union[None, Sequence[str], Mapping[str, TensorSpec]] = None,
@@ -135,6 +136,7 @@ class WorldModelEnv(EnvBase):
             torch_actions=torch_actions,
             nan_policy=nan_policy,
             check_actions=check_actions,
+            check_observations=check_observations,
             ensemble_size=ensemble_size,
             propagation=propagation,
             uncertainty_penalty=uncertainty_penalty,

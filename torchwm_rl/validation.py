@@ -263,3 +263,26 @@ def check_action(
         f"{key}: {what} action_space {space}{env_rows(rows)}; got {first.tolist()}"
         + ("" if mode == "clip" or what == "NaN in" else " (check_actions='clip' clips instead)")
     )
+
+
+def check_observation(value: Any, space: spaces.Space, batch_shape: tuple, key: str = "observation") -> None:
+    """Raise when an (already converted) observation lies outside ``space``: Box bounds,
+    Discrete/MultiDiscrete ranges, MultiBinary 0/1, key by key for Dict spaces. NaN is left to
+    the NaN policy. Used with ``check_observations=True``."""
+    if isinstance(space, spaces.Dict):
+        for k, sub in space.spaces.items():
+            check_observation(value[k], sub, batch_shape, f"{key}[{k!r}]")
+        return
+    bounds = _action_bounds(space)
+    if bounds is None:
+        return
+    low, high, _ = bounds
+    low = torch.as_tensor(np.asarray(low, dtype=np.float64), device=value.device)
+    high = torch.as_tensor(np.asarray(high, dtype=np.float64), device=value.device)
+    wide = value.to(torch.float64)
+    outside = (wide < low) | (wide > high)
+    if not bool(outside.any()):
+        return
+    rows = outside.reshape(*batch_shape, -1).any(-1) if batch_shape else outside.any()
+    first = value[rows.nonzero()[0, 0]] if batch_shape else value
+    raise ValueError(f"{key}: outside observation_space {space}{env_rows(rows)}; got {first.tolist()}")

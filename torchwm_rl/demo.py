@@ -432,6 +432,15 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
                 if cfg.save_plot else "plot disabled")
     if plot_msg:
         log(f"[torchwm-rl] {plot_msg}")
+    return finish_run(out, cfg, report, history, train_seconds, t_start, plot_msg, log,
+                      real_env_id=zoo.real_env_id(cfg.task), imagined_label="greedy, model")
+
+
+def finish_run(out: Path, cfg: "DemoConfig", report: Any, history: list, train_seconds: float, t_start: float,
+               plot_msg: Optional[str], log: Callable[[str], None], *, real_env_id: str, imagined_label: str,
+               extra_result: Optional[dict] = None, extra_json: Optional[dict] = None) -> dict:
+    """The end of every demo task: the result record (``--json``), ``results.json`` (strict JSON)
+    and the summary table. ``extra_result``/``extra_json`` add a task's own entries."""
     frames = history[-1]["frames"] if history else 0
     wall = time.perf_counter() - t_start
     result = {
@@ -448,16 +457,17 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
         "wall_seconds": round(wall, 2),
         "model_error_step1": report.error_at(1),
         "model_error_step100": report.error_at(100),
+        **(extra_result or {}),
         "out_dir": str(out),
         "policy_path": str(out / "policy.safetensors"),
         "plot_path": None if plot_msg else str(out / "results.png"),
     }
     with open(out / "results.json", "w") as fh:  # strict JSON: null where there is no value
-        json.dump(json_safe({"result": result, "config": asdict(cfg), "history": history,
+        json.dump(json_safe({"result": result, "config": asdict(cfg), **(extra_json or {}), "history": history,
                              "reality_check": report.to_dict()}), fh, indent=1, allow_nan=False)
     log(format_table([
-        ("task", f"{cfg.task} (real: {zoo.real_env_id(cfg.task)})"),
-        ("imagined return (greedy, model)", f"{report.imagined_mean_return:.1f} +/- {report.imagined_std_return:.1f}"),
+        ("task", f"{cfg.task} (real: {real_env_id})"),
+        (f"imagined return ({imagined_label})", f"{report.imagined_mean_return:.1f} +/- {report.imagined_std_return:.1f}"),
         (f"real return ({report.episodes} episodes)", f"{report.real_mean_return:.1f} +/- {report.real_std_return:.1f}"),
         ("imagined steps (training)", f"{frames:,}"),
         ("model error, 1 / 100 steps open loop", f"{report.error_at(1):.2g} / {report.error_at(100):.2g}"),

@@ -10,7 +10,6 @@ along each. Deterministic given the seed (one torch thread; a frame budget, neve
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict
@@ -19,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .demo import DemoConfig, default_out_dir, format_table, json_safe
+from .demo import DemoConfig, default_out_dir, finish_run
 
 DEMO_NUM_ENVS = 32  # imagined envs for SAC when the CLI does not say (--num-envs)
 
@@ -84,45 +83,14 @@ def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) ->
     plot_msg = _plot(out / "results.png", history, report, u_imagined, u_real) if cfg.save_plot else "plot disabled"
     if plot_msg:
         log(f"[torchwm-rl] {plot_msg}")
-    frames = history[-1]["frames"] if history else 0
-    wall = time.perf_counter() - t_start
-    result = {
-        "task": "pendulum",
-        "seed": cfg.seed,
-        "algorithm": "SAC",
-        "real_mean_return": report.real_mean_return,
-        "real_std_return": report.real_std_return,
-        "imagined_mean_return": report.imagined_mean_return,
-        "imagined_std_return": report.imagined_std_return,
-        "return_gap": report.return_gap,
-        "episodes": report.episodes,
-        "imagined_frames": frames,
-        "train_seconds": round(train_seconds, 2),
-        "wall_seconds": round(wall, 2),
-        "model_error_step1": report.error_at(1),
-        "model_error_step100": report.error_at(100),
-        "uncertainty_imagined_mean": float(sum(u_imagined) / len(u_imagined)) if u_imagined else math.nan,
-        "uncertainty_real_mean": float(sum(u_real) / len(u_real)) if u_real else math.nan,
-        "out_dir": str(out),
-        "policy_path": str(out / "policy.safetensors"),
-        "plot_path": None if plot_msg else str(out / "results.png"),
-    }
-    with open(out / "results.json", "w") as fh:
-        json.dump(json_safe({"result": result, "config": asdict(cfg), "sac": asdict(sac), "history": history,
-                             "uncertainty": {"imagined": u_imagined, "real": u_real},
-                             "reality_check": report.to_dict()}), fh, indent=1, allow_nan=False)
-    log(format_table([
-        ("task", "pendulum (real: Pendulum-v1)"),
-        ("imagined return (deterministic policy, model)",
-         f"{report.imagined_mean_return:.1f} +/- {report.imagined_std_return:.1f}"),
-        (f"real return ({report.episodes} episodes)", f"{report.real_mean_return:.1f} +/- {report.real_std_return:.1f}"),
-        ("imagined steps (training)", f"{frames:,}"),
-        ("model error, 1 / 100 steps open loop", f"{report.error_at(1):.2g} / {report.error_at(100):.2g}"),
-        ("train seconds", f"{train_seconds:.1f}"),
-        ("wall seconds (the demo command, imports included)", f"{wall:.1f}"),
-        ("outputs", str(out)),
-    ]))
-    return result
+    mean = lambda values: float(sum(values) / len(values)) if values else math.nan  # noqa: E731
+    return finish_run(
+        out, cfg, report, history, train_seconds, t_start, plot_msg, log,
+        real_env_id="Pendulum-v1", imagined_label="deterministic policy, model",
+        extra_result={"task": "pendulum", "algorithm": "SAC", "uncertainty_imagined_mean": mean(u_imagined),
+                      "uncertainty_real_mean": mean(u_real)},
+        extra_json={"sac": asdict(sac), "uncertainty": {"imagined": u_imagined, "real": u_real}},
+    )
 
 
 def _plot(path: Path, history: list, report, u_imagined: list, u_real: list) -> Optional[str]:

@@ -242,6 +242,67 @@ def test_cem_prefers_the_better_action():
     assert planner(start)["action"][0] > 0.3
 
 
+def test_cem_plans_each_start_state_of_a_batch_on_its_own():
+    """A batch of start states through one planner call: the reward pays action[0] * state[0],
+    so each row's plan must follow the sign of its own start state."""
+    env = WorldModelEnv(
+        nn.Identity(), BOX, ACTION, reset_fn=lambda m, seed, options: torch.zeros(OBS),
+        transition_fn=lambda m, state, action: (state, state, action[..., 0] * state[..., 0]), seed=0,
+    )
+    planner = CEMPlanner(env, planning_horizon=3, optim_steps=4, num_candidates=32, top_k=4)
+    sign = torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0, 1.0])
+    states = torch.zeros(6, OBS)
+    states[:, 0] = sign
+    torch.manual_seed(0)
+    action = planner(env._complete_start(TensorDict({"model_state": states}, [6])))["action"]
+    assert action.shape == (6, ACT)
+    assert torch.equal(torch.sign(action[:, 0]), sign)
+
+
+@pytest.mark.parametrize("planner_cls", [CEMPlanner, MPPIPlanner])
+@pytest.mark.parametrize("start_batch", [(3,), ()])
+def test_planner_on_a_batched_env_says_to_plan_on_an_unbatched_one(planner_cls, start_batch):
+    """TorchRL's planners read env.action_spec as one env's; on a batch_size=(N,) env each row's
+    action comes out with extra dims: refused with the fix, never fed to the model. With one
+    start state and as many candidates as envs the rows are the env's own batch: refused too."""
+    env = make_env((4,), decode_fn=lambda model, state: model.decode(state))
+    kwargs = dict(planning_horizon=3, optim_steps=1, num_candidates=4 if not start_batch else 8, top_k=2)
+    if planner_cls is MPPIPlanner:
+        value = ValueOperator(nn.Linear(OBS, 1), in_keys=["observation"])
+        planner = MPPIPlanner(env, TDLambdaEstimator(gamma=0.99, lmbda=0.95, value_network=value),
+                              temperature=1.0, **kwargs)
+    else:
+        planner = CEMPlanner(env, **kwargs)
+    env.model.calls = 0
+    start = env._complete_start(TensorDict({"model_state": torch.randn(*start_batch, LATENT)}, start_batch))
+    rows = (*start_batch, kwargs["num_candidates"])
+    match = rf"expected shape \({', '.join(map(str, rows))}, 2\).*got \({', '.join(map(str, rows))}, 3, 2\).*batch_size=\(\)"
+    with pytest.raises(ValueError, match=match):
+        planner(start)
+    assert env.model.calls == 0
+
+
+def test_actions_must_be_one_per_row():
+    """On another batch than the env's, each row's action has one env's shape (a Discrete index
+    may come as [*batch, 1]); more dims than that are refused on any batch."""
+    env = make_env((16,), decode_fn=lambda model, state: model.decode(state))
+    td = env.reset(replay_states(8), set_state=True)
+    for bad in [(8, 3), (8, 16, 2), (8, 1, 2)]:
+        with pytest.raises(ValueError, match=rf"expected shape \(8, 2\).*got \({bad[0]}, {bad[1]}"):
+            env.step(td.clone().set("action", torch.zeros(bad)))
+    with pytest.raises(ValueError, match=r"expected shape \(16, 2\).*got \(16, 5, 2\)"):
+        env.step(env.reset().set("action", torch.zeros(16, 5, 2)))
+    assert env.step(td.clone().set("action", torch.zeros(8, 2)))["next", "reward"].shape == (8, 1)
+    box = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    discrete = WorldModelEnv(object(), box, gym.spaces.Discrete(3), batch_size=(4,),
+                             reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+                             transition_fn=lambda m, s, a: (s + a.reshape(-1, 1), s, a.float().reshape(-1)))
+    start = discrete.reset(TensorDict({"model_state": torch.zeros(6, 2)}, [6]), set_state=True)
+    for shape in [(6,), (6, 1)]:
+        out = discrete.step(start.clone().set("action", torch.ones(shape, dtype=torch.int64)))
+        assert (out["next", "model_state"] == 1).all()
+
+
 # ------------------------------------------------------------------------ 6. info keys
 @pytest.mark.parametrize("declared", [False, True])
 def test_info_values_reach_the_tensordict(declared):
@@ -289,3 +350,191 @@ def test_declared_info_values_of_another_shape_are_refused_not_reshaped():
     td["action"] = torch.zeros(4, 2)
     with pytest.raises(ValueError, match=r"info\['per_member'\]: expected shape \(4, 3\).*got \(3, 4\)"):
         env.step(td)
+
+
+# ------------------------------------------------------------------ state_key, plain reset
+def test_state_key_names_the_model_state_entry():
+    env = make_env((16,), decode_fn=lambda model, state: model.decode(state), state_key="state")
+    assert env.state_key == "state" and "state" in env.state_spec.keys() and "model_state" not in env.state_spec.keys()
+    td = env.rollout(3)
+    assert "state" in td.keys() and "model_state" not in td.keys(True)
+    start = TensorDict({"state": torch.randn(8, LATENT)}, [8])
+    out = env.reset(start.copy(), set_state=True)
+    torch.testing.assert_close(out["state"], start["state"])
+    torch.testing.assert_close(out["observation"], start["state"][:, :OBS])
+    with pytest.raises(KeyError, match="'state'"):
+        env.rand_step(TensorDict({"observation": torch.zeros(16, OBS)}, [16]))
+    from torchrl.envs.utils import check_env_specs
+
+    check_env_specs(env)
+
+
+@pytest.mark.parametrize("key", ["observation", "action", "reward", "done", "terminated", "truncated", "next",
+                                 "elapsed_steps", "_reset", "uncertainty", "nonfinite"])
+def test_state_key_colliding_with_the_envs_keys_is_refused(key):
+    with pytest.raises(ValueError, match=f"state_key={key!r} collides"):
+        make_env((4,), state_key=key)
+
+
+def test_state_key_colliding_with_an_observation_or_info_key_is_refused():
+    space = gym.spaces.Dict({"state": BOX})
+    with pytest.raises(ValueError, match="state_key='state' collides with the observation"):
+        WorldModelEnv(nn.Identity(), space, ACTION, reset_fn=lambda m: {"state": torch.zeros(OBS)},
+                      transition_fn=lambda m, s, a: s, state_key="state")
+    with pytest.raises(ValueError, match=r"info_keys: key\(s\) \['state'\] collide"):
+        make_env((4,), state_key="state", info_keys={"state": Unbounded(shape=(1,))})
+    with pytest.raises(TypeError, match="state_key"):
+        make_env((4,), state_key=("a", "b"))
+
+
+def test_plain_reset_with_the_state_starts_from_it():
+    """``env.reset(td)`` (TorchRL's implicit set_state, as DreamerActorLoss calls it) starts from
+    the states ``td`` carries; ``set_state=False`` draws fresh ones; the step count alone is no state."""
+    env = make_env((16,), decode_fn=lambda model, state: model.decode(state))
+    start = replay_states(64)
+    with pytest.warns(FutureWarning, match="set_state"):  # TorchRL's notice for v0.15
+        out = env.reset(start.copy())
+    torch.testing.assert_close(out["model_state"], start["model_state"])
+    fresh = env.reset(start.copy(), set_state=False)
+    assert not torch.equal(fresh["model_state"], start["model_state"])
+    counted = TensorDict({"elapsed_steps": torch.full((16, 1), 3)}, [16])
+    assert (env.reset(counted)["elapsed_steps"] == 0).all()  # a fresh start, not an error
+
+
+def test_plain_reset_with_dreamers_state_key_on_another_key_is_refused():
+    """DreamerActorLoss puts its start states under "state": on an env whose state key is
+    "model_state" that would silently imagine from fresh resets, so it is an error."""
+    env = make_env((16,), decode_fn=lambda model, state: model.decode(state))
+    with pytest.raises(KeyError, match="state_key='state'"):
+        env.reset(TensorDict({"state": torch.zeros(8, LATENT)}, [8]))
+    assert env.reset(TensorDict({"state": torch.zeros(8, LATENT)}, [8]), set_state=False).batch_size == (8,)
+
+
+def test_given_states_of_the_wrong_structure_are_refused():
+    env = make_env((16,), decode_fn=lambda model, state: model.decode(state))
+    with pytest.raises(ValueError, match=r"'model_state': expected shape \(8, 6\).*got \(8, 5\)"):
+        env.reset(TensorDict({"model_state": torch.zeros(8, 5)}, [8]), set_state=True)
+    with pytest.raises(TypeError, match="dtype torch.float32"):
+        env.rollout(2, auto_reset=False, tensordict=TensorDict({"model_state": torch.zeros(8, LATENT).double()}, [8]))
+    rssm = rssm_env()
+    half = TensorDict({"state": {"belief": torch.zeros(8, H)}}, [8])
+    with pytest.raises(KeyError, match=r"missing \['state'\]"):
+        rssm.reset(half, set_state=True)
+
+
+# ---------------------------------------------------------------------- 5. Dreamer losses
+def dreamer_parts(env, in_keys, width):
+    from torchrl.objectives.dreamer import DreamerActorLoss, DreamerValueLoss
+
+    torch.manual_seed(11)
+
+    class Head(nn.Module):
+        def __init__(self, out, squash):
+            super().__init__()
+            self.lin, self.squash = nn.Linear(width, out), squash
+
+        def forward(self, *parts):
+            y = self.lin(torch.cat(parts, -1))
+            return torch.tanh(y) if self.squash else y
+
+    actor = TensorDictModule(Head(ACT, True), in_keys=in_keys, out_keys=["action"])
+    value = TensorDictModule(Head(1, False), in_keys=in_keys, out_keys=["state_value"])
+    actor_loss = DreamerActorLoss(actor, value, env, imagination_horizon=5)  # TorchRL's value estimator defaults
+    actor_loss.set_keys(belief="state")  # the whole model state lives under "state"
+    return actor, value, actor_loss, DreamerValueLoss(value)
+
+
+def test_dreamer_actor_and_value_losses_imagine_from_replay_states():
+    """TorchRL's DreamerActorLoss and DreamerValueLoss on WorldModelEnv(state_key="state"): a
+    batch of 32 replay latents on a 16-env env; imagination starts from them, gradients reach the
+    actor (and the value net), the world model gets none and is unchanged by the optimizer."""
+    env = make_env((16,), decode_fn=lambda model, state: model.decode(state), state_key="state")
+    actor, value, actor_loss, value_loss = dreamer_parts(env, ["state"], LATENT)
+    torch.manual_seed(5)
+    replay = TensorDict({"state": torch.randn(32, LATENT) * 0.5, "reward": torch.zeros(32, 1)}, [32])
+    world_before = [p.detach().clone() for p in env.model.parameters()]
+    opt = torch.optim.Adam([*actor.parameters(), *value.parameters()], lr=1e-2)
+
+    with pytest.warns(FutureWarning):  # TorchRL's implicit set_state notice (the loss's plain reset)
+        losses, fake = actor_loss(replay)
+    assert fake.batch_size == (32, 5) and torch.isfinite(losses["loss_actor"])
+    # imagination started from the replay states: the first state, its decoded observation, and
+    # the first reward is the model's own from those states and the actor's actions
+    torch.testing.assert_close(fake["state"][:, 0], replay["state"])
+    torch.testing.assert_close(fake["observation"][:, 0], replay["state"][:, :OBS])
+    with torch.no_grad():
+        nxt, obs, reward, *_ = env.model.transition_fn(replay["state"], fake["action"][:, 0])
+    torch.testing.assert_close(fake["next", "state"][:, 0], nxt)
+    torch.testing.assert_close(fake["next", "reward"][:, 0, 0], reward)
+
+    opt.zero_grad()
+    losses["loss_actor"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in actor.parameters())
+    assert all(p.grad is None for p in env.model.parameters())  # hold_out_net(env)
+    assert all(p.requires_grad for p in env.model.parameters())  # and released after
+    vlosses, _ = value_loss(fake)
+    assert torch.isfinite(vlosses["loss_value"])
+    vlosses["loss_value"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in value.parameters())
+    assert all(p.grad is None for p in env.model.parameters())
+    actor_before = [p.detach().clone() for p in actor.parameters()]
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(world_before, env.model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(actor_before, actor.parameters()))
+
+
+H, Z = 5, 3
+
+
+class RSSM(nn.Module):
+    """A Dreamer-style dict state ``{"state": z [*, 3], "belief": h [*, 5]}``; observation =
+    decode(z, h) [*, 4]; reward = -|obs|^2."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = nn.GRUCell(Z + ACT, H)
+        self.prior = nn.Linear(H, Z)
+        self.dec = nn.Linear(Z + H, OBS)
+
+    def decode(self, state):
+        return self.dec(torch.cat([state["state"], state["belief"]], -1))
+
+    def step(self, state, action):
+        lead = action.shape[:-1]
+        belief = self.rnn(torch.cat([state["state"], action], -1).reshape(-1, Z + ACT),
+                          state["belief"].reshape(-1, H)).reshape(*lead, H)
+        nxt = {"state": torch.tanh(self.prior(belief)), "belief": belief}
+        obs = self.decode(nxt)
+        return nxt, obs, -(obs**2).sum(-1)
+
+
+def rssm_env(batch=(8,)):
+    def reset(model, batch_size=()):
+        state = {"state": torch.zeros(*batch_size, Z), "belief": torch.zeros(*batch_size, H)}
+        return state, model.decode(state)
+
+    return WorldModelEnv(RSSM(), BOX, ACTION, reset_fn=reset, transition_fn=lambda m, s, a: m.step(s, a),
+                         decode_fn=lambda m, s: m.decode(s), batch_size=batch, state_key="state")
+
+
+def test_dreamer_actor_loss_with_a_dict_model_state():
+    """An RSSM state {"state", "belief"} lives under the root "state" (nested keys): the loss
+    selects all of it with ``set_keys(belief="state")``; actor and value read the nested keys."""
+    env = rssm_env()
+    keys = [("state", "state"), ("state", "belief")]
+    actor, value, actor_loss, value_loss = dreamer_parts(env, keys, Z + H)
+    torch.manual_seed(6)
+    replay = TensorDict({"state": {"state": torch.randn(20, Z), "belief": torch.randn(20, H)}}, [20])
+    with pytest.warns(FutureWarning):
+        losses, fake = actor_loss(replay)
+    for key in keys:
+        torch.testing.assert_close(fake[key][:, 0], replay[key])
+    torch.testing.assert_close(fake["observation"][:, 0], env.model.decode(replay["state"].to_dict()).detach())
+    (losses["loss_actor"] + value_loss(fake)[0]["loss_value"]).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in [*actor.parameters(), *value.parameters()])
+    assert all(p.grad is None for p in env.model.parameters())
+    # the nested belief key would select only part of the state: refused, never a wrong start
+    actor_loss.set_keys(belief=("state", "belief"))
+    with pytest.raises(KeyError, match=r"missing \['state'\]"), pytest.warns(FutureWarning):
+        actor_loss(replay)

@@ -195,6 +195,28 @@ def test_dict_and_tensordict_model_states(kind):
     assert ("model_state", "h") in fast.keys(True)
 
 
+@pytest.mark.parametrize("kind", ["tensor", "dict"])
+def test_another_state_key(kind):
+    """``state_key="state"`` (TorchRL's Dreamer losses): the model state travels under "state" on
+    both paths, through partial auto-resets and from given start states."""
+    make = lambda: make_env(model=Model(state=kind), state_key="state")  # noqa: E731
+    fast, general = both(make, 10, policy_module(), break_when_any_done=False)
+    assert_identical(fast, general)
+    assert "state" in fast.keys() and "model_state" not in fast.keys(True)
+    assert fast["next", "done"].any()  # auto-resets happened
+    torch.testing.assert_close(fast["next", "state"][:, 0] if kind == "tensor" else fast["next", "state", "h"][:, 0],
+                               fast["next", "observation"][:, 0])
+    # from given start states of another batch, no auto-reset
+    make = lambda: make_env(model=Model(state=kind), state_key="state", limits=None)  # noqa: E731
+    torch.manual_seed(2)
+    latent = torch.randn(5, OBS)
+    start = make().reset(TensorDict({"state": Model(state=kind).wrap(latent), "observation": latent}, [5]),
+                         set_state=True)
+    fast, general = both(make, 4, policy_module(), break_when_any_done=False, auto_reset=False, tensordict=start)
+    assert_identical(fast, general)
+    torch.testing.assert_close(fast[:, 0].get("state"), start.get("state"))
+
+
 @pytest.mark.parametrize("break_when_any_done", [False, True])
 def test_unbatched_env(break_when_any_done):
     make = lambda: make_env(batch=(), limits=3)  # noqa: E731

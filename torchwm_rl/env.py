@@ -6,8 +6,9 @@ TensorDict layout (``B`` = ``batch_size``):
 * ``"action"``: ``[*B, ...]`` (Discrete -> integer index ``[*B]``)
 * ``("next", "reward")``: float32 ``[*B, 1]``; ``"done"``, ``"terminated"``, ``"truncated"``:
   bool ``[*B, 1]``
-* ``"model_state"``: the model's latent state when it is a tensor or a (dict/TensorDict of)
-  tensors, so rollouts are functional; an opaque Python state (unbatched envs only) is held by
+* ``"model_state"`` (the ``state_key`` argument; e.g. ``"state"`` for TorchRL's Dreamer losses):
+  the model's latent state when it is a tensor or a (dict/TensorDict of) tensors, so rollouts
+  are functional; an opaque Python state (unbatched envs only) is held by
   the env instead. ``"elapsed_steps"``: int64 ``[*B, 1]``, for the time limit.
 * ``"nonfinite"``: bool ``[*B, 1]``, only with ``nan_policy="truncate"``.
 * ``"uncertainty"``: float32 ``[*B, 1]`` and ``"halted"``: bool ``[*B, 1]``, only with
@@ -73,10 +74,16 @@ class WorldModelEnv(EnvBase):
             state itself).
         info_keys: model info values to put in the tensordict: a list of keys (specs probed
             from one random step here) or ``{key: spec of one env}``.
+        state_key: the root tensordict key that carries the model state (default
+            ``"model_state"``). TorchRL's ``DreamerActorLoss`` reads its start states from the
+            root key ``"state"``: build the env with ``state_key="state"``. It must not be one
+            of the env's other keys (observation, action, reward, done flags, step count,
+            info keys); the TorchRL path only (Gymnasium/SB3 keep ``info["model_state"]``).
 
     Batch-unlocked, as TorchRL's model-based envs: ``reset``, ``step`` and ``rollout`` take any
     leading batch of start states (``batch_size`` is the batch of a reset without a
-    tensordict); ``reset(td, set_state=True)`` starts from ``td["model_state"]``; an
+    tensordict); ``reset(td, set_state=True)`` (and a plain ``reset(td)``, TorchRL's implicit
+    set_state) starts from ``td[state_key]``; an
     ``nn.Module`` model is the submodule ``world_model``.
         ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
         uncertainty_fn: an ensemble world model, see :mod:`torchwm_rl.ensemble`.
@@ -109,6 +116,7 @@ class WorldModelEnv(EnvBase):
         torch_actions: bool = True,
         decode_fn: Optional[Callable] = None,
         info_keys: Union[None, Sequence[str], Mapping[str, TensorSpec]] = None,
+        state_key: str = STATE_KEY,
         ensemble_size: Optional[int] = None,
         propagation: str = "random",
         uncertainty_penalty: float = 0.0,
@@ -144,7 +152,7 @@ class WorldModelEnv(EnvBase):
             halt_reward=halt_reward,
             uncertainty_fn=uncertainty_fn,
         )
-        self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), seed, decode_fn, info_keys)
+        self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), seed, decode_fn, info_keys, state_key)
 
     def __new__(cls, *args, **kwargs):
         # batch-unlocked, as TorchRL's own model-based envs (ModelBasedEnvBase.__new__)
@@ -153,8 +161,19 @@ class WorldModelEnv(EnvBase):
     #: ``reset(td, set_state=True)`` starts from the model states ``td`` carries (TorchRL's flag)
     _supports_set_state = True
 
-    def _setup(self, logic: EpisodeLogic, seed: Optional[int], decode_fn=None, info_keys=None) -> None:
+    def _setup(self, logic: EpisodeLogic, seed: Optional[int], decode_fn=None, info_keys=None,
+               state_key: str = STATE_KEY) -> None:
         EnvBase.__init__(self, device=logic.device, batch_size=torch.Size(logic.batch_size))
+        if not isinstance(state_key, str) or not state_key:
+            raise TypeError(f"state_key: expected a non-empty str (a root tensordict key), got {state_key!r}")
+        own = (RESERVED_KEYS - {STATE_KEY}) | _OPTIONAL_KEYS
+        if state_key in own:
+            raise ValueError(
+                f"state_key={state_key!r} collides with one of the env's own keys ({sorted(own)}); "
+                "pick another state_key"
+            )
+        self._state_key = state_key
+        self._reserved = (RESERVED_KEYS - {STATE_KEY}) | {state_key}
         self.logic = logic
         model = logic.adapter.model
         if isinstance(model, torch.nn.Module):
@@ -176,17 +195,23 @@ class WorldModelEnv(EnvBase):
             self._state_is_observation = probe.state is probe.observation
             self._make_specs(probe)
             self._info_specs = self._make_info_specs(probe, info_keys)
-        _refuse_reserved(self._info_specs, "info_keys", taken=self.observation_spec.keys())
+        _refuse_reserved(self._info_specs, "info_keys", taken=self.observation_spec.keys(), reserved=self._reserved)
         for key, spec in self._info_specs.items():
             self.observation_spec[key] = spec
         if seed is not None:
             self.set_seed(seed)
 
     @classmethod
-    def from_logic(cls, logic: EpisodeLogic, seed: Optional[int] = None) -> "WorldModelEnv":
+    def from_logic(cls, logic: EpisodeLogic, seed: Optional[int] = None, *,
+                   state_key: str = STATE_KEY) -> "WorldModelEnv":
         """A TorchRL env over an existing episode logic, so over the same adapter and model: the
         TorchRL side of a Gymnasium env, ``WorldModelEnv.from_logic(gym_env.logic)``."""
-        return _SharedLogicEnv(logic, seed)
+        return _SharedLogicEnv(logic, seed, state_key=state_key)
+
+    @property
+    def state_key(self) -> str:
+        """The root tensordict key carrying the model state (``state_key`` argument)."""
+        return self._state_key
 
     # ----------------------------------------------------------------- specs
     @property
@@ -204,7 +229,15 @@ class WorldModelEnv(EnvBase):
         if self._dict_observation:
             optional = ([NONFINITE_KEY] if adapter.nan_policy == "truncate" else []) + (
                 [UNCERTAINTY_KEY, HALTED_KEY] if adapter.ensemble is not None else [])
-            _refuse_reserved(obs_spec.keys(), "observation_space (a Dict: its keys are tensordict keys)", optional)
+        obs_keys = list(obs_spec.keys()) if self._dict_observation else [OBSERVATION_KEY]
+        if self._state_key in obs_keys:
+            raise ValueError(
+                f"state_key={self._state_key!r} collides with the observation key(s) {obs_keys}; "
+                "pick another state_key"
+            )
+        if self._dict_observation:
+            _refuse_reserved(obs_spec.keys(), "observation_space (a Dict: its keys are tensordict keys)", optional,
+                             reserved=self._reserved)
         observation = Composite(
             dict(obs_spec.items()) if self._dict_observation else {OBSERVATION_KEY: obs_spec},
             shape=batch,
@@ -213,8 +246,8 @@ class WorldModelEnv(EnvBase):
         state = Composite(shape=batch, device=device)
         self._state_kind = _state_kind(probe.state)
         if self._state_kind != "opaque":
-            _check_state_batch(probe.state, tuple(batch), STATE_KEY)
-            state[STATE_KEY] = _state_spec(probe.state, device)
+            _check_state_batch(probe.state, tuple(batch), self._state_key)
+            state[self._state_key] = _state_spec(probe.state, device)
         elif batch:
             raise TypeError(
                 f"a batched env needs a tensor (or dict/TensorDict of tensors) model state with "
@@ -231,6 +264,10 @@ class WorldModelEnv(EnvBase):
         self.observation_spec = observation
         self.state_spec = state
         self.action_spec = space_to_spec(adapter.action_space, batch, device)
+        # one env's action shape, for the shape check of _step_entries (None: a Dict action)
+        self._one_action_shape = (
+            None if isinstance(self.action_spec, Composite) else tuple(self.action_spec.shape[len(batch):])
+        )
         self.reward_spec = Unbounded(shape=(*batch, 1), dtype=torch.float32, device=device)
         flag = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
         self.done_spec = Composite(
@@ -331,11 +368,29 @@ class WorldModelEnv(EnvBase):
         return super().step(tensordict)
 
     def _input_td_has_state(self, tensordict: Optional[TensorDictBase]) -> bool:
-        # A "_reset" mask asks for fresh starts of the masked rows (the others keep theirs), so
-        # TorchRL's implicit set_state must not turn it into a reset to the given states.
-        if tensordict is not None and "_reset" in tensordict.keys():
+        """TorchRL's implicit set_state (a plain ``reset(td)``, ``set_state`` unspecified): the
+        envs start from ``td[state_key]`` when ``td`` carries it (as ``DreamerActorLoss``'s
+        reset relies on; TorchRL warns that from v0.15 this needs ``set_state=True``). The step
+        count alone is bookkeeping, not a state; a ``"_reset"`` mask asks for fresh starts of
+        the masked rows (the others keep theirs), never a reset to the given states.
+
+        A tensordict that carries ``"state"`` (the key ``DreamerActorLoss`` hard-codes) that is
+        not this env's model state key nor one of its keys is refused: the envs would start from
+        fresh reset-hook draws instead of those states."""
+        if tensordict is None or self._state_kind == "opaque" or "_reset" in tensordict.keys():
             return False
-        return super()._input_td_has_state(tensordict)
+        keys = tensordict.keys()
+        if self._state_key in keys:
+            return True
+        if "state" in keys and "state" not in self.observation_spec.keys():
+            raise KeyError(
+                f"reset: the tensordict carries 'state' but this env's model state is under "
+                f"{self._state_key!r}, so the envs would start from fresh draws of the reset hook, not "
+                "from those states. TorchRL's DreamerActorLoss reads its start states from 'state': build "
+                "the env with WorldModelEnv(..., state_key='state'). To draw fresh starts on purpose, pass "
+                "set_state=False"
+            )
+        return False
 
     def _step_proc_data(self, next_tensordict):
         if next_tensordict.batch_size == self.batch_size:
@@ -360,10 +415,10 @@ class WorldModelEnv(EnvBase):
         mask = tensordict.get("_reset", None)
         if mask is None or bool(mask.all()):
             return
-        if STATE_KEY in self.state_spec.keys() and STATE_KEY not in tensordict.keys():
+        if self._state_key in self.state_spec.keys() and self._state_key not in tensordict.keys():
             raise KeyError(
                 f"partial reset: the envs not being reset keep their state, but the tensordict has no "
-                f"{STATE_KEY!r} (it has {sorted(map(str, tensordict.keys()))}); pass the tensordict of the "
+                f"{self._state_key!r} (it has {sorted(map(str, tensordict.keys()))}); pass the tensordict of the "
                 "previous step or reset (it carries every key), or reset every env"
             )
         self._complete_start(tensordict, in_place=True)
@@ -377,6 +432,8 @@ class WorldModelEnv(EnvBase):
         declared info values (0). Unchanged (same object) when nothing is missing."""
         batch = tensordict.batch_size
         keys = set(tensordict.keys())
+        if self._state_key in keys and self._state_kind != "opaque":
+            self._check_given_state(tensordict.get(self._state_key), batch)
         missing_obs = [k for k in self._observation_keys() if k not in keys]
         fill = {}
         if missing_obs:
@@ -393,13 +450,44 @@ class WorldModelEnv(EnvBase):
         out.update(fill)
         return out
 
+    def _check_given_state(self, state: Any, batch) -> None:
+        """A model state given in a tensordict (replay buffer, encoder) has the structure, shapes
+        and dtypes of the env's own (``state_spec``), for ``batch``: a missing entry of a dict
+        state (e.g. a loss that selected part of it) or a wrong shape is an error naming the key,
+        never a start from a different state. Once per start, not per step."""
+        nbatch = len(self.batch_size)
+
+        def check(value, spec, name):
+            if isinstance(spec, Composite):
+                if not isinstance(value, TensorDictBase):
+                    raise TypeError(f"{name}: expected the model state's entries {sorted(spec.keys())}, "
+                                    f"got a {type(value).__name__}")
+                want, got = set(spec.keys()), set(value.keys())
+                if want != got:
+                    raise KeyError(
+                        f"{name}: the model state has the entries {sorted(want)}, the tensordict's has "
+                        f"{sorted(got)} (missing {sorted(want - got)}, unexpected {sorted(got - want)})"
+                    )
+                for key in spec.keys():
+                    check(value.get(key), spec[key], f"{name}[{key!r}]")
+                return
+            expected = (*batch, *spec.shape[nbatch:])
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"{name}: expected shape {expected} (the tensordict's batch {tuple(batch)}, "
+                                 f"then one env's state shape {tuple(spec.shape[nbatch:])}), got {got}")
+            if value.dtype != spec.dtype:
+                raise TypeError(f"{name}: expected dtype {spec.dtype} (the model's state), got {value.dtype}")
+
+        check(state, self.state_spec[self._state_key], repr(self._state_key))
+
     def _observation_of(self, tensordict: TensorDictBase, missing: list) -> dict:
         """The observation entries of the model states in ``tensordict``: the state itself when
         the observation is the state, else ``decode_fn(model, state)``."""
-        state = tensordict.get(STATE_KEY, None)
+        state = tensordict.get(self._state_key, None)
         if state is None:
             raise KeyError(
-                f"a start state needs {STATE_KEY!r} in the tensordict (got keys {sorted(map(str, tensordict.keys()))})"
+                f"a start state needs {self._state_key!r} in the tensordict (got keys {sorted(map(str, tensordict.keys()))})"
             )
         batch = tensordict.batch_size
         if self._state_is_observation:
@@ -413,7 +501,7 @@ class WorldModelEnv(EnvBase):
                 raise type(err)(f"decode_fn: {err}") from None
         else:
             raise KeyError(
-                f"reset from given states: the tensordict has {STATE_KEY!r} but no observation {missing}, "
+                f"reset from given states: the tensordict has {self._state_key!r} but no observation {missing}, "
                 "and this model's observation is not its state; put the observation in the tensordict "
                 "or pass decode_fn=(model, state) -> observation to WorldModelEnv"
             )
@@ -428,10 +516,10 @@ class WorldModelEnv(EnvBase):
         batch = self.batch_size if tensordict is None else tensordict.batch_size
         if kwargs.get("set_state"):
             # start from the states the tensordict carries (TorchRL's set_state contract)
-            if tensordict is None or STATE_KEY not in tensordict.keys():
+            if tensordict is None or self._state_key not in tensordict.keys():
                 got = sorted(map(str, tensordict.keys())) if tensordict is not None else "no tensordict"
-                raise KeyError(f"reset(set_state=True) needs {STATE_KEY!r} in the tensordict, got {got}")
-            keys = [*self._observation_keys(), STATE_KEY, ELAPSED_KEY, "done", "terminated", "truncated"]
+                raise KeyError(f"reset(set_state=True) needs {self._state_key!r} in the tensordict, got {got}")
+            keys = [*self._observation_keys(), self._state_key, ELAPSED_KEY, "done", "terminated", "truncated"]
             if self.adapter.nan_policy == "truncate":
                 keys.append(NONFINITE_KEY)
             start = self._complete_start(tensordict.select(*keys, *self._info_specs, strict=False))
@@ -487,6 +575,15 @@ class WorldModelEnv(EnvBase):
         rollout. A batch other than the env's is stepped in one model call, its leading dims
         flattened into one."""
         batch = self.batch_size if batch is None else batch
+        one = self._one_action_shape
+        if one is not None and isinstance(action, torch.Tensor):
+            # more dims than [*batch, *one env's] (+1: a Discrete index as [*batch, 1]) is never
+            # one action per row; another batch than the env's must be exactly that shape
+            if action.ndim > len(batch) + len(one) + (not one) or (
+                batch != self.batch_size and action.shape[len(batch):] != one
+                and not (not one and action.shape[len(batch):] == (1,))
+            ) or action.shape[:len(batch)] != batch:
+                self._refuse_action_shape(action, batch)
         if elapsed is None:
             elapsed = torch.zeros((*batch, 1), dtype=torch.int64, device=self.device)
         if batch != self.batch_size:
@@ -500,6 +597,21 @@ class WorldModelEnv(EnvBase):
             with self.logic.batch_override(tuple(batch)):
                 return self._step_entries_now(state, elapsed, action, batch)
         return self._step_entries_now(state, elapsed, action, batch)
+
+    def _refuse_action_shape(self, action: torch.Tensor, batch) -> None:
+        one = self._one_action_shape
+        hint = ""
+        if self.batch_size:
+            hint = (
+                ". A policy or planner that reads env.action_spec (batched, "
+                f"{tuple(self.action_spec.shape)}) as one env's gives such actions; TorchRL's CEMPlanner and "
+                "MPPIPlanner do: plan on an env built with batch_size=() (the planner's input tensordict "
+                "carries the batch of start states), or sample from env.full_action_spec_unbatched"
+            )
+        raise ValueError(
+            f"action: expected shape {(*batch, *one)} (the tensordict's batch {tuple(batch)}, then one env's "
+            f"action shape {one}), got {tuple(action.shape)}{hint}"
+        )
 
     def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch) -> dict:
         snapshot = Snapshot(state=state, observation=None, elapsed=elapsed.reshape(elapsed.shape[:-1]))
@@ -581,10 +693,10 @@ class WorldModelEnv(EnvBase):
     def _read_state(self, tensordict: TensorDictBase) -> Any:
         if self._state_kind == "opaque":
             return self._held_state
-        state = tensordict.get(STATE_KEY, None)
+        state = tensordict.get(self._state_key, None)
         if state is None:
             raise KeyError(
-                f"step: the tensordict has no {STATE_KEY!r} (it has {sorted(map(str, tensordict.keys()))}); "
+                f"step: the tensordict has no {self._state_key!r} (it has {sorted(map(str, tensordict.keys()))}); "
                 "step from the tensordict env.reset() returns, or from model states (env.reset(td, set_state=True))"
             )
         if self._state_kind == "dict":
@@ -608,7 +720,7 @@ class WorldModelEnv(EnvBase):
             observation = _clone_tree(observation)
         entries = dict(observation) if self._dict_observation else {OBSERVATION_KEY: observation}
         if self._state_kind != "opaque":
-            entries[STATE_KEY] = snapshot.state
+            entries[self._state_key] = snapshot.state
         entries[ELAPSED_KEY] = snapshot.elapsed.unsqueeze(-1)
         if extra:
             entries.update(extra)
@@ -662,14 +774,18 @@ RESERVED_KEYS = frozenset({
 })
 
 
-def _refuse_reserved(keys, what: str, taken=()) -> None:
+# keys the env writes only with some options (nan_policy="truncate", an ensemble)
+_OPTIONAL_KEYS = frozenset({NONFINITE_KEY, UNCERTAINTY_KEY, HALTED_KEY})
+
+
+def _refuse_reserved(keys, what: str, taken=(), reserved=RESERVED_KEYS) -> None:
     """Keys that would overwrite (or be overwritten by) the env's own entries are refused."""
     taken = set(taken)
-    clash = sorted(k for k in keys if k in RESERVED_KEYS or k in taken)
+    clash = sorted(k for k in keys if k in reserved or k in taken)
     if clash:
         raise ValueError(
             f"{what}: key(s) {clash} collide with the tensordict's own keys "
-            f"({sorted(RESERVED_KEYS | taken)}); rename them"
+            f"({sorted(reserved | taken)}); rename them"
         )
 
 
@@ -735,5 +851,6 @@ class _SharedLogicEnv(WorldModelEnv):
     """:meth:`WorldModelEnv.from_logic`'s env (a subclass only so that TorchRL's metaclass
     finishes the env as it does for any constructor call)."""
 
-    def __init__(self, logic: EpisodeLogic, seed: Optional[int] = None, decode_fn=None, info_keys=None):
-        self._setup(logic, seed, decode_fn, info_keys)
+    def __init__(self, logic: EpisodeLogic, seed: Optional[int] = None, decode_fn=None, info_keys=None,
+                 state_key: str = STATE_KEY):
+        self._setup(logic, seed, decode_fn, info_keys, state_key)

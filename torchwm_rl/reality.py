@@ -227,7 +227,7 @@ def reality_check(
 
             # 2) real closed loop from the same start states
             obs0 = td0["observation"]
-            state0 = td0.get("model_state", None)
+            state0 = td0.get(getattr(env, "state_key", "model_state"), None)
             real_obs = torch.full((n_env, horizon + 1, *obs0.shape[1:]), math.nan)
             real_act = torch.zeros((n_env, horizon, *_action_shape(env)), dtype=env.full_action_spec["action"].dtype)
             for i in range(take):

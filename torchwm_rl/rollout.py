@@ -146,7 +146,7 @@ def fast_rollout(
     batch = start.batch_size
     root = dict(start.items())
     direct = _direct_call(policy, device, batch)
-    state_kind = env._state_kind
+    state_kind, state_key = env._state_kind, env._state_key
     carried, dropped = step_mdp_keys(env)
     roots, nexts = [], []
     for i in range(max_steps):
@@ -156,7 +156,7 @@ def fast_rollout(
             td = TensorDict(root, batch_size=batch, device=device)
             td.update(policy(td))
             root = dict(td.items())
-        state = root.get("model_state")
+        state = root.get(state_key)
         if state_kind == "dict":
             state = state.to_dict()
         nxt = env._step_entries(state, root.get("elapsed_steps"), root.get("action"), batch)

@@ -538,3 +538,36 @@ def test_dreamer_actor_loss_with_a_dict_model_state():
     actor_loss.set_keys(belief=("state", "belief"))
     with pytest.raises(KeyError, match=r"missing \['state'\]"), pytest.warns(FutureWarning):
         actor_loss(replay)
+
+
+def test_a_recurrent_policys_state_primer_is_not_refused_as_dreamers_state():
+    """A ``TensorDictPrimer`` named "state" (a recurrent policy's hidden state, not the model
+    state: another shape) goes through reset(td) and rollout(tensordict=td) as before: fresh
+    starts. Only a "state" laid out as the model state is refused."""
+    from torchrl.data import Composite
+    from torchrl.envs import TensorDictPrimer, TransformedEnv
+
+    env = TransformedEnv(make_env((4,), decode_fn=lambda model, state: model.decode(state)),
+                         TensorDictPrimer(Composite(state=Unbounded(shape=(4, 8)), shape=(4,))))
+    hidden = TensorDict({"state": torch.ones(4, 8)}, [4])
+    out = env.reset(hidden.clone())
+    assert out["state"].shape == (4, 8) and out["model_state"].shape == (4, LATENT)
+    assert env.rollout(3, tensordict=hidden.clone()).batch_size == (4, 3)
+    with pytest.raises(KeyError, match="state_key='state'"):
+        make_env((4,)).reset(TensorDict({"state": torch.zeros(4, LATENT)}, [4]))
+
+
+def test_a_one_element_action_as_one_dim_per_row_on_any_batch():
+    """A Box(1,) action given as [*batch] is taken on another batch as on the env's own (the
+    mirror of a Discrete index given as [*batch, 1])."""
+    space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    env = WorldModelEnv(object(), BOX, space, batch_size=(4,),
+                        reset_fn=lambda batch_size=(): torch.zeros(*batch_size, OBS),
+                        transition_fn=lambda m, s, a: (s + a.reshape(-1, 1), s + a.reshape(-1, 1), a.reshape(-1)))
+    for batch in [(4,), (6,)]:
+        start = env.reset(TensorDict({"model_state": torch.zeros(*batch, OBS)}, batch), set_state=True)
+        for shape in [(*batch,), (*batch, 1)]:
+            out = env.step(start.clone().set("action", torch.full(shape, 0.5)))
+            assert (out["next", "reward"] == 0.5).all() and out["next", "reward"].shape == (*batch, 1)
+    with pytest.raises(ValueError, match=r"expected shape \(6, 1\)"):
+        env.step(start.clone().set("action", torch.zeros(6, 2)))

@@ -317,3 +317,23 @@ def test_transformed_env_is_unchanged():
         outs.append(env.rollout(8, policy, break_when_any_done=False))
     assert_identical(*outs)
     torch.testing.assert_close(outs[0]["next", "step_count"], outs[0]["next", "elapsed_steps"])
+
+
+def test_partial_resets_keep_the_envs_own_states_unchecked():
+    """The rows a partial reset keeps are the env's running states, not given start states: a
+    model whose steps return a float64 state after a float32 reset runs through partial resets
+    on both paths alike (the general path used to refuse its own states there)."""
+    weight = torch.ones(OBS, dtype=torch.float64)
+
+    def make():
+        return WorldModelEnv(
+            object(), BOX, ACTION, batch_size=(4,), seed=0,
+            reset_fn=lambda batch_size=(): torch.arange(4.0).reshape(4, 1).expand(4, OBS).clone(),
+            transition_fn=lambda m, s, a: (s * weight + 1, (s + 1).float(), s.sum(-1).float(), s[..., 0] >= 3,
+                                           torch.zeros(s.shape[:-1], dtype=torch.bool), {}),
+        )
+
+    fast = make().rollout(5, break_when_any_done=False)
+    general = EnvBase.rollout(make(), 5, break_when_any_done=False)
+    assert fast["next", "done"].any() and not fast["next", "done"].all()  # partial resets happened
+    torch.testing.assert_close(fast["next", "reward"], general["next", "reward"])

@@ -382,7 +382,8 @@ class WorldModelEnv(EnvBase):
         keys = tensordict.keys()
         if self._state_key in keys:
             return True
-        if "state" in keys and "state" not in self.observation_spec.keys():
+        if "state" in keys and "state" not in self.observation_spec.keys() and self._could_be_state(
+                tensordict.get("state"), tensordict.batch_size):
             raise KeyError(
                 f"reset: the tensordict carries 'state' but this env's model state is under "
                 f"{self._state_key!r}, so the envs would start from fresh draws of the reset hook, not "
@@ -391,6 +392,17 @@ class WorldModelEnv(EnvBase):
                 "set_state=False"
             )
         return False
+
+    def _could_be_state(self, value: Any, batch) -> bool:
+        """Whether ``value`` (a tensordict's ``"state"``) has the layout of this env's model state
+        for ``batch``: a tensor of one env's state shape, or a tensordict sharing an entry with a
+        dict state. Anything else under ``"state"`` (a recurrent policy's ``TensorDictPrimer``) is
+        not a model state, so a reset draws fresh starts as it always did."""
+        spec = self.state_spec[self._state_key]
+        if isinstance(spec, Composite):
+            return isinstance(value, TensorDictBase) and bool(set(value.keys()) & set(spec.keys()))
+        per_env = tuple(spec.shape[len(self.batch_size):])
+        return isinstance(value, torch.Tensor) and tuple(value.shape) == (*batch, *per_env)
 
     def _step_proc_data(self, next_tensordict):
         if next_tensordict.batch_size == self.batch_size:
@@ -421,18 +433,20 @@ class WorldModelEnv(EnvBase):
                 f"{self._state_key!r} (it has {sorted(map(str, tensordict.keys()))}); pass the tensordict of the "
                 "previous step or reset (it carries every key), or reset every env"
             )
-        self._complete_start(tensordict, in_place=True)
+        # the kept rows are the env's own running states, not given start states: not checked
+        # against the state spec (the fast path's auto-reset never checks them either)
+        self._complete_start(tensordict, in_place=True, check=False)
 
     def _observation_keys(self) -> list:
         return list(self.adapter.observation_space.spaces) if self._dict_observation else [OBSERVATION_KEY]
 
-    def _complete_start(self, tensordict: TensorDictBase, in_place: bool = False) -> TensorDictBase:
+    def _complete_start(self, tensordict: TensorDictBase, in_place: bool = False, check: bool = True) -> TensorDictBase:
         """``tensordict`` with what a start state implies filled in where absent: the
         observation (:meth:`_observation_of`), the step count (0), the done flags (False) and
         declared info values (0). Unchanged (same object) when nothing is missing."""
         batch = tensordict.batch_size
         keys = set(tensordict.keys())
-        if self._state_key in keys and self._state_kind != "opaque":
+        if check and self._state_key in keys and self._state_kind != "opaque":
             self._check_given_state(tensordict.get(self._state_key), batch)
         missing_obs = [k for k in self._observation_keys() if k not in keys]
         fill = {}
@@ -578,10 +592,13 @@ class WorldModelEnv(EnvBase):
         one = self._one_action_shape
         if one is not None and isinstance(action, torch.Tensor):
             # more dims than [*batch, *one env's] (+1: a Discrete index as [*batch, 1]) is never
-            # one action per row; another batch than the env's must be exactly that shape
+            # one action per row; another batch than the env's must be exactly that shape (or,
+            # as on the env's own batch, [*batch] for a 1-element action and [*batch, 1] for a
+            # scalar one)
             if action.ndim > len(batch) + len(one) + (not one) or (
                 batch != self.batch_size and action.shape[len(batch):] != one
                 and not (not one and action.shape[len(batch):] == (1,))
+                and not (one == (1,) and action.ndim == len(batch))
             ) or action.shape[:len(batch)] != batch:
                 self._refuse_action_shape(action, batch)
         if elapsed is None:

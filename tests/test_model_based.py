@@ -571,3 +571,16 @@ def test_a_one_element_action_as_one_dim_per_row_on_any_batch():
             assert (out["next", "reward"] == 0.5).all() and out["next", "reward"].shape == (*batch, 1)
     with pytest.raises(ValueError, match=r"expected shape \(6, 1\)"):
         env.step(start.clone().set("action", torch.zeros(6, 2)))
+
+
+def test_dreamers_root_state_next_to_belief_on_a_dict_state_env_is_refused():
+    """An RSSM dict state on the default key, and a replay laid out as TorchRL's RSSM writes it
+    (root "state" and "belief" tensors): a plain reset would draw fresh starts, so it is refused."""
+    env = WorldModelEnv(RSSM(), BOX, ACTION, batch_size=(8,), decode_fn=lambda m, s: m.decode(s),
+                        reset_fn=lambda m, batch_size=(): ({"state": torch.zeros(*batch_size, Z),
+                                                            "belief": torch.zeros(*batch_size, H)},
+                                                           torch.zeros(*batch_size, OBS)),
+                        transition_fn=lambda m, s, a: m.step(s, a))
+    replay = TensorDict({"state": torch.zeros(6, Z), "belief": torch.zeros(6, H)}, [6])
+    with pytest.raises(KeyError, match="state_key='state'"):
+        env.reset(replay)

@@ -394,15 +394,20 @@ class WorldModelEnv(EnvBase):
         return False
 
     def _could_be_state(self, value: Any, batch) -> bool:
-        """Whether ``value`` (a tensordict's ``"state"``) has the layout of this env's model state
-        for ``batch``: a tensor of one env's state shape, or a tensordict sharing an entry with a
-        dict state. Anything else under ``"state"`` (a recurrent policy's ``TensorDictPrimer``) is
-        not a model state, so a reset draws fresh starts as it always did."""
+        """Whether ``value`` (a tensordict's ``"state"``) may be this env's model state, or part
+        of it, for ``batch``: a tensordict sharing an entry with a dict state, or a tensor of the
+        per-env shape of the state or of any of its entries (TorchRL's RSSM writes its latent
+        ``"state"`` next to ``"belief"``). Anything else under ``"state"`` (a recurrent policy's
+        ``TensorDictPrimer`` of another shape) is not a model state: a reset draws fresh starts."""
         spec = self.state_spec[self._state_key]
-        if isinstance(spec, Composite):
-            return isinstance(value, TensorDictBase) and bool(set(value.keys()) & set(spec.keys()))
-        per_env = tuple(spec.shape[len(self.batch_size):])
-        return isinstance(value, torch.Tensor) and tuple(value.shape) == (*batch, *per_env)
+        nbatch = len(self.batch_size)
+        if isinstance(value, TensorDictBase):
+            return isinstance(spec, Composite) and bool(set(value.keys()) & set(spec.keys()))
+        if not isinstance(value, torch.Tensor):
+            return False
+        leaves = [spec] if not isinstance(spec, Composite) else [
+            spec[k] for k in spec.keys(include_nested=True, leaves_only=True)]
+        return any(tuple(value.shape) == (*batch, *leaf.shape[nbatch:]) for leaf in leaves)
 
     def _step_proc_data(self, next_tensordict):
         if next_tensordict.batch_size == self.batch_size:

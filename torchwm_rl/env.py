@@ -375,8 +375,10 @@ class WorldModelEnv(EnvBase):
         the masked rows (the others keep theirs), never a reset to the given states.
 
         A tensordict that carries ``"state"`` (the key ``DreamerActorLoss`` hard-codes) that is
-        not this env's model state key nor one of its keys is refused: the envs would start from
-        fresh reset-hook draws instead of those states."""
+        not this env's model state key nor one of its keys, and is laid out as the model state
+        or one of its entries (:meth:`_could_be_state`), is refused: the envs would start from
+        fresh reset-hook draws instead of those states. A ``"state"`` of another layout (a
+        recurrent policy's ``TensorDictPrimer``) is not a model state and is left alone."""
         if tensordict is None or self._state_kind == "opaque" or "_reset" in tensordict.keys():
             return False
         keys = tensordict.keys()

@@ -584,3 +584,17 @@ def test_dreamers_root_state_next_to_belief_on_a_dict_state_env_is_refused():
     replay = TensorDict({"state": torch.zeros(6, Z), "belief": torch.zeros(6, H)}, [6])
     with pytest.raises(KeyError, match="state_key='state'"):
         env.reset(replay)
+
+
+def test_dreamer_loss_with_an_unmapped_belief_is_refused_not_imagined_stale():
+    """Without ``set_keys(belief="state")`` DreamerActorLoss also selects the replay's root
+    "belief", which the env never steps: an actor reading it would see the replay's value at
+    every imagined step. Refused; an explicit set_state=True still carries it on purpose."""
+    env = make_env((16,), decode_fn=lambda model, state: model.decode(state), state_key="state")
+    actor, value, actor_loss, _ = dreamer_parts(env, ["state", "belief"], LATENT + 3)
+    actor_loss.set_keys(belief="belief")  # TorchRL's default, unmapped
+    replay = TensorDict({"state": torch.randn(8, LATENT), "belief": torch.randn(8, 3)}, [8])
+    with pytest.raises(KeyError, match=r"set_keys\(belief='state'\)"):
+        actor_loss(replay)
+    out = env.reset(replay.clone(), set_state=True)
+    assert torch.equal(out["belief"], replay["belief"])

@@ -378,11 +378,24 @@ class WorldModelEnv(EnvBase):
         not this env's model state key nor one of its keys, and is laid out as the model state
         or one of its entries (:meth:`_could_be_state`), is refused: the envs would start from
         fresh reset-hook draws instead of those states. A ``"state"`` of another layout (a
-        recurrent policy's ``TensorDictPrimer``) is not a model state and is left alone."""
+        recurrent policy's ``TensorDictPrimer``) is not a model state and is left alone. A
+        ``"belief"`` next to the model state that is not one of the env's keys (DreamerActorLoss's
+        default belief key, left unmapped) is refused too: it would stay the replay's value at
+        every imagined step."""
         if tensordict is None or self._state_kind == "opaque" or "_reset" in tensordict.keys():
             return False
         keys = tensordict.keys()
         if self._state_key in keys:
+            if "belief" in keys and "belief" not in self.observation_spec.keys():
+                # DreamerActorLoss selects ("state", belief key): its default "belief", a key this
+                # env never steps, would stay the replay's value at every imagined step
+                raise KeyError(
+                    f"reset: the tensordict carries the model state {self._state_key!r} and a 'belief' this env "
+                    "does not step: it would stay the given value at every imagined step while the state moves. "
+                    "With TorchRL's DreamerActorLoss, the whole model state is under the state key: "
+                    f"actor_loss.set_keys(belief={self._state_key!r}) (a dict state's entries are nested keys, "
+                    f"e.g. ({self._state_key!r}, 'belief')). To carry it unchanged on purpose, pass set_state=True"
+                )
             return True
         if "state" in keys and "state" not in self.observation_spec.keys() and self._could_be_state(
                 tensordict.get("state"), tensordict.batch_size):

@@ -229,6 +229,13 @@ class ModelAdapter:
             return True
         return any("generator" in hook.wants for hook in self.hooks.values())
 
+    def all_hooks_take_generator(self) -> bool:
+        """Whether every hook a reset or step calls (reset, transition, reward, terminal,
+        action transform) asks for ``generator``: the env then leaves torch's process-global
+        RNG alone (see :class:`~torchwm_rl.episode.EpisodeLogic`)."""
+        called = [hook for role, hook in self.hooks.items() if role != "render_fn"]
+        return bool(called) and all("generator" in hook.wants for hook in called)
+
     # ------------------------------------------------------------------ reset
     @property
     def can_reset(self) -> bool:

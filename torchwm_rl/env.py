@@ -632,25 +632,32 @@ class WorldModelEnv(EnvBase):
     # --------------------------------------------------------------- exports
     def to_gymnasium(self, **kwargs):
         """Unbatched env -> :class:`~torchwm_rl.gym.GymWorldModelEnv`; batched (N,) ->
-        :class:`~torchwm_rl.gym.GymVectorWorldModelEnv` (``num_envs=N``). Both share this env's
-        adapter. Keyword args (``render_mode``, ``autoreset_mode``) go to the export."""
+        :class:`~torchwm_rl.gym.GymVectorWorldModelEnv` (``num_envs=N``). Keyword args
+        (``render_mode``, ``autoreset_mode``) go to the export.
+
+        Every export shares this env's model and hooks but has its own episode state and
+        random streams (:meth:`EpisodeLogic.fork`), starting from this env's (a seed given to
+        this env and not yet used seeds the export's first reset too): two exports of one env,
+        or an export and this env, never change each other's streams, so each gives the
+        trajectories it gives alone. Exports are made for this env's device at the time."""
         from .gym import GymVectorWorldModelEnv, GymWorldModelEnv
 
         if self.batch_size:
-            return GymVectorWorldModelEnv(self.logic, **kwargs)
-        return GymWorldModelEnv.from_logic(self.logic, **kwargs)
+            return GymVectorWorldModelEnv(self.logic.fork(), **kwargs)
+        return GymWorldModelEnv.from_logic(self.logic.fork(), **kwargs)
 
     def to_sb3(self):
-        """A Stable-Baselines3 ``VecEnv`` over this env's adapter (``num_envs=N``; 1 if
-        unbatched). Batched: one model call per step for all N envs. Unbatched: SB3's own
-        ``DummyVecEnv`` around :meth:`to_gymnasium` (SB3 already does N=1 right)."""
+        """A Stable-Baselines3 ``VecEnv`` over this env's model (``num_envs=N``; 1 if
+        unbatched), with its own episode state and streams as :meth:`to_gymnasium`'s. Batched:
+        one model call per step for all N envs. Unbatched: SB3's own ``DummyVecEnv`` around
+        :meth:`to_gymnasium` (SB3 already does N=1 right)."""
         from .sb3 import SB3VecWorldModelEnv
 
         if not self.batch_size:
             from stable_baselines3.common.vec_env import DummyVecEnv
 
             return DummyVecEnv([self.to_gymnasium])
-        return SB3VecWorldModelEnv(self.logic)
+        return SB3VecWorldModelEnv(self.logic.fork())
 
 
 _register_originals(WorldModelEnv)

@@ -108,7 +108,10 @@ class GymWorldModelEnv(gymnasium.Env):
     def from_logic(
         cls, logic: EpisodeLogic, render_mode: Optional[str] = None, seed: Optional[int] = None
     ) -> "GymWorldModelEnv":
-        """Share an existing (unbatched) episode logic, e.g. ``WorldModelEnv.to_gymnasium()``."""
+        """An env over an existing (unbatched) episode logic, which it uses as its own: its
+        streams and seed. Two envs given one logic share them (each reset or step of one moves
+        the other's streams); ``WorldModelEnv.to_gymnasium()`` passes a fork, so its exports
+        do not."""
         if logic.batch_size:
             raise ValueError("GymWorldModelEnv needs an unbatched logic; use GymVectorWorldModelEnv")
         env = cls.__new__(cls)

@@ -235,3 +235,94 @@ def test_an_export_starts_from_the_envs_unused_seed():
     torch.testing.assert_close(torch.as_tensor(first.reset()[0]), torch.as_tensor(second.reset()[0]))
     reference = GymWorldModelEnv(None, BOX, ACT, **MODELS["generator"])
     np.testing.assert_array_equal(first.reset(seed=4)[0], reference.reset(seed=4)[0])
+
+
+# ------------------------------------------------------------------------- aliasing
+class RingBuffers:
+    """A model that writes every output into ``k`` preallocated buffers in turn (k=1: one
+    reused buffer; 2: double buffering; 3: triple buffering), as CUDA-graph or ``out=`` models
+    do. The state counts steps, so step t's observation is t everywhere."""
+
+    def __init__(self, k: int, batch: tuple, ring: bool = False):
+        self.k, self.calls = k, 0
+        if ring:  # views of one storage
+            self.obs = torch.zeros(k, *batch, 2).unbind(0)
+        else:
+            self.obs = [torch.zeros(*batch, 2) for _ in range(k)]
+        self.reward = [torch.zeros(batch) for _ in range(k)]
+        self.done = [torch.zeros(batch, dtype=torch.bool) for _ in range(k)]
+        self.start = torch.zeros(*batch, 2)
+
+    def reset_fn(self, model, seed=None, options=None, batch_size=()):
+        return self.start.zero_()
+
+    def transition_fn(self, model, state, action):
+        i = self.calls % self.k
+        self.calls += 1
+        obs = torch.add(state, 1.0, out=self.obs[i])
+        torch.sum(obs, -1, out=self.reward[i])
+        torch.gt(obs[..., 0], 100.0, out=self.done[i])
+        return {"state": obs, "observation": obs, "reward": self.reward[i], "terminated": self.done[i]}
+
+
+def _ring_env(k, batch, ring=False, **kwargs):
+    model = RingBuffers(k, batch, ring)
+    return WorldModelEnv(None, BOX, ACT, reset_fn=model.reset_fn, transition_fn=model.transition_fn,
+                         batch_size=batch, **kwargs)
+
+
+BUFFERS = [pytest.param(1, False, id="one-buffer"), pytest.param(2, False, id="double"),
+           pytest.param(3, False, id="triple"), pytest.param(3, True, id="ring-of-views")]
+
+
+@pytest.mark.parametrize("k,ring", BUFFERS)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-rollout", "EnvBase.rollout"])
+@pytest.mark.parametrize("batch", [(), (N,)], ids=["unbatched", "batched"])
+def test_buffer_reusing_models_keep_every_recorded_step_torchrl(k, ring, fast, batch):
+    env = _ring_env(k, batch, ring)
+    steps = 7
+    # a callback sends the rollout through TorchRL's general EnvBase.rollout
+    extra = {} if fast else {"callback": lambda env, td: None}
+    td = env.rollout(steps, _zero_policy, break_when_any_done=False, **extra)
+    t = torch.arange(1.0, steps + 1).reshape(*[1] * len(batch), steps)
+    expected = t.expand(*batch, steps)
+    torch.testing.assert_close(td["next", "observation"][..., 0], expected)
+    torch.testing.assert_close(td["next", "model_state"][..., 1], expected)
+    torch.testing.assert_close(td["observation"][..., 0], expected - 1)
+    torch.testing.assert_close(td["model_state"][..., 0], expected - 1)
+    torch.testing.assert_close(td["next", "reward"][..., 0], 2 * expected)
+
+
+@pytest.mark.parametrize("k,ring", BUFFERS)
+def test_buffer_reusing_models_keep_every_recorded_step_single_torchrl_steps(k, ring):
+    env = _ring_env(k, (N,), ring)
+    td = env.reset()
+    kept = []
+    for _ in range(5):
+        td["action"] = torch.zeros(N, 2)
+        out = env.step(td)
+        kept.append(out)
+        td = out["next"]
+    for t, out in enumerate(kept, 1):
+        assert out["next", "observation"][:, 0].tolist() == [t] * N
+        assert out["observation"][:, 0].tolist() == [t - 1] * N
+
+
+@pytest.mark.parametrize("k,ring", BUFFERS)
+@pytest.mark.parametrize("kind", ["gym", "vector", "sb3"])
+def test_buffer_reusing_models_keep_every_recorded_step_exports(k, ring, kind):
+    batch = () if kind == "gym" else (N,)
+    env = _ring_env(k, batch, ring)
+    export = env.to_gymnasium() if kind != "sb3" else env.to_sb3()
+    first = export.reset() if kind == "sb3" else export.reset(seed=0)[0]
+    kept = [first]
+    states = []
+    for _ in range(6):
+        out = export.step(np.zeros((*batch, 2), np.float32))
+        kept.append(out[0])
+        if kind == "gym":
+            states.append(out[4]["model_state"])
+    for t, obs in enumerate(kept):
+        np.testing.assert_array_equal(np.asarray(obs), np.full((*batch, 2), float(t), np.float32))
+    for t, state in enumerate(states, 1):
+        np.testing.assert_array_equal(np.asarray(state), np.full(2, float(t), np.float32))

@@ -20,12 +20,14 @@ caller decides (the Gymnasium exports run under ``torch.no_grad``).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from gymnasium import spaces
+from tensordict import TensorDictBase
 
 from .calling import Hook
 from .ensemble import Ensemble
@@ -206,7 +208,6 @@ class ModelAdapter:
         )
         # the env's random stream for hooks that ask for ``generator`` (set by EpisodeLogic)
         self.generator: Optional[torch.Generator] = None
-        self._recent_addresses: set = set()  # memory of the last outputs (see _unalias)
 
     @property
     def hooks(self) -> dict:
@@ -397,21 +398,57 @@ class ModelAdapter:
         return record
 
     def _unalias(self, values: tuple) -> tuple:
-        """``values`` with every tensor that shares memory with the previous call's outputs
-        replaced by a copy. A model that writes into preallocated buffers (CUDA graphs, ``out=``
-        kernels) returns the same memory every step; kept by reference, every recorded step
-        would show the last values and flags would change after the fact. The check is an
-        address comparison, so a model that returns fresh tensors pays no copy."""
-        recent = self._recent_addresses
-        seen: set = set()
+        """``values`` with every tensor that may be memory the model writes into again replaced
+        by a copy, so that every recorded step keeps that step's values.
+
+        A model that writes into preallocated buffers (``out=`` kernels, CUDA graphs) returns
+        memory it returned before: one buffer every step, two or three in turn (double and
+        triple buffering), or views of one ring buffer. Kept by reference, every recorded step
+        would show the last values written there and flags would change after the fact. A
+        tensor is copied when
+
+        * PyTorch's version counter says it was written in place (``out=``, ``copy_``, ``x[i] =
+          ...``): a buffer, caught the first time it is returned (a fresh result of ordinary
+          ops has version 0 and is not copied); inference tensors have no version counter and
+          are always copied; or
+        * its memory was returned by an earlier call (of any env in the process) and is still
+          alive (a look-up of its storage in a table of weak references, so memory freed and
+          reused by the allocator is not mistaken for a reuse): the same tensor returned again,
+          a constant buffer, or memory written behind PyTorch's back (a CUDA graph replay),
+          which is caught from its second return on: return ``static_output.clone()`` from a
+          CUDA-graph model.
+
+        A model that returns fresh tensors pays no copy. Outputs of one call may share memory
+        with each other (an observation that is a view of the state): only earlier calls count."""
+        table = _HANDED_OUT
+        fresh: dict = {}
+
+        def remember(tensor: torch.Tensor) -> None:
+            storage = tensor.untyped_storage()
+            fresh[storage.data_ptr()] = storage
+
+        def reused(tensor: torch.Tensor) -> bool:
+            storage = tensor.untyped_storage()
+            address = storage.data_ptr()
+            fresh[address] = storage  # the model's memory, remembered even when copied
+            if tensor.is_inference() or tensor._version:
+                return True
+            ref = table.get(address)
+            return ref is not None and ref() is storage
 
         def fix(value):
             if isinstance(value, torch.Tensor):
-                if value.numel():
-                    address = value.data_ptr()  # the model's memory, remembered even when copied
-                    seen.add(address)
-                    if address in recent:
-                        value = value.clone()
+                if value.numel() and reused(value):
+                    value = value.clone()
+                    remember(value)
+                return value
+            if isinstance(value, TensorDictBase):
+                leaves = [v for v in value.values(True, True) if isinstance(v, torch.Tensor) and v.numel()]
+                if any([reused(v) for v in leaves]):
+                    value = value.clone()
+                    for v in value.values(True, True):
+                        if isinstance(v, torch.Tensor) and v.numel():
+                            remember(v)
                 return value
             if isinstance(value, dict):
                 fixed = {k: fix(v) for k, v in value.items()}
@@ -420,7 +457,8 @@ class ModelAdapter:
             return value
 
         out = tuple(fix(v) for v in values)
-        self._recent_addresses = seen
+        for address, storage in fresh.items():
+            _remember(address, storage)
         return out
 
     @staticmethod
@@ -483,6 +521,23 @@ class ModelAdapter:
         if self.render_hook is not None:
             return self.render_hook({"model": self.model, "state": state, "obs": observation})
         return observation
+
+
+#: storage address -> weak reference to the storage, for every tensor an env handed out that
+#: is still alive (see ``ModelAdapter._unalias``); shared by every env in the process, since
+#: envs (and exports) may share one model and its buffers
+_HANDED_OUT: dict = {}
+
+
+def _remember(address: int, storage: Any) -> None:
+    if address in _HANDED_OUT and _HANDED_OUT[address]() is storage:
+        return
+
+    def forget(ref, address=address):
+        if _HANDED_OUT.get(address) is ref:
+            del _HANDED_OUT[address]
+
+    _HANDED_OUT[address] = weakref.ref(storage, forget)
 
 
 def _nonfinite_action(action: Any, batch_size: tuple) -> Optional[torch.Tensor]:

@@ -168,6 +168,7 @@ class WorldModelEnv(EnvBase):
                 + self.logic.no_reset_message()
             )
         self._held_state: Any = None  # opaque (non-tensor) model state, unbatched envs only
+        self._discard_rows: Optional[torch.Tensor] = None  # rows a "_step" mask leaves out (step)
         # the probes (a reset for the specs, a step for probed info keys) leave the logic's seed,
         # streams and ensemble members as they were: the logic may belong to a Gymnasium env
         with self.logic.preserved():
@@ -319,15 +320,29 @@ class WorldModelEnv(EnvBase):
         return tensordict.update(self.full_action_spec_unbatched.rand(tensordict.batch_size))
 
     def step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """TorchRL's ``step``. A ``"_step"`` mask (``rollout(break_when_all_done=True)``, or
+        given directly) at the env's own batch steps only the rows it marks: the others get
+        TorchRL's skipped step (``_skip_tensordict``: every ``"next"`` entry copied from the
+        input tensordict where it has one, so their state, observation, step count and done
+        flags stay as they were; zeros elsewhere, e.g. a reward the input lacks). The model is still called once for the whole batch,
+        as when the env was batch-locked (EnvBase's unlocked branch would step a row subset and
+        lose which env each row is: per-env time limits), and the masked-out rows' results are
+        thrown away (a NaN there is not reported)."""
         if "_step" in tensordict.keys() and tensordict.batch_size == self.batch_size:
-            # A partial step ("_step", e.g. rollout(break_when_all_done=True)) at the env's own
-            # batch runs as it did when the env was batch-locked: every row is stepped (one
-            # model call) and TorchRL keeps the masked ones. EnvBase's unlocked branch would
-            # step a row subset, which loses which env each row is (per-env time limits).
-            partial = tensordict.pop("_step")
+            partial = tensordict.pop("_step").reshape(self.batch_size)
+            if bool(partial.all()):
+                return super().step(tensordict)
+            skipped = self._skip_tensordict(tensordict)
             if not bool(partial.any()):
-                tensordict.set("next", self._skip_tensordict(tensordict))
+                tensordict.set("next", skipped)
                 return tensordict
+            self._discard_rows = ~partial
+            try:
+                out = super().step(tensordict)
+            finally:
+                self._discard_rows = None
+            out.set("next", out.get("next").where(partial, skipped))
+            return out
         return super().step(tensordict)
 
     def _input_td_has_state(self, tensordict: Optional[TensorDictBase]) -> bool:
@@ -503,7 +518,7 @@ class WorldModelEnv(EnvBase):
 
     def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch) -> dict:
         snapshot = Snapshot(state=state, observation=None, elapsed=elapsed.reshape(elapsed.shape[:-1]))
-        snapshot, record = self.logic.step(snapshot, action)
+        snapshot, record = self.logic.step(snapshot, action, self._discard_rows)
         terminated, truncated = record.terminated.unsqueeze(-1), record.truncated.unsqueeze(-1)
         extra = {
             "reward": record.reward.unsqueeze(-1),

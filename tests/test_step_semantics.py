@@ -75,3 +75,83 @@ def test_break_when_all_done_keeps_ended_envs_where_they_ended():
     td = env.rollout(5, break_when_any_done=False, break_when_all_done=True)
     final = td["next", "observation"][:, -1, 0].tolist()
     assert final == [1.0, 3.0, 2.0]  # each env stops at its own end
+
+
+# ------------------------------------------------------------- nan_policy="truncate"
+def _nan_hooks(separate_state: bool):
+    """Counting dynamics; env 1's third step is NaN. With ``separate_state`` the observation is
+    twice the state (so it is not the state)."""
+
+    def reset(batch_size=()):
+        state = torch.zeros(*batch_size, 2)
+        return (state, 2 * state) if separate_state else state
+
+    def transition(state, action):
+        nxt = state + 1.0
+        obs = 2 * nxt if separate_state else nxt.clone()
+        if obs.ndim == 2:
+            obs[1] = torch.where(nxt[1, 0] == 3.0, float("nan"), obs[1])
+        elif nxt[0] == 3.0:
+            obs = obs * float("nan")
+        return {"state": nxt, "observation": obs, "reward": nxt.sum(-1)}
+
+    return dict(reset_fn=reset, transition_fn=transition, nan_policy="truncate")
+
+
+def _last_finite(separate_state: bool) -> list:
+    return [4.0, 4.0] if separate_state else [2.0, 2.0]  # the observation at step 2
+
+
+@pytest.mark.parametrize("separate_state", [False, True], ids=["obs-is-state", "separate-state"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-rollout", "EnvBase.rollout"])
+def test_truncate_hands_out_the_last_finite_observation_torchrl(separate_state, fast):
+    env = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(separate_state))
+    policy = lambda td: td.set("action", torch.zeros(N, 2))  # noqa: E731
+    td = (env.rollout(3, policy, break_when_any_done=False) if fast
+          else EnvBase.rollout(env, 3, policy, break_when_any_done=False))
+    nxt = td["next"][:, 2]
+    assert nxt["truncated"][:, 0].tolist() == [False, True, False]
+    assert nxt["nonfinite"][:, 0].tolist() == [False, True, False]
+    assert nxt["observation"][1].tolist() == _last_finite(separate_state)
+    scale = 2.0 if separate_state else 1.0
+    assert nxt["observation"][0].tolist() == [3.0 * scale] * 2  # other envs untouched
+
+
+@pytest.mark.parametrize("separate_state", [False, True], ids=["obs-is-state", "separate-state"])
+def test_truncate_hands_out_the_last_finite_observation_gym(separate_state):
+    env = GymWorldModelEnv(None, BOX, ACT, **_nan_hooks(separate_state))
+    env.reset(seed=0)
+    for _ in range(2):
+        env.step(np.zeros(2, np.float32))
+    obs, reward, terminated, truncated, info = env.step(np.zeros(2, np.float32))
+    assert truncated and info["nonfinite"]
+    np.testing.assert_array_equal(obs, np.array(_last_finite(separate_state), np.float32))
+
+
+@pytest.mark.parametrize("separate_state", [False, True], ids=["obs-is-state", "separate-state"])
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_truncate_hands_out_the_last_finite_observation_vector(separate_state, mode):
+    env = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(separate_state))
+    venv = env.to_gymnasium(autoreset_mode=mode)
+    venv.reset(seed=0)
+    for _ in range(2):
+        venv.step(np.zeros((N, 2), np.float32))
+    obs, reward, terminated, truncated, info = venv.step(np.zeros((N, 2), np.float32))
+    assert truncated.tolist() == [False, True, False]
+    final = obs[1] if mode is AutoresetMode.NEXT_STEP else info["final_obs"][1]
+    np.testing.assert_array_equal(final, np.array(_last_finite(separate_state), np.float32))
+
+
+@pytest.mark.parametrize("separate_state", [False, True], ids=["obs-is-state", "separate-state"])
+def test_truncate_hands_out_the_last_finite_observation_sb3(separate_state):
+    env = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(separate_state))
+    venv = env.to_sb3()
+    venv.reset()
+    for _ in range(2):
+        venv.step(np.zeros((N, 2), np.float32))
+    obs, rewards, dones, infos = venv.step(np.zeros((N, 2), np.float32))
+    assert dones.tolist() == [False, True, False]
+    assert infos[1]["TimeLimit.truncated"] and infos[1]["nonfinite"]
+    np.testing.assert_array_equal(infos[1]["terminal_observation"],
+                                  np.array(_last_finite(separate_state), np.float32))
+    np.testing.assert_array_equal(obs[1], np.zeros(2, np.float32))  # the env restarted

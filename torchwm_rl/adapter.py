@@ -41,6 +41,7 @@ from .validation import (
     nonfinite_rows,
     to_batched_scalar,
     to_observation,
+    where_rows,
     zero_nonfinite,
 )
 
@@ -114,8 +115,9 @@ class ModelAdapter:
         torch_actions: convert non-tensor actions to tensors on ``device`` before the hooks.
         nan_policy: ``"raise"`` (default), ``"truncate"`` or ``"ignore"`` for NaN/inf in
             observations and rewards. ``"truncate"`` ends the affected envs' episodes
-            (``truncated=True``, ``Transition.nonfinite``) and hands out 0 in place of each
-            non-finite observation entry and reward, so learners never bootstrap from NaN.
+            (``truncated=True``, ``Transition.nonfinite``); the final observation of such an
+            episode is the last finite one (the observation the step started from), so learners
+            bootstrap from a real state, never from NaN or made-up zeros; its reward reads 0.
         check_observations: check every observation against ``observation_space`` (Box bounds,
             Discrete/MultiDiscrete ranges, MultiBinary 0/1) and raise naming the hook, key and
             env; off by default because it costs a pass over every observation per step.
@@ -339,11 +341,15 @@ class ModelAdapter:
         return check_action(action, self.action_space, self.batch_size, self.device, self.check_actions)
 
     # ------------------------------------------------------------- transition
-    def step(self, state: Any, action: Any, discard: Optional[torch.Tensor] = None) -> Transition:
+    def step(self, state: Any, action: Any, discard: Optional[torch.Tensor] = None,
+             previous_observation: Any = None) -> Transition:
         """One batched model step from ``state`` with a library ``action``.
 
         ``discard`` (bool, shape batch) marks rows whose result the caller throws away (envs
-        that restart instead, under next-step autoreset): the NaN policy ignores them."""
+        that restart instead, under next-step autoreset): the NaN policy ignores them.
+        ``previous_observation``: the observation ``state`` stands at (or a function giving it,
+        called only when needed): what ``nan_policy="truncate"`` hands out as the final
+        observation of a truncated row."""
         model_action = self.prepare_action(action)
         hook = self.transition_hook
         values = {"model": self.model, "state": state, "action": model_action, "generator": self.generator}
@@ -391,7 +397,7 @@ class ModelAdapter:
 
         record = Transition(next_state, observation, reward, terminated, truncated, raw.info,
                             uncertainty=uncertainty, halted=halted)
-        self._apply_nan_policy(record, discard, reward_hook.name, model_action)
+        self._apply_nan_policy(record, discard, reward_hook.name, model_action, previous_observation)
         record.state, record.observation, record.reward, record.terminated, record.truncated = self._unalias(
             (record.state, record.observation, record.reward, record.terminated, record.truncated)
         )
@@ -477,7 +483,7 @@ class ModelAdapter:
 
     def _apply_nan_policy(
         self, record: Transition, discard: Optional[torch.Tensor] = None, reward_source: Optional[str] = None,
-        action: Any = None,
+        action: Any = None, previous_observation: Any = None,
     ) -> None:
         if self.nan_policy == "ignore":
             return
@@ -507,9 +513,18 @@ class ModelAdapter:
             )
         record.truncated = record.truncated | bad
         record.nonfinite = bad
-        # What learners see stays finite: SB3 and TorchRL's GAE bootstrap from the final
-        # observation of a truncated episode, so a NaN left there would turn one bad env into
-        # NaN losses. Non-finite entries (only in the ``bad`` rows) read 0; the flag says why.
+        # What learners see is finite and honest: SB3 and TorchRL's GAE bootstrap from the final
+        # observation of a truncated episode, so a truncated row's final observation is the
+        # last finite one, the observation the step started from (its value estimate is the
+        # best one left; zeros would be a made-up state and NaN would spread into the losses).
+        # Only when that observation is unknown (a TorchRL tensordict without it and a model
+        # whose observation is not its state) do the non-finite entries read 0. A non-finite
+        # reward reads 0; the "nonfinite" flag says why.
+        previous = previous_observation() if callable(previous_observation) else previous_observation
+        if previous is not None:
+            previous = to_observation(previous, self.observation_space, self.batch_size, self.device,
+                                      "the observation before the truncated step")
+            record.observation = where_rows(bad, record.observation, previous)
         record.observation = zero_nonfinite(record.observation)
         record.reward = zero_nonfinite(record.reward)
         if record.uncertainty is not None:

@@ -486,7 +486,7 @@ class WorldModelEnv(EnvBase):
         action = tensordict.get("action", None)
         if action is None:
             raise KeyError("step: the tensordict has no 'action' (set one, e.g. env.rand_action(td) or a policy)")
-        entries = self._step_entries(self._read_state(tensordict), elapsed, action, batch)
+        entries = self._step_entries(self._read_state(tensordict), elapsed, action, batch, tensordict)
         out = TensorDict(entries, batch_size=batch, device=self.device)
         # An autograd graph cannot cross processes: a step whose input lives in shared memory
         # (a ParallelEnv / multi-process collector worker) hands out detached tensors, so a
@@ -496,29 +496,51 @@ class WorldModelEnv(EnvBase):
         shared = elapsed is not None and elapsed.device.type == "cpu" and elapsed.is_shared()
         return out.detach() if shared else out
 
-    def _step_entries(self, state: Any, elapsed: Optional[torch.Tensor], action: Any, batch=None) -> dict:
+    def _step_entries(self, state: Any, elapsed: Optional[torch.Tensor], action: Any, batch=None,
+                      root: Any = None) -> dict:
         """The entries of a step's ``"next"`` tensordict from the model state (as the hooks
         take it), the step counts ``[*B, 1]`` (None: 0) and the action; shared with the fast
-        rollout. A batch other than the env's is stepped in one model call, its leading dims
-        flattened into one."""
+        rollout. ``root`` (the step's input tensordict or entries) is read only when
+        ``nan_policy="truncate"`` needs the observation the step started from. A batch other
+        than the env's is stepped in one model call, its leading dims flattened into one."""
         batch = self.batch_size if batch is None else batch
         if elapsed is None:
             elapsed = torch.zeros((*batch, 1), dtype=torch.int64, device=self.device)
         if batch != self.batch_size:
             if len(batch) > 1:
                 flat = (batch.numel(),)
+                if root is not None:
+                    root = {k: _reshape(root.get(k), len(batch), flat)
+                            for k in self._observation_keys() if root.get(k, None) is not None}
                 entries = self._step_entries(
                     _reshape(state, len(batch), flat), elapsed.reshape(*flat, 1), _reshape(action, len(batch), flat),
-                    torch.Size(flat),
+                    torch.Size(flat), root,
                 )
                 return {k: _reshape(v, 1, batch) for k, v in entries.items()}
             with self.logic.batch_override(tuple(batch)):
-                return self._step_entries_now(state, elapsed, action, batch)
-        return self._step_entries_now(state, elapsed, action, batch)
+                return self._step_entries_now(state, elapsed, action, batch, root)
+        return self._step_entries_now(state, elapsed, action, batch, root)
 
-    def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch) -> dict:
+    def _previous_observation(self, state: Any, root: Any) -> Any:
+        """The observation a step starts from, for ``nan_policy="truncate"`` (called only when a
+        row is truncated): the state itself when the observation is the state, else
+        ``decode_fn(model, state)``, else the observation entries of the step's input (which a
+        ``TransformedEnv`` may have transformed: give such a model a ``decode_fn``), else None."""
+        if self._state_is_observation:
+            return state
+        if self._decode is not None:
+            return self._decode({"model": self.model, "state": state})
+        if root is None:
+            return None
+        values = {k: root.get(k, None) for k in self._observation_keys()}
+        if any(v is None for v in values.values()):
+            return None
+        return values if self._dict_observation else values[OBSERVATION_KEY]
+
+    def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch, root: Any = None) -> dict:
         snapshot = Snapshot(state=state, observation=None, elapsed=elapsed.reshape(elapsed.shape[:-1]))
-        snapshot, record = self.logic.step(snapshot, action, self._discard_rows)
+        previous = (lambda: self._previous_observation(state, root)) if self.adapter.nan_policy == "truncate" else None
+        snapshot, record = self.logic.step(snapshot, action, self._discard_rows, previous)
         terminated, truncated = record.terminated.unsqueeze(-1), record.truncated.unsqueeze(-1)
         extra = {
             "reward": record.reward.unsqueeze(-1),

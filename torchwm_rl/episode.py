@@ -436,24 +436,27 @@ class EpisodeLogic:
 
     # ------------------------------------------------------------------- step
     def step(
-        self, snapshot: Snapshot, action: Any, discard: Optional[torch.Tensor] = None
+        self, snapshot: Snapshot, action: Any, discard: Optional[torch.Tensor] = None,
+        previous_observation: Any = None,
     ) -> tuple[Snapshot, Transition]:
         """Advance every env one step; the returned transition's ``truncated`` includes the
-        time limit. ``snapshot`` is not modified. ``discard``: see ``ModelAdapter.step``."""
+        time limit. ``snapshot`` is not modified. ``discard``: see ``ModelAdapter.step``;
+        ``previous_observation`` (default ``snapshot.observation``) too."""
+        previous = snapshot.observation if previous_observation is None else previous_observation
         if self._guard_generator:  # a hook draws from the env's generator: restore it on failure
             with self.model_rng():
-                record = self.adapter.step(snapshot.state, action, discard)
+                record = self.adapter.step(snapshot.state, action, discard, previous)
         elif not self._swap_global:
-            record = self.adapter.step(snapshot.state, action, discard)
+            record = self.adapter.step(snapshot.state, action, discard, previous)
         elif self.rng_state is None:  # see _global_rng
             with _GLOBAL_RNG_LOCK:
-                record = self.adapter.step(snapshot.state, action, discard)
+                record = self.adapter.step(snapshot.state, action, discard, previous)
         else:  # model_rng() inlined: this runs once per step
             with _GLOBAL_RNG_LOCK:
                 saved = _get_rng_state(self.device)
                 _set_rng_state(self.device, self.rng_state)
                 try:
-                    record = self.adapter.step(snapshot.state, action, discard)
+                    record = self.adapter.step(snapshot.state, action, discard, previous)
                     new_state = _get_rng_state(self.device)
                 finally:
                     _set_rng_state(self.device, saved)

@@ -155,3 +155,119 @@ def test_truncate_hands_out_the_last_finite_observation_sb3(separate_state):
     np.testing.assert_array_equal(infos[1]["terminal_observation"],
                                   np.array(_last_finite(separate_state), np.float32))
     np.testing.assert_array_equal(obs[1], np.zeros(2, np.float32))  # the env restarted
+
+
+# ------------------------------------------------------------ bfloat16 / float16 latents
+class LowPrecision:
+    """A latent of ``dtype`` (bfloat16 or float16), checked on every call: the model gets back
+    exactly the dtype it returned. Observation and reward come in ``obs_dtype``; the info
+    carries a per-env value in the latent's dtype."""
+
+    def __init__(self, dtype, obs_dtype=torch.float32):
+        self.dtype, self.obs_dtype = dtype, obs_dtype
+        self.seen = []
+
+    def reset_fn(self, model, seed=None, options=None, batch_size=()):
+        state = torch.full((*batch_size, 2), 0.5, dtype=self.dtype)
+        return state, state.to(self.obs_dtype)
+
+    def transition_fn(self, model, state, action):
+        self.seen.append(state.dtype)
+        nxt = state + 0.25  # exact in both dtypes
+        return {"state": nxt, "observation": nxt.to(self.obs_dtype), "reward": nxt.sum(-1).to(self.obs_dtype),
+                "info": {"latent_norm": nxt.sum(-1)}}
+
+
+LOW = [torch.bfloat16, torch.float16]
+
+
+def _low_env(model, batch=(), **kwargs):
+    return WorldModelEnv(None, BOX, ACT, reset_fn=model.reset_fn, transition_fn=model.transition_fn,
+                         batch_size=batch, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-rollout", "EnvBase.rollout"])
+@pytest.mark.parametrize("batch", [(), (N,)], ids=["unbatched", "batched"])
+def test_low_precision_latents_stay_in_their_dtype_torchrl(dtype, fast, batch):
+    model = LowPrecision(dtype)
+    env = _low_env(model, batch)
+    assert env.state_spec["model_state"].dtype == dtype
+    policy = lambda td: td.set("action", torch.zeros(*td.batch_size, 2))  # noqa: E731
+    td = (env.rollout(3, policy) if fast else EnvBase.rollout(env, 3, policy))
+    assert td["model_state"].dtype == dtype and td["next", "model_state"].dtype == dtype
+    assert set(model.seen) == {dtype}
+    t = torch.arange(1, 4, dtype=torch.float32)
+    expected = (0.5 + 0.25 * t).reshape(*[1] * len(batch), 3).expand(*batch, 3)
+    torch.testing.assert_close(td["next", "model_state"][..., 0], expected.to(dtype), rtol=0, atol=0)
+    assert td["next", "observation"].dtype == torch.float32
+    torch.testing.assert_close(td["next", "observation"][..., 0], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_low_precision_latents_on_the_gymnasium_env(dtype):
+    model = LowPrecision(dtype)
+    env = GymWorldModelEnv(None, BOX, ACT, reset_fn=model.reset_fn, transition_fn=model.transition_fn)
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and obs.tolist() == [0.5, 0.5]
+    obs, reward, _, _, info = env.step(np.zeros(2, np.float32))
+    assert obs.dtype == np.float32 and obs.tolist() == [0.75, 0.75] and reward == 1.5
+    state = info["model_state"]
+    if dtype is torch.bfloat16:  # numpy has no bfloat16: a detached torch copy of its dtype
+        assert isinstance(state, torch.Tensor) and state.dtype == dtype and not state.requires_grad
+        assert isinstance(info["latent_norm"], torch.Tensor) and info["latent_norm"].item() == 1.5
+        assert state.tolist() == [0.75, 0.75]
+        state.add_(100.0)  # a copy: the env's state is not changed
+        assert env.state.tolist() == [0.75, 0.75]
+    else:
+        assert isinstance(state, np.ndarray) and state.dtype == np.float16 and state.tolist() == [0.75, 0.75]
+    assert env.state.dtype == dtype and set(model.seen) == {dtype}
+    env.step(np.zeros(2, np.float32))
+    assert env.state.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_low_precision_latents_on_the_vector_export(dtype, mode):
+    model = LowPrecision(dtype)
+    venv = _low_env(model, (N,)).to_gymnasium(autoreset_mode=mode)
+    venv.reset(seed=0)
+    obs, reward, _, _, info = venv.step(np.zeros((N, 2), np.float32))
+    assert obs.dtype == np.float32 and obs.tolist() == [[0.75, 0.75]] * N
+    assert reward.tolist() == [1.5] * N
+    assert venv.state.dtype == dtype and set(model.seen) == {dtype}
+    norms = info["latent_norm"]
+    assert [float(v) for v in norms] == [1.5] * N and info["_latent_norm"].all()
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_low_precision_latents_on_the_sb3_export(dtype):
+    model = LowPrecision(dtype)
+    venv = _low_env(model, (N,)).to_sb3()
+    venv.reset()
+    obs, rewards, dones, infos = venv.step(np.zeros((N, 2), np.float32))
+    assert obs.dtype == np.float32 and obs.tolist() == [[0.75, 0.75]] * N
+    assert rewards.tolist() == [1.5] * N
+    assert [float(info["latent_norm"]) for info in infos] == [1.5] * N
+    assert set(model.seen) == {dtype}
+
+
+@pytest.mark.parametrize("obs_dtype", LOW, ids=str)
+@pytest.mark.parametrize("kind", ["torchrl", "gym", "vector", "sb3"])
+def test_low_precision_observations_and_rewards_convert_exactly(obs_dtype, kind):
+    model = LowPrecision(torch.float32, obs_dtype)
+    if kind == "gym":
+        env = GymWorldModelEnv(None, BOX, ACT, reset_fn=model.reset_fn, transition_fn=model.transition_fn)
+        env.reset(seed=0)
+        obs, reward, *_ = env.step(np.zeros(2, np.float32))
+    elif kind == "torchrl":
+        td = _low_env(model, (N,)).rollout(1, lambda td: td.set("action", torch.zeros(N, 2)))
+        obs, reward = td["next", "observation"][:, 0], td["next", "reward"][:, 0, 0]
+        assert obs.dtype == torch.float32 and reward.dtype == torch.float32
+    else:
+        env = _low_env(model, (N,))
+        venv = env.to_gymnasium() if kind == "vector" else env.to_sb3()
+        venv.reset() if kind == "sb3" else venv.reset(seed=0)
+        obs, reward, *_ = venv.step(np.zeros((N, 2), np.float32))
+    np.testing.assert_array_equal(np.asarray(obs, dtype=np.float64), 0.75)
+    np.testing.assert_array_equal(np.asarray(reward, dtype=np.float64), 1.5)

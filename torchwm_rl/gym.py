@@ -37,7 +37,8 @@ class GymWorldModelEnv(gymnasium.Env):
     Python bool flags. As in TorchWM, the reset info is the reset hook's info as it returned it,
     and a step's info is the transition's info plus ``info["model_state"]`` (the latest model
     state) and ``info["elapsed_steps"]`` (the step count of the episode) where the transition's
-    info has no such entry; tensors in infos are handed out as detached numpy copies.
+    info has no such entry; tensors in infos are handed out as detached numpy copies (a dtype
+    numpy lacks, such as a bfloat16 latent, as a detached torch copy of that dtype).
     ``env.state`` is the model state. Without a reset source the env still constructs; its
     ``reset`` then says what to provide, and ``step`` before ``reset`` raises ``RuntimeError``.
     Keyword arguments are those of :class:`~torchwm_rl.adapter.ModelAdapter` plus

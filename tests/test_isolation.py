@@ -326,3 +326,20 @@ def test_buffer_reusing_models_keep_every_recorded_step_exports(k, ring, kind):
         np.testing.assert_array_equal(np.asarray(obs), np.full((*batch, 2), float(t), np.float32))
     for t, state in enumerate(states, 1):
         np.testing.assert_array_equal(np.asarray(state), np.full(2, float(t), np.float32))
+
+
+def test_an_inference_mode_model_reusing_a_buffer_keeps_every_recorded_step():
+    """Inference tensors have no version counter: their reuse cannot be seen, so they are copied."""
+    with torch.inference_mode():
+        buffer = torch.zeros(N, 2)
+
+    @torch.inference_mode()
+    def transition(model, state, action):
+        torch.add(state, 1.0, out=buffer)
+        return {"state": buffer, "observation": buffer, "reward": buffer.sum(-1)}
+
+    env = WorldModelEnv(None, BOX, ACT, reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+                        transition_fn=transition, batch_size=(N,))
+    td = env.rollout(4, _zero_policy, break_when_any_done=False)
+    assert td["next", "observation"][0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert td["next", "model_state"][0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]

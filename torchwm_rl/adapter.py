@@ -417,54 +417,24 @@ class ModelAdapter:
           ...``): a buffer, caught the first time it is returned (a fresh result of ordinary
           ops has version 0 and is not copied); inference tensors have no version counter and
           are always copied; or
-        * its memory was returned by an earlier call (of any env in the process) and is still
-          alive (a look-up of its storage in a table of weak references, so memory freed and
-          reused by the allocator is not mistaken for a reuse): the same tensor returned again,
-          a constant buffer, or memory written behind PyTorch's back (a CUDA graph replay),
-          which is caught from its second return on: return ``static_output.clone()`` from a
-          CUDA-graph model.
+        * a tensor an earlier call (of any env in the process) handed out at the same address
+          is still alive (a look-up in a table of weak references to the tensors handed out, so
+          memory freed and reused by the allocator is not mistaken for a reuse): the same tensor
+          returned again, a constant buffer, or memory written behind PyTorch's back (a CUDA
+          graph replay), which is caught from its second return on: return
+          ``static_output.clone()`` from a CUDA-graph model.
 
         A model that returns fresh tensors pays no copy. Outputs of one call may share memory
         with each other (an observation that is a view of the state): only earlier calls count."""
+        fresh: list = []  # this call's outputs, remembered once all are checked
+        out = tuple(_fix_aliases(v, fresh) for v in values)
         table = _HANDED_OUT
-        fresh: dict = {}
-
-        def remember(tensor: torch.Tensor) -> None:
-            storage = tensor.untyped_storage()
-            fresh[storage.data_ptr()] = storage
-
-        def reused(tensor: torch.Tensor) -> bool:
-            storage = tensor.untyped_storage()
-            address = storage.data_ptr()
-            fresh[address] = storage  # the model's memory, remembered even when copied
-            if tensor.is_inference() or tensor._version:
-                return True
-            ref = table.get(address)
-            return ref is not None and ref() is storage
-
-        def fix(value):
-            if isinstance(value, torch.Tensor):
-                if value.numel() and reused(value):
-                    value = value.clone()
-                    remember(value)
-                return value
-            if isinstance(value, TensorDictBase):
-                leaves = [v for v in value.values(True, True) if isinstance(v, torch.Tensor) and v.numel()]
-                if any([reused(v) for v in leaves]):
-                    value = value.clone()
-                    for v in value.values(True, True):
-                        if isinstance(v, torch.Tensor) and v.numel():
-                            remember(v)
-                return value
-            if isinstance(value, dict):
-                fixed = {k: fix(v) for k, v in value.items()}
-                # the model's own dict back when nothing was copied: states go back as returned
-                return value if all(fixed[k] is value[k] for k in value) else fixed
-            return value
-
-        out = tuple(fix(v) for v in values)
-        for address, storage in fresh.items():
-            _remember(address, storage)
+        for tensor in fresh:
+            table[tensor.data_ptr()] = weakref.ref(tensor)
+        if len(table) > _PURGE[0]:  # drop the entries of memory that is gone (amortized O(1))
+            for address in [a for a, ref in table.items() if ref() is None]:
+                del table[address]
+            _PURGE[0] = max(_PURGE_MIN, 2 * len(table))
         return out
 
     @staticmethod
@@ -538,21 +508,44 @@ class ModelAdapter:
         return observation
 
 
-#: storage address -> weak reference to the storage, for every tensor an env handed out that
-#: is still alive (see ``ModelAdapter._unalias``); shared by every env in the process, since
-#: envs (and exports) may share one model and its buffers
+#: memory address -> weak reference to the tensor an env handed out there, alive as long as that
+#: tensor (or a view of it) is (see ``ModelAdapter._unalias``); shared by every env in the
+#: process, since envs (and exports) may share one model and its buffers
 _HANDED_OUT: dict = {}
+_PURGE_MIN = 4096
+_PURGE = [_PURGE_MIN]  # table size above which dead entries are dropped
 
 
-def _remember(address: int, storage: Any) -> None:
-    if address in _HANDED_OUT and _HANDED_OUT[address]() is storage:
-        return
+def _reused(tensor: torch.Tensor, fresh: list) -> bool:
+    """Whether ``tensor`` must be copied (see ``ModelAdapter._unalias``); it goes to ``fresh``
+    (the model's memory is remembered even when copied)."""
+    fresh.append(tensor)
+    try:
+        if tensor._version:  # written in place
+            return True
+    except RuntimeError:  # an inference tensor: no version counter, so no telling
+        return True
+    ref = _HANDED_OUT.get(tensor.data_ptr())
+    return ref is not None and ref() is not None
 
-    def forget(ref, address=address):
-        if _HANDED_OUT.get(address) is ref:
-            del _HANDED_OUT[address]
 
-    _HANDED_OUT[address] = weakref.ref(storage, forget)
+def _fix_aliases(value: Any, fresh: list) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.numel() and _reused(value, fresh):
+            value = value.clone()
+            fresh.append(value)
+        return value
+    if isinstance(value, TensorDictBase):
+        leaves = [v for v in value.values(True, True) if isinstance(v, torch.Tensor) and v.numel()]
+        if any([_reused(v, fresh) for v in leaves]):
+            value = value.clone()
+            fresh.extend(v for v in value.values(True, True) if isinstance(v, torch.Tensor) and v.numel())
+        return value
+    if isinstance(value, dict):
+        fixed = {k: _fix_aliases(v, fresh) for k, v in value.items()}
+        # the model's own dict back when nothing was copied: states go back as returned
+        return value if all(fixed[k] is value[k] for k in value) else fixed
+    return value
 
 
 def _nonfinite_action(action: Any, batch_size: tuple) -> Optional[torch.Tensor]:

@@ -148,7 +148,9 @@ def test_torchrl_and_gymnasium_paths_agree(kind):
     by_rollout = run_torchrl_rollout(trl, actions, seed)
     by_step = run_torchrl_step(WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
     gym_env = trl.to_gymnasium()
-    assert type(gym_env) is GymWorldModelEnv and gym_env.adapter is trl.adapter  # one shared adapter
+    # one shared model and hooks; the export's own episode state and streams (EpisodeLogic.fork)
+    assert type(gym_env) is GymWorldModelEnv and gym_env.model is trl.model and gym_env.logic is not trl.logic
+    assert gym_env.adapter.transition_hook is trl.adapter.transition_hook
     exported = run_gym(gym_env, actions, seed)
     direct = run_gym(GymWorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
 

@@ -20,12 +20,14 @@ caller decides (the Gymnasium exports run under ``torch.no_grad``).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from gymnasium import spaces
+from tensordict import TensorDictBase
 
 from .calling import Hook
 from .ensemble import Ensemble
@@ -39,6 +41,7 @@ from .validation import (
     nonfinite_rows,
     to_batched_scalar,
     to_observation,
+    where_rows,
     zero_nonfinite,
 )
 
@@ -112,8 +115,9 @@ class ModelAdapter:
         torch_actions: convert non-tensor actions to tensors on ``device`` before the hooks.
         nan_policy: ``"raise"`` (default), ``"truncate"`` or ``"ignore"`` for NaN/inf in
             observations and rewards. ``"truncate"`` ends the affected envs' episodes
-            (``truncated=True``, ``Transition.nonfinite``) and hands out 0 in place of each
-            non-finite observation entry and reward, so learners never bootstrap from NaN.
+            (``truncated=True``, ``Transition.nonfinite``); the final observation of such an
+            episode is the last finite one (the observation the step started from), so learners
+            bootstrap from a real state, never from NaN or made-up zeros; its reward reads 0.
         check_observations: check every observation against ``observation_space`` (Box bounds,
             Discrete/MultiDiscrete ranges, MultiBinary 0/1) and raise naming the hook, key and
             env; off by default because it costs a pass over every observation per step.
@@ -206,7 +210,6 @@ class ModelAdapter:
         )
         # the env's random stream for hooks that ask for ``generator`` (set by EpisodeLogic)
         self.generator: Optional[torch.Generator] = None
-        self._recent_addresses: set = set()  # memory of the last outputs (see _unalias)
 
     @property
     def hooks(self) -> dict:
@@ -228,6 +231,13 @@ class ModelAdapter:
         if self.ensemble is not None and self.ensemble.propagation != "mean":
             return True
         return any("generator" in hook.wants for hook in self.hooks.values())
+
+    def all_hooks_take_generator(self) -> bool:
+        """Whether every hook a reset or step calls (reset, transition, reward, terminal,
+        action transform) asks for ``generator``: the env then leaves torch's process-global
+        RNG alone (see :class:`~torchwm_rl.episode.EpisodeLogic`)."""
+        called = [hook for role, hook in self.hooks.items() if role != "render_fn"]
+        return bool(called) and all("generator" in hook.wants for hook in called)
 
     # ------------------------------------------------------------------ reset
     @property
@@ -331,11 +341,15 @@ class ModelAdapter:
         return check_action(action, self.action_space, self.batch_size, self.device, self.check_actions)
 
     # ------------------------------------------------------------- transition
-    def step(self, state: Any, action: Any, discard: Optional[torch.Tensor] = None) -> Transition:
+    def step(self, state: Any, action: Any, discard: Optional[torch.Tensor] = None,
+             previous_observation: Any = None) -> Transition:
         """One batched model step from ``state`` with a library ``action``.
 
         ``discard`` (bool, shape batch) marks rows whose result the caller throws away (envs
-        that restart instead, under next-step autoreset): the NaN policy ignores them."""
+        that restart instead, under next-step autoreset): the NaN policy ignores them.
+        ``previous_observation``: the observation ``state`` stands at (or a function giving it,
+        called only when needed): what ``nan_policy="truncate"`` hands out as the final
+        observation of a truncated row."""
         model_action = self.prepare_action(action)
         hook = self.transition_hook
         values = {"model": self.model, "state": state, "action": model_action, "generator": self.generator}
@@ -383,37 +397,44 @@ class ModelAdapter:
 
         record = Transition(next_state, observation, reward, terminated, truncated, raw.info,
                             uncertainty=uncertainty, halted=halted)
-        self._apply_nan_policy(record, discard, reward_hook.name, model_action)
+        self._apply_nan_policy(record, discard, reward_hook.name, model_action, previous_observation)
         record.state, record.observation, record.reward, record.terminated, record.truncated = self._unalias(
             (record.state, record.observation, record.reward, record.terminated, record.truncated)
         )
         return record
 
     def _unalias(self, values: tuple) -> tuple:
-        """``values`` with every tensor that shares memory with the previous call's outputs
-        replaced by a copy. A model that writes into preallocated buffers (CUDA graphs, ``out=``
-        kernels) returns the same memory every step; kept by reference, every recorded step
-        would show the last values and flags would change after the fact. The check is an
-        address comparison, so a model that returns fresh tensors pays no copy."""
-        recent = self._recent_addresses
-        seen: set = set()
+        """``values`` with every tensor that may be memory the model writes into again replaced
+        by a copy, so that every recorded step keeps that step's values.
 
-        def fix(value):
-            if isinstance(value, torch.Tensor):
-                if value.numel():
-                    address = value.data_ptr()  # the model's memory, remembered even when copied
-                    seen.add(address)
-                    if address in recent:
-                        value = value.clone()
-                return value
-            if isinstance(value, dict):
-                fixed = {k: fix(v) for k, v in value.items()}
-                # the model's own dict back when nothing was copied: states go back as returned
-                return value if all(fixed[k] is value[k] for k in value) else fixed
-            return value
+        A model that writes into preallocated buffers (``out=`` kernels, CUDA graphs) returns
+        memory it returned before: one buffer every step, two or three in turn (double and
+        triple buffering), or views of one ring buffer. Kept by reference, every recorded step
+        would show the last values written there and flags would change after the fact. A
+        tensor is copied when
 
-        out = tuple(fix(v) for v in values)
-        self._recent_addresses = seen
+        * PyTorch's version counter says it was written in place (``out=``, ``copy_``, ``x[i] =
+          ...``): a buffer, caught the first time it is returned (a fresh result of ordinary
+          ops has version 0 and is not copied); inference tensors have no version counter and
+          are always copied; or
+        * a tensor an earlier call (of any env in the process) handed out at the same address
+          is still alive (a look-up in a table of weak references to the tensors handed out, so
+          memory freed and reused by the allocator is not mistaken for a reuse): the same tensor
+          returned again, a constant buffer, or memory written behind PyTorch's back (a CUDA
+          graph replay), which is caught from its second return on: return
+          ``static_output.clone()`` from a CUDA-graph model.
+
+        A model that returns fresh tensors pays no copy. Outputs of one call may share memory
+        with each other (an observation that is a view of the state): only earlier calls count."""
+        fresh: list = []  # this call's outputs, remembered once all are checked
+        out = tuple(_fix_aliases(v, fresh) for v in values)
+        table = _HANDED_OUT
+        for tensor in fresh:
+            table[tensor.data_ptr()] = weakref.ref(tensor)
+        if len(table) > _PURGE[0]:  # drop the entries of memory that is gone (amortized O(1))
+            for address in [a for a, ref in table.items() if ref() is None]:
+                del table[address]
+            _PURGE[0] = max(_PURGE_MIN, 2 * len(table))
         return out
 
     @staticmethod
@@ -432,7 +453,7 @@ class ModelAdapter:
 
     def _apply_nan_policy(
         self, record: Transition, discard: Optional[torch.Tensor] = None, reward_source: Optional[str] = None,
-        action: Any = None,
+        action: Any = None, previous_observation: Any = None,
     ) -> None:
         if self.nan_policy == "ignore":
             return
@@ -462,9 +483,18 @@ class ModelAdapter:
             )
         record.truncated = record.truncated | bad
         record.nonfinite = bad
-        # What learners see stays finite: SB3 and TorchRL's GAE bootstrap from the final
-        # observation of a truncated episode, so a NaN left there would turn one bad env into
-        # NaN losses. Non-finite entries (only in the ``bad`` rows) read 0; the flag says why.
+        # What learners see is finite and honest: SB3 and TorchRL's GAE bootstrap from the final
+        # observation of a truncated episode, so a truncated row's final observation is the
+        # last finite one, the observation the step started from (its value estimate is the
+        # best one left; zeros would be a made-up state and NaN would spread into the losses).
+        # Only when that observation is unknown (a TorchRL tensordict without it and a model
+        # whose observation is not its state) do the non-finite entries read 0. A non-finite
+        # reward reads 0; the "nonfinite" flag says why.
+        previous = previous_observation() if callable(previous_observation) else previous_observation
+        if previous is not None:
+            previous = to_observation(previous, self.observation_space, self.batch_size, self.device,
+                                      "the observation before the truncated step")
+            record.observation = where_rows(bad, record.observation, previous)
         record.observation = zero_nonfinite(record.observation)
         record.reward = zero_nonfinite(record.reward)
         if record.uncertainty is not None:
@@ -476,6 +506,46 @@ class ModelAdapter:
         if self.render_hook is not None:
             return self.render_hook({"model": self.model, "state": state, "obs": observation})
         return observation
+
+
+#: memory address -> weak reference to the tensor an env handed out there, alive as long as that
+#: tensor (or a view of it) is (see ``ModelAdapter._unalias``); shared by every env in the
+#: process, since envs (and exports) may share one model and its buffers
+_HANDED_OUT: dict = {}
+_PURGE_MIN = 4096
+_PURGE = [_PURGE_MIN]  # table size above which dead entries are dropped
+
+
+def _reused(tensor: torch.Tensor, fresh: list) -> bool:
+    """Whether ``tensor`` must be copied (see ``ModelAdapter._unalias``); it goes to ``fresh``
+    (the model's memory is remembered even when copied)."""
+    fresh.append(tensor)
+    try:
+        if tensor._version:  # written in place
+            return True
+    except RuntimeError:  # an inference tensor: no version counter, so no telling
+        return True
+    ref = _HANDED_OUT.get(tensor.data_ptr())
+    return ref is not None and ref() is not None
+
+
+def _fix_aliases(value: Any, fresh: list) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.numel() and _reused(value, fresh):
+            value = value.clone()
+            fresh.append(value)
+        return value
+    if isinstance(value, TensorDictBase):
+        leaves = [v for v in value.values(True, True) if isinstance(v, torch.Tensor) and v.numel()]
+        if any([_reused(v, fresh) for v in leaves]):
+            value = value.clone()
+            fresh.extend(v for v in value.values(True, True) if isinstance(v, torch.Tensor) and v.numel())
+        return value
+    if isinstance(value, dict):
+        fixed = {k: _fix_aliases(v, fresh) for k, v in value.items()}
+        # the model's own dict back when nothing was copied: states go back as returned
+        return value if all(fixed[k] is value[k] for k in value) else fixed
+    return value
 
 
 def _nonfinite_action(action: Any, batch_size: tuple) -> Optional[torch.Tensor]:

@@ -153,19 +153,23 @@ class _HookTracker:
             if hook is not None and callable(hook):
                 self.saved[attr] = hook
                 setattr(self.adapter, attr, self._wrap(hook))
-        for method in ("reset", "step"):  # a new call: no hook has run yet
-            bound = getattr(self.adapter, method, None)
-            if callable(bound):
-                self.saved[method] = None  # an instance attribute shadowing the method; deleted on exit
-                setattr(self.adapter, method, self._fresh(bound))
+        # a new reset or step call: no hook has run yet. A subclass rather than instance
+        # attributes, so that the adapters of exports forked during the checks (copies of this
+        # one, EpisodeLogic.fork) run their own reset/step, tracked as well
+        tracker, cls = self, type(self.adapter)
+
+        class Tracked(cls):
+            def reset(self, *args, **kwargs):
+                tracker.last = None
+                return super().reset(*args, **kwargs)
+
+            def step(self, *args, **kwargs):
+                tracker.last = None
+                return super().step(*args, **kwargs)
+
+        self.saved_class = cls
+        self.adapter.__class__ = Tracked
         return self
-
-    def _fresh(self, bound: Callable) -> Callable:
-        def call(*args, **kwargs):
-            self.last = None
-            return bound(*args, **kwargs)
-
-        return call
 
     def _wrap(self, hook: Any) -> Callable:
         tracker, name = self, str(getattr(hook, "name", "hook"))
@@ -182,10 +186,8 @@ class _HookTracker:
 
     def __exit__(self, *exc) -> None:
         for attr, hook in self.saved.items():
-            if hook is None:
-                delattr(self.adapter, attr)
-            else:
-                setattr(self.adapter, attr, hook)
+            setattr(self.adapter, attr, hook)
+        self.adapter.__class__ = self.saved_class
 
 
 def _user_frame(exc: BaseException) -> Optional[str]:

@@ -30,11 +30,33 @@ def _unshared(array: np.ndarray, tensor: torch.Tensor) -> np.ndarray:
     return array.copy() if tensor.device.type == "cpu" else array
 
 
+_NUMPY_CAN_HOLD: dict = {}
+
+
+def numpy_can_hold(dtype: torch.dtype) -> bool:
+    """Whether numpy has ``dtype`` (it has no bfloat16, complex32 or float8 types)."""
+    known = _NUMPY_CAN_HOLD.get(dtype)
+    if known is None:
+        try:
+            torch.empty(0, dtype=dtype).numpy()
+            known = True
+        except (TypeError, RuntimeError):
+            known = False
+        _NUMPY_CAN_HOLD[dtype] = known
+    return known
+
+
 def detach_tree(value: Any) -> Any:
     """Every tensor in a (nested) dict/list/TensorDict -> a detached numpy copy; other values
     as they are. Infos handed to Gymnasium/SB3 must hold no autograd graph, and numpy keeps
-    Gymnasium's ``check_env`` determinism comparisons (which use ``==``) well defined."""
+    Gymnasium's ``check_env`` determinism comparisons (which use ``==``) well defined. A tensor
+    of a dtype numpy lacks (a bfloat16 latent in ``info["model_state"]``) stays a tensor: a
+    detached CPU copy of its own dtype, as a float32 array would silently change the dtype the
+    model uses (``.float()`` it in the hook if numpy is wanted)."""
     if isinstance(value, torch.Tensor):
+        if not numpy_can_hold(value.dtype):
+            copy = value.detach()
+            return copy.clone() if copy.device.type == "cpu" else copy.cpu()
         return _unshared(value.detach().cpu().numpy(), value)
     if isinstance(value, TensorDictBase):
         return detach_tree(value.to_dict())
@@ -61,7 +83,18 @@ def image_hwc(frame: Any) -> Any:
 
 
 def _is_rows(value: Any, n: int) -> bool:
-    return isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == n
+    """One row per env: an array (or a tensor numpy cannot hold, see :func:`detach_tree`) whose
+    leading dim is ``n``."""
+    return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim > 0 and value.shape[0] == n
+
+
+def _where_rows(rows: np.ndarray, value: Any, other: Any) -> Any:
+    """Rows of ``value`` where ``rows`` (bool, shape ``(n,)``), of ``other`` elsewhere (numpy
+    arrays, or tensors)."""
+    if isinstance(value, torch.Tensor):
+        mask = torch.as_tensor(rows, device=value.device).reshape(-1, *[1] * (value.ndim - 1))
+        return torch.where(mask, value, other)
+    return np.where(rows.reshape(-1, *[1] * (value.ndim - 1)), value, other)
 
 
 def info_row(info: Mapping, n: int, i: int) -> dict:
@@ -103,7 +136,8 @@ def vector_info(info: Mapping, n: int, rows: np.ndarray) -> dict:
         if isinstance(value, Mapping):
             out[key] = vector_info(value, n, rows)
         elif _is_rows(value, n):
-            out[key] = np.where(rows.reshape(-1, *[1] * (value.ndim - 1)), value, np.zeros_like(value))
+            zeros = torch.zeros_like(value) if isinstance(value, torch.Tensor) else np.zeros_like(value)
+            out[key] = _where_rows(rows, value, zeros)
         elif type(value) in (int, float, bool) or isinstance(value, (np.number, np.bool_)):
             out[key] = np.where(rows, value, np.zeros((), dtype=type(value)))
         elif isinstance(value, np.ndarray):
@@ -129,9 +163,9 @@ def merge_vector_infos(first: dict, second: dict) -> dict:
         mine = second[f"_{key}"]
         if isinstance(value, dict) and isinstance(out[key], dict):
             out[key] = merge_vector_infos(out[key], value)
-        elif (isinstance(value, np.ndarray) and isinstance(out[key], np.ndarray)
+        elif (type(value) is type(out[key]) and isinstance(value, (np.ndarray, torch.Tensor))
               and value.shape == out[key].shape and value.dtype == out[key].dtype):
-            out[key] = np.where(mine.reshape(-1, *[1] * (value.ndim - 1)), value, out[key])
+            out[key] = _where_rows(mine, value, out[key])
         else:  # different kinds for different envs: one object per env
             merged = np.full(len(mine), None, dtype=object)
             theirs = first.get(f"_{key}", np.zeros(len(mine), dtype=bool))

@@ -187,6 +187,7 @@ class WorldModelEnv(EnvBase):
                 + self.logic.no_reset_message()
             )
         self._held_state: Any = None  # opaque (non-tensor) model state, unbatched envs only
+        self._discard_rows: Optional[torch.Tensor] = None  # rows a "_step" mask leaves out (step)
         # the probes (a reset for the specs, a step for probed info keys) leave the logic's seed,
         # streams and ensemble members as they were: the logic may belong to a Gymnasium env
         with self.logic.preserved():
@@ -356,15 +357,29 @@ class WorldModelEnv(EnvBase):
         return tensordict.update(self.full_action_spec_unbatched.rand(tensordict.batch_size))
 
     def step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """TorchRL's ``step``. A ``"_step"`` mask (``rollout(break_when_all_done=True)``, or
+        given directly) at the env's own batch steps only the rows it marks: the others get
+        TorchRL's skipped step (``_skip_tensordict``: every ``"next"`` entry copied from the
+        input tensordict where it has one, so their state, observation, step count and done
+        flags stay as they were; zeros elsewhere, e.g. a reward the input lacks). The model is still called once for the whole batch,
+        as when the env was batch-locked (EnvBase's unlocked branch would step a row subset and
+        lose which env each row is: per-env time limits), and the masked-out rows' results are
+        thrown away (a NaN there is not reported)."""
         if "_step" in tensordict.keys() and tensordict.batch_size == self.batch_size:
-            # A partial step ("_step", e.g. rollout(break_when_all_done=True)) at the env's own
-            # batch runs as it did when the env was batch-locked: every row is stepped (one
-            # model call) and TorchRL keeps the masked ones. EnvBase's unlocked branch would
-            # step a row subset, which loses which env each row is (per-env time limits).
-            partial = tensordict.pop("_step")
+            partial = tensordict.pop("_step").reshape(self.batch_size)
+            if bool(partial.all()):
+                return super().step(tensordict)
+            skipped = self._skip_tensordict(tensordict)
             if not bool(partial.any()):
-                tensordict.set("next", self._skip_tensordict(tensordict))
+                tensordict.set("next", skipped)
                 return tensordict
+            self._discard_rows = ~partial
+            try:
+                out = super().step(tensordict)
+            finally:
+                self._discard_rows = None
+            out.set("next", out.get("next").where(partial, skipped))
+            return out
         return super().step(tensordict)
 
     def _input_td_has_state(self, tensordict: Optional[TensorDictBase]) -> bool:
@@ -593,7 +608,7 @@ class WorldModelEnv(EnvBase):
         action = tensordict.get("action", None)
         if action is None:
             raise KeyError("step: the tensordict has no 'action' (set one, e.g. env.rand_action(td) or a policy)")
-        entries = self._step_entries(self._read_state(tensordict), elapsed, action, batch)
+        entries = self._step_entries(self._read_state(tensordict), elapsed, action, batch, tensordict)
         out = TensorDict(entries, batch_size=batch, device=self.device)
         # An autograd graph cannot cross processes: a step whose input lives in shared memory
         # (a ParallelEnv / multi-process collector worker) hands out detached tensors, so a
@@ -603,11 +618,13 @@ class WorldModelEnv(EnvBase):
         shared = elapsed is not None and elapsed.device.type == "cpu" and elapsed.is_shared()
         return out.detach() if shared else out
 
-    def _step_entries(self, state: Any, elapsed: Optional[torch.Tensor], action: Any, batch=None) -> dict:
+    def _step_entries(self, state: Any, elapsed: Optional[torch.Tensor], action: Any, batch=None,
+                      root: Any = None) -> dict:
         """The entries of a step's ``"next"`` tensordict from the model state (as the hooks
         take it), the step counts ``[*B, 1]`` (None: 0) and the action; shared with the fast
-        rollout. A batch other than the env's is stepped in one model call, its leading dims
-        flattened into one."""
+        rollout. ``root`` (the step's input tensordict or entries) is read only when
+        ``nan_policy="truncate"`` needs the observation the step started from. A batch other
+        than the env's is stepped in one model call, its leading dims flattened into one."""
         batch = self.batch_size if batch is None else batch
         one = self._one_action_shape
         if one is not None and isinstance(action, torch.Tensor):
@@ -626,14 +643,17 @@ class WorldModelEnv(EnvBase):
         if batch != self.batch_size:
             if len(batch) > 1:
                 flat = (batch.numel(),)
+                if root is not None:
+                    root = {k: _reshape(root.get(k), len(batch), flat)
+                            for k in self._observation_keys() if root.get(k, None) is not None}
                 entries = self._step_entries(
                     _reshape(state, len(batch), flat), elapsed.reshape(*flat, 1), _reshape(action, len(batch), flat),
-                    torch.Size(flat),
+                    torch.Size(flat), root,
                 )
                 return {k: _reshape(v, 1, batch) for k, v in entries.items()}
             with self.logic.batch_override(tuple(batch)):
-                return self._step_entries_now(state, elapsed, action, batch)
-        return self._step_entries_now(state, elapsed, action, batch)
+                return self._step_entries_now(state, elapsed, action, batch, root)
+        return self._step_entries_now(state, elapsed, action, batch, root)
 
     def _refuse_action_shape(self, action: torch.Tensor, batch) -> None:
         one = self._one_action_shape
@@ -650,9 +670,26 @@ class WorldModelEnv(EnvBase):
             f"action shape {one}), got {tuple(action.shape)}{hint}"
         )
 
-    def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch) -> dict:
+    def _previous_observation(self, state: Any, root: Any) -> Any:
+        """The observation a step starts from, for ``nan_policy="truncate"`` (called only when a
+        row is truncated): the state itself when the observation is the state, else
+        ``decode_fn(model, state)``, else the observation entries of the step's input (which a
+        ``TransformedEnv`` may have transformed: give such a model a ``decode_fn``), else None."""
+        if self._state_is_observation:
+            return state
+        if self._decode is not None:
+            return self._decode({"model": self.model, "state": state})
+        if root is None:
+            return None
+        values = {k: root.get(k, None) for k in self._observation_keys()}
+        if any(v is None for v in values.values()):
+            return None
+        return values if self._dict_observation else values[OBSERVATION_KEY]
+
+    def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch, root: Any = None) -> dict:
         snapshot = Snapshot(state=state, observation=None, elapsed=elapsed.reshape(elapsed.shape[:-1]))
-        snapshot, record = self.logic.step(snapshot, action)
+        previous = (lambda: self._previous_observation(state, root)) if self.adapter.nan_policy == "truncate" else None
+        snapshot, record = self.logic.step(snapshot, action, self._discard_rows, previous)
         terminated, truncated = record.terminated.unsqueeze(-1), record.truncated.unsqueeze(-1)
         extra = {
             "reward": record.reward.unsqueeze(-1),
@@ -781,25 +818,32 @@ class WorldModelEnv(EnvBase):
     # --------------------------------------------------------------- exports
     def to_gymnasium(self, **kwargs):
         """Unbatched env -> :class:`~torchwm_rl.gym.GymWorldModelEnv`; batched (N,) ->
-        :class:`~torchwm_rl.gym.GymVectorWorldModelEnv` (``num_envs=N``). Both share this env's
-        adapter. Keyword args (``render_mode``, ``autoreset_mode``) go to the export."""
+        :class:`~torchwm_rl.gym.GymVectorWorldModelEnv` (``num_envs=N``). Keyword args
+        (``render_mode``, ``autoreset_mode``) go to the export.
+
+        Every export shares this env's model and hooks but has its own episode state and
+        random streams (:meth:`EpisodeLogic.fork`), starting from this env's (a seed given to
+        this env and not yet used seeds the export's first reset too): two exports of one env,
+        or an export and this env, never change each other's streams, so each gives the
+        trajectories it gives alone. Exports are made for this env's device at the time."""
         from .gym import GymVectorWorldModelEnv, GymWorldModelEnv
 
         if self.batch_size:
-            return GymVectorWorldModelEnv(self.logic, **kwargs)
-        return GymWorldModelEnv.from_logic(self.logic, **kwargs)
+            return GymVectorWorldModelEnv(self.logic.fork(), **kwargs)
+        return GymWorldModelEnv.from_logic(self.logic.fork(), **kwargs)
 
     def to_sb3(self):
-        """A Stable-Baselines3 ``VecEnv`` over this env's adapter (``num_envs=N``; 1 if
-        unbatched). Batched: one model call per step for all N envs. Unbatched: SB3's own
-        ``DummyVecEnv`` around :meth:`to_gymnasium` (SB3 already does N=1 right)."""
+        """A Stable-Baselines3 ``VecEnv`` over this env's model (``num_envs=N``; 1 if
+        unbatched), with its own episode state and streams as :meth:`to_gymnasium`'s. Batched:
+        one model call per step for all N envs. Unbatched: SB3's own ``DummyVecEnv`` around
+        :meth:`to_gymnasium` (SB3 already does N=1 right)."""
         from .sb3 import SB3VecWorldModelEnv
 
         if not self.batch_size:
             from stable_baselines3.common.vec_env import DummyVecEnv
 
             return DummyVecEnv([self.to_gymnasium])
-        return SB3VecWorldModelEnv(self.logic)
+        return SB3VecWorldModelEnv(self.logic.fork())
 
 
 _register_originals(WorldModelEnv)

@@ -9,6 +9,8 @@ TorchRL env keeps its snapshot in TensorDicts; the Gymnasium exports keep it in 
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,11 @@ from tensordict import TensorDictBase
 
 from .adapter import RESET_METHODS, ModelAdapter, Reset, Transition
 from .validation import flatten_observation, nonfinite_rows, to_observation
+
+#: Serialises every swap of the process-global torch RNG (save the caller's state, install an
+#: env's stream, call the hooks, restore): without it two threads stepping seeded envs would
+#: install and restore each other's streams, and neither env nor the caller would keep its own.
+_GLOBAL_RNG_LOCK = threading.RLock()
 
 
 @dataclass
@@ -75,11 +82,22 @@ class EpisodeLogic:
             optionally ``"state"``). When given, reset samples rows with replacement from it
             (reproducible under the seed) instead of calling the reset hook.
 
-    Seeding (``seed`` or ``reset(seed=...)``) also gives the model its own torch RNG stream:
-    from then on every hook call runs under that stream (the caller's global torch RNG is saved
-    and restored around it), so a model that samples with ``torch.rand*`` reproduces its
-    episodes under a seed, as Gymnasium's ``reset(seed=...)`` promises, and envs seeded
-    differently draw independent streams. An env never seeded leaves the global RNG to the model.
+    Randomness. Every env has its own seeded streams: ``generator`` (start-state bank draws)
+    and ``hook_generator``, handed to every hook that asks for ``generator`` (and used by
+    ensembles). Seeding (``seed`` or ``reset(seed=...)``) seeds both. Hooks that draw from the
+    process-global torch RNG (``torch.rand*`` without ``generator=``) are handled as follows:
+
+    * when EVERY hook a reset or step calls asks for ``generator``, the global torch RNG is
+      never touched: the hooks are expected to draw from the generator they get;
+    * otherwise, once seeded, the env also keeps a global-RNG stream of its own: each hook call
+      runs with that stream installed in torch's global RNG, and the caller's global state is
+      put back afterwards, so a model sampling with ``torch.rand*`` reproduces its episodes
+      under a seed and the caller's global RNG is unchanged by env calls. The
+      save/install/call/restore runs under one process-wide lock, so envs stepped from several
+      threads each keep their own stream (their hook calls then run one at a time); code in
+      another thread that draws from the global RNG while a hook runs would still draw from
+      that env's stream, which is why hooks that take ``generator`` are the thread-safe choice.
+      An env never seeded leaves the global RNG to the model.
     """
 
     def __init__(
@@ -102,6 +120,28 @@ class EpisodeLogic:
         self.hook_generator.seed()
         adapter.generator = self.hook_generator
         self._guard_generator = adapter.wants_generator()
+        # every hook takes ``generator``: the process-global RNG is left alone (class docs)
+        self._swap_global = not adapter.all_hooks_take_generator()
+
+    def fork(self) -> "EpisodeLogic":
+        """An independent logic over the same model and hooks, for an export
+        (``WorldModelEnv.to_gymnasium()``/``to_sb3()``): it starts where this one stands (the
+        streams' states, a seed not yet used, the ensemble's "fixed" members) and from then on
+        has its own, so resets, seeds and steps of one export never change another's (nor the
+        TorchRL env's). The model (and its parameters) is shared, not copied."""
+        adapter = copy.copy(self.adapter)
+        if adapter.ensemble is not None:
+            adapter.ensemble = copy.copy(adapter.ensemble)
+        out = copy.copy(self)
+        out.adapter = adapter
+        out.generator = torch.Generator(device="cpu")
+        out.generator.set_state(self.generator.get_state())
+        out.hook_generator = torch.Generator(device=self.device)
+        out.hook_generator.set_state(self.hook_generator.get_state())
+        adapter.generator = out.hook_generator
+        # rng_state (a tuple of state tensors) and the ensemble's members are replaced, never
+        # written into, so the fork may start from the same objects
+        return out
 
     @property
     def can_reset(self) -> bool:
@@ -193,8 +233,12 @@ class EpisodeLogic:
     def preserved(self):
         """Everything inside leaves the random streams, an unused seed and the ensemble's
         "fixed" members as they were, whether it succeeds or not: for probes (a TorchRL view
-        built over a logic another env owns must not use up its seed or redraw its members)."""
+        built over a logic another env owns must not use up its seed or redraw its members).
+        Hooks drawing from the global torch RNG draw from a throwaway stream in here, so a probe
+        (the reset that builds a TorchRL env's specs) leaves the caller's global RNG alone."""
         saved = self._save()
+        if self.rng_state is None:  # a hook drawing from the global RNG draws from a throwaway
+            self.rng_state = _seeded_rng_state(0, self.device)  # stream: the caller's is left alone
         try:
             yield
         finally:
@@ -251,18 +295,24 @@ class EpisodeLogic:
 
     @contextmanager
     def _global_rng(self):
-        if self.rng_state is None:
+        if not self._swap_global:
             yield
             return
+        if self.rng_state is None:  # unseeded: the model draws from the global RNG, but never
+            with _GLOBAL_RNG_LOCK:  # while another thread's env has its stream installed there
+                yield
+            return
         # torch.random.fork_rng does the same for every CUDA device at twice the cost; this
-        # swaps only the CPU generator and the env device's
-        saved = _get_rng_state(self.device)
-        _set_rng_state(self.device, self.rng_state)
-        try:
-            yield
-            new_state = _get_rng_state(self.device)
-        finally:
-            _set_rng_state(self.device, saved)
+        # swaps only the CPU generator and the env device's. The lock makes save/install/
+        # call/restore one step for every other env in the process (see the class docs).
+        with _GLOBAL_RNG_LOCK:
+            saved = _get_rng_state(self.device)
+            _set_rng_state(self.device, self.rng_state)
+            try:
+                yield
+                new_state = _get_rng_state(self.device)
+            finally:
+                _set_rng_state(self.device, saved)
         self.rng_state = new_state
 
     @contextmanager
@@ -386,23 +436,30 @@ class EpisodeLogic:
 
     # ------------------------------------------------------------------- step
     def step(
-        self, snapshot: Snapshot, action: Any, discard: Optional[torch.Tensor] = None
+        self, snapshot: Snapshot, action: Any, discard: Optional[torch.Tensor] = None,
+        previous_observation: Any = None,
     ) -> tuple[Snapshot, Transition]:
         """Advance every env one step; the returned transition's ``truncated`` includes the
-        time limit. ``snapshot`` is not modified. ``discard``: see ``ModelAdapter.step``."""
+        time limit. ``snapshot`` is not modified. ``discard``: see ``ModelAdapter.step``;
+        ``previous_observation`` (default ``snapshot.observation``) too."""
+        previous = snapshot.observation if previous_observation is None else previous_observation
         if self._guard_generator:  # a hook draws from the env's generator: restore it on failure
             with self.model_rng():
-                record = self.adapter.step(snapshot.state, action, discard)
-        elif self.rng_state is None:
-            record = self.adapter.step(snapshot.state, action, discard)
+                record = self.adapter.step(snapshot.state, action, discard, previous)
+        elif not self._swap_global:
+            record = self.adapter.step(snapshot.state, action, discard, previous)
+        elif self.rng_state is None:  # see _global_rng
+            with _GLOBAL_RNG_LOCK:
+                record = self.adapter.step(snapshot.state, action, discard, previous)
         else:  # model_rng() inlined: this runs once per step
-            saved = _get_rng_state(self.device)
-            _set_rng_state(self.device, self.rng_state)
-            try:
-                record = self.adapter.step(snapshot.state, action, discard)
-                new_state = _get_rng_state(self.device)
-            finally:
-                _set_rng_state(self.device, saved)
+            with _GLOBAL_RNG_LOCK:
+                saved = _get_rng_state(self.device)
+                _set_rng_state(self.device, self.rng_state)
+                try:
+                    record = self.adapter.step(snapshot.state, action, discard, previous)
+                    new_state = _get_rng_state(self.device)
+                finally:
+                    _set_rng_state(self.device, saved)
             self.rng_state = new_state
         elapsed = snapshot.elapsed + 1
         if self.max_steps is not None:

@@ -37,7 +37,8 @@ class GymWorldModelEnv(gymnasium.Env):
     Python bool flags. As in TorchWM, the reset info is the reset hook's info as it returned it,
     and a step's info is the transition's info plus ``info["model_state"]`` (the latest model
     state) and ``info["elapsed_steps"]`` (the step count of the episode) where the transition's
-    info has no such entry; tensors in infos are handed out as detached numpy copies.
+    info has no such entry; tensors in infos are handed out as detached numpy copies (a dtype
+    numpy lacks, such as a bfloat16 latent, as a detached torch copy of that dtype).
     ``env.state`` is the model state. Without a reset source the env still constructs; its
     ``reset`` then says what to provide, and ``step`` before ``reset`` raises ``RuntimeError``.
     Keyword arguments are those of :class:`~torchwm_rl.adapter.ModelAdapter` plus
@@ -108,7 +109,10 @@ class GymWorldModelEnv(gymnasium.Env):
     def from_logic(
         cls, logic: EpisodeLogic, render_mode: Optional[str] = None, seed: Optional[int] = None
     ) -> "GymWorldModelEnv":
-        """Share an existing (unbatched) episode logic, e.g. ``WorldModelEnv.to_gymnasium()``."""
+        """An env over an existing (unbatched) episode logic, which it uses as its own: its
+        streams and seed. Two envs given one logic share them (each reset or step of one moves
+        the other's streams); ``WorldModelEnv.to_gymnasium()`` passes a fork, so its exports
+        do not."""
         if logic.batch_size:
             raise ValueError("GymWorldModelEnv needs an unbatched logic; use GymVectorWorldModelEnv")
         env = cls.__new__(cls)

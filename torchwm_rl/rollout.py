@@ -159,7 +159,7 @@ def fast_rollout(
         state = root.get(state_key)
         if state_kind == "dict":
             state = state.to_dict()
-        nxt = env._step_entries(state, root.get("elapsed_steps"), root.get("action"), batch)
+        nxt = env._step_entries(state, root.get("elapsed_steps"), root.get("action"), batch, root)
         _to_tensordict_layout(nxt, batch, device)
         roots.append(root)
         nexts.append(nxt)

@@ -196,6 +196,15 @@ def zero_nonfinite(value: Any) -> Any:
     return value
 
 
+def where_rows(mask: torch.Tensor, old: Any, new: Any) -> Any:
+    """``old`` (a tensor or dict of tensors, shape ``(*batch, ...)``) with the rows in ``mask``
+    (bool, shape batch; 0-d for an unbatched env) taken from ``new``."""
+    if isinstance(old, Mapping):
+        return {k: where_rows(mask, v, new[k]) for k, v in old.items()}
+    view = mask.reshape(*mask.shape, *([1] * (old.ndim - mask.ndim)))
+    return torch.where(view, new, old)
+
+
 def env_rows(mask: torch.Tensor) -> str:
     """`` at env index [i, ...]`` for a batch mask; ``""`` for an unbatched (0-d) one."""
     if mask.ndim == 0:

@@ -1,0 +1,345 @@
+"""Envs, exports and recorded steps that must not interfere (issue 13).
+
+* Random streams and threads: seeded envs stepped concurrently from several threads each
+  reproduce their sequential trajectories, and the caller's global torch RNG is unchanged by
+  env calls (untouched altogether when every hook takes ``generator``).
+* Exports of one env have their own episode state and streams: interleaving them gives each
+  the trajectory it gives alone.
+* Models that double- or triple-buffer their outputs never rewrite recorded steps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from torchwm_rl import GymWorldModelEnv, WorldModelEnv
+
+BOX = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+ACT = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+N = 3
+
+
+# ----------------------------------------------------------------------- streams and threads
+def _global_rng_reset(model, seed=None, options=None, batch_size=()):
+    return torch.rand(*batch_size, 2)
+
+
+def _global_rng_transition(model, state, action):
+    # two draws from torch's global RNG with a pause between them: another thread's env call
+    # lands in the pause unless the env keeps its stream to itself
+    first = torch.rand(state.shape)
+    time.sleep(0.001)
+    nxt = state + first + torch.rand(state.shape)
+    return {"state": nxt, "observation": nxt, "reward": nxt.sum(-1)}
+
+
+def _gen_reset(model, seed=None, options=None, batch_size=(), *, generator):
+    return torch.rand(*batch_size, 2, generator=generator)
+
+
+def _gen_transition(model, state, action, *, generator):
+    nxt = state + torch.rand(state.shape, generator=generator)
+    return {"state": nxt, "observation": nxt, "reward": nxt.sum(-1)}
+
+
+def _torchrl_trajectory(seed: int, steps: int = 12) -> torch.Tensor:
+    env = WorldModelEnv(None, BOX, ACT, reset_fn=_global_rng_reset, transition_fn=_global_rng_transition,
+                        batch_size=(N,), seed=seed)
+    td = env.reset()
+    out = [td["observation"].clone()]
+    for _ in range(steps):
+        td["action"] = torch.zeros(N, 2)
+        td = env.step(td)["next"]
+        out.append(td["observation"].clone())
+    return torch.stack(out)
+
+
+def _gym_trajectory(seed: int, steps: int = 12) -> np.ndarray:
+    env = GymWorldModelEnv(None, BOX, ACT, reset_fn=_global_rng_reset, transition_fn=_global_rng_transition)
+    out = [env.reset(seed=seed)[0]]
+    for _ in range(steps):
+        out.append(env.step(np.zeros(2, np.float32))[0])
+    return np.stack(out)
+
+
+def _in_threads(fn, seeds):
+    results, errors = {}, []
+
+    def run(seed):
+        try:
+            results[seed] = fn(seed)
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return results
+
+
+@pytest.mark.parametrize("path", ["torchrl", "gym"])
+def test_seeded_envs_in_two_threads_reproduce_their_sequential_runs(path):
+    fn = _torchrl_trajectory if path == "torchrl" else _gym_trajectory
+    alone = {seed: fn(seed) for seed in (0, 1)}
+    torch.manual_seed(1234)
+    caller = torch.get_rng_state()
+    together = _in_threads(fn, (0, 1))
+    for seed in (0, 1):
+        np.testing.assert_array_equal(np.asarray(together[seed]), np.asarray(alone[seed]))
+    # the caller's global RNG is where it was: every env call put it back
+    assert torch.equal(torch.get_rng_state(), caller)
+    assert not np.array_equal(np.asarray(alone[0]), np.asarray(alone[1]))
+
+
+def _zero_policy(td):
+    return td.set("action", torch.zeros(*td.batch_size, 2))
+
+
+def test_env_calls_leave_the_callers_global_rng_as_it_was():
+    torch.manual_seed(7)
+    expected = torch.rand(5)
+    torch.manual_seed(7)
+    # construction (a probe reset builds the specs) included
+    env = WorldModelEnv(None, BOX, ACT, reset_fn=_global_rng_reset, transition_fn=_global_rng_transition, seed=3)
+    env.rollout(4, _zero_policy)
+    gym_env = env.to_gymnasium()
+    gym_env.reset(seed=5)
+    gym_env.step(np.zeros(2, np.float32))
+    torch.testing.assert_close(torch.rand(5), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", ["torchrl", "gym", "vector", "sb3"])
+def test_hooks_taking_generator_never_touch_the_global_rng(path):
+    """When every hook asks for ``generator``, the hooks run with the caller's global RNG in
+    place (the env installs no stream of its own there)."""
+    seen = []
+
+    def reset(model, seed=None, options=None, batch_size=(), *, generator):
+        seen.append(torch.get_rng_state())
+        return _gen_reset(model, seed, options, batch_size, generator=generator)
+
+    def transition(model, state, action, *, generator):
+        seen.append(torch.get_rng_state())
+        return _gen_transition(model, state, action, generator=generator)
+
+    batch = (N,) if path in ("vector", "sb3") else ()
+    hooks = dict(reset_fn=reset, transition_fn=transition)
+    if path == "gym":
+        env = GymWorldModelEnv(None, BOX, ACT, seed=0, **hooks)
+    else:
+        env = WorldModelEnv(None, BOX, ACT, batch_size=batch, seed=0, **hooks)
+        if path == "vector":
+            env = env.to_gymnasium()
+        elif path == "sb3":
+            env = env.to_sb3()
+    torch.manual_seed(99)
+    caller = torch.get_rng_state()
+    seen.clear()
+    action = np.zeros((*batch, 2), np.float32)
+    if path == "torchrl":
+        env.rollout(3, _zero_policy)
+    else:
+        env.reset() if path == "sb3" else env.reset(seed=0)
+        for _ in range(3):
+            env.step(action)
+    assert seen and all(torch.equal(state, caller) for state in seen)
+    assert torch.equal(torch.get_rng_state(), caller)
+
+
+def test_generator_hooks_reproduce_in_threads():
+    def run(seed):
+        env = WorldModelEnv(None, BOX, ACT, reset_fn=_gen_reset, transition_fn=_gen_transition,
+                            batch_size=(N,), seed=seed)
+        return env.rollout(20, break_when_any_done=False)["next", "observation"]
+
+    alone = {seed: run(seed) for seed in (0, 1)}
+    together = _in_threads(run, (0, 1))
+    for seed in (0, 1):
+        torch.testing.assert_close(together[seed], alone[seed], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------- exports
+def _quick_transition(model, state, action):
+    nxt = state + torch.rand(state.shape)
+    return {"state": nxt, "observation": nxt, "reward": nxt.sum(-1)}
+
+
+MODELS = {
+    "global_rng": dict(reset_fn=_global_rng_reset, transition_fn=_quick_transition),
+    "generator": dict(reset_fn=_gen_reset, transition_fn=_gen_transition),
+    "fixed_ensemble": dict(
+        reset_fn=_gen_reset,
+        transition_fn=lambda model, state, action, *, generator: _gen_transition(
+            model, state.expand(3, *state.shape) * torch.arange(1.0, 4.0).reshape(3, *[1] * state.ndim),
+            action, generator=generator),
+        ensemble_size=3, propagation="fixed"),
+}
+
+
+class _Export:
+    """One export driven by seed: reset(seed) then step(); observations as numpy."""
+
+    def __init__(self, env, kind):
+        self.env, self.kind = env, kind
+
+    def reset(self, seed):
+        if self.kind == "sb3":
+            self.env.seed(seed)
+            return np.asarray(self.env.reset())
+        return np.asarray(self.env.reset(seed=seed)[0])
+
+    def step(self):
+        shape = (2,) if self.kind == "gym" else (N, 2)
+        return np.asarray(self.env.step(np.full(shape, 0.5, np.float32))[0])
+
+
+def _export(kind, model, source=None):
+    if source is None:
+        source = WorldModelEnv(None, BOX, ACT, batch_size=() if kind == "gym" else (N,), **MODELS[model])
+    return _Export(source.to_gymnasium() if kind in ("gym", "vector") else source.to_sb3(), kind)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("kind", ["gym", "vector", "sb3"])
+def test_two_exports_of_one_env_do_not_interfere(kind, model):
+    steps = 6
+    alone = {}
+    for seed in (0, 1):
+        export = _export(kind, model)
+        alone[seed] = [export.reset(seed)] + [export.step() for _ in range(steps)]
+    env = WorldModelEnv(None, BOX, ACT, batch_size=() if kind == "gym" else (N,), **MODELS[model])
+    a, b = _export(kind, model, env), _export(kind, model, env)
+    got = {0: [a.reset(0)], 1: [b.reset(1)]}
+    for _ in range(steps):  # interleaved, and the TorchRL env itself reseeded in between
+        got[0].append(a.step())
+        env.set_seed(5)
+        env.rollout(2)
+        got[1].append(b.step())
+    for seed in (0, 1):
+        np.testing.assert_array_equal(np.stack(got[seed]), np.stack(alone[seed]))
+    assert not np.array_equal(np.stack(got[0]), np.stack(got[1]))
+
+
+def test_an_export_starts_from_the_envs_unused_seed():
+    env = WorldModelEnv(None, BOX, ACT, seed=4, **MODELS["generator"])
+    first, second = env.to_gymnasium(), env.to_gymnasium()
+    torch.testing.assert_close(torch.as_tensor(first.reset()[0]), torch.as_tensor(second.reset()[0]))
+    reference = GymWorldModelEnv(None, BOX, ACT, **MODELS["generator"])
+    np.testing.assert_array_equal(first.reset(seed=4)[0], reference.reset(seed=4)[0])
+
+
+# ------------------------------------------------------------------------- aliasing
+class RingBuffers:
+    """A model that writes every output into ``k`` preallocated buffers in turn (k=1: one
+    reused buffer; 2: double buffering; 3: triple buffering), as CUDA-graph or ``out=`` models
+    do. The state counts steps, so step t's observation is t everywhere."""
+
+    def __init__(self, k: int, batch: tuple, ring: bool = False):
+        self.k, self.calls = k, 0
+        if ring:  # views of one storage
+            self.obs = torch.zeros(k, *batch, 2).unbind(0)
+        else:
+            self.obs = [torch.zeros(*batch, 2) for _ in range(k)]
+        self.reward = [torch.zeros(batch) for _ in range(k)]
+        self.done = [torch.zeros(batch, dtype=torch.bool) for _ in range(k)]
+        self.start = torch.zeros(*batch, 2)
+
+    def reset_fn(self, model, seed=None, options=None, batch_size=()):
+        return self.start.zero_()
+
+    def transition_fn(self, model, state, action):
+        i = self.calls % self.k
+        self.calls += 1
+        obs = torch.add(state, 1.0, out=self.obs[i])
+        torch.sum(obs, -1, out=self.reward[i])
+        torch.gt(obs[..., 0], 100.0, out=self.done[i])
+        return {"state": obs, "observation": obs, "reward": self.reward[i], "terminated": self.done[i]}
+
+
+def _ring_env(k, batch, ring=False, **kwargs):
+    model = RingBuffers(k, batch, ring)
+    return WorldModelEnv(None, BOX, ACT, reset_fn=model.reset_fn, transition_fn=model.transition_fn,
+                         batch_size=batch, **kwargs)
+
+
+BUFFERS = [pytest.param(1, False, id="one-buffer"), pytest.param(2, False, id="double"),
+           pytest.param(3, False, id="triple"), pytest.param(3, True, id="ring-of-views")]
+
+
+@pytest.mark.parametrize("k,ring", BUFFERS)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-rollout", "EnvBase.rollout"])
+@pytest.mark.parametrize("batch", [(), (N,)], ids=["unbatched", "batched"])
+def test_buffer_reusing_models_keep_every_recorded_step_torchrl(k, ring, fast, batch):
+    env = _ring_env(k, batch, ring)
+    steps = 7
+    # a callback sends the rollout through TorchRL's general EnvBase.rollout
+    extra = {} if fast else {"callback": lambda env, td: None}
+    td = env.rollout(steps, _zero_policy, break_when_any_done=False, **extra)
+    t = torch.arange(1.0, steps + 1).reshape(*[1] * len(batch), steps)
+    expected = t.expand(*batch, steps)
+    torch.testing.assert_close(td["next", "observation"][..., 0], expected)
+    torch.testing.assert_close(td["next", "model_state"][..., 1], expected)
+    torch.testing.assert_close(td["observation"][..., 0], expected - 1)
+    torch.testing.assert_close(td["model_state"][..., 0], expected - 1)
+    torch.testing.assert_close(td["next", "reward"][..., 0], 2 * expected)
+
+
+@pytest.mark.parametrize("k,ring", BUFFERS)
+def test_buffer_reusing_models_keep_every_recorded_step_single_torchrl_steps(k, ring):
+    env = _ring_env(k, (N,), ring)
+    td = env.reset()
+    kept = []
+    for _ in range(5):
+        td["action"] = torch.zeros(N, 2)
+        out = env.step(td)
+        kept.append(out)
+        td = out["next"]
+    for t, out in enumerate(kept, 1):
+        assert out["next", "observation"][:, 0].tolist() == [t] * N
+        assert out["observation"][:, 0].tolist() == [t - 1] * N
+
+
+@pytest.mark.parametrize("k,ring", BUFFERS)
+@pytest.mark.parametrize("kind", ["gym", "vector", "sb3"])
+def test_buffer_reusing_models_keep_every_recorded_step_exports(k, ring, kind):
+    batch = () if kind == "gym" else (N,)
+    env = _ring_env(k, batch, ring)
+    export = env.to_gymnasium() if kind != "sb3" else env.to_sb3()
+    first = export.reset() if kind == "sb3" else export.reset(seed=0)[0]
+    kept = [first]
+    states = []
+    for _ in range(6):
+        out = export.step(np.zeros((*batch, 2), np.float32))
+        kept.append(out[0])
+        if kind == "gym":
+            states.append(out[4]["model_state"])
+    for t, obs in enumerate(kept):
+        np.testing.assert_array_equal(np.asarray(obs), np.full((*batch, 2), float(t), np.float32))
+    for t, state in enumerate(states, 1):
+        np.testing.assert_array_equal(np.asarray(state), np.full(2, float(t), np.float32))
+
+
+def test_an_inference_mode_model_reusing_a_buffer_keeps_every_recorded_step():
+    """Inference tensors have no version counter: their reuse cannot be seen, so they are copied."""
+    with torch.inference_mode():
+        buffer = torch.zeros(N, 2)
+
+    @torch.inference_mode()
+    def transition(model, state, action):
+        torch.add(state, 1.0, out=buffer)
+        return {"state": buffer, "observation": buffer, "reward": buffer.sum(-1)}
+
+    env = WorldModelEnv(None, BOX, ACT, reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+                        transition_fn=transition, batch_size=(N,))
+    td = env.rollout(4, _zero_policy, break_when_any_done=False)
+    assert td["next", "observation"][0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert td["next", "model_state"][0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]

@@ -1,0 +1,273 @@
+"""What a step gives in the corner cases of issue 13: TorchRL's ``"_step"`` mask on a direct
+``env.step(td)``, bfloat16/float16 latents on every path, and the final observation of an
+episode truncated by ``nan_policy="truncate"`` (what a bootstrapping learner reads)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+from torchrl.envs import EnvBase
+
+from torchwm_rl import GymWorldModelEnv, WorldModelEnv
+
+BOX = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+ACT = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+N = 3
+
+
+def _counting_env(**kwargs):
+    return WorldModelEnv(
+        None, BOX, ACT,
+        reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+        transition_fn=lambda state, action: {"state": state + 1.0, "observation": state + 1.0,
+                                             "reward": (state + 1.0).sum(-1)},
+        batch_size=(N,), **kwargs)
+
+
+# ---------------------------------------------------------------------------- "_step"
+def test_a_direct_step_with_a_step_mask_leaves_the_masked_out_rows_as_they_were():
+    env = _counting_env(max_episode_steps=10)
+    td = env.reset()
+    td["action"] = torch.zeros(N, 2)
+    td = env.step(td)["next"].clone()  # every env at step 1
+    td["action"] = torch.zeros(N, 2)
+    td["_step"] = torch.tensor([True, False, True])
+    out = env.step(td)
+    nxt = out["next"]
+    # stepped rows moved on
+    assert nxt["observation"][[0, 2], 0].tolist() == [2.0, 2.0]
+    assert nxt["elapsed_steps"][[0, 2], 0].tolist() == [2, 2]
+    assert nxt["reward"][[0, 2], 0].tolist() == [4.0, 4.0]
+    # the masked-out row is TorchRL's skipped step: its state, observation and count as they were
+    assert nxt["observation"][1].tolist() == [1.0, 1.0]
+    assert nxt["model_state"][1].tolist() == [1.0, 1.0]
+    assert nxt["elapsed_steps"][1, 0].item() == 1
+    assert nxt["reward"][1, 0].item() == 2.0  # TorchRL's skipped step copies what the input has
+    assert not nxt["done"][1, 0].item()
+
+
+def test_a_step_mask_row_never_raises_for_a_nan_it_does_not_take():
+    def transition(state, action):
+        nxt = state + 1.0
+        nxt[1] = float("nan")  # env 1 is past its domain; it is masked out
+        return {"state": nxt, "observation": nxt, "reward": nxt.sum(-1)}
+
+    env = WorldModelEnv(None, BOX, ACT, reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+                        transition_fn=transition, batch_size=(N,))
+    td = env.reset()
+    td["action"] = torch.zeros(N, 2)
+    td["_step"] = torch.tensor([True, False, True])
+    nxt = env.step(td)["next"]
+    assert nxt["observation"][1].tolist() == [0.0, 0.0]
+    assert torch.isfinite(nxt["observation"]).all()
+
+
+def test_break_when_all_done_keeps_ended_envs_where_they_ended():
+    env = WorldModelEnv(
+        None, BOX, ACT,
+        reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+        transition_fn=lambda state, action: {"state": state + 1.0, "observation": state + 1.0,
+                                             "terminated": (state[..., 0] + 1.0) >= torch.tensor([1.0, 3.0, 2.0])},
+        batch_size=(N,))
+    td = env.rollout(5, break_when_any_done=False, break_when_all_done=True)
+    final = td["next", "observation"][:, -1, 0].tolist()
+    assert final == [1.0, 3.0, 2.0]  # each env stops at its own end
+
+
+# ------------------------------------------------------------- nan_policy="truncate"
+def _nan_hooks(separate_state: bool):
+    """Counting dynamics; env 1's third step is NaN. With ``separate_state`` the observation is
+    twice the state (so it is not the state)."""
+
+    def reset(batch_size=()):
+        state = torch.zeros(*batch_size, 2)
+        return (state, 2 * state) if separate_state else state
+
+    def transition(state, action):
+        nxt = state + 1.0
+        obs = 2 * nxt if separate_state else nxt.clone()
+        if obs.ndim == 2:
+            obs[1] = torch.where(nxt[1, 0] == 3.0, float("nan"), obs[1])
+        elif nxt[0] == 3.0:
+            obs = obs * float("nan")
+        return {"state": nxt, "observation": obs, "reward": nxt.sum(-1)}
+
+    return dict(reset_fn=reset, transition_fn=transition, nan_policy="truncate")
+
+
+def _last_finite(separate_state: bool) -> list:
+    return [4.0, 4.0] if separate_state else [2.0, 2.0]  # the observation at step 2
+
+
+@pytest.mark.parametrize("separate_state", [False, True], ids=["obs-is-state", "separate-state"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-rollout", "EnvBase.rollout"])
+def test_truncate_hands_out_the_last_finite_observation_torchrl(separate_state, fast):
+    env = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(separate_state))
+    policy = lambda td: td.set("action", torch.zeros(N, 2))  # noqa: E731
+    td = (env.rollout(3, policy, break_when_any_done=False) if fast
+          else EnvBase.rollout(env, 3, policy, break_when_any_done=False))
+    nxt = td["next"][:, 2]
+    assert nxt["truncated"][:, 0].tolist() == [False, True, False]
+    assert nxt["nonfinite"][:, 0].tolist() == [False, True, False]
+    assert nxt["observation"][1].tolist() == _last_finite(separate_state)
+    scale = 2.0 if separate_state else 1.0
+    assert nxt["observation"][0].tolist() == [3.0 * scale] * 2  # other envs untouched
+
+
+@pytest.mark.parametrize("separate_state", [False, True], ids=["obs-is-state", "separate-state"])
+def test_truncate_hands_out_the_last_finite_observation_gym(separate_state):
+    env = GymWorldModelEnv(None, BOX, ACT, **_nan_hooks(separate_state))
+    env.reset(seed=0)
+    for _ in range(2):
+        env.step(np.zeros(2, np.float32))
+    obs, reward, terminated, truncated, info = env.step(np.zeros(2, np.float32))
+    assert truncated and info["nonfinite"]
+    np.testing.assert_array_equal(obs, np.array(_last_finite(separate_state), np.float32))
+
+
+@pytest.mark.parametrize("separate_state", [False, True], ids=["obs-is-state", "separate-state"])
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_truncate_hands_out_the_last_finite_observation_vector(separate_state, mode):
+    env = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(separate_state))
+    venv = env.to_gymnasium(autoreset_mode=mode)
+    venv.reset(seed=0)
+    for _ in range(2):
+        venv.step(np.zeros((N, 2), np.float32))
+    obs, reward, terminated, truncated, info = venv.step(np.zeros((N, 2), np.float32))
+    assert truncated.tolist() == [False, True, False]
+    final = obs[1] if mode is AutoresetMode.NEXT_STEP else info["final_obs"][1]
+    np.testing.assert_array_equal(final, np.array(_last_finite(separate_state), np.float32))
+
+
+@pytest.mark.parametrize("separate_state", [False, True], ids=["obs-is-state", "separate-state"])
+def test_truncate_hands_out_the_last_finite_observation_sb3(separate_state):
+    env = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(separate_state))
+    venv = env.to_sb3()
+    venv.reset()
+    for _ in range(2):
+        venv.step(np.zeros((N, 2), np.float32))
+    obs, rewards, dones, infos = venv.step(np.zeros((N, 2), np.float32))
+    assert dones.tolist() == [False, True, False]
+    assert infos[1]["TimeLimit.truncated"] and infos[1]["nonfinite"]
+    np.testing.assert_array_equal(infos[1]["terminal_observation"],
+                                  np.array(_last_finite(separate_state), np.float32))
+    np.testing.assert_array_equal(obs[1], np.zeros(2, np.float32))  # the env restarted
+
+
+# ------------------------------------------------------------ bfloat16 / float16 latents
+class LowPrecision:
+    """A latent of ``dtype`` (bfloat16 or float16), checked on every call: the model gets back
+    exactly the dtype it returned. Observation and reward come in ``obs_dtype``; the info
+    carries a per-env value in the latent's dtype."""
+
+    def __init__(self, dtype, obs_dtype=torch.float32):
+        self.dtype, self.obs_dtype = dtype, obs_dtype
+        self.seen = []
+
+    def reset_fn(self, model, seed=None, options=None, batch_size=()):
+        state = torch.full((*batch_size, 2), 0.5, dtype=self.dtype)
+        return state, state.to(self.obs_dtype)
+
+    def transition_fn(self, model, state, action):
+        self.seen.append(state.dtype)
+        nxt = state + 0.25  # exact in both dtypes
+        return {"state": nxt, "observation": nxt.to(self.obs_dtype), "reward": nxt.sum(-1).to(self.obs_dtype),
+                "info": {"latent_norm": nxt.sum(-1)}}
+
+
+LOW = [torch.bfloat16, torch.float16]
+
+
+def _low_env(model, batch=(), **kwargs):
+    return WorldModelEnv(None, BOX, ACT, reset_fn=model.reset_fn, transition_fn=model.transition_fn,
+                         batch_size=batch, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-rollout", "EnvBase.rollout"])
+@pytest.mark.parametrize("batch", [(), (N,)], ids=["unbatched", "batched"])
+def test_low_precision_latents_stay_in_their_dtype_torchrl(dtype, fast, batch):
+    model = LowPrecision(dtype)
+    env = _low_env(model, batch)
+    assert env.state_spec["model_state"].dtype == dtype
+    policy = lambda td: td.set("action", torch.zeros(*td.batch_size, 2))  # noqa: E731
+    td = (env.rollout(3, policy) if fast else EnvBase.rollout(env, 3, policy))
+    assert td["model_state"].dtype == dtype and td["next", "model_state"].dtype == dtype
+    assert set(model.seen) == {dtype}
+    t = torch.arange(1, 4, dtype=torch.float32)
+    expected = (0.5 + 0.25 * t).reshape(*[1] * len(batch), 3).expand(*batch, 3)
+    torch.testing.assert_close(td["next", "model_state"][..., 0], expected.to(dtype), rtol=0, atol=0)
+    assert td["next", "observation"].dtype == torch.float32
+    torch.testing.assert_close(td["next", "observation"][..., 0], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_low_precision_latents_on_the_gymnasium_env(dtype):
+    model = LowPrecision(dtype)
+    env = GymWorldModelEnv(None, BOX, ACT, reset_fn=model.reset_fn, transition_fn=model.transition_fn)
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and obs.tolist() == [0.5, 0.5]
+    obs, reward, _, _, info = env.step(np.zeros(2, np.float32))
+    assert obs.dtype == np.float32 and obs.tolist() == [0.75, 0.75] and reward == 1.5
+    state = info["model_state"]
+    if dtype is torch.bfloat16:  # numpy has no bfloat16: a detached torch copy of its dtype
+        assert isinstance(state, torch.Tensor) and state.dtype == dtype and not state.requires_grad
+        assert isinstance(info["latent_norm"], torch.Tensor) and info["latent_norm"].item() == 1.5
+        assert state.tolist() == [0.75, 0.75]
+        state.add_(100.0)  # a copy: the env's state is not changed
+        assert env.state.tolist() == [0.75, 0.75]
+    else:
+        assert isinstance(state, np.ndarray) and state.dtype == np.float16 and state.tolist() == [0.75, 0.75]
+    assert env.state.dtype == dtype and set(model.seen) == {dtype}
+    env.step(np.zeros(2, np.float32))
+    assert env.state.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_low_precision_latents_on_the_vector_export(dtype, mode):
+    model = LowPrecision(dtype)
+    venv = _low_env(model, (N,)).to_gymnasium(autoreset_mode=mode)
+    venv.reset(seed=0)
+    obs, reward, _, _, info = venv.step(np.zeros((N, 2), np.float32))
+    assert obs.dtype == np.float32 and obs.tolist() == [[0.75, 0.75]] * N
+    assert reward.tolist() == [1.5] * N
+    assert venv.state.dtype == dtype and set(model.seen) == {dtype}
+    norms = info["latent_norm"]
+    assert [float(v) for v in norms] == [1.5] * N and info["_latent_norm"].all()
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_low_precision_latents_on_the_sb3_export(dtype):
+    model = LowPrecision(dtype)
+    venv = _low_env(model, (N,)).to_sb3()
+    venv.reset()
+    obs, rewards, dones, infos = venv.step(np.zeros((N, 2), np.float32))
+    assert obs.dtype == np.float32 and obs.tolist() == [[0.75, 0.75]] * N
+    assert rewards.tolist() == [1.5] * N
+    assert [float(info["latent_norm"]) for info in infos] == [1.5] * N
+    assert set(model.seen) == {dtype}
+
+
+@pytest.mark.parametrize("obs_dtype", LOW, ids=str)
+@pytest.mark.parametrize("kind", ["torchrl", "gym", "vector", "sb3"])
+def test_low_precision_observations_and_rewards_convert_exactly(obs_dtype, kind):
+    model = LowPrecision(torch.float32, obs_dtype)
+    if kind == "gym":
+        env = GymWorldModelEnv(None, BOX, ACT, reset_fn=model.reset_fn, transition_fn=model.transition_fn)
+        env.reset(seed=0)
+        obs, reward, *_ = env.step(np.zeros(2, np.float32))
+    elif kind == "torchrl":
+        td = _low_env(model, (N,)).rollout(1, lambda td: td.set("action", torch.zeros(N, 2)))
+        obs, reward = td["next", "observation"][:, 0], td["next", "reward"][:, 0, 0]
+        assert obs.dtype == torch.float32 and reward.dtype == torch.float32
+    else:
+        env = _low_env(model, (N,))
+        venv = env.to_gymnasium() if kind == "vector" else env.to_sb3()
+        venv.reset() if kind == "sb3" else venv.reset(seed=0)
+        obs, reward, *_ = venv.step(np.zeros((N, 2), np.float32))
+    np.testing.assert_array_equal(np.asarray(obs, dtype=np.float64), 0.75)
+    np.testing.assert_array_equal(np.asarray(reward, dtype=np.float64), 1.5)

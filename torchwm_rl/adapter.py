@@ -32,6 +32,7 @@ from .ensemble import Ensemble
 from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import check_supported, numpy_to_torch_dtype
 from .validation import (
+    all_finite,
     check_action,
     check_observation,
     env_rows,
@@ -395,26 +396,19 @@ class ModelAdapter:
         kernels) returns the same memory every step; kept by reference, every recorded step
         would show the last values and flags would change after the fact. The check is an
         address comparison, so a model that returns fresh tensors pays no copy."""
-        recent = self._recent_addresses
-        seen: set = set()
-
-        def fix(value):
-            if isinstance(value, torch.Tensor):
+        recent, seen, out = self._recent_addresses, set(), []
+        for value in values:
+            if type(value) is torch.Tensor:  # _unaliased, inlined for the usual plain tensors
                 if value.numel():
-                    address = value.data_ptr()  # the model's memory, remembered even when copied
+                    address = value.data_ptr()
                     seen.add(address)
                     if address in recent:
                         value = value.clone()
-                return value
-            if isinstance(value, dict):
-                fixed = {k: fix(v) for k, v in value.items()}
-                # the model's own dict back when nothing was copied: states go back as returned
-                return value if all(fixed[k] is value[k] for k in value) else fixed
-            return value
-
-        out = tuple(fix(v) for v in values)
+            else:
+                value = _unaliased(value, recent, seen)
+            out.append(value)
         self._recent_addresses = seen
-        return out
+        return tuple(out)
 
     @staticmethod
     def _read(convert: Callable, raw: RawRecord, hook: Any, *args) -> Any:
@@ -436,6 +430,9 @@ class ModelAdapter:
     ) -> None:
         if self.nan_policy == "ignore":
             return
+        if record.uncertainty is None and isinstance(record.observation, torch.Tensor) \
+                and all_finite(record.observation, record.reward):
+            return  # the common case, with one host sync; anything else gets the exact check below
         checked = flatten_observation(record.observation)
         checked["reward"] = record.reward
         if record.uncertainty is not None:  # non-finite member predictions (maybe not the one picked)
@@ -476,6 +473,23 @@ class ModelAdapter:
         if self.render_hook is not None:
             return self.render_hook({"model": self.model, "state": state, "obs": observation})
         return observation
+
+
+def _unaliased(value: Any, recent: set, seen: set) -> Any:
+    """``value`` with each tensor whose memory is in ``recent`` copied; adds the addresses of
+    the tensors as given (the model's memory, remembered even when copied) to ``seen``."""
+    if isinstance(value, torch.Tensor):
+        if value.numel():
+            address = value.data_ptr()
+            seen.add(address)
+            if address in recent:
+                return value.clone()
+        return value
+    if isinstance(value, dict):
+        fixed = {k: _unaliased(v, recent, seen) for k, v in value.items()}
+        # the model's own dict back when nothing was copied: states go back as returned
+        return value if all(fixed[k] is value[k] for k in value) else fixed
+    return value
 
 
 def _nonfinite_action(action: Any, batch_size: tuple) -> Optional[torch.Tensor]:

@@ -424,13 +424,15 @@ def _cuda_index(device: torch.device) -> int:
 
 
 def _get_rng_state(device: torch.device) -> tuple:
+    # torch.get_rng_state() is default_generator.get_state(), called here without its wrapper
+    # frames: this runs twice per step of a seeded env
     if device.type != "cuda":
-        return (torch.get_rng_state(),)
-    return torch.get_rng_state(), torch.cuda.get_rng_state(_cuda_index(device))
+        return (torch.default_generator.get_state(),)
+    return torch.default_generator.get_state(), torch.cuda.get_rng_state(_cuda_index(device))
 
 
 def _set_rng_state(device: torch.device, state: tuple) -> None:
-    torch.set_rng_state(state[0])
+    torch.default_generator.set_state(state[0])
     if device.type == "cuda":
         torch.cuda.set_rng_state(state[1], _cuda_index(device))
 

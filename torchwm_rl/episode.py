@@ -175,19 +175,13 @@ class EpisodeLogic:
         self.rng_state = _seeded_rng_state(int(seed), self.device)
         self.pending_seed = int(seed)
 
-    @contextmanager
-    def transaction(self):
+    def transaction(self) -> "_Transaction":
         """Everything inside either happens or leaves no trace in the random streams: the
         env's generators, the model's stream and an unused seed are restored when it raises.
         The exports run a whole step (step + autoreset) in one, so a step that fails after a
         successful reset (or the reverse) can be retried and gives what a run without the
         failure gives."""
-        saved = self._save()
-        try:
-            yield
-        except BaseException:
-            self._restore(saved)
-            raise
+        return _Transaction(self)
 
     @contextmanager
     def preserved(self):
@@ -408,6 +402,24 @@ class EpisodeLogic:
         if self.max_steps is not None:
             record.truncated = record.truncated | (elapsed >= self.max_steps)
         return Snapshot(record.state, record.observation, elapsed), record
+
+
+class _Transaction:
+    """:meth:`EpisodeLogic.transaction`'s context manager (a class rather than a generator:
+    the exports enter one every step)."""
+
+    __slots__ = ("logic", "saved")
+
+    def __init__(self, logic: EpisodeLogic):
+        self.logic = logic
+
+    def __enter__(self) -> None:
+        self.saved = self.logic._save()
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is not None:  # any exception, KeyboardInterrupt included, as ``except BaseException``
+            self.logic._restore(self.saved)
+        return False
 
 
 def _seeded_rng_state(seed: int, device: torch.device) -> tuple:

@@ -136,7 +136,7 @@ def parse_reset(value: Any, dict_keys: frozenset | None = None, hook: str = "res
 def parse_transition(value: Any, dict_keys: frozenset | None = None, hook: str = "transition_fn") -> RawRecord:
     """Split a transition return value into the fields of :class:`RawRecord`."""
     if (type(value) is dict or isinstance(value, Mapping)) and not _is_dict_observation(value, dict_keys):
-        if any(k in _RECORD_KEYS for k in value):
+        if tuple(value) in _LAYOUTS or any(k in _RECORD_KEYS for k in value):  # a known layout: a record
             return _from_mapping(value, hook)
     if isinstance(value, tuple):
         n = len(value)

@@ -153,14 +153,19 @@ def all_finite(*tensors: torch.Tensor) -> bool:
     them: a sum is finite only if every element is (NaN and inf propagate). False means "maybe
     not": a non-finite sum may also be an overflow of finite values, so a caller that gets False
     looks row by row (:func:`nonfinite_rows`)."""
-    total = None
+    total, host = None, 0.0  # device sums add up on the device; CPU sums as Python floats (cheaper there)
     for tensor in tensors:
         if tensor.is_floating_point():
             if tensor.requires_grad:
                 tensor = tensor.detach()
             part = tensor.sum(dtype=torch.float32) if tensor.element_size() < 4 else tensor.sum()
-            total = part if total is None else total + part
-    return total is None or math.isfinite(total.item())
+            if part.device.type == "cpu":
+                host += part.item()  # NaN/inf propagate through Python floats too
+            else:
+                total = part if total is None else total + part
+    if total is not None:
+        host += total.item()
+    return math.isfinite(host)
 
 
 def nonfinite_rows(tensors: dict, batch_shape: tuple) -> tuple[torch.Tensor | None, list[str]]:

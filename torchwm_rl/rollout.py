@@ -27,7 +27,10 @@ the step) goes to TorchRL's ``EnvBase.rollout``.
 
 A plain ``TensorDictModule`` policy (no hooks, keys in and out, no method/kwargs mapping) is
 called on its tensors directly, as ``TensorDictModule.forward`` would; any other policy is
-called on a TensorDict built for it each step, holding what TorchRL's would hold.
+called on a TensorDict built for it each step, holding what TorchRL's would hold. With a plain
+module that neither reads nor writes them, the per-env scalars (reward, done flags, step
+counts: ``[*B, 1]`` in the tensordict) are kept as ``[*B]`` during the loop and given their
+trailing dim once, on the stacked trajectory: the same values, shapes and strides.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py              # N = 1, 64, 1024; 7 samples per cell; 1e5-step memory run
     python benchmarks/throughput.py --quick      # shorter runs, 1e4-step memory run
+    python benchmarks/throughput.py --repeats 3  # each cell the median of 3 whole runs (a shared machine)
     python benchmarks/throughput.py --threads 2  # torch threads (default 1: the numbers compare overheads)
     python benchmarks/throughput.py --device cuda --json throughput.json   # on a GPU; numbers also to JSON
 
@@ -46,6 +47,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import time
 from typing import Callable, Optional
 
@@ -293,7 +295,46 @@ ROWS = [
 ]
 
 
-def throughput_table(sizes, samples: int, skip=()) -> tuple[str, dict]:
+def throughput_table(sizes, samples: int, skip=(), repeats: int = 1) -> tuple[str, dict]:
+    """The table; with ``repeats`` > 1 every cell is the median over that many whole runs (each
+    run's cell being its fastest sample), and each ratio the median of the runs' ratios."""
+    runs = [_throughput_run(sizes, samples, skip) for _ in range(repeats)]
+    notes = set().union(*(notes for _, notes in runs))
+    results = {n: {} for n in sizes}
+    ratios = {n: {} for n in sizes}
+    for n in sizes:
+        for key in runs[0][0][n]:
+            rates = [r[n].get(key) for r, _ in runs]
+            if any(rate is None for rate in rates):
+                results[n][key] = None
+                continue
+            results[n][key] = statistics.median(rates)
+            ratios[n][key] = statistics.median(rate / r[n]["a"] for rate, (r, _) in zip(rates, runs))
+    lines = ["| path | " + " | ".join(f"N={n} steps/s | ratio" for n in sizes) + " |",
+             "|---|" + "---:|---:|" * len(sizes)]
+    for key, label in ROWS:
+        if all(key not in results[n] for n in sizes):
+            continue
+        cells = []
+        for n in sizes:
+            rate = results[n].get(key)
+            cells += [fmt_rate(rate), "n/a" if key not in ratios[n] else f"{ratios[n][key]:.2f}x"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    derived = []
+    for n in sizes:
+        r = results[n]
+        parts = [f"N={n}: (b)/(a0) {fmt_ratio(r.get('b'), r.get('a0'))}"]
+        for num, den in (("b", "b0"), ("b", "c*"), ("bt", "b0"), ("f", "g"), ("d", "e")):
+            if r.get(num) and r.get(den):
+                parts.append(f"({num})/({den}) {fmt_ratio(r[num], r[den])}")
+        derived.append(", ".join(parts))
+    if repeats > 1:
+        derived.append(f"medians over {repeats} runs; ratios of (b) per run: " + "; ".join(
+            f"N={n}: " + " ".join(f"{r[n]['b'] / r[n]['a']:.2f}" for r, _ in runs if r[n].get("b")) for n in sizes))
+    return "\n".join(lines + [""] + sorted(notes) + derived), results
+
+
+def _throughput_run(sizes, samples: int, skip=()) -> tuple[dict, set]:
     model, policy = make_model(), make_policy()
     results = {}
     notes = set()
@@ -318,25 +359,7 @@ def throughput_table(sizes, samples: int, skip=()) -> tuple[str, dict]:
         for key in skip:
             rows.pop(key, None)
         results[n] = measure(rows, n, samples)
-    lines = ["| path | " + " | ".join(f"N={n} steps/s | ratio" for n in sizes) + " |",
-             "|---|" + "---:|---:|" * len(sizes)]
-    for key, label in ROWS:
-        if all(key not in results[n] for n in sizes):
-            continue
-        cells = []
-        for n in sizes:
-            rate = results[n].get(key)
-            cells += [fmt_rate(rate), fmt_ratio(rate, results[n]["a"])]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    derived = []
-    for n in sizes:
-        r = results[n]
-        parts = [f"N={n}: (b)/(a0) {fmt_ratio(r.get('b'), r.get('a0'))}"]
-        for num, den in (("b", "b0"), ("b", "c*"), ("bt", "b0"), ("f", "g"), ("d", "e")):
-            if r.get(num) and r.get(den):
-                parts.append(f"({num})/({den}) {fmt_ratio(r[num], r[den])}")
-        derived.append(", ".join(parts))
-    return "\n".join(lines + [""] + sorted(notes) + derived), results
+    return results, notes
 
 
 # ---------------------------------------------------------------------------- memory per step
@@ -393,7 +416,7 @@ def breakdown(n: int, steps: int = 100) -> str:
         ("model (transition_fn)", lambda: transition_fn(model, state, action)),
         ("ModelAdapter.step", lambda: env.adapter.step(state, action)),
         ("WorldModelEnv._step_entries (the fast path's step)", lambda: env._step_entries(
-            td["model_state"], td["elapsed_steps"], action)),
+            td["model_state"], td["elapsed_steps"].squeeze(-1), action, compact=True)),
         ("WorldModelEnv._step", lambda: env._step(td)),
         ("EnvBase.step", lambda: env.step(td.clone(False))),
         ("EnvBase.step_and_maybe_reset", lambda: env.step_and_maybe_reset(td.clone(False))),
@@ -458,6 +481,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024], help="batch sizes N")
     parser.add_argument("--samples", type=int, default=None, help="timed samples per row (default 7; 3 with --quick)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="whole runs of the table; cells are medians over them (default 1)")
     parser.add_argument("--memory-steps", type=int, default=None, help="steps of the memory run (0: skip)")
     parser.add_argument("--breakdown", action="store_true", help="also print per-layer microseconds per step")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]: model, policy and envs there")
@@ -474,7 +499,7 @@ def main(argv=None) -> None:
     report: dict = {"machine": machine(), "device": str(DEVICE), "threads": args.threads, "samples": samples,
                     "timer": "wall clock, synchronized" if DEVICE.type == "cuda" else "process CPU time"}
     with torch.no_grad():
-        table, results = throughput_table(args.sizes, samples, skip=args.skip)
+        table, results = throughput_table(args.sizes, samples, skip=args.skip, repeats=args.repeats)
         print(table)
         report["steps_per_s"] = {str(n): r for n, r in results.items()}
         report["ratio_to_a"] = {

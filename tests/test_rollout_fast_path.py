@@ -41,7 +41,7 @@ class Model(nn.Module):
 
     def start(self, options):
         mask = (options or {}).get("reset_mask")
-        return torch.randn(OBS if mask is None else (mask.shape[0], OBS), device=self.net.weight.device)
+        return torch.randn(OBS if mask is None else (*mask.shape, OBS), device=self.net.weight.device)
 
     def wrap(self, latent):
         if self.state == "dict":
@@ -106,6 +106,7 @@ def assert_identical(fast, general):
     for key in keys:
         a, b = fast.get(key), general.get(key)
         assert (a.shape, a.dtype, a.device, a.requires_grad) == (b.shape, b.dtype, b.device, b.requires_grad), key
+        assert a.stride() == b.stride(), key  # the same memory layout, not just the same values
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{key}: {m}")
 
 
@@ -337,3 +338,73 @@ def test_partial_resets_keep_the_envs_own_states_unchecked():
     general = EnvBase.rollout(make(), 5, break_when_any_done=False)
     assert fast["next", "done"].any() and not fast["next", "done"].all()  # partial resets happened
     torch.testing.assert_close(fast["next", "reward"], general["next", "reward"])
+
+
+# ------------------------------------------- per-env scalars, ensembles, info keys, batches
+E = 3
+
+
+class EnsembleModel(Model):
+    """E members: member k adds 0.1 * k to the latent; an info value per env."""
+
+    def step(self, state, action):
+        latent = torch.tanh(self.net(torch.cat([state, action], -1)))
+        members = torch.stack([latent + 0.1 * k for k in range(E)])
+        return {"state": members, "observation": members, "reward": members.sum(-1),
+                "terminated": members[..., 0] > 0.6, "info": {"spread": latent[..., :1] * 2}}
+
+
+def ensemble_transition(model, state, action):
+    return model.step(state, action)
+
+
+@pytest.mark.parametrize("propagation", ["random", "fixed", "mean"])
+def test_ensembles_and_info_keys(propagation):
+    """The per-env scalars of an ensemble ("uncertainty", "halted") and a declared info value
+    come out of the fast path as out of TorchRL's rollout."""
+    make = lambda: WorldModelEnv(  # noqa: E731
+        EnsembleModel(), BOX, ACTION, reset_fn=reset_fn, transition_fn=ensemble_transition, batch_size=(3,),
+        max_episode_steps=torch.tensor([2, 3, 5]), seed=3, ensemble_size=E, propagation=propagation,
+        uncertainty_threshold=0.25, uncertainty_penalty=0.5, info_keys=["spread"],
+    )
+    fast, general = both(make, 10, policy_module(), break_when_any_done=False)
+    assert_identical(fast, general)
+    assert fast["next", "uncertainty"].shape == (3, 10, 1) and fast["next", "spread"].shape == (3, 10, 1)
+
+
+def test_an_observation_key_named_like_another_envs_scalar():
+    """"halted" is a per-env scalar only in an ensemble env; here it is a Dict observation key
+    of shape (2,) and must stay one."""
+    space = gym.spaces.Dict({"position": BOX, "halted": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)})
+
+    def reset(model, seed=None, options=None):
+        latent = model.start(options)
+        return latent, {"position": latent, "halted": latent[..., :2]}
+
+    def transition(model, state, action):
+        nxt, obs, reward, terminated = model.step(state, action)
+        return nxt, {"position": obs, "halted": obs[..., 2:]}, reward, terminated, torch.zeros_like(terminated), {}
+
+    make = lambda: WorldModelEnv(Model(), space, ACTION, reset_fn=reset, transition_fn=transition,  # noqa: E731
+                                 batch_size=(3,), max_episode_steps=4, seed=3)
+    fast, general = both(make, 9, policy_module("position"), break_when_any_done=False)
+    assert_identical(fast, general)
+    assert fast["halted"].shape == (3, 9, 2)
+
+
+@pytest.mark.parametrize("batch", [(5,), (2, 3)])
+def test_start_states_of_another_batch(batch):
+    """Batch-unlocked: a rollout from given start states of another batch (flattened into one
+    model call per step when it has more dims)."""
+    policy = policy_module()
+    latent = torch.randn(*batch, OBS, generator=torch.Generator().manual_seed(0))
+    false = torch.zeros(*batch, 1, dtype=torch.bool)
+    start = TensorDict({"model_state": latent, "observation": latent.clone(), "elapsed_steps": torch.zeros(*batch, 1,
+                        dtype=torch.int64), "done": false, "terminated": false.clone(), "truncated": false.clone()},
+                       batch_size=batch)
+    outs = []
+    for rollout in (lambda env, *a, **k: env.rollout(*a, **k), lambda env, *a, **k: EnvBase.rollout(env, *a, **k)):
+        env = make_env(limits=None)
+        outs.append(rollout(env, 6, policy, break_when_any_done=False, auto_reset=False, tensordict=start.clone()))
+    assert_identical(*outs)
+    assert outs[0].shape == (*batch, 6)

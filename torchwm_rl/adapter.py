@@ -34,6 +34,7 @@ from .ensemble import Ensemble
 from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import check_supported, numpy_to_torch_dtype
 from .validation import (
+    all_finite,
     check_action,
     check_observation,
     env_rows,
@@ -457,6 +458,9 @@ class ModelAdapter:
     ) -> None:
         if self.nan_policy == "ignore":
             return
+        if record.uncertainty is None and isinstance(record.observation, torch.Tensor) \
+                and all_finite(record.observation, record.reward):
+            return  # the common case, with one host sync; anything else gets the exact check below
         checked = flatten_observation(record.observation)
         checked["reward"] = record.reward
         if record.uncertainty is not None:  # non-finite member predictions (maybe not the one picked)

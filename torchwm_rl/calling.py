@@ -263,5 +263,8 @@ class Hook:
         return self.binding.wants
 
     def __call__(self, values: Mapping[str, Any]) -> Any:
-        args, kwargs = self.binding.args(values)
-        return self.fn(*args, **kwargs)
+        binding = self.binding  # Binding.args, inlined: this runs for every hook call of every step
+        if binding.keywords:
+            return self.fn(*[values[arg] for arg in binding.positional],
+                           **{name: values[arg] for name, arg in binding.keywords})
+        return self.fn(*[values[arg] for arg in binding.positional])

@@ -16,7 +16,7 @@ def observation_to_numpy(observation: Any, space: spaces.Space) -> Any:
     """A tensor (or dict of tensors) -> numpy array(s) of the space's dtype."""
     if isinstance(space, spaces.Dict):
         return {k: observation_to_numpy(observation[k], sub) for k, sub in space.spaces.items()}
-    array = observation.detach().cpu().numpy()
+    array = (observation.detach() if observation.requires_grad else observation).cpu().numpy()
     if space.dtype is not None and array.dtype != space.dtype:
         return array.astype(space.dtype)  # a copy
     return _unshared(array, observation)

@@ -618,13 +618,31 @@ class WorldModelEnv(EnvBase):
         shared = elapsed is not None and elapsed.device.type == "cpu" and elapsed.is_shared()
         return out.detach() if shared else out
 
-    def _step_entries(self, state: Any, elapsed: Optional[torch.Tensor], action: Any, batch=None,
-                      root: Any = None) -> dict:
+    def _scalar_keys(self) -> frozenset:
+        """The keys of this env's per-env scalars, ``[*B, 1]`` in its tensordicts: reward, done
+        flags, step count, and ``"nonfinite"`` / ``"uncertainty"`` / ``"halted"`` where the env
+        writes them."""
+        keys = {"reward", "done", "terminated", "truncated", ELAPSED_KEY}
+        if self.adapter.nan_policy == "truncate":
+            keys.add(NONFINITE_KEY)
+        if self.adapter.ensemble is not None:
+            keys.update((UNCERTAINTY_KEY, HALTED_KEY))
+        return frozenset(keys)
+
+    def _step_entries(
+        self, state: Any, elapsed: Optional[torch.Tensor], action: Any, batch=None, root: Any = None,
+        compact: bool = False,
+    ) -> dict:
         """The entries of a step's ``"next"`` tensordict from the model state (as the hooks
         take it), the step counts ``[*B, 1]`` (None: 0) and the action; shared with the fast
         rollout. ``root`` (the step's input tensordict or entries) is read only when
         ``nan_policy="truncate"`` needs the observation the step started from. A batch other
-        than the env's is stepped in one model call, its leading dims flattened into one."""
+        than the env's is stepped in one model call, its leading dims flattened into one.
+
+        ``compact=True`` (the fast rollout): the per-env scalars (:meth:`_scalar_keys`: step
+        counts in, reward, flags and step counts out) are ``[*B]``, without the trailing dim of
+        1 the tensordict gives them (the fast rollout adds it once, to the stacked trajectory);
+        every other entry is as without it."""
         batch = self.batch_size if batch is None else batch
         one = self._one_action_shape
         if one is not None and isinstance(action, torch.Tensor):
@@ -639,7 +657,7 @@ class WorldModelEnv(EnvBase):
             ) or action.shape[:len(batch)] != batch:
                 self._refuse_action_shape(action, batch)
         if elapsed is None:
-            elapsed = torch.zeros((*batch, 1), dtype=torch.int64, device=self.device)
+            elapsed = torch.zeros((*batch,) if compact else (*batch, 1), dtype=torch.int64, device=self.device)
         if batch != self.batch_size:
             if len(batch) > 1:
                 flat = (batch.numel(),)
@@ -647,13 +665,13 @@ class WorldModelEnv(EnvBase):
                     root = {k: _reshape(root.get(k), len(batch), flat)
                             for k in self._observation_keys() if root.get(k, None) is not None}
                 entries = self._step_entries(
-                    _reshape(state, len(batch), flat), elapsed.reshape(*flat, 1), _reshape(action, len(batch), flat),
-                    torch.Size(flat), root,
+                    _reshape(state, len(batch), flat), elapsed.reshape(*flat, *elapsed.shape[len(batch):]),
+                    _reshape(action, len(batch), flat), torch.Size(flat), root, compact,
                 )
                 return {k: _reshape(v, 1, batch) for k, v in entries.items()}
             with self.logic.batch_override(tuple(batch)):
-                return self._step_entries_now(state, elapsed, action, batch, root)
-        return self._step_entries_now(state, elapsed, action, batch, root)
+                return self._step_entries_now(state, elapsed, action, batch, root, compact)
+        return self._step_entries_now(state, elapsed, action, batch, root, compact)
 
     def _refuse_action_shape(self, action: torch.Tensor, batch) -> None:
         one = self._one_action_shape
@@ -686,28 +704,30 @@ class WorldModelEnv(EnvBase):
             return None
         return values if self._dict_observation else values[OBSERVATION_KEY]
 
-    def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch, root: Any = None) -> dict:
-        snapshot = Snapshot(state=state, observation=None, elapsed=elapsed.reshape(elapsed.shape[:-1]))
+    def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch, root: Any = None,
+                          compact: bool = False) -> dict:
+        snapshot = Snapshot(state=state, observation=None, elapsed=elapsed if compact else elapsed.reshape(elapsed.shape[:-1]))
         previous = (lambda: self._previous_observation(state, root)) if self.adapter.nan_policy == "truncate" else None
         snapshot, record = self.logic.step(snapshot, action, self._discard_rows, previous)
-        terminated, truncated = record.terminated.unsqueeze(-1), record.truncated.unsqueeze(-1)
-        extra = {
-            "reward": record.reward.unsqueeze(-1),
-            "terminated": terminated,
-            "truncated": truncated,
-            "done": terminated | truncated,
-        }
+        terminated, truncated, reward = record.terminated, record.truncated, record.reward
+        if not compact:
+            terminated, truncated, reward = terminated.unsqueeze(-1), truncated.unsqueeze(-1), reward.unsqueeze(-1)
+        entries = self._pack(snapshot, compact=compact)
+        entries["reward"] = reward
+        entries["terminated"] = terminated
+        entries["truncated"] = truncated
+        entries["done"] = terminated | truncated
         if self.adapter.nan_policy == "truncate":
             nonfinite = record.nonfinite
             if nonfinite is None:
                 nonfinite = torch.zeros_like(record.truncated)
-            extra[NONFINITE_KEY] = nonfinite.unsqueeze(-1)
+            entries[NONFINITE_KEY] = nonfinite if compact else nonfinite.unsqueeze(-1)
         if self._info_specs:
-            extra.update(self._info_entries(record.info, batch, False))
+            entries.update(self._info_entries(record.info, batch, False))
         if record.uncertainty is not None:
-            extra[UNCERTAINTY_KEY] = record.uncertainty.unsqueeze(-1)
-            extra[HALTED_KEY] = record.halted.unsqueeze(-1)
-        return self._pack(snapshot, extra)
+            entries[UNCERTAINTY_KEY] = record.uncertainty if compact else record.uncertainty.unsqueeze(-1)
+            entries[HALTED_KEY] = record.halted if compact else record.halted.unsqueeze(-1)
+        return entries
 
     def rollout(
         self,
@@ -777,10 +797,11 @@ class WorldModelEnv(EnvBase):
             return state.to_dict()
         return state
 
-    def _pack(self, snapshot: Snapshot, extra: Optional[dict] = None) -> dict:
+    def _pack(self, snapshot: Snapshot, extra: Optional[dict] = None, compact: bool = False) -> dict:
         """Snapshot (+ ``extra`` entries) -> the entries of a tensordict (observation keys,
         model state, step count), made into a tensordict by ONE constructor call by the caller:
-        this is on the per-step hot path."""
+        this is on the per-step hot path. ``compact``: the step count ``[*B]`` (see
+        :meth:`_step_entries`)."""
         kind = _state_kind(snapshot.state)
         if kind != self._state_kind:  # the state spec was built from the first reset's state
             raise TypeError(
@@ -795,7 +816,7 @@ class WorldModelEnv(EnvBase):
         entries = dict(observation) if self._dict_observation else {OBSERVATION_KEY: observation}
         if self._state_kind != "opaque":
             entries[self._state_key] = snapshot.state
-        entries[ELAPSED_KEY] = snapshot.elapsed.unsqueeze(-1)
+        entries[ELAPSED_KEY] = snapshot.elapsed if compact else snapshot.elapsed.unsqueeze(-1)
         if extra:
             entries.update(extra)
         if self._state_kind == "opaque":

@@ -215,19 +215,13 @@ class EpisodeLogic:
         self.rng_state = _seeded_rng_state(int(seed), self.device)
         self.pending_seed = int(seed)
 
-    @contextmanager
-    def transaction(self):
+    def transaction(self) -> "_Transaction":
         """Everything inside either happens or leaves no trace in the random streams: the
         env's generators, the model's stream and an unused seed are restored when it raises.
         The exports run a whole step (step + autoreset) in one, so a step that fails after a
         successful reset (or the reverse) can be retried and gives what a run without the
         failure gives."""
-        saved = self._save()
-        try:
-            yield
-        except BaseException:
-            self._restore(saved)
-            raise
+        return _Transaction(self)
 
     @contextmanager
     def preserved(self):
@@ -467,6 +461,24 @@ class EpisodeLogic:
         return Snapshot(record.state, record.observation, elapsed), record
 
 
+class _Transaction:
+    """:meth:`EpisodeLogic.transaction`'s context manager (a class rather than a generator:
+    the exports enter one every step)."""
+
+    __slots__ = ("logic", "saved")
+
+    def __init__(self, logic: EpisodeLogic):
+        self.logic = logic
+
+    def __enter__(self) -> None:
+        self.saved = self.logic._save()
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is not None:  # any exception, KeyboardInterrupt included, as ``except BaseException``
+            self.logic._restore(self.saved)
+        return False
+
+
 def _seeded_rng_state(seed: int, device: torch.device) -> tuple:
     """The RNG states ``torch.manual_seed(seed)`` would give the CPU generator (and the CUDA
     generator of ``device``)."""
@@ -481,13 +493,15 @@ def _cuda_index(device: torch.device) -> int:
 
 
 def _get_rng_state(device: torch.device) -> tuple:
+    # torch.get_rng_state() is default_generator.get_state(), called here without its wrapper
+    # frames: this runs twice per step of a seeded env
     if device.type != "cuda":
-        return (torch.get_rng_state(),)
-    return torch.get_rng_state(), torch.cuda.get_rng_state(_cuda_index(device))
+        return (torch.default_generator.get_state(),)
+    return torch.default_generator.get_state(), torch.cuda.get_rng_state(_cuda_index(device))
 
 
 def _set_rng_state(device: torch.device, state: tuple) -> None:
-    torch.set_rng_state(state[0])
+    torch.default_generator.set_state(state[0])
     if device.type == "cuda":
         torch.cuda.set_rng_state(state[1], _cuda_index(device))
 

@@ -341,6 +341,9 @@ class GymVectorWorldModelEnv(VectorEnv):
         stepped, the reset's info for the envs that restarted (as ``SyncVectorEnv`` merges its
         envs' infos), and under SAME_STEP ``final_obs``/``final_info`` of the envs that ended."""
         n = self.num_envs
+        if not record.info and record.uncertainty is None and record.nonfinite is None and not reset_info \
+                and final_obs is None:
+            return {}  # nothing to report (what the general code below gives, without its arrays)
         again = np.zeros(n, dtype=bool) if restarted is None else restarted.cpu().numpy()
         step_info = detach_tree(record.info) if record.info else {}
         if record.uncertainty is not None:  # per env, split like the model's own info entries

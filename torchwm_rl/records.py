@@ -60,30 +60,44 @@ def _is_dict_observation(value: Any, dict_keys: frozenset | None) -> bool:
     return dict_keys is not None and isinstance(value, Mapping) and set(value.keys()) == dict_keys
 
 
-def _pick(mapping: Mapping, keys: tuple, what: str, hook: str) -> Any:
-    found = [k for k in keys if k in mapping]
-    if len(found) > 1:
-        raise ValueError(f"{hook} returned both {found[0]!r} and {found[1]!r} for the {what}; return one.")
-    return mapping[found[0]] if found else MISSING
+_FIELDS = (
+    (STATE_KEYS, "state"), (OBSERVATION_KEYS, "observation"), (REWARD_KEYS, "reward"),
+    (TERMINATED_KEYS, "terminated flag"), (TRUNCATED_KEYS, "truncated flag"), (INFO_KEYS, "info"),
+)
+# key tuple of a returned mapping -> which of its keys holds each field (None: absent). A model
+# returns the same keys every step, so the checks below run once per key set, not per step.
+_LAYOUTS: dict = {}
 
 
-def _from_mapping(mapping: Mapping, hook: str, form: str = "a mapping") -> RawRecord:
+def _layout(mapping: Mapping, hook: str) -> tuple:
+    """The key of each of :data:`_FIELDS` in ``mapping`` (None where absent); raises for unknown
+    keys and for two keys of one field."""
     unknown = [k for k in mapping if k not in _RECORD_KEYS]
     if unknown:
         raise ValueError(
             f"{hook} returned a mapping with unknown key(s) {unknown}; accepted keys are "
             f"{sorted(_RECORD_KEYS)}. Put diagnostics under 'info'."
         )
-    info = _pick(mapping, INFO_KEYS, "info", hook)
-    return RawRecord(
-        state=_pick(mapping, STATE_KEYS, "state", hook),
-        observation=_pick(mapping, OBSERVATION_KEYS, "observation", hook),
-        reward=_pick(mapping, REWARD_KEYS, "reward", hook),
-        terminated=_pick(mapping, TERMINATED_KEYS, "terminated flag", hook),
-        truncated=_pick(mapping, TRUNCATED_KEYS, "truncated flag", hook),
-        info=_as_info(info, hook),
-        form=form,
-    )
+    layout = []
+    for keys, what in _FIELDS:
+        found = [k for k in keys if k in mapping]
+        if len(found) > 1:
+            raise ValueError(f"{hook} returned both {found[0]!r} and {found[1]!r} for the {what}; return one.")
+        layout.append(found[0] if found else None)
+    return tuple(layout)
+
+
+def _from_mapping(mapping: Mapping, hook: str, form: str = "a mapping") -> RawRecord:
+    keys = tuple(mapping)
+    layout = _LAYOUTS.get(keys)
+    if layout is None:
+        layout = _layout(mapping, hook)
+        if len(_LAYOUTS) < 1024:
+            _LAYOUTS[keys] = layout
+    state, observation, reward, terminated, truncated, info = [
+        MISSING if key is None else mapping[key] for key in layout
+    ]
+    return RawRecord(state, observation, reward, terminated, truncated, _as_info(info, hook), form)
 
 
 def _as_info(info: Any, hook: str) -> dict:
@@ -121,8 +135,8 @@ def parse_reset(value: Any, dict_keys: frozenset | None = None, hook: str = "res
 
 def parse_transition(value: Any, dict_keys: frozenset | None = None, hook: str = "transition_fn") -> RawRecord:
     """Split a transition return value into the fields of :class:`RawRecord`."""
-    if isinstance(value, Mapping) and not _is_dict_observation(value, dict_keys):
-        if any(k in _RECORD_KEYS for k in value):
+    if (type(value) is dict or isinstance(value, Mapping)) and not _is_dict_observation(value, dict_keys):
+        if tuple(value) in _LAYOUTS or any(k in _RECORD_KEYS for k in value):  # a known layout: a record
             return _from_mapping(value, hook)
     if isinstance(value, tuple):
         n = len(value)

@@ -27,7 +27,10 @@ the step) goes to TorchRL's ``EnvBase.rollout``.
 
 A plain ``TensorDictModule`` policy (no hooks, keys in and out, no method/kwargs mapping) is
 called on its tensors directly, as ``TensorDictModule.forward`` would; any other policy is
-called on a TensorDict built for it each step, holding what TorchRL's would hold.
+called on a TensorDict built for it each step, holding what TorchRL's would hold. With a plain
+module that neither reads nor writes them, the per-env scalars (reward, done flags, step
+counts: ``[*B, 1]`` in the tensordict) are kept as ``[*B]`` during the loop and given their
+trailing dim once, on the stacked trajectory: the same values, shapes and strides.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ _STEP_METHODS = (
     "_step", "_reset", "step", "reset", "maybe_reset", "step_and_maybe_reset", "_step_and_maybe_reset",
     "_step_proc_data", "_reset_proc_data", "any_done", "_reset_entries", "_step_entries", "_pack",
     "_read_state", "_step_entries_now", "_complete_kept_rows", "_complete_start", "_assert_tensordict_shape",
-    "rand_action",
+    "rand_action", "_scalar_keys",
 )
 _ORIGINALS: dict = {}
 
@@ -137,7 +140,12 @@ def fast_rollout(
     set_state,
 ) -> TensorDictBase:
     """``EnvBase.rollout`` for the cases :func:`fast_rollout_applies` accepts. ``policy`` is
-    already made compatible (``_make_compatible_policy``) or is ``env.rand_action``."""
+    already made compatible (``_make_compatible_policy``) or is ``env.rand_action``.
+
+    With a plain ``TensorDictModule`` policy that neither reads nor writes them, the per-env
+    scalars (reward, done flags, step counts: ``env._scalar_keys()``) travel through the loop
+    as ``[*B]`` tensors and get their trailing dim of 1 once, on the stacked trajectory (the
+    same values and layout as stacking ``[*B, 1]`` steps, without five view ops per step)."""
     device = env.device
     if auto_reset:
         start = env.reset(tensordict, set_state=set_state)
@@ -146,6 +154,12 @@ def fast_rollout(
     batch = start.batch_size
     root = dict(start.items())
     direct = _direct_call(policy, device, batch)
+    scalars = env._scalar_keys()
+    compact = direct is not None and not (direct.keys & scalars) and all(
+        type(value) is torch.Tensor and value.shape == (*batch, 1) for key, value in root.items() if key in scalars
+    )
+    if compact:
+        root = _squeezed(root, scalars)
     state_kind, state_key = env._state_kind, env._state_key
     carried, dropped = step_mdp_keys(env)
     roots, nexts = [], []
@@ -159,20 +173,35 @@ def fast_rollout(
         state = root.get(state_key)
         if state_kind == "dict":
             state = state.to_dict()
-        nxt = env._step_entries(state, root.get("elapsed_steps"), root.get("action"), batch, root)
+        nxt = env._step_entries(state, root.get("elapsed_steps"), root.get("action"), batch, root, compact)
         _to_tensordict_layout(nxt, batch, device)
         roots.append(root)
         nexts.append(nxt)
         if i == max_steps - 1:
             break
-        done = nxt["done"]
+        done = nxt["done"]  # terminated | truncated (WorldModelEnv._step_entries_now)
         if break_when_any_done:
-            if bool((done | nxt["terminated"] | nxt["truncated"]).any()):
+            if bool(done.any()):
                 break
+            root = _carry(root, nxt, carried, dropped)
+            continue
         root = _carry(root, nxt, carried, dropped)
-        if not break_when_any_done and bool(done.any()):
-            root = _restart(env, root, done, batch, device)
-    return _stack(roots, nexts, batch, device, return_contiguous)
+        if bool(done.any()):
+            if compact:
+                root = _squeezed(_restart(env, _unsqueezed(root, scalars), done.unsqueeze(-1), batch, device), scalars)
+            else:
+                root = _restart(env, root, done, batch, device)
+    return _stack(roots, nexts, batch, device, return_contiguous, scalars if compact else frozenset())
+
+
+def _squeezed(entries: dict, scalars: frozenset) -> dict:
+    """``entries`` with the per-env scalars ``[*B, 1]`` as ``[*B]`` (views)."""
+    return {k: v.squeeze(-1) if k in scalars else v for k, v in entries.items()}
+
+
+def _unsqueezed(entries: dict, scalars: frozenset) -> dict:
+    """``entries`` with the per-env scalars ``[*B]`` as ``[*B, 1]`` (views): the tensordict layout."""
+    return {k: v.unsqueeze(-1) if k in scalars else v for k, v in entries.items()}
 
 
 def _restart(env, root: dict, done: torch.Tensor, batch, device) -> dict:
@@ -191,6 +220,8 @@ def _to_tensordict_layout(entries: dict, batch, device) -> None:
     """What ``TensorDict(entries, batch_size=batch, device=device)`` would hold, in place:
     tensors on ``device``, a dict/TensorDict model state as a TensorDict."""
     for key, value in entries.items():
+        if type(value) is torch.Tensor and value.device == device:
+            continue
         if isinstance(value, torch.Tensor):
             if value.device != device:
                 entries[key] = value.to(device)
@@ -198,7 +229,9 @@ def _to_tensordict_layout(entries: dict, batch, device) -> None:
             entries[key] = TensorDict({key: value}, batch_size=batch, device=device).get(key)
 
 
-def _stack(roots: list, nexts: list, batch, device, return_contiguous) -> TensorDictBase:
+def _stack(roots: list, nexts: list, batch, device, return_contiguous, scalars: frozenset) -> TensorDictBase:
+    """The trajectory from the steps' root and ``"next"`` entries; ``scalars``: keys held as
+    ``[*B]`` (see :func:`fast_rollout`), given their trailing dim of 1 here."""
     dim = len(batch)
     shape = torch.Size([*batch, len(roots)])
     keys, next_keys = list(roots[0]), list(nexts[0])
@@ -206,15 +239,17 @@ def _stack(roots: list, nexts: list, batch, device, return_contiguous) -> Tensor
     if not same:  # a policy that writes different keys at different steps: TorchRL's own stacking
         tds = []
         for root, nxt in zip(roots, nexts):
-            td = TensorDict(root, batch_size=batch, device=device)
-            td.set("next", TensorDict(nxt, batch_size=batch, device=device))
+            td = TensorDict(_unsqueezed(root, scalars), batch_size=batch, device=device)
+            td.set("next", TensorDict(_unsqueezed(nxt, scalars), batch_size=batch, device=device))
             tds.append(td)
         out = torch.stack(tds, dim) if return_contiguous else LazyStackedTensorDict.maybe_dense_stack(tds, dim)
     else:
-        nxt = TensorDict(
-            {k: torch.stack([n[k] for n in nexts], dim) for k in next_keys}, batch_size=shape, device=device
-        )
-        entries = {k: torch.stack([r[k] for r in roots], dim) for k in keys}
+        def stacked(values: list, key) -> Any:
+            value = torch.stack(values, dim)
+            return value.unsqueeze(-1) if key in scalars else value
+
+        nxt = TensorDict({k: stacked([n[k] for n in nexts], k) for k in next_keys}, batch_size=shape, device=device)
+        entries = {k: stacked([r[k] for r in roots], k) for k in keys}
         entries["next"] = nxt
         out = TensorDict(entries, batch_size=shape, device=device)
     out.refine_names(..., "time")
@@ -258,6 +293,14 @@ def _direct_call(policy: Any, device, batch) -> Optional[Callable[[dict], None]]
             raise KeyError(f"key {key!r} not found in the rollout's tensordict")
         return value
 
+    def store(root: dict, key, value) -> None:
+        if not (isinstance(value, torch.Tensor) and value.device == device and value.shape[:nbatch] == batch):
+            # what TensorDict.set does to anything else (conversion, device move, checks)
+            holder = TensorDict(batch_size=batch, device=device)
+            holder.set(key, TensorDict.from_any(value))
+            value = holder.get(key)
+        root[key] = value
+
     def call(root: dict) -> None:
         out = module(*[read(root, key) for key in in_keys])
         if out is None:
@@ -271,13 +314,35 @@ def _direct_call(policy: Any, device, batch) -> Optional[Callable[[dict], None]]
         if len(out_keys) > len(out):
             raise RuntimeError("There are more out_keys than tensors.")
         for key, value in zip(out_keys, out):
-            if key == "_":
-                continue
-            if not (isinstance(value, torch.Tensor) and value.device == device and value.shape[:nbatch] == batch):
-                # what TensorDict.set does to anything else (conversion, device move, checks)
-                holder = TensorDict(batch_size=batch, device=device)
-                holder.set(key, TensorDict.from_any(value))
-                value = holder.get(key)
-            root[key] = value
+            if key != "_":
+                store(root, key, value)
 
-    return call
+    if len(in_keys) == 1 and isinstance(in_keys[0], str) and len(out_keys) == 1 and out_keys[0] != "_":
+        in_key, out_key = in_keys[0], out_keys[0]
+
+        def call_one(root: dict) -> None:  # ``call`` for one key in, one out: the usual actor
+            value = root.get(in_key)
+            if value is None and strict:
+                raise KeyError(f"key {in_key!r} not found in the rollout's tensordict")
+            out = module(value)
+            if type(out) is torch.Tensor and out.device == device and out.shape[:nbatch] == batch:
+                root[out_key] = out
+                return
+            if isinstance(out, (dict, TensorDictBase)) and out_key in out:
+                out = out.get(out_key)
+            elif isinstance(out, tuple):
+                if len(out) > 1:
+                    raise RuntimeError(f"There are more tensors ({len(out)=}) than out_keys ({out_keys=}).")
+                if not out:
+                    raise RuntimeError("There are more out_keys than tensors.")
+                out = out[0]
+            elif out is None:
+                raise RuntimeError("There are more out_keys than tensors.")
+            store(root, out_key, out)
+
+        chosen = call_one
+    else:
+        chosen = call
+    # the top-level keys the policy reads or writes
+    chosen.keys = frozenset(k if isinstance(k, str) else k[0] for k in (*in_keys, *out_keys))
+    return chosen

@@ -63,11 +63,13 @@ def to_observation(
             k: to_observation(value[k], sub, batch_shape, device, f"{key}[{k!r}]")
             for k, sub in space.spaces.items()
         }
-    tensor = _as_tensor(value, device, key)
     expected = (*batch_shape, *space.shape)
+    dtype = numpy_to_torch_dtype(space.dtype)
+    if isinstance(value, torch.Tensor) and value.dtype == dtype and value.shape == expected and value.device == device:
+        return value  # already what the space asks for (the per-step common case)
+    tensor = _as_tensor(value, device, key)
     if tuple(tensor.shape) != expected:
         raise ValueError(f"{key}: expected shape {expected}, got {tuple(tensor.shape)}")
-    dtype = numpy_to_torch_dtype(space.dtype)
     if tensor.dtype != dtype:
         if tensor.is_floating_point() and not dtype.is_floating_point:
             raise TypeError(f"{key}: expected dtype {dtype}, got floating dtype {tensor.dtype}")
@@ -116,6 +118,8 @@ def to_batched_scalar(
     (``float(x.mean())``, ``np.any(...)``) and broadcasting it would give every env one env's
     value. An unbatched env takes a scalar or a one-element array.
     """
+    if isinstance(value, torch.Tensor) and value.dtype == dtype and value.shape == batch_shape and value.device == device:
+        return value  # already a flag/reward of the batch (the per-step common case)
     tensor = _as_tensor(value, device, key)
     shape = tuple(tensor.shape)
     if shape != batch_shape:
@@ -144,21 +148,32 @@ def to_batched_scalar(
     return tensor.to(dtype)
 
 
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """True when every float tensor is certainly free of NaN/inf, with ONE host sync for all of
+    them: a sum is finite only if every element is (NaN and inf propagate). False means "maybe
+    not": a non-finite sum may also be an overflow of finite values, so a caller that gets False
+    looks row by row (:func:`nonfinite_rows`)."""
+    total, host = None, 0.0  # device sums add up on the device; CPU sums as Python floats (cheaper there)
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            if tensor.requires_grad:
+                tensor = tensor.detach()
+            part = tensor.sum(dtype=torch.float32) if tensor.element_size() < 4 else tensor.sum()
+            if part.device.type == "cpu":
+                host += part.item()  # NaN/inf propagate through Python floats too
+            else:
+                total = part if total is None else total + part
+    if total is not None:
+        host += total.item()
+    return math.isfinite(host)
+
+
 def nonfinite_rows(tensors: dict, batch_shape: tuple) -> tuple[torch.Tensor | None, list[str]]:
     """Mask over the batch of rows holding NaN/inf in any float tensor, and the keys involved.
 
     Returns ``(None, [])`` on the fast path where everything is finite.
     """
-    # Fast path with ONE host sync for all tensors: a sum is finite only if every element is
-    # (NaN and inf propagate); a non-finite sum may also be an overflow, so that case falls
-    # through to the exact per-row check below.
-    total = None
-    for tensor in tensors.values():
-        if tensor.is_floating_point():
-            tensor = tensor.detach()
-            part = tensor.sum(dtype=torch.float32) if tensor.element_size() < 4 else tensor.sum()
-            total = part if total is None else total + part
-    if total is None or math.isfinite(total.item()):
+    if all_finite(*tensors.values()):
         return None, []
     bad = None
     keys = []

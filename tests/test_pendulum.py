@@ -87,3 +87,50 @@ def test_cli_demo_pendulum_tiny_budget_json_and_determinism(tmp_path):
     # same seed, same machine: the same numbers (the time budget is in frames, never seconds)
     for key in ("real_mean_return", "imagined_mean_return", "imagined_frames"):
         assert results[0][key] == results[1][key], key
+
+
+@pytest.mark.slow
+def test_load_policy_reads_the_demo_pendulum_policy_and_replays_its_real_episode(tmp_path):
+    """The file `demo pendulum` writes loads with torchwm_rl.demo.load_policy, and the loaded
+    policy is the one reality_check scored: from the saved start state it reproduces the saved
+    real trajectory of episode 0 on Pendulum-v1."""
+    from torchwm_rl.demo import DemoConfig, SACGreedyPolicy, load_policy, run_demo
+
+    out = tmp_path / "run"
+    run_demo(DemoConfig(task="pendulum", frames=600, episodes=1, num_envs=8, seed=3, out=str(out),
+                        progress=False, save_plot=False), log=lambda _: None)
+    policy = load_policy(out / "policy.safetensors")
+    assert isinstance(policy, SACGreedyPolicy)
+    saved = json.loads((out / "results.json").read_text())["reality_check"]
+    real_traj = np.array(saved["real_trajectory"])
+    env = gym.make("Pendulum-v1").unwrapped
+    env.reset(seed=0)
+    pendulum.set_real_state(env, real_traj[0])
+    obs, replay = real_traj[0], [real_traj[0]]
+    with torch.no_grad():
+        for _ in range(len(real_traj) - 1):
+            action = policy(torch.as_tensor(obs, dtype=torch.float32))
+            assert action.shape == (1,) and -2.0 <= float(action) <= 2.0
+            obs, *_ = env.step(action.numpy())
+            replay.append(obs)
+    np.testing.assert_allclose(np.array(replay), real_traj, atol=1e-4)
+
+
+def test_load_policy_refuses_other_files_naming_the_kind(tmp_path):
+    from torchwm_rl.demo import load_policy
+    from torchwm_rl.sac import _mlp
+    from torchwm_rl.serialization import save_weights
+
+    net = _mlp(3, 2, 16)
+    with pytest.raises(ValueError, match=r"not a torchwm-rl demo policy \(metadata kind 'something'"):
+        load_policy(save_weights(net, tmp_path / "a.safetensors", {"kind": "something"}))
+    with pytest.raises(ValueError, match="without action bounds"):
+        load_policy(save_weights(net, tmp_path / "b.safetensors",
+                                 {"kind": "torchwm_rl.demo.sac_policy/1", "hidden": 16, "obs_dim": 3,
+                                  "n_actions": 1, "task": "elsewhere"}))
+    # files written before the bounds were stored: the Pendulum task's own bounds, [-2, 2]
+    old = load_policy(save_weights(net, tmp_path / "c.safetensors",
+                                   {"kind": "torchwm_rl.demo.sac_policy/1", "hidden": 16, "obs_dim": 3,
+                                    "n_actions": 1, "task": "pendulum"}))
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(old(x), 2.0 * torch.tanh(net(x)[:, :1]))

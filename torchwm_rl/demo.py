@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 __all__ = ["DemoConfig", "run_demo", "train_in_imagination", "build_actor_critic", "format_table",
-           "json_safe", "load_policy"]
+           "json_safe", "load_policy", "SACGreedyPolicy"]
 
 
 @dataclass
@@ -349,18 +349,64 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def load_policy(path: str | Path) -> nn.Sequential:
-    """The demo's saved policy (``policy.safetensors``) as a plain ``nn.Sequential`` mapping
-    observations ``[..., obs_dim]`` (float32) to action logits ``[..., n_actions]``; the greedy
-    action is ``logits.argmax(-1)``. The architecture is read from the file's metadata."""
+class SACGreedyPolicy(nn.Module):
+    """The deterministic action of a saved SAC policy (``torchwm-rl demo pendulum``):
+    ``low + (high - low) * (tanh(loc) + 1) / 2``, where ``loc`` is the first half of ``net``'s
+    outputs: what TorchRL's ``TanhNormal`` actor gives under ``ExplorationType.DETERMINISTIC``."""
+
+    def __init__(self, net: nn.Sequential, low: torch.Tensor, high: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("low", low)
+        self.register_buffer("high", high)
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        loc = self.net(observation)[..., : self.low.shape[-1]]
+        return self.low + (self.high - self.low) * (torch.tanh(loc) + 1) / 2
+
+
+# Action bounds of SAC policy files written before the bounds were stored in the metadata.
+_SAC_TASK_BOUNDS = {"pendulum": (-2.0, 2.0)}
+
+
+def load_policy(path: str | Path) -> nn.Module:
+    """A policy saved by ``torchwm-rl demo`` (``policy.safetensors``), rebuilt from the file's
+    metadata as a plain, grad-free ``nn.Module``:
+
+    * CartPole (PPO, kind ``torchwm_rl.demo.ppo_policy``): an ``nn.Sequential`` mapping
+      observations ``[..., obs_dim]`` (float32) to action logits ``[..., n_actions]``; the greedy
+      action is ``logits.argmax(-1)``.
+    * Pendulum (SAC, kind ``torchwm_rl.demo.sac_policy``): a :class:`SACGreedyPolicy` mapping
+      observations ``[..., obs_dim]`` to the deterministic action ``[..., act_dim]``, inside the
+      action bounds (the one ``reality_check`` scored).
+
+    Any other file is refused with a ``ValueError`` naming its metadata kind."""
+    from .sac import _mlp as _sac_mlp
     from .serialization import load_weights, read_metadata
 
     meta = read_metadata(path)
-    if not meta.get("kind", "").startswith("torchwm_rl.demo.ppo_policy"):
-        raise ValueError(f"{path} is not a torchwm-rl demo policy (metadata kind {meta.get('kind')!r})")
-    net = _mlp(int(meta["obs_dim"]), int(meta["n_actions"]), int(meta["hidden"]))
-    net.load_state_dict(load_weights(path))
-    return net.eval().requires_grad_(False)
+    kind = meta.get("kind", "")
+    if kind.startswith("torchwm_rl.demo.ppo_policy"):
+        net = _mlp(int(meta["obs_dim"]), int(meta["n_actions"]), int(meta["hidden"]))
+        net.load_state_dict(load_weights(path))
+        return net.eval().requires_grad_(False)
+    if kind.startswith("torchwm_rl.demo.sac_policy"):
+        act_dim = int(meta["n_actions"])
+        if "action_low" in meta and "action_high" in meta:
+            low, high = (torch.tensor(json.loads(meta[k]), dtype=torch.float32).reshape(-1)
+                         for k in ("action_low", "action_high"))
+            low, high = low.expand(act_dim).clone(), high.expand(act_dim).clone()
+        elif meta.get("task") in _SAC_TASK_BOUNDS:
+            lo, hi = _SAC_TASK_BOUNDS[meta["task"]]
+            low, high = torch.full((act_dim,), lo), torch.full((act_dim,), hi)
+        else:
+            raise ValueError(f"{path}: SAC policy file without action bounds (no action_low/action_high "
+                             f"metadata, task {meta.get('task')!r})")
+        net = _sac_mlp(int(meta["obs_dim"]), 2 * act_dim, int(meta["hidden"]))
+        net.load_state_dict(load_weights(path))
+        return SACGreedyPolicy(net, low, high).eval().requires_grad_(False)
+    raise ValueError(f"{path} is not a torchwm-rl demo policy (metadata kind {meta.get('kind')!r}; "
+                     "expected torchwm_rl.demo.ppo_policy/... or torchwm_rl.demo.sac_policy/...)")
 
 
 def default_out_dir() -> Path:

@@ -10,6 +10,7 @@ along each. Deterministic given the seed (one torch thread; a frame budget, neve
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict
@@ -75,11 +76,15 @@ def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) ->
     u_imagined = trajectory_uncertainty(model, net, report.imagined_trajectory)
     u_real = trajectory_uncertainty(model, net, report.real_trajectory)
 
+    bounds = env.action_spec_unbatched.space
     save_weights(net, out / "policy.safetensors",
                  {"task": "pendulum", "kind": "torchwm_rl.demo.sac_policy/1", "hidden": sac.hidden,
                   "obs_dim": net[0].in_features, "n_actions": net[-1].out_features // 2,
+                  "action_low": json.dumps(bounds.low.reshape(-1).tolist()),
+                  "action_high": json.dumps(bounds.high.reshape(-1).tolist()),
                   "architecture": "Linear-ReLU-Linear-ReLU-Linear (observation -> TanhNormal loc, scale "
-                                  "parameter); greedy action = 2 * tanh(loc)"})
+                                  "parameter); greedy action = low + (high - low) * (tanh(loc) + 1) / 2; "
+                                  "torchwm_rl.demo.load_policy rebuilds it"})
     plot_msg = _plot(out / "results.png", history, report, u_imagined, u_real) if cfg.save_plot else "plot disabled"
     if plot_msg:
         log(f"[torchwm-rl] {plot_msg}")

@@ -343,3 +343,20 @@ def test_an_inference_mode_model_reusing_a_buffer_keeps_every_recorded_step():
     td = env.rollout(4, _zero_policy, break_when_any_done=False)
     assert td["next", "observation"][0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert td["next", "model_state"][0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-rollout", "EnvBase.rollout"])
+def test_an_info_value_in_a_reused_buffer_keeps_every_recorded_step(fast):
+    """info_keys values go through the same buffer-reuse guard as states and observations."""
+    score = torch.zeros(N)
+
+    def transition(model, state, action):
+        nxt = state + 1.0
+        torch.sum(nxt, -1, out=score)  # the model's info buffer, written every step
+        return {"state": nxt, "observation": nxt, "reward": nxt[:, 0], "info": {"score": score}}
+
+    env = WorldModelEnv(None, BOX, ACT, reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+                        transition_fn=transition, batch_size=(N,), info_keys=["score"])
+    extra = {} if fast else {"callback": lambda env, td: None}
+    td = env.rollout(4, _zero_policy, break_when_any_done=False, **extra)
+    assert td["next", "score"][0].tolist() == [2.0, 4.0, 6.0, 8.0]

@@ -117,6 +117,41 @@ def test_truncate_hands_out_the_last_finite_observation_torchrl(separate_state, 
     assert nxt["observation"][0].tolist() == [3.0 * scale] * 2  # other envs untouched
 
 
+@pytest.mark.parametrize("decode", [False, True], ids=["no-decode_fn", "decode_fn"])
+def test_truncate_under_a_transformed_env_never_transforms_an_observation_twice(decode):
+    """A TransformedEnv hands the base env the *transformed* observation: the base env must
+    not return it as its own final observation (the transform would apply a second time). With
+    decode_fn the final observation is exact; without one it reads 0 before the transform."""
+    from torchrl.envs import ObservationNorm, TransformedEnv
+
+    extra = {"decode_fn": lambda model, state: 2 * state} if decode else {}
+    base = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(True), **extra)
+    env = TransformedEnv(base, ObservationNorm(loc=1.0, scale=10.0, in_keys=["observation"], standard_normal=False))
+    policy = lambda td: td.set("action", torch.zeros(N, 2))  # noqa: E731
+    td = env.rollout(3, policy, break_when_any_done=False)
+    nxt = td["next"][:, 2]
+    assert nxt["truncated"][:, 0].tolist() == [False, True, False]
+    raw = _last_finite(True) if decode else [0.0, 0.0]
+    assert nxt["observation"][1].tolist() == [1.0 + 10.0 * v for v in raw]  # transformed once
+    assert nxt["observation"][0].tolist() == [1.0 + 10.0 * 6.0] * 2  # other envs untouched
+
+
+def test_truncate_reads_a_direct_steps_observation_only_when_the_env_handed_it_out():
+    """env.step on a tensordict the env gave: the observation it carries is the env's own and
+    is the final observation; an observation set by the caller (a transform, a replay buffer)
+    is not trusted, so the truncated row reads 0."""
+    env = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(True))
+    td = env.reset()
+    for _ in range(2):
+        td = env.step(td.set("action", torch.zeros(N, 2)))["next"]
+    own = env.step(td.clone(False).set("action", torch.zeros(N, 2)))["next"]
+    assert own["truncated"][:, 0].tolist() == [False, True, False]
+    assert own["observation"][1].tolist() == _last_finite(True)
+    foreign = td.clone(False).set("observation", td["observation"] + 0.0)
+    out = env.step(foreign.set("action", torch.zeros(N, 2)))["next"]
+    assert out["observation"][1].tolist() == [0.0, 0.0]
+
+
 @pytest.mark.parametrize("separate_state", [False, True], ids=["obs-is-state", "separate-state"])
 def test_truncate_hands_out_the_last_finite_observation_gym(separate_state):
     env = GymWorldModelEnv(None, BOX, ACT, **_nan_hooks(separate_state))

@@ -433,8 +433,11 @@ class ModelAdapter:
         for tensor in fresh:
             table[tensor.data_ptr()] = weakref.ref(tensor)
         if len(table) > _PURGE[0]:  # drop the entries of memory that is gone (amortized O(1))
-            for address in [a for a, ref in table.items() if ref() is None]:
-                del table[address]
+            # a snapshot of the items, and pop(): another thread's env may add or drop entries
+            # meanwhile (iterating the live dict would raise "changed size during iteration")
+            for address, ref in list(table.items()):
+                if ref() is None:
+                    table.pop(address, None)
             _PURGE[0] = max(_PURGE_MIN, 2 * len(table))
         return out
 

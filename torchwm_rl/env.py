@@ -22,6 +22,7 @@ rewards back to the policy's parameters.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -188,6 +189,8 @@ class WorldModelEnv(EnvBase):
             )
         self._held_state: Any = None  # opaque (non-tensor) model state, unbatched envs only
         self._discard_rows: Optional[torch.Tensor] = None  # rows a "_step" mask leaves out (step)
+        # observations this env handed out (see _remember_observations), for nan_policy="truncate"
+        self._handed_out: dict = {}
         # the probes (a reset for the specs, a step for probed info keys) leave the logic's seed,
         # streams and ensemble members as they were: the logic may belong to a Gymnasium env
         with self.logic.preserved():
@@ -339,7 +342,9 @@ class WorldModelEnv(EnvBase):
                 if tensor.is_floating_point() and not spec.dtype.is_floating_point:
                     raise TypeError(f"info[{key!r}]: a float value for the declared dtype {spec.dtype} "
                                     "would be truncated; declare a float spec")
-                out[key] = tensor.to(spec.dtype)
+                # through the adapter's buffer-reuse guard, as states and observations are: an
+                # info buffer the model writes into again must not change recorded steps
+                out[key] = self.adapter._unalias((tensor.to(spec.dtype),))[0]
         return out
 
     # ---------------------------------------------------------- batch-unlocked
@@ -576,7 +581,7 @@ class WorldModelEnv(EnvBase):
             self.logic.start_from_given_states(tuple(batch), kwargs.get("seed"))
             false = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
             out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
-            return out
+            return self._remember_observations(out)
         mask = None
         if tensordict is not None and "_reset" in tensordict.keys():
             mask = tensordict.get("_reset").reshape(batch)
@@ -584,7 +589,7 @@ class WorldModelEnv(EnvBase):
         # Start states carry no graph: gradients flow through the actions of steps, and a
         # reset hook that decodes with trainable parameters must not leak a graph into
         # TorchRL's buffers (ParallelEnv workers copy into shared memory).
-        return TensorDict(entries, batch_size=batch, device=self.device).detach()
+        return self._remember_observations(TensorDict(entries, batch_size=batch, device=self.device).detach())
 
     def _reset_entries(self, mask: Optional[torch.Tensor], seed=None, options=None, batch=None) -> dict:
         """The entries of a reset tensordict (not yet detached); shared with the fast rollout."""
@@ -608,7 +613,8 @@ class WorldModelEnv(EnvBase):
         action = tensordict.get("action", None)
         if action is None:
             raise KeyError("step: the tensordict has no 'action' (set one, e.g. env.rand_action(td) or a policy)")
-        entries = self._step_entries(self._read_state(tensordict), elapsed, action, batch, tensordict)
+        root = tensordict if self._own_observations(tensordict) else None
+        entries = self._step_entries(self._read_state(tensordict), elapsed, action, batch, root)
         out = TensorDict(entries, batch_size=batch, device=self.device)
         # An autograd graph cannot cross processes: a step whose input lives in shared memory
         # (a ParallelEnv / multi-process collector worker) hands out detached tensors, so a
@@ -616,7 +622,46 @@ class WorldModelEnv(EnvBase):
         # (``is_shared()`` is True for EVERY CUDA tensor, so it only says "worker" on the CPU: on
         # CUDA the graph is kept, as the fast rollout keeps it.)
         shared = elapsed is not None and elapsed.device.type == "cpu" and elapsed.is_shared()
-        return out.detach() if shared else out
+        return self._remember_observations(out.detach() if shared else out)
+
+    # Where the observation a truncated step started from may come from (nan_policy="truncate",
+    # a model whose observation is not its state and no decode_fn): only from the env's own
+    # output. Under a TransformedEnv the step's input carries the *transformed* observation
+    # (ObservationNorm, CatFrames, ...): handed out as this env's final observation, the
+    # transform would be applied to it a second time. So the env remembers the observation
+    # tensors it handed out (address, version counter, shape; weakly, so freed memory reused by
+    # a transform's fresh output is not mistaken for them) and reads the input's observation
+    # only when every entry is one of those, untouched; otherwise the truncated row's
+    # observation reads 0, as for an input without observations.
+    def _needs_root(self) -> bool:
+        return self.adapter.nan_policy == "truncate" and not self._state_is_observation and self._decode is None
+
+    def _remember_observations(self, out: TensorDictBase) -> TensorDictBase:
+        if self._needs_root():
+            table = self._handed_out
+            if len(table) > 256:  # drop the entries of tensors that are gone
+                for address, (ref, _) in list(table.items()):
+                    if ref() is None:
+                        table.pop(address, None)
+            for key in self._observation_keys():
+                value = out.get(key, None)
+                if isinstance(value, torch.Tensor):
+                    table[value.data_ptr()] = (weakref.ref(value), _version(value))
+        return out
+
+    def _own_observations(self, tensordict: TensorDictBase) -> bool:
+        if not self._needs_root():
+            return False
+        for key in self._observation_keys():
+            value = tensordict.get(key, None)
+            if not isinstance(value, torch.Tensor):
+                return False
+            entry = self._handed_out.get(value.data_ptr())
+            mine = entry[0]() if entry is not None else None
+            if mine is None or mine.shape != value.shape or mine.dtype != value.dtype \
+                    or _version(value) != entry[1]:
+                return False
+        return True
 
     def _scalar_keys(self) -> frozenset:
         """The keys of this env's per-env scalars, ``[*B, 1]`` in its tensordicts: reward, done
@@ -926,6 +971,15 @@ def _check_state_batch(state: Any, batch: tuple, key: str) -> None:
         return
     for k, v in state.items():
         _check_state_batch(v, batch, f"{key}[{k!r}]")
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's version counter (bumped by every in-place write); -1 for an inference
+    tensor, which has none."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
 
 
 def _reshape(value: Any, ndim: int, batch) -> Any:

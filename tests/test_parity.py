@@ -149,7 +149,7 @@ def test_torchrl_and_gymnasium_paths_agree(kind):
     by_step = run_torchrl_step(WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
     gym_env = trl.to_gymnasium()
     # one shared model and hooks; the export's own episode state and streams (EpisodeLogic.fork)
-    assert type(gym_env) is GymWorldModelEnv and gym_env.model is trl.model and gym_env.logic is not trl.logic
+    assert isinstance(gym_env, GymWorldModelEnv) and gym_env.model is trl.model and gym_env.logic is not trl.logic
     assert gym_env.adapter.transition_hook is trl.adapter.transition_hook
     exported = run_gym(gym_env, actions, seed)
     direct = run_gym(GymWorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)

@@ -31,6 +31,7 @@ from tensordict import TensorDictBase
 
 from .calling import Hook
 from .ensemble import Ensemble
+from .options import ACTION_CHECKS, NAN_POLICIES, ModelOptions, model_options, with_model_options
 from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import check_supported, numpy_to_torch_dtype
 from .validation import (
@@ -46,10 +47,11 @@ from .validation import (
     zero_nonfinite,
 )
 
+#: the options that need an ensemble (ensemble_size)
+ENSEMBLE_OPTIONS = ("propagation", "uncertainty_penalty", "uncertainty_threshold", "halt_reward", "uncertainty_fn")
+
 RESET_METHODS = ("reset_env", "reset_state", "reset")
 TRANSITION_METHODS = ("env_step", "step", "predict_step", "predict", "imagine_step", "transition")
-NAN_POLICIES = ("raise", "truncate", "ignore")
-ACTION_CHECKS = (None, "clip", "raise")
 
 
 def _resolve(explicit: Optional[Callable], model: Any, methods: tuple, hook: str) -> Optional[Hook]:
@@ -130,33 +132,18 @@ class ModelAdapter:
             MOPO's reward penalty and MOReL's halting. See :mod:`torchwm_rl.ensemble`.
     """
 
+    @with_model_options
     def __init__(
         self,
         model: Any,
         observation_space: spaces.Space,
         action_space: spaces.Space,
         *,
-        reset_fn: Optional[Callable] = None,
-        transition_fn: Optional[Callable] = None,
-        reward_fn: Optional[Callable] = None,
-        terminal_fn: Optional[Callable] = None,
-        render_fn: Optional[Callable] = None,
-        action_transform_fn: Optional[Callable] = None,
-        initial_state: Any = None,
-        initial_observation: Any = None,
         batch_size: tuple = (),
-        device: Any = None,
-        torch_actions: bool = True,
-        nan_policy: str = "raise",
-        check_actions: Optional[str] = None,
-        check_observations: bool = False,
-        ensemble_size: Optional[int] = None,
-        propagation: str = "random",
-        uncertainty_penalty: float = 0.0,
-        uncertainty_threshold: Optional[float] = None,
-        halt_reward: float = 0.0,
-        uncertainty_fn: Optional[Callable] = None,
+        **options: Any,
     ):
+        opts = model_options(type(self).__name__, options)
+        nan_policy, check_actions = opts.nan_policy, opts.check_actions
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
         if check_actions not in ACTION_CHECKS:
@@ -169,43 +156,41 @@ class ModelAdapter:
         self.observation_space = observation_space
         self.action_space = action_space
         self.batch_size = tuple(int(b) for b in batch_size)
-        self.device = torch.device(device) if device is not None else _model_device(model)
-        self.torch_actions = torch_actions
+        self.device = torch.device(opts.device) if opts.device is not None else _model_device(model)
+        self.torch_actions = opts.torch_actions
         self.nan_policy = nan_policy
         self.check_actions = check_actions
-        self.check_observations = bool(check_observations)
-        self.initial_state = initial_state
-        self.initial_observation = initial_observation
+        self.check_observations = bool(opts.check_observations)
+        self.initial_state = opts.initial_state
+        self.initial_observation = opts.initial_observation
         self._dict_keys = (
             frozenset(observation_space.spaces) if isinstance(observation_space, spaces.Dict) else None
         )
         self.ensemble: Optional[Ensemble] = None
-        if ensemble_size is not None:
+        if opts.ensemble_size is not None:
             self.ensemble = Ensemble(
-                ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
-                uncertainty_fn, self.batch_size, self.device,
+                opts.ensemble_size, opts.propagation, opts.uncertainty_penalty, opts.uncertainty_threshold,
+                opts.halt_reward, opts.uncertainty_fn, self.batch_size, self.device,
             )
         else:
-            given = [name for name, value, default in (
-                ("propagation", propagation, "random"), ("uncertainty_penalty", uncertainty_penalty, 0.0),
-                ("uncertainty_threshold", uncertainty_threshold, None), ("halt_reward", halt_reward, 0.0),
-                ("uncertainty_fn", uncertainty_fn, None)) if value != default]
+            defaults = ModelOptions()
+            given = [name for name in ENSEMBLE_OPTIONS if getattr(opts, name) != getattr(defaults, name)]
             if given:
                 raise ValueError(f"{', '.join(given)} need(s) an ensemble: pass ensemble_size=E as well")
 
-        self.reset_hook = _resolve(reset_fn, model, RESET_METHODS, "reset_fn")
-        self.transition_hook = _resolve(transition_fn, model, TRANSITION_METHODS, "transition_fn")
-        if self.transition_hook is None and transition_fn is None and _has_call(model):
+        self.reset_hook = _resolve(opts.reset_fn, model, RESET_METHODS, "reset_fn")
+        self.transition_hook = _resolve(opts.transition_fn, model, TRANSITION_METHODS, "transition_fn")
+        if self.transition_hook is None and opts.transition_fn is None and _has_call(model):
             self.transition_hook = Hook(model, "transition_fn", on_model=True, label="model")
         if self.transition_hook is None:
             raise TypeError(
                 f"{type(model).__name__} has no transition: pass transition_fn=(model, state, action) "
                 f"or give the model one of the methods {TRANSITION_METHODS} or __call__."
             )
-        self.reward_hook = _resolve(reward_fn, model, (), "reward_fn")
-        self.terminal_hook = _resolve(terminal_fn, model, (), "terminal_fn")
-        self.render_hook = _resolve(render_fn, model, (), "render_fn")
-        self.action_hook = _resolve(action_transform_fn, model, (), "action_transform_fn")
+        self.reward_hook = _resolve(opts.reward_fn, model, (), "reward_fn")
+        self.terminal_hook = _resolve(opts.terminal_fn, model, (), "terminal_fn")
+        self.render_hook = _resolve(opts.render_fn, model, (), "render_fn")
+        self.action_hook = _resolve(opts.action_transform_fn, model, (), "action_transform_fn")
         self._action_dtype = (
             numpy_to_torch_dtype(action_space.dtype) if action_space.dtype is not None else None
         )

@@ -82,6 +82,21 @@ def image_hwc(frame: Any) -> Any:
 # ``"_key"`` mask of the envs that have it.
 
 
+def observation_row(observation: Any, i: int) -> Any:
+    """Env ``i``'s row of a batched (numpy) observation, a Dict observation key by key."""
+    if isinstance(observation, dict):
+        return {k: observation_row(v, i) for k, v in observation.items()}
+    return observation[i]
+
+
+def rendered_frames(adapter: Any, snapshot: Any) -> list:
+    """One HWC frame per env of a batched snapshot (the adapter's render, no gradients); the
+    vector and SB3 exports' ``render``/``get_images``."""
+    with torch.no_grad():
+        frames = adapter.render(snapshot.state, snapshot.observation)
+    return [image_hwc(f) for f in frames]
+
+
 def _is_rows(value: Any, n: int) -> bool:
     """One row per env: an array (or a tensor numpy cannot hold, see :func:`detach_tree`) whose
     leading dim is ``n``."""

@@ -38,9 +38,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .options import PROPAGATIONS
 from .records import MISSING
 
-PROPAGATIONS = ("random", "fixed", "mean")
 
 
 def max_pairwise_distance(members: Any, batch_ndim: int = 1) -> torch.Tensor:

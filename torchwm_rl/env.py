@@ -22,6 +22,7 @@ rewards back to the policy's parameters.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Union
@@ -35,6 +36,7 @@ from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 from .adapter import ModelAdapter
 from .calling import Hook
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
+from .options import model_options, public_name, with_model_options
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
 from .spaces import as_space, space_to_spec
 from .validation import to_observation
@@ -92,66 +94,32 @@ class WorldModelEnv(EnvBase):
     The model's reset hook is called once at construction to learn the state's structure.
     """
 
+    @with_model_options
     def __init__(
         self,
         model: Any,
         observation_space: Any = None,
         action_space: Any = None,
         *,
-        reset_fn: Optional[Callable] = None,
-        transition_fn: Optional[Callable] = None,
-        reward_fn: Optional[Callable] = None,
-        terminal_fn: Optional[Callable] = None,
-        render_fn: Optional[Callable] = None,
-        action_transform_fn: Optional[Callable] = None,
-        initial_state: Any = None,
-        initial_observation: Any = None,
         max_episode_steps: Union[None, int, Sequence[int], torch.Tensor] = None,
         batch_size: Sequence[int] = (),
-        device: Any = None,
         seed: Optional[int] = None,
         start_states: Any = None,
-        nan_policy: str = "raise",
-        check_actions: Optional[str] = None,
-        check_observations: bool = False,
-        torch_actions: bool = True,
         decode_fn: Optional[Callable] = None,
         info_keys: Union[None, Sequence[str], Mapping[str, TensorSpec]] = None,
         state_key: str = STATE_KEY,
-        ensemble_size: Optional[int] = None,
-        propagation: str = "random",
-        uncertainty_penalty: float = 0.0,
-        uncertainty_threshold: Optional[float] = None,
-        halt_reward: float = 0.0,
-        uncertainty_fn: Optional[Callable] = None,
+        **options: Any,
     ):
         if observation_space is None or action_space is None:
             raise TypeError("WorldModelEnv needs observation_space and action_space (gymnasium spaces or TorchRL specs)")
         batch_size = _batch_size(batch_size)
+        model_options(type(self).__name__, options)  # an unknown keyword is named as this class's
         adapter = ModelAdapter(
             model,
             as_space(observation_space, "observation_space"),
             as_space(action_space, "action_space"),
-            reset_fn=reset_fn,
-            transition_fn=transition_fn,
-            reward_fn=reward_fn,
-            terminal_fn=terminal_fn,
-            render_fn=render_fn,
-            action_transform_fn=action_transform_fn,
-            initial_state=initial_state,
-            initial_observation=initial_observation,
             batch_size=tuple(batch_size),
-            device=device,
-            torch_actions=torch_actions,
-            nan_policy=nan_policy,
-            check_actions=check_actions,
-            check_observations=check_observations,
-            ensemble_size=ensemble_size,
-            propagation=propagation,
-            uncertainty_penalty=uncertainty_penalty,
-            uncertainty_threshold=uncertainty_threshold,
-            halt_reward=halt_reward,
-            uncertainty_fn=uncertainty_fn,
+            **options,
         )
         self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), seed, decode_fn, info_keys, state_key)
 
@@ -281,7 +249,7 @@ class WorldModelEnv(EnvBase):
     def __repr__(self) -> str:
         hooks = "".join(f"\n    {line}," for line in self.adapter.describe_bindings())
         return (
-            f"{type(self).__name__}(model={type(self.model).__name__},{hooks}\n    "
+            f"{public_name(self)}(model={type(self.model).__name__},{hooks}\n    "
             f"batch_size={tuple(self.batch_size)}, device={self.device})"
         )
 
@@ -895,7 +863,7 @@ class WorldModelEnv(EnvBase):
         from .gym import GymVectorWorldModelEnv, GymWorldModelEnv
 
         if self.batch_size:
-            return GymVectorWorldModelEnv(self.logic.fork(), **kwargs)
+            return GymVectorWorldModelEnv.from_logic(self.logic.fork(), **kwargs)
         return GymWorldModelEnv.from_logic(self.logic.fork(), **kwargs)
 
     def to_sb3(self):
@@ -909,10 +877,14 @@ class WorldModelEnv(EnvBase):
             from stable_baselines3.common.vec_env import DummyVecEnv
 
             return DummyVecEnv([self.to_gymnasium])
-        return SB3VecWorldModelEnv(self.logic.fork())
+        return SB3VecWorldModelEnv.from_logic(self.logic.fork())
 
 
 _register_originals(WorldModelEnv)
+# TorchRL's metaclass and __new__ take (*args, **kwargs): the class's signature is __init__'s
+WorldModelEnv.__signature__ = inspect.signature(WorldModelEnv.__init__).replace(
+    parameters=list(inspect.signature(WorldModelEnv.__init__).parameters.values())[1:]
+)
 
 
 # the env's own keys (plus "nonfinite", "uncertainty", "halted" when the env writes them)

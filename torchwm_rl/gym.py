@@ -22,8 +22,17 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .adapter import ModelAdapter
-from .convert import detach_tree, image_hwc, merge_vector_infos, observation_to_numpy, vector_info
+from .convert import (
+    detach_tree,
+    image_hwc,
+    merge_vector_infos,
+    observation_row,
+    observation_to_numpy,
+    rendered_frames,
+    vector_info,
+)
 from .episode import EpisodeLogic, Snapshot, select_rows
+from .options import model_options, public_name, with_model_options
 from .spaces import as_space
 
 __all__ = ["GymWorldModelEnv", "GymVectorWorldModelEnv", "WorldModelEnv", "make_world_model_env"]
@@ -49,59 +58,25 @@ class GymWorldModelEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
+    @with_model_options
     def __init__(
         self,
         model: Any,
         observation_space: Any,
         action_space: Any,
         *,
-        reset_fn: Optional[Callable] = None,
-        transition_fn: Optional[Callable] = None,
-        reward_fn: Optional[Callable] = None,
-        terminal_fn: Optional[Callable] = None,
-        render_fn: Optional[Callable] = None,
-        action_transform_fn: Optional[Callable] = None,
-        initial_state: Any = None,
-        initial_observation: Any = None,
         max_episode_steps: Optional[int] = None,
-        torch_actions: bool = True,
         render_mode: Optional[str] = None,
         seed: Optional[int] = None,
-        device: Any = None,
         start_states: Any = None,
-        nan_policy: str = "raise",
-        check_actions: Optional[str] = None,
-        check_observations: bool = False,
-        ensemble_size: Optional[int] = None,
-        propagation: str = "random",
-        uncertainty_penalty: float = 0.0,
-        uncertainty_threshold: Optional[float] = None,
-        halt_reward: float = 0.0,
-        uncertainty_fn: Optional[Callable] = None,
+        **options: Any,
     ):
+        model_options(type(self).__name__, options)  # an unknown keyword is named as this class's
         adapter = ModelAdapter(
             model,
             as_space(observation_space, "observation_space"),
             as_space(action_space, "action_space"),
-            reset_fn=reset_fn,
-            transition_fn=transition_fn,
-            reward_fn=reward_fn,
-            terminal_fn=terminal_fn,
-            render_fn=render_fn,
-            action_transform_fn=action_transform_fn,
-            initial_state=initial_state,
-            initial_observation=initial_observation,
-            device=device,
-            torch_actions=torch_actions,
-            nan_policy=nan_policy,
-            check_actions=check_actions,
-            check_observations=check_observations,
-            ensemble_size=ensemble_size,
-            propagation=propagation,
-            uncertainty_penalty=uncertainty_penalty,
-            uncertainty_threshold=uncertainty_threshold,
-            halt_reward=halt_reward,
-            uncertainty_fn=uncertainty_fn,
+            **options,
         )
         self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), render_mode, seed)
 
@@ -115,9 +90,7 @@ class GymWorldModelEnv(gymnasium.Env):
         do not."""
         if logic.batch_size:
             raise ValueError("GymWorldModelEnv needs an unbatched logic; use GymVectorWorldModelEnv")
-        env = cls.__new__(cls)
-        env._setup(logic, render_mode, seed)
-        return env
+        return _GymEnvOverLogic(logic, render_mode, seed)
 
     def _setup(self, logic: EpisodeLogic, render_mode: Optional[str], seed: Optional[int]) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -190,7 +163,7 @@ class GymWorldModelEnv(gymnasium.Env):
 
     def __repr__(self) -> str:
         hooks = "".join(f"\n    {line}," for line in self.adapter.describe_bindings())
-        return f"{type(self).__name__}(model={type(self.model).__name__},{hooks}\n)"
+        return f"{public_name(self)}(model={type(self.model).__name__},{hooks}\n)"
 
     def render(self):
         """The decoded image of the current state: ``render_fn``'s output, else the
@@ -233,12 +206,44 @@ class GymVectorWorldModelEnv(VectorEnv):
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
+    @with_model_options
     def __init__(
         self,
-        logic: EpisodeLogic,
+        model: Any,
+        observation_space: Any,
+        action_space: Any,
+        *,
+        num_envs: int,
+        max_episode_steps: Union[None, int, Sequence[int], torch.Tensor] = None,
+        start_states: Any = None,
         autoreset_mode: Union[str, AutoresetMode] = AutoresetMode.NEXT_STEP,
         render_mode: Optional[str] = None,
+        seed: Optional[int] = None,
+        **options: Any,
     ):
+        """N imagined envs over ``model`` (``num_envs=N``); the keyword arguments are
+        :class:`GymWorldModelEnv`'s. ``seed`` seeds the envs' one shared stream (and is
+        handed to the first reset hook call), as ``WorldModelEnv(..., seed=seed).to_gymnasium()``
+        does. ``WorldModelEnv(..., batch_size=(N,)).to_gymnasium()`` builds the same env."""
+        model_options(type(self).__name__, options)  # an unknown keyword is named as this class's
+        if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
+        adapter = ModelAdapter(model, as_space(observation_space, "observation_space"),
+                               as_space(action_space, "action_space"), batch_size=(num_envs,), **options)
+        logic = EpisodeLogic(adapter, max_episode_steps, start_states)
+        logic.seed(seed)
+        self._setup(logic, autoreset_mode, render_mode)
+
+    @classmethod
+    def from_logic(
+        cls, logic: EpisodeLogic, autoreset_mode: Union[str, AutoresetMode] = AutoresetMode.NEXT_STEP,
+        render_mode: Optional[str] = None,
+    ) -> "GymVectorWorldModelEnv":
+        """A vector env over an existing batched episode logic, which it uses as its own
+        (``WorldModelEnv.to_gymnasium()`` passes a fork of its own)."""
+        return _VectorEnvOverLogic(logic, autoreset_mode, render_mode)
+
+    def _setup(self, logic: EpisodeLogic, autoreset_mode: Union[str, AutoresetMode], render_mode: Optional[str]) -> None:
         if len(logic.batch_size) != 1:
             raise ValueError(f"GymVectorWorldModelEnv needs batch_size (N,), got {logic.batch_size}")
         mode = AutoresetMode(autoreset_mode)
@@ -355,7 +360,7 @@ class GymVectorWorldModelEnv(VectorEnv):
         if final_obs is not None:
             infos["final_obs"] = np.full(n, None, dtype=object)
             for i in np.flatnonzero(again):
-                infos["final_obs"][i] = _row(final_obs, i)
+                infos["final_obs"][i] = observation_row(final_obs, i)
             infos["_final_obs"] = again
             infos["final_info"] = vector_info(step_info, n, again)
             infos["_final_info"] = again.copy()
@@ -367,12 +372,25 @@ class GymVectorWorldModelEnv(VectorEnv):
     def render(self):
         if self._snapshot is None:
             return None
-        with torch.no_grad():
-            frames = self.logic.adapter.render(self._snapshot.state, self._snapshot.observation)
-        return tuple(image_hwc(f) for f in frames)
+        return tuple(rendered_frames(self.logic.adapter, self._snapshot))
 
     def close_extras(self, **kwargs):
         self._snapshot = None
+
+
+class _GymEnvOverLogic(GymWorldModelEnv):
+    """:meth:`GymWorldModelEnv.from_logic`'s env: built over an existing episode logic."""
+
+    def __init__(self, logic: EpisodeLogic, render_mode: Optional[str] = None, seed: Optional[int] = None):
+        self._setup(logic, render_mode, seed)
+
+
+class _VectorEnvOverLogic(GymVectorWorldModelEnv):
+    """:meth:`GymVectorWorldModelEnv.from_logic`'s env: built over an existing episode logic."""
+
+    def __init__(self, logic: EpisodeLogic, autoreset_mode: Union[str, AutoresetMode] = AutoresetMode.NEXT_STEP,
+                 render_mode: Optional[str] = None):
+        self._setup(logic, autoreset_mode, render_mode)
 
 
 def _one_seed(seeds: Sequence[Any], n: int) -> Optional[int]:
@@ -400,9 +418,3 @@ def _bool_mask(mask: Any, n: int, device: torch.device) -> torch.Tensor:
     if array.shape != (n,):
         raise ValueError(f"reset_mask: expected shape ({n},), got {array.shape}")
     return torch.as_tensor(array, device=device)
-
-
-def _row(observation: Any, i: int) -> Any:
-    if isinstance(observation, dict):
-        return {k: _row(v, i) for k, v in observation.items()}
-    return observation[i]

@@ -21,9 +21,11 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("the SB3 export needs stable-baselines3: pip install 'torchwm-rl[sb3]'") from err
 
-from .convert import detach_tree, image_hwc, info_row, observation_to_numpy, per_env_infos
+from .adapter import ModelAdapter
+from .convert import detach_tree, info_row, observation_row, observation_to_numpy, per_env_infos, rendered_frames
 from .episode import EpisodeLogic, Snapshot
-from .gym import _row
+from .options import model_options, with_model_options
+from .spaces import as_space
 
 
 class SB3VecWorldModelEnv(VecEnv):
@@ -33,7 +35,38 @@ class SB3VecWorldModelEnv(VecEnv):
     share it), so they return N copies of the same answer, as SB3 expects one per env.
     """
 
-    def __init__(self, logic: EpisodeLogic):
+    @with_model_options
+    def __init__(
+        self,
+        model: Any,
+        observation_space: Any,
+        action_space: Any,
+        *,
+        num_envs: int,
+        max_episode_steps: Any = None,
+        start_states: Any = None,
+        seed: Optional[int] = None,
+        **options: Any,
+    ):
+        """N imagined envs over ``model`` (``num_envs=N``); the keyword arguments are
+        :class:`~torchwm_rl.GymWorldModelEnv`'s. ``seed`` seeds the envs' one shared stream, as
+        ``WorldModelEnv(..., seed=seed).to_sb3()`` does, which builds the same VecEnv."""
+        model_options(type(self).__name__, options)  # an unknown keyword is named as this class's
+        if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
+        adapter = ModelAdapter(model, as_space(observation_space, "observation_space"),
+                               as_space(action_space, "action_space"), batch_size=(num_envs,), **options)
+        logic = EpisodeLogic(adapter, max_episode_steps, start_states)
+        logic.seed(seed)
+        self._setup(logic)
+
+    @classmethod
+    def from_logic(cls, logic: EpisodeLogic) -> "SB3VecWorldModelEnv":
+        """A VecEnv over an existing batched episode logic, which it uses as its own
+        (``WorldModelEnv.to_sb3()`` passes a fork of its own)."""
+        return _VecEnvOverLogic(logic)
+
+    def _setup(self, logic: EpisodeLogic) -> None:
         if len(logic.batch_size) != 1:
             raise ValueError(f"SB3VecWorldModelEnv needs batch_size (N,), got {logic.batch_size}")
         self.logic = logic
@@ -73,7 +106,7 @@ class SB3VecWorldModelEnv(VecEnv):
             reset_infos = list(self.reset_infos)
             if dones.any():
                 for i in np.flatnonzero(dones):
-                    infos[i]["terminal_observation"] = _row(obs, i)
+                    infos[i]["terminal_observation"] = observation_row(obs, i)
                 snapshot, reset_info = self.logic.reset(mask=done, previous=snapshot)
                 obs = observation_to_numpy(snapshot.observation, self.observation_space)
                 reset_info = detach_tree(reset_info) if reset_info else {}
@@ -104,9 +137,7 @@ class SB3VecWorldModelEnv(VecEnv):
     def get_images(self) -> Sequence[Optional[np.ndarray]]:
         if self._snapshot is None:
             return [None] * self.num_envs
-        with torch.no_grad():
-            frames = self.logic.adapter.render(self._snapshot.state, self._snapshot.observation)
-        return [image_hwc(f) for f in frames]
+        return rendered_frames(self.logic.adapter, self._snapshot)
 
     def _targets(self, indices) -> list:
         return list(self._get_indices(indices))
@@ -120,8 +151,10 @@ class SB3VecWorldModelEnv(VecEnv):
         return [value for _ in self._targets(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        """Writes where :meth:`get_attr` reads: the VecEnv's own attribute if it has one, else
+        the shared model's."""
         self._targets(indices)
-        setattr(self.logic.adapter.model, attr_name, value)
+        setattr(self._owner(attr_name), attr_name, value)
 
     def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list:
         targets = self._targets(indices)
@@ -131,3 +164,10 @@ class SB3VecWorldModelEnv(VecEnv):
 
     def env_is_wrapped(self, wrapper_class: type, indices=None) -> list:
         return [False for _ in self._targets(indices)]
+
+
+class _VecEnvOverLogic(SB3VecWorldModelEnv):
+    """:meth:`SB3VecWorldModelEnv.from_logic`'s VecEnv: built over an existing episode logic."""
+
+    def __init__(self, logic: EpisodeLogic):
+        self._setup(logic)

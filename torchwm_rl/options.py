@@ -1,0 +1,96 @@
+"""The model options every front end takes, defined once.
+
+``ModelAdapter``, ``WorldModelEnv``, ``GymWorldModelEnv`` and the vector and SB3 exports all
+take the same keyword arguments for the hooks and the adapter's checks (``reset_fn``,
+``transition_fn``, ..., ``nan_policy``, ``ensemble_size``, ...). They are the fields of
+:class:`ModelOptions`; each constructor declares only its own arguments (``batch_size``,
+``max_episode_steps``, ``seed``, ...) and forwards the rest, as ``**options``, to
+``ModelAdapter``, which reads them through :func:`model_options`. Adding a hook or an option is
+one field here plus its use in the adapter. :func:`with_model_options` gives each constructor a
+signature that lists the fields, so ``help()``, ``inspect.signature`` and editors still show
+every keyword argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from typing import Any, Callable, Literal, Optional, get_args
+
+#: what NaN/inf in an observation or reward does (see ``ModelAdapter``)
+NanPolicy = Literal["raise", "truncate", "ignore"]
+#: what an action outside the action space does: nothing (None), clipped, or refused
+ActionCheck = Optional[Literal["clip", "raise"]]
+#: how an ensemble picks the next state (see :mod:`torchwm_rl.ensemble`)
+Propagation = Literal["random", "fixed", "mean"]
+
+NAN_POLICIES = get_args(NanPolicy)
+ACTION_CHECKS = (None, *get_args(get_args(ActionCheck)[0]))
+PROPAGATIONS = get_args(Propagation)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """The hooks and adapter options, with their defaults (documented on ``ModelAdapter``)."""
+
+    reset_fn: Optional[Callable] = None
+    transition_fn: Optional[Callable] = None
+    reward_fn: Optional[Callable] = None
+    terminal_fn: Optional[Callable] = None
+    render_fn: Optional[Callable] = None
+    action_transform_fn: Optional[Callable] = None
+    initial_state: Any = None
+    initial_observation: Any = None
+    device: Any = None
+    torch_actions: bool = True
+    nan_policy: NanPolicy = "raise"
+    check_actions: ActionCheck = None
+    check_observations: bool = False
+    ensemble_size: Optional[int] = None
+    propagation: Propagation = "random"
+    uncertainty_penalty: float = 0.0
+    uncertainty_threshold: Optional[float] = None
+    halt_reward: float = 0.0
+    uncertainty_fn: Optional[Callable] = None
+
+
+OPTION_NAMES = tuple(field.name for field in dataclasses.fields(ModelOptions))
+
+
+def public_name(obj: Any) -> str:
+    """The name of the first public class of ``obj``'s type: an env built by ``from_logic`` is
+    a private subclass, named in reprs and errors as the class the user knows."""
+    return next(c.__name__ for c in type(obj).__mro__ if not c.__name__.startswith("_"))
+
+
+def model_options(owner: str, options: dict) -> ModelOptions:
+    """``ModelOptions(**options)``; an unknown keyword raises ``TypeError`` naming ``owner``, the
+    keyword, the closest accepted names and where the full list is."""
+    unknown = [name for name in options if name not in OPTION_NAMES]
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, OPTION_NAMES, n=3)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise TypeError(
+            f"{owner}() got an unexpected keyword argument {name!r}{hint} "
+            f"(the model options are {', '.join(OPTION_NAMES)}; see torchwm_rl.options.ModelOptions)"
+        )
+    return ModelOptions(**options)
+
+
+def with_model_options(init: Callable) -> Callable:
+    """Decorate a constructor ``__init__(self, ..., **options)``: its ``__signature__`` lists
+    the :class:`ModelOptions` fields as keyword-only parameters in place of ``**options`` (the
+    call itself is unchanged: the options still arrive in ``**options``)."""
+    signature = inspect.signature(init)
+    params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    own = {p.name for p in params}
+    hints = {field.name: field.type for field in dataclasses.fields(ModelOptions)}
+    params += [
+        inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
+                          annotation=hints[field.name])
+        for field in dataclasses.fields(ModelOptions) if field.name not in own
+    ]
+    init.__signature__ = signature.replace(parameters=params)
+    return init

@@ -297,8 +297,9 @@ def test_reward_fn_sees_the_propagated_observation():
         seen.append(obs.shape)
         return obs[..., 1]
 
-    m_transition = lambda model, state, action: {k: v for k, v in m.transition(model, state, action).items()
-                                                  if k != "reward"}
+    def m_transition(model, state, action):
+        return {k: v for k, v in m.transition(model, state, action).items() if k != "reward"}
+
     env = WorldModelEnv(m, OBS, ACT, reset_fn=reset, transition_fn=m_transition, reward_fn=reward_fn,
                         batch_size=(8,), ensemble_size=E, propagation="mean", seed=0)
     td = env.rollout(2, zero_policy)

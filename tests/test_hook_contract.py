@@ -17,7 +17,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from tensordict import TensorDict
 
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 from torchwm_rl.calling import bind

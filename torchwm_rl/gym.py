@@ -11,12 +11,11 @@ TorchRL env, always under ``torch.no_grad()``, and convert to numpy once per ste
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import gymnasium
 import numpy as np
 import torch
-from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space

@@ -56,8 +56,6 @@ _MUST_BE_DEFAULT = {
 
 def fast_rollout_applies(env, kwargs: dict) -> bool:
     """Whether ``env.rollout(**kwargs)`` can take the fast path (else ``EnvBase.rollout``)."""
-    from .env import WorldModelEnv
-
     for key, default in _MUST_BE_DEFAULT.items():
         if kwargs.get(key, default) is not default:
             return False

@@ -11,7 +11,7 @@ other entry goes to every env. Stable-Baselines3 is an optional extra
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch

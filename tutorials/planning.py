@@ -26,7 +26,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 from tensordict import TensorDict
-from tensordict.nn import TensorDictModule
 from torchrl.modules import CEMPlanner, MPPIPlanner, ValueOperator
 
 from torchwm_rl import WorldModelEnv

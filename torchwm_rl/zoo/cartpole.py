@@ -144,7 +144,9 @@ def collect_transitions(n: int = 60_000, seed: int = 0) -> tuple[np.ndarray, np.
                 else:
                     a = int(rng.integers(2))
                 nxt = _step_from(env, state, a)
-                S.append(state); A.append(a); S2.append(nxt)
+                S.append(state)
+                A.append(a)
+                S2.append(nxt)
                 count += 1
                 state = nxt
                 if abs(state[0]) > X_THRESHOLD or abs(state[2]) > THETA_THRESHOLD or count >= budget:
@@ -155,7 +157,9 @@ def collect_transitions(n: int = 60_000, seed: int = 0) -> tuple[np.ndarray, np.
     for _ in range(n - len(S)):
         state = rng.uniform(-_SCATTER_HIGH, _SCATTER_HIGH)
         a = int(rng.integers(2))
-        S.append(state); A.append(a); S2.append(_step_from(env, state, a))
+        S.append(state)
+        A.append(a)
+        S2.append(_step_from(env, state, a))
     env.close()
     return np.array(S), np.array(A, dtype=np.int64), np.array(S2)
 

@@ -136,7 +136,9 @@ def collect_transitions(n: int = 40_000, seed: int = 0, scatter: float = 0.5, po
             obs = observation(state)
             a = rng.uniform(-MAX_TORQUE, MAX_TORQUE) if policy is None else float(policy(obs))
             env.step(np.array([a], dtype=np.float32))
-            S.append(state); A.append(a); S2.append(np.array(env.state, dtype=np.float64))
+            S.append(state)
+            A.append(a)
+            S2.append(np.array(env.state, dtype=np.float64))
             if len(S) >= n_episodes:
                 break
     while len(S) < n:
@@ -144,7 +146,9 @@ def collect_transitions(n: int = 40_000, seed: int = 0, scatter: float = 0.5, po
         env.state = state.copy()
         a = rng.uniform(-MAX_TORQUE, MAX_TORQUE)
         env.step(np.array([a], dtype=np.float32))
-        S.append(state); A.append(a); S2.append(np.array(env.state, dtype=np.float64))
+        S.append(state)
+        A.append(a)
+        S2.append(np.array(env.state, dtype=np.float64))
     env.close()
     S, A, S2 = np.array(S), np.array(A, dtype=np.float64)[:, None], np.array(S2)
     return S, A, S2

@@ -31,6 +31,7 @@ from tensordict import TensorDictBase
 
 from .calling import Hook
 from .ensemble import Ensemble
+from .errors import TorchWMError
 from .options import ACTION_CHECKS, NAN_POLICIES, ModelOptions, model_options, with_model_options
 from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import check_supported, numpy_to_torch_dtype
@@ -431,6 +432,9 @@ class ModelAdapter:
         """``convert(*args)``; a conversion error names the hook and how its value was read."""
         try:
             return convert(*args)
+        except TorchWMError as err:
+            name = hook.name if hook is not None else "initial_observation"
+            raise err.naming(name, f"{name} (read as {raw.form}): ") from None
         except (ValueError, TypeError) as err:
             name = hook.name if hook is not None else "initial_observation"
             raise type(err)(f"{name} (read as {raw.form}): {err}") from None

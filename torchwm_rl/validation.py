@@ -14,21 +14,25 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from .errors import TypeMismatch, ValueMismatch
 from .spaces import numpy_to_torch_dtype
 
 
 def _as_tensor(value: Any, device: torch.device, key: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.is_complex():  # a cast to a real dtype would drop the imaginary part
-            raise TypeError(f"{key}: expected real numbers, got a complex tensor ({value.dtype})")
+            raise TypeMismatch(f"{key}: expected real numbers, got a complex tensor ({value.dtype})",
+                               key=key, expected="real numbers", got=value.dtype)
         return value if value.device == device else value.to(device)
     try:
         array = np.asarray(value)
     except Exception as err:  # pragma: no cover - exotic objects
-        raise TypeError(f"{key}: cannot convert {type(value).__name__} to a tensor") from err
+        raise TypeMismatch(f"{key}: cannot convert {type(value).__name__} to a tensor",
+                           key=key, expected="a tensor", got=type(value).__name__) from err
     if array.dtype.kind not in "biuf":  # object, str, bytes, datetime, complex: not a number
-        raise TypeError(
-            f"{key}: expected numbers, got {type(value).__name__} (numpy dtype {array.dtype})"
+        raise TypeMismatch(
+            f"{key}: expected numbers, got {type(value).__name__} (numpy dtype {array.dtype})",
+            key=key, expected="numbers", got=array.dtype,
         )
     # torch takes neither byte-swapped arrays nor negative strides (a flipped view); both
     # read unambiguously, so convert them (one copy) rather than fail with torch's message
@@ -42,11 +46,13 @@ def _as_tensor(value: Any, device: torch.device, key: str) -> torch.Tensor:
 def _check_dict_keys(value: Any, space: spaces.Dict, key: str, what: str) -> None:
     """``value`` must be a mapping with exactly the Dict space's keys."""
     if not isinstance(value, Mapping):
-        raise TypeError(f"{key}: the {what} space is a Dict with keys {list(space.spaces)}, got {type(value).__name__}")
+        raise TypeMismatch(f"{key}: the {what} space is a Dict with keys {list(space.spaces)}, got {type(value).__name__}",
+                           key=key, expected=list(space.spaces), got=type(value).__name__)
     missing = [k for k in space.spaces if k not in value]
     extra = [k for k in value if k not in space.spaces]
     if missing or extra:
-        raise ValueError(f"{key}: Dict {what} keys differ: missing {missing}, unexpected {extra}")
+        raise ValueMismatch(f"{key}: Dict {what} keys differ: missing {missing}, unexpected {extra}",
+                            key=key, expected=list(space.spaces), got=list(value))
 
 
 def to_observation(
@@ -69,10 +75,12 @@ def to_observation(
         return value  # already what the space asks for (the per-step common case)
     tensor = _as_tensor(value, device, key)
     if tuple(tensor.shape) != expected:
-        raise ValueError(f"{key}: expected shape {expected}, got {tuple(tensor.shape)}")
+        raise ValueMismatch(f"{key}: expected shape {expected}, got {tuple(tensor.shape)}",
+                            key=key, expected=expected, got=tuple(tensor.shape))
     if tensor.dtype != dtype:
         if tensor.is_floating_point() and not dtype.is_floating_point:
-            raise TypeError(f"{key}: expected dtype {dtype}, got floating dtype {tensor.dtype}")
+            raise TypeMismatch(f"{key}: expected dtype {dtype}, got floating dtype {tensor.dtype}",
+                               key=key, expected=dtype, got=tensor.dtype)
         if not dtype.is_floating_point and dtype is not torch.bool and tensor.numel():
             _check_integer_range(tensor, dtype, key)
         cast = tensor.to(dtype)
@@ -90,9 +98,10 @@ def _check_integer_range(tensor: torch.Tensor, dtype: torch.dtype, key: str) -> 
         else tensor.to(torch.float64)
     low, high = wide.min().item(), wide.max().item()
     if low < info.min or high > info.max:
-        raise ValueError(
+        raise ValueMismatch(
             f"{key}: values in [{int(low)}, {int(high)}] ({tensor.dtype}) do not fit the space's dtype "
-            f"{dtype} [{info.min}, {info.max}]"
+            f"{dtype} [{info.min}, {info.max}]",
+            key=key, expected=(info.min, info.max), got=(int(low), int(high)),
         )
 
 
@@ -102,9 +111,10 @@ def _check_float_range(tensor: torch.Tensor, cast: torch.Tensor, key: str) -> No
     overflow = torch.isfinite(tensor) & ~torch.isfinite(cast)
     if bool(overflow.any()):
         worst = tensor[overflow].abs().max().item()
-        raise ValueError(
+        raise ValueMismatch(
             f"{key}: finite values up to {worst:.3g} ({tensor.dtype}) overflow the space's dtype {cast.dtype} "
-            f"(max {torch.finfo(cast.dtype).max:.3g})"
+            f"(max {torch.finfo(cast.dtype).max:.3g})",
+            key=key, expected=torch.finfo(cast.dtype).max, got=worst,
         )
 
 
@@ -126,24 +136,27 @@ def to_batched_scalar(
         if shape == (*batch_shape, 1) or (not batch_shape and tensor.numel() == 1 and len(shape) <= 1):
             tensor = tensor.reshape(batch_shape)
         elif batch_shape and not shape:
-            raise ValueError(
+            raise ValueMismatch(
                 f"{key}: a batched env needs one value per env, shape {batch_shape} or "
                 f"{(*batch_shape, 1)}; got a scalar ({type(value).__name__}). One value for the "
                 "whole batch would be given to every env: compute it per env (reduce over the "
-                "non-batch dims only, e.g. x.sum(-1) or (x[..., 0] > 2))"
+                "non-batch dims only, e.g. x.sum(-1) or (x[..., 0] > 2))",
+                key=key, expected=batch_shape, got=shape,
             )
         else:
             what = "a scalar" if not batch_shape else f"shape {batch_shape} or {(*batch_shape, 1)}"
-            raise ValueError(f"{key}: expected {what}, got shape {shape}")
+            raise ValueMismatch(f"{key}: expected {what}, got shape {shape}", key=key, expected=batch_shape, got=shape)
     if dtype is torch.bool:
         if tensor.is_floating_point():
-            raise TypeError(f"{key}: expected a bool flag, got floating dtype {tensor.dtype}")
+            raise TypeMismatch(f"{key}: expected a bool flag, got floating dtype {tensor.dtype}",
+                               key=key, expected=torch.bool, got=tensor.dtype)
         if tensor.dtype is not torch.bool:
             # 0/1 integers are flags; a 2 is more likely a count or an index than "True"
             odd = (tensor != 0) & (tensor != 1)
             if bool(odd.any()):
                 values = sorted(set(tensor[odd].tolist()))[:5]
-                raise ValueError(f"{key}: expected a bool flag (or integers 0/1), got {tensor.dtype} values {values}")
+                raise ValueMismatch(f"{key}: expected a bool flag (or integers 0/1), got {tensor.dtype} values {values}",
+                                    key=key, expected=(0, 1), got=values)
         return tensor.bool()
     return tensor.to(dtype)
 
@@ -265,7 +278,8 @@ def check_action(
     tensor = _as_tensor(action, device, key)
     expected = (*batch_shape, *space.shape)
     if tuple(tensor.shape) != expected:
-        raise ValueError(f"{key}: expected shape {expected}, got {tuple(tensor.shape)}")
+        raise ValueMismatch(f"{key}: expected shape {expected}, got {tuple(tensor.shape)}",
+                            key=key, expected=expected, got=tuple(tensor.shape))
     low, high, integer = bounds
     low = torch.as_tensor(np.asarray(low, dtype=np.float64), device=device)
     high = torch.as_tensor(np.asarray(high, dtype=np.float64), device=device)
@@ -283,9 +297,10 @@ def check_action(
     rows = outside.reshape(*batch_shape, -1).any(-1) if batch_shape else outside.any()
     first = tensor[rows.nonzero()[0, 0]] if batch_shape else tensor
     what = "NaN in" if bool(nan.any()) else "outside"
-    raise ValueError(
+    raise ValueMismatch(
         f"{key}: {what} action_space {space}{env_rows(rows)}; got {first.tolist()}"
-        + ("" if mode == "clip" or what == "NaN in" else " (check_actions='clip' clips instead)")
+        + ("" if mode == "clip" or what == "NaN in" else " (check_actions='clip' clips instead)"),
+        key=key, expected=space, got=first.tolist(),
     )
 
 
@@ -309,4 +324,5 @@ def check_observation(value: Any, space: spaces.Space, batch_shape: tuple, key: 
         return
     rows = outside.reshape(*batch_shape, -1).any(-1) if batch_shape else outside.any()
     first = value[rows.nonzero()[0, 0]] if batch_shape else value
-    raise ValueError(f"{key}: outside observation_space {space}{env_rows(rows)}; got {first.tolist()}")
+    raise ValueMismatch(f"{key}: outside observation_space {space}{env_rows(rows)}; got {first.tolist()}",
+                        key=key, expected=space, got=first.tolist())

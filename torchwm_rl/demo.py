@@ -110,25 +110,19 @@ def build_actor_critic(obs_dim: int, n_actions: int, action_spec, hidden: int = 
     return actor, critic, policy_net
 
 
-def first_episode_returns(reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
-    """Per-env return of the first episode in ``[N, T]`` reward/done tensors."""
-    done_i = done.long()
-    return (reward * ((done_i.cumsum(-1) - done_i) == 0)).sum(-1)
-
-
 @torch.no_grad()
 def imagined_eval(env, actor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy policy, one episode per env of ``env`` (batched), at most ``steps`` long.
     Returns ``(returns, lengths)`` of each env's first episode."""
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+    from .reality import returns_until_done
+
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         roll = env.rollout(steps, actor, break_when_any_done=False)
     n = env.batch_size[0]
     done = roll["next", "done"].reshape(n, -1)
-    returns = first_episode_returns(roll["next", "reward"].reshape(n, -1).float(), done)
-    lengths = first_episode_returns(torch.ones_like(done, dtype=torch.float32), done)
-    return returns, lengths
+    return returns_until_done(roll["next", "reward"].reshape(n, -1).float(), done)
 
 
 def train_in_imagination(
@@ -446,16 +440,17 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
 
     bar = tqdm(total=cfg.frames, unit="frame", unit_scale=True, disable=not cfg.progress,
                desc="imagination", dynamic_ncols=True)
-    last_eval, last_imagined = [math.nan], [math.nan]
+    last_eval = last_imagined = math.nan
 
     def on_batch(rec: dict) -> None:
+        nonlocal last_eval, last_imagined
         bar.update(rec["frames"] - bar.n)
         # a batch in which no imagined episode ended has no return: keep showing the last one
         if not math.isnan(rec["eval_return"]):
-            last_eval[0] = rec["eval_return"]
+            last_eval = rec["eval_return"]
         if not math.isnan(rec["imagined_return"]):
-            last_imagined[0] = rec["imagined_return"]
-        bar.set_postfix(imagined_return=f"{last_imagined[0]:.1f}", greedy_eval=f"{last_eval[0]:.1f}")
+            last_imagined = rec["imagined_return"]
+        bar.set_postfix(imagined_return=f"{last_imagined:.1f}", greedy_eval=f"{last_eval:.1f}")
 
     t_train = time.perf_counter()
     try:

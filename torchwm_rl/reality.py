@@ -149,7 +149,7 @@ def _default_horizon(world_model_env, real_env) -> int:
     return 1000
 
 
-def _returns_until_done(reward: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def returns_until_done(reward: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``reward``/``done`` ``[B, T]``: return and length of each row's first episode."""
     done_i = done.long()
     before = (done_i.cumsum(-1) - done_i) == 0  # steps up to and including the first done
@@ -185,8 +185,7 @@ def reality_check(
     Returns:
         a :class:`RealityReport`. Grad is disabled throughout.
     """
-    from tensordict import TensorDict
-    from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -211,68 +210,20 @@ def reality_check(
             if unbatched:
                 td0 = td0.unsqueeze(0)
             take = min(n_env, episodes - episode)
-
-            # 1) imagined closed loop, from the model env's own start states
-            roll = env.rollout(horizon, module, tensordict=_un(td0, unbatched).clone(),
-                               auto_reset=False, break_when_any_done=False)
-            if unbatched:
-                roll = roll.unsqueeze(0)
-            r, ln = _returns_until_done(roll["next", "reward"].reshape(n_env, -1).float(),
-                                        roll["next", "done"].reshape(n_env, -1))
+            r, ln, imagined = _imagined_episodes(env, module, td0, horizon, unbatched, n_env)
             if episode == 0:
-                nxt = roll["next", "observation"][0, : int(ln[0])].reshape(int(ln[0]), -1)
-                example_imagined = torch.cat([td0["observation"][:1].reshape(1, -1), nxt]).tolist()
+                example_imagined = imagined
             imag_ret += r[:take].tolist()
             imag_len += ln[:take].tolist()
-
-            # 2) real closed loop from the same start states
-            obs0 = td0["observation"]
-            state0 = td0.get(getattr(env, "state_key", "model_state"), None)
-            real_obs = torch.full((n_env, horizon + 1, *obs0.shape[1:]), math.nan)
-            real_act = torch.zeros((n_env, horizon, *_action_shape(env)), dtype=env.full_action_spec["action"].dtype)
-            for i in range(take):
-                s0 = obs0[i].cpu().numpy()
-                real_env.reset(seed=None if seed is None else int(seed) + episode + i)
-                set_real_state(real_env, s0, None if state0 is None else state0[i])
-                obs = torch.as_tensor(s0, dtype=torch.float32)
-                real_obs[i, 0] = obs
-                total, t = 0.0, 0
-                while t < horizon:
-                    a = module(TensorDict(observation=obs[None].to(obs0.device), batch_size=[1]))["action"][0]
-                    real_act[i, t] = a.cpu()
-                    obs_np, rew, term, trunc, _ = real_env.step(_to_real_action(a, real_env.action_space))
-                    obs = torch.as_tensor(np.asarray(obs_np), dtype=torch.float32)
-                    total += float(rew)
-                    t += 1
-                    real_obs[i, t] = obs
-                    if term or trunc:
-                        break
-                if episode + i == 0:
-                    example_real = real_obs[0, : t + 1].reshape(t + 1, -1).tolist()
-                real_ret.append(total)
-                real_len.append(t)
-                starts.append(s0.tolist())
-
-            # 3) open loop: the model driven by the real actions from the real start states
-            #    (an episode stops counting once the model itself says done: past that point
-            #    the model is outside its domain and its error says nothing useful)
-            td = _un(td0, unbatched).clone()
-            model_alive = torch.ones(n_env, dtype=torch.bool)
-            for t in range(horizon):
-                td["action"] = _un(real_act[:, t].to(td0.device), unbatched)
-                td = env.step(td)
-                pred = td["next", "observation"]
-                if unbatched:
-                    pred = pred.unsqueeze(0)
-                diff = (pred.cpu().float() - real_obs[:, t + 1]).reshape(n_env, -1).norm(dim=-1)
-                ok = (torch.isfinite(diff) & model_alive)[:take]
-                diff = diff[:take]
-                model_alive &= ~td["next", "done"].reshape(n_env).cpu()
-                if not ok.any():
-                    break
-                err_sum[t] += float(diff[ok].sum())
-                err_cnt[t] += int(ok.sum())
-                td = step_mdp(td)
+            real = _real_episodes(env, module, real_env, td0, horizon, take, n_env, set_real_state,
+                                  None if seed is None else int(seed) + episode)
+            if episode == 0:
+                example_real = real.example
+            real_ret += real.returns
+            real_len += real.lengths
+            starts += real.starts
+            _open_loop_errors(env, td0, real.observations, real.actions, horizon, take, unbatched, n_env,
+                              err_sum, err_cnt)
             episode += take
 
     k = int(np.max(np.nonzero(err_cnt)[0]) + 1) if err_cnt.any() else 0
@@ -289,6 +240,98 @@ def reality_check(
         imagined_trajectory=example_imagined,
         real_trajectory=example_real,
     )
+
+
+def _imagined_episodes(env, module, td0, horizon: int, unbatched: bool, n_env: int) -> tuple:
+    """Phase 1, the imagined closed loop from the model env's own start states ``td0``: each
+    env's return and length (up to its first done) and the first env's observations."""
+    roll = env.rollout(horizon, module, tensordict=_un(td0, unbatched).clone(),
+                       auto_reset=False, break_when_any_done=False)
+    if unbatched:
+        roll = roll.unsqueeze(0)
+    returns, lengths = returns_until_done(roll["next", "reward"].reshape(n_env, -1).float(),
+                                           roll["next", "done"].reshape(n_env, -1))
+    first = int(lengths[0])
+    nxt = roll["next", "observation"][0, :first].reshape(first, -1)
+    trajectory = torch.cat([td0["observation"][:1].reshape(1, -1), nxt]).tolist()
+    return returns, lengths, trajectory
+
+
+@dataclass
+class _RealEpisodes:
+    """Phase 2's result: per episode its return, length and start; the observations
+    ``[N, horizon + 1, ...]`` (NaN after the end) and actions ``[N, horizon, ...]`` for phase
+    3; the first episode's observations."""
+
+    returns: list
+    lengths: list
+    starts: list
+    observations: torch.Tensor
+    actions: torch.Tensor
+    example: list
+
+
+def _real_episodes(env, module, real_env, td0, horizon: int, take: int, n_env: int, set_real_state,
+                   first_seed: int | None) -> _RealEpisodes:
+    """Phase 2, the real closed loop: episode ``i`` (of ``take``) starts ``real_env`` in the
+    model's start state ``i`` (reset with ``first_seed + i``, then ``set_real_state``)."""
+    from tensordict import TensorDict
+
+    obs0 = td0["observation"]
+    state0 = td0.get(getattr(env, "state_key", "model_state"), None)
+    real_obs = torch.full((n_env, horizon + 1, *obs0.shape[1:]), math.nan)
+    real_act = torch.zeros((n_env, horizon, *_action_shape(env)), dtype=env.full_action_spec["action"].dtype)
+    returns, lengths, starts, example = [], [], [], None
+    for i in range(take):
+        s0 = obs0[i].cpu().numpy()
+        real_env.reset(seed=None if first_seed is None else first_seed + i)
+        set_real_state(real_env, s0, None if state0 is None else state0[i])
+        obs = torch.as_tensor(s0, dtype=torch.float32)
+        real_obs[i, 0] = obs
+        total, t = 0.0, 0
+        while t < horizon:
+            a = module(TensorDict(observation=obs[None].to(obs0.device), batch_size=[1]))["action"][0]
+            real_act[i, t] = a.cpu()
+            obs_np, rew, term, trunc, _ = real_env.step(_to_real_action(a, real_env.action_space))
+            obs = torch.as_tensor(np.asarray(obs_np), dtype=torch.float32)
+            total += float(rew)
+            t += 1
+            real_obs[i, t] = obs
+            if term or trunc:
+                break
+        if i == 0:
+            example = real_obs[0, : t + 1].reshape(t + 1, -1).tolist()
+        returns.append(total)
+        lengths.append(t)
+        starts.append(s0.tolist())
+    return _RealEpisodes(returns, lengths, starts, real_obs, real_act, example)
+
+
+def _open_loop_errors(env, td0, real_obs: torch.Tensor, real_act: torch.Tensor, horizon: int, take: int,
+                      unbatched: bool, n_env: int, err_sum: np.ndarray, err_cnt: np.ndarray) -> None:
+    """Phase 3, open loop: the model driven by the real actions from the real start states;
+    adds each step's L2 error between predicted and real observations to ``err_sum`` /
+    ``err_cnt``. An episode stops counting once the model itself says done: past that point
+    the model is outside its domain and its error says nothing useful."""
+    from torchrl.envs.utils import step_mdp
+
+    td = _un(td0, unbatched).clone()
+    model_alive = torch.ones(n_env, dtype=torch.bool)
+    for t in range(horizon):
+        td["action"] = _un(real_act[:, t].to(td0.device), unbatched)
+        td = env.step(td)
+        pred = td["next", "observation"]
+        if unbatched:
+            pred = pred.unsqueeze(0)
+        diff = (pred.cpu().float() - real_obs[:, t + 1]).reshape(n_env, -1).norm(dim=-1)
+        ok = (torch.isfinite(diff) & model_alive)[:take]
+        diff = diff[:take]
+        model_alive &= ~td["next", "done"].reshape(n_env).cpu()
+        if not ok.any():
+            break
+        err_sum[t] += float(diff[ok].sum())
+        err_cnt[t] += int(ok.sum())
+        td = step_mdp(td)
 
 
 def _action_shape(env) -> tuple:

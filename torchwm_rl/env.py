@@ -36,9 +36,9 @@ from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 from .adapter import ModelAdapter
 from .calling import Hook
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
-from .options import model_options, public_name, with_model_options
+from .options import public_name, with_model_options
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
-from .spaces import as_space, space_to_spec
+from .spaces import space_to_spec
 from .validation import to_observation
 
 STATE_KEY = "model_state"
@@ -112,16 +112,11 @@ class WorldModelEnv(EnvBase):
     ):
         if observation_space is None or action_space is None:
             raise TypeError("WorldModelEnv needs observation_space and action_space (gymnasium spaces or TorchRL specs)")
-        batch_size = _batch_size(batch_size)
-        model_options(type(self).__name__, options)  # an unknown keyword is named as this class's
-        adapter = ModelAdapter(
-            model,
-            as_space(observation_space, "observation_space"),
-            as_space(action_space, "action_space"),
-            batch_size=tuple(batch_size),
-            **options,
+        logic = EpisodeLogic.from_model(
+            type(self).__name__, model, observation_space, action_space, batch_size=tuple(_batch_size(batch_size)),
+            max_episode_steps=max_episode_steps, start_states=start_states, options=options,
         )
-        self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), seed, decode_fn, info_keys, state_key)
+        self._setup(logic, seed, decode_fn, info_keys, state_key)
 
     def __new__(cls, *args, **kwargs):
         # batch-unlocked, as TorchRL's own model-based envs (ModelBasedEnvBase.__new__)

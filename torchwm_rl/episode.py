@@ -100,6 +100,32 @@ class EpisodeLogic:
       An env never seeded leaves the global RNG to the model.
     """
 
+    @classmethod
+    def from_model(
+        cls,
+        owner: str,
+        model: Any,
+        observation_space: Any,
+        action_space: Any,
+        *,
+        batch_size: tuple = (),
+        max_episode_steps: Union[None, int, Sequence[int], torch.Tensor] = None,
+        start_states: Any = None,
+        options: Optional[dict] = None,
+    ) -> "EpisodeLogic":
+        """The logic every public constructor builds (``owner``: its class name, for errors): a
+        :class:`ModelAdapter` over ``model`` with the model ``options``
+        (:class:`~torchwm_rl.options.ModelOptions`), spaces given as Gymnasium spaces or
+        TorchRL specs."""
+        from .options import model_options
+        from .spaces import as_space
+
+        options = options or {}
+        model_options(owner, options)  # an unknown keyword is named as the owner's
+        adapter = ModelAdapter(model, as_space(observation_space, "observation_space"),
+                               as_space(action_space, "action_space"), batch_size=tuple(batch_size), **options)
+        return cls(adapter, max_episode_steps, start_states)
+
     def __init__(
         self,
         adapter: ModelAdapter,

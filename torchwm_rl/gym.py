@@ -31,8 +31,7 @@ from .convert import (
     vector_info,
 )
 from .episode import EpisodeLogic, Snapshot, select_rows
-from .options import model_options, public_name, with_model_options
-from .spaces import as_space
+from .options import public_name, with_model_options
 
 __all__ = ["GymWorldModelEnv", "GymVectorWorldModelEnv", "WorldModelEnv", "make_world_model_env"]
 
@@ -70,14 +69,10 @@ class GymWorldModelEnv(gymnasium.Env):
         start_states: Any = None,
         **options: Any,
     ):
-        model_options(type(self).__name__, options)  # an unknown keyword is named as this class's
-        adapter = ModelAdapter(
-            model,
-            as_space(observation_space, "observation_space"),
-            as_space(action_space, "action_space"),
-            **options,
-        )
-        self._setup(EpisodeLogic(adapter, max_episode_steps, start_states), render_mode, seed)
+        logic = EpisodeLogic.from_model(type(self).__name__, model, observation_space, action_space,
+                                        max_episode_steps=max_episode_steps, start_states=start_states,
+                                        options=options)
+        self._setup(logic, render_mode, seed)
 
     @classmethod
     def from_logic(
@@ -224,12 +219,9 @@ class GymVectorWorldModelEnv(VectorEnv):
         :class:`GymWorldModelEnv`'s. ``seed`` seeds the envs' one shared stream (and is
         handed to the first reset hook call), as ``WorldModelEnv(..., seed=seed).to_gymnasium()``
         does. ``WorldModelEnv(..., batch_size=(N,)).to_gymnasium()`` builds the same env."""
-        model_options(type(self).__name__, options)  # an unknown keyword is named as this class's
-        if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
-            raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
-        adapter = ModelAdapter(model, as_space(observation_space, "observation_space"),
-                               as_space(action_space, "action_space"), batch_size=(num_envs,), **options)
-        logic = EpisodeLogic(adapter, max_episode_steps, start_states)
+        logic = EpisodeLogic.from_model(type(self).__name__, model, observation_space, action_space,
+                                        batch_size=(_num_envs(num_envs),), max_episode_steps=max_episode_steps,
+                                        start_states=start_states, options=options)
         logic.seed(seed)
         self._setup(logic, autoreset_mode, render_mode)
 
@@ -390,6 +382,13 @@ class _VectorEnvOverLogic(GymVectorWorldModelEnv):
     def __init__(self, logic: EpisodeLogic, autoreset_mode: Union[str, AutoresetMode] = AutoresetMode.NEXT_STEP,
                  render_mode: Optional[str] = None):
         self._setup(logic, autoreset_mode, render_mode)
+
+
+def _num_envs(num_envs: Any) -> int:
+    """``num_envs`` of a batched export built from a model: a positive int."""
+    if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+        raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
+    return num_envs
 
 
 def _one_seed(seeds: Sequence[Any], n: int) -> Optional[int]:

@@ -21,11 +21,10 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("the SB3 export needs stable-baselines3: pip install 'torchwm-rl[sb3]'") from err
 
-from .adapter import ModelAdapter
 from .convert import detach_tree, info_row, observation_row, observation_to_numpy, per_env_infos, rendered_frames
 from .episode import EpisodeLogic, Snapshot
-from .options import model_options, with_model_options
-from .spaces import as_space
+from .gym import _num_envs
+from .options import with_model_options
 
 
 class SB3VecWorldModelEnv(VecEnv):
@@ -51,12 +50,9 @@ class SB3VecWorldModelEnv(VecEnv):
         """N imagined envs over ``model`` (``num_envs=N``); the keyword arguments are
         :class:`~torchwm_rl.GymWorldModelEnv`'s. ``seed`` seeds the envs' one shared stream, as
         ``WorldModelEnv(..., seed=seed).to_sb3()`` does, which builds the same VecEnv."""
-        model_options(type(self).__name__, options)  # an unknown keyword is named as this class's
-        if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
-            raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
-        adapter = ModelAdapter(model, as_space(observation_space, "observation_space"),
-                               as_space(action_space, "action_space"), batch_size=(num_envs,), **options)
-        logic = EpisodeLogic(adapter, max_episode_steps, start_states)
+        logic = EpisodeLogic.from_model(type(self).__name__, model, observation_space, action_space,
+                                        batch_size=(_num_envs(num_envs),), max_episode_steps=max_episode_steps,
+                                        start_states=start_states, options=options)
         logic.seed(seed)
         self._setup(logic)
 

@@ -9,7 +9,7 @@ Setting (offline model-based RL, data from one region of the state space):
 * **Model.** The bundled architecture (:mod:`torchwm_rl.zoo.pendulum`, 5 members, each on its own
   bootstrap), 20 epochs on that data. Reward is Pendulum's known cost, so every error the policy
   can exploit is a dynamics error.
-* **Policy.** The same SAC (:mod:`torchwm_rl.sac`, 12,000 imagined frames, 32 envs) trained only in
+* **Policy.** The same SAC (:mod:`torchwm_rl.app.sac`, 12,000 imagined frames, 32 envs) trained only in
   the model, from the task's own start distribution (Pendulum's reset: any angle), three ways:
 
   - ``plain``: random propagation (TS1), no uncertainty handling;
@@ -46,7 +46,7 @@ import torch
 
 from torchwm_rl.ensemble import max_pairwise_distance
 from torchwm_rl.reality import reality_check
-from torchwm_rl.sac import SACConfig, train_sac
+from torchwm_rl.app.sac import SACConfig, train_sac
 from torchwm_rl.zoo import pendulum
 
 WORST_STEP_REWARD = -(math.pi**2 + 0.1 * 8.0**2 + 0.001 * 2.0**2)  # -16.27

@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from torchwm_rl.check import check_factory
-from torchwm_rl.cli import main
+from torchwm_rl.app.check import check_factory
+from torchwm_rl.app.cli import main
 
 FACTORIES = textwrap.dedent(
     '''
@@ -208,7 +208,7 @@ def test_factory_is_built_once(tmp_path):
         calls.append(1)
         return zoo.make_env("cartpole", batch_size=2, seed=0, max_episode_steps=10)
 
-    from torchwm_rl.check import check_env
+    from torchwm_rl.app.check import check_env
 
     assert check_env(factory, steps=12).ok
     assert len(calls) == 1

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchwm_rl.demo import DemoConfig, format_table, run_demo
+from torchwm_rl.app.demo import DemoConfig, format_table, run_demo
 from torchwm_rl.serialization import load_weights, read_metadata
 
 TINY = dict(frames=2048, num_envs=16, steps_per_batch=64, epochs=2, episodes=2, eval_envs=4)
@@ -61,7 +61,7 @@ def _strict_json(text: str):
 
 
 def test_json_safe_writes_null_for_missing_values():
-    from torchwm_rl.demo import json_safe
+    from torchwm_rl.app.demo import json_safe
 
     data = {"a": math.nan, "b": [1.0, math.inf, -math.inf], "c": np.float32(2.5), "d": torch.tensor([1.0, math.nan])}
     text = json.dumps(json_safe(data), allow_nan=False)
@@ -72,7 +72,7 @@ def test_json_safe_writes_null_for_missing_values():
 
 def test_unknown_task_is_one_line_listing_the_tasks_and_makes_no_folder(tmp_path, monkeypatch, capsys):
     from torchwm_rl import zoo
-    from torchwm_rl.cli import main
+    from torchwm_rl.app.cli import main
 
     proc = subprocess.run([sys.executable, "-m", "torchwm_rl", "demo", "acrobot"], capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)  # as a user runs it
@@ -96,7 +96,7 @@ def test_run_demo_refuses_an_unknown_task_before_making_the_folder(tmp_path):
 
 def test_task_list_comes_from_the_zoo_registry(monkeypatch, capsys):
     from torchwm_rl import zoo
-    from torchwm_rl.cli import main
+    from torchwm_rl.app.cli import main
 
     monkeypatch.setitem(zoo._REGISTRY, "acrobot", ("torchwm_rl.zoo.cartpole", "Acrobot-v1"))
     assert zoo.canonical("Acrobot-v1") == "acrobot"
@@ -110,8 +110,8 @@ def test_demo_wall_clock_starts_with_the_demo_command(monkeypatch):
     in a one-line set-up command, is where pip installs were counted)."""
     import time
 
-    import torchwm_rl.demo as demo
-    from torchwm_rl.cli import main
+    import torchwm_rl.app.demo as demo
+    from torchwm_rl.app.cli import main
 
     seen = {}
     monkeypatch.setattr(demo, "run_demo", lambda cfg, t0=None, **kw: seen.update(t0=t0) or {})
@@ -122,7 +122,7 @@ def test_demo_wall_clock_starts_with_the_demo_command(monkeypatch):
 
 def test_cli_version_and_help_texts(capsys):
     from torchwm_rl import __version__
-    from torchwm_rl.cli import main
+    from torchwm_rl.app.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
@@ -140,7 +140,7 @@ def test_cli_version_and_help_texts(capsys):
 
 
 def test_load_policy_rebuilds_the_saved_network(tmp_path):
-    from torchwm_rl.demo import build_actor_critic, load_policy
+    from torchwm_rl.app.demo import build_actor_critic, load_policy
     from torchwm_rl.serialization import save_weights
 
     from torchrl.data import Categorical

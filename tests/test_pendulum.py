@@ -91,10 +91,10 @@ def test_cli_demo_pendulum_tiny_budget_json_and_determinism(tmp_path):
 
 @pytest.mark.slow
 def test_load_policy_reads_the_demo_pendulum_policy_and_replays_its_real_episode(tmp_path):
-    """The file `demo pendulum` writes loads with torchwm_rl.demo.load_policy, and the loaded
+    """The file `demo pendulum` writes loads with torchwm_rl.app.demo.load_policy, and the loaded
     policy is the one reality_check scored: from the saved start state it reproduces the saved
     real trajectory of episode 0 on Pendulum-v1."""
-    from torchwm_rl.demo import DemoConfig, SACGreedyPolicy, load_policy, run_demo
+    from torchwm_rl.app.demo import DemoConfig, SACGreedyPolicy, load_policy, run_demo
 
     out = tmp_path / "run"
     run_demo(DemoConfig(task="pendulum", frames=600, episodes=1, num_envs=8, seed=3, out=str(out),
@@ -117,8 +117,8 @@ def test_load_policy_reads_the_demo_pendulum_policy_and_replays_its_real_episode
 
 
 def test_load_policy_refuses_other_files_naming_the_kind(tmp_path):
-    from torchwm_rl.demo import load_policy
-    from torchwm_rl.sac import _mlp
+    from torchwm_rl.app.demo import load_policy
+    from torchwm_rl.app.sac import _mlp
     from torchwm_rl.serialization import save_weights
 
     net = _mlp(3, 2, 16)

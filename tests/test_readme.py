@@ -36,7 +36,7 @@ def test_readme_python_snippets_run():
 
 @pytest.mark.slow
 def test_readme_load_policy_snippet_runs_on_a_demo_policy(tmp_path, monkeypatch, capsys):
-    from torchwm_rl.demo import DemoConfig, run_demo
+    from torchwm_rl.app.demo import DemoConfig, run_demo
 
     monkeypatch.chdir(tmp_path)
     run_demo(DemoConfig(frames=1024, num_envs=16, steps_per_batch=64, epochs=1, episodes=1, eval_envs=2,

@@ -73,7 +73,7 @@ def _resolved(cfg: DemoConfig) -> DemoConfig:
     """``cfg`` with the task's default frame budget filled in."""
     from dataclasses import replace
 
-    from .zoo import canonical
+    from ..zoo import canonical
 
     if cfg.frames is None:
         return replace(cfg, frames=DEFAULT_FRAMES.get(canonical(cfg.task), 300_000))
@@ -116,7 +116,7 @@ def imagined_eval(env, actor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     Returns ``(returns, lengths)`` of each env's first episode."""
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-    from .reality import returns_until_done
+    from ..reality import returns_until_done
 
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         roll = env.rollout(steps, actor, break_when_any_done=False)
@@ -146,7 +146,7 @@ def train_in_imagination(
     from torchrl.objectives import ClipPPOLoss
     from torchrl.objectives.value import GAE
 
-    from .reality import env_time_limit
+    from ..reality import env_time_limit
 
     cfg = _resolved(cfg)
     torch.manual_seed(cfg.seed)
@@ -376,7 +376,7 @@ def load_policy(path: str | Path) -> nn.Module:
 
     Any other file is refused with a ``ValueError`` naming its metadata kind."""
     from .sac import _mlp as _sac_mlp
-    from .serialization import load_weights, read_metadata
+    from ..serialization import load_weights, read_metadata
 
     meta = read_metadata(path)
     kind = meta.get("kind", "")
@@ -418,9 +418,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
     import gymnasium as gym
     from tqdm.auto import tqdm
 
-    from . import zoo
-    from .reality import reality_check
-    from .serialization import save_weights
+    from .. import zoo
+    from ..reality import reality_check
+    from ..serialization import save_weights
 
     t_start = time.perf_counter() if t0 is None else t0
     torch.set_num_threads(max(1, int(cfg.threads)))

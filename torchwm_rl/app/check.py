@@ -267,7 +267,7 @@ def _check_rollout(env, steps: int, seed: int) -> CheckResult:
 
 
 def _check_gymnasium(env, seed: int, built: Any = None) -> CheckResult:
-    from .gym import GymWorldModelEnv
+    from ..gym import GymWorldModelEnv
 
     # the user's own Gymnasium env when the factory returned one, else the export
     gym_env = built if isinstance(built, GymWorldModelEnv) else env.to_gymnasium()
@@ -451,8 +451,8 @@ def _torchrl_env(built: Any):
     """The TorchRL env to check for what a factory returned: a ``torchwm_rl.WorldModelEnv`` as
     is; a Gymnasium env of this package (single or vector) through a TorchRL env over the same
     episode logic (same adapter, same model). Anything else: ``TypeError``."""
-    from .env import WorldModelEnv
-    from .gym import GymVectorWorldModelEnv, GymWorldModelEnv
+    from ..env import WorldModelEnv
+    from ..gym import GymVectorWorldModelEnv, GymWorldModelEnv
 
     if isinstance(built, WorldModelEnv):
         return built

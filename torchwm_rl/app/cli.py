@@ -3,9 +3,9 @@
 Subcommands:
 
 * ``demo``: train a policy in a bundled world model only, then reality-check it (see
-  :mod:`torchwm_rl.demo`); ``--json`` prints one JSON object as the last stdout line.
+  :mod:`torchwm_rl.app.demo`); ``--json`` prints one JSON object as the last stdout line.
 * ``train-model NAME``: rebuild a bundled world model from real environment data.
-* ``check MODULE:FACTORY``: validate a user's world-model env (see :mod:`torchwm_rl.check`);
+* ``check MODULE:FACTORY``: validate a user's world-model env (see :mod:`torchwm_rl.app.check`);
   exits non-zero on failure.
 """
 
@@ -34,13 +34,13 @@ def _version() -> str:
 
         return version("torchwm-rl")
     except Exception:  # not installed (run from a source tree)
-        from . import __version__
+        from .. import __version__
 
         return __version__
 
 
 def _tasks() -> str:
-    from .zoo import available
+    from ..zoo import available
 
     return ", ".join(available())
 
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _unknown_task(command: str, name: str) -> Optional[int]:
     """Print the one-line error for a task that is not in the zoo (exit code 2), else None."""
-    from .zoo import UnknownModelError, canonical
+    from ..zoo import UnknownModelError, canonical
 
     try:
         canonical(name)
@@ -139,7 +139,7 @@ def _train_model(args) -> int:
     bad = _unknown_task("train-model", args.name)
     if bad is not None:
         return bad
-    from . import zoo
+    from .. import zoo
 
     if not args.quiet:
         print(f"[torchwm-rl] training the {args.name} world model from real transitions (seed {args.seed})")

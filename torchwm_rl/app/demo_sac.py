@@ -1,7 +1,7 @@
 """The continuous-control demo (``torchwm-rl demo pendulum``): SAC only in the bundled ensemble
 world model, then :func:`torchwm_rl.reality_check` on the real ``Pendulum-v1``.
 
-Same outputs as the CartPole demo (:mod:`torchwm_rl.demo`): ``policy.safetensors``,
+Same outputs as the CartPole demo (:mod:`torchwm_rl.app.demo`): ``policy.safetensors``,
 ``results.json`` (``real_mean_return``, ``imagined_mean_return``, ``wall_seconds``, ...) and
 ``results.png``, whose middle panel shows the imagined and real trajectories from the same start
 state with the ensemble's uncertainty (max pairwise L2 distance of the members' predictions)
@@ -28,7 +28,7 @@ DEMO_NUM_ENVS = 32  # imagined envs for SAC when the CLI does not say (--num-env
 def trajectory_uncertainty(model, net, observations: list) -> list:
     """The ensemble's uncertainty at each step of a trajectory driven by the deterministic SAC
     policy: the max pairwise L2 distance of the members' predicted next observations."""
-    from .ensemble import max_pairwise_distance
+    from ..ensemble import max_pairwise_distance
 
     if len(observations) < 2:
         return []
@@ -46,11 +46,11 @@ def _greedy(net, obs: torch.Tensor) -> torch.Tensor:
 def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str, Any]:
     import gymnasium as gym
 
-    from . import zoo
-    from .reality import reality_check
+    from .. import zoo
+    from ..reality import reality_check
     from .sac import SACConfig, train_sac
-    from .serialization import save_weights
-    from .zoo import pendulum
+    from ..serialization import save_weights
+    from ..zoo import pendulum
 
     model = zoo.load("pendulum")
     out = Path(cfg.out) if cfg.out else default_out_dir()
@@ -84,7 +84,7 @@ def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) ->
                   "action_high": json.dumps(bounds.high.reshape(-1).tolist()),
                   "architecture": "Linear-ReLU-Linear-ReLU-Linear (observation -> TanhNormal loc, scale "
                                   "parameter); greedy action = low + (high - low) * (tanh(loc) + 1) / 2; "
-                                  "torchwm_rl.demo.load_policy rebuilds it"})
+                                  "torchwm_rl.app.demo.load_policy rebuilds it"})
     plot_msg = _plot(out / "results.png", history, report, u_imagined, u_real) if cfg.save_plot else "plot disabled"
     if plot_msg:
         log(f"[torchwm-rl] {plot_msg}")

@@ -1,4 +1,5 @@
-"""Module-level toy models and a uniform driver for the reliability and error tests.
+"""Module-level toy models and a uniform driver for the reliability and error tests
+(test_nan_policy, test_atomic_steps, test_action_checks, test_pickling, test_close, test_errors).
 
 Module level on purpose: the pickling tests need the model and its hooks to be importable.
 
@@ -22,6 +23,10 @@ from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 OBS = gym.spaces.Box(-10.0, 10.0, shape=(3,), dtype=np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+
+UNBATCHED = ["torchrl", "gym"]  # the paths (see :func:`make`) an unbatched behaviour is asserted on
+BATCHED = ["torchrl", "vector", "sb3"]  # ... and a batched one, with N envs
+N = 4
 
 
 class ModelFailure(RuntimeError):
@@ -171,7 +176,7 @@ class Driver:
 
 
 # ------------------------------------------------------------------------------------------------
-# helpers shared by test_errors.py and test_reliability.py
+# helpers shared by test_errors.py and the reliability tests
 
 
 def action_for(n: Optional[int] = None, value: float = 0.5) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Batched imagination on the TorchRL path: one model call per step for N envs, exact partial
 resets (rollout, step_and_maybe_reset, collectors), per-env time limits with Gymnasium
-semantics, start-state banks, gradients through ``rollout`` and devices."""
+semantics, start-state banks (also a bank as the only reset source, on both paths), gradients
+through ``rollout`` and devices."""
 
 import gymnasium as gym
 import numpy as np
@@ -15,7 +16,7 @@ from drift_models import (
     ACT_SPACE, EPISODE_LENGTHS, LIMITS, N, OBS_SPACE, PUSH, START, DriftModel, Hooks, batched_env, single_env,
 )
 from models import VectorModel, reset_world_model, transition_world_model, vector_spaces
-from torchwm_rl import WorldModelEnv
+from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 T = 12
 
@@ -238,6 +239,29 @@ def test_start_state_bank_partial_reset_resamples_only_masked_rows():
         else:
             assert torch.equal(after["observation"][i], before["observation"][i])
             assert after["elapsed_steps"][i].item() == 1
+
+
+# a start-state bank is a reset source on its own (without it, and without any other reset
+# source, the env is refused: test_errors.py, construction errors)
+BANK_OBS = gym.spaces.Box(-5, 5, (3,), np.float32)
+BANK_ACT = gym.spaces.Box(-1, 1, (3,), np.float32)
+
+
+def _bank_step(state, action):
+    return state + 0.1 * action
+
+
+def test_bank_alone_resets_both_paths_and_observations_are_copies():
+    bank = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    original = bank.clone()
+    env = WorldModelEnv(object(), BANK_OBS, BANK_ACT, transition_fn=_bank_step, start_states=bank, seed=3)
+    td = env.reset()
+    assert any(torch.equal(td["observation"], row) for row in bank)
+    td["observation"].mul_(0)  # caller writes into its observation
+    gym_env = GymWorldModelEnv(object(), BANK_OBS, BANK_ACT, transition_fn=_bank_step, start_states=bank, seed=3)
+    obs, _ = gym_env.reset()
+    obs *= 0
+    assert torch.equal(bank, original)
 
 
 # ------------------------------------------------------------------------------- gradients

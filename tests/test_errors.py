@@ -6,7 +6,7 @@ Every adapter output passes through the one validation layer (``torchwm_rl.valid
 ``ModelAdapter``), so each error is asserted on the TorchRL env AND the Gymnasium env (and on the
 vector / SB3 exports for batched cases), at reset and at step where both can produce it: the same
 key, expected and received value in the message. (NaN/inf errors are part of the NaN policy:
-see ``test_reliability.py``.)
+see ``test_nan_policy.py``; out-of-space actions: ``test_action_checks.py``.)
 """
 
 from __future__ import annotations
@@ -512,6 +512,25 @@ def test_gym_env_without_reset_constructs_and_its_reset_says_what_to_pass():
         env.reset(seed=0)
     with pytest.raises(RuntimeError, match=re.escape("Call reset() before step().")):
         env.step(ACTION)  # the failed reset started no episode
+
+
+def _bank_step(state, action):
+    return state + 0.1 * action
+
+
+def test_no_reset_source_is_refused_naming_the_options():
+    """A start-state bank is a reset source on its own (``test_batched.py``); without any reset
+    source the TorchRL env is refused at construction and the Gymnasium env's reset is."""
+    # the TorchRL env builds its specs from a first reset: refused at construction
+    with pytest.raises(TypeError, match="from one reset at construction: object has no reset: "
+                                        "pass reset_fn.*initial_observation.*start_states"):
+        WorldModelEnv(object(), OBS_SPACE, ACT_SPACE, transition_fn=_bank_step)
+    # the Gymnasium env constructs (as TorchWM's); its reset names the options
+    gym_env = GymWorldModelEnv(object(), OBS_SPACE, ACT_SPACE, transition_fn=_bank_step)
+    with pytest.raises(TypeError, match="object has no reset: pass reset_fn.*initial_observation.*start_states"):
+        gym_env.reset(seed=0)
+    with pytest.raises(RuntimeError, match=re.escape("Call reset() before step().")):
+        gym_env.step(np.zeros(3, np.float32))
 
 
 @pytest.mark.parametrize("cls", CLASSES)

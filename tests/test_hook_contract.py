@@ -1,8 +1,7 @@
 """The hook contract (torchwm_rl.calling): TorchWM's argument lists, bound once at construction.
 
-* Table-driven unit tests of binding: one row per signature (what each parameter receives, or
-  the refusal), including every tricky signature found when porting TorchWM code.
-* Table-driven unit tests of return parsing: one row per form, with how it was read.
+* Errors of binding and of return parsing as an env reports them (the table-driven unit tests of
+  binding and of return parsing are in ``unit/test_calling.py`` and ``unit/test_records.py``).
 * TorchWM's documented scenarios rebuilt in our own code, run through ``torchwm_rl.gym``.
 * The same TorchWM-style hooks through the TorchRL env, the Gymnasium env and the vector and
   SB3 exports: identical rewards and flags.
@@ -10,7 +9,6 @@
 
 from __future__ import annotations
 
-import functools
 import re
 
 import gymnasium as gym
@@ -19,98 +17,8 @@ import pytest
 import torch
 
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
-from torchwm_rl.calling import bind
 from torchwm_rl.gym import WorldModelEnv as GymAlias
 from torchwm_rl.gym import make_world_model_env
-from torchwm_rl.records import MISSING, parse_reset, parse_transition
-
-# ----------------------------------------------------------------------------- binding table
-# (hook, callable, on_model, expected positional arguments, expected keyword arguments)
-BINDS = [
-    # TorchWM's positional rule: any leading part of the list
-    ("reward_fn", lambda model, next_state, obs, action: 0, False, ("model", "next_state", "obs", "action"), {}),
-    ("reward_fn", lambda model, state, obs, action: 0, False, ("model", "next_state", "obs", "action"), {}),
-    ("reward_fn", lambda model, state: 0, False, ("model", "next_state"), {}),
-    ("reward_fn", lambda self, s: 0, False, ("model", "next_state"), {}),
-    ("reward_fn", lambda mdl, st, ob, ac: 0, False, ("model", "next_state", "obs", "action"), {}),
-    ("reward_fn", lambda *args: 0, False, ("model", "next_state", "obs", "action"), {}),
-    ("reward_fn", lambda model, *rest: 0, False, ("model", "next_state", "obs", "action"), {}),
-    ("terminal_fn", lambda model, next_state: 0, False, ("model", "next_state"), {}),
-    ("transition_fn", lambda model, state, action: 0, False, ("model", "state", "action"), {}),
-    ("transition_fn", lambda model, state, action, deterministic=True: 0, False, ("model", "state", "action"), {}),
-    ("reset_fn", lambda model, seed=None, options=None: 0, False, ("model", "seed", "options"), {}),
-    ("reset_fn", lambda model, seed, options: 0, False, ("model", "seed", "options"), {}),
-    ("reset_fn", lambda: 0, False, (), {}),
-    ("render_fn", lambda model, state, obs: 0, False, ("model", "state", "obs"), {}),
-    ("render_fn", lambda model, state: 0, False, ("model", "state"), {}),
-    ("action_transform_fn", lambda model, action: 0, False, ("model", "action"), {}),
-    # names decide where they contradict the positions
-    ("reward_fn", lambda state, act: 0, False, (), {"state": "next_state", "act": "action"}),
-    ("reward_fn", lambda next_state, action: 0, False, (), {"next_state": "next_state", "action": "action"}),
-    ("reward_fn", lambda model, state, action: 0, False, (), {"model": "model", "state": "next_state", "action": "action"}),
-    ("reward_fn", lambda s: 0, False, (), {"s": "next_state"}),
-    ("terminal_fn", lambda obs, action: 0, False, (), {"obs": "obs", "action": "action"}),
-    ("transition_fn", lambda s, a=None: 0, False, (), {"s": "state", "a": "action"}),
-    ("transition_fn", lambda state, action: 0, False, (), {"state": "state", "action": "action"}),
-    ("transition_fn", lambda action, state: 0, False, (), {"action": "action", "state": "state"}),
-    ("reset_fn", lambda seed=None, options=None: 0, False, (), {"seed": "seed", "options": "options"}),
-    ("action_transform_fn", lambda a: 0, False, (), {"a": "action"}),
-    # extra inputs, by name only
-    ("reward_fn", lambda model, next_state, prev_state: 0, False, (),
-     {"model": "model", "next_state": "next_state", "prev_state": "prev_state"}),
-    ("reward_fn", lambda prev_state, action, next_state: 0, False, (),
-     {"prev_state": "prev_state", "action": "action", "next_state": "next_state"}),
-    ("reward_fn", lambda model, next_state, *, generator: 0, False, ("model", "next_state"), {"generator": "generator"}),
-    ("reset_fn", lambda model, seed=None, options=None, batch_size=(): 0, False, ("model", "seed", "options"),
-     {"batch_size": "batch_size"}),
-    ("reset_fn", lambda model, batch_size, reset_mask: 0, False, (),
-     {"model": "model", "batch_size": "batch_size", "reset_mask": "reset_mask"}),
-    # methods of the model: the list without the model (TorchWM)
-    ("transition_fn", lambda state, action: 0, True, ("state", "action"), {}),
-    ("transition_fn", lambda x, u: 0, True, ("state", "action"), {}),
-    ("transition_fn", lambda action: 0, True, ("action",), {}),
-    ("transition_fn", lambda x: 0, True, ("action",), {}),
-    ("reset_fn", lambda seed=None, options=None: 0, True, ("seed", "options"), {}),
-    ("reset_fn", lambda: 0, True, (), {}),
-]
-
-
-@pytest.mark.parametrize("hook,fn,on_model,positional,keywords", BINDS,
-                         ids=[f"{row[0]}-{i}" for i, row in enumerate(BINDS)])
-def test_binding(hook, fn, on_model, positional, keywords):
-    binding = bind(fn, hook, on_model=on_model)
-    assert binding.positional == positional
-    assert dict(binding.keywords) == keywords
-
-
-# (hook, callable, a fragment of the TypeError)
-REFUSED = [
-    # the old full list (model, state, action, next_state): two parameters name the state reached
-    ("reward_fn", lambda model, state, action, next_state: 0, "two parameters name 'next_state'"),
-    ("terminal_fn", lambda state, action, next_state: 0, "two parameters name 'next_state'"),
-    # a name contradicting its position beside one that names nothing
-    ("reward_fn", lambda state, foo: 0, "parameter 'foo' is not the name of any argument"),
-    ("reward_fn", lambda m, s, a, n: 0, "parameter 'n' is not the name of any argument"),
-    # a required parameter with no argument left
-    ("transition_fn", lambda model, state, action, extra: 0, "parameter 'extra' has no argument left"),
-    ("action_transform_fn", lambda model, action, extra: 0, "parameter 'extra' has no argument left"),
-    # *args after a contradicting name
-    ("transition_fn", lambda action, *rest: 0, "parameter 'action' would receive 'model'"),
-    # a required keyword-only parameter nobody provides
-    ("reward_fn", lambda model, next_state, *, scale: 0, "keyword-only parameter 'scale'"),
-    # an extra that is not for this hook
-    ("transition_fn", lambda state, action, prev_state: 0, "parameter 'prev_state' is not the name of any argument"),
-]
-
-
-@pytest.mark.parametrize("hook,fn,fragment", REFUSED, ids=[f"{row[0]}-{i}" for i, row in enumerate(REFUSED)])
-def test_ambiguous_signatures_are_refused_at_construction(hook, fn, fragment):
-    with pytest.raises(TypeError, match=re.escape(fragment)) as err:
-        bind(fn, hook)
-    message = str(err.value)
-    assert message.startswith(f"{hook}: cannot bind")
-    assert "Accepted:" in message
-
 
 def test_refused_signature_fails_env_construction_naming_the_hook():
     with pytest.raises(TypeError, match=r"^reward_fn: cannot bind .*two parameters name 'next_state'.*prev_state"):
@@ -125,76 +33,6 @@ def test_binding_is_shown_by_repr():
     assert "reward_fn = <lambda>(state<-next_state, act<-action) [by name]" in text
     assert "transition_fn = _transition(model<-model, state<-state, action<-action) [positional (TorchWM)]" in text
     assert "reward_fn = <lambda>(state<-next_state, act<-action) [by name]" in repr(env.to_gymnasium())
-
-
-def test_partial_and_nn_module_hooks_bind_from_their_real_signature():
-    def reward(scale, model, next_state):
-        return scale * next_state.sum()
-
-    binding = bind(functools.partial(reward, 2.0), "reward_fn")
-    assert binding.positional == ("model", "next_state")
-
-    class Head(torch.nn.Module):
-        def forward(self, next_state, action):
-            return next_state.sum(-1)
-
-    binding = bind(Head(), "reward_fn")
-    assert dict(binding.keywords) == {"next_state": "next_state", "action": "action"}
-
-
-# ------------------------------------------------------------------------- return parsing
-OBS1 = np.zeros(1, np.float32)
-TRANSITIONS = [
-    # (returned value, state, observation, reward, terminated, truncated, form)
-    ({"state": 1, "observation": 2, "reward": 3}, 1, 2, 3, MISSING, MISSING, "a mapping"),
-    ((2, 3, True, False, {}), MISSING, 2, 3, True, False, "Gymnasium's (obs, reward, terminated, truncated, info)"),
-    ((2, 3, True, False, {"model_state": 9}), 9, 2, 3, True, False, "Gymnasium's"),
-    ((2, 3, True, {}), MISSING, 2, 3, True, MISSING, "Gym's (obs, reward, done, info)"),
-    ((2, 3, True, {"model_state": 9}), 9, 2, 3, True, MISSING, "Gym's"),
-    ((1, 2, 3), 1, 2, 3, MISSING, MISSING, "(state, obs, reward)"),
-    ((1, 2, 3, True, False, {}), 1, 2, 3, True, False, "(state, obs, reward, terminated, truncated, info)"),
-    (OBS1, MISSING, OBS1, MISSING, MISSING, MISSING, "a bare observation"),
-]
-
-
-@pytest.mark.parametrize("value,state,obs,reward,terminated,truncated,form", TRANSITIONS,
-                         ids=[row[-1] for row in TRANSITIONS])
-def test_transition_return_forms(value, state, obs, reward, terminated, truncated, form):
-    raw = parse_transition(value)
-    assert (raw.state, raw.reward, raw.terminated, raw.truncated) == (state, reward, terminated, truncated)
-    assert raw.observation is obs
-    assert raw.form.startswith(form)
-
-
-def test_gym_tuple_keeps_model_state_in_the_info():
-    raw = parse_transition((2, 3, True, False, {"model_state": 9, "k": 1}))
-    assert raw.info == {"model_state": 9, "k": 1}
-
-
-def test_gym_4_tuple_time_limit_splits_done_as_gymnasium_does():
-    raw = parse_transition((2, 3, True, {"TimeLimit.truncated": True}))
-    assert (bool(raw.terminated), bool(raw.truncated)) == (False, True)
-    assert raw.info == {}
-
-
-def test_transition_2_tuple_is_refused():
-    with pytest.raises(ValueError, match=re.escape("returned a 2-tuple, which could be (state, obs) or (obs, reward)")):
-        parse_transition((1.0, 2.0))
-
-
-RESETS = [
-    (OBS1, MISSING, "a bare observation", {}),
-    ((OBS1, {"k": 1}), MISSING, "(obs, info)", {"k": 1}),
-    ((5, OBS1), 5, "(state, obs)", {}),
-    ((5, OBS1, {"k": 1}), 5, "(state, obs, info)", {"k": 1}),
-    ({"state": 5, "observation": OBS1, "info": {"k": 1}}, 5, "a mapping", {"k": 1}),
-]
-
-
-@pytest.mark.parametrize("value,state,form,info", RESETS, ids=[row[2] for row in RESETS])
-def test_reset_return_forms(value, state, form, info):
-    raw = parse_reset(value)
-    assert raw.state == state and raw.observation is OBS1 and raw.form == form and raw.info == info
 
 
 def test_conversion_error_says_how_the_value_was_read():

@@ -9,6 +9,10 @@ multi-process result equals the single-process one where the library promises it
 The env classes themselves also pickle (``pickle`` and ``cloudpickle``) into working,
 independent copies, for libraries that ship built envs instead of factories.
 
+A model with trainable parameters works in TorchRL's ParallelEnv workers unchanged: worker steps
+copy outputs into shared memory, and a grad-tracking output used to kill the worker ("Autograd
+not support dtype: Long"). Graphs cannot cross processes, so the env detaches there.
+
 Worker counts are 2 and budgets tiny; the process tests are ``slow`` (process start-up).
 """
 
@@ -216,3 +220,33 @@ def test_sb3_subproc_vec_env_matches_dummy_and_trains(weights_path):
     finally:
         subproc.close()
         dummy.close()
+
+
+# ------------------------------------------------------------- a trainable model in ParallelEnv
+def make_trainable_env():
+    obs, act = vector_spaces()
+    model = VectorModel()
+    assert any(p.requires_grad for p in model.parameters())
+    return WorldModelEnv(model, obs, act, reset_fn=reset_world_model, transition_fn=transition_world_model,
+                         batch_size=(4,), max_episode_steps=5, seed=0)
+
+
+@pytest.mark.slow
+def test_parallel_env_with_trainable_model():
+    env = ParallelEnv(2, make_trainable_env)
+    try:
+        td = env.rollout(6, break_when_any_done=False)
+    finally:
+        env.close()
+    assert tuple(td.batch_size) == (2, 4, 6)
+    assert torch.isfinite(td["next", "reward"]).all()
+    assert (td["next", "elapsed_steps"] <= 5).all()
+
+
+def test_reset_outputs_carry_no_graph_but_steps_do():
+    env = make_trainable_env()
+    td = env.reset()
+    assert not td["observation"].requires_grad and not td["model_state"].requires_grad
+    td["action"] = torch.zeros(4, 2, requires_grad=True)
+    out = env.step(td)
+    assert out["next", "reward"].requires_grad

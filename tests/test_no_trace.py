@@ -4,7 +4,8 @@ Covers the exports' side of the adversarial battery (issue 13): failures in conv
 infos, failures during an autoreset (the random streams are rolled back, so a retry gives what a
 run without the failure gives), the vector export's next-step autoreset never stepping a state
 past an episode end, refused non-bool reset masks, and flags that must not alias the model's
-buffers.
+buffers. Observations handed out are the caller's: writing into them cannot change the env.
+(A model that raises mid-step on every path: ``test_atomic_steps.py``.)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from reliability_models import Driver, Scripted, action_for, make
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 BOX = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
@@ -330,3 +332,31 @@ def test_vector_reset_takes_a_seed_list_only_as_gymnasium_means_it():
     np.testing.assert_array_equal(a, b)  # [s, s+1, s+2] is what reset(seed=s) means
     with pytest.raises(ValueError, match=re.escape("a list must be [s, s+1, ..., s+2]")):
         envs.reset(seed=[1, 99, 98])
+
+
+# --------------------------------------------------------------------------------------------
+# arrays handed out are the caller's: writing into them cannot change the env
+
+
+def _obs_is_state_reset(model, seed=None, options=None):
+    mask = (options or {}).get("reset_mask")
+    return torch.full((3,) if mask is None else (int(mask.shape[0]), 3), 0.5)
+
+
+def _obs_is_state_transition(model, state, action):
+    return 0.5 * state + 0.1  # no state returned: the observation is the model state
+
+
+@pytest.mark.parametrize("path", ["gym", "vector", "sb3"])
+def test_writing_into_returned_observations_does_not_touch_the_env(path):
+    n = None if path == "gym" else 2
+    env = make(path, Scripted(), n=n, reset_fn=_obs_is_state_reset, transition_fn=_obs_is_state_transition)
+    driver = Driver(path, env)
+    obs = driver.reset(seed=0)
+    obs *= 0.0  # e.g. in-place normalization by the caller
+    np.testing.assert_allclose(driver.step(action_for(n))[0], np.full_like(obs, 0.35), rtol=1e-6)
+    obs, _, _, _, info = driver.step(action_for(n))
+    obs += 1.0
+    if path == "gym":
+        info["model_state"] += 1.0
+    np.testing.assert_allclose(driver.step(action_for(n))[0], np.full_like(obs, 0.5 * 0.275 + 0.1), rtol=1e-6)

@@ -1,5 +1,7 @@
-"""Gymnasium spaces <-> TorchRL specs (both directions, with batch dims), and TorchRL's own
-``check_env_specs`` on ``WorldModelEnv`` for every observation / action kind the tutorial uses."""
+"""Gymnasium spaces <-> TorchRL specs (both directions, with batch dims), TorchRL's own
+``check_env_specs`` on ``WorldModelEnv`` for every observation / action kind the tutorial uses,
+and actions of composite spaces as the model receives them (Dict entries as tensors, one-element
+MultiDiscrete keeping its shape)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from gymnasium import spaces
 from torchrl.data import Binary, Bounded, Categorical, Composite, MultiCategorical, Unbounded
 from torchrl.envs.utils import check_env_specs
 
-from torchwm_rl import WorldModelEnv
+from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 from torchwm_rl.spaces import as_space, space_to_spec, spec_to_space
 
 from models import (
@@ -29,6 +31,7 @@ from models import (
     reset_world_model,
     transition_world_model,
 )
+from reliability_models import OBS, Scripted, make
 
 SPACES = {
     "box float32": spaces.Box(-1.0, 2.0, shape=(4,), dtype=np.float32),
@@ -272,3 +275,40 @@ def test_check_env_specs_other_action_spaces(act_space, batch):
 
 def nn_module():
     return torch.nn.Linear(1, 1)
+
+
+# ------------------------------------------------------------- actions as the model receives them
+# Dict action spaces: with torch_actions=True each entry reaches the model as a tensor.
+def test_dict_action_entries_become_tensors():
+    seen = {}
+
+    def transition(state, action):
+        seen.update(action)
+        return state + action["push"].float().sum() + action["mode"].float()
+
+    env = GymWorldModelEnv(
+        object(),
+        gym.spaces.Box(-10, 10, (2,), np.float32),
+        gym.spaces.Dict({"push": gym.spaces.Box(-1, 1, (2,), np.float32), "mode": gym.spaces.Discrete(3)}),
+        reset_fn=lambda: np.zeros(2, np.float32),
+        transition_fn=transition,
+    )
+    env.reset(seed=0)
+    obs, *_ = env.step({"push": np.array([0.5, 0.25], np.float32), "mode": 2})
+    assert set(seen) == {"push", "mode"}
+    assert all(isinstance(v, torch.Tensor) for v in seen.values())
+    np.testing.assert_allclose(obs, [2.75, 2.75])
+
+
+@pytest.mark.parametrize("n", [None, 2])
+def test_one_element_multidiscrete_actions_keep_their_shape(n):
+    seen = []
+
+    def transition(model, state, action):
+        seen.append(tuple(action.shape))
+        return {"state": state, "observation": state}
+
+    env = make("torchrl", Scripted(), OBS, gym.spaces.MultiDiscrete([3]), n=n, transition_fn=transition)
+    check_env_specs(env)
+    env.rollout(2)
+    assert seen[-1] == ((1,) if n is None else (n, 1))

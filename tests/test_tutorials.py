@@ -1,4 +1,5 @@
-"""The tutorials run, and the tutorial text only shows code that runs.
+"""The tutorials in this repository's ``tutorials/`` folder run, and the tutorial text only shows
+code that runs. (The user's TorchWM tutorial is tested by ``test_torchwm_tutorial.py``.)
 
 * Every script in tutorials/ runs end to end with ``--budget tiny`` in a fresh interpreter.
   ``point_mass.py`` (the stand-in world model and adapters) is a module the scripts import,

@@ -1,10 +1,15 @@
-"""The user's tutorial (seed/world_model_env_rl_libraries.txt), sections 1-5, as tests.
+"""The user's TorchWM tutorial "Plug TorchWM world models into RL libraries"
+(``../shared/seed/world_model_env_rl_libraries.txt``, next to the repository), sections 1-5, as
+tests: the TorchWM-compatible ``torchwm_rl.gym.WorldModelEnv`` in Stable-Baselines3, TorchRL's
+``GymWrapper`` and a CleanRL-style vector loop, plus Gymnasium's own ``check_env`` on the envs
+it builds. (The scripts in this repository's ``tutorials/`` folder are run by
+``test_tutorials.py``.)
 
 The tutorial's code is reproduced with ONLY the import line changed
 (``from world_models.envs import WorldModelEnv`` -> ``from torchwm_rl.gym import WorldModelEnv``)
 and its ``...`` placeholders filled with a real ``torch.nn.Module`` that has trainable parameters
-(``tests/models.py``), which is exactly where TorchWM's original breaks SB3's ``check_env``.
-Training budgets are tiny: these tests prove the code runs, not that PPO learns.
+(``VectorModel`` of ``tests/models.py``), which is exactly where TorchWM's original breaks SB3's
+``check_env``. Training budgets are tiny: these tests prove the code runs, not that PPO learns.
 """
 
 import warnings

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -211,7 +211,7 @@ class WorldModelEnv(EnvBase):
             device=device,
         )
         state = Composite(shape=batch, device=device)
-        self._state_kind = _state_kind(probe.state)
+        self._state_kind: StateKind = _state_kind(probe.state)
         if self._state_kind != "opaque":
             _check_state_batch(probe.state, tuple(batch), self._state_key)
             state[self._state_key] = _state_spec(probe.state, device)
@@ -960,7 +960,12 @@ def _reshape(value: Any, ndim: int, batch) -> Any:
     return value
 
 
-def _state_kind(state: Any) -> str:
+#: how the model state travels: a tensor, a TensorDict or a dict of tensors under the state key,
+#: or an opaque Python object the env holds (unbatched envs only)
+StateKind = Literal["tensor", "tensordict", "dict", "opaque"]
+
+
+def _state_kind(state: Any) -> StateKind:
     if isinstance(state, torch.Tensor):
         return "tensor"
     if isinstance(state, TensorDictBase):

@@ -185,25 +185,8 @@ def train_in_imagination(
             frames += batch.numel()
             for group in optim.param_groups:  # linear learning-rate decay
                 group["lr"] = cfg.lr * max(0.0, 1.0 - i / n_batches)
-            done = batch["next", "done"].squeeze(-1)
-            episode_reward = batch["next", "episode_reward"].squeeze(-1)
-            ended = episode_reward[done]
-            imagined = float(ended.mean()) if ended.numel() else math.nan
-            # episodes still running when the batch ends: their return so far (a lower bound)
-            running = episode_reward[..., -1][~done[..., -1]]
-            running_return = float(running.mean()) if running.numel() else math.nan
-            for _ in range(cfg.epochs):
-                with torch.no_grad():
-                    advantage(batch)
-                flat = batch.reshape(-1)
-                perm = torch.randperm(flat.numel(), generator=g)
-                for start in range(0, flat.numel(), cfg.minibatch):
-                    losses = loss_fn(flat[perm[start:start + cfg.minibatch]])
-                    loss = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-                    optim.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(loss_fn.parameters(), 0.5)
-                    optim.step()
+            imagined, running_return = _batch_returns(batch)
+            _ppo_update(batch, advantage, loss_fn, optim, cfg, g)
             eval_return = math.nan
             # greedy evaluation only once training episodes look promising (long, or none ended)
             promising = math.isnan(imagined) or imagined >= cfg.eval_threshold * max_steps
@@ -231,6 +214,33 @@ def train_in_imagination(
     if best[1] is not None:
         policy_net.load_state_dict(best[1])
     return actor, policy_net, history
+
+
+def _batch_returns(batch) -> tuple[float, float]:
+    """A collected batch's mean return of the training episodes that ended in it and mean
+    return so far of those still running at its end (a lower bound); ``nan`` where none."""
+    done = batch["next", "done"].squeeze(-1)
+    episode_reward = batch["next", "episode_reward"].squeeze(-1)
+    ended = episode_reward[done]
+    imagined = float(ended.mean()) if ended.numel() else math.nan
+    running = episode_reward[..., -1][~done[..., -1]]
+    return imagined, float(running.mean()) if running.numel() else math.nan
+
+
+def _ppo_update(batch, advantage, loss_fn, optim, cfg: DemoConfig, generator: torch.Generator) -> None:
+    """``cfg.epochs`` epochs of PPO on one batch: GAE, then shuffled minibatches (clipped grads)."""
+    for _ in range(cfg.epochs):
+        with torch.no_grad():
+            advantage(batch)
+        flat = batch.reshape(-1)
+        perm = torch.randperm(flat.numel(), generator=generator)
+        for start in range(0, flat.numel(), cfg.minibatch):
+            losses = loss_fn(flat[perm[start:start + cfg.minibatch]])
+            loss = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(loss_fn.parameters(), 0.5)
+            optim.step()
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:

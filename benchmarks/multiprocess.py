@@ -18,38 +18,21 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import sys
 import time
 
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
 
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
-OBS_DIM, ACT_DIM = 16, 4
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # benchmarks/common.py, also when loaded by path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ACT_DIM, OBS_DIM, ResidualMLPWorldModel  # noqa: E402
 
-
-class MLPWorldModel(nn.Module):
-    """Residual MLP dynamics; ``hidden`` sets the cost of one model call."""
-
-    def __init__(self, hidden: int):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(
-            nn.Linear(OBS_DIM + ACT_DIM, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-            nn.Linear(hidden, OBS_DIM),
-        )
-
-    def reset(self, seed=None, options=None):
-        mask = (options or {}).get("reset_mask")
-        shape = (OBS_DIM,) if mask is None else (mask.shape[0], OBS_DIM)
-        state = torch.rand(shape) * 0.2 - 0.1
-        return {"state": state, "observation": state}
-
-    def step(self, state, action):
-        nxt = (state + 0.1 * torch.tanh(self.net(torch.cat([state, action.to(state.dtype)], -1)))).clamp(-1, 1)
-        return {"state": nxt, "observation": nxt, "reward": -nxt.norm(dim=-1)}
+MLPWorldModel = ResidualMLPWorldModel  # residual MLP dynamics; ``hidden`` sets the cost of one model call
 
 
 SPACES = (

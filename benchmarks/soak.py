@@ -29,47 +29,12 @@ import time
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
 
 from torchwm_rl import WorldModelEnv
 
-
-def rss_mb() -> float:
-    """Resident set size of this process in MiB (Linux /proc; falls back to peak RSS)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            pages = int(fh.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:  # pragma: no cover - not Linux
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class SoakModel(nn.Module):
-    """A small latent MLP world model with reward and terminal heads (batched)."""
-
-    def __init__(self, obs_dim: int = 16, act_dim: int = 4, hidden: int = 64):
-        super().__init__()
-        torch.manual_seed(0)
-        self.obs_dim = obs_dim
-        self.net = nn.Sequential(nn.Linear(obs_dim + act_dim, hidden), nn.Tanh(), nn.Linear(hidden, obs_dim))
-        self.reward_head = nn.Linear(obs_dim, 1)
-
-    def reset(self, seed=None, options=None):
-        n = int(options["reset_mask"].shape[0])
-        g = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        state = 0.1 * torch.randn(n, self.obs_dim, generator=g)
-        return {"state": state, "observation": state}
-
-    def step(self, state, action):
-        nxt = torch.tanh(state + 0.1 * self.net(torch.cat([state, action], -1)))
-        return {
-            "state": nxt,
-            "observation": nxt,
-            "reward": self.reward_head(nxt).squeeze(-1),
-            "terminated": nxt[:, 0] > 0.9,
-        }
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # benchmarks/common.py, also when loaded by path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SoakModel, rss_mb  # noqa: E402
 
 
 def build(path: str, n: int, min_len: int, max_len: int, seed: int):

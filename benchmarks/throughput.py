@@ -46,8 +46,8 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
+import sys
 import time
 from typing import Callable, Optional
 
@@ -59,40 +59,24 @@ from torch import nn
 
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
-LATENT, ACTION, HIDDEN = 64, 8, 256
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # benchmarks/common.py, also when loaded by path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ACTION, LATENT, LatentMLPWorldModel, latent_policy, peak_rss_mb, rss_mb  # noqa: E402
+
 DEVICE = torch.device("cpu")  # set by --device
 OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, shape=(LATENT,), dtype=np.float32)
 ACT_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(ACTION,), dtype=np.float32)
 
 
-class MLPWorldModel(nn.Module):
-    """latent (64) + action (8) -> 2 x 256 ELU -> next latent, reward, termination logit."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(
-            nn.Linear(LATENT + ACTION, HIDDEN), nn.ELU(), nn.Linear(HIDDEN, HIDDEN), nn.ELU(),
-            nn.Linear(HIDDEN, LATENT + 2),
-        )
-
-    def forward(self, latent, action):
-        out = self.net(torch.cat([latent, action], -1))
-        # terminations are rare (logit > 3 almost never happens at init), like the bare loop's
-        return torch.tanh(out[..., :LATENT]), out[..., LATENT], out[..., LATENT + 1] > 3.0
-
-    def initial(self, n: Optional[int], generator: torch.Generator):
-        latent = 0.5 * torch.randn((LATENT,) if n is None else (n, LATENT), generator=generator)
-        return latent.to(DEVICE)  # drawn on the CPU: the same start states on every device
+MLPWorldModel = LatentMLPWorldModel  # latent (64) + action (8) -> 2 x 256 ELU -> next latent, reward, done
 
 
 def make_model() -> MLPWorldModel:
-    return MLPWorldModel().to(DEVICE)
+    return MLPWorldModel(DEVICE)
 
 
 def make_policy() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(LATENT, 64), nn.Tanh(), nn.Linear(64, ACTION), nn.Tanh()).to(DEVICE)
+    return latent_policy(DEVICE)
 
 
 def reset_fn(model, seed=None, options=None):
@@ -436,15 +420,6 @@ def breakdown(n: int, steps: int = 100) -> str:
 
 
 # ----------------------------------------------------------------------------------- memory
-def rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def memory_line(total_steps: int, n: int = 64) -> str:
     """RSS while a batched env takes ``total_steps`` steps with partial resets."""
     model, policy = make_model(), make_policy()

@@ -71,7 +71,9 @@ def collect(n: int, seed: int, start: str, width: float, torque: float, length: 
             s = np.array(env.state, dtype=np.float64)
             a = rng.uniform(-torque, torque)
             env.step(np.array([a], dtype=np.float32))
-            S.append(s); A.append(a); S2.append(np.array(env.state, dtype=np.float64))
+            S.append(s)
+            A.append(a)
+            S2.append(np.array(env.state, dtype=np.float64))
             if len(S) >= n:
                 break
     env.close()

@@ -5,7 +5,7 @@ One batched ``WorldModelEnv`` (N imagined envs, ONE model call per step) is expo
 observations (``MultiInputPolicy``), channel-first uint8 images (``CnnPolicy``) and, through
 ``action_transform_fn``, a ``Discrete`` action space over a model that takes 2-D pushes.
 
-    python tutorials/sb3_ppo.py                  # vector, dict, discrete (see README for timings)
+    python tutorials/sb3_ppo.py                  # vector, dict, discrete (timings: tutorials/README.md)
     python tutorials/sb3_ppo.py --kinds image    # CnnPolicy on uint8 images (a few minutes)
     python tutorials/sb3_ppo.py --budget tiny    # all four, smoke run (seconds; used by the tests)
 

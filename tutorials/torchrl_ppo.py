@@ -4,7 +4,7 @@ The world model is a TorchRL env (``WorldModelEnv`` is an ``EnvBase``): it goes 
 ``TransformedEnv``, a ``Collector``, the advantage module and the loss, with no Gymnasium
 round trip. The env is batched: N imagined envs are stepped by ONE model call per step.
 
-    python tutorials/torchrl_ppo.py                       # PPO and SAC on vectors (see README for timings)
+    python tutorials/torchrl_ppo.py                       # PPO and SAC on vectors (timings: tutorials/README.md)
     python tutorials/torchrl_ppo.py --kinds vector image  # PPO on images too (several minutes more)
     python tutorials/torchrl_ppo.py --budget tiny         # smoke run (seconds; used by the test suite)
 

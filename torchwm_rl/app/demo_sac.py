@@ -48,9 +48,9 @@ def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) ->
 
     from .. import zoo
     from ..reality import reality_check
-    from .sac import SACConfig, train_sac
     from ..serialization import save_weights
     from ..zoo import pendulum
+    from .sac import SACConfig, train_sac
 
     model = zoo.load("pendulum")
     out = Path(cfg.out) if cfg.out else default_out_dir()
@@ -67,8 +67,9 @@ def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) ->
         if cfg.progress else None)
     train_seconds = time.perf_counter() - t_train
 
-    log(f"[torchwm-rl] reality check: {cfg.episodes} episodes on the real Pendulum-v1")
-    real_env = gym.make("Pendulum-v1")
+    real_id = zoo.real_env_id("pendulum")
+    log(f"[torchwm-rl] reality check: {cfg.episodes} episodes on the real {real_id}")
+    real_env = gym.make(real_id)
     check_env = pendulum.make_env(model, batch_size=min(cfg.episodes, 64), seed=cfg.seed + 20_000)
     report = reality_check(actor, check_env, real_env, episodes=cfg.episodes, seed=cfg.seed,
                            set_real_state=pendulum.set_real_state)
@@ -91,7 +92,7 @@ def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) ->
     mean = lambda values: float(sum(values) / len(values)) if values else math.nan  # noqa: E731
     return finish_run(
         out, cfg, report, history, train_seconds, t_start, plot_msg, log,
-        real_env_id="Pendulum-v1", imagined_label="deterministic policy, model",
+        real_env_id=real_id, imagined_label="deterministic policy, model",
         extra_result={"task": "pendulum", "algorithm": "SAC", "uncertainty_imagined_mean": mean(u_imagined),
                       "uncertainty_real_mean": mean(u_real)},
         extra_json={"sac": asdict(sac), "uncertainty": {"imagined": u_imagined, "real": u_real}},

@@ -11,7 +11,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from reliability_models import BATCHED, N, OBS, UNBATCHED, Driver, Scripted, action_for, make
+from harness import BATCHED, UNBATCHED, Driver
+from reliability_models import N, OBS, Scripted, action_for, make
 
 
 @pytest.mark.parametrize("path", UNBATCHED)

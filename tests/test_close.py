@@ -8,7 +8,8 @@ import weakref
 
 import pytest
 
-from reliability_models import N, UNBATCHED, Driver, OpaqueState, Scripted, action_for, make, opaque_reset, opaque_transition
+from harness import UNBATCHED, Driver
+from reliability_models import N, OpaqueState, Scripted, action_for, make, opaque_reset, opaque_transition
 
 
 def _opaque_env(path):

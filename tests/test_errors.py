@@ -29,6 +29,7 @@ from models import (
     transition_world_model,
     vector_spaces,
 )
+from harness import BATCHED, UNBATCHED, Driver, base_path, is_batched
 from reliability_models import (
     SOURCES,
     Scripted,
@@ -46,19 +47,9 @@ S0 = torch.tensor([0.1, 0.2, 0.3])
 ACTION = np.zeros(3, dtype=np.float32)
 CLASSES = [WorldModelEnv, GymWorldModelEnv]
 
-UNBATCHED = ["torchrl", "gym"]
-BATCHED = ["torchrl", "vector", "sb3"]
 N = 4
 # every path, unbatched and batched ("torchrl-batched": the TorchRL env with batch_size (N,))
 ALL_PATHS = ["torchrl", "gym", "torchrl-batched", "vector", "sb3"]
-
-
-def _batched(path):
-    return path in ("torchrl-batched", "vector", "sb3")
-
-
-def _path(path):
-    return "torchrl" if path == "torchrl-batched" else path
 
 
 def _env(cls, transition=lambda s, a: s + a, reset=lambda: S0.clone(), **kwargs):
@@ -168,10 +159,10 @@ def _dict_model(observe):
 @pytest.mark.parametrize("path", ALL_PATHS)
 def test_dict_observation_entry_of_wrong_shape_names_the_entry(path):
     observe = lambda s: {"position": s, "phase": s}  # noqa: E731  (phase should be (..., 1))
-    n = N if _batched(path) else None
+    n = N if is_batched(path) else None
     expected, got = ((N, 1), (N, 3)) if n else ((1,), (3,))
     with pytest.raises(ValueError, match=re.escape(f"observation['phase']: expected shape {expected}, got {got}")):
-        first_step(_path(path), None, n=n, obs_space=DICT, model=_dict_model(observe))
+        first_step(base_path(path), None, n=n, obs_space=DICT, model=_dict_model(observe))
 
 
 @pytest.mark.parametrize("path", UNBATCHED)
@@ -263,25 +254,25 @@ def test_batched_reward_of_wrong_shape_names_expected_and_got(path, reward, got)
 @pytest.mark.parametrize("flag", ["terminated", "truncated"])
 def test_float_flags_are_refused(path, flag):
     # unbatched: a 0-d float32 tensor; batched: a float64 numpy array (one per env)
-    n = N if _batched(path) else None
+    n = N if is_batched(path) else None
     value, dtype = (np.full(N, 0.7), torch.float64) if n else (torch.tensor(0.7), torch.float32)
     with pytest.raises(TypeError, match=re.escape(f"{flag}: expected a bool flag, got floating dtype {dtype}")):
-        first_step(_path(path), with_value(flag, value), n=n)
+        first_step(base_path(path), with_value(flag, value), n=n)
 
 
 @pytest.mark.parametrize("path", ALL_PATHS)
 def test_integer_flags_other_than_0_and_1_are_refused(path):
-    n = N if _batched(path) else None
+    n = N if is_batched(path) else None
     value = torch.tensor([0, 1, 2, 1][:N]) if n else torch.tensor(2)
     with pytest.raises(ValueError, match=re.escape("terminated: expected a bool flag (or integers 0/1), got torch.int64 values [2]")):
-        first_step(_path(path), with_value("terminated", value), n=n)
+        first_step(base_path(path), with_value("terminated", value), n=n)
 
 
 @pytest.mark.parametrize("path", ALL_PATHS)
 def test_integer_0_1_flags_are_read_as_bools(path):
-    n = N if _batched(path) else None
+    n = N if is_batched(path) else None
     value = np.array([0, 1, 0, 1][:N]) if n else 1
-    terminated = first_step(_path(path), with_value("terminated", value), n=n)[2]
+    terminated = first_step(base_path(path), with_value("terminated", value), n=n)[2]
     assert np.atleast_1d(terminated).tolist() == ([False, True, False, True][:N] if n else [True])
 
 
@@ -602,20 +593,10 @@ def test_integer_actions_are_checked_before_any_cast_the_same_on_every_path(path
     n = None if path in ("torchrl", "gym") else 4
     kwargs = dict(reset_fn=reset, transition_fn=transition, check_actions=mode)
     actions = np.array([1.7]) if n is None else np.array([0.4, 1.6, 2.5, 3.4])
-    if path == "gym":
-        env = GymWorldModelEnv(object(), box, gym.spaces.Discrete(3), **kwargs)
-        env.reset()
-        step = lambda: env.step(actions[0])  # noqa: E731
-    elif path == "torchrl":
-        env = WorldModelEnv(object(), box, gym.spaces.Discrete(3), **kwargs)
-        td = env.reset()
-        td["action"] = torch.tensor(actions[0])
-        step = lambda: env.step(td)  # noqa: E731
-    else:
-        env = WorldModelEnv(object(), box, gym.spaces.Discrete(3), batch_size=(n,), **kwargs)
-        env = env.to_gymnasium() if path == "vector" else env.to_sb3()
-        env.reset()
-        step = lambda: env.step(actions)  # noqa: E731
+    driver = Driver(path, make(path, object(), box, gym.spaces.Discrete(3), n=n, **kwargs),
+                    action=actions[0] if n is None else actions)
+    driver.reset()
+    step = driver.step
     if mode == "clip":
         step()
         assert seen[-1].reshape(-1).tolist() == ([2] if n is None else [0, 2, 2, 2])
@@ -639,25 +620,11 @@ def test_check_observations_refuses_values_outside_the_space_and_is_off_by_defau
 
     def run(check):
         kwargs = dict(reset_fn=reset, transition_fn=transition, check_observations=check)
-        if path == "gym":
-            env = GymWorldModelEnv(object(), space, space, **kwargs)
-            env.reset()
-            return lambda: env.step(np.zeros(2, np.float32))
-        n = None if path == "torchrl" else 3
-        env = WorldModelEnv(object(), space, space, batch_size=() if n is None else (n,), **kwargs)
-        if path == "torchrl":
-            td = env.reset()
-            td["action"] = torch.zeros(2)
-            state = {"td": td}
-
-            def step():
-                out = env.step(state["td"])["next"]
-                state["td"] = out.exclude("reward", "done", "terminated", "truncated")
-                state["td"]["action"] = torch.zeros(2)
-            return step
-        export = env.to_gymnasium() if path == "vector" else env.to_sb3()
-        export.reset()
-        return lambda: export.step(np.zeros((n, 2), np.float32))
+        n = None if path in ("torchrl", "gym") else 3
+        driver = Driver(path, make(path, object(), space, space, n=n, **kwargs),
+                        action=np.zeros((2,) if n is None else (n, 2), np.float32))
+        driver.reset()
+        return driver.step
 
     step = run(False)
     step(), step()  # 0.75, then 1.5: outside the Box, accepted without the check (the default)

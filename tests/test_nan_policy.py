@@ -21,12 +21,10 @@ import pytest
 import torch
 
 from models import DictModel, dict_reset, dict_spaces, dict_transition
+from harness import BATCHED, UNBATCHED, Driver
 from reliability_models import (
-    BATCHED,
     N,
     SOURCES,
-    UNBATCHED,
-    Driver,
     Scripted,
     action_for,
     first_reset,

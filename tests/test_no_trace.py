@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from reliability_models import Driver, Scripted, action_for, make
+from harness import Driver
+from reliability_models import Scripted, action_for, make
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 BOX = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)

@@ -82,10 +82,17 @@ def to_numpy(value: Any) -> Any:
 
 
 def obs_np(td, space) -> Any:
-    """The observation a TensorDict carries, as numpy (a dict of arrays for a Dict space)."""
+    """The observation a TensorDict carries, as numpy: ``"observation"``, or for a Dict space
+    a dict of its keys, which sit at the root (nested Dict spaces give nested dicts)."""
     if isinstance(space, gym.spaces.Dict):
-        return {k: to_numpy(td.get(k)) for k in space.spaces}
+        return _value_np(td, space)
     return to_numpy(td.get("observation"))
+
+
+def _value_np(value, space) -> Any:
+    if isinstance(space, gym.spaces.Dict):
+        return {k: _value_np(value.get(k), sub) for k, sub in space.spaces.items()}
+    return to_numpy(value)
 
 
 class Driver:

@@ -59,7 +59,8 @@ def _make(kind: str, model: Flaky):
 
 
 def _drive(kind: str, env, steps: int, retry: bool):
-    """Observations and rewards of ``steps`` steps; with ``retry`` a failed call is repeated."""
+    """Observations and rewards of ``steps`` steps of the harness driver; with ``retry`` a failed
+    call is repeated."""
     out = []
 
     def call(fn):
@@ -70,20 +71,14 @@ def _drive(kind: str, env, steps: int, retry: bool):
                 raise
             return fn()
 
-    if kind == "sb3":
-        out.append(call(env.reset))
-    else:
-        out.append(call(lambda: env.reset(seed=0) if kind == "vector" else env.reset())[0])
-    action = np.zeros((N, 2) if kind != "gym" else 2, np.float32)
+    driver = Driver(kind, env, action=np.zeros((N, 2) if kind != "gym" else 2, np.float32))
+    out.append(call(lambda: driver.reset(seed=0 if kind == "vector" else None)))
     for _ in range(steps):
-        if kind == "sb3":
-            obs, reward, done, _ = call(lambda: env.step(action))
-        else:
-            obs, reward, *_ = call(lambda: env.step(action))
+        obs, reward, *_ = call(driver.step)
         out.append(np.asarray(obs).copy())
         out.append(np.asarray(reward, dtype=np.float64).copy())
         if kind == "gym" and bool(np.any(np.asarray(obs)[..., 0] > 1.0)):
-            out.append(call(env.reset)[0])
+            out.append(call(driver.reset))
     return out
 
 

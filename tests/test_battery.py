@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import Driver, base_path, is_batched, make
+from harness import Driver, base_path, is_batched, make, on_paths
 
 OBS = gym.spaces.Box(-10.0, 10.0, shape=(2,), dtype=np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
@@ -209,7 +208,7 @@ def test_malformed_outputs_raise_naming_the_hook_and_field_and_leave_no_trace(ho
     RESULTS["handled"] += 1
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_the_clean_model_steps_on_every_path(path):
     """The battery's reference: the uncorrupted model runs and gives the same rewards everywhere."""
     _, steps = _clean(path)

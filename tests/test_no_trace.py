@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import Driver
+from harness import Driver, on_paths
 from reliability_models import Scripted, action_for, make
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
@@ -343,7 +343,7 @@ def _obs_is_state_transition(model, state, action):
     return 0.5 * state + 0.1  # no state returned: the observation is the model state
 
 
-@pytest.mark.parametrize("path", ["gym", "vector", "sb3"])
+@on_paths(["gym", "vector", "sb3"])
 def test_writing_into_returned_observations_does_not_touch_the_env(path):
     n = None if path == "gym" else 2
     env = make(path, Scripted(), n=n, reset_fn=_obs_is_state_reset, transition_fn=_obs_is_state_transition)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import harness
-from harness import UNBATCHED, Driver
+from harness import UNBATCHED, Driver, on_paths
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 OBS_SPACE = gym.spaces.Box(-100.0, 100.0, shape=(3,), dtype=np.float32)
@@ -62,7 +62,7 @@ RESET_FORMS = {
 }
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize("form", list(RESET_FORMS))
 def test_reset_return_form(path, form):
     make, has_state, info = RESET_FORMS[form]
@@ -87,7 +87,7 @@ def test_reset_return_form(path, form):
     torch.testing.assert_close(torch.as_tensor(state_given), expected_state)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_reset_without_state_uses_initial_state(path):
     rec = Recorder()
 
@@ -102,7 +102,7 @@ def test_reset_without_state_uses_initial_state(path):
     torch.testing.assert_close(rec.calls[-1][0], S0)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_initial_observation_without_reset_fn(path):
     model = nn.Linear(1, 1)  # no reset method: initial values serve
     d = _driver(path, model, transition_fn=lambda s, a: next_state(s, a), initial_observation=S0.numpy(),
@@ -157,7 +157,7 @@ TRANSITION_FORMS = {
 }
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize("form", list(TRANSITION_FORMS))
 def test_transition_return_form(path, form):
     fn, reward, terminated, truncated, has_state = TRANSITION_FORMS[form]
@@ -183,7 +183,7 @@ def test_transition_return_form(path, form):
     torch.testing.assert_close(torch.as_tensor(rec.calls[-1][0]), _s1())
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_transition_2_tuple_is_refused(path):
     """``(state, obs)`` and ``(obs, reward)`` cannot be told apart: a 2-tuple is refused, and the
     message names the forms to return instead."""
@@ -198,7 +198,7 @@ def test_transition_2_tuple_is_refused(path):
         d.step()
 
 
-@pytest.mark.parametrize("path", ["gym"])
+@on_paths(["gym"])
 def test_transition_info_reaches_gym_info(path):
     d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
                transition_fn=lambda s, a: (next_state(s, a), 0.0, False, False, {"diag": 7}))
@@ -207,7 +207,7 @@ def test_transition_info_reaches_gym_info(path):
     assert info["diag"] == 7
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_mapping_with_unknown_key_is_refused(path):
     d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
                transition_fn=lambda s, a: {"observation": s, "rewrd": 1.0})
@@ -217,7 +217,7 @@ def test_mapping_with_unknown_key_is_refused(path):
 
 
 # ------------------------------------------------------------------- reward/terminal fallbacks
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_missing_reward_and_flag_default_to_zero_and_false(path):
     d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
                transition_fn=lambda s, a: {"observation": next_state(s, a)})
@@ -226,7 +226,7 @@ def test_missing_reward_and_flag_default_to_zero_and_false(path):
     assert (r, term, trunc) == (0.0, False, False)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_missing_reward_and_flag_come_from_reward_fn_and_terminal_fn(path):
     seen = {}
 
@@ -254,7 +254,7 @@ def test_missing_reward_and_flag_come_from_reward_fn_and_terminal_fn(path):
         torch.testing.assert_close(torch.as_tensor(obs), 2 * _s1())  # the observation reached
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_returned_reward_and_flag_win_over_reward_fn_and_terminal_fn(path):
     calls = []
     d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
@@ -280,7 +280,7 @@ SIGNATURES = {
 }
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize("sig", list(SIGNATURES))
 def test_transition_fn_signatures(path, sig):
     d = _driver(path, SigModel(), reset_fn=lambda: S0.clone(), transition_fn=SIGNATURES[sig])
@@ -299,7 +299,7 @@ RESET_SIGNATURES = {
 }
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize("sig", list(RESET_SIGNATURES))
 def test_reset_fn_signatures(path, sig):
     d = _driver(path, SigModel(), reset_fn=RESET_SIGNATURES[sig], transition_fn=next_state)
@@ -308,7 +308,7 @@ def test_reset_fn_signatures(path, sig):
     np.testing.assert_allclose(obs, (S0 + (2 if uses_seed else 0)).numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_reward_fn_and_terminal_fn_signatures(path):
     """TorchWM's ``fn(model, next_state, obs, action)`` down to a leading part of it; a lone
     ``next_state`` is bound by name."""
@@ -321,7 +321,7 @@ def test_reward_fn_and_terminal_fn_signatures(path):
     assert r == pytest.approx(float(_s1().sum())) and term is False
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_hook_parameters_named_like_the_hook_args_are_matched_by_name(path):
     """``reward_fn(state, action)`` gets the state the step reached (``state`` in a reward
     hook, as in TorchWM) and the action, not the positional (model, next_state);
@@ -373,7 +373,7 @@ def _model_with(reset_name: str | None, step_name: str | None):
     return type(f"Model_{reset_name}_{step_name}", (_Base,), attrs)()
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize("reset_name", ["reset_env", "reset_state", "reset"])
 def test_model_reset_method_fallback(path, reset_name):
     model = _model_with(reset_name, "env_step")
@@ -383,7 +383,7 @@ def test_model_reset_method_fallback(path, reset_name):
     assert reset_name in model.used
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize(
     "step_name", ["env_step", "step", "predict_step", "predict", "imagine_step", "transition", "__call__"]
 )
@@ -486,7 +486,7 @@ def _state_trace(path, initial, advance, to_obs):
     return returned, received, d
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_numpy_state_stays_numpy(path):
     returned, received, d = _state_trace(
         path, np.array([0.1, 0.2, 0.3]), lambda s: s + 1.0, lambda s: s.astype(np.float32)
@@ -500,7 +500,7 @@ def test_numpy_state_stays_numpy(path):
         assert d.env.state is returned[-1]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_opaque_state_is_handed_back_as_is(path):
     returned, received, d = _state_trace(
         path, Opaque(S0.clone()), lambda s: Opaque(s.value + 1), lambda s: s.value
@@ -508,7 +508,7 @@ def test_opaque_state_is_handed_back_as_is(path):
     assert received[0] is returned[0] and received[1] is returned[1]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_dict_state_stays_a_plain_dict(path):
     initial = {"h": S0.clone(), "z": {"c": torch.zeros(2, dtype=torch.float64)}}
 
@@ -528,7 +528,7 @@ def test_dict_state_stays_a_plain_dict(path):
         assert received[1] is returned[1]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_tensor_state_dtype_and_values_kept(path):
     returned, received, d = _state_trace(
         path, torch.arange(3, dtype=torch.float64), lambda s: s * 2, lambda s: s.float()
@@ -539,7 +539,7 @@ def test_tensor_state_dtype_and_values_kept(path):
 
 
 # ------------------------------------------------------------------------------- actions
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_action_transform_output_reaches_model_as_is(path):
     sentinel = []
 
@@ -561,7 +561,7 @@ def test_action_transform_output_reaches_model_as_is(path):
     assert got[-1] is sentinel[-1]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_action_transform_sees_the_library_action_as_given(path):
     """As TorchWM: the transform gets the action the path was given, with no tensor conversion
     (``torch_actions`` applies only without a transform): the TorchRL path's action is the

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensordict import TensorDictBase
 
-from harness import Driver
+from harness import Driver, assert_library_parity
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 from torchwm_rl.spaces import space_to_spec, spec_to_space
 
@@ -313,6 +313,8 @@ def _check_unbatched(case):
         _assert_obs_equal(obs, exp_obs, case["obs_space"])
         assert type(reward) is float and type(terminated) is bool and type(truncated) is bool
         assert np.float32(reward) == exp_reward and terminated == exp_term and truncated == exp_trunc
+    # and the library's own parity check (``torchwm-rl check``) passes on the same case
+    assert_library_parity(WorldModelEnv(_model(case), case["obs_space"], case["act_space"]), steps=STEPS, seed=7)
 
 
 @settings(max_examples=80, **SETTINGS)

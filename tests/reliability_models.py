@@ -5,9 +5,8 @@ Module level on purpose: the pickling tests need the model and its hooks to be i
 
 :class:`Scripted` is a tiny deterministic world model (state == observation, 3 floats per env)
 whose transition can be told to misbehave: return a doctored output (``bad``) on call number
-``bad_at`` (only), or raise on call number ``raise_at``. :class:`Driver` steps any of the four
-public paths (TorchRL env, Gymnasium env, Gymnasium vector export, SB3 VecEnv) with one
-interface returning numpy ``(obs, reward, terminated, truncated, info)``.
+``bad_at`` (only), or raise on call number ``raise_at``. :func:`make` builds it on any public
+path (``harness.make`` with this module's spaces); ``harness.Driver`` steps it.
 """
 
 from __future__ import annotations
@@ -17,15 +16,13 @@ from typing import Any, Callable, Optional
 import gymnasium as gym
 import numpy as np
 import torch
-from torchrl.envs.utils import step_mdp
 
-from torchwm_rl import GymWorldModelEnv, WorldModelEnv
+import harness
+from harness import Driver
 
 OBS = gym.spaces.Box(-10.0, 10.0, shape=(3,), dtype=np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
 
-UNBATCHED = ["torchrl", "gym"]  # the paths (see :func:`make`) an unbatched behaviour is asserted on
-BATCHED = ["torchrl", "vector", "sb3"]  # ... and a batched one, with N envs
 N = 4
 
 
@@ -102,77 +99,8 @@ def add_one_reward(model, next_state):
 
 
 def make(path: str, model: Any, obs_space=OBS, act_space=ACT, n: Optional[int] = None, **kwargs):
-    """The env for ``path`` in {"torchrl", "gym", "vector", "sb3"}; ``n`` = batch size."""
-    if path == "gym":
-        assert n is None, "the Gymnasium env is unbatched; use 'vector'"
-        return GymWorldModelEnv(model, obs_space, act_space, **kwargs)
-    autoreset = kwargs.pop("autoreset_mode", None)
-    env = WorldModelEnv(model, obs_space, act_space, batch_size=() if n is None else (n,), **kwargs)
-    if path == "torchrl":
-        return env
-    if path == "vector":
-        assert n is not None
-        return env.to_gymnasium(**({} if autoreset is None else {"autoreset_mode": autoreset}))
-    if path == "sb3":
-        return env.to_sb3()
-    raise ValueError(path)
-
-
-def _np(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _np(v) for k, v in value.items()}
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return value
-
-
-class Driver:
-    """One interface over the four paths. ``step`` returns numpy
-    ``(obs, reward, terminated, truncated, info)``; for SB3, ``terminated``/``truncated`` are
-    derived from ``dones`` and ``infos[i]["TimeLimit.truncated"]`` and ``info`` is the list."""
-
-    def __init__(self, path: str, env: Any):
-        self.path, self.env = path, env
-        self.td = None
-
-    def reset(self, seed: Optional[int] = None) -> Any:
-        if self.path == "torchrl":
-            self.td = self.env.reset(seed=seed) if seed is not None else self.env.reset()
-            return self.observation(self.td)
-        if self.path == "sb3":
-            if seed is not None:
-                self.env.seed(seed)
-            return self.env.reset()
-        return self.env.reset(seed=seed)[0]
-
-    def observation(self, td) -> Any:
-        space = self.env.adapter.observation_space
-        if isinstance(space, gym.spaces.Dict):
-            return {k: _np(td.get(k)) for k in space.spaces}
-        return _np(td.get("observation"))
-
-    def step(self, action: Any):
-        if self.path == "torchrl":
-            td = self.td.clone(False)
-            td.set("action", torch.as_tensor(action))
-            td = self.env.step(td)
-            nxt = td.get("next")
-            info = {k: _np(nxt.get(k)).squeeze(-1) for k in ("nonfinite", "elapsed_steps") if k in nxt.keys()}
-            out = (
-                self.observation(nxt),
-                _np(nxt.get("reward")).squeeze(-1),
-                _np(nxt.get("terminated")).squeeze(-1),
-                _np(nxt.get("truncated")).squeeze(-1),
-                info,
-            )
-            self.td = step_mdp(td)
-            return out
-        if self.path == "sb3":
-            self.env.step_async(np.asarray(action))
-            obs, reward, dones, infos = self.env.step_wait()
-            truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos])
-            return obs, reward, dones & ~truncated, truncated, infos
-        return self.env.step(action)
+    """:func:`harness.make` with this module's spaces as defaults."""
+    return harness.make(path, model, obs_space, act_space, n=n, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,10 +11,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from reliability_models import BATCHED, N, OBS, UNBATCHED, Driver, Scripted, action_for, make
+from harness import BATCHED, UNBATCHED, Driver, on_paths
+from reliability_models import N, OBS, Scripted, action_for, make
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_check_actions_clip(path):
     clipped = Driver(path, make(path, Scripted(), check_actions="clip"))
     inside = Driver(path, make(path, Scripted()))
@@ -24,7 +25,7 @@ def test_check_actions_clip(path):
     np.testing.assert_array_equal(got[0], expected[0])
 
 
-@pytest.mark.parametrize("path", BATCHED)
+@on_paths(BATCHED)
 def test_check_actions_clip_batched(path):
     clipped, inside = Driver(path, make(path, Scripted(), n=N, check_actions="clip")), Driver(path, make(path, Scripted(), n=N))
     clipped.reset(seed=0), inside.reset(seed=0)
@@ -35,7 +36,7 @@ def test_check_actions_clip_batched(path):
     np.testing.assert_array_equal(got[0], inside.step(action)[0])
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_check_actions_raise(path):
     driver = Driver(path, make(path, Scripted(), check_actions="raise"))
     driver.reset(seed=0)
@@ -43,7 +44,7 @@ def test_check_actions_raise(path):
         driver.step(np.array([5.0, 0.0, 0.0], dtype=np.float32))
 
 
-@pytest.mark.parametrize("path", BATCHED)
+@on_paths(BATCHED)
 def test_check_actions_raise_names_env_index(path):
     driver = Driver(path, make(path, Scripted(), n=N, check_actions="raise"))
     driver.reset(seed=0)
@@ -53,7 +54,7 @@ def test_check_actions_raise_names_env_index(path):
         driver.step(action)
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_check_actions_raise_on_wrong_shape(path):
     driver = Driver(path, make(path, Scripted(), check_actions="raise"))
     driver.reset(seed=0)
@@ -61,7 +62,7 @@ def test_check_actions_raise_on_wrong_shape(path):
         driver.step(np.zeros(2, dtype=np.float32))
 
 
-@pytest.mark.parametrize("path", BATCHED)
+@on_paths(BATCHED)
 def test_check_actions_raise_discrete_names_env_index(path):
     env = make(path, Scripted(), gym.spaces.Box(-100, 100, (3,), np.float32), gym.spaces.Discrete(3), n=N,
                transition_fn=lambda model, state, action: {"state": state, "observation": state},
@@ -72,7 +73,7 @@ def test_check_actions_raise_discrete_names_env_index(path):
         driver.step(np.array([0, 5, 2, 1]))
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_check_actions_clip_discrete(path):
     seen = []
 
@@ -101,7 +102,7 @@ def test_actions_are_not_checked_by_default():
     assert seen[0][0] == 5.0
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 @pytest.mark.parametrize("mode", ["clip", "raise"])
 def test_nan_actions_are_refused_when_checking(path, mode):
     driver = Driver(path, make(path, Scripted(), check_actions=mode))
@@ -110,7 +111,7 @@ def test_nan_actions_are_refused_when_checking(path, mode):
         driver.step(np.array([0.0, np.nan, 0.0], dtype=np.float32))
 
 
-@pytest.mark.parametrize("path", BATCHED)
+@on_paths(BATCHED)
 def test_check_actions_clip_multidiscrete(path):
     seen = []
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torchwm_rl import GymWorldModelEnv, WorldModelEnv
+from harness import Driver, base_path, is_batched, make, on_paths
 
 OBS = gym.spaces.Box(-10.0, 10.0, shape=(2,), dtype=np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
@@ -104,69 +103,49 @@ def _hooks(case: Case) -> dict:
     return hooks
 
 
-class Driver:
-    """reset() and step() on any path, returning (obs, reward, terminated) as numpy."""
+def _driver(path: str, case: Case) -> Driver:
+    """The harness driver for ``case`` on ``path`` (its hooks, ``N`` envs when batched); its
+    default action is 0.5 everywhere."""
+    n = N if is_batched(path) else None
+    env = make(base_path(path), case, OBS, ACT, n=n, **_hooks(case))
+    return Driver(path, env, action=np.full((2,) if n is None else (N, 2), 0.5, np.float32))
 
-    def __init__(self, path: str, case: Case):
-        self.path = path
-        batched = path in ("torchrl-batched", "vector", "sb3")
-        kwargs = dict(batch_size=(N,)) if batched else {}
-        if path == "gym":
-            self.env = GymWorldModelEnv(case, OBS, ACT, **_hooks(case))
-        else:
-            env = WorldModelEnv(case, OBS, ACT, **kwargs, **_hooks(case))
-            self.env = {"vector": env.to_gymnasium, "sb3": env.to_sb3}.get(path, lambda: env)()
-        self.action = np.full((N, 2) if batched else (2,), 0.5, np.float32)
-        self.td = None
 
-    def reset(self):
-        if self.path.startswith("torchrl"):
-            self.td = self.env.reset()
-            return self.td["observation"].numpy()
-        if self.path == "sb3":
-            return self.env.reset()
-        return self.env.reset(seed=0)[0]
+def _reset(driver: Driver, path: str):
+    """The battery's reset: seeded (0) on the Gymnasium env and the vector export, unseeded on
+    the TorchRL env and SB3."""
+    return driver.reset(seed=0 if path in ("gym", "vector") else None)
 
-    def step(self):
-        if self.path.startswith("torchrl"):
-            td = self.td.clone()
-            td["action"] = torch.as_tensor(self.action)
-            out = self.env.step(td)["next"]
-            result = (out["observation"].numpy(), out["reward"].squeeze(-1).numpy(),
-                      out["terminated"].squeeze(-1).numpy())
-            self.td = out.exclude("reward", "done", "terminated", "truncated")
-            return result
-        if self.path == "sb3":
-            obs, reward, done, _ = self.env.step(self.action)
-            return obs, reward, done
-        obs, reward, terminated, *_ = self.env.step(self.action)
-        return np.asarray(obs), np.asarray(reward), np.asarray(terminated)
+
+def _step(driver: Driver):
+    """(obs, reward, terminated) of one step with the default action."""
+    return driver.step()[:3]
 
 
 def _run(case: Case, path: str):
     """(outcome, error message, the two steps after the bad value)."""
-    driver = Driver(path, case)
+    driver = _driver(path, case)
     case.armed = True
     error, result = None, None
     try:
         if case.hook == "reset_fn":
-            result = driver.reset()
+            result = _reset(driver, path)
         else:
-            driver.reset()
-            result = driver.step()
+            _reset(driver, path)
+            result = _step(driver)
     except (ValueError, TypeError) as err:
         error = str(err)
     # whatever happened, the env must go on as a clean one: reset, then two steps
-    first = driver.reset()
-    after = [driver.step(), driver.step()]
+    first = _reset(driver, path)
+    after = [_step(driver), _step(driver)]
     return error, result, first, after
 
 
 def _clean(path: str):
-    case = Case("none", "none", "nan", "mapping", (N,) if path in ("torchrl-batched", "vector", "sb3") else ())
-    driver = Driver(path, case)
-    driver.reset()
-    return driver.reset(), [driver.step(), driver.step()]
+    case = Case("none", "none", "nan", "mapping", (N,) if is_batched(path) else ())
+    driver = _driver(path, case)
+    _reset(driver, path)
+    return _reset(driver, path), [_step(driver), _step(driver)]
 
 
 RESULTS: dict = {"cases": 0, "handled": 0}
@@ -196,7 +175,7 @@ def _expects_error(hook: str, field: str, corruption: str, batch: tuple) -> bool
 )
 def test_malformed_outputs_raise_naming_the_hook_and_field_and_leave_no_trace(hook, data, corruption, form, path):
     field = data.draw(st.sampled_from(FIELDS[hook]))
-    batch = (N,) if path in ("torchrl-batched", "vector", "sb3") else ()
+    batch = (N,) if is_batched(path) else ()
     kind = CORRUPTIONS[corruption][1]
     if kind.startswith("flag") and field != "terminated":
         return  # flag corruptions only apply to flags
@@ -229,7 +208,7 @@ def test_malformed_outputs_raise_naming_the_hook_and_field_and_leave_no_trace(ho
     RESULTS["handled"] += 1
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_the_clean_model_steps_on_every_path(path):
     """The battery's reference: the uncorrupted model runs and gives the same rewards everywhere."""
     _, steps = _clean(path)

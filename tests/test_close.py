@@ -8,7 +8,8 @@ import weakref
 
 import pytest
 
-from reliability_models import N, UNBATCHED, Driver, OpaqueState, Scripted, action_for, make, opaque_reset, opaque_transition
+from harness import UNBATCHED, Driver, on_paths
+from reliability_models import N, OpaqueState, Scripted, action_for, make, opaque_reset, opaque_transition
 
 
 def _opaque_env(path):
@@ -19,7 +20,7 @@ def _opaque_env(path):
     return env, driver
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_close_drops_the_model_state_but_keeps_the_model(path):
     env, driver = _opaque_env(path)
     state = env._held_state if path == "torchrl" else env.state

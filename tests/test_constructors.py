@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness import export_trajectory
 from torchwm_rl import GymVectorWorldModelEnv, GymWorldModelEnv, ModelAdapter, WorldModelEnv
 from torchwm_rl.options import OPTION_NAMES
 from torchwm_rl.sb3 import SB3VecWorldModelEnv
@@ -32,16 +33,6 @@ def transition(state, action, generator=None):
 HOOKS = dict(reset_fn=reset, transition_fn=transition, max_episode_steps=5, check_actions="clip")
 
 
-def _trajectory(venv, sb3: bool) -> list:
-    out = [venv.reset() if sb3 else venv.reset()[0]]
-    rng = np.random.default_rng(0)
-    for _ in range(12):
-        actions = rng.uniform(-1, 1, size=(N, 2)).astype(np.float32)
-        step = venv.step(actions)
-        out.extend([step[0], step[1], step[2]] if sb3 else [step[0], step[1], step[2], step[3]])
-    return out
-
-
 @pytest.mark.parametrize("kind", ["vector", "sb3"])
 def test_an_export_built_from_a_model_equals_the_one_to_gymnasium_gives(kind):
     env = WorldModelEnv(None, OBS, ACT, batch_size=(N,), seed=7, **HOOKS)
@@ -53,7 +44,8 @@ def test_an_export_built_from_a_model_equals_the_one_to_gymnasium_gives(kind):
         direct = SB3VecWorldModelEnv(None, OBS, ACT, num_envs=N, seed=7, **HOOKS)
         exported = env.to_sb3()
         assert isinstance(direct, SB3VecWorldModelEnv) and isinstance(exported, SB3VecWorldModelEnv)
-    ours, theirs = _trajectory(direct, kind == "sb3"), _trajectory(exported, kind == "sb3")
+    ours = export_trajectory(direct, kind == "sb3", N, ACT.shape[0])
+    theirs = export_trajectory(exported, kind == "sb3", N, ACT.shape[0])
     for a, b in zip(ours, theirs):
         np.testing.assert_array_equal(a, b)
     # the seed is used: another seed gives another start

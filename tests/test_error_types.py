@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness import on_paths
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 from torchwm_rl.errors import TorchWMError, TypeMismatch, ValueMismatch
 
@@ -35,7 +36,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("override,kind,key,expected,got", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("path", ["torchrl", "vector"])
+@on_paths(["torchrl", "vector"])
 def test_a_wrong_transition_value_carries_hook_key_expected_and_got(override, kind, key, expected, got, path):
     env = WorldModelEnv(None, OBS, ACT, reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 3),
                         transition_fn=_transition(**override), batch_size=(N,))

@@ -29,6 +29,8 @@ from models import (
     transition_world_model,
     vector_spaces,
 )
+from harness import ALL_PATHS as PUBLIC_PATHS
+from harness import BATCHED, UNBATCHED, Driver, base_path, is_batched, on_paths
 from reliability_models import (
     SOURCES,
     Scripted,
@@ -46,19 +48,9 @@ S0 = torch.tensor([0.1, 0.2, 0.3])
 ACTION = np.zeros(3, dtype=np.float32)
 CLASSES = [WorldModelEnv, GymWorldModelEnv]
 
-UNBATCHED = ["torchrl", "gym"]
-BATCHED = ["torchrl", "vector", "sb3"]
 N = 4
 # every path, unbatched and batched ("torchrl-batched": the TorchRL env with batch_size (N,))
 ALL_PATHS = ["torchrl", "gym", "torchrl-batched", "vector", "sb3"]
-
-
-def _batched(path):
-    return path in ("torchrl-batched", "vector", "sb3")
-
-
-def _path(path):
-    return "torchrl" if path == "torchrl-batched" else path
 
 
 def _env(cls, transition=lambda s, a: s + a, reset=lambda: S0.clone(), **kwargs):
@@ -108,7 +100,7 @@ def test_reset_without_observation(cls, reset):
         env.reset()
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 @pytest.mark.parametrize("source", SOURCES)
 def test_step_without_observation_names_the_hook(path, source):
     def drop_observation(out):
@@ -119,7 +111,7 @@ def test_step_without_observation_names_the_hook(path, source):
 
 
 # ------------------------------------------------------------------------------ wrong shapes
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 @pytest.mark.parametrize("phase,shape", [("reset", (4,)), ("step", (4,)), ("step", (2, 3))],
                          ids=["reset-(4,)", "step-(4,)", "step-(2,3)"])
 def test_observation_of_wrong_shape_names_key_expected_and_got(path, phase, shape):
@@ -165,16 +157,16 @@ def _dict_model(observe):
     return Model()
 
 
-@pytest.mark.parametrize("path", ALL_PATHS)
+@on_paths(ALL_PATHS)
 def test_dict_observation_entry_of_wrong_shape_names_the_entry(path):
     observe = lambda s: {"position": s, "phase": s}  # noqa: E731  (phase should be (..., 1))
-    n = N if _batched(path) else None
+    n = N if is_batched(path) else None
     expected, got = ((N, 1), (N, 3)) if n else ((1,), (3,))
     with pytest.raises(ValueError, match=re.escape(f"observation['phase']: expected shape {expected}, got {got}")):
-        first_step(_path(path), None, n=n, obs_space=DICT, model=_dict_model(observe))
+        first_step(base_path(path), None, n=n, obs_space=DICT, model=_dict_model(observe))
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 @pytest.mark.parametrize("phase", ["reset", "step"])
 def test_dict_observation_missing_key(path, phase):
     message = "observation: Dict observation keys differ: missing ['phase'], unexpected []"
@@ -187,14 +179,14 @@ def test_dict_observation_missing_key(path, phase):
             first_step(path, None, obs_space=DICT, model=model)
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_dict_observation_extra_key(path):
     observe = lambda s: {"position": s, "phase": s[..., :1], "velocity": s}  # noqa: E731
     with pytest.raises(ValueError, match=re.escape("missing [], unexpected ['velocity']")):
         first_step(path, None, obs_space=DICT, model=_dict_model(observe))
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_non_dict_observation_for_dict_space(path):
     message = "observation: the observation space is a Dict with keys ['phase', 'position'], got Tensor"
     with pytest.raises(TypeError, match=re.escape(message)):
@@ -202,7 +194,7 @@ def test_non_dict_observation_for_dict_space(path):
 
 
 # ---------------------------------------------------------------------------- rewards and flags
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_unbatched_reward_must_be_a_scalar(path):
     with pytest.raises(ValueError, match=re.escape("reward: expected a scalar, got shape (3,)")):
         first_step(path, with_value("reward", torch.ones(3)))
@@ -244,7 +236,7 @@ def test_batched_reward_shapes_that_are_accepted():
         make_rollout(lambda n: 0.5)
 
 
-@pytest.mark.parametrize("path", BATCHED)
+@on_paths(BATCHED)
 @pytest.mark.parametrize("reward,got", [
     # a reduction over the batch: a bug, refused
     (lambda out: out["reward"].sum(),
@@ -259,33 +251,33 @@ def test_batched_reward_of_wrong_shape_names_expected_and_got(path, reward, got)
         first_step(path, with_value("reward", reward), n=N)
 
 
-@pytest.mark.parametrize("path", ALL_PATHS)
+@on_paths(ALL_PATHS)
 @pytest.mark.parametrize("flag", ["terminated", "truncated"])
 def test_float_flags_are_refused(path, flag):
     # unbatched: a 0-d float32 tensor; batched: a float64 numpy array (one per env)
-    n = N if _batched(path) else None
+    n = N if is_batched(path) else None
     value, dtype = (np.full(N, 0.7), torch.float64) if n else (torch.tensor(0.7), torch.float32)
     with pytest.raises(TypeError, match=re.escape(f"{flag}: expected a bool flag, got floating dtype {dtype}")):
-        first_step(_path(path), with_value(flag, value), n=n)
+        first_step(base_path(path), with_value(flag, value), n=n)
 
 
-@pytest.mark.parametrize("path", ALL_PATHS)
+@on_paths(ALL_PATHS)
 def test_integer_flags_other_than_0_and_1_are_refused(path):
-    n = N if _batched(path) else None
+    n = N if is_batched(path) else None
     value = torch.tensor([0, 1, 2, 1][:N]) if n else torch.tensor(2)
     with pytest.raises(ValueError, match=re.escape("terminated: expected a bool flag (or integers 0/1), got torch.int64 values [2]")):
-        first_step(_path(path), with_value("terminated", value), n=n)
+        first_step(base_path(path), with_value("terminated", value), n=n)
 
 
-@pytest.mark.parametrize("path", ALL_PATHS)
+@on_paths(ALL_PATHS)
 def test_integer_0_1_flags_are_read_as_bools(path):
-    n = N if _batched(path) else None
+    n = N if is_batched(path) else None
     value = np.array([0, 1, 0, 1][:N]) if n else 1
-    terminated = first_step(_path(path), with_value("terminated", value), n=n)[2]
+    terminated = first_step(base_path(path), with_value("terminated", value), n=n)[2]
     assert np.atleast_1d(terminated).tolist() == ([False, True, False, True][:N] if n else [True])
 
 
-@pytest.mark.parametrize("path", BATCHED)
+@on_paths(BATCHED)
 def test_batched_flag_of_wrong_shape(path):
     with pytest.raises(ValueError, match=re.escape(f"truncated: expected shape ({N},) or ({N}, 1), got shape (2,)")):
         first_step(path, with_value("truncated", torch.zeros(2, dtype=torch.bool)), n=N)
@@ -325,7 +317,7 @@ def _uint8_model(bad):
     return Model(bad=bad)
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 @pytest.mark.parametrize("phase", ["reset", "step"])
 def test_float_observation_for_uint8_space_is_refused(path, phase):
     message = "observation: expected dtype torch.uint8, got floating dtype torch.float32"
@@ -352,7 +344,7 @@ def test_integer_observation_that_overflows_the_space_dtype_is_refused(cls):
     assert obs.tolist() == [255, 0] and obs.dtype in (np.uint8, torch.uint8)
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 @pytest.mark.parametrize("phase", ["reset", "step"])
 def test_non_numeric_observation_is_refused(path, phase):
     with pytest.raises(TypeError, match=re.escape("observation: expected numbers, got ")):
@@ -363,19 +355,19 @@ def test_non_numeric_observation_is_refused(path, phase):
 
 
 # ----------------------------------------------------------------------- record structure
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_unknown_record_key_is_named(path):
     with pytest.raises(ValueError, match=re.escape("unknown key(s) ['rewrad']")):
         first_step(path, with_value("rewrad", 1.0))
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_tuple_of_unsupported_length_is_named(path):
     with pytest.raises(ValueError, match=re.escape("model.step returned a tuple of length 7")):
         first_step(path, lambda out: (1, 2, 3, 4, 5, 6, 7))
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_info_that_is_not_a_dict_is_named(path):
     with pytest.raises(TypeError, match=re.escape("model.step returned info of type list; expected a dict")):
         first_step(path, lambda out: (out["observation"], out["reward"], False, False, ["not", "a", "dict"]))
@@ -584,7 +576,7 @@ def test_values_that_would_be_mangled_are_refused_by_name(value, space, error, m
         to_observation(value, space, (), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("path", ["torchrl", "gym", "vector", "sb3"])
+@on_paths(PUBLIC_PATHS)  # explicit, not the fixture: keeps the ids [mode-path]
 @pytest.mark.parametrize("mode", [None, "raise", "clip"])
 def test_integer_actions_are_checked_before_any_cast_the_same_on_every_path(path, mode):
     """A Discrete action of 1.7 never reaches the model as 1: refused by default and with
@@ -602,20 +594,10 @@ def test_integer_actions_are_checked_before_any_cast_the_same_on_every_path(path
     n = None if path in ("torchrl", "gym") else 4
     kwargs = dict(reset_fn=reset, transition_fn=transition, check_actions=mode)
     actions = np.array([1.7]) if n is None else np.array([0.4, 1.6, 2.5, 3.4])
-    if path == "gym":
-        env = GymWorldModelEnv(object(), box, gym.spaces.Discrete(3), **kwargs)
-        env.reset()
-        step = lambda: env.step(actions[0])  # noqa: E731
-    elif path == "torchrl":
-        env = WorldModelEnv(object(), box, gym.spaces.Discrete(3), **kwargs)
-        td = env.reset()
-        td["action"] = torch.tensor(actions[0])
-        step = lambda: env.step(td)  # noqa: E731
-    else:
-        env = WorldModelEnv(object(), box, gym.spaces.Discrete(3), batch_size=(n,), **kwargs)
-        env = env.to_gymnasium() if path == "vector" else env.to_sb3()
-        env.reset()
-        step = lambda: env.step(actions)  # noqa: E731
+    driver = Driver(path, make(path, object(), box, gym.spaces.Discrete(3), n=n, **kwargs),
+                    action=actions[0] if n is None else actions)
+    driver.reset()
+    step = driver.step
     if mode == "clip":
         step()
         assert seen[-1].reshape(-1).tolist() == ([2] if n is None else [0, 2, 2, 2])
@@ -626,7 +608,6 @@ def test_integer_actions_are_checked_before_any_cast_the_same_on_every_path(path
         assert not seen
 
 
-@pytest.mark.parametrize("path", ["torchrl", "gym", "vector", "sb3"])
 def test_check_observations_refuses_values_outside_the_space_and_is_off_by_default(path):
     space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 
@@ -639,25 +620,11 @@ def test_check_observations_refuses_values_outside_the_space_and_is_off_by_defau
 
     def run(check):
         kwargs = dict(reset_fn=reset, transition_fn=transition, check_observations=check)
-        if path == "gym":
-            env = GymWorldModelEnv(object(), space, space, **kwargs)
-            env.reset()
-            return lambda: env.step(np.zeros(2, np.float32))
-        n = None if path == "torchrl" else 3
-        env = WorldModelEnv(object(), space, space, batch_size=() if n is None else (n,), **kwargs)
-        if path == "torchrl":
-            td = env.reset()
-            td["action"] = torch.zeros(2)
-            state = {"td": td}
-
-            def step():
-                out = env.step(state["td"])["next"]
-                state["td"] = out.exclude("reward", "done", "terminated", "truncated")
-                state["td"]["action"] = torch.zeros(2)
-            return step
-        export = env.to_gymnasium() if path == "vector" else env.to_sb3()
-        export.reset()
-        return lambda: export.step(np.zeros((n, 2), np.float32))
+        n = None if path in ("torchrl", "gym") else 3
+        driver = Driver(path, make(path, object(), space, space, n=n, **kwargs),
+                        action=np.zeros((2,) if n is None else (n, 2), np.float32))
+        driver.reset()
+        return driver.step
 
     step = run(False)
     step(), step()  # 0.75, then 1.5: outside the Box, accepted without the check (the default)

@@ -13,6 +13,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from torch import nn
 
 from drift_models import ACT_SPACE, LIMITS, N, OBS_SPACE, PUSH, START, DriftModel, Hooks, batched_env, single_env
+from harness import assert_same_info
 from torchwm_rl import GymVectorWorldModelEnv, WorldModelEnv
 
 STEPS = 24
@@ -38,17 +39,6 @@ def user_info(info):
     if isinstance(info, dict):
         return {k: user_info(v) for k, v in info.items() if k.lstrip("_") not in DIAGNOSTICS}
     return info
-
-
-def assert_same_info(ours, ref, where):
-    assert set(ours) == set(ref), (where, sorted(ours), sorted(ref))
-    for key, value in ref.items():
-        if isinstance(value, dict):
-            assert_same_info(ours[key], value, (where, key))
-        else:
-            mine = ours[key]
-            assert isinstance(mine, np.ndarray) and mine.shape == value.shape and mine.dtype == value.dtype, (where, key)
-            assert all(np.array_equal(a, b) for a, b in zip(mine, value)), (where, key, mine, value)
 
 
 # ------------------------------------------------------------------------- Gymnasium vector

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness import Driver, assert_library_parity
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 from torchwm_rl.gym import WorldModelEnv as GymAlias
 from torchwm_rl.gym import make_world_model_env
@@ -343,20 +344,20 @@ def test_same_torchwm_style_hooks_give_identical_rewards_and_flags_on_every_path
 
 def test_same_hooks_unbatched_torchrl_and_gymnasium_agree():
     space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-    native = WorldModelEnv(object(), _BOX, space, **_hooks())
-    gym_env = GymWorldModelEnv(object(), _BOX, space, **_hooks())
-    td = native.reset(seed=5)
+    native = Driver("torchrl", WorldModelEnv(object(), _BOX, space, **_hooks()))
+    gym_env = Driver("gym", GymWorldModelEnv(object(), _BOX, space, **_hooks()))
+    native.reset(seed=5)
     gym_env.reset(seed=5)
     for t in range(6):
-        action = torch.tensor([np.sin(t), np.cos(t)], dtype=torch.float32)
-        td["action"] = action
-        out = native.step(td)["next"]
-        _, r, term, trunc, _ = gym_env.step(action.numpy())
-        assert r == float(out["reward"]) and term == bool(out["terminated"]) and trunc == bool(out["truncated"])
+        action = torch.tensor([np.sin(t), np.cos(t)], dtype=torch.float32).numpy()
+        _, r_native, term_native, trunc_native, _ = native.step(action)
+        _, r, term, trunc, _ = gym_env.step(action)
+        assert r == r_native and term == term_native and trunc == trunc_native
         if term:
             break
-        td = out.exclude("reward", "done", "terminated", "truncated")
     assert term  # the episode reached the terminal hook
+    # and the library's own parity check (``torchwm-rl check``) passes on the same hooks
+    assert_library_parity(WorldModelEnv(object(), _BOX, space, **_hooks()), steps=6, seed=5)
 
 
 def test_render_fn_gets_torchwms_three_arguments():

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness import UNBATCHED, on_paths
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 BOX = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
@@ -86,7 +87,7 @@ def _in_threads(fn, seeds):
     return results
 
 
-@pytest.mark.parametrize("path", ["torchrl", "gym"])
+@on_paths(UNBATCHED)
 def test_seeded_envs_in_two_threads_reproduce_their_sequential_runs(path):
     fn = _torchrl_trajectory if path == "torchrl" else _gym_trajectory
     alone = {seed: fn(seed) for seed in (0, 1)}
@@ -117,7 +118,6 @@ def test_env_calls_leave_the_callers_global_rng_as_it_was():
     torch.testing.assert_close(torch.rand(5), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("path", ["torchrl", "gym", "vector", "sb3"])
 def test_hooks_taking_generator_never_touch_the_global_rng(path):
     """When every hook asks for ``generator``, the hooks run with the caller's global RNG in
     place (the env installs no stream of its own there)."""

@@ -21,12 +21,10 @@ import pytest
 import torch
 
 from models import DictModel, dict_reset, dict_spaces, dict_transition
+from harness import BATCHED, UNBATCHED, Driver, on_paths
 from reliability_models import (
-    BATCHED,
     N,
     SOURCES,
-    UNBATCHED,
-    Driver,
     Scripted,
     action_for,
     first_reset,
@@ -59,7 +57,7 @@ def _nan_in_row(row, key="observation", value=float("nan")):
     return bad
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("key", ["observation", "reward"])
 @pytest.mark.parametrize("value", NONFINITE, ids=NONFINITE_IDS)
@@ -69,7 +67,7 @@ def test_nonfinite_raises_by_default_naming_the_hook_and_key(path, source, key, 
         first_step(path, _nan_in_row(None, key, value), **source_kwargs(source))
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_nonfinite_dict_observation_names_the_entry(path):
     obs_space, act_space = dict_spaces()
 
@@ -84,20 +82,20 @@ def test_nonfinite_dict_observation_names_the_entry(path):
         driver.step(np.zeros(2, dtype=np.float32))
 
 
-@pytest.mark.parametrize("path", BATCHED)
+@on_paths(BATCHED)
 def test_nan_raise_names_the_env_index(path):
     with pytest.raises(ValueError, match=re.escape("model.step returned NaN/inf in ['observation'] at env index [2]")):
         first_step(path, _nan_in_row(2), n=N)
 
 
-@pytest.mark.parametrize("path", BATCHED)
+@on_paths(BATCHED)
 def test_inf_reward_raise_names_the_env_index(path):
     bad = with_value("reward", lambda out: torch.where(torch.arange(N) == 1, torch.inf, out["reward"]))
     with pytest.raises(ValueError, match=re.escape("model.step returned NaN/inf in ['reward'] at env index [1]")):
         first_step(path, bad, n=N)
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_nan_from_the_reward_hook_is_caught(path):
     def reward_fn(model, next_state, obs, action):
         return float("nan")
@@ -112,7 +110,7 @@ def test_nan_from_the_reward_hook_is_caught(path):
         driver.step(action_for())
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_nan_in_the_observation_and_a_hook_reward_names_each_hook(path):
     def transition_fn(model, state, action):
         return {"state": state, "observation": torch.full_like(state, float("inf"))}
@@ -125,7 +123,7 @@ def test_nan_in_the_observation_and_a_hook_reward_names_each_hook(path):
         driver.step(action_for())
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 @pytest.mark.parametrize("nan_policy", ["raise", "truncate"])
 def test_nan_in_reset_raises_even_when_truncating(path, nan_policy):
     """There is no episode to truncate at a reset: "raise" and "truncate" both refuse it."""
@@ -134,7 +132,7 @@ def test_nan_in_reset_raises_even_when_truncating(path, nan_policy):
         first_reset(path, torch.tensor([0.0, float("nan"), 0.0]), nan_policy=nan_policy)
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_nan_in_a_start_state_bank_is_refused_when_built(path):
     bank = torch.zeros(5, 3)
     bank[3, 1] = float("nan")
@@ -150,7 +148,7 @@ def _reference(path, n, steps):
     return [driver.step(action_for(n))[:2] for _ in range(steps)]
 
 
-@pytest.mark.parametrize("path", BATCHED)
+@on_paths(BATCHED)
 def test_nan_truncate_ends_only_that_episode(path):
     reference = _reference(path, N, 3)
     driver = Driver(path, make(path, Scripted(bad=_nan_in_row(2), bad_at=2), n=N, nan_policy="truncate"))
@@ -202,7 +200,7 @@ def test_nan_truncate_unbatched_torchrl_sets_done_and_flag():
     assert torch.isfinite(td["next", "observation"]).all() and torch.isfinite(td["next", "reward"]).all()
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_nan_truncate_zeroes_a_nonfinite_reward(path):
     driver = Driver(path, make(path, Scripted(bad=_nan_in_row(None, "reward")), nan_policy="truncate"))
     driver.reset(seed=0)
@@ -224,7 +222,7 @@ def test_nan_truncate_torchrl_batched_rollout_resets_only_that_env():
     assert torch.isfinite(td["next", "model_state"][[0, 1, 3]]).all()
 
 
-@pytest.mark.parametrize("path", UNBATCHED)
+@on_paths(UNBATCHED)
 def test_nan_ignore_passes_values_through(path):
     driver = Driver(path, make(path, Scripted(bad=_nan_in_row(None, "reward")), nan_policy="ignore"))
     driver.reset(seed=0)
@@ -232,7 +230,7 @@ def test_nan_ignore_passes_values_through(path):
     assert np.isnan(reward) and not truncated and "nonfinite" not in info
 
 
-@pytest.mark.parametrize("path", BATCHED)
+@on_paths(BATCHED)
 def test_nan_ignore_batched(path):
     driver = Driver(path, make(path, Scripted(bad=_nan_in_row(1)), n=N, nan_policy="ignore"))
     driver.reset(seed=0)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from reliability_models import Driver, Scripted, action_for, make
+from harness import Driver, on_paths
+from reliability_models import Scripted, action_for, make
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 BOX = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
@@ -58,7 +59,8 @@ def _make(kind: str, model: Flaky):
 
 
 def _drive(kind: str, env, steps: int, retry: bool):
-    """Observations and rewards of ``steps`` steps; with ``retry`` a failed call is repeated."""
+    """Observations and rewards of ``steps`` steps of the harness driver; with ``retry`` a failed
+    call is repeated."""
     out = []
 
     def call(fn):
@@ -69,20 +71,14 @@ def _drive(kind: str, env, steps: int, retry: bool):
                 raise
             return fn()
 
-    if kind == "sb3":
-        out.append(call(env.reset))
-    else:
-        out.append(call(lambda: env.reset(seed=0) if kind == "vector" else env.reset())[0])
-    action = np.zeros((N, 2) if kind != "gym" else 2, np.float32)
+    driver = Driver(kind, env, action=np.zeros((N, 2) if kind != "gym" else 2, np.float32))
+    out.append(call(lambda: driver.reset(seed=0 if kind == "vector" else None)))
     for _ in range(steps):
-        if kind == "sb3":
-            obs, reward, done, _ = call(lambda: env.step(action))
-        else:
-            obs, reward, *_ = call(lambda: env.step(action))
+        obs, reward, *_ = call(driver.step)
         out.append(np.asarray(obs).copy())
         out.append(np.asarray(reward, dtype=np.float64).copy())
         if kind == "gym" and bool(np.any(np.asarray(obs)[..., 0] > 1.0)):
-            out.append(call(env.reset)[0])
+            out.append(call(driver.reset))
     return out
 
 
@@ -347,7 +343,7 @@ def _obs_is_state_transition(model, state, action):
     return 0.5 * state + 0.1  # no state returned: the observation is the model state
 
 
-@pytest.mark.parametrize("path", ["gym", "vector", "sb3"])
+@on_paths(["gym", "vector", "sb3"])
 def test_writing_into_returned_observations_does_not_touch_the_env(path):
     n = None if path == "gym" else 2
     env = make(path, Scripted(), n=n, reset_fn=_obs_is_state_reset, transition_fn=_obs_is_state_transition)

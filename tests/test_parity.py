@@ -2,7 +2,9 @@
 ``rollout``) and the Gymnasium path (``to_gymnasium()`` and a directly built
 ``GymWorldModelEnv``) give IDENTICAL observations, rewards and flags, across terminations and
 time-limit truncations (the Gymnasium side resets when an episode ends, as a user would; the
-TorchRL side auto-resets inside ``rollout``)."""
+TorchRL side auto-resets inside ``rollout``). The traces and their exact comparison are the
+harness's; each comparison also runs the library's own parity check
+(``torchwm_rl.app.check.check_parity``, what ``torchwm-rl check`` reports as ``parity``)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,15 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
-from torchrl.envs.utils import step_mdp
 
+from harness import (
+    assert_library_parity,
+    assert_traces_equal,
+    sample_actions,
+    trace_gym,
+    trace_torchrl_rollout,
+    trace_torchrl_step,
+)
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 from models import (
@@ -63,79 +72,7 @@ def _kwargs(kind: str) -> dict:
 
 
 def _actions(space, n=T, seed=0):
-    space.seed(seed)
-    return [space.sample() for _ in range(n)]
-
-
-def _obs_np(td, space):
-    if isinstance(space, gym.spaces.Dict):
-        return {k: td[k].detach().numpy() for k in space.spaces}
-    return td["observation"].detach().numpy()
-
-
-def _assert_obs_equal(a, b):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    else:
-        np.testing.assert_array_equal(a, b)
-
-
-def run_gym(env, actions, seed):
-    """[(obs_before, action, next_obs, reward, terminated, truncated)], resetting after an end."""
-    obs, _ = env.reset(seed=seed)
-    trace = []
-    for action in actions:
-        nxt, reward, terminated, truncated, _ = env.step(action)
-        trace.append((obs, nxt, reward, terminated, truncated))
-        obs = env.reset()[0] if terminated or truncated else nxt
-    return trace
-
-
-def run_torchrl_rollout(env, actions, seed):
-    env.set_seed(seed)
-    it = iter(actions)
-
-    def policy(td):
-        td["action"] = torch.as_tensor(np.asarray(next(it)))
-        return td
-
-    td = env.rollout(len(actions), policy, break_when_any_done=False)
-    space = env.adapter.observation_space
-    return [
-        (
-            _obs_np(td[t], space),
-            _obs_np(td[t]["next"], space),
-            float(td[t]["next", "reward"].detach()),
-            bool(td[t]["next", "terminated"]),
-            bool(td[t]["next", "truncated"]),
-        )
-        for t in range(len(actions))
-    ]
-
-
-def run_torchrl_step(env, actions, seed):
-    """A hand-written loop with ``env.step`` and ``env.reset(seed=...)``."""
-    td = env.reset(seed=seed)
-    space = env.adapter.observation_space
-    trace = []
-    for action in actions:
-        td["action"] = torch.as_tensor(np.asarray(action))
-        td = env.step(td)
-        nxt = td["next"]
-        trace.append((_obs_np(td, space), _obs_np(nxt, space), float(nxt["reward"].detach()),
-                      bool(nxt["terminated"]), bool(nxt["truncated"])))
-        td = env.reset() if bool(nxt["done"]) else step_mdp(td)
-    return trace
-
-
-def _assert_traces_equal(a, b):
-    assert len(a) == len(b)
-    for t, (x, y) in enumerate(zip(a, b)):
-        _assert_obs_equal(x[0], y[0])
-        _assert_obs_equal(x[1], y[1])
-        assert x[2:] == y[2:], (t, x[2:], y[2:])
+    return sample_actions(space, n, seed)
 
 
 @pytest.mark.parametrize("kind", ["vector", "dict", "discrete"])
@@ -145,18 +82,20 @@ def test_torchrl_and_gymnasium_paths_agree(kind):
     model = kwargs.pop("model")
     actions = _actions(kwargs["action_space"])
     trl = WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs)
-    by_rollout = run_torchrl_rollout(trl, actions, seed)
-    by_step = run_torchrl_step(WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
+    by_rollout = trace_torchrl_rollout(trl, actions, seed)
+    by_step = trace_torchrl_step(WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
     gym_env = trl.to_gymnasium()
     # one shared model and hooks; the export's own episode state and streams (EpisodeLogic.fork)
     assert isinstance(gym_env, GymWorldModelEnv) and gym_env.model is trl.model and gym_env.logic is not trl.logic
     assert gym_env.adapter.transition_hook is trl.adapter.transition_hook
-    exported = run_gym(gym_env, actions, seed)
-    direct = run_gym(GymWorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
+    exported = trace_gym(gym_env, actions, seed)
+    direct = trace_gym(GymWorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), actions, seed)
 
-    _assert_traces_equal(by_rollout, by_step)
-    _assert_traces_equal(by_rollout, exported)
-    _assert_traces_equal(by_rollout, direct)
+    assert_traces_equal(by_rollout, by_step)
+    assert_traces_equal(by_rollout, exported)
+    assert_traces_equal(by_rollout, direct)
+    # and the library's own parity check (``torchwm-rl check``) passes on the same env
+    assert_library_parity(WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs), steps=T, seed=seed)
     # the run crossed at least one time-limit truncation, so the reset path was compared too
     truncations = [t for t, x in enumerate(by_rollout) if x[4]]
     assert truncations, "no truncation in the compared run"
@@ -177,7 +116,7 @@ def test_gym_types_match_torchrl_values():
     model = kwargs.pop("model")
     trl = WorldModelEnv(model, max_episode_steps=MAX_STEPS, **kwargs)
     actions = _actions(kwargs["action_space"], n=6)
-    for obs, nxt, reward, terminated, truncated in run_gym(trl.to_gymnasium(), actions, 0):
+    for obs, nxt, reward, terminated, truncated in trace_gym(trl.to_gymnasium(), actions, 0):
         assert isinstance(nxt, np.ndarray) and nxt.dtype == np.float32
         assert type(reward) is float and type(terminated) is bool and type(truncated) is bool
 
@@ -220,6 +159,8 @@ def test_batched_torchrl_env_agrees_with_its_gymnasium_vector_export():
             np.testing.assert_array_equal(obs, td[:, t + 1]["observation"].detach().numpy())
         ended += int(done.sum())
     assert ended >= n  # every env ended at least once
+    # and the library's own parity check (``torchwm-rl check``) passes on the same env
+    assert_library_parity(WorldModelEnv(model, **kwargs), steps=len(actions), seed=seed)
 
 
 class _NoisyModel(VectorModel):
@@ -241,8 +182,10 @@ def test_paths_agree_for_a_stochastic_model_under_the_same_seed():
     kwargs = dict(observation_space=obs_space, action_space=act_space, max_episode_steps=MAX_STEPS)
     model = _NoisyModel()
     actions = _actions(act_space)
-    by_rollout = run_torchrl_rollout(WorldModelEnv(model, **kwargs), actions, 3)
-    direct = run_gym(GymWorldModelEnv(model, **kwargs), actions, 3)
-    _assert_traces_equal(by_rollout, direct)
-    other_seed = run_gym(GymWorldModelEnv(model, **kwargs), actions, 4)
+    by_rollout = trace_torchrl_rollout(WorldModelEnv(model, **kwargs), actions, 3)
+    direct = trace_gym(GymWorldModelEnv(model, **kwargs), actions, 3)
+    assert_traces_equal(by_rollout, direct)
+    # and the library's own parity check (``torchwm-rl check``) passes on the same model
+    assert_library_parity(WorldModelEnv(model, **kwargs), steps=T, seed=3)
+    other_seed = trace_gym(GymWorldModelEnv(model, **kwargs), actions, 4)
     assert not np.array_equal(direct[0][0], other_seed[0][0])

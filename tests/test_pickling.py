@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from models import VectorModel, reset_world_model, transition_world_model, vector_spaces
-from reliability_models import Driver, OpaqueState, Scripted, action_for, add_one_reward, make, opaque_reset, opaque_transition
+from harness import Driver
+from reliability_models import OpaqueState, Scripted, action_for, add_one_reward, make, opaque_reset, opaque_transition
 
 
 def _vector_kwargs():

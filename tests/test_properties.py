@@ -22,8 +22,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensordict import TensorDictBase
-from torchrl.envs.utils import step_mdp
 
+from harness import Driver, assert_library_parity
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 from torchwm_rl.spaces import space_to_spec, spec_to_space
 
@@ -265,19 +265,6 @@ def _model(case):
                      case["container"], case["scalar_form"])
 
 
-def _td_obs(td, space):
-    """The observation in a TorchRL tensordict: Dict keys at the root, else "observation"."""
-    if isinstance(space, gym.spaces.Dict):
-        return _td_value(td, space)
-    return td.get("observation").numpy()
-
-
-def _td_value(value, space):
-    if isinstance(space, gym.spaces.Dict):
-        return {k: _td_value(value.get(k), sub) for k, sub in space.spaces.items()}
-    return value.numpy()
-
-
 def _assert_obs_equal(a, b, space):
     if isinstance(space, gym.spaces.Dict):
         for k, sub in space.spaces.items():
@@ -299,19 +286,10 @@ STEPS = 4
 def _torchrl_run(case, actions):
     env = WorldModelEnv(_model(case), case["obs_space"], case["act_space"],
                         batch_size=() if case["n"] is None else (case["n"],))
-    td = env.reset(seed=7)
-    out = [(_td_obs(td, case["obs_space"]),)]
+    driver = Driver("torchrl", env)
+    out = [(driver.reset(seed=7),)]
     for action in actions:
-        td.set("action", torch.as_tensor(np.asarray(action)))
-        td = env.step(td)
-        nxt = td.get("next")
-        out.append((
-            _td_obs(nxt, case["obs_space"]),
-            nxt.get("reward").squeeze(-1).numpy(),
-            nxt.get("terminated").squeeze(-1).numpy(),
-            nxt.get("truncated").squeeze(-1).numpy(),
-        ))
-        td = step_mdp(td)
+        out.append(driver.step(np.asarray(action))[:4])  # (obs, reward, terminated, truncated)
     return out
 
 
@@ -335,6 +313,8 @@ def _check_unbatched(case):
         _assert_obs_equal(obs, exp_obs, case["obs_space"])
         assert type(reward) is float and type(terminated) is bool and type(truncated) is bool
         assert np.float32(reward) == exp_reward and terminated == exp_term and truncated == exp_trunc
+    # and the library's own parity check (``torchwm-rl check``) passes on the same case
+    assert_library_parity(WorldModelEnv(_model(case), case["obs_space"], case["act_space"]), steps=STEPS, seed=7)
 
 
 @settings(max_examples=80, **SETTINGS)

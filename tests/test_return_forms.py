@@ -15,51 +15,24 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torchrl.envs.utils import step_mdp
 
+import harness
+from harness import UNBATCHED, Driver, on_paths
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 OBS_SPACE = gym.spaces.Box(-100.0, 100.0, shape=(3,), dtype=np.float32)
 ACT_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
 S0 = torch.tensor([0.1, 0.2, 0.3])
 ACTION = np.array([0.5, -0.5, 0.25], dtype=np.float32)
-PATHS = ["torchrl", "gym"]
+PATHS = UNBATCHED  # both unbatched paths
 
 
-class Driver:
-    """Drives either path with the same calls; returns numpy obs and Python scalars."""
-
-    def __init__(self, path: str, model, **kwargs):
-        kwargs.setdefault("observation_space", OBS_SPACE)
-        kwargs.setdefault("action_space", ACT_SPACE)
-        self.path = path
-        cls = WorldModelEnv if path == "torchrl" else GymWorldModelEnv
-        self.env = cls(model, **kwargs)
-        self.td = None
-
-    def reset(self, seed=None):
-        if self.path == "gym":
-            obs, info = self.env.reset(seed=seed)
-            return obs, info
-        self.td = self.env.reset(seed=seed) if seed is not None else self.env.reset()
-        return self.td["observation"].numpy(), {}
-
-    def step(self, action=ACTION):
-        if self.path == "gym":
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            return obs, reward, terminated, truncated, info
-        td = self.td.clone()
-        td["action"] = torch.as_tensor(action)
-        out = self.env.step(td)
-        nxt = out["next"]
-        self.td = step_mdp(out)
-        return (
-            nxt["observation"].numpy(),
-            float(nxt["reward"]),
-            bool(nxt["terminated"]),
-            bool(nxt["truncated"]),
-            {},
-        )
+def _driver(path: str, model, **kwargs) -> Driver:
+    """The harness driver on ``path`` ("torchrl" or "gym") for an env of ``model`` built with
+    ``kwargs`` (the spaces default to this module's); its default action is :data:`ACTION`."""
+    obs_space = kwargs.pop("observation_space", OBS_SPACE)
+    act_space = kwargs.pop("action_space", ACT_SPACE)
+    return Driver(path, harness.make(path, model, obs_space, act_space, **kwargs), action=ACTION)
 
 
 def next_state(state, action):
@@ -89,7 +62,7 @@ RESET_FORMS = {
 }
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize("form", list(RESET_FORMS))
 def test_reset_return_form(path, form):
     make, has_state, info = RESET_FORMS[form]
@@ -99,9 +72,10 @@ def test_reset_return_form(path, form):
         rec.record(state, action)
         return {"state": next_state(state, action), "observation": 2 * next_state(state, action)}
 
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda model, seed=None, options=None: make(),
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda model, seed=None, options=None: make(),
                transition_fn=transition)
-    obs, got_info = d.reset()
+    obs = d.reset()
+    got_info = d.reset_info
     expected_obs = (2 * S0 if has_state or form == "mapping pixels" else S0).numpy()
     np.testing.assert_allclose(obs, expected_obs)
     if path == "gym":
@@ -113,7 +87,7 @@ def test_reset_return_form(path, form):
     torch.testing.assert_close(torch.as_tensor(state_given), expected_state)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_reset_without_state_uses_initial_state(path):
     rec = Recorder()
 
@@ -121,19 +95,19 @@ def test_reset_without_state_uses_initial_state(path):
         rec.record(state, action)
         return {"state": next_state(state, action), "observation": 2 * next_state(state, action)}
 
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda model: 2 * S0, transition_fn=transition,
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda model: 2 * S0, transition_fn=transition,
                initial_state=S0.clone())
     d.reset()
     d.step()
     torch.testing.assert_close(rec.calls[-1][0], S0)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_initial_observation_without_reset_fn(path):
     model = nn.Linear(1, 1)  # no reset method: initial values serve
-    d = Driver(path, model, transition_fn=lambda s, a: next_state(s, a), initial_observation=S0.numpy(),
+    d = _driver(path, model, transition_fn=lambda s, a: next_state(s, a), initial_observation=S0.numpy(),
                initial_state=S0.clone())
-    obs, _ = d.reset()
+    obs = d.reset()
     np.testing.assert_allclose(obs, S0.numpy())
     obs, *_ = d.step()
     np.testing.assert_allclose(obs, (S0 + torch.as_tensor(ACTION)).numpy())
@@ -183,7 +157,7 @@ TRANSITION_FORMS = {
 }
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize("form", list(TRANSITION_FORMS))
 def test_transition_return_form(path, form):
     fn, reward, terminated, truncated, has_state = TRANSITION_FORMS[form]
@@ -193,7 +167,7 @@ def test_transition_return_form(path, form):
         rec.record(state, action)
         return fn(state, action)
 
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: (S0.clone(), S0.clone()), transition_fn=transition)
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: (S0.clone(), S0.clone()), transition_fn=transition)
     d.reset()
     obs, r, term, trunc, _ = d.step()
     expected_obs = 2 * _s1() if has_state else _s1()
@@ -209,11 +183,11 @@ def test_transition_return_form(path, form):
     torch.testing.assert_close(torch.as_tensor(rec.calls[-1][0]), _s1())
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_transition_2_tuple_is_refused(path):
     """``(state, obs)`` and ``(obs, reward)`` cannot be told apart: a 2-tuple is refused, and the
     message names the forms to return instead."""
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: (S0.clone(), S0.clone()),
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: (S0.clone(), S0.clone()),
                transition_fn=lambda s, a: (next_state(s, a), 2 * next_state(s, a)))
     d.reset()
     message = (
@@ -224,18 +198,18 @@ def test_transition_2_tuple_is_refused(path):
         d.step()
 
 
-@pytest.mark.parametrize("path", ["gym"])
+@on_paths(["gym"])
 def test_transition_info_reaches_gym_info(path):
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
                transition_fn=lambda s, a: (next_state(s, a), 0.0, False, False, {"diag": 7}))
     d.reset()
     *_, info = d.step()
     assert info["diag"] == 7
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_mapping_with_unknown_key_is_refused(path):
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
                transition_fn=lambda s, a: {"observation": s, "rewrd": 1.0})
     d.reset()
     with pytest.raises(ValueError, match="rewrd"):
@@ -243,16 +217,16 @@ def test_mapping_with_unknown_key_is_refused(path):
 
 
 # ------------------------------------------------------------------- reward/terminal fallbacks
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_missing_reward_and_flag_default_to_zero_and_false(path):
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
                transition_fn=lambda s, a: {"observation": next_state(s, a)})
     d.reset()
     _, r, term, trunc, _ = d.step()
     assert (r, term, trunc) == (0.0, False, False)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_missing_reward_and_flag_come_from_reward_fn_and_terminal_fn(path):
     seen = {}
 
@@ -265,7 +239,7 @@ def test_missing_reward_and_flag_come_from_reward_fn_and_terminal_fn(path):
         seen["terminal"] = (prev_state, action, next_state, obs)
         return next_state[0] > 0.5
 
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: (S0.clone(), S0.clone()),
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: (S0.clone(), S0.clone()),
                transition_fn=lambda s, a: {"state": next_state(s, a), "observation": 2 * next_state(s, a)},
                reward_fn=reward_fn, terminal_fn=terminal_fn)
     d.reset()
@@ -280,10 +254,10 @@ def test_missing_reward_and_flag_come_from_reward_fn_and_terminal_fn(path):
         torch.testing.assert_close(torch.as_tensor(obs), 2 * _s1())  # the observation reached
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_returned_reward_and_flag_win_over_reward_fn_and_terminal_fn(path):
     calls = []
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
                transition_fn=lambda s, a: {"observation": next_state(s, a), "reward": 3.0, "terminated": False},
                reward_fn=lambda model, next_state, obs, action: calls.append("r") or 99.0,
                terminal_fn=lambda model, next_state, obs, action: calls.append("t") or True)
@@ -306,10 +280,10 @@ SIGNATURES = {
 }
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize("sig", list(SIGNATURES))
 def test_transition_fn_signatures(path, sig):
-    d = Driver(path, SigModel(), reset_fn=lambda: S0.clone(), transition_fn=SIGNATURES[sig])
+    d = _driver(path, SigModel(), reset_fn=lambda: S0.clone(), transition_fn=SIGNATURES[sig])
     d.reset()
     obs, *_ = d.step()
     np.testing.assert_allclose(obs, _s1().numpy(), rtol=1e-6)
@@ -325,20 +299,20 @@ RESET_SIGNATURES = {
 }
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize("sig", list(RESET_SIGNATURES))
 def test_reset_fn_signatures(path, sig):
-    d = Driver(path, SigModel(), reset_fn=RESET_SIGNATURES[sig], transition_fn=next_state)
-    obs, _ = d.reset(seed=2)
+    d = _driver(path, SigModel(), reset_fn=RESET_SIGNATURES[sig], transition_fn=next_state)
+    obs = d.reset(seed=2)
     uses_seed = "seed" in sig
     np.testing.assert_allclose(obs, (S0 + (2 if uses_seed else 0)).numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_reward_fn_and_terminal_fn_signatures(path):
     """TorchWM's ``fn(model, next_state, obs, action)`` down to a leading part of it; a lone
     ``next_state`` is bound by name."""
-    d = Driver(path, SigModel(), reset_fn=lambda: (S0.clone(), S0.clone()),
+    d = _driver(path, SigModel(), reset_fn=lambda: (S0.clone(), S0.clone()),
                transition_fn=lambda s, a: {"state": next_state(s, a), "observation": next_state(s, a)},
                reward_fn=lambda next_state: next_state.sum(),
                terminal_fn=lambda model, next_state: next_state[0] > 100 * model.scale)
@@ -347,14 +321,14 @@ def test_reward_fn_and_terminal_fn_signatures(path):
     assert r == pytest.approx(float(_s1().sum())) and term is False
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_hook_parameters_named_like_the_hook_args_are_matched_by_name(path):
     """``reward_fn(state, action)`` gets the state the step reached (``state`` in a reward
     hook, as in TorchWM) and the action, not the positional (model, next_state);
     ``terminal_fn(next_state, action)`` (the tutorial's head order) gets its own order;
     ``render_fn(model, state)`` keeps TorchWM's positional binding."""
     seen = {}
-    d = Driver(path, SigModel(), reset_fn=lambda: (S0.clone(), S0.clone()),
+    d = _driver(path, SigModel(), reset_fn=lambda: (S0.clone(), S0.clone()),
                transition_fn=lambda s, a: {"state": next_state(s, a), "observation": 2 * next_state(s, a)},
                reward_fn=lambda state, action: seen.setdefault("reward", (state, action)) and 0.0,
                terminal_fn=lambda next_state, action: seen.setdefault("terminal", (next_state, action)) and False,
@@ -399,23 +373,23 @@ def _model_with(reset_name: str | None, step_name: str | None):
     return type(f"Model_{reset_name}_{step_name}", (_Base,), attrs)()
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize("reset_name", ["reset_env", "reset_state", "reset"])
 def test_model_reset_method_fallback(path, reset_name):
     model = _model_with(reset_name, "env_step")
-    d = Driver(path, model)
-    obs, _ = d.reset()
+    d = _driver(path, model)
+    obs = d.reset()
     np.testing.assert_allclose(obs, S0.numpy())
     assert reset_name in model.used
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 @pytest.mark.parametrize(
     "step_name", ["env_step", "step", "predict_step", "predict", "imagine_step", "transition", "__call__"]
 )
 def test_model_transition_method_fallback(path, step_name):
     model = _model_with("reset", step_name)
-    d = Driver(path, model)
+    d = _driver(path, model)
     d.reset()
     obs, *_ = d.step()
     np.testing.assert_allclose(obs, _s1().numpy(), rtol=1e-6)
@@ -445,7 +419,7 @@ def test_model_method_priority():
         for i in range(len(names) + 1):
             cls = type("M", (_Base,), {k: v for k, v in attrs.items() if k not in names[:i]})
             model = cls()
-            d = Driver(path, model)
+            d = _driver(path, model)
             d.reset()
             d.step()
             assert model.used[0] == "reset_env"
@@ -504,7 +478,7 @@ def _state_trace(path, initial, advance, to_obs):
         returned.append(nxt)
         return {"state": nxt, "observation": to_obs(nxt)}
 
-    d = Driver(path, nn.Linear(1, 1), reset_fn=reset, transition_fn=transition)
+    d = _driver(path, nn.Linear(1, 1), reset_fn=reset, transition_fn=transition)
     returned.clear()  # the TorchRL env probes the reset hook once at construction
     d.reset()
     d.step()
@@ -512,7 +486,7 @@ def _state_trace(path, initial, advance, to_obs):
     return returned, received, d
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_numpy_state_stays_numpy(path):
     returned, received, d = _state_trace(
         path, np.array([0.1, 0.2, 0.3]), lambda s: s + 1.0, lambda s: s.astype(np.float32)
@@ -526,7 +500,7 @@ def test_numpy_state_stays_numpy(path):
         assert d.env.state is returned[-1]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_opaque_state_is_handed_back_as_is(path):
     returned, received, d = _state_trace(
         path, Opaque(S0.clone()), lambda s: Opaque(s.value + 1), lambda s: s.value
@@ -534,7 +508,7 @@ def test_opaque_state_is_handed_back_as_is(path):
     assert received[0] is returned[0] and received[1] is returned[1]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_dict_state_stays_a_plain_dict(path):
     initial = {"h": S0.clone(), "z": {"c": torch.zeros(2, dtype=torch.float64)}}
 
@@ -554,7 +528,7 @@ def test_dict_state_stays_a_plain_dict(path):
         assert received[1] is returned[1]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_tensor_state_dtype_and_values_kept(path):
     returned, received, d = _state_trace(
         path, torch.arange(3, dtype=torch.float64), lambda s: s * 2, lambda s: s.float()
@@ -565,7 +539,7 @@ def test_tensor_state_dtype_and_values_kept(path):
 
 
 # ------------------------------------------------------------------------------- actions
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_action_transform_output_reaches_model_as_is(path):
     sentinel = []
 
@@ -580,20 +554,20 @@ def test_action_transform_output_reaches_model_as_is(path):
         got.append(action)
         return next_state(state, action["encoded"])
 
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(), transition_fn=transition,
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(), transition_fn=transition,
                action_transform_fn=transform)
     d.reset()
     d.step()
     assert got[-1] is sentinel[-1]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@on_paths(PATHS)
 def test_action_transform_sees_the_library_action_as_given(path):
     """As TorchWM: the transform gets the action the path was given, with no tensor conversion
     (``torch_actions`` applies only without a transform): the TorchRL path's action is the
     TensorDict's tensor, the Gymnasium path's the caller's numpy array itself."""
     seen, got = [], []
-    d = Driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
                transition_fn=lambda s, a: got.append(a) or next_state(s, torch.as_tensor(a)),
                action_transform_fn=lambda model, a: seen.append(a) or a)
     d.reset()

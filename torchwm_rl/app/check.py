@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-__all__ = ["CheckResult", "CheckReport", "check_factory", "check_env", "load_factory"]
+__all__ = ["CheckResult", "CheckReport", "check_factory", "check_env", "check_parity", "load_factory"]
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
@@ -442,6 +442,16 @@ def _check_parity(trl, steps: int, seed: int) -> CheckResult:
             return CheckResult("parity", FAIL, found + hint)
     return CheckResult("parity", PASS, f"TorchRL env == Gymnasium export over {steps} steps with the same "
                        f"seed and actions ({ends} episode end(s))")
+
+
+def check_parity(env, steps: int = 50, seed: int = 0) -> CheckResult:
+    """The ``parity`` check of :func:`check_env` on its own: roll the TorchRL env ``env`` (a
+    ``torchwm_rl.WorldModelEnv``, batched or not) out for ``steps`` steps of actions sampled from
+    its action space with ``seed``, step its Gymnasium export (the vector export, SAME_STEP
+    autoreset, when batched) with the same seed and actions, and compare observations, rewards
+    and flags (across resets). Returns the :class:`CheckResult` (``status`` "PASS", or "FAIL"
+    with the first differing step and env); an error raised by the env propagates."""
+    return _check_parity(env, steps, seed)
 
 
 # ---------------------------------------------------------------------------------- drivers

@@ -7,7 +7,9 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+import torch
 
 from torchwm_rl.app.check import check_factory
 from torchwm_rl.app.cli import main
@@ -339,3 +341,30 @@ def test_check_never_passes_when_the_users_code_exits(tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert "FAILED" in out
     assert ("SystemExit" in out and "if __name__ == '__main__'" in out) or "KeyboardInterrupt" in out
+
+
+def test_parity_check_handles_nested_dict_observations_with_episode_ends():
+    """The batched parity check stacks final observations key by key at every depth (a nested
+    Dict space crashed it with KeyError before)."""
+    import gymnasium as gym
+
+    from torchwm_rl import WorldModelEnv
+    from torchwm_rl.app.check import check_parity
+
+    obs_space = gym.spaces.Dict({"a": gym.spaces.Dict({"a": gym.spaces.Discrete(1)}),
+                                 "b": gym.spaces.Box(-9, 9, (2,), np.float32)})
+    act_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+    def reset(batch_size=()):
+        return {"a": {"a": torch.zeros(batch_size, dtype=torch.int64)}, "b": torch.zeros(*batch_size, 2)}
+
+    def transition(state, action):
+        b = state["b"] + action
+        return {"state": {"a": state["a"], "b": b}, "observation": {"a": state["a"], "b": b},
+                "reward": b[..., 0], "terminated": b[..., 0] > 1.0}
+
+    env = WorldModelEnv(None, obs_space, act_space, reset_fn=reset, transition_fn=transition, batch_size=(3,),
+                        max_episode_steps=4)
+    result = check_parity(env, steps=12)
+    assert result.status == "PASS", result.detail
+    assert "episode end" in result.detail and "(0 episode end" not in result.detail

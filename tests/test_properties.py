@@ -352,6 +352,10 @@ def test_torchrl_and_vector_paths_agree_batched(case):
                 assert infos[i]["TimeLimit.truncated"] == bool(exp_trunc[i] and not exp_term[i])
         if dones.any():
             break  # SB3 resets finished envs within the step; the TorchRL run above does not
+    # and the library's own parity check (``torchwm-rl check``) passes on the same case, nested
+    # Dict observations included
+    assert_library_parity(WorldModelEnv(_model(case), case["obs_space"], case["act_space"], batch_size=(n,)),
+                          steps=STEPS, seed=7)
 
 
 def _row(obs, i):

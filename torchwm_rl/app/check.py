@@ -340,7 +340,25 @@ def _sample_actions(space, n_steps: int, batch: tuple, seed: int) -> list:
 def _obs_np(td, keys):
     if keys is None:
         return td["observation"].detach().cpu().numpy()
-    return {k: td[k].detach().cpu().numpy() for k in keys}
+    return {k: _tree_np(td[k]) for k in keys}
+
+
+def _tree_np(value: Any) -> Any:
+    """A tensor as numpy; a (nested Dict space's) TensorDict as a dict of them."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return {k: _tree_np(value[k]) for k in value.keys()}
+
+
+def _row(value: Any, i: int) -> Any:
+    return {k: _row(v, i) for k, v in value.items()} if isinstance(value, dict) else value[i]
+
+
+def _stack_rows(rows: list) -> Any:
+    """Per-env observations (nested dicts for Dict spaces) stacked into one batched one."""
+    if isinstance(rows[0], dict):
+        return {k: _stack_rows([r[k] for r in rows]) for k in rows[0]}
+    return np.stack(rows)
 
 
 def _close(a, b) -> bool:
@@ -427,9 +445,7 @@ def _check_parity(trl, steps: int, seed: int) -> CheckResult:
         if batch:
             if done.any():
                 final_obs = info["final_obs"]
-                stacked = ({k: np.stack([final_obs[i][k] if done[i] else final[k][i] for i in range(len(done))])
-                            for k in keys} if keys else
-                           np.stack([final_obs[i] if done[i] else final[i] for i in range(len(done))]))
+                stacked = _stack_rows([final_obs[i] if done[i] else _row(final, i) for i in range(len(done))])
                 found = _diff("final observation", t, stacked, final, True, rows=done)
                 if found:
                     return CheckResult("parity", FAIL, found + hint)

@@ -139,15 +139,19 @@ def test_truncate_under_a_transformed_env_never_transforms_an_observation_twice(
 def test_truncate_reads_a_direct_steps_observation_only_when_the_env_handed_it_out():
     """env.step on a tensordict the env gave: the observation it carries is the env's own and
     is the final observation; an observation set by the caller (a transform, a replay buffer)
-    is not trusted, so the truncated row reads 0."""
+    that is not (a copy of) the last one the env handed out is not trusted: the row reads 0."""
     env = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(True))
     td = env.reset()
     for _ in range(2):
         td = env.step(td.set("action", torch.zeros(N, 2)))["next"]
+    # a copy of the last observation the env handed out (a worker's buffer, a stacked trajectory)
+    copied = td.clone(False).set("observation", td["observation"] + 0.0)
+    out = env.step(copied.set("action", torch.zeros(N, 2)))["next"]
+    assert out["observation"][1].tolist() == _last_finite(True)
     own = env.step(td.clone(False).set("action", torch.zeros(N, 2)))["next"]
     assert own["truncated"][:, 0].tolist() == [False, True, False]
     assert own["observation"][1].tolist() == _last_finite(True)
-    foreign = td.clone(False).set("observation", td["observation"] + 0.0)
+    foreign = td.clone(False).set("observation", td["observation"] + 1.0)
     out = env.step(foreign.set("action", torch.zeros(N, 2)))["next"]
     assert out["observation"][1].tolist() == [0.0, 0.0]
 
@@ -306,3 +310,69 @@ def test_low_precision_observations_and_rewards_convert_exactly(obs_dtype, kind)
         obs, reward, *_ = venv.step(np.zeros((N, 2), np.float32))
     np.testing.assert_array_equal(np.asarray(obs, dtype=np.float64), 0.75)
     np.testing.assert_array_equal(np.asarray(reward, dtype=np.float64), 1.5)
+
+
+def _policy(td):
+    return td.set("action", torch.zeros(*td.batch_size, 2))
+
+
+def test_truncate_reads_its_own_observation_through_a_serial_env():
+    """A SerialEnv steps the env on a copy of what it handed out (its own buffers): the
+    observation is the env's, the truncated row's final observation the last finite one."""
+    from torchrl.envs import SerialEnv
+
+    env = SerialEnv(1, lambda: WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(True)))
+    td = env.rollout(3, _policy, break_when_any_done=False)
+    assert td["next", "truncated"][0, 1, 2, 0].item()
+    assert td["next", "observation"][0, 1, 2].tolist() == _last_finite(True)
+    env.close()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-rollout", "EnvBase.rollout"])
+def test_truncate_reads_its_own_observation_when_a_rollout_is_continued(fast):
+    """A rollout continued from the last step of a stacked trajectory (a copy of what the env
+    handed out) gives the truncated row its last finite observation."""
+    from torchrl.envs.utils import step_mdp
+
+    env = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(True))
+    start = step_mdp(EnvBase.rollout(env, 2, _policy, break_when_any_done=False)[:, -1])
+    rollout = env.rollout if fast else lambda *a, **k: EnvBase.rollout(env, *a, **k)
+    td = rollout(1, _policy, auto_reset=False, tensordict=start, break_when_any_done=False)
+    assert td["next", "truncated"][:, 0, 0].tolist() == [False, True, False]
+    assert td["next", "observation"][1, 0].tolist() == _last_finite(True)
+
+
+SQUARE = gym.spaces.Box(-np.inf, np.inf, shape=(2, 2), dtype=np.float32)
+
+
+def _square_hooks():
+    def reset(batch_size=()):
+        return torch.zeros(2, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+
+    def transition(state, action):
+        return {"state": state + 1.0, "observation": torch.full((2, 2), float("nan")), "reward": state.sum()}
+
+    return dict(reset_fn=reset, transition_fn=transition, nan_policy="truncate")
+
+
+@pytest.mark.parametrize("kind", ["transposed view", "in-place under inference_mode"])
+def test_truncate_never_transforms_twice_a_view_or_an_unversioned_in_place_write(kind):
+    """A transform returning a view of the env's observation with other strides (a transpose
+    of a square one), or writing into it in place under inference_mode (no version counter),
+    gives the env a transformed observation at its own address: the truncated row reads 0."""
+    from torchrl.envs import Transform, TransformedEnv
+
+    class T(Transform):
+        def _apply_transform(self, obs):
+            return obs.transpose(-1, -2) if kind == "transposed view" else obs.mul_(10.0)
+
+        def _reset(self, tensordict, tensordict_reset):
+            return self._call(tensordict_reset)
+
+    env = TransformedEnv(WorldModelEnv(None, SQUARE, ACT, **_square_hooks()),
+                         T(in_keys=["observation"], out_keys=["observation"]))
+    ctx = torch.no_grad() if kind == "transposed view" else torch.inference_mode()
+    with ctx:
+        td = env.rollout(1, _policy)
+    assert td["next", "truncated"][0, 0].item()
+    assert td["next", "observation"][0].tolist() == [[0.0, 0.0], [0.0, 0.0]]

@@ -154,6 +154,8 @@ class WorldModelEnv(EnvBase):
         self._discard_rows: Optional[torch.Tensor] = None  # rows a "_step" mask leaves out (step)
         # observations this env handed out (see _remember_observations), for nan_policy="truncate"
         self._handed_out: dict = {}
+        self._handed_out_purge = 256  # purge the dead entries past this size (amortized, see below)
+        self._last_handed_out: Optional[dict] = None  # a copy of the last observations handed out
         # the probes (a reset for the specs, a step for probed info keys) leave the logic's seed,
         # streams and ensemble members as they were: the logic may belong to a Gymnasium env
         with self.logic.preserved():
@@ -576,7 +578,7 @@ class WorldModelEnv(EnvBase):
         action = tensordict.get("action", None)
         if action is None:
             raise KeyError("step: the tensordict has no 'action' (set one, e.g. env.rand_action(td) or a policy)")
-        root = tensordict if self._own_observations(tensordict) else None
+        root = self._trusted_root(tensordict)
         entries = self._step_entries(self._read_state(tensordict), elapsed, action, batch, root)
         out = TensorDict(entries, batch_size=batch, device=self.device)
         # An autograd graph cannot cross processes: a step whose input lives in shared memory
@@ -602,14 +604,21 @@ class WorldModelEnv(EnvBase):
     def _remember_observations(self, out: TensorDictBase) -> TensorDictBase:
         if self._needs_root():
             table = self._handed_out
-            if len(table) > 256:  # drop the entries of tensors that are gone
+            if len(table) > self._handed_out_purge:  # drop the entries of tensors that are gone
                 for address, (ref, _) in list(table.items()):
                     if ref() is None:
                         table.pop(address, None)
+                # amortized O(1): a rollout keeps every step's tensors alive until it stacks them
+                self._handed_out_purge = max(256, 2 * len(table))
+            last = {}
             for key in self._observation_keys():
                 value = out.get(key, None)
                 if isinstance(value, torch.Tensor):
                     table[value.data_ptr()] = (weakref.ref(value), _version(value))
+                    last[key] = value.detach().clone()
+            # a copy: the step input of a SerialEnv/ParallelEnv worker, a collector's buffer or a
+            # rollout continued from a stacked trajectory carries a copy of what the env handed out
+            self._last_handed_out = last
         return out
 
     def _own_observations(self, tensordict: TensorDictBase) -> bool:
@@ -621,10 +630,39 @@ class WorldModelEnv(EnvBase):
                 return False
             entry = self._handed_out.get(value.data_ptr())
             mine = entry[0]() if entry is not None else None
+            # an inference tensor has no version counter (-1): an in-place write would go unseen;
+            # a view with other strides (a transpose of a square observation) is another value
             if mine is None or mine.shape != value.shape or mine.dtype != value.dtype \
-                    or _version(value) != entry[1]:
+                    or mine.stride() != value.stride() or entry[1] == -1 or _version(value) != entry[1]:
                 return False
         return True
+
+    def _trusted_root(self, tensordict: TensorDictBase) -> Any:
+        """The step input's observations where they are the env's own (see above): the input
+        itself when its tensors are the ones handed out, untouched; else, row by row, those
+        equal to the last observations handed out (a copy of them), the other rows 0."""
+        if self._own_observations(tensordict):
+            return tensordict
+        last = self._last_handed_out
+        if not self._needs_root() or not last:
+            return None
+        batch = tuple(tensordict.batch_size)
+        rows = None
+        for key in self._observation_keys():
+            value, mine = tensordict.get(key, None), last.get(key)
+            if not isinstance(value, torch.Tensor) or mine is None or value.shape != mine.shape \
+                    or value.dtype != mine.dtype or value.device != mine.device:
+                return None
+            same = (value == mine) | (torch.isnan(value) & torch.isnan(mine)) if value.is_floating_point() \
+                else value == mine
+            same = same.reshape(*batch, -1).all(-1)
+            rows = same if rows is None else rows & same
+        if rows is None or not bool(rows.any()):
+            return None
+        if bool(rows.all()):
+            return {k: last[k] for k in self._observation_keys()}
+        keep = lambda v: rows.reshape(*batch, *([1] * (v.ndim - len(batch))))  # noqa: E731
+        return {k: torch.where(keep(last[k]), last[k], torch.zeros_like(last[k])) for k in self._observation_keys()}
 
     def _scalar_keys(self) -> frozenset:
         """The keys of this env's per-env scalars, ``[*B, 1]`` in its tensordicts: reward, done

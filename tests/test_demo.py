@@ -180,3 +180,17 @@ def test_format_table():
     table = format_table([("a", "1"), ("longer key", "22")])
     lines = table.splitlines()
     assert len(lines) == 4 and len({len(line) for line in lines}) == 1
+
+
+def test_the_old_demo_import_path_still_works_with_a_deprecation_warning():
+    """The README of earlier versions showed ``from torchwm_rl.demo import load_policy``; the demo
+    moved to torchwm_rl.app.demo, and the old path is an alias that warns."""
+    import importlib
+    import sys
+
+    import torchwm_rl.app.demo as moved
+
+    sys.modules.pop("torchwm_rl.demo", None)
+    with pytest.warns(DeprecationWarning, match="torchwm_rl.app.demo"):
+        old = importlib.import_module("torchwm_rl.demo")
+    assert old.load_policy is moved.load_policy and old.run_demo is moved.run_demo

@@ -42,6 +42,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from ..convert import detach_tree, observation_row
+
 __all__ = ["CheckResult", "CheckReport", "check_factory", "check_env", "check_parity", "load_factory"]
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -340,18 +342,7 @@ def _sample_actions(space, n_steps: int, batch: tuple, seed: int) -> list:
 def _obs_np(td, keys):
     if keys is None:
         return td["observation"].detach().cpu().numpy()
-    return {k: _tree_np(td[k]) for k in keys}
-
-
-def _tree_np(value: Any) -> Any:
-    """A tensor as numpy; a (nested Dict space's) TensorDict as a dict of them."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return {k: _tree_np(value[k]) for k in value.keys()}
-
-
-def _row(value: Any, i: int) -> Any:
-    return {k: _row(v, i) for k, v in value.items()} if isinstance(value, dict) else value[i]
+    return {k: detach_tree(td[k]) for k in keys}  # a nested Dict space's TensorDict: a dict
 
 
 def _stack_rows(rows: list) -> Any:
@@ -445,7 +436,7 @@ def _check_parity(trl, steps: int, seed: int) -> CheckResult:
         if batch:
             if done.any():
                 final_obs = info["final_obs"]
-                stacked = _stack_rows([final_obs[i] if done[i] else _row(final, i) for i in range(len(done))])
+                stacked = _stack_rows([final_obs[i] if done[i] else observation_row(final, i) for i in range(len(done))])
                 found = _diff("final observation", t, stacked, final, True, rows=done)
                 if found:
                     return CheckResult("parity", FAIL, found + hint)

@@ -415,16 +415,8 @@ class ModelAdapter:
         with each other (an observation that is a view of the state): only earlier calls count."""
         fresh: list = []  # this call's outputs, remembered once all are checked
         out = tuple(_fix_aliases(v, fresh) for v in values)
-        table = _HANDED_OUT
         for tensor in fresh:
-            table[tensor.data_ptr()] = weakref.ref(tensor)
-        if len(table) > _PURGE[0]:  # drop the entries of memory that is gone (amortized O(1))
-            # a snapshot of the items, and pop(): another thread's env may add or drop entries
-            # meanwhile (iterating the live dict would raise "changed size during iteration")
-            for address, ref in list(table.items()):
-                if ref() is None:
-                    table.pop(address, None)
-            _PURGE[0] = max(_PURGE_MIN, 2 * len(table))
+            _HANDED_OUT.add(tensor)
         return out
 
     @staticmethod
@@ -504,25 +496,58 @@ class ModelAdapter:
         return observation
 
 
-#: memory address -> weak reference to the tensor an env handed out there, alive as long as that
-#: tensor (or a view of it) is (see ``ModelAdapter._unalias``); shared by every env in the
+class WeakAddressTable:
+    """Tensors by memory address, each with a payload, held by weak reference: an entry counts
+    only while its tensor (or a view of it) is alive, so memory the allocator freed and reused
+    is never mistaken for it. Dead entries are dropped in bulk whenever the table has doubled
+    (amortized O(1) per ``add``). Safe to share between threads: the purge iterates a snapshot
+    of the items and pops (iterating the live dict would raise "changed size during
+    iteration" when another thread's env adds an entry meanwhile)."""
+
+    def __init__(self, purge_min: int = 4096):
+        self._entries: dict = {}
+        self._purge_min = self._purge_at = purge_min
+
+    def add(self, tensor: torch.Tensor, payload: Any = None) -> None:
+        entries = self._entries
+        entries[tensor.data_ptr()] = (weakref.ref(tensor), payload)
+        if len(entries) > self._purge_at:
+            for address, (ref, _) in list(entries.items()):
+                if ref() is None:
+                    entries.pop(address, None)
+            self._purge_at = max(self._purge_min, 2 * len(entries))
+
+    def get(self, tensor: torch.Tensor) -> Optional[tuple]:
+        """``(the live tensor added at tensor's address, its payload)``, or None."""
+        entry = self._entries.get(tensor.data_ptr())
+        if entry is None:
+            return None
+        alive = entry[0]()
+        return None if alive is None else (alive, entry[1])
+
+
+def version_counter(tensor: torch.Tensor) -> int:
+    """The tensor's version counter (bumped by every in-place write: ``out=``, ``copy_``,
+    ``x[i] = ...``); -1 for an inference tensor, which has none (its writes cannot be seen)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
+
+
+#: the tensors envs handed out (see ``ModelAdapter._unalias``); shared by every env in the
 #: process, since envs (and exports) may share one model and its buffers
-_HANDED_OUT: dict = {}
-_PURGE_MIN = 4096
-_PURGE = [_PURGE_MIN]  # table size above which dead entries are dropped
+_HANDED_OUT = WeakAddressTable()
 
 
 def _reused(tensor: torch.Tensor, fresh: list) -> bool:
     """Whether ``tensor`` must be copied (see ``ModelAdapter._unalias``); it goes to ``fresh``
-    (the model's memory is remembered even when copied)."""
+    (the model's memory is remembered even when copied). Written in place (version > 0) or an
+    inference tensor (no version counter, so no telling: -1) is copied."""
     fresh.append(tensor)
-    try:
-        if tensor._version:  # written in place
-            return True
-    except RuntimeError:  # an inference tensor: no version counter, so no telling
+    if version_counter(tensor):
         return True
-    ref = _HANDED_OUT.get(tensor.data_ptr())
-    return ref is not None and ref() is not None
+    return _HANDED_OUT.get(tensor) is not None
 
 
 def _fix_aliases(value: Any, fresh: list) -> Any:

@@ -23,7 +23,6 @@ rewards back to the policy's parameters.
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
@@ -33,7 +32,7 @@ from torchrl.data import Categorical, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
-from .adapter import ModelAdapter
+from .adapter import ModelAdapter, WeakAddressTable, version_counter
 from .calling import Hook
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .options import public_name, with_model_options
@@ -153,8 +152,7 @@ class WorldModelEnv(EnvBase):
         self._held_state: Any = None  # opaque (non-tensor) model state, unbatched envs only
         self._discard_rows: Optional[torch.Tensor] = None  # rows a "_step" mask leaves out (step)
         # observations this env handed out (see _remember_observations), for nan_policy="truncate"
-        self._handed_out: dict = {}
-        self._handed_out_purge = 256  # purge the dead entries past this size (amortized, see below)
+        self._handed_out = WeakAddressTable(purge_min=256)  # payload: the version counter
         self._last_handed_out: Optional[dict] = None  # a copy of the last observations handed out
         # the probes (a reset for the specs, a step for probed info keys) leave the logic's seed,
         # streams and ensemble members as they were: the logic may belong to a Gymnasium env
@@ -603,18 +601,11 @@ class WorldModelEnv(EnvBase):
 
     def _remember_observations(self, out: TensorDictBase) -> TensorDictBase:
         if self._needs_root():
-            table = self._handed_out
-            if len(table) > self._handed_out_purge:  # drop the entries of tensors that are gone
-                for address, (ref, _) in list(table.items()):
-                    if ref() is None:
-                        table.pop(address, None)
-                # amortized O(1): a rollout keeps every step's tensors alive until it stacks them
-                self._handed_out_purge = max(256, 2 * len(table))
             last = {}
             for key in self._observation_keys():
                 value = out.get(key, None)
                 if isinstance(value, torch.Tensor):
-                    table[value.data_ptr()] = (weakref.ref(value), _version(value))
+                    self._handed_out.add(value, version_counter(value))
                     last[key] = value.detach().clone()
             # a copy: the step input of a SerialEnv/ParallelEnv worker, a collector's buffer or a
             # rollout continued from a stacked trajectory carries a copy of what the env handed out
@@ -628,12 +619,14 @@ class WorldModelEnv(EnvBase):
             value = tensordict.get(key, None)
             if not isinstance(value, torch.Tensor):
                 return False
-            entry = self._handed_out.get(value.data_ptr())
-            mine = entry[0]() if entry is not None else None
+            entry = self._handed_out.get(value)
+            if entry is None:
+                return False
+            mine, version = entry
             # an inference tensor has no version counter (-1): an in-place write would go unseen;
             # a view with other strides (a transpose of a square observation) is another value
-            if mine is None or mine.shape != value.shape or mine.dtype != value.dtype \
-                    or mine.stride() != value.stride() or entry[1] == -1 or _version(value) != entry[1]:
+            if mine.shape != value.shape or mine.dtype != value.dtype or mine.stride() != value.stride() \
+                    or version == -1 or version_counter(value) != version:
                 return False
         return True
 
@@ -976,15 +969,6 @@ def _check_state_batch(state: Any, batch: tuple, key: str) -> None:
         return
     for k, v in state.items():
         _check_state_batch(v, batch, f"{key}[{k!r}]")
-
-
-def _version(tensor: torch.Tensor) -> int:
-    """The tensor's version counter (bumped by every in-place write); -1 for an inference
-    tensor, which has none."""
-    try:
-        return tensor._version
-    except RuntimeError:
-        return -1
 
 
 def _reshape(value: Any, ndim: int, batch) -> Any:

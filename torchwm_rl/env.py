@@ -908,9 +908,8 @@ class WorldModelEnv(EnvBase):
 
 _register_originals(WorldModelEnv)
 # TorchRL's metaclass and __new__ take (*args, **kwargs): the class's signature is __init__'s
-WorldModelEnv.__signature__ = inspect.signature(WorldModelEnv.__init__).replace(
-    parameters=list(inspect.signature(WorldModelEnv.__init__).parameters.values())[1:]
-)
+_init_signature = inspect.signature(WorldModelEnv.__init__)
+WorldModelEnv.__signature__ = _init_signature.replace(parameters=list(_init_signature.parameters.values())[1:])
 
 
 # the env's own keys (plus "nonfinite", "uncertainty", "halted" when the env writes them)

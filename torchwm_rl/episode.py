@@ -69,6 +69,14 @@ def _index_rows(value: Any, index: torch.Tensor) -> Any:
     return value[index].clone() if index.ndim == 0 else value[index]
 
 
+def num_envs_batch(num_envs: Any) -> tuple:
+    """The batch ``(N,)`` of a batched export built from a model (``num_envs=N``, a positive
+    int; a bool, a float or a non-positive value is refused)."""
+    if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+        raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
+    return (num_envs,)
+
+
 class EpisodeLogic:
     """Resets and steps a batch of imagined envs through a :class:`ModelAdapter`.
 

@@ -30,7 +30,7 @@ from .convert import (
     rendered_frames,
     vector_info,
 )
-from .episode import EpisodeLogic, Snapshot, select_rows
+from .episode import EpisodeLogic, Snapshot, num_envs_batch, select_rows
 from .options import public_name, with_model_options
 
 __all__ = ["GymWorldModelEnv", "GymVectorWorldModelEnv", "WorldModelEnv", "make_world_model_env"]
@@ -220,7 +220,7 @@ class GymVectorWorldModelEnv(VectorEnv):
         handed to the first reset hook call), as ``WorldModelEnv(..., seed=seed).to_gymnasium()``
         does. ``WorldModelEnv(..., batch_size=(N,)).to_gymnasium()`` builds the same env."""
         logic = EpisodeLogic.from_model(type(self).__name__, model, observation_space, action_space,
-                                        batch_size=(_num_envs(num_envs),), max_episode_steps=max_episode_steps,
+                                        batch_size=num_envs_batch(num_envs), max_episode_steps=max_episode_steps,
                                         start_states=start_states, options=options)
         logic.seed(seed)
         self._setup(logic, autoreset_mode, render_mode)
@@ -382,13 +382,6 @@ class _VectorEnvOverLogic(GymVectorWorldModelEnv):
     def __init__(self, logic: EpisodeLogic, autoreset_mode: Union[str, AutoresetMode] = AutoresetMode.NEXT_STEP,
                  render_mode: Optional[str] = None):
         self._setup(logic, autoreset_mode, render_mode)
-
-
-def _num_envs(num_envs: Any) -> int:
-    """``num_envs`` of a batched export built from a model: a positive int."""
-    if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
-        raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
-    return num_envs
 
 
 def _one_seed(seeds: Sequence[Any], n: int) -> Optional[int]:

@@ -22,8 +22,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("the SB3 export needs stable-baselines3: pip install 'torchwm-rl[sb3]'") from err
 
 from .convert import detach_tree, info_row, observation_row, observation_to_numpy, per_env_infos, rendered_frames
-from .episode import EpisodeLogic, Snapshot
-from .gym import _num_envs
+from .episode import EpisodeLogic, Snapshot, num_envs_batch
 from .options import with_model_options
 
 
@@ -51,7 +50,7 @@ class SB3VecWorldModelEnv(VecEnv):
         :class:`~torchwm_rl.GymWorldModelEnv`'s. ``seed`` seeds the envs' one shared stream, as
         ``WorldModelEnv(..., seed=seed).to_sb3()`` does, which builds the same VecEnv."""
         logic = EpisodeLogic.from_model(type(self).__name__, model, observation_space, action_space,
-                                        batch_size=(_num_envs(num_envs),), max_episode_steps=max_episode_steps,
+                                        batch_size=num_envs_batch(num_envs), max_episode_steps=max_episode_steps,
                                         start_states=start_states, options=options)
         logic.seed(seed)
         self._setup(logic)

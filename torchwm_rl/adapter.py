@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -365,19 +365,20 @@ class ModelAdapter:
             raw_reward = RawRecord(form="the reward")
         else:
             raw_reward = raw
-        reward = (
-            torch.zeros(self.batch_size, dtype=torch.float32, device=self.device)
-            if reward is MISSING
-            else self._read(to_batched_scalar, raw_reward, reward_hook, reward, self.batch_size, self.device,
-                            torch.float32, "reward")
-        )
+        own = []  # tensors made here (not the model's memory): _unalias skips them
+        if reward is MISSING:
+            reward = torch.zeros(self.batch_size, dtype=torch.float32, device=self.device)
+            own.append(reward)
+        else:
+            reward = self._read(to_batched_scalar, raw_reward, reward_hook, reward, self.batch_size, self.device,
+                                torch.float32, "reward")
         terminated, terminal_hook = raw.terminated, hook
         raw_terminal = raw
         if self.terminal_hook is not None and terminated is MISSING:
             terminated, terminal_hook = self.terminal_hook(values), self.terminal_hook
             raw_terminal = RawRecord(form="the terminated flag")
-        terminated = self._flag(terminated, "terminated", raw_terminal, terminal_hook)
-        truncated = self._flag(raw.truncated, "truncated", raw, hook)
+        terminated = self._flag(terminated, "terminated", raw_terminal, terminal_hook, own)
+        truncated = self._flag(raw.truncated, "truncated", raw, hook, own)
         halted = None
         if self.ensemble is not None:  # MOPO's penalty, MOReL's halting
             reward, terminated, halted = self.ensemble.apply(reward, terminated, uncertainty)
@@ -386,11 +387,11 @@ class ModelAdapter:
                             uncertainty=uncertainty, halted=halted)
         self._apply_nan_policy(record, discard, reward_hook.name, model_action, previous_observation)
         record.state, record.observation, record.reward, record.terminated, record.truncated = self._unalias(
-            (record.state, record.observation, record.reward, record.terminated, record.truncated)
+            (record.state, record.observation, record.reward, record.terminated, record.truncated), own
         )
         return record
 
-    def _unalias(self, values: tuple) -> tuple:
+    def _unalias(self, values: tuple, own: Sequence = ()) -> tuple:
         """``values`` with every tensor that may be memory the model writes into again replaced
         by a copy, so that every recorded step keeps that step's values.
 
@@ -412,12 +413,21 @@ class ModelAdapter:
           ``static_output.clone()`` from a CUDA-graph model.
 
         A model that returns fresh tensors pays no copy. Outputs of one call may share memory
-        with each other (an observation that is a view of the state): only earlier calls count."""
+        with each other (an observation that is a view of the state): only earlier calls count.
+        A value given twice (the state that is also the observation) is checked once and gets
+        the same result; ``own``: tensors the adapter itself just made (the zeros of a missing
+        reward or flag), which are no model memory and are passed through unchecked."""
         fresh: list = []  # this call's outputs, remembered once all are checked
-        out = tuple(_fix_aliases(v, fresh) for v in values)
+        results = {id(o): o for o in own}  # by identity (every value stays alive during the call)
+        out = []
+        for value in values:
+            result = results.get(id(value), _UNSEEN)
+            if result is _UNSEEN:
+                result = results[id(value)] = _fix_aliases(value, fresh)
+            out.append(result)
         for tensor in fresh:
             _HANDED_OUT.add(tensor)
-        return out
+        return tuple(out)
 
     @staticmethod
     def _read(convert: Callable, raw: RawRecord, hook: Any, *args) -> Any:
@@ -431,9 +441,14 @@ class ModelAdapter:
             name = hook.name if hook is not None else "initial_observation"
             raise type(err)(f"{name} (read as {raw.form}): {err}") from None
 
-    def _flag(self, value: Any, key: str, raw: RawRecord, hook: Any) -> torch.Tensor:
+    def _flag(self, value: Any, key: str, raw: RawRecord, hook: Any, own: Optional[list] = None) -> torch.Tensor:
+        """A terminated/truncated value as a bool ``[*batch]`` tensor; a missing one is all False
+        (a tensor made here: it goes to ``own``, see :meth:`_unalias`)."""
         if value is MISSING or value is None:
-            return torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+            zeros = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+            if own is not None:
+                own.append(zeros)
+            return zeros
         return self._read(to_batched_scalar, raw, hook, value, self.batch_size, self.device, torch.bool, key)
 
     def _apply_nan_policy(
@@ -534,6 +549,8 @@ def version_counter(tensor: torch.Tensor) -> int:
     except RuntimeError:
         return -1
 
+
+_UNSEEN = object()
 
 #: the tensors envs handed out (see ``ModelAdapter._unalias``); shared by every env in the
 #: process, since envs (and exports) may share one model and its buffers

@@ -328,6 +328,43 @@ def test_buffer_reusing_models_keep_every_recorded_step_exports(k, ring, kind):
         np.testing.assert_array_equal(np.asarray(state), np.full(2, float(t), np.float32))
 
 
+def _in_place_state_env(**kwargs):
+    """A model that writes into the state it is given and returns it (no separate observation);
+    from the third step on, row 0 of its result is NaN."""
+    def transition(model, state, action):
+        state.add_(1.0)
+        if float(state[1, 0]) >= 3:
+            state[0, 0] = float("nan")
+        return state
+
+    return WorldModelEnv(None, BOX, ACT, reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+                         transition_fn=transition, batch_size=(N,), **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["vector", "sb3"])
+def test_a_model_writing_into_its_input_state_leaves_the_recorded_observation_alone(kind):
+    """The state that is also the observation is copied per occurrence once it must be copied:
+    the model's in-place write into next step's state never reaches the observation kept now
+    (which nan_policy='truncate' hands out as the final observation of a truncated row)."""
+    export = _in_place_state_env(nan_policy="truncate")
+    export = export.to_gymnasium() if kind == "vector" else export.to_sb3()
+    export.reset() if kind == "sb3" else export.reset(seed=0)
+    seen = []
+    for _ in range(3):
+        out = export.step(np.zeros((N, 2), np.float32))
+        seen.append(out)
+    assert [float(o[0][1, 0]) for o in seen] == [1.0, 2.0, 3.0]
+    if kind == "vector":
+        obs, _, _, truncated, info = seen[2]
+        assert truncated.tolist() == [True, False, False]
+        # the last finite observation of row 0 (step 2's), not the model's later write
+        np.testing.assert_array_equal(info["final_obs"][0] if "final_obs" in info else obs[0], [2.0, 2.0])
+    else:
+        obs, _, dones, infos = seen[2]
+        assert dones.tolist() == [True, False, False]
+        np.testing.assert_array_equal(infos[0]["terminal_observation"], [2.0, 2.0])
+
+
 def test_an_inference_mode_model_reusing_a_buffer_keeps_every_recorded_step():
     """Inference tensors have no version counter: their reuse cannot be seen, so they are copied."""
     with torch.inference_mode():

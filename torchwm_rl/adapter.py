@@ -414,16 +414,21 @@ class ModelAdapter:
 
         A model that returns fresh tensors pays no copy. Outputs of one call may share memory
         with each other (an observation that is a view of the state): only earlier calls count.
-        A value given twice (the state that is also the observation) is checked once and gets
-        the same result; ``own``: tensors the adapter itself just made (the zeros of a missing
-        reward or flag), which are no model memory and are passed through unchecked."""
+        A value given twice (the state that is also the observation) that passes unchanged is
+        checked once; one that is copied gets a copy per occurrence, so that a model writing
+        into the state it is given next step never changes the observation recorded now.
+        ``own``: tensors the adapter itself just made (the zeros of a missing reward or flag),
+        which are no model memory and are passed through unchecked."""
         fresh: list = []  # this call's outputs, remembered once all are checked
-        results = {id(o): o for o in own}  # by identity (every value stays alive during the call)
+        passed = {id(o) for o in own}  # by identity (every value stays alive during the call)
         out = []
         for value in values:
-            result = results.get(id(value), _UNSEEN)
-            if result is _UNSEEN:
-                result = results[id(value)] = _fix_aliases(value, fresh)
+            if id(value) in passed:
+                out.append(value)
+                continue
+            result = _fix_aliases(value, fresh)
+            if result is value:
+                passed.add(id(value))
             out.append(result)
         for tensor in fresh:
             _HANDED_OUT.add(tensor)
@@ -549,8 +554,6 @@ def version_counter(tensor: torch.Tensor) -> int:
     except RuntimeError:
         return -1
 
-
-_UNSEEN = object()
 
 #: the tensors envs handed out (see ``ModelAdapter._unalias``); shared by every env in the
 #: process, since envs (and exports) may share one model and its buffers

@@ -63,63 +63,6 @@ BINDS = [
     ("transition_fn", lambda x: 0, True, ("action",), {}),
     ("reset_fn", lambda seed=None, options=None: 0, True, ("seed", "options"), {}),
     ("reset_fn", lambda: 0, True, (), {}),
-]
-
-
-@pytest.mark.parametrize("hook,fn,on_model,positional,keywords", BINDS,
-                         ids=[f"{row[0]}-{i}" for i, row in enumerate(BINDS)])
-def test_binding(hook, fn, on_model, positional, keywords):
-    binding = bind(fn, hook, on_model=on_model)
-    assert binding.positional == positional
-    assert dict(binding.keywords) == keywords
-
-
-# (hook, callable, a fragment of the TypeError)
-REFUSED = [
-    # the old full list (model, state, action, next_state): two parameters name the state reached
-    ("reward_fn", lambda model, state, action, next_state: 0, "two parameters name 'next_state'"),
-    ("terminal_fn", lambda state, action, next_state: 0, "two parameters name 'next_state'"),
-    # a name contradicting its position beside one that names nothing
-    ("reward_fn", lambda state, foo: 0, "parameter 'foo' is not the name of any argument"),
-    ("reward_fn", lambda m, s, a, n: 0, "parameter 'n' is not the name of any argument"),
-    # a required parameter with no argument left
-    ("transition_fn", lambda model, state, action, extra: 0, "parameter 'extra' has no argument left"),
-    ("action_transform_fn", lambda model, action, extra: 0, "parameter 'extra' has no argument left"),
-    # *args after a contradicting name
-    ("transition_fn", lambda action, *rest: 0, "parameter 'action' would receive 'model'"),
-    # a required keyword-only parameter nobody provides
-    ("reward_fn", lambda model, next_state, *, scale: 0, "keyword-only parameter 'scale'"),
-    # an extra that is not for this hook
-    ("transition_fn", lambda state, action, prev_state: 0, "parameter 'prev_state' is not the name of any argument"),
-]
-
-
-@pytest.mark.parametrize("hook,fn,fragment", REFUSED, ids=[f"{row[0]}-{i}" for i, row in enumerate(REFUSED)])
-def test_ambiguous_signatures_are_refused_at_construction(hook, fn, fragment):
-    with pytest.raises(TypeError, match=re.escape(fragment)) as err:
-        bind(fn, hook)
-    message = str(err.value)
-    assert message.startswith(f"{hook}: cannot bind")
-    assert "Accepted:" in message
-
-
-def test_partial_and_nn_module_hooks_bind_from_their_real_signature():
-    def reward(scale, model, next_state):
-        return scale * next_state.sum()
-
-    binding = bind(functools.partial(reward, 2.0), "reward_fn")
-    assert binding.positional == ("model", "next_state")
-
-    class Head(torch.nn.Module):
-        def forward(self, next_state, action):
-            return next_state.sum(-1)
-
-    binding = bind(Head(), "reward_fn")
-    assert dict(binding.keywords) == {"next_state": "next_state", "action": "action"}
-
-
-# (hook, callable, on_model, expected positional arguments, expected keyword arguments)
-MORE_BINDS = [
     # positional-only parameters: TorchWM's rule, or names decide (positionally, in order)
     ("reward_fn", lambda model, next_state, /: 0, False, ("model", "next_state"), {}),
     ("transition_fn", lambda state, action, /: 0, False, ("state", "action"), {}),
@@ -146,16 +89,31 @@ MORE_BINDS = [
 ]
 
 
-@pytest.mark.parametrize("hook,fn,on_model,positional,keywords", MORE_BINDS,
-                         ids=[f"{row[0]}-{i}" for i, row in enumerate(MORE_BINDS)])
-def test_more_bindings(hook, fn, on_model, positional, keywords):
+@pytest.mark.parametrize("hook,fn,on_model,positional,keywords", BINDS,
+                         ids=[f"{row[0]}-{i}" for i, row in enumerate(BINDS)])
+def test_binding(hook, fn, on_model, positional, keywords):
     binding = bind(fn, hook, on_model=on_model)
     assert binding.positional == positional
     assert dict(binding.keywords) == keywords
 
 
 # (hook, callable, on_model, a fragment of the TypeError)
-MORE_REFUSED = [
+REFUSED = [
+    # the old full list (model, state, action, next_state): two parameters name the state reached
+    ("reward_fn", lambda model, state, action, next_state: 0, False, "two parameters name 'next_state'"),
+    ("terminal_fn", lambda state, action, next_state: 0, False, "two parameters name 'next_state'"),
+    # a name contradicting its position beside one that names nothing
+    ("reward_fn", lambda state, foo: 0, False, "parameter 'foo' is not the name of any argument"),
+    ("reward_fn", lambda m, s, a, n: 0, False, "parameter 'n' is not the name of any argument"),
+    # a required parameter with no argument left
+    ("transition_fn", lambda model, state, action, extra: 0, False, "parameter 'extra' has no argument left"),
+    ("action_transform_fn", lambda model, action, extra: 0, False, "parameter 'extra' has no argument left"),
+    # *args after a contradicting name
+    ("transition_fn", lambda action, *rest: 0, False, "parameter 'action' would receive 'model'"),
+    # a required keyword-only parameter nobody provides
+    ("reward_fn", lambda model, next_state, *, scale: 0, False, "keyword-only parameter 'scale'"),
+    # an extra that is not for this hook
+    ("transition_fn", lambda state, action, prev_state: 0, False, "parameter 'prev_state' is not the name of any argument"),
     # a positional-only parameter after one left to its default cannot be bound by name
     ("transition_fn", lambda x=None, a=None, /: 0, False, "positional-only parameter 'a' follows a parameter left"),
     # an extra input cannot be given positionally
@@ -172,13 +130,27 @@ MORE_REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("hook,fn,on_model,fragment", MORE_REFUSED,
-                         ids=[f"{row[0]}-{i}" for i, row in enumerate(MORE_REFUSED)])
-def test_more_refusals(hook, fn, on_model, fragment):
+@pytest.mark.parametrize("hook,fn,on_model,fragment", REFUSED, ids=[f"{row[0]}-{i}" for i, row in enumerate(REFUSED)])
+def test_ambiguous_signatures_are_refused_at_construction(hook, fn, on_model, fragment):
     with pytest.raises(TypeError, match=re.escape(fragment)) as err:
         bind(fn, hook, on_model=on_model)
     assert str(err.value).startswith(f"{hook}: cannot bind")
     assert f"Accepted: {accepted_forms(hook, on_model)}." in str(err.value)
+
+
+def test_partial_and_nn_module_hooks_bind_from_their_real_signature():
+    def reward(scale, model, next_state):
+        return scale * next_state.sum()
+
+    binding = bind(functools.partial(reward, 2.0), "reward_fn")
+    assert binding.positional == ("model", "next_state")
+
+    class Head(torch.nn.Module):
+        def forward(self, next_state, action):
+            return next_state.sum(-1)
+
+    binding = bind(Head(), "reward_fn")
+    assert dict(binding.keywords) == {"next_state": "next_state", "action": "action"}
 
 
 def test_the_state_reached_hint_names_prev_state():

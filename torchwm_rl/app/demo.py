@@ -303,7 +303,18 @@ def _plot(path: Path, history: list[dict], report, task: str, eval_envs: int = 0
     ax.set_xlabel("step")
     ax.set_title("Same start state, same policy: imagined vs real")
     ax.legend(ncols=2, **below)
-    ax = axes[2]
+    plot_prediction_error(axes[2], report, below)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def plot_prediction_error(ax, report, legend: dict) -> None:
+    """The open-loop model error panel of a demo's plot: ``report.prediction_error`` (mean L2
+    error of the model driven by the real actions from the real start) against the horizon,
+    faded where fewer than half the episodes are still counted, with that count on a right
+    axis and the steps no episode reached shaded. ``legend``: keyword arguments of the legend."""
     counts = list(report.prediction_error_count)
     k = len(counts)
     half = max(1, report.episodes // 2)
@@ -326,14 +337,10 @@ def _plot(path: Path, history: list[dict], report, task: str, eval_envs: int = 0
                     transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=7, color="0.3")
         handles = ax.get_legend_handles_labels()
         count_line, = count_ax.get_lines()
-        ax.legend(handles[0] + [count_line], handles[1] + ["episodes still counted (right axis)"], **below)
+        ax.legend(handles[0] + [count_line], handles[1] + ["episodes still counted (right axis)"], **legend)
     ax.set_xlabel("open-loop horizon (steps)")
     ax.set_ylabel("mean L2 error vs real")
     ax.set_title("Open-loop model error (real actions, real start)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
 
 
 def json_safe(value: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .demo import DemoConfig, default_out_dir, finish_run
+from .demo import DemoConfig, default_out_dir, finish_run, plot_prediction_error
 
 DEMO_NUM_ENVS = 32  # imagined envs for SAC when the CLI does not say (--num-envs)
 
@@ -137,12 +137,7 @@ def _plot(path: Path, history: list, report, u_imagined: list, u_real: list) -> 
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8)
     ax.set_title("Same start, same policy: imagined vs real, with uncertainty")
 
-    ax = axes[2]
-    if report.prediction_error:
-        ax.semilogy(range(1, len(report.prediction_error) + 1), report.prediction_error)
-    ax.set_xlabel("open-loop horizon (steps)")
-    ax.set_ylabel("mean L2 error vs real")
-    ax.set_title("Open-loop model error (real actions, real start)")
+    plot_prediction_error(axes[2], report, dict(fontsize=8))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

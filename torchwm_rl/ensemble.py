@@ -37,24 +37,32 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import torch
+from tensordict import TensorDict, TensorDictBase
 
 from .options import PROPAGATIONS
 from .records import MISSING
 
 
-
 def max_pairwise_distance(members: Any, batch_ndim: int = 1) -> torch.Tensor:
     """``[E, *batch, ...]`` member predictions (``batch_ndim`` batch dims) -> ``[*batch]``: the
     largest L2 distance between two members' predictions, every entry after the batch dims
-    flattened (0 for one member). A dict is flattened key by key and concatenated."""
+    flattened (0 for one member). A dict (or TensorDict, nested or not) is flattened leaf by leaf,
+    in sorted key order, and concatenated."""
     if isinstance(members, Mapping):
-        parts = [_flat_members(v, batch_ndim) for _, v in sorted(members.items())]
-        flat = torch.cat(parts, dim=-1)
+        flat = torch.cat([_flat_members(v, batch_ndim) for v in _sorted_leaves(members)], dim=-1)
     else:
         flat = _flat_members(members, batch_ndim)
     # [E, *batch, D] -> [E, E, *batch] pairwise distances; E is small, so the E x E diff is cheap
     diff = flat.unsqueeze(0) - flat.unsqueeze(1)
     return diff.norm(dim=-1).amax(dim=(0, 1))
+
+
+def _sorted_leaves(tree: Mapping) -> list:
+    leaves = []
+    for key in sorted(tree.keys()):
+        value = tree[key]
+        leaves.extend(_sorted_leaves(value) if isinstance(value, Mapping) else [value])
+    return leaves
 
 
 def _flat_members(x: torch.Tensor, batch_ndim: int) -> torch.Tensor:
@@ -159,7 +167,13 @@ class Ensemble:
         return out, uncertainty
 
     def _members(self, value: Any, key: str, hook_name: str, space=None, scalar: bool = False) -> Any:
-        """``value`` as tensors with the leading E dim checked (a dict: every entry)."""
+        """``value`` as tensors with the leading E dim checked (a dict: every entry; a TensorDict:
+        every leaf, the TensorDict kept as given)."""
+        if isinstance(value, TensorDictBase):
+            sub = getattr(space, "spaces", None)
+            for k, leaf in value.items():
+                self._members(leaf, f"{key}[{k!r}]", hook_name, sub[k] if sub and k in sub else None)
+            return value
         if isinstance(value, Mapping):
             sub = getattr(space, "spaces", None)
             return {k: self._members(v, f"{key}[{k!r}]", hook_name, sub[k] if sub and k in sub else None)
@@ -219,6 +233,12 @@ class Ensemble:
 
 
 def _tree(fn: Callable, value: Any) -> Any:
+    """``fn`` on every leaf of a tensor, dict or TensorDict of ``[E, *batch, ...]`` members; a
+    TensorDict comes back a TensorDict, every batch size without its leading E dim (when it has
+    one: a TensorDict may keep E and the batch dims out of its batch size)."""
+    if isinstance(value, TensorDictBase):
+        out = {k: _tree(fn, v) for k, v in value.items()}
+        return TensorDict(out, batch_size=value.batch_size[1:], device=value.device)
     if isinstance(value, Mapping):
         return {k: _tree(fn, v) for k, v in value.items()}
     return fn(value)

@@ -527,3 +527,68 @@ def test_max_pairwise_distance_of_nested_dicts_and_tensordicts():
     torch.testing.assert_close(max_pairwise_distance({"b": {"c": c}, "a": a}), flat)
     td = TensorDict({"a": a, "b": TensorDict({"c": c}, batch_size=(E, 4))}, batch_size=(E, 4))
     torch.testing.assert_close(max_pairwise_distance(td), flat)
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (lambda obs: torch.complex(obs[..., 0].std(0), obs[..., 1].std(0)), TypeError, r"dtype torch\.complex64"),
+        (lambda obs: obs[..., 0].std(0) > 0, TypeError, r"dtype torch\.bool"),
+        (lambda obs: "high", TypeError, r"got str"),
+        (lambda obs: obs[..., 0].std(0).unsqueeze(0), ValueError, r"expected a real .* got \(1, 8\)"),
+    ],
+    ids=["complex", "bool", "str", "shape"],
+)
+def test_uncertainty_fn_output_of_the_wrong_kind_is_refused(bad, error, match):
+    """A complex uncertainty was cast to float32 (imaginary part dropped) without an error."""
+    with pytest.raises(error, match="uncertainty_fn must return") as info:
+        make(propagation="mean", uncertainty_fn=bad, uncertainty_penalty=1.0).rollout(1)
+    assert info.match(match)
+
+
+@pytest.mark.parametrize("nan_policy", ["raise", "truncate"])
+def test_negative_uncertainty_is_refused_on_every_path(nan_policy):
+    """A negative uncertainty made MOPO's penalty a bonus (reward - lam * u grew) without an
+    error; it is an error whatever nan_policy says (no extra host sync: it is part of the step's
+    NaN check)."""
+    def signed(obs):  # env 2 (of 8) gets a negative uncertainty
+        u = obs[..., 0].std(0).clone()
+        u[2] = -1.0
+        return u
+
+    kwargs = dict(propagation="mean", uncertainty_fn=signed, uncertainty_penalty=1.0, nan_policy=nan_policy)
+    with pytest.raises(ValueError, match=r"uncertainty_fn returned negative values in env rows \[2\]"):
+        make(**kwargs).rollout(2, zero_policy)
+    venv = make(**kwargs).to_gymnasium()
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match="uncertainty_fn returned negative values"):
+        venv.step(np.zeros((8, 2), np.float32))
+    sb3 = make(**kwargs).to_sb3()
+    sb3.reset()
+    with pytest.raises(ValueError, match="uncertainty_fn returned negative values"):
+        sb3.step(np.zeros((8, 2), np.float32))
+    single = make(batch=(), propagation="mean", uncertainty_fn=lambda obs: -obs[..., 0].std(0),
+                  uncertainty_penalty=1.0).to_gymnasium()
+    single.reset(seed=0)
+    with pytest.raises(ValueError, match="uncertainty_fn returned negative values"):
+        single.step(np.zeros(2, np.float32))
+
+
+def test_uncertainty_fn_values_integer_and_nonfinite():
+    """An integer uncertainty reads as float32; NaN from uncertainty_fn goes through nan_policy,
+    named as uncertainty_fn's output ('raise' errors, 'truncate' ends the episode)."""
+    ints = make(propagation="mean", uncertainty_fn=lambda obs: torch.arange(8), uncertainty_penalty=1.0)
+    td = ints.rollout(1, zero_policy)
+    assert td["next", "uncertainty"].dtype == torch.float32
+    torch.testing.assert_close(td["next", "uncertainty"][:, 0, 0], torch.arange(8.0))
+
+    def nan_in_env_3(obs):
+        u = obs[..., 0].std(0).clone()
+        u[3] = math.nan
+        return u
+
+    with pytest.raises(ValueError, match=r"uncertainty \(uncertainty_fn's output\)"):
+        make(propagation="mean", uncertainty_fn=nan_in_env_3).rollout(1, zero_policy)
+    td = make(propagation="mean", uncertainty_fn=nan_in_env_3, nan_policy="truncate").rollout(
+        1, zero_policy, break_when_any_done=False)
+    assert td["next", "truncated"][:, 0, 0].tolist() == [i == 3 for i in range(8)]

@@ -35,6 +35,7 @@ from .errors import TorchWMError
 from .options import ACTION_CHECKS, NAN_POLICIES, ModelOptions, model_options, with_model_options
 from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import check_supported, numpy_to_torch_dtype
+from .train_mode import warn_if_training
 from .validation import (
     all_finite,
     check_action,
@@ -154,6 +155,7 @@ class ModelAdapter:
                 raise TypeError(f"{name} must be a gymnasium space, got {type(space).__name__}")
             check_supported(space, name)
         self.model = model
+        warn_if_training(model)  # BatchNorm / Dropout left in training mode (torchwm_rl.train_mode)
         self.observation_space = observation_space
         self.action_space = action_space
         self.batch_size = tuple(int(b) for b in batch_size)

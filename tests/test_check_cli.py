@@ -184,7 +184,8 @@ def test_good_factories_pass_every_check(factories, name):
     assert report.ok, report.format()
     status = _status(report)
     assert status == {k: "PASS" for k in
-                      ["factory", "hooks", "torchrl-specs", "rollout", "gymnasium-checker", "sb3-checker", "parity"]}
+                      ["factory", "hooks", "model-mode", "torchrl-specs", "rollout", "gymnasium-checker", "sb3-checker",
+                       "parity"]}
     assert "OK: all checks passed" in report.format()
     # the report shows how each hook was bound, e.g. "transition_fn = transition(model<-model, ...)"
     assert re.search(r"note: (transition_fn|model\.?\w*) = \w+\(.*<-", report.format()), report.format()
@@ -368,3 +369,65 @@ def test_parity_check_handles_nested_dict_observations_with_episode_ends():
     result = check_parity(env, steps=12)
     assert result.status == "PASS", result.detail
     assert "episode end" in result.detail and "(0 episode end" not in result.detail
+
+
+class _NormedModel(torch.nn.Module):
+    """state' = state + net(state, action), the net with BatchNorm and Dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.2),
+                                       torch.nn.Linear(8, 2))
+
+    def forward(self, state, action):
+        return state + 0.01 * self.net(torch.cat([state, action.float()], -1))
+
+
+def _normed_env(model, **kwargs):
+    import gymnasium as gym
+
+    from torchwm_rl import WorldModelEnv
+
+    return WorldModelEnv(model, gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+                         gym.spaces.Box(-1, 1, (2,), np.float32),
+                         reset_fn=lambda seed=None, options=None, batch_size=(): torch.zeros(*batch_size, 2),
+                         batch_size=(4,), max_episode_steps=5, **kwargs)
+
+
+def test_a_model_in_training_mode_is_warned_about_in_check_and_at_construction():
+    """BatchNorm / Dropout left in training mode (a model fitted and wrapped without eval())
+    couple the envs through batch statistics: check reports a WARN naming the modules (it passed
+    before, saying nothing) and construction warns once (TrainModeWarning); after model.eval()
+    neither does."""
+    import warnings
+
+    from torchwm_rl import GymWorldModelEnv
+    from torchwm_rl.app.check import check_env
+    from torchwm_rl.train_mode import TrainModeWarning, modules_in_training
+
+    model = _NormedModel()
+    assert modules_in_training(model) == ["model.net.1 (BatchNorm1d)", "model.net.2 (Dropout)"]
+    with pytest.warns(TrainModeWarning, match=r"model\.net\.1 \(BatchNorm1d\), model\.net\.2 \(Dropout\).*model\.eval\(\)"):
+        _normed_env(model)
+    import gymnasium as gym
+
+    box = gym.spaces.Box(-1, 1, (2,), np.float32)
+    with pytest.warns(TrainModeWarning, match="BatchNorm1d"):  # every path: the adapter warns
+        GymWorldModelEnv(model, box, box, reset_fn=lambda: torch.zeros(2))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainModeWarning)
+        report = check_env(lambda: _normed_env(model.train()), steps=6)
+    result = {r.name: r for r in report.results}["model-mode"]
+    assert result.status == "WARN" and "model.net.1 (BatchNorm1d)" in result.detail, report.format()
+    assert "[WARN] model-mode" in report.format() and "(1 warning(s))" in report.format()
+
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainModeWarning)
+        report = check_env(lambda: _normed_env(model), steps=6)
+    assert {r.name: r.status for r in report.results}["model-mode"] == "PASS", report.format()
+    # a plain object holding the network (not itself a Module) is looked into too
+    holder = type("Holder", (), {})()
+    holder.net = _NormedModel()
+    assert modules_in_training(holder) == ["model.net.net.1 (BatchNorm1d)", "model.net.net.2 (Dropout)"]

@@ -395,3 +395,200 @@ def test_random_and_mean_ensembles_take_start_states_of_another_batch(propagatio
     assert out.batch_size == torch.Size([64, 3]) and out["next", "uncertainty"].shape == (64, 3, 1)
     expected = max_pairwise_distance(OFFSETS.unsqueeze(1), 1)  # the members' spread, every env
     torch.testing.assert_close(out["next", "uncertainty"][:, 0, 0], expected.expand(64))
+
+
+# ------------------------------------------------- TensorDict and dict states with a member dim
+def _member(k, state, action):
+    """Member k called directly: h moves by action + OFFSETS[k], c is scaled by k + 2 and the
+    nested z counts steps times k, so every leaf names the member that made it."""
+    action = torch.as_tensor(action, dtype=torch.float32).expand(state["h"].shape)
+    return {"h": state["h"] + action + OFFSETS[k], "c": state["c"] * (k + 2),
+            "inner": {"z": state["inner"]["z"] + k}}
+
+
+def _as(form, tree, batch):
+    from tensordict import TensorDict
+
+    if form == "dict":
+        return tree
+    return TensorDict({k: (_as(form, v, batch) if isinstance(v, dict) else v) for k, v in tree.items()},
+                      batch_size=batch)
+
+
+def _plain(state):
+    return {k: (_plain(v) if hasattr(v, "keys") else torch.as_tensor(v)) for k, v in state.items()}
+
+
+class StateMembers:
+    """An ensemble whose state is a TensorDict (batch size [E, *batch]) or a dict of tensors."""
+
+    def __init__(self, form):
+        self.form = form
+
+    def reset(self, model, seed, options, batch_size, generator):
+        h = torch.rand(*batch_size, 2, generator=generator)
+        state = {"h": h, "c": torch.ones(*batch_size, 1), "inner": {"z": torch.zeros(tuple(batch_size))}}
+        return {"state": _as(self.form, state, tuple(batch_size)), "observation": h}
+
+    def transition(self, model, state, action):
+        from tensordict import TensorDict
+
+        batch = tuple(state["h"].shape[:-1])
+        outs = [_as(self.form, _member(k, _plain(state), action), batch) for k in range(E)]
+        if self.form == "tensordict":
+            stacked = torch.stack(outs)  # TorchRL's idiom: a TensorDict of batch size [E, *batch]
+            assert isinstance(stacked, TensorDict) and stacked.batch_size == (E, *batch)
+        else:
+            stacked = {"h": torch.stack([o["h"] for o in outs]), "c": torch.stack([o["c"] for o in outs]),
+                       "inner": {"z": torch.stack([o["inner"]["z"] for o in outs])}}
+        return {"state": stacked, "observation": stacked["h"], "reward": stacked["h"].sum(-1)}
+
+
+def _check_propagated(prev, nxt, action, propagation, form):
+    """``nxt`` is what the member models called directly give from ``prev``: their mean, or per
+    env one member's output on every leaf (not h from one member and c from another)."""
+    from tensordict import TensorDictBase
+
+    # a dict state travels in the TorchRL path's tensordict (as a TensorDict); a TensorDict stays one
+    assert isinstance(nxt, TensorDictBase) if form == "tensordict" else hasattr(nxt, "keys"), type(nxt)
+    prev, got = _plain(prev), _plain(nxt)
+    direct = [_member(k, prev, action) for k in range(E)]
+    leaves = [("h",), ("c",), ("inner", "z")]
+
+    def leaf(tree, path):
+        for key in path:
+            tree = tree[key]
+        return tree
+
+    if propagation == "mean":
+        for path in leaves:
+            expected = torch.stack([leaf(d, path) for d in direct]).mean(0)
+            torch.testing.assert_close(leaf(got, path), expected)
+        return
+    batch = got["h"].shape[:-1]
+    for env in np.ndindex(*batch):
+        matches = [k for k in range(E) if all(torch.equal(leaf(got, p)[env], leaf(direct[k], p)[env]) for p in leaves)]
+        assert len(matches) == 1, (env, got, direct)
+
+
+@pytest.mark.parametrize("form", ["tensordict", "dict"])
+@pytest.mark.parametrize("propagation", ["random", "fixed", "mean"])
+def test_tensordict_and_dict_states_propagate_on_every_path(propagation, form):
+    """An ensemble whose model state is a TensorDict (the members stacked with torch.stack, batch
+    size [E, *batch]) or a dict steps on every path, and each step's state is the member models'
+    own output (one member's on every leaf, or their mean). A TensorDict state was refused with
+    'the first reset gave a tensordict state, this call gave a dict' before."""
+    m = StateMembers(form)
+
+    def build(batch):
+        return WorldModelEnv(m, OBS, ACT, reset_fn=m.reset, transition_fn=m.transition, batch_size=batch,
+                             ensemble_size=E, propagation=propagation, seed=0, max_episode_steps=4)
+
+    action = np.full(2, 0.25, np.float32)
+    for batch in [(), (3,)]:  # TorchRL, over an episode end (a partial / full reset)
+        env = build(batch)
+        td = env.reset()
+        for _ in range(6):
+            td["action"] = torch.as_tensor(action).expand(*batch, 2).clone()
+            out = env.step(td)
+            _check_propagated(td["model_state"], out["next", "model_state"], action, propagation, form)
+            td = env.step_mdp(out)
+            if bool(td["done"].any()):
+                td = env.reset(td.set("_reset", td["done"].clone()))
+    gym_env = GymWorldModelEnv(m, OBS, ACT, reset_fn=m.reset, transition_fn=m.transition, ensemble_size=E,
+                               propagation=propagation)
+    gym_env.reset(seed=0)
+    for _ in range(3):
+        prev = gym_env.state
+        gym_env.step(action)
+        _check_propagated(prev, gym_env.state, action, propagation, form)
+    actions = np.tile(action, (3, 1))
+    venv = build((3,)).to_gymnasium(autoreset_mode="SameStep")
+    venv.reset(seed=0)
+    sb3 = build((3,)).to_sb3()
+    sb3.reset()
+    for _ in range(3):  # within the first episode (max_episode_steps=4)
+        prev = venv.state
+        venv.step(actions)
+        _check_propagated(prev, venv.state, action, propagation, form)
+        prev = sb3._snapshot.state  # the SB3 export keeps its model state there (no public accessor)
+        sb3.step(actions)
+        _check_propagated(prev, sb3._snapshot.state, action, propagation, form)
+
+
+def test_max_pairwise_distance_of_nested_dicts_and_tensordicts():
+    """A nested Dict observation (as dicts or a TensorDict) is flattened leaf by leaf, as one
+    concatenated vector (nested dicts raised AttributeError before)."""
+    from tensordict import TensorDict
+
+    torch.manual_seed(0)
+    a, c = torch.randn(E, 4, 2), torch.randn(E, 4, 3)
+    flat = max_pairwise_distance(torch.cat([a, c], -1))
+    torch.testing.assert_close(max_pairwise_distance({"b": {"c": c}, "a": a}), flat)
+    td = TensorDict({"a": a, "b": TensorDict({"c": c}, batch_size=(E, 4))}, batch_size=(E, 4))
+    torch.testing.assert_close(max_pairwise_distance(td), flat)
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (lambda obs: torch.complex(obs[..., 0].std(0), obs[..., 1].std(0)), TypeError, r"dtype torch\.complex64"),
+        (lambda obs: obs[..., 0].std(0) > 0, TypeError, r"dtype torch\.bool"),
+        (lambda obs: "high", TypeError, r"got str"),
+        (lambda obs: obs[..., 0].std(0).unsqueeze(0), ValueError, r"expected a real .* got \(1, 8\)"),
+    ],
+    ids=["complex", "bool", "str", "shape"],
+)
+def test_uncertainty_fn_output_of_the_wrong_kind_is_refused(bad, error, match):
+    """A complex uncertainty was cast to float32 (imaginary part dropped) without an error."""
+    with pytest.raises(error, match="uncertainty_fn must return") as info:
+        make(propagation="mean", uncertainty_fn=bad, uncertainty_penalty=1.0).rollout(1)
+    assert info.match(match)
+
+
+@pytest.mark.parametrize("nan_policy", ["raise", "truncate"])
+def test_negative_uncertainty_is_refused_on_every_path(nan_policy):
+    """A negative uncertainty made MOPO's penalty a bonus (reward - lam * u grew) without an
+    error; it is an error whatever nan_policy says (no extra host sync: it is part of the step's
+    NaN check)."""
+    def signed(obs):  # env 2 (of 8) gets a negative uncertainty
+        u = obs[..., 0].std(0).clone()
+        u[2] = -1.0
+        return u
+
+    kwargs = dict(propagation="mean", uncertainty_fn=signed, uncertainty_penalty=1.0, nan_policy=nan_policy)
+    with pytest.raises(ValueError, match=r"uncertainty_fn returned negative values in env rows \[2\]"):
+        make(**kwargs).rollout(2, zero_policy)
+    venv = make(**kwargs).to_gymnasium()
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match="uncertainty_fn returned negative values"):
+        venv.step(np.zeros((8, 2), np.float32))
+    sb3 = make(**kwargs).to_sb3()
+    sb3.reset()
+    with pytest.raises(ValueError, match="uncertainty_fn returned negative values"):
+        sb3.step(np.zeros((8, 2), np.float32))
+    single = make(batch=(), propagation="mean", uncertainty_fn=lambda obs: -obs[..., 0].std(0),
+                  uncertainty_penalty=1.0).to_gymnasium()
+    single.reset(seed=0)
+    with pytest.raises(ValueError, match="uncertainty_fn returned negative values"):
+        single.step(np.zeros(2, np.float32))
+
+
+def test_uncertainty_fn_values_integer_and_nonfinite():
+    """An integer uncertainty reads as float32; NaN from uncertainty_fn goes through nan_policy,
+    named as uncertainty_fn's output ('raise' errors, 'truncate' ends the episode)."""
+    ints = make(propagation="mean", uncertainty_fn=lambda obs: torch.arange(8), uncertainty_penalty=1.0)
+    td = ints.rollout(1, zero_policy)
+    assert td["next", "uncertainty"].dtype == torch.float32
+    torch.testing.assert_close(td["next", "uncertainty"][:, 0, 0], torch.arange(8.0))
+
+    def nan_in_env_3(obs):
+        u = obs[..., 0].std(0).clone()
+        u[3] = math.nan
+        return u
+
+    with pytest.raises(ValueError, match=r"uncertainty \(uncertainty_fn's output\)"):
+        make(propagation="mean", uncertainty_fn=nan_in_env_3).rollout(1, zero_policy)
+    td = make(propagation="mean", uncertainty_fn=nan_in_env_3, nan_policy="truncate").rollout(
+        1, zero_policy, break_when_any_done=False)
+    assert td["next", "truncated"][:, 0, 0].tolist() == [i == 3 for i in range(8)]

@@ -1,9 +1,11 @@
 """Property-based tests (hypothesis) over generated spaces and adapter return forms.
 
 1. spaces <-> specs: every generated space (Box with 0-3 dims and dtype float32/float64/uint8/
-   int64, bounded, unbounded or half-bounded; Discrete; MultiDiscrete; MultiBinary; nested Dict)
-   survives space -> spec -> space, and spec -> space -> spec, with and without a batch dim;
-   samples of one side are members of the other.
+   int64, bounded, unbounded or half-bounded; Discrete; MultiDiscrete; MultiBinary; nested Dict;
+   part 1 also float16/int8/int32 Boxes, high-only, per-element mixed and dtype-wide bounds, and
+   2-d MultiDiscrete) survives space -> spec -> space, and spec -> space -> spec, with and
+   without a batch dim; samples of one side are members of the other, and every random sample of
+   the spec (batched, with a sample shape, expanded) lies in the space and is finite.
 2. both paths agree: for a generated observation space, action space and adapter return form
    (reset form, transition form, reward/flag/observation container), the TorchRL env and the
    Gymnasium env (unbatched) / Gymnasium vector and SB3 VecEnv exports (batched) give the same
@@ -35,13 +37,30 @@ DTYPES = [np.float32, np.float64, np.uint8, np.int64]
 KEYS = ["a", "b", "c", "pos", "img"]  # no clash with TorchRL keys ("action", "done", ...)
 
 
+WIDE_DTYPES = [np.float16, np.int8, np.int32]  # part 1 only
+# part 1 only; not a float Box spanning the dtype's range: Gymnasium's own Box.sample overflows
+# there (test_spaces covers its spec)
+WIDE_KINDS = ["high_only", "mixed_inf", "huge"]
+
+
 @st.composite
-def boxes(draw, float_only: bool = False):
+def boxes(draw, float_only: bool = False, wide: bool = False):
     ndim = draw(st.integers(0, 3))
     shape = tuple(draw(st.lists(st.integers(1, 3), min_size=ndim, max_size=ndim)))
-    dtype = draw(st.sampled_from(DTYPES[:2] if float_only else DTYPES))
+    dtype = draw(st.sampled_from(DTYPES[:2] if float_only else DTYPES + (WIDE_DTYPES if wide else [])))
     if np.issubdtype(dtype, np.floating):
-        kind = draw(st.sampled_from(["unbounded", "bounded", "low_only", "per_element"]))
+        kinds = ["unbounded", "bounded", "low_only", "per_element"] + (WIDE_KINDS if wide else [])
+        kind = draw(st.sampled_from(kinds))
+        if kind == "high_only":
+            return gym.spaces.Box(-np.inf, -2.5, shape=shape, dtype=dtype)
+        if kind == "mixed_inf":  # per element: bounded, low only, high only, unbounded, in turn
+            size = int(np.prod(shape))
+            low = np.array([-1.0, 0.0, -np.inf, -np.inf] * size, dtype=dtype)[:size].reshape(shape)
+            high = np.array([1.0, np.inf, 0.0, np.inf] * size, dtype=dtype)[:size].reshape(shape)
+            return gym.spaces.Box(low, high, shape=shape, dtype=dtype)
+        if kind == "huge":  # far beyond float32 / float16 for a float64 Box: low only
+            big = float(np.finfo(dtype).max) / 4
+            return gym.spaces.Box(big, np.inf, shape=shape, dtype=dtype)
         if kind == "unbounded":
             return gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=dtype)
         if kind == "low_only":
@@ -53,18 +72,27 @@ def boxes(draw, float_only: bool = False):
         return gym.spaces.Box(low, low + draw(st.sampled_from([0.5, 2.0, 100.0])), shape=shape, dtype=dtype)
     if dtype == np.uint8:
         low, high = draw(st.sampled_from([(0, 255), (10, 20)]))
+    elif wide and dtype != np.int64:
+        info = np.iinfo(dtype)
+        low, high = draw(st.sampled_from([(int(info.min), int(info.max)), (-3, 3)]))
+    elif wide:
+        low, high = draw(st.sampled_from([(-5, 5), (0, 1000), (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))]))
     else:
         low, high = draw(st.sampled_from([(-5, 5), (0, 1000)]))
     return gym.spaces.Box(low, high, shape=shape, dtype=dtype)
 
 
-def leaf_spaces(float_only: bool = False):
+def leaf_spaces(float_only: bool = False, wide: bool = False):
     if float_only:
         return boxes(float_only=True)
+    multi_discrete = st.lists(st.integers(1, 5), min_size=1, max_size=3)
+    if wide:  # 2-d nvec too
+        multi_discrete = st.one_of(multi_discrete, st.lists(st.lists(st.integers(1, 5), min_size=2, max_size=2),
+                                                            min_size=1, max_size=3))
     return st.one_of(
-        boxes(),
+        boxes(wide=wide),
         st.integers(1, 6).map(gym.spaces.Discrete),
-        st.lists(st.integers(1, 5), min_size=1, max_size=3).map(lambda n: gym.spaces.MultiDiscrete(n)),
+        multi_discrete.map(lambda n: gym.spaces.MultiDiscrete(n)),
         st.one_of(st.integers(1, 4), st.tuples(st.integers(1, 3), st.integers(1, 3)).map(list)).map(
             gym.spaces.MultiBinary
         ),
@@ -75,8 +103,8 @@ def dict_of(children):
     return st.dictionaries(st.sampled_from(KEYS), children, min_size=1, max_size=3).map(gym.spaces.Dict)
 
 
-def any_spaces(float_only: bool = False):
-    return st.recursive(leaf_spaces(float_only), dict_of, max_leaves=4)
+def any_spaces(float_only: bool = False, wide: bool = False):
+    return st.recursive(leaf_spaces(float_only, wide), dict_of, max_leaves=4)
 
 
 def _equal_spaces(a: gym.spaces.Space, b: gym.spaces.Space) -> bool:
@@ -108,7 +136,7 @@ def _tensors(value, dtype_of):
 
 
 @settings(max_examples=200, **SETTINGS)
-@given(space=any_spaces(), batch=st.sampled_from([(), (1,), (3,)]))
+@given(space=any_spaces(wide=True), batch=st.sampled_from([(), (1,), (3,)]))
 def test_space_spec_round_trip(space, batch):
     spec = space_to_spec(space, batch)
     assert tuple(spec.shape[: len(batch)]) == batch
@@ -126,6 +154,23 @@ def test_space_spec_round_trip(space, batch):
         sample = spec.rand()
         sample = sample.to_dict() if isinstance(sample, TensorDictBase) else sample
         assert space.contains(_to_numpy(sample, space)), (space, sample)
+    # every random sample of the spec, one env at a time, is in the space and finite (TorchRL's
+    # random rollouts, collectors' random frames, rand_action and planners draw these)
+    torch.manual_seed(0)
+    for draw_ in (spec.rand(), spec.rand((2,))[1], spec.expand(2, *spec.shape).rand()[0]):
+        for row in ([draw_] if not batch else draw_.unbind(0)):
+            _assert_in_space_and_finite(row, space)
+
+
+def _assert_in_space_and_finite(value, space):
+    if isinstance(space, gym.spaces.Dict):
+        for key, sub in space.spaces.items():
+            _assert_in_space_and_finite(value[key], sub)
+        return
+    if value.is_floating_point():
+        assert torch.isfinite(value).all(), (space, value)
+    array = value.numpy()
+    assert space.contains(np.int64(array) if isinstance(space, gym.spaces.Discrete) else array), (space, value)
 
 
 def _shapes(value):

@@ -188,6 +188,161 @@ def test_unsupported_spaces_are_refused_clearly():
         space_to_spec(spaces.Text(5))
 
 
+# ------------------------------------------------------- faithful specs: samples in the space
+_F32, _F64 = np.finfo(np.float32), np.finfo(np.float64)
+_I64 = np.iinfo(np.int64)
+FAITHFUL = {
+    "f32 unbounded": spaces.Box(-np.inf, np.inf, (3,), np.float32),
+    "f64 unbounded": spaces.Box(-np.inf, np.inf, (3,), np.float64),
+    "f16 unbounded": spaces.Box(-np.inf, np.inf, (3,), np.float16),
+    "f16 bounded": spaces.Box(-1.0, 1.0, (3,), np.float16),
+    "f16 range over the dtype": spaces.Box(-60000.0, 60000.0, (3,), np.float16),
+    "f16 low at the dtype max": spaces.Box(65504.0, np.inf, (3,), np.float16),
+    "f32 low only": spaces.Box(0.0, np.inf, (3,), np.float32),
+    "f32 high only": spaces.Box(-np.inf, 0.0, (3,), np.float32),
+    "f64 low only": spaces.Box(5.0, np.inf, (2, 2), np.float64),
+    "f64 low only beyond f32": spaces.Box(1e39, np.inf, (3,), np.float64),
+    "f32 per-element mix": spaces.Box(
+        np.array([-1.0, -np.inf, 0.0, -np.inf], np.float32), np.array([1.0, np.inf, np.inf, 3.0], np.float32)
+    ),
+    "f32 +-1e38": spaces.Box(-1e38, 1e38, (3,), np.float32),
+    "f32 dtype limits": spaces.Box(_F32.min, _F32.max, (3,), np.float32),
+    "f64 +-1e300": spaces.Box(-1e300, 1e300, (3,), np.float64),
+    "f64 dtype limits": spaces.Box(_F64.min, _F64.max, (3,), np.float64),
+    "f32 one point": spaces.Box(2.0, 2.0, (3,), np.float32),
+    "int8 dtype limits": spaces.Box(-128, 127, (3,), np.int8),
+    "uint8 dtype limits": spaces.Box(0, 255, (3,), np.uint8),
+    "uint8 10..20": spaces.Box(10, 20, (3,), np.uint8),
+    "int16": spaces.Box(-3, 3, (3,), np.int16),
+    "int32 dtype limits": spaces.Box(np.iinfo(np.int32).min, np.iinfo(np.int32).max, (3,), np.int32),
+    "int64 dtype limits": spaces.Box(_I64.min, _I64.max, (3,), np.int64),
+    "int64 +-2**62": spaces.Box(-(2**62), 2**62, (3,), np.int64),
+    "int64 one point": spaces.Box(7, 7, (3,), np.int64),
+    "bool box": spaces.Box(0, 1, (3,), np.bool_),
+    "discrete": spaces.Discrete(5),
+    "discrete n=1": spaces.Discrete(1),
+    "multidiscrete": spaces.MultiDiscrete([2, 3, 4]),
+    "multidiscrete one element": spaces.MultiDiscrete([3]),
+    "multidiscrete 2-d": spaces.MultiDiscrete([[2, 3], [4, 5]]),
+    "multibinary": spaces.MultiBinary(4),
+    "multibinary 3-d": spaces.MultiBinary([2, 1, 3]),
+    "nested dict, half-bounded leaf": spaces.Dict(
+        {"a": spaces.Box(0.0, np.inf, (2,), np.float32),
+         "b": spaces.Dict({"c": spaces.Discrete(3), "d": spaces.Box(-np.inf, 1.0, (), np.float64)})}
+    ),
+}
+
+
+def _leaves(value, space, prefix=""):
+    """(path, numpy leaf, space leaf) of a sample (tensor or TensorDict) of ``space``."""
+    if isinstance(space, spaces.Dict):
+        for key, sub in space.spaces.items():
+            yield from _leaves(value[key], sub, f"{prefix}[{key!r}]")
+    else:
+        yield prefix, value.numpy(), space
+
+
+def _assert_rows_in_space(sample, space, batch):
+    rows = [sample] if not batch else [sample[i] for i in range(batch[0])]
+    for row in rows:
+        for path, leaf, sub in _leaves(row, space):
+            if leaf.dtype.kind == "f":
+                assert np.isfinite(leaf).all(), (path, leaf)
+            assert sub.contains(np.int64(leaf) if isinstance(sub, spaces.Discrete) else leaf), (path, leaf, sub)
+
+
+@pytest.mark.parametrize("batch", [(), (4,)], ids=str)
+@pytest.mark.parametrize("name", list(FAITHFUL))
+def test_spec_samples_lie_in_the_space_and_are_finite(name, batch):
+    """rand() of the spec (as TorchRL's random rollouts, collectors' random frames and
+    rand_action draw), also with an extra sample shape and after expand / to(), is in the space
+    and finite; the spec maps back to the same space. Box(0, inf) and the other half-bounded or
+    mixed-bound float Boxes sampled inf/NaN before (TorchRL's Bounded is uniform between its
+    bounds), a range over the dtype sampled only the bounds, a 2-d MultiDiscrete was refused."""
+    space = FAITHFUL[name]
+    spec = space_to_spec(space, batch)
+    torch.manual_seed(0)
+    for _ in range(50):
+        _assert_rows_in_space(spec.rand(), space, batch)
+        _assert_rows_in_space(spec.rand((2,))[1], space, batch)
+        _assert_rows_in_space(spec.expand(3, *spec.shape).rand()[2], space, batch)
+        _assert_rows_in_space(spec.to(torch.device("cpu")).clone().rand(), space, batch)
+    back = spec_to_space(spec, len(batch))
+    assert _space_eq(back, space), (back, space)
+    if isinstance(space, spaces.Box):
+        assert np.array_equal(back.low, space.low) and np.array_equal(back.high, space.high)
+
+
+def test_wide_float_range_is_sampled_across_it():
+    """A range wider than the dtype can subtract (high - low overflows) is sampled across it,
+    not only at its bounds (TorchRL's uniform gave inf * u, clamped to ``high``)."""
+    spec = space_to_spec(FAITHFUL["f32 dtype limits"])
+    torch.manual_seed(0)
+    sample = torch.stack([spec.rand() for _ in range(100)])
+    assert (sample.abs() < _F32.max).float().mean() > 0.9
+    assert (sample < 0).any() and (sample > 0).any()
+
+
+def test_half_bounded_samples_follow_gymnasium():
+    """The sampler of a half-bounded box is Gymnasium's: low + Exp(1) (mean 1 above low)."""
+    spec = space_to_spec(spaces.Box(5.0, np.inf, (20000,), np.float64))
+    torch.manual_seed(0)
+    assert abs(float(spec.rand().mean()) - 6.0) < 0.05
+
+
+REFUSED = {
+    "discrete with start": (spaces.Discrete(5, start=-2), ValueError, r"starts at -2"),
+    "multidiscrete with start": (spaces.MultiDiscrete([2, 3], start=[1, -4]), ValueError, r"start=\[1, -4\]"),
+    "box with no finite value": (spaces.Box(np.inf, np.inf, (2,), np.float32), ValueError, "no finite value"),
+    "tuple": (spaces.Tuple((spaces.Discrete(2), spaces.Discrete(3))), TypeError, "Tuple"),
+    "text": (spaces.Text(5), TypeError, "Text"),
+    "sequence": (spaces.Sequence(spaces.Discrete(2)), TypeError, "Sequence"),
+    "graph": (spaces.Graph(spaces.Box(-1, 1, (2,)), spaces.Discrete(2)), TypeError, "Graph"),
+    "oneof": (spaces.OneOf((spaces.Discrete(2), spaces.Discrete(3))), TypeError, "OneOf"),
+}
+
+
+@pytest.mark.parametrize("where", ["observation_space", "action_space"])
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_unfaithful_spaces_are_refused_at_construction_naming_the_space(name, where):
+    """Spaces no TorchRL spec samples faithfully are refused when the env is built, the message
+    naming the argument and the Dict key (MultiDiscrete with a start was mapped without it before,
+    so its samples lay outside the space)."""
+    space, error, match = REFUSED[name]
+    with pytest.raises(error, match=match):
+        space_to_spec(space)
+    box = spaces.Box(-10.0, 10.0, (3,), np.float32)
+    kwargs = {"observation_space": box, "action_space": box}
+    kwargs[where] = spaces.Dict({"x": space})
+    with pytest.raises(error, match=rf"{where}\['x'\]"):
+        WorldModelEnv(nn_module(), reset_fn=_generic_reset, transition_fn=_generic_transition, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "act_space",
+    [FAITHFUL["f32 low only"], FAITHFUL["f32 per-element mix"], FAITHFUL["f32 dtype limits"],
+     FAITHFUL["multidiscrete 2-d"]],
+    ids=["low only", "per-element mix", "dtype limits", "multidiscrete 2-d"],
+)
+def test_random_rollouts_act_inside_the_space(act_space):
+    """TorchRL's policy-free rollout and rand_action draw actions from the env's action spec:
+    they are in the action space and finite, batched or not."""
+    for batch in [(), (3,)]:
+        env = WorldModelEnv(nn_module(), spaces.Box(-10.0, 10.0, (3,), np.float32), act_space,
+                            reset_fn=_generic_reset, transition_fn=_bounded_transition, batch_size=batch,
+                            max_episode_steps=3)
+        check_env_specs(env, seed=0)
+        actions = env.rollout(4, break_when_any_done=False)["action"].reshape(-1, *act_space.shape)
+        actions = torch.cat([actions, env.rand_action()["action"].reshape(-1, *act_space.shape)])
+        for row in actions:
+            assert torch.isfinite(row.double()).all() and act_space.contains(row.numpy()), row
+
+
+def _bounded_transition(state, action):
+    a = torch.as_tensor(action).double().reshape(*state.shape[:-1], -1)
+    return state + 0.01 * torch.tanh(a.sum(-1, keepdim=True)).to(state.dtype)
+
+
 # ------------------------------------------------------------------ check_env_specs on the env
 @pytest.mark.parametrize("batch", [(), (3,)], ids=str)
 @pytest.mark.parametrize("act_dim", [1, 3, 7])

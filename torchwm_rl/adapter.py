@@ -30,11 +30,12 @@ from gymnasium import spaces
 from tensordict import TensorDictBase
 
 from .calling import Hook
-from .ensemble import Ensemble
+from .ensemble import NEGATIVE_UNCERTAINTY, Ensemble
 from .errors import TorchWMError
 from .options import ACTION_CHECKS, NAN_POLICIES, ModelOptions, model_options, with_model_options
 from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import check_supported, numpy_to_torch_dtype
+from .train_mode import warn_if_training
 from .validation import (
     all_finite,
     check_action,
@@ -154,6 +155,7 @@ class ModelAdapter:
                 raise TypeError(f"{name} must be a gymnasium space, got {type(space).__name__}")
             check_supported(space, name)
         self.model = model
+        warn_if_training(model)  # BatchNorm / Dropout left in training mode (torchwm_rl.train_mode)
         self.observation_space = observation_space
         self.action_space = action_space
         self.batch_size = tuple(int(b) for b in batch_size)
@@ -468,8 +470,12 @@ class ModelAdapter:
         checked = flatten_observation(record.observation)
         checked["reward"] = record.reward
         if record.uncertainty is not None:  # non-finite member predictions (maybe not the one picked)
-            checked["uncertainty (the members' observations)"] = record.uncertainty
+            checked.update(self.ensemble.checked_values(record.uncertainty))
         bad, keys = nonfinite_rows(checked, self.batch_size)
+        if NEGATIVE_UNCERTAINTY in keys:  # uncertainty_fn broke its contract: an error whatever the policy
+            self.ensemble.refuse_negative(record.uncertainty, discard)
+            del checked[NEGATIVE_UNCERTAINTY]  # only in rows thrown away: check the rest as usual
+            bad, keys = nonfinite_rows(checked, self.batch_size)
         if bad is not None and discard is not None:
             bad = bad & ~discard
             if not bool(bad.any()):

@@ -19,7 +19,11 @@ Uncertainty, per env and step, is the members' disagreement on the next observat
 observations (all observation entries flattened; a Dict observation concatenates its keys). It
 is a distance in the observation's units, so it scales linearly with the spread (doubling every
 member's deviation from the mean doubles it). ``uncertainty_fn(members) -> [*batch]`` replaces
-it; ``members`` is the observation with its leading E dim (a dict of them for Dict spaces).
+it; ``members`` is the observation with its leading E dim (a dict of them for Dict spaces). Its
+output must be real (floating or integer; read as float32), of shape ``[*batch]`` or
+``[*batch, 1]``, and >= 0: anything else is an error naming ``uncertainty_fn`` (a negative value
+whatever ``nan_policy`` says; NaN/inf goes through ``nan_policy``; the value checks ride on the
+step's one NaN check, so ``nan_policy="ignore"`` skips them).
 
 Then, in this order:
 
@@ -37,24 +41,35 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import torch
+from tensordict import TensorDict, TensorDictBase
 
 from .options import PROPAGATIONS
 from .records import MISSING
 
+#: the key, in the per-step NaN check, of the tensor that is NaN where uncertainty_fn's output is negative
+NEGATIVE_UNCERTAINTY = "uncertainty_fn's sign"
 
 
 def max_pairwise_distance(members: Any, batch_ndim: int = 1) -> torch.Tensor:
     """``[E, *batch, ...]`` member predictions (``batch_ndim`` batch dims) -> ``[*batch]``: the
     largest L2 distance between two members' predictions, every entry after the batch dims
-    flattened (0 for one member). A dict is flattened key by key and concatenated."""
+    flattened (0 for one member). A dict (or TensorDict, nested or not) is flattened leaf by leaf,
+    in sorted key order, and concatenated."""
     if isinstance(members, Mapping):
-        parts = [_flat_members(v, batch_ndim) for _, v in sorted(members.items())]
-        flat = torch.cat(parts, dim=-1)
+        flat = torch.cat([_flat_members(v, batch_ndim) for v in _sorted_leaves(members)], dim=-1)
     else:
         flat = _flat_members(members, batch_ndim)
     # [E, *batch, D] -> [E, E, *batch] pairwise distances; E is small, so the E x E diff is cheap
     diff = flat.unsqueeze(0) - flat.unsqueeze(1)
     return diff.norm(dim=-1).amax(dim=(0, 1))
+
+
+def _sorted_leaves(tree: Mapping) -> list:
+    leaves = []
+    for key in sorted(tree.keys()):
+        value = tree[key]
+        leaves.extend(_sorted_leaves(value) if isinstance(value, Mapping) else [value])
+    return leaves
 
 
 def _flat_members(x: torch.Tensor, batch_ndim: int) -> torch.Tensor:
@@ -159,7 +174,13 @@ class Ensemble:
         return out, uncertainty
 
     def _members(self, value: Any, key: str, hook_name: str, space=None, scalar: bool = False) -> Any:
-        """``value`` as tensors with the leading E dim checked (a dict: every entry)."""
+        """``value`` as tensors with the leading E dim checked (a dict: every entry; a TensorDict:
+        every leaf, the TensorDict kept as given)."""
+        if isinstance(value, TensorDictBase):
+            sub = getattr(space, "spaces", None)
+            for k, leaf in value.items():
+                self._members(leaf, f"{key}[{k!r}]", hook_name, sub[k] if sub and k in sub else None)
+            return value
         if isinstance(value, Mapping):
             sub = getattr(space, "spaces", None)
             return {k: self._members(v, f"{key}[{k!r}]", hook_name, sub[k] if sub and k in sub else None)
@@ -193,18 +214,53 @@ class Ensemble:
         return value
 
     def _uncertainty(self, obs: Any, hook_name: str) -> torch.Tensor:
+        """The uncertainty ``[*batch]`` float32. ``uncertainty_fn``'s output is checked here for
+        what costs no host sync (type, real dtype, shape); its values (finite, >= 0) are checked
+        in the env's one NaN check of the step (see :meth:`checked_values`)."""
         if self.uncertainty_fn is None:
-            u = max_pairwise_distance(obs, len(self.batch_size))
-        else:
-            u = self.uncertainty_fn(obs)
+            return max_pairwise_distance(obs, len(self.batch_size)).to(torch.float32)
+        u = self.uncertainty_fn(obs)
+        want = f"a real (floating or integer) tensor of shape {self.batch_size} or {(*self.batch_size, 1)}"
+        try:
             u = torch.as_tensor(u, device=self.device)
-            if tuple(u.shape) not in (self.batch_size, (*self.batch_size, 1)):
-                raise ValueError(
-                    f"uncertainty_fn must return shape {self.batch_size} or {(*self.batch_size, 1)}, "
-                    f"got {tuple(u.shape)}"
-                )
-            u = u.reshape(self.batch_size)
-        return u.to(torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"uncertainty_fn must return {want}, got {type(u).__name__}") from None
+        if u.is_complex() or u.dtype == torch.bool:
+            # a complex uncertainty cast to float32 loses its imaginary part without an error
+            raise TypeError(f"uncertainty_fn must return {want}, got dtype {u.dtype}")
+        if tuple(u.shape) not in (self.batch_size, (*self.batch_size, 1)):
+            raise ValueError(
+                f"uncertainty_fn must return shape {self.batch_size} or {(*self.batch_size, 1)} (expected {want}), "
+                f"got {tuple(u.shape)}"
+            )
+        return u.reshape(self.batch_size).to(torch.float32)
+
+    def checked_values(self, uncertainty: torch.Tensor) -> dict:
+        """The tensors the env's per-step NaN check adds for the uncertainty (one reduction, one
+        host sync, with the observation and reward): the uncertainty itself (NaN/inf there is
+        the model's or the measure's, handled by ``nan_policy``) and, for ``uncertainty_fn``, a
+        tensor that is NaN where the uncertainty is negative (``NEGATIVE_UNCERTAINTY``, which
+        :meth:`refuse_negative` turns into an error whatever the policy: a negative uncertainty
+        turns MOPO's penalty into a bonus). Not checked under ``nan_policy="ignore"``."""
+        if self.uncertainty_fn is None:
+            return {"uncertainty (the members' observations)": uncertainty}
+        nan = torch.full_like(uncertainty, math.nan)
+        return {"uncertainty (uncertainty_fn's output)": uncertainty,
+                NEGATIVE_UNCERTAINTY: torch.where(uncertainty < 0, nan, torch.zeros_like(uncertainty))}
+
+    def refuse_negative(self, uncertainty: torch.Tensor, discard: Optional[torch.Tensor] = None) -> None:
+        """Raise if ``uncertainty_fn`` gave a negative value in a row the step keeps."""
+        negative = uncertainty < 0
+        if discard is not None:
+            negative = negative & ~discard
+        if bool(negative.any()):
+            rows = negative.nonzero().flatten().tolist() if self.batch_size else []
+            where = f" in env rows {rows}" if rows else ""
+            raise ValueError(
+                f"uncertainty_fn returned negative values{where} (min {float(uncertainty.min()):.6g}): expected "
+                "finite values >= 0 (a spread or distance); a negative uncertainty turns uncertainty_penalty "
+                "into a bonus and never reaches uncertainty_threshold"
+            )
 
     def apply(self, reward: torch.Tensor, terminated: torch.Tensor, uncertainty: torch.Tensor):
         """MOPO's penalty then MOReL's halting: ``(reward, terminated, halted)``."""
@@ -219,6 +275,12 @@ class Ensemble:
 
 
 def _tree(fn: Callable, value: Any) -> Any:
+    """``fn`` on every leaf of a tensor, dict or TensorDict of ``[E, *batch, ...]`` members; a
+    TensorDict comes back a TensorDict, every batch size without its leading E dim (when it has
+    one: a TensorDict may keep E and the batch dims out of its batch size)."""
+    if isinstance(value, TensorDictBase):
+        out = {k: _tree(fn, v) for k, v in value.items()}
+        return TensorDict(out, batch_size=value.batch_size[1:], device=value.device)
     if isinstance(value, Mapping):
         return {k: _tree(fn, v) for k, v in value.items()}
     return fn(value)

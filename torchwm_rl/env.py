@@ -154,6 +154,8 @@ class WorldModelEnv(EnvBase):
         # observations this env handed out (see _remember_observations), for nan_policy="truncate"
         self._handed_out = WeakAddressTable(purge_min=256)  # payload: the version counter
         self._last_handed_out: Optional[dict] = None  # a copy of the last observations handed out
+        for name in ("observation_space", "action_space"):  # refuse an unmappable space before any hook runs
+            space_to_spec(getattr(logic.adapter, name), logic.batch_size, logic.device, name)
         # the probes (a reset for the specs, a step for probed info keys) leave the logic's seed,
         # streams and ensemble members as they were: the logic may belong to a Gymnasium env
         with self.logic.preserved():
@@ -191,7 +193,7 @@ class WorldModelEnv(EnvBase):
 
     def _make_specs(self, probe: Snapshot) -> None:
         adapter, batch, device = self.adapter, self.batch_size, self.device
-        obs_spec = space_to_spec(adapter.observation_space, batch, device)
+        obs_spec = space_to_spec(adapter.observation_space, batch, device, "observation_space")
         self._dict_observation = isinstance(obs_spec, Composite)
         if self._dict_observation:
             optional = ([NONFINITE_KEY] if adapter.nan_policy == "truncate" else []) + (
@@ -230,7 +232,7 @@ class WorldModelEnv(EnvBase):
             observation[HALTED_KEY] = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
         self.observation_spec = observation
         self.state_spec = state
-        self.action_spec = space_to_spec(adapter.action_space, batch, device)
+        self.action_spec = space_to_spec(adapter.action_space, batch, device, "action_space")
         # one env's action shape, for the shape check of _step_entries (None: a Dict action)
         self._one_action_shape = (
             None if isinstance(self.action_spec, Composite) else tuple(self.action_spec.shape[len(batch):])

@@ -8,6 +8,9 @@ built env (a Gymnasium env is checked through a TorchRL env over the same adapte
 a factory that builds a model with fresh random weights is checked as it is. The checks, each
 of which passes, fails (with the reason) or is skipped:
 
+* ``model-mode``: WARN when the model holds BatchNorm / Dropout modules in training mode
+  (envs stepped together then influence each other through batch statistics; see
+  :mod:`torchwm_rl.train_mode`), naming them; a warning does not fail the report;
 * ``torchrl-specs``: TorchRL's own ``check_env_specs`` (specs vs real reset/step data);
 * ``rollout``: a ``steps``-long rollout: finite floats, reward ``[*B, T, 1]`` float, bool flags;
 * ``gymnasium-checker``: Gymnasium's ``check_env`` on the Gymnasium env (unbatched), or a
@@ -46,7 +49,7 @@ from ..convert import detach_tree, observation_row
 
 __all__ = ["CheckResult", "CheckReport", "check_factory", "check_env", "check_parity", "load_factory"]
 
-PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+PASS, FAIL, SKIP, WARN = "PASS", "FAIL", "SKIP", "WARN"  # WARN: reported, does not fail the report
 
 
 @dataclass
@@ -77,7 +80,9 @@ class CheckReport:
         n_fail = sum(r.status == FAIL for r in self.results)
         n_stopped = sum(r.status == SKIP and r.detail.startswith(_SAME) for r in self.results)
         stopped = f" ({n_stopped} more stopped by the same error)" if n_stopped else ""
-        lines.append("OK: all checks passed" if self.ok else f"FAILED: {n_fail} check(s) failed{stopped}")
+        n_warn = sum(r.status == WARN for r in self.results)
+        warned = f" ({n_warn} warning(s))" if n_warn else ""
+        lines.append(f"OK: all checks passed{warned}" if self.ok else f"FAILED: {n_fail} check(s) failed{stopped}")
         return "\n".join(lines)
 
 
@@ -231,6 +236,15 @@ def _run(name: str, fn: Callable[[], Optional[CheckResult]], tracker: Optional[_
 
 
 # ------------------------------------------------------------------------------------- checks
+
+
+def _check_model_mode(env) -> CheckResult:
+    from ..train_mode import modules_in_training, train_mode_message
+
+    found = modules_in_training(env.adapter.model)
+    if found:
+        return CheckResult("model-mode", WARN, train_mode_message(found))
+    return CheckResult("model-mode", PASS, "no BatchNorm/Dropout module in training mode")
 
 
 def _check_specs(env, seed: int) -> CheckResult:
@@ -511,6 +525,7 @@ def check_env(factory: Callable[[], Any], target: str = "<factory>", seed: int =
         f"observation_space={env.adapter.observation_space}, action_space={env.adapter.action_space}"))
     # how each hook was bound at construction (which argument each parameter receives)
     report.results.append(CheckResult("hooks", PASS, "bound as below", notes=env.adapter.describe_bindings()))
+    report.results.append(_check_model_mode(env))
     checks = [
         ("torchrl-specs", lambda: _check_specs(env, seed)),
         ("rollout", lambda: _check_rollout(env, steps, seed)),

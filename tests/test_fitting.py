@@ -152,3 +152,71 @@ def test_elites_must_fit_in_the_ensemble():
 @pytest.mark.parametrize("epoch, expected", [(0, 1), (20, 1), (60, 8), (100, 15), (500, 15)])
 def test_rollout_length_follows_mbpos_linear_schedule(epoch, expected):
     assert rollout_length(epoch, start=20, end=100, min_length=1, max_length=15) == expected
+
+
+# --------------------------------------------------------------- starts from a replay buffer
+
+
+def _buffer(rows: torch.Tensor):
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, ReplayBuffer
+
+    buffer = ReplayBuffer(storage=LazyTensorStorage(10_000))
+    buffer.extend(TensorDict({"observation": rows}, batch_size=[len(rows)]))
+    return buffer
+
+
+def _bank_env(buffer, n=None, **kwargs):
+    return WorldModelEnv(
+        lambda s, a: s + a.sum(-1, keepdim=True),
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
+        action_space=gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32),
+        start_states=buffer, batch_size=() if n is None else (n,), **kwargs,
+    )
+
+
+def _is_row_of(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """For each of ``values [M, D]``: whether it equals one of ``rows [R, D]`` exactly."""
+    return (values[:, None, :] == rows[None]).all(-1).any(-1)
+
+
+def test_starts_drawn_from_a_replay_buffer_are_rows_it_holds_and_follow_it_as_it_grows():
+    first = torch.arange(30.0).reshape(10, OBS_DIM)
+    buffer = _buffer(first)
+    env = _bank_env(buffer, n=4000, seed=0)
+    td = env.reset()
+    assert _is_row_of(td["observation"], first).all()
+    torch.testing.assert_close(td["model_state"], td["observation"])  # this model's state is its observation
+    later = -torch.arange(30.0).reshape(10, OBS_DIM) - 100
+    buffer.extend(type(buffer[0:1])({"observation": later}, batch_size=[10]))
+    td = env.reset()  # the same env: the rows added since are candidates too
+    obs = td["observation"]
+    assert _is_row_of(obs, torch.cat([first, later])).all()
+    assert _is_row_of(obs, later).any() and _is_row_of(obs, first).any()
+
+
+def test_replay_buffer_starts_are_reproducible_under_the_seed_and_work_unbatched_and_on_the_exports():
+    rows = torch.randn(50, OBS_DIM)
+    a = _bank_env(_buffer(rows), n=16, seed=3).reset()["observation"]
+    b = _bank_env(_buffer(rows), n=16, seed=3).reset()["observation"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    one = _bank_env(_buffer(rows), seed=3).reset()["observation"]
+    assert one.shape == (OBS_DIM,) and _is_row_of(one[None], rows).all()
+    vector = _bank_env(_buffer(rows), n=16).to_gymnasium()
+    obs, _ = vector.reset(seed=1)
+    assert _is_row_of(torch.as_tensor(obs), rows).all()
+
+
+def test_replay_buffer_starts_are_refused_when_empty_or_without_observations():
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, ReplayBuffer
+
+    with pytest.raises(ValueError, match="the replay buffer is empty"):
+        _bank_env(ReplayBuffer(storage=LazyTensorStorage(10)), n=2)
+    buffer = ReplayBuffer(storage=LazyTensorStorage(10))
+    buffer.extend(TensorDict({"obs": torch.zeros(3, OBS_DIM)}, batch_size=[3]))
+    with pytest.raises(KeyError, match=r"no 'observation' \(they have \['obs'\]\)"):
+        _bank_env(buffer, n=2)
+    bad = _buffer(torch.zeros(3, OBS_DIM + 1))
+    with pytest.raises(ValueError, match="start_states"):
+        _bank_env(bad, n=2)

@@ -21,6 +21,7 @@ import torch
 from tensordict import TensorDictBase
 
 from .adapter import RESET_METHODS, ModelAdapter, Reset, Transition
+from .starts import ReplayStarts, is_replay_buffer
 from .validation import flatten_observation, nonfinite_rows, to_observation
 
 #: Serialises every swap of the process-global torch RNG (save the caller's state, install an
@@ -88,7 +89,9 @@ class EpisodeLogic:
         start_states: optional bank of real start states with leading dim M (a tensor, used as
             both state and observation, or a mapping/TensorDict with ``"observation"`` and
             optionally ``"state"``). When given, reset samples rows with replacement from it
-            (reproducible under the seed) instead of calling the reset hook.
+            (reproducible under the seed) instead of calling the reset hook. A TorchRL
+            ``ReplayBuffer`` is a live bank: each reset samples what it holds then
+            (:mod:`torchwm_rl.starts`).
 
     Randomness. Every env has its own seeded streams: ``generator`` (start-state bank draws)
     and ``hook_generator``, handed to every hook that asks for ``generator`` (and used by
@@ -212,6 +215,9 @@ class EpisodeLogic:
     def _bank(self, start_states):
         if start_states is None:
             return None
+        if is_replay_buffer(start_states):  # a live bank: read at every reset (torchwm_rl.starts)
+            return ReplayStarts(start_states, self.adapter.observation_space, self.device,
+                                check_finite=self.adapter.nan_policy != "ignore")
         if isinstance(start_states, (Mapping, TensorDictBase)):
             if "observation" not in start_states.keys():
                 raise ValueError("start_states: a mapping bank needs an 'observation' entry (and optionally 'state')")
@@ -452,8 +458,13 @@ class EpisodeLogic:
     def _reset_record(self, seed, options):
         if self.bank is None:
             return self.adapter.reset(seed=seed, options=options)
-        observation, state, size = self.bank
         shape = self.batch_size or (1,)
+        if isinstance(self.bank, ReplayStarts):
+            obs, state = self.bank.sample(shape, self.generator)
+            if not self.batch_size:
+                obs, state = _index_rows(obs, torch.tensor(0)), None if state is None else _index_rows(state, torch.tensor(0))
+            return Reset(state=obs if state is None else state, observation=obs, info={})
+        observation, state, size = self.bank
         index = torch.randint(size, shape, generator=self.generator).to(_bank_device(observation))
         if not self.batch_size:
             index = index[0]

@@ -1,0 +1,222 @@
+"""torchwm_rl.fitting: the ensemble dynamics model and its trainer (MBPO's model side), and a
+refit seen by an env and its exports at their next step."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from torchwm_rl import WorldModelEnv
+from torchwm_rl.fitting import EnsembleDynamics, EnsembleTrainer, Standardizer, rollout_length
+
+OBS_DIM, ACT_DIM = 3, 1
+A = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.8, 0.2], [0.1, 0.0, 0.95]])
+B = torch.tensor([[0.5], [0.0], [-0.3]])
+
+
+def linear_data(n: int, seed: int = 0, shift: float = 0.0):
+    """Transitions of obs' = A obs + B a, reward = -|obs'|^2, with obs around ``shift``."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, OBS_DIM, generator=g) + shift
+    action = torch.rand(n, ACT_DIM, generator=g) * 2 - 1
+    nxt = obs @ A.T + action @ B.T
+    return obs, action, nxt, -(nxt**2).sum(-1)
+
+
+def small_model(members=4, elites=3, seed=0) -> EnsembleDynamics:
+    torch.manual_seed(seed)
+    return EnsembleDynamics(OBS_DIM, ACT_DIM, members=members, elites=elites, hidden=32, layers=2)
+
+
+def test_fit_learns_a_linear_system_and_picks_the_best_members_as_elites():
+    model = small_model()
+    report = EnsembleTrainer(model, lr=3e-3, max_epochs=40, patience=40, seed=0).fit(*linear_data(2000))
+    assert report.epochs == 40
+    assert max(report.holdout_mse[i] for i in report.elites) < 0.02  # standardized targets: 1.0 is a constant guess
+    assert sorted(report.elites) == sorted(np.argsort(report.holdout_mse)[:3].tolist())
+    assert model.elites.tolist() == report.elites
+    obs, action, nxt, reward = linear_data(200, seed=1)
+    with torch.no_grad():
+        out = model(obs, action)
+    assert out["observation"].shape == (3, 200, OBS_DIM) and out["reward"].shape == (3, 200)
+    assert float((out["observation"].mean(0) - nxt).abs().mean()) < 0.1
+
+
+def test_holdout_early_stopping_stops_after_patience_and_restores_each_members_best_weights():
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # no epoch can improve a member's held-out MSE by more than 100%: every epoch is stale
+    report = EnsembleTrainer(model, patience=2, improvement=1.0, seed=0).fit(*linear_data(500))
+    assert report.epochs == 2
+    after = model.state_dict()
+    for key, value in before.items():
+        if key.startswith(("hidden", "head")):  # the parameters: back to the best (the initial) weights
+            torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+
+
+def test_a_refit_is_deterministic_given_the_seed():
+    data = linear_data(600)
+    states = []
+    for _ in range(2):
+        model = small_model(seed=3)
+        EnsembleTrainer(model, max_epochs=3, seed=5).fit(*data)
+        states.append(model.state_dict())
+    for key in states[0]:
+        torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
+
+
+def test_the_standardizers_move_with_the_data_in_place():
+    model = small_model()
+    mean = model.inputs.mean  # the tensor an env's model holds
+    trainer = EnsembleTrainer(model, max_epochs=1, seed=0)
+    trainer.fit(*linear_data(400, shift=0.0))
+    first = mean.clone()
+    trainer.fit(*linear_data(400, shift=5.0))
+    assert model.inputs.mean is mean
+    assert float((mean[:OBS_DIM] - first[:OBS_DIM]).min()) > 4.0
+
+
+def _env(model, n):
+    return WorldModelEnv(
+        model,
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
+        action_space=gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32),
+        reset_fn=lambda m, seed=None, options=None, batch_size=(): torch.full((*batch_size, OBS_DIM), 0.5),
+        batch_size=(n,), propagation="mean", **model.env_kwargs(),
+    )
+
+
+def test_after_a_refit_every_path_steps_the_new_weights_at_its_next_step():
+    """An env, its Gymnasium vector export and its SB3 export, all built BEFORE the refit,
+    step the refit model at their next step: the same as the model called directly."""
+    n = 4
+    model = small_model()
+    env = _env(model, n)
+    vector, sb3 = env.to_gymnasium(), env.to_sb3()
+    td = env.reset()
+    vector.reset(seed=0)
+    sb3.reset()
+    EnsembleTrainer(model, max_epochs=2, seed=0).fit(*linear_data(400, shift=1.0))
+    action = np.linspace(-1, 1, n, dtype=np.float32).reshape(n, ACT_DIM)
+    start = torch.full((n, OBS_DIM), 0.5)
+    with torch.no_grad():
+        expected = model(start, torch.as_tensor(action))
+        td.set("action", torch.as_tensor(action))
+        nxt = env.step(td)["next"]
+    exp_obs, exp_reward = expected["observation"].mean(0).numpy(), expected["reward"].mean(0).numpy()
+    np.testing.assert_allclose(nxt["observation"].numpy(), exp_obs, rtol=1e-6)
+    np.testing.assert_allclose(nxt["reward"].squeeze(-1).numpy(), exp_reward, rtol=1e-6)
+    obs, reward, *_ = vector.step(action)
+    np.testing.assert_allclose(obs, exp_obs, rtol=1e-6)
+    np.testing.assert_allclose(reward, exp_reward, rtol=1e-6)
+    sb3.step_async(action)
+    obs, reward, _, _ = sb3.step_wait()
+    np.testing.assert_allclose(obs, exp_obs, rtol=1e-6)
+    np.testing.assert_allclose(reward, exp_reward, rtol=1e-6)
+
+
+@pytest.mark.parametrize("field, index, bad, message", [
+    ("obs", 0, torch.zeros(10, 2), "obs: expected shape (10, 3)"),
+    ("action", 1, torch.zeros(10, 2), "action: expected shape (10, 1)"),
+    ("next_obs", 2, torch.zeros(10, 4), "next_obs: expected shape (10, 3)"),
+    ("reward", 3, torch.zeros(9), "reward: expected shape (10,)"),
+])
+def test_fit_refuses_transitions_of_the_wrong_shape(field, index, bad, message):
+    data = list(linear_data(10))
+    data[index] = bad
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        EnsembleTrainer(small_model(), max_epochs=1).fit(*data)
+
+
+def test_fit_needs_a_reward_when_the_model_predicts_one():
+    obs, action, nxt, _ = linear_data(10)
+    with pytest.raises(ValueError, match="pass reward"):
+        EnsembleTrainer(small_model(), max_epochs=1).fit(obs, action, nxt)
+
+
+def test_standardizer_refuses_data_of_another_width_and_keeps_unit_std_for_constant_features():
+    s = Standardizer(2)
+    with pytest.raises(ValueError, match=r"expected data of shape \(n, 2\), got \(5, 3\)"):
+        s.fit(torch.zeros(5, 3))
+    s.fit(torch.stack([torch.arange(5.0), torch.full((5,), 7.0)], -1))
+    assert s.std[1] == 1.0 and s.mean[1] == 7.0
+
+
+def test_elites_must_fit_in_the_ensemble():
+    with pytest.raises(ValueError, match="elites must be between 1 and members=3, got 4"):
+        EnsembleDynamics(OBS_DIM, ACT_DIM, members=3, elites=4)
+
+
+@pytest.mark.parametrize("epoch, expected", [(0, 1), (20, 1), (60, 8), (100, 15), (500, 15)])
+def test_rollout_length_follows_mbpos_linear_schedule(epoch, expected):
+    assert rollout_length(epoch, start=20, end=100, min_length=1, max_length=15) == expected
+
+
+# --------------------------------------------------------------- starts from a replay buffer
+
+
+def _buffer(rows: torch.Tensor):
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, ReplayBuffer
+
+    buffer = ReplayBuffer(storage=LazyTensorStorage(10_000))
+    buffer.extend(TensorDict({"observation": rows}, batch_size=[len(rows)]))
+    return buffer
+
+
+def _bank_env(buffer, n=None, **kwargs):
+    return WorldModelEnv(
+        lambda s, a: s + a.sum(-1, keepdim=True),
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
+        action_space=gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32),
+        start_states=buffer, batch_size=() if n is None else (n,), **kwargs,
+    )
+
+
+def _is_row_of(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """For each of ``values [M, D]``: whether it equals one of ``rows [R, D]`` exactly."""
+    return (values[:, None, :] == rows[None]).all(-1).any(-1)
+
+
+def test_starts_drawn_from_a_replay_buffer_are_rows_it_holds_and_follow_it_as_it_grows():
+    first = torch.arange(30.0).reshape(10, OBS_DIM)
+    buffer = _buffer(first)
+    env = _bank_env(buffer, n=4000, seed=0)
+    td = env.reset()
+    assert _is_row_of(td["observation"], first).all()
+    torch.testing.assert_close(td["model_state"], td["observation"])  # this model's state is its observation
+    later = -torch.arange(30.0).reshape(10, OBS_DIM) - 100
+    buffer.extend(type(buffer[0:1])({"observation": later}, batch_size=[10]))
+    td = env.reset()  # the same env: the rows added since are candidates too
+    obs = td["observation"]
+    assert _is_row_of(obs, torch.cat([first, later])).all()
+    assert _is_row_of(obs, later).any() and _is_row_of(obs, first).any()
+
+
+def test_replay_buffer_starts_are_reproducible_under_the_seed_and_work_unbatched_and_on_the_exports():
+    rows = torch.randn(50, OBS_DIM)
+    a = _bank_env(_buffer(rows), n=16, seed=3).reset()["observation"]
+    b = _bank_env(_buffer(rows), n=16, seed=3).reset()["observation"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    one = _bank_env(_buffer(rows), seed=3).reset()["observation"]
+    assert one.shape == (OBS_DIM,) and _is_row_of(one[None], rows).all()
+    vector = _bank_env(_buffer(rows), n=16).to_gymnasium()
+    obs, _ = vector.reset(seed=1)
+    assert _is_row_of(torch.as_tensor(obs), rows).all()
+
+
+def test_replay_buffer_starts_are_refused_when_empty_or_without_observations():
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, ReplayBuffer
+
+    with pytest.raises(ValueError, match="the replay buffer is empty"):
+        _bank_env(ReplayBuffer(storage=LazyTensorStorage(10)), n=2)
+    buffer = ReplayBuffer(storage=LazyTensorStorage(10))
+    buffer.extend(TensorDict({"obs": torch.zeros(3, OBS_DIM)}, batch_size=[3]))
+    with pytest.raises(KeyError, match=r"no 'observation' \(they have \['obs'\]\)"):
+        _bank_env(buffer, n=2)
+    bad = _buffer(torch.zeros(3, OBS_DIM + 1))
+    with pytest.raises(ValueError, match="start_states"):
+        _bank_env(bad, n=2)

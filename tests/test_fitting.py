@@ -220,3 +220,25 @@ def test_replay_buffer_starts_are_refused_when_empty_or_without_observations():
     bad = _buffer(torch.zeros(3, OBS_DIM + 1))
     with pytest.raises(ValueError, match="start_states"):
         _bank_env(bad, n=2)
+
+
+# --------------------------------------------------------------- a refit that changes the structure
+
+
+def test_a_refit_that_changes_the_structure_is_refused_before_anything_is_copied():
+    model = small_model(members=4, elites=3)
+    env = _env(model, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    other = EnsembleDynamics(OBS_DIM, ACT_DIM, members=5, elites=3, hidden=32, layers=2)  # another ensemble size
+    for strict in (True, False):
+        with pytest.raises(ValueError, match=r"would change its structure \(hidden.0.weight: the model has "
+                                             r"\(4, 4, 32\), the new weights \(5, 4, 32\).*Nothing was loaded"):
+            model.load_state_dict(other.state_dict(), strict=strict)
+    for key, value in model.state_dict().items():  # not half-loaded: every entry as before
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    td = env.reset()
+    td.set("action", torch.zeros(2, ACT_DIM))
+    env.step(td)  # and the env still steps
+    same = small_model(members=4, elites=3, seed=9)
+    model.load_state_dict(same.state_dict())  # a refit of the same structure is loaded
+    torch.testing.assert_close(model.head.weight, same.head.weight, rtol=0, atol=0)

@@ -21,6 +21,7 @@ import torch
 from tensordict import TensorDictBase
 
 from .adapter import RESET_METHODS, ModelAdapter, Reset, Transition
+from .refit import guard_structure
 from .starts import ReplayStarts, is_replay_buffer
 from .validation import flatten_observation, nonfinite_rows, to_observation
 
@@ -144,6 +145,7 @@ class EpisodeLogic:
         start_states: Any = None,
     ):
         self.adapter = adapter
+        guard_structure(adapter.model)  # a refit in place never leaves it half-loaded (torchwm_rl.refit)
         self.batch_size = adapter.batch_size
         self.device = adapter.device
         self.max_steps = self._max_steps(max_episode_steps)

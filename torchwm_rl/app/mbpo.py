@@ -1,0 +1,277 @@
+"""MBPO online (``torchwm-rl mbpo TASK``): a model refit while SAC learns inside it.
+
+The loop (Janner et al., 2019, in mbrl-lib's shape), one real step at a time:
+
+1. act in the real env with the current policy (random for the first ``warmup_steps``) and put
+   the transition in the real ``ReplayBuffer``;
+2. every ``refit_every`` real steps, refit the ensemble (:class:`~torchwm_rl.fitting.EnsembleTrainer`)
+   on everything real so far. The model is refit IN PLACE: the imagined env built once at the
+   start steps the new weights at its next step;
+3. branch ``rollouts_per_step`` short imagined rollouts from real states: the imagined env's
+   ``start_states`` is the real replay buffer itself (:mod:`torchwm_rl.starts`), so every
+   rollout's reset draws fresh starts from what is real so far. The horizon follows MBPO's
+   schedule (:func:`~torchwm_rl.fitting.rollout_length`); the imagined frames go into the
+   model ``ReplayBuffer`` (it keeps the most recent ``model_buffer_steps`` real steps' worth);
+4. ``updates_per_step`` SAC updates (TorchRL ``SACLoss``) on batches that are ``real_ratio``
+   real and the rest imagined.
+
+Every ``eval_every`` real steps the deterministic policy plays ``eval_episodes`` real episodes
+(not counted as real steps: they train nothing). ``--model-free`` runs the same SAC, networks and
+updates per step on the real buffer alone: the baseline.
+
+Uncertainty (:mod:`torchwm_rl.ensemble`) switches on with ``penalty`` (MOPO), ``threshold``
+(MOReL) and ``propagation``. Deterministic given the seed on a given machine (one torch thread).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+TASKS = ("Pendulum-v1", "InvertedPendulum-v5")
+
+
+@dataclass
+class MBPOConfig:
+    task: str = "Pendulum-v1"
+    seed: int = 0
+    real_steps: int = 3000
+    warmup_steps: int = 200
+    refit_every: int = 200
+    eval_every: int = 200
+    eval_episodes: int = 5
+    final_eval_episodes: int = 20
+    target: Optional[float] = None  # the return steps_to_target is about (task default)
+    rollouts_per_step: int = 400
+    horizon: tuple = (1, 5, 1, 10)  # rollout_length's (start, end, min, max), in units of refit_every steps
+    model_buffer_steps: int = 250  # real steps' worth of imagined frames the model buffer keeps
+    members: int = 7
+    elites: int = 5
+    model_hidden: int = 200
+    model_layers: int = 3
+    max_fit_epochs: int = 50
+    updates_per_step: int = 10
+    real_ratio: float = 0.05
+    batch_size: int = 256
+    hidden: int = 128
+    lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    model_free: bool = False
+    propagation: str = "random"
+    penalty: float = 0.0
+    threshold: Optional[float] = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def target_return(self) -> float:
+        return self.target if self.target is not None else {"Pendulum-v1": -200.0, "InvertedPendulum-v5": 900.0}.get(
+            self.task, 0.0)
+
+
+def _terminal_fn(task: str) -> Optional[Callable]:
+    """The known termination of the task's real env, as a hook of the next observation."""
+    if task == "InvertedPendulum-v5":  # gymnasium: terminated when |angle| > 0.2 or not finite
+        return lambda model, next_state: (next_state[..., 1].abs() > 0.2) | ~torch.isfinite(next_state).all(-1)
+    return None
+
+
+class _SAC:
+    """TorchRL's SAC pieces for one run: actor, twin Q, learned temperature, soft targets."""
+
+    def __init__(self, obs_dim: int, action_spec, cfg: MBPOConfig):
+        from torch import nn
+        from torchrl.modules import ValueOperator
+        from torchrl.objectives import SACLoss, SoftUpdate
+
+        from .sac import _mlp, build_sac_actor
+
+        act_dim = action_spec.shape[-1]
+        self.actor, self.net = build_sac_actor(obs_dim, act_dim, action_spec, cfg.hidden)
+
+        class Q(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = _mlp(obs_dim + act_dim, 1, cfg.hidden)
+
+            def forward(self, obs, act):
+                return self.net(torch.cat([obs, act], -1))
+
+        qvalue = ValueOperator(Q(), in_keys=["observation", "action"], out_keys=["state_action_value"])
+        self.loss = SACLoss(self.actor, qvalue, num_qvalue_nets=2, loss_function="l2", action_spec=action_spec)
+        self.loss.make_value_estimator(gamma=cfg.gamma)
+        self.target = SoftUpdate(self.loss, tau=cfg.tau)
+        self.optim = torch.optim.Adam(self.loss.parameters(), lr=cfg.lr)
+        self.low = torch.as_tensor(action_spec.space.low, dtype=torch.float32)
+        self.high = torch.as_tensor(action_spec.space.high, dtype=torch.float32)
+
+    def update(self, batch) -> None:
+        losses = self.loss(batch)
+        loss = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
+        self.target.step()
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        from tensordict import TensorDict
+        from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+        td = TensorDict({"observation": torch.as_tensor(obs, dtype=torch.float32)}, [])
+        mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
+        with set_exploration_type(mode):
+            return self.actor(td)["action"].numpy()
+
+
+def evaluate(sac: _SAC, task: str, episodes: int, seed: int) -> float:
+    """Mean real return of the deterministic policy over ``episodes`` episodes."""
+    import gymnasium as gym
+
+    env = gym.make(task)
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(sac.act(obs, deterministic=True))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+def _transition(obs, action, reward, next_obs, terminated):
+    from tensordict import TensorDict
+
+    f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
+    term = torch.tensor([bool(terminated)])
+    return TensorDict({"observation": f(obs), "action": f(action),
+                       "next": {"observation": f(next_obs), "reward": f([reward]), "terminated": term, "done": term}}, [])
+
+
+SAC_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"),
+            ("next", "done"))
+
+
+def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
+    """One MBPO (or ``model_free``) run; returns the result dict (also the JSON line)."""
+    import gymnasium as gym
+    from torchrl.data import LazyTensorStorage, ReplayBuffer
+    from torchrl.data.replay_buffers.samplers import RandomSampler
+
+    from .. import WorldModelEnv
+    from ..fitting import EnsembleDynamics, EnsembleTrainer, rollout_length
+    from ..spaces import space_to_spec
+
+    if cfg.task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS}, got {cfg.task!r}")
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg.seed)
+    real_env = gym.make(cfg.task)
+    obs_space, act_space = real_env.observation_space, real_env.action_space
+    obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
+    sac = _SAC(obs_dim, space_to_spec(act_space, ()), cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    n_real = cfg.batch_size if cfg.model_free else max(1, round(cfg.batch_size * cfg.real_ratio))
+    real = ReplayBuffer(storage=LazyTensorStorage(cfg.real_steps), sampler=RandomSampler(), batch_size=n_real,
+                        generator=g)
+    model_buffer = model_env = trainer = None
+    if not cfg.model_free:
+        model = EnsembleDynamics(obs_dim, act_dim, members=cfg.members, elites=cfg.elites, hidden=cfg.model_hidden,
+                                 layers=cfg.model_layers)
+        trainer = EnsembleTrainer(model, max_epochs=cfg.max_fit_epochs, seed=cfg.seed)
+        model_buffer = ReplayBuffer(
+            storage=LazyTensorStorage(cfg.rollouts_per_step * cfg.horizon[3] * cfg.model_buffer_steps),
+            sampler=RandomSampler(), batch_size=cfg.batch_size - n_real, generator=g)
+    rng = np.random.default_rng(cfg.seed)
+    act_space.seed(cfg.seed)
+    obs, _ = real_env.reset(seed=cfg.seed)
+    curve, steps_to_target, fits = [], None, []
+    target = cfg.target_return()
+    for step in range(1, cfg.real_steps + 1):
+        # 1. one real step
+        action = act_space.sample() if step <= cfg.warmup_steps else sac.act(obs, deterministic=False)
+        next_obs, reward, terminated, truncated, _ = real_env.step(action)
+        real.add(_transition(obs, action, reward, next_obs, terminated))
+        obs = real_env.reset(seed=int(rng.integers(2**31)))[0] if terminated or truncated else next_obs
+        if step >= cfg.warmup_steps:
+            if not cfg.model_free:
+                # 2. refit in place; the imagined env is built once, on the first refit
+                if step == cfg.warmup_steps or step % cfg.refit_every == 0:
+                    data = real[: len(real)]
+                    report = trainer.fit(data["observation"], data["action"], data["next", "observation"],
+                                         data["next", "reward"].squeeze(-1))
+                    fits.append({"step": step, "epochs": report.epochs,
+                                 "elite_holdout_mse": float(np.mean([report.holdout_mse[i] for i in report.elites]))})
+                    if model_env is None:
+                        model_env = WorldModelEnv(
+                            model, obs_space, act_space, start_states=real, batch_size=(cfg.rollouts_per_step,),
+                            terminal_fn=_terminal_fn(cfg.task), seed=cfg.seed, propagation=cfg.propagation,
+                            uncertainty_penalty=cfg.penalty, uncertainty_threshold=cfg.threshold,
+                            **model.env_kwargs())
+                # 3. branched rollouts from real starts, horizon on MBPO's schedule
+                horizon = rollout_length(step / cfg.refit_every, *cfg.horizon)
+                with torch.no_grad():
+                    imagined = model_env.rollout(horizon, sac.actor, break_when_any_done=False)
+                model_buffer.extend(imagined.reshape(-1).select(*SAC_KEYS))
+            # 4. SAC updates on real (and imagined) data
+            for _ in range(cfg.updates_per_step):
+                batch = real.sample() if cfg.model_free else torch.cat([real.sample(), model_buffer.sample()])
+                sac.update(batch)
+        if step % cfg.eval_every == 0:
+            value = evaluate(sac, cfg.task, cfg.eval_episodes, seed=10_000 + cfg.seed * 100)
+            curve.append({"real_steps": step, "real_return": value, "seconds": time.perf_counter() - t0})
+            if steps_to_target is None and value >= target:
+                steps_to_target = step
+            if cfg.progress:
+                log(f"  {'SAC' if cfg.model_free else 'MBPO'} {step:>6,} real steps  {time.perf_counter() - t0:6.1f}s  "
+                    f"real return {value:8.1f} ({cfg.eval_episodes} episodes)")
+    final = evaluate(sac, cfg.task, cfg.final_eval_episodes, seed=20_000 + cfg.seed * 100)
+    real_env.close()
+    torch.set_num_threads(threads)
+    return {
+        "task": cfg.task, "seed": cfg.seed, "algorithm": "SAC" if cfg.model_free else "MBPO",
+        "real_mean_return": final, "real_steps": cfg.real_steps, "target": target,
+        "steps_to_target": steps_to_target, "wall_seconds": round(time.perf_counter() - t0, 1),
+        "curve": curve, "fits": fits, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+    }
+
+
+def write_results(result: dict, out: Path) -> None:
+    """``results.json`` and, with matplotlib, ``results.png`` (real return against real steps;
+    a ``baseline`` entry is drawn too)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run_result in [result, result.get("baseline")]:
+        if run_result:
+            curve = run_result["curve"]
+            ax.plot([c["real_steps"] for c in curve], [c["real_return"] for c in curve], marker="o",
+                    label=run_result["algorithm"])
+    if math.isfinite(result["target"]):
+        ax.axhline(result["target"], color="grey", linestyle="--", label=f"target {result['target']:g}")
+    ax.set_xlabel("real steps")
+    ax.set_ylabel("real return (deterministic policy)")
+    ax.set_title(f"{result['task']}, seed {result['seed']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "results.png", dpi=100)
+    plt.close(fig)

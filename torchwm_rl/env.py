@@ -20,7 +20,11 @@ TensorDict layout (``B`` = ``batch_size``):
   ``ensemble_size`` (see :mod:`torchwm_rl.ensemble`; 0 / False after a reset).
 
 Partial resets use TorchRL's ``"_reset"`` mask: the reset hook computes the full batch (it gets
-``options["reset_mask"]``) and TorchRL keeps the rows not being reset from the input tensordict.
+``options["reset_mask"]``) and TorchRL keeps the rows not being reset from the input tensordict;
+a tensordict carrying only the mask (``SerialEnv`` resets its sub-envs so) keeps them where the
+last tensordict the env gave at its batch left them. Steps and resets are atomic (a failure
+leaves the random streams as they were) and one env is stepped by one thread at a time (another
+thread's concurrent call is refused: see :meth:`EpisodeLogic.acquire`).
 Nothing here disables grad: with grad enabled, ``env.rollout(H, policy)`` keeps the graph from
 rewards back to the policy's parameters.
 """

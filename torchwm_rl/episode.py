@@ -134,6 +134,9 @@ class EpisodeLogic:
       another thread that draws from the global RNG while a hook runs would still draw from
       that env's stream, which is why hooks that take ``generator`` are the thread-safe choice.
       An env never seeded leaves the global RNG to the model.
+
+    Threads. One env (one logic) is stepped by one thread at a time: a step or reset that
+    starts while another thread's runs is refused (:meth:`acquire`); use one env per thread.
     """
 
     @classmethod

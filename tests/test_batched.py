@@ -423,7 +423,7 @@ def test_a_state_no_partial_reset_can_merge_is_refused_at_the_first_reset():
 
     env = GymVectorWorldModelEnv(None, OBS_SPACE, ACT_SPACE, reset_fn=reset,
                                  transition_fn=lambda state, action: START.clone(), num_envs=N)
-    with pytest.raises(TypeError, match=r"model state: a batched env \(\(5,\)\) needs a tensor or numpy array"):
+    with pytest.raises(TypeError, match=r"model_state: a batched env needs a tensor or numpy array model state"):
         env.reset()
 
     def transposed(options=None):
@@ -431,5 +431,5 @@ def test_a_state_no_partial_reset_can_merge_is_refused_at_the_first_reset():
 
     env = GymVectorWorldModelEnv(None, OBS_SPACE, ACT_SPACE, reset_fn=transposed,
                                  transition_fn=lambda state, action: START.clone(), num_envs=N)
-    with pytest.raises(ValueError, match=r"leading dims \(5,\).*got shape \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"model_state: a batched env needs a model state with leading dims \(5,\), got shape \(2, 5\)"):
         env.reset()

@@ -64,7 +64,7 @@ def select_rows(mask: torch.Tensor, new: Any, old: Any) -> Any:
     )
 
 
-def check_mergeable_state(state: Any, batch: tuple, name: str = "model state") -> None:
+def check_mergeable_state(state: Any, batch: tuple, name: str = "model_state") -> None:
     """A batched env's model state is one a partial reset can merge row by row
     (:func:`select_rows`): a tensor or numpy array with leading dims ``batch``, or a TensorDict
     or (nested) dict of these. Checked at every reset, so that a state no episode end could
@@ -74,8 +74,9 @@ def check_mergeable_state(state: Any, batch: tuple, name: str = "model state") -
     if isinstance(state, (torch.Tensor, np.ndarray)):
         if tuple(state.shape[: len(batch)]) != tuple(batch):
             raise ValueError(
-                f"{name}: a batched env ({batch}) needs a state with leading dims {tuple(batch)} (one row per "
-                f"env, so that a partial reset can restart some rows), got shape {tuple(state.shape)}"
+                f"{name}: a batched env needs a model state with leading dims {tuple(batch)}, got shape "
+                f"{tuple(state.shape)} from the reset hook (one row per env, so that a partial reset can "
+                "restart some rows)"
             )
         return
     if isinstance(state, Mapping) and state:
@@ -83,7 +84,7 @@ def check_mergeable_state(state: Any, batch: tuple, name: str = "model state") -
             check_mergeable_state(value, batch, f"{name}[{key!r}]")
         return
     raise TypeError(
-        f"{name}: a batched env ({batch}) needs a tensor or numpy array state (or a dict/TensorDict of them) "
+        f"{name}: a batched env needs a tensor or numpy array model state (or a dict/TensorDict of them) "
         f"with leading dims {tuple(batch)}, so that a partial reset can restart some rows; the reset hook "
         f"returned {type(state).__name__}. Return the state as a tensor (one row per env), or use batch_size=()"
     )

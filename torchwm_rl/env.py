@@ -903,10 +903,11 @@ class WorldModelEnv(EnvBase):
         return out
 
     def close(self, *, raise_if_closed: bool = True) -> None:
-        """Drop the model state this env holds (an opaque state); the adapter keeps the model,
-        which belongs to the caller. Exports made with ``to_gymnasium``/``to_sb3`` close on
-        their own."""
+        """Drop the model state this env holds (an opaque state, the last tensordict's entries it
+        keeps for mask-only resets); the adapter keeps the model, which belongs to the caller.
+        Exports made with ``to_gymnasium``/``to_sb3`` close on their own."""
         self._held_state = None
+        self._current = None
         super().close(raise_if_closed=raise_if_closed)
 
     # --------------------------------------------------------------- exports

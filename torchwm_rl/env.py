@@ -9,7 +9,8 @@ TensorDict layout (``B`` = ``batch_size``):
 * ``"model_state"`` (the ``state_key`` argument; e.g. ``"state"`` for TorchRL's Dreamer losses):
   the model's latent state when it is a tensor or a (dict/TensorDict of) tensors, so rollouts
   are functional; an opaque Python state (unbatched envs only) is held by
-  the env instead. ``"elapsed_steps"``: int64 ``[*B, 1]``, for the time limit.
+  the env instead. ``"elapsed_steps"``: int64 ``[*B, 1]``, for the time limit (a step input
+  without it is refused when a time limit is set; without one it is a start, at 0).
 * ``"nonfinite"``: bool ``[*B, 1]``, only with ``nan_policy="truncate"``.
 * ``"last_observation"``: the env's own copy of the observation it gave (the observation's
   layout), only with ``nan_policy="truncate"`` for a model whose observation is not its state

@@ -165,3 +165,90 @@ def test_sb3_step_that_raises_is_atomic(fail):
         got, expected = venv.step(action_for(N)), reference.step(action_for(N))
         for a, b in zip(got[:3], expected[:3]):
             np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------- TorchRL: failures after the model ran
+class _Noisy:
+    """A stochastic model (noise from the env's ``generator``, or from the global torch RNG)
+    whose step info lacks the declared key ``"x"`` on step call ``drop_info_at``: the env then
+    fails after the model ran (and drew). A reset's info ``"x"`` has a wrong shape on reset call
+    ``bad_reset_at`` (the failure comes after the reset hook drew)."""
+
+    def __init__(self, use_generator: bool, drop_info_at=None, bad_reset_at=None):
+        self.use_generator, self.drop_info_at, self.bad_reset_at = use_generator, drop_info_at, bad_reset_at
+        self.calls = self.reset_calls = 0
+
+    def _noise(self, shape, generator):
+        return torch.rand(shape, generator=generator) if self.use_generator else torch.rand(shape)
+
+    def reset_fn(self, model, seed=None, options=None, generator=None):
+        self.reset_calls += 1
+        state = self._noise((N, 3), generator)
+        bad = self.reset_calls == self.bad_reset_at
+        return state, state.clone(), {"x": torch.zeros(N + 1 if bad else N)}
+
+    def transition_fn(self, model, state, action, generator=None):
+        self.calls += 1
+        nxt = 0.5 * state + self._noise(state.shape, generator)
+        info = {} if self.calls == self.drop_info_at else {"x": nxt[:, 0]}
+        return {"state": nxt, "observation": nxt.clone(), "reward": nxt.sum(-1), "info": info}
+
+
+def _noisy_env(model):
+    from torchwm_rl import WorldModelEnv
+    from reliability_models import ACT, OBS
+
+    if model.use_generator:
+        reset_fn, transition_fn = model.reset_fn, model.transition_fn
+    else:  # hooks that do not take generator: the env swaps its seeded stream into the global RNG
+        reset_fn = lambda model_, seed=None, options=None: model.reset_fn(model_, seed, options)  # noqa: E731
+        transition_fn = lambda model_, state, action: model.transition_fn(model_, state, action)  # noqa: E731
+    return WorldModelEnv(None, OBS, ACT, reset_fn=reset_fn, transition_fn=transition_fn, batch_size=(N,),
+                         info_keys=["x"], seed=7)
+
+
+def _streams(env):
+    logic = env.logic
+    return (logic.generator.get_state(), logic.hook_generator.get_state(), logic.rng_state, logic.pending_seed)
+
+
+def _same_streams(a, b):
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[3] == b[3]
+    assert (a[2] is None) == (b[2] is None)
+    if a[2] is not None:
+        assert all(torch.equal(x, y) for x, y in zip(a[2], b[2]))
+
+
+@pytest.mark.parametrize("use_generator", [True, False], ids=["generator", "global-rng"])
+def test_torchrl_step_that_fails_after_the_model_ran_is_atomic(use_generator):
+    """The step info lacks a declared key: the error comes after the model drew from the env's
+    stream. The streams are as before the call, and the retried step is the reference's."""
+    env = _noisy_env(_Noisy(use_generator, drop_info_at=4))  # call 1: the info_keys probe
+    reference = _noisy_env(_Noisy(use_generator))
+    td, ref = env.reset(), reference.reset()
+    action = torch.full((N, 3), 0.5)
+    for _ in range(2):
+        td = env.step(td.set("action", action))["next"]
+        ref = reference.step(ref.set("action", action))["next"]
+    before = _streams(env)
+    with pytest.raises(KeyError, match="'x'"):
+        env.step(td.set("action", action))
+    _same_streams(before, _streams(env))
+    for _ in range(2):  # the retry is the step a run without the failure gives
+        out = env.step(td.set("action", action))["next"]
+        ref_out = reference.step(ref.set("action", action))["next"]
+        assert torch.equal(out["observation"], ref_out["observation"]) and torch.equal(out["x"], ref_out["x"])
+        td, ref = out, ref_out
+
+
+@pytest.mark.parametrize("use_generator", [True, False], ids=["generator", "global-rng"])
+def test_torchrl_reset_that_fails_after_the_hook_ran_is_atomic(use_generator):
+    """The reset info has a wrong shape: the error comes after the reset hook drew (and after
+    the constructor's seed was taken). The streams and the pending seed are as before."""
+    env = _noisy_env(_Noisy(use_generator, bad_reset_at=2))  # reset call 1: the constructor's probe
+    reference = _noisy_env(_Noisy(use_generator))
+    before = _streams(env)
+    with pytest.raises(ValueError, match=r"info\['x'\]"):
+        env.reset()
+    _same_streams(before, _streams(env))
+    assert torch.equal(env.reset()["observation"], reference.reset()["observation"])

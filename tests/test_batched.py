@@ -329,3 +329,107 @@ def test_torchrl_outputs_stay_on_the_env_device(device):
     envs = env.to_gymnasium()
     obs, _ = envs.reset()
     assert isinstance(obs, np.ndarray)
+
+
+def _drift_env():
+    return batched_env()[0]
+
+
+@pytest.mark.parametrize("kind", ["SerialEnv", "ParallelEnv"])
+def test_serial_and_parallel_envs_of_batched_envs_give_the_plain_envs_trajectories(kind):
+    """SerialEnv resets a sub-env with only its "_reset" mask (TorchRL's select_reset_only) and
+    merges the kept rows itself; ParallelEnv's workers pass their whole tensordict. Across the
+    partial auto-resets of per-env time limits and terminations, both give exactly the plain
+    batched env's trajectory, in each sub-env."""
+    from torchrl.envs import ParallelEnv, SerialEnv
+
+    expected = _drift_env().rollout(T, push_policy(), break_when_any_done=False)
+    env = {"SerialEnv": SerialEnv, "ParallelEnv": ParallelEnv}[kind](2, _drift_env)
+    try:
+        got = env.rollout(T, push_policy(), break_when_any_done=False)
+    finally:
+        env.close()
+    assert got["next", "done"].any() and not got["next", "done"].all()  # partial resets happened
+    for i in range(2):
+        for key in ("observation", "model_state", "elapsed_steps", ("next", "observation"), ("next", "reward"),
+                    ("next", "terminated"), ("next", "truncated"), ("next", "elapsed_steps")):
+            torch.testing.assert_close(got[i][key], expected[key], rtol=0, atol=0, msg=f"{kind}[{i}] {key}")
+
+
+def test_a_reset_with_only_the_mask_keeps_the_other_envs_where_the_last_step_left_them():
+    """TorchRL's reset(TensorDict({"_reset": mask})) (what SerialEnv sends): the masked envs
+    restart, the others stay where the env's last step put them (state, observation, count)."""
+    env = _drift_env()
+    td = env.reset()
+    td = env.step(td.set("action", torch.as_tensor(PUSH).expand(N, 2).clone()))["next"]
+    mask = torch.tensor([True, False, True, False, False])
+    out = env.reset(TensorDict({"_reset": mask.unsqueeze(-1)}, [N]))
+    for i in range(N):
+        if mask[i]:
+            assert torch.equal(out["model_state"][i], START[i]) and out["elapsed_steps"][i].item() == 0
+        else:
+            assert torch.equal(out["model_state"][i], td["model_state"][i])
+            assert torch.equal(out["observation"][i], td["observation"][i]) and out["elapsed_steps"][i].item() == 1
+    assert not out["done"].any()
+
+
+# ------------------------------------------------------------------- numpy model states
+def _numpy_state_hooks():
+    """DriftModel's dynamics with the state kept as a numpy array (the observation a tensor)."""
+    model = DriftModel()
+
+    def reset(options=None):
+        n = options["reset_mask"].shape[0]
+        return START[:n].numpy().copy(), START[:n].clone()
+
+    def transition(state, action):
+        out = model(torch.as_tensor(state), torch.as_tensor(action))
+        return {**out, "state": out["state"].detach().numpy()}
+
+    return reset, transition
+
+
+@pytest.mark.parametrize("kind", ["vector", "sb3"])
+def test_numpy_model_states_run_through_partial_resets(kind):
+    """A numpy model state on the batched exports restarts row by row at episode ends, as a
+    tensor state does (same observations as the TorchRL env with tensor states)."""
+    from torchwm_rl.gym import GymVectorWorldModelEnv
+    from torchwm_rl.sb3 import SB3VecWorldModelEnv
+
+    reset, transition = _numpy_state_hooks()
+    cls = GymVectorWorldModelEnv if kind == "vector" else SB3VecWorldModelEnv
+    env = cls(None, OBS_SPACE, ACT_SPACE, reset_fn=reset, transition_fn=transition, num_envs=N,
+              max_episode_steps=LIMITS)
+    reference = batched_env()[0].to_gymnasium() if kind == "vector" else batched_env()[0].to_sb3()
+    env.reset(), reference.reset()
+    actions = np.tile(PUSH, (N, 1))
+    for _ in range(T):  # every env ends at least twice
+        got, expected = env.step(actions), reference.step(actions)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[2], expected[2])
+    if kind == "vector":
+        assert isinstance(env.state, np.ndarray)
+
+
+def test_a_state_no_partial_reset_can_merge_is_refused_at_the_first_reset():
+    """A batched env's state must restart row by row: a list (or a tensor without the batch as
+    its leading dims) is refused at the first reset, naming what is needed, not at the first
+    episode end."""
+    from torchwm_rl.gym import GymVectorWorldModelEnv
+
+    def reset(options=None):
+        n = options["reset_mask"].shape[0]
+        return [0.0] * n, START[:n].clone()
+
+    env = GymVectorWorldModelEnv(None, OBS_SPACE, ACT_SPACE, reset_fn=reset,
+                                 transition_fn=lambda state, action: START.clone(), num_envs=N)
+    with pytest.raises(TypeError, match=r"model_state: a batched env needs a tensor or numpy array model state"):
+        env.reset()
+
+    def transposed(options=None):
+        return START.T.clone(), START.clone()
+
+    env = GymVectorWorldModelEnv(None, OBS_SPACE, ACT_SPACE, reset_fn=transposed,
+                                 transition_fn=lambda state, action: START.clone(), num_envs=N)
+    with pytest.raises(ValueError, match=r"model_state: a batched env needs a model state with leading dims \(5,\), got shape \(2, 5\)"):
+        env.reset()

@@ -154,11 +154,20 @@ def test_step_and_rand_step_without_state_name_the_key():
 
 def test_partial_reset_keeps_or_refuses_never_zeroes():
     env = make_env((8,))
-    td = env.reset()
     mask = torch.zeros(8, 1, dtype=torch.bool)
     mask[:3] = True
+    # only the mask, before the env gave any tensordict: where the other envs stand is unknown
     with pytest.raises(KeyError, match="model_state"):
         env.reset(TensorDict({"_reset": mask}, [8]))
+    td = env.reset()
+    # only the mask (TorchRL's select_reset_only, as SerialEnv resets its sub-envs): the other
+    # envs stay where the env's last tensordict left them, as in a stateful TorchRL env
+    kept = env.reset(TensorDict({"_reset": mask}, [8]))
+    torch.testing.assert_close(kept["model_state"][3:], td["model_state"][3:], rtol=0, atol=0)
+    assert not torch.equal(kept["model_state"][:3], td["model_state"][:3])
+    # other entries but no model state: a tensordict that lost it, refused
+    with pytest.raises(KeyError, match="model_state"):
+        env.reset(TensorDict({"_reset": mask, "observation": td["observation"]}, [8]))
     before = td.clone()
     out = env.reset(td.set("_reset", mask))
     torch.testing.assert_close(out["model_state"][3:], before["model_state"][3:])

@@ -250,3 +250,71 @@ def test_reset_outputs_carry_no_graph_but_steps_do():
     td["action"] = torch.zeros(4, 2, requires_grad=True)
     out = env.step(td)
     assert out["next", "reward"].requires_grad
+
+
+# --------------------------------------------------------------------- one env, two threads
+class _Gate:
+    """Hooks whose next transition call (after :meth:`arm`) signals ``entered`` and waits for
+    ``release``: a step held inside the model while another thread calls the env."""
+
+    def __init__(self):
+        import threading
+
+        self.entered, self.release, self.armed = threading.Event(), threading.Event(), False
+
+    def arm(self):
+        self.armed = True
+
+    def reset(self, model, seed, options, generator):
+        mask = (options or {}).get("reset_mask")
+        return torch.zeros(*(() if mask is None else mask.shape), 2)
+
+    def transition(self, model, state, action, generator):
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.release.wait(30)  # a bound, so a broken guard fails the test instead of hanging
+        return {"state": state + 1.0, "observation": state + 1.0, "reward": state.sum(-1)}
+
+
+def _gated_env(kind, gate):
+    space = gymnasium.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+    hooks = dict(reset_fn=gate.reset, transition_fn=gate.transition)
+    if kind == "gym":
+        return GymWorldModelEnv(None, space, space, **hooks)
+    env = WorldModelEnv(None, space, space, batch_size=() if kind == "torchrl" else (2,), **hooks)
+    return {"torchrl": env, "vector": env.to_gymnasium() if kind == "vector" else None,
+            "sb3": env.to_sb3() if kind == "sb3" else None}[kind]
+
+
+@pytest.mark.parametrize("kind", ["torchrl", "gym", "vector", "sb3"])
+def test_one_env_stepped_from_two_threads_at_once_is_refused(kind):
+    """A step (or reset) that starts while another thread's step of the same env runs raises,
+    naming the env and what to do; the running step completes normally, and the env is usable
+    again afterwards. (Without the guard the second step ran and one of the two was lost.)"""
+    import threading
+
+    gate = _Gate()
+    env = _gated_env(kind, gate)
+    if kind == "torchrl":
+        td = env.reset()
+        step = lambda: env.step(td.clone().set("action", torch.zeros(2)))  # noqa: E731
+        reset = env.reset
+    else:
+        env.reset() if kind == "sb3" else env.reset(seed=0)
+        action = np.zeros((2,) if kind == "gym" else (2, 2), np.float32)
+        step, reset = (lambda: env.step(action)), (lambda: env.reset())
+    results = []
+    gate.arm()
+    worker = threading.Thread(target=lambda: results.append(step()))
+    worker.start()
+    try:
+        assert gate.entered.wait(30)
+        for call in (step, reset):
+            with pytest.raises(RuntimeError, match=r"another thread.*one env per thread.*ParallelEnv"):
+                call()
+    finally:
+        gate.release.set()
+        worker.join(30)
+    assert len(results) == 1  # the first thread's step returned normally
+    step()  # the env is free again

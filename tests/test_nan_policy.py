@@ -288,3 +288,71 @@ def test_nan_in_a_running_row_still_raises():
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"NaN/inf.*env index \[1\]"):
         env.step(np.zeros((2, 1), np.float32))
+
+
+# ---------------------------------------------- final observation after another env's reset
+PARTIAL_OBS = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+
+
+def _partial_then_nan_env():
+    """Counting state, observation twice the state (so not the state). Env 0 terminates at its
+    2nd step (a partial reset before env 1's NaN); env 1's 3rd step is NaN: its final
+    observation is [4, 4], the observation at its step 2."""
+
+    def reset(batch_size=()):
+        state = torch.zeros(*batch_size, 2)
+        return state, 2 * state
+
+    def transition(state, action):
+        nxt = state + 1.0
+        obs = 2 * nxt
+        obs = torch.where((torch.arange(len(nxt)) == 1)[:, None] & (nxt == 3.0), float("nan"), obs)
+        terminated = (torch.arange(len(nxt)) == 0) & (nxt[:, 0] == 2.0)
+        return {"state": nxt, "observation": obs, "reward": nxt.sum(-1), "terminated": terminated}
+
+    return WorldModelEnv(None, PARTIAL_OBS, PARTIAL_OBS, reset_fn=reset, transition_fn=transition,
+                         batch_size=(3,), nan_policy="truncate")
+
+
+def _zero_policy(td):
+    return td.set("action", torch.zeros(*td.batch_size, 2))
+
+
+def _final_after_partial_reset(way):
+    """Env 1's ("next", "observation") at its truncated 3rd step, stepped ``way``."""
+    from torchrl.collectors import Collector
+    from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+
+    if way == "fast rollout":
+        td = _partial_then_nan_env().rollout(3, _zero_policy, break_when_any_done=False)
+        return td["next"][1, 2]
+    if way == "EnvBase.rollout":
+        td = EnvBase.rollout(_partial_then_nan_env(), 3, _zero_policy, break_when_any_done=False)
+        return td["next"][1, 2]
+    if way == "step_and_maybe_reset":
+        env = _partial_then_nan_env()
+        td = env.reset()
+        for _ in range(3):
+            out, td = env.step_and_maybe_reset(_zero_policy(td))
+        return out["next"][1]
+    if way == "Collector":
+        collector = Collector(_partial_then_nan_env(), _zero_policy, frames_per_batch=9, total_frames=9)
+        batch = next(iter(collector))
+        collector.shutdown()
+        return batch["next"][1, 2]
+    batched = {"ParallelEnv": ParallelEnv, "SerialEnv": SerialEnv}[way]
+    env = batched(1, _partial_then_nan_env)
+    td = env.rollout(3, _zero_policy, break_when_any_done=False)
+    env.close()
+    return td["next"][0, 1, 2]
+
+
+@pytest.mark.parametrize("way", ["fast rollout", "EnvBase.rollout", "step_and_maybe_reset", "Collector",
+                                 "SerialEnv", "ParallelEnv"])
+def test_truncate_gives_the_last_finite_observation_after_another_envs_partial_reset(way):
+    """TorchRL's own loops (EnvBase.rollout, step_and_maybe_reset, the Collector, batched envs)
+    merge a partial reset into new tensors; the truncated env's final observation is still the
+    last finite one (GAE bootstraps from it), as on the fast rollout and the exports."""
+    nxt = _final_after_partial_reset(way)
+    assert nxt["truncated"].item() and nxt["nonfinite"].item()
+    assert nxt["observation"].tolist() == [4.0, 4.0]

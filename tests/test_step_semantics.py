@@ -121,7 +121,9 @@ def test_truncate_hands_out_the_last_finite_observation_torchrl(separate_state, 
 def test_truncate_under_a_transformed_env_never_transforms_an_observation_twice(decode):
     """A TransformedEnv hands the base env the *transformed* observation: the base env must
     not return it as its own final observation (the transform would apply a second time). With
-    decode_fn the final observation is exact; without one it reads 0 before the transform."""
+    decode_fn, or without one from the ``"last_observation"`` the env carries (a state entry no
+    observation transform touches), the final observation is the last finite one, transformed
+    once."""
     from torchrl.envs import ObservationNorm, TransformedEnv
 
     extra = {"decode_fn": lambda model, state: 2 * state} if decode else {}
@@ -131,15 +133,29 @@ def test_truncate_under_a_transformed_env_never_transforms_an_observation_twice(
     td = env.rollout(3, policy, break_when_any_done=False)
     nxt = td["next"][:, 2]
     assert nxt["truncated"][:, 0].tolist() == [False, True, False]
-    raw = _last_finite(True) if decode else [0.0, 0.0]
+    raw = _last_finite(True)
     assert nxt["observation"][1].tolist() == [1.0 + 10.0 * v for v in raw]  # transformed once
     assert nxt["observation"][0].tolist() == [1.0 + 10.0 * 6.0] * 2  # other envs untouched
 
 
+def test_truncate_under_cat_frames_stacks_the_last_finite_frame_once():
+    """CatFrames stacks the base env's observations: a truncated row's final frame is the last
+    finite observation (the frame it started from), never a stacked one fed back, nor 0."""
+    from torchrl.envs import CatFrames, TransformedEnv
+
+    base = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(True))
+    env = TransformedEnv(base, CatFrames(N=2, dim=-1, in_keys=["observation"]))
+    td = env.rollout(3, _policy, break_when_any_done=False)
+    nxt = td["next"][:, 2]
+    assert nxt["truncated"][:, 0].tolist() == [False, True, False]
+    assert nxt["observation"][1].tolist() == _last_finite(True) * 2  # frames: step 2's, then step 2's again
+    assert nxt["observation"][0].tolist() == [4.0, 4.0, 6.0, 6.0]  # other envs: steps 2 and 3
+
+
 def test_truncate_reads_a_direct_steps_observation_only_when_the_env_handed_it_out():
-    """env.step on a tensordict the env gave: the observation it carries is the env's own and
-    is the final observation; an observation set by the caller (a transform, a replay buffer)
-    that is not (a copy of) the last one the env handed out is not trusted: the row reads 0."""
+    """env.step on a tensordict the env gave (or a copy of it): the final observation is the
+    env's own ``"last_observation"``; an observation set by the caller (a transform, a replay
+    buffer) is never handed out as the env's: the row still reads the last finite one."""
     env = WorldModelEnv(None, BOX, ACT, batch_size=(N,), **_nan_hooks(True))
     td = env.reset()
     for _ in range(2):
@@ -153,7 +169,7 @@ def test_truncate_reads_a_direct_steps_observation_only_when_the_env_handed_it_o
     assert own["observation"][1].tolist() == _last_finite(True)
     foreign = td.clone(False).set("observation", td["observation"] + 1.0)
     out = env.step(foreign.set("action", torch.zeros(N, 2)))["next"]
-    assert out["observation"][1].tolist() == [0.0, 0.0]
+    assert out["observation"][1].tolist() == _last_finite(True)
 
 
 @pytest.mark.parametrize("separate_state", [False, True], ids=["obs-is-state", "separate-state"])
@@ -359,7 +375,8 @@ def _square_hooks():
 def test_truncate_never_transforms_twice_a_view_or_an_unversioned_in_place_write(kind):
     """A transform returning a view of the env's observation with other strides (a transpose
     of a square one), or writing into it in place under inference_mode (no version counter),
-    gives the env a transformed observation at its own address: the truncated row reads 0."""
+    gives the env a transformed observation at its own address: the env's ``"last_observation"``
+    is its own copy, so the truncated row's final observation is the start's, transformed once."""
     from torchrl.envs import Transform, TransformedEnv
 
     class T(Transform):
@@ -375,4 +392,6 @@ def test_truncate_never_transforms_twice_a_view_or_an_unversioned_in_place_write
     with ctx:
         td = env.rollout(1, _policy)
     assert td["next", "truncated"][0, 0].item()
-    assert td["next", "observation"][0].tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    start = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    once = start.T if kind == "transposed view" else start * 10.0
+    assert td["next", "observation"][0].tolist() == once.tolist()

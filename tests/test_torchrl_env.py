@@ -391,3 +391,25 @@ def test_failed_step_does_not_advance_the_model_stream():
         env.step(td.clone())
     env.step(td.clone())
     assert calls[0] == calls[1]  # the retry drew the same number: the stream did not move
+
+
+# ----------------------------------------------------------- a step count that went missing
+def test_a_time_limit_refuses_a_missing_step_count():
+    """Under ExcludeTransform("elapsed_steps") the step input has no step count: read as 0 the
+    limit would never truncate. With a time limit it is refused, naming the key and the fix;
+    without one a missing count is a start (0) and the env steps on."""
+    from torchrl.envs import ExcludeTransform
+
+    env = TransformedEnv(make_env((3,), max_episode_steps=5), ExcludeTransform("elapsed_steps"))
+    with pytest.raises(KeyError, match=r"'elapsed_steps'.*time limit.*ExcludeTransform"):
+        env.rollout(8, break_when_any_done=False)
+    base = make_env((3,), max_episode_steps=5)
+    with pytest.raises(KeyError, match=r"'elapsed_steps'.*time limit"):
+        base.rand_step(base.reset().exclude("elapsed_steps"))
+    # the kept envs of a partial reset keep their count: missing, refused too
+    td = base.reset().exclude("elapsed_steps").set("_reset", torch.tensor([[True], [False], [False]]))
+    with pytest.raises(KeyError, match=r"partial reset.*'elapsed_steps'.*time limit"):
+        base.reset(td)
+    # no time limit: the count is bookkeeping, a missing one starts at 0
+    free = TransformedEnv(make_env((3,)), ExcludeTransform("elapsed_steps"))
+    assert free.rollout(4, break_when_any_done=False)["next", "reward"].shape == (3, 4, 1)

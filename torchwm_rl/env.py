@@ -9,13 +9,23 @@ TensorDict layout (``B`` = ``batch_size``):
 * ``"model_state"`` (the ``state_key`` argument; e.g. ``"state"`` for TorchRL's Dreamer losses):
   the model's latent state when it is a tensor or a (dict/TensorDict of) tensors, so rollouts
   are functional; an opaque Python state (unbatched envs only) is held by
-  the env instead. ``"elapsed_steps"``: int64 ``[*B, 1]``, for the time limit.
+  the env instead. ``"elapsed_steps"``: int64 ``[*B, 1]``, for the time limit (a step input
+  without it is refused when a time limit is set; without one it is a start, at 0).
 * ``"nonfinite"``: bool ``[*B, 1]``, only with ``nan_policy="truncate"``.
+* ``"last_observation"``: the env's own copy of the observation it gave (the observation's
+  layout), only with ``nan_policy="truncate"`` for a model whose observation is not its state
+  and no ``decode_fn``: a state entry, so it travels with the state through collectors,
+  ``ParallelEnv``/``SerialEnv`` and partial resets, and transforms of ``"observation"``
+  never touch it. A truncated step's final observation is the one it started from: this.
 * ``"uncertainty"``: float32 ``[*B, 1]`` and ``"halted"``: bool ``[*B, 1]``, only with
   ``ensemble_size`` (see :mod:`torchwm_rl.ensemble`; 0 / False after a reset).
 
 Partial resets use TorchRL's ``"_reset"`` mask: the reset hook computes the full batch (it gets
-``options["reset_mask"]``) and TorchRL keeps the rows not being reset from the input tensordict.
+``options["reset_mask"]``) and TorchRL keeps the rows not being reset from the input tensordict;
+a tensordict carrying only the mask (``SerialEnv`` resets its sub-envs so) keeps them where the
+last tensordict the env gave at its batch left them. Steps and resets are atomic (a failure
+leaves the random streams as they were) and one env is stepped by one thread at a time (another
+thread's concurrent call is refused: see :meth:`EpisodeLogic.acquire`).
 Nothing here disables grad: with grad enabled, ``env.rollout(H, policy)`` keeps the graph from
 rewards back to the policy's parameters.
 """
@@ -32,7 +42,7 @@ from torchrl.data import Categorical, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
-from .adapter import ModelAdapter, WeakAddressTable, version_counter
+from .adapter import ModelAdapter
 from .calling import Hook
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .options import public_name, with_model_options
@@ -43,6 +53,7 @@ from .validation import to_observation
 STATE_KEY = "model_state"
 ELAPSED_KEY = "elapsed_steps"
 NONFINITE_KEY = "nonfinite"
+LAST_OBSERVATION_KEY = "last_observation"
 UNCERTAINTY_KEY = "uncertainty"
 HALTED_KEY = "halted"
 OBSERVATION_KEY = "observation"
@@ -151,9 +162,8 @@ class WorldModelEnv(EnvBase):
             )
         self._held_state: Any = None  # opaque (non-tensor) model state, unbatched envs only
         self._discard_rows: Optional[torch.Tensor] = None  # rows a "_step" mask leaves out (step)
-        # observations this env handed out (see _remember_observations), for nan_policy="truncate"
-        self._handed_out = WeakAddressTable(purge_min=256)  # payload: the version counter
-        self._last_handed_out: Optional[dict] = None  # a copy of the last observations handed out
+        # the entries of the last tensordict this env gave at its own batch (see _complete_kept_rows)
+        self._current: Optional[dict] = None
         for name in ("observation_space", "action_space"):  # refuse an unmappable space before any hook runs
             space_to_spec(getattr(logic.adapter, name), logic.batch_size, logic.device, name)
         # the probes (a reset for the specs, a step for probed info keys) leave the logic's seed,
@@ -162,6 +172,10 @@ class WorldModelEnv(EnvBase):
             probe = self.logic.reset()[0]
             # the observation IS the state when the reset gave no separate state (adapter.reset)
             self._state_is_observation = probe.state is probe.observation
+            # nan_policy="truncate" hands out the observation a truncated step started from: the
+            # state itself, decode_fn's, or else the env's own copy it carries as a state entry
+            self._carries_last = (self.adapter.nan_policy == "truncate" and not self._state_is_observation
+                                  and self._decode is None)
             self._make_specs(probe)
             self._info_specs = self._make_info_specs(probe, info_keys)
         _refuse_reserved(self._info_specs, "info_keys", taken=self.observation_spec.keys(), reserved=self._reserved)
@@ -197,7 +211,8 @@ class WorldModelEnv(EnvBase):
         self._dict_observation = isinstance(obs_spec, Composite)
         if self._dict_observation:
             optional = ([NONFINITE_KEY] if adapter.nan_policy == "truncate" else []) + (
-                [UNCERTAINTY_KEY, HALTED_KEY] if adapter.ensemble is not None else [])
+                [UNCERTAINTY_KEY, HALTED_KEY] if adapter.ensemble is not None else []) + (
+                [LAST_OBSERVATION_KEY] if self._carries_last else [])
         obs_keys = list(obs_spec.keys()) if self._dict_observation else [OBSERVATION_KEY]
         if self._state_key in obs_keys:
             raise ValueError(
@@ -223,6 +238,8 @@ class WorldModelEnv(EnvBase):
                 f"leading dim {batch[0]}; the reset hook returned {type(probe.state).__name__}"
             )
         state[ELAPSED_KEY] = Unbounded(shape=(*batch, 1), dtype=torch.int64, device=device)
+        if self._carries_last:
+            state[LAST_OBSERVATION_KEY] = obs_spec.clone()
         for key, spec in state.items():
             observation[key] = spec.clone()
         if self.adapter.nan_policy == "truncate":
@@ -348,7 +365,9 @@ class WorldModelEnv(EnvBase):
                 out = super().step(tensordict)
             finally:
                 self._discard_rows = None
-            out.set("next", out.get("next").where(partial, skipped))
+            merged = out.get("next").where(partial, skipped)
+            out.set("next", merged)
+            self._current = dict(merged.items())
             return out
         return super().step(tensordict)
 
@@ -420,23 +439,49 @@ class WorldModelEnv(EnvBase):
         if tensordict is not None:
             self._complete_kept_rows(tensordict)
         if tensordict_reset.batch_size == self.batch_size:
-            return super()._reset_proc_data(tensordict, tensordict_reset)
+            out = super()._reset_proc_data(tensordict, tensordict_reset)
+            self._current = dict(out.items())
+            return out
         if tensordict is not None:
             return _update_during_reset(tensordict_reset, tensordict, self.reset_keys)
         return tensordict_reset
 
     def _complete_kept_rows(self, tensordict: TensorDictBase) -> None:
-        """A partial reset keeps the rows not reset from ``tensordict``. TorchRL pads a key the
-        tensordict lacks with zeros, so: the step count defaults to 0, an observation comes from
-        the state (see :meth:`_observation_of`), and a missing model state is an error."""
+        """A partial reset keeps the rows not reset from ``tensordict``; TorchRL would pad a key
+        the tensordict lacks with zeros, so what the kept rows need is filled in here or refused.
+
+        * A tensordict carrying nothing but the ``"_reset"`` mask (TorchRL's
+          ``select_reset_only``: ``SerialEnv`` resets its sub-envs so) asks, as for any stateful
+          TorchRL env, to keep the other envs where they stand: in the last tensordict this env
+          gave at its batch (a step's ``"next"`` or a reset; :attr:`_current`). Never given one:
+          refused.
+        * Otherwise a missing model state is an error, and so is a missing step count when a
+          time limit is set (read as 0 the kept envs' episodes would run past it); without a
+          limit it starts at 0. A missing observation comes from the state
+          (:meth:`_observation_of`)."""
         mask = tensordict.get("_reset", None)
         if mask is None or bool(mask.all()):
             return
-        if self._state_key in self.state_spec.keys() and self._state_key not in tensordict.keys():
+        keys = set(tensordict.keys())
+        if keys == {"_reset"} and self._current is not None and tensordict.batch_size == self.batch_size:
+            kept = set(self.observation_spec.keys()) | set(self.done_keys)
+            # copies (TorchRL merges the reset rows into the tensordict's tensors in place), with no
+            # graph: what a reset gives carries none (see _reset)
+            current = {k: v for k, v in self._current.items() if k in kept}
+            tensordict.update(TensorDict(current, batch_size=self.batch_size, device=self.device).detach().clone())
+            keys = set(tensordict.keys())
+        if self._state_key in self.state_spec.keys() and self._state_key not in keys:
             raise KeyError(
                 f"partial reset: the envs not being reset keep their state, but the tensordict has no "
-                f"{self._state_key!r} (it has {sorted(map(str, tensordict.keys()))}); pass the tensordict of the "
+                f"{self._state_key!r} (it has {sorted(map(str, keys))}); pass the tensordict of the "
                 "previous step or reset (it carries every key), or reset every env"
+            )
+        if ELAPSED_KEY not in keys and self.logic.max_steps is not None:
+            raise KeyError(
+                f"partial reset: the envs not being reset keep their step count, but the tensordict has no "
+                f"{ELAPSED_KEY!r} and the env has a time limit (max_episode_steps), which those envs would run "
+                f"past (read as 0); pass the tensordict of the previous step or reset (a transform such as "
+                f"ExcludeTransform({ELAPSED_KEY!r}) must keep it), or reset every env"
             )
         # the kept rows are the env's own running states, not given start states: not checked
         # against the state spec (the fast path's auto-reset never checks them either)
@@ -457,6 +502,10 @@ class WorldModelEnv(EnvBase):
         fill = {}
         if missing_obs:
             fill.update(self._observation_of(tensordict, missing_obs))
+        if self._carries_last and LAST_OBSERVATION_KEY not in keys:  # a start: its own observation
+            observation = {k: fill[k] if k in fill else tensordict.get(k) for k in self._observation_keys()}
+            fill[LAST_OBSERVATION_KEY] = _clone_tree(observation if self._dict_observation
+                                                     else observation[OBSERVATION_KEY])
         if ELAPSED_KEY not in keys:
             fill[ELAPSED_KEY] = torch.zeros((*batch, 1), dtype=torch.int64, device=self.device)
         for key in ("done", "terminated", "truncated", *((NONFINITE_KEY,) if self.adapter.nan_policy == "truncate" else ())):
@@ -541,20 +590,31 @@ class WorldModelEnv(EnvBase):
             keys = [*self._observation_keys(), self._state_key, ELAPSED_KEY, "done", "terminated", "truncated"]
             if self.adapter.nan_policy == "truncate":
                 keys.append(NONFINITE_KEY)
-            start = self._complete_start(tensordict.select(*keys, *self._info_specs, strict=False))
-            out = start.select(*keys, *self._info_specs).clone(False)
-            self.logic.start_from_given_states(tuple(batch), kwargs.get("seed"))
-            false = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
-            out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
-            return self._remember_observations(out)
+            if self._carries_last:
+                keys.append(LAST_OBSERVATION_KEY)
+            with self.logic.transaction():  # a failure leaves the streams and a pending seed alone
+                start = self._complete_start(tensordict.select(*keys, *self._info_specs, strict=False))
+                out = start.select(*keys, *self._info_specs).clone(False)
+                self.logic.start_from_given_states(tuple(batch), kwargs.get("seed"))
+                false = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
+                out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
+            return out
         mask = None
         if tensordict is not None and "_reset" in tensordict.keys():
             mask = tensordict.get("_reset").reshape(batch)
-        entries = self._reset_entries(mask, kwargs.get("seed"), kwargs.get("options"), batch)
-        # Start states carry no graph: gradients flow through the actions of steps, and a
-        # reset hook that decodes with trainable parameters must not leak a graph into
-        # TorchRL's buffers (ParallelEnv workers copy into shared memory).
-        return self._remember_observations(TensorDict(entries, batch_size=batch, device=self.device).detach())
+        held = self._held_state
+        try:
+            # atomic: a failure after the reset hook ran (an info value, the state's structure)
+            # leaves the streams, a pending seed and a held state as they were
+            with self.logic.transaction():
+                entries = self._reset_entries(mask, kwargs.get("seed"), kwargs.get("options"), batch)
+                # Start states carry no graph: gradients flow through the actions of steps, and a
+                # reset hook that decodes with trainable parameters must not leak a graph into
+                # TorchRL's buffers (ParallelEnv workers copy into shared memory).
+                return TensorDict(entries, batch_size=batch, device=self.device).detach()
+        except BaseException:
+            self._held_state = held
+            raise
 
     def _reset_entries(self, mask: Optional[torch.Tensor], seed=None, options=None, batch=None) -> dict:
         """The entries of a reset tensordict (not yet detached); shared with the fast rollout."""
@@ -578,86 +638,26 @@ class WorldModelEnv(EnvBase):
         action = tensordict.get("action", None)
         if action is None:
             raise KeyError("step: the tensordict has no 'action' (set one, e.g. env.rand_action(td) or a policy)")
-        root = self._trusted_root(tensordict)
-        entries = self._step_entries(self._read_state(tensordict), elapsed, action, batch, root)
-        out = TensorDict(entries, batch_size=batch, device=self.device)
+        held = self._held_state
+        try:
+            # atomic: a step that fails after the model ran (an info value, the state's
+            # structure, a conversion) leaves the streams and a held state as they were, so a
+            # retry gives the step a run without the failure gives
+            with self.logic.transaction():
+                entries = self._step_entries(self._read_state(tensordict), elapsed, action, batch, tensordict)
+                out = TensorDict(entries, batch_size=batch, device=self.device)
+        except BaseException:
+            self._held_state = held
+            raise
         # An autograd graph cannot cross processes: a step whose input lives in shared memory
         # (a ParallelEnv / multi-process collector worker) hands out detached tensors, so a
         # model with trainable parameters works there unchanged.
         # (``is_shared()`` is True for EVERY CUDA tensor, so it only says "worker" on the CPU: on
         # CUDA the graph is kept, as the fast rollout keeps it.)
         shared = elapsed is not None and elapsed.device.type == "cpu" and elapsed.is_shared()
-        return self._remember_observations(out.detach() if shared else out)
-
-    # Where the observation a truncated step started from may come from (nan_policy="truncate",
-    # a model whose observation is not its state and no decode_fn): only from the env's own
-    # output. Under a TransformedEnv the step's input carries the *transformed* observation
-    # (ObservationNorm, CatFrames, ...): handed out as this env's final observation, the
-    # transform would be applied to it a second time. So the env remembers the observation
-    # tensors it handed out (address, version counter, shape; weakly, so freed memory reused by
-    # a transform's fresh output is not mistaken for them) and reads the input's observation
-    # only when every entry is one of those, untouched; otherwise the truncated row's
-    # observation reads 0, as for an input without observations.
-    def _needs_root(self) -> bool:
-        return self.adapter.nan_policy == "truncate" and not self._state_is_observation and self._decode is None
-
-    def _remember_observations(self, out: TensorDictBase) -> TensorDictBase:
-        if self._needs_root():
-            last = {}
-            for key in self._observation_keys():
-                value = out.get(key, None)
-                if isinstance(value, torch.Tensor):
-                    self._handed_out.add(value, version_counter(value))
-                    last[key] = value.detach().clone()
-            # a copy: the step input of a SerialEnv/ParallelEnv worker, a collector's buffer or a
-            # rollout continued from a stacked trajectory carries a copy of what the env handed out
-            self._last_handed_out = last
-        return out
-
-    def _own_observations(self, tensordict: TensorDictBase) -> bool:
-        if not self._needs_root():
-            return False
-        for key in self._observation_keys():
-            value = tensordict.get(key, None)
-            if not isinstance(value, torch.Tensor):
-                return False
-            entry = self._handed_out.get(value)
-            if entry is None:
-                return False
-            mine, version = entry
-            # an inference tensor has no version counter (-1): an in-place write would go unseen;
-            # a view with other strides (a transpose of a square observation) is another value
-            if mine.shape != value.shape or mine.dtype != value.dtype or mine.stride() != value.stride() \
-                    or version == -1 or version_counter(value) != version:
-                return False
-        return True
-
-    def _trusted_root(self, tensordict: TensorDictBase) -> Any:
-        """The step input's observations where they are the env's own (see above): the input
-        itself when its tensors are the ones handed out, untouched; else, row by row, those
-        equal to the last observations handed out (a copy of them), the other rows 0."""
-        if self._own_observations(tensordict):
-            return tensordict
-        last = self._last_handed_out
-        if not self._needs_root() or not last:
-            return None
-        batch = tuple(tensordict.batch_size)
-        rows = None
-        for key in self._observation_keys():
-            value, mine = tensordict.get(key, None), last.get(key)
-            if not isinstance(value, torch.Tensor) or mine is None or value.shape != mine.shape \
-                    or value.dtype != mine.dtype or value.device != mine.device:
-                return None
-            same = (value == mine) | (torch.isnan(value) & torch.isnan(mine)) if value.is_floating_point() \
-                else value == mine
-            same = same.reshape(*batch, -1).all(-1)
-            rows = same if rows is None else rows & same
-        if rows is None or not bool(rows.any()):
-            return None
-        if bool(rows.all()):
-            return {k: last[k] for k in self._observation_keys()}
-        keep = lambda v: rows.reshape(*batch, *([1] * (v.ndim - len(batch))))  # noqa: E731
-        return {k: torch.where(keep(last[k]), last[k], torch.zeros_like(last[k])) for k in self._observation_keys()}
+        if batch == self.batch_size:
+            self._current = entries
+        return out.detach() if shared else out
 
     def _scalar_keys(self) -> frozenset:
         """The keys of this env's per-env scalars, ``[*B, 1]`` in its tensordicts: reward, done
@@ -675,10 +675,12 @@ class WorldModelEnv(EnvBase):
         compact: bool = False,
     ) -> dict:
         """The entries of a step's ``"next"`` tensordict from the model state (as the hooks
-        take it), the step counts ``[*B, 1]`` (None: 0) and the action; shared with the fast
-        rollout. ``root`` (the step's input tensordict or entries) is read only when
-        ``nan_policy="truncate"`` needs the observation the step started from. A batch other
-        than the env's is stepped in one model call, its leading dims flattened into one.
+        take it), the step counts ``[*B, 1]`` and the action; shared with the fast rollout.
+        A missing step count (None) is 0, a start, unless a time limit is set: then it is
+        refused (the limit would never be reached). ``root`` (the step's input tensordict or
+        entries) gives ``"last_observation"`` where the env carries it
+        (``nan_policy="truncate"``, see the module docs). A batch other than the env's is
+        stepped in one model call, its leading dims flattened into one.
 
         ``compact=True`` (the fast rollout): the per-env scalars (:meth:`_scalar_keys`: step
         counts in, reward, flags and step counts out) are ``[*B]``, without the trailing dim of
@@ -698,13 +700,31 @@ class WorldModelEnv(EnvBase):
             ) or action.shape[:len(batch)] != batch:
                 self._refuse_action_shape(action, batch)
         if elapsed is None:
+            if self.logic.max_steps is not None:
+                raise KeyError(
+                    f"step: the tensordict has no {ELAPSED_KEY!r} (the step count) and the env has a time limit "
+                    f"(max_episode_steps): read as 0 it would never truncate. Step from the tensordict the env "
+                    f"returned (a transform such as ExcludeTransform({ELAPSED_KEY!r}) must keep it), or set "
+                    f"{ELAPSED_KEY!r} ([*batch, 1] int64) where you build the tensordict"
+                )
             elapsed = torch.zeros((*batch,) if compact else (*batch, 1), dtype=torch.int64, device=self.device)
+        last = None
+        if self._carries_last:
+            last = None if root is None else root.get(LAST_OBSERVATION_KEY, None)
+            if last is None:
+                raise KeyError(
+                    f"step: the tensordict has no {LAST_OBSERVATION_KEY!r}, the env's own copy of the observation "
+                    "the step starts from, which nan_policy='truncate' hands out as a truncated row's final "
+                    "observation (this model's observation is not its state). Step from the tensordict the env "
+                    f"returned (it carries {LAST_OBSERVATION_KEY!r}), start from given states with "
+                    "env.reset(td, set_state=True) or env.rollout(..., tensordict=td, auto_reset=False), or pass "
+                    "decode_fn=(model, state) -> observation"
+                )
         if batch != self.batch_size:
             if len(batch) > 1:
                 flat = (batch.numel(),)
-                if root is not None:
-                    root = {k: _reshape(root.get(k), len(batch), flat)
-                            for k in self._observation_keys() if root.get(k, None) is not None}
+                if last is not None:
+                    root = {LAST_OBSERVATION_KEY: _reshape(last, len(batch), flat)}
                 entries = self._step_entries(
                     _reshape(state, len(batch), flat), elapsed.reshape(*flat, *elapsed.shape[len(batch):]),
                     _reshape(action, len(batch), flat), torch.Size(flat), root, compact,
@@ -732,18 +752,14 @@ class WorldModelEnv(EnvBase):
     def _previous_observation(self, state: Any, root: Any) -> Any:
         """The observation a step starts from, for ``nan_policy="truncate"`` (called only when a
         row is truncated): the state itself when the observation is the state, else
-        ``decode_fn(model, state)``, else the observation entries of the step's input (which a
-        ``TransformedEnv`` may have transformed: give such a model a ``decode_fn``), else None."""
+        ``decode_fn(model, state)``, else the ``"last_observation"`` the env wrote itself and
+        the step's input carries (untouched by transforms of the observation)."""
         if self._state_is_observation:
             return state
         if self._decode is not None:
             return self._decode({"model": self.model, "state": state})
-        if root is None:
-            return None
-        values = {k: root.get(k, None) for k in self._observation_keys()}
-        if any(v is None for v in values.values()):
-            return None
-        return values if self._dict_observation else values[OBSERVATION_KEY]
+        last = root.get(LAST_OBSERVATION_KEY)
+        return last.to_dict() if isinstance(last, TensorDictBase) else last
 
     def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch, root: Any = None,
                           compact: bool = False) -> dict:
@@ -802,6 +818,21 @@ class WorldModelEnv(EnvBase):
             return_contiguous=return_contiguous, tensordict=tensordict, set_truncated=set_truncated,
             out=out, trust_policy=trust_policy, storing_device=storing_device, set_state=set_state,
         )
+        # atomic as a step: a rollout that raises leaves the streams, a pending seed and a held
+        # state as they were, so a retry gives the trajectory a run without the failure gives
+        held = self._held_state
+        try:
+            with self.logic.transaction():
+                out = self._rollout(max_steps, policy, callback, kwargs)
+        except BaseException:
+            self._held_state = held
+            raise
+        if out.batch_size[:-1] == self.batch_size and out.batch_size[-1:] != (0,):
+            self._current = dict(out.get("next")[..., -1].items())  # where the envs stand now
+        return out
+
+    def _rollout(self, max_steps: int, policy, callback, kwargs: dict) -> TensorDictBase:
+        tensordict, auto_reset = kwargs["tensordict"], kwargs["auto_reset"]
         if tensordict is not None and not auto_reset and self._state_kind != "opaque":
             # start states from a replay buffer or an encoder: fill in the observation, step
             # count and done flags they imply (both rollout paths then see a full tensordict)
@@ -809,6 +840,8 @@ class WorldModelEnv(EnvBase):
             kwargs["tensordict"] = tensordict
         if not fast_rollout_applies(self, dict(kwargs, max_steps=max_steps, callback=callback)):
             return super().rollout(max_steps, policy, callback, **kwargs)
+        break_when_any_done, return_contiguous = kwargs["break_when_any_done"], kwargs["return_contiguous"]
+        trust_policy, set_state = kwargs["trust_policy"], kwargs["set_state"]
         # the argument handling of EnvBase.rollout, for the cases the fast path takes
         if break_when_any_done is None:
             break_when_any_done = True
@@ -855,6 +888,8 @@ class WorldModelEnv(EnvBase):
             # so writing into one never changes the other
             observation = _clone_tree(observation)
         entries = dict(observation) if self._dict_observation else {OBSERVATION_KEY: observation}
+        if self._carries_last:  # a copy: a transform writing into the observation never changes it
+            entries[LAST_OBSERVATION_KEY] = _clone_tree(observation)
         if self._state_kind != "opaque":
             entries[self._state_key] = snapshot.state
         entries[ELAPSED_KEY] = snapshot.elapsed if compact else snapshot.elapsed.unsqueeze(-1)
@@ -871,10 +906,11 @@ class WorldModelEnv(EnvBase):
         return out
 
     def close(self, *, raise_if_closed: bool = True) -> None:
-        """Drop the model state this env holds (an opaque state); the adapter keeps the model,
-        which belongs to the caller. Exports made with ``to_gymnasium``/``to_sb3`` close on
-        their own."""
+        """Drop the model state this env holds (an opaque state, the last tensordict's entries it
+        keeps for mask-only resets); the adapter keeps the model, which belongs to the caller.
+        Exports made with ``to_gymnasium``/``to_sb3`` close on their own."""
         self._held_state = None
+        self._current = None
         super().close(raise_if_closed=raise_if_closed)
 
     # --------------------------------------------------------------- exports
@@ -921,7 +957,7 @@ RESERVED_KEYS = frozenset({
 
 
 # keys the env writes only with some options (nan_policy="truncate", an ensemble)
-_OPTIONAL_KEYS = frozenset({NONFINITE_KEY, UNCERTAINTY_KEY, HALTED_KEY})
+_OPTIONAL_KEYS = frozenset({NONFINITE_KEY, UNCERTAINTY_KEY, HALTED_KEY, LAST_OBSERVATION_KEY})
 
 
 def _refuse_reserved(keys, what: str, taken=(), reserved=RESERVED_KEYS) -> None:

@@ -58,8 +58,37 @@ def select_rows(mask: torch.Tensor, new: Any, old: Any) -> Any:
     if isinstance(new, torch.Tensor):
         view = mask.reshape(*mask.shape, *([1] * (new.ndim - mask.ndim)))
         return torch.where(view, new, old)
+    if isinstance(new, np.ndarray):  # a numpy state (the Gymnasium/SB3 exports keep it as given)
+        rows = mask.detach().cpu().numpy()
+        return np.where(rows.reshape(*rows.shape, *([1] * (new.ndim - rows.ndim))), new, old)
     raise TypeError(
         f"a partial reset needs tensor (or dict/TensorDict of tensor) states, got {type(new).__name__}"
+    )
+
+
+def check_mergeable_state(state: Any, batch: tuple, name: str = "model_state") -> None:
+    """A batched env's model state is one a partial reset can merge row by row
+    (:func:`select_rows`): a tensor or numpy array with leading dims ``batch``, or a TensorDict
+    or (nested) dict of these. Checked at every reset, so that a state no episode end could
+    merge is refused before the first step rather than at the first episode end."""
+    if isinstance(state, TensorDictBase):
+        return
+    if isinstance(state, (torch.Tensor, np.ndarray)):
+        if tuple(state.shape[: len(batch)]) != tuple(batch):
+            raise ValueError(
+                f"{name}: a batched env needs a model state with leading dims {tuple(batch)}, got shape "
+                f"{tuple(state.shape)} from the reset hook (one row per env, so that a partial reset can "
+                "restart some rows)"
+            )
+        return
+    if isinstance(state, Mapping) and state:
+        for key, value in state.items():
+            check_mergeable_state(value, batch, f"{name}[{key!r}]")
+        return
+    raise TypeError(
+        f"{name}: a batched env needs a tensor or numpy array model state (or a dict/TensorDict of them) "
+        f"with leading dims {tuple(batch)}, so that a partial reset can restart some rows; the reset hook "
+        f"returned {type(state).__name__}. Return the state as a tensor (one row per env), or use batch_size=()"
     )
 
 
@@ -110,6 +139,9 @@ class EpisodeLogic:
       another thread that draws from the global RNG while a hook runs would still draw from
       that env's stream, which is why hooks that take ``generator`` are the thread-safe choice.
       An env never seeded leaves the global RNG to the model.
+
+    Threads. One env (one logic) is stepped by one thread at a time: a step or reset that
+    starts while another thread's runs is refused (:meth:`acquire`); use one env per thread.
     """
 
     @classmethod
@@ -136,7 +168,9 @@ class EpisodeLogic:
         model_options(owner, options)  # an unknown keyword is named as the owner's
         adapter = ModelAdapter(model, as_space(observation_space, "observation_space"),
                                as_space(action_space, "action_space"), batch_size=tuple(batch_size), **options)
-        return cls(adapter, max_episode_steps, start_states)
+        logic = cls(adapter, max_episode_steps, start_states)
+        logic.owner = owner
+        return logic
 
     def __init__(
         self,
@@ -146,6 +180,9 @@ class EpisodeLogic:
     ):
         self.adapter = adapter
         guard_structure(adapter.model)  # a refit in place never leaves it half-loaded (torchwm_rl.refit)
+        self.owner = "the env"  # the public class's name, for errors (from_model sets it)
+        # one step or reset at a time (see in_use): held for a whole step, taken without waiting
+        self._in_use = threading.RLock()
         self.batch_size = adapter.batch_size
         self.device = adapter.device
         self.max_steps = self._max_steps(max_episode_steps)
@@ -173,6 +210,7 @@ class EpisodeLogic:
             adapter.ensemble = copy.copy(adapter.ensemble)
         out = copy.copy(self)
         out.adapter = adapter
+        out._in_use = threading.RLock()  # an export is used on its own: its own lock
         out.generator = torch.Generator(device="cpu")
         out.generator.set_state(self.generator.get_state())
         out.hook_generator = torch.Generator(device=self.device)
@@ -181,6 +219,35 @@ class EpisodeLogic:
         # rng_state (a tuple of state tensors) and the ensemble's members are replaced, never
         # written into, so the fork may start from the same objects
         return out
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_in_use"]  # a lock does not pickle; a copy is used on its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._in_use = threading.RLock()
+
+    def acquire(self) -> None:
+        """Take this logic for one step or reset of the calling thread, without waiting.
+
+        One env holds one episode state and one random stream: two threads stepping it at
+        once would interleave their steps (a front end keeping its snapshot would lose every
+        other step; the streams would give neither thread its own trajectory). So a step or
+        reset that starts while another thread's runs is refused, with an error naming the
+        env; the same thread may nest (a step inside a transaction). Release with
+        :meth:`release`."""
+        if not self._in_use.acquire(blocking=False):
+            raise RuntimeError(
+                f"{self.owner} (model {type(self.adapter.model).__name__}): step or reset called from another "
+                "thread while one is running. One env keeps one episode state and one random stream, so it "
+                "cannot be stepped from two threads at once: use one env per thread (each with its own seed), "
+                "or torchrl's ParallelEnv / a batched env (batch_size=(N,)) for several envs"
+            )
+
+    def release(self) -> None:
+        self._in_use.release()
 
     @property
     def can_reset(self) -> bool:
@@ -262,7 +329,8 @@ class EpisodeLogic:
         env's generators, the model's stream and an unused seed are restored when it raises.
         The exports run a whole step (step + autoreset) in one, so a step that fails after a
         successful reset (or the reverse) can be retried and gives what a run without the
-        failure gives."""
+        failure gives. A transaction also holds the logic for the calling thread
+        (:meth:`acquire`): a step of another thread meanwhile is refused."""
         return _Transaction(self)
 
     @contextmanager
@@ -418,6 +486,13 @@ class EpisodeLogic:
         """
         if not self.can_reset:
             raise TypeError(self.no_reset_message())
+        self.acquire()
+        try:
+            return self._reset_locked(seed, options, mask, previous)
+        finally:
+            self.release()
+
+    def _reset_locked(self, seed, options, mask, previous) -> tuple[Snapshot, dict]:
         pending_seed = self.pending_seed
         if seed is None:
             seed, self.pending_seed = self.pending_seed, None
@@ -447,6 +522,8 @@ class EpisodeLogic:
             self.rng_state = rng_state
             self.pending_seed = pending_seed
             raise
+        if self.batch_size:
+            check_mergeable_state(record.state, self.batch_size)
         elapsed = torch.zeros(self.batch_size, dtype=torch.int64, device=self.device)
         snapshot = Snapshot(record.state, record.observation, elapsed)
         if previous is not None and mask is not None and self.batch_size and not bool(mask.all()):
@@ -484,6 +561,14 @@ class EpisodeLogic:
         time limit. ``snapshot`` is not modified. ``discard``: see ``ModelAdapter.step``;
         ``previous_observation`` (default ``snapshot.observation``) too."""
         previous = snapshot.observation if previous_observation is None else previous_observation
+        if not self._in_use.acquire(blocking=False):
+            self.acquire()  # raises the error
+        try:
+            return self._step_locked(snapshot, action, discard, previous)
+        finally:
+            self._in_use.release()
+
+    def _step_locked(self, snapshot: Snapshot, action: Any, discard, previous) -> tuple[Snapshot, Transition]:
         if self._guard_generator:  # a hook draws from the env's generator: restore it on failure
             with self.model_rng():
                 record = self.adapter.step(snapshot.state, action, discard, previous)
@@ -518,11 +603,21 @@ class _Transaction:
         self.logic = logic
 
     def __enter__(self) -> None:
-        self.saved = self.logic._save()
+        logic = self.logic
+        if not logic._in_use.acquire(blocking=False):
+            logic.acquire()  # raises the error
+        try:
+            self.saved = logic._save()
+        except BaseException:
+            logic._in_use.release()
+            raise
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
-        if exc_type is not None:  # any exception, KeyboardInterrupt included, as ``except BaseException``
-            self.logic._restore(self.saved)
+        try:
+            if exc_type is not None:  # any exception, KeyboardInterrupt included, as ``except BaseException``
+                self.logic._restore(self.saved)
+        finally:
+            self.logic._in_use.release()
         return False
 
 

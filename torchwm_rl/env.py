@@ -38,7 +38,7 @@ from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .options import public_name, with_model_options
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
 from .spaces import space_to_spec
-from .validation import to_observation
+from .validation import action_shape_accepted, refuse_action_shape, to_observation
 
 STATE_KEY = "model_state"
 ELAPSED_KEY = "elapsed_steps"
@@ -684,17 +684,10 @@ class WorldModelEnv(EnvBase):
         every other entry is as without it."""
         batch = self.batch_size if batch is None else batch
         one = self._one_action_shape
-        if one is not None and isinstance(action, torch.Tensor):
-            # more dims than [*batch, *one env's] (+1: a Discrete index as [*batch, 1]) is never
-            # one action per row; another batch than the env's must be exactly that shape (or,
-            # as on the env's own batch, [*batch] for a 1-element action and [*batch, 1] for a
-            # scalar one)
-            if action.ndim > len(batch) + len(one) + (not one) or (
-                batch != self.batch_size and action.shape[len(batch):] != one
-                and not (not one and action.shape[len(batch):] == (1,))
-                and not (one == (1,) and action.ndim == len(batch))
-            ) or action.shape[:len(batch)] != batch:
-                self._refuse_action_shape(action, batch)
+        # one action per row, by the adapter's rule (checked here first, before a batch of
+        # several dims is flattened, and to name TorchRL's planners, which give such actions)
+        if one is not None and isinstance(action, torch.Tensor) and not action_shape_accepted(action.shape, one, batch):
+            self._refuse_action_shape(action, batch)
         if elapsed is None:
             elapsed = torch.zeros((*batch,) if compact else (*batch, 1), dtype=torch.int64, device=self.device)
         if batch != self.batch_size:
@@ -713,7 +706,6 @@ class WorldModelEnv(EnvBase):
         return self._step_entries_now(state, elapsed, action, batch, root, compact)
 
     def _refuse_action_shape(self, action: torch.Tensor, batch) -> None:
-        one = self._one_action_shape
         hint = ""
         if self.batch_size:
             hint = (
@@ -722,10 +714,7 @@ class WorldModelEnv(EnvBase):
                 "MPPIPlanner do: plan on an env built with batch_size=() (the planner's input tensordict "
                 "carries the batch of start states), or sample from env.full_action_spec_unbatched"
             )
-        raise ValueError(
-            f"action: expected shape {(*batch, *one)} (the tensordict's batch {tuple(batch)}, then one env's "
-            f"action shape {one}), got {tuple(action.shape)}{hint}"
-        )
+        refuse_action_shape(action.shape, self._one_action_shape, batch, batch_name="the tensordict's batch", hint=hint)
 
     def _previous_observation(self, state: Any, root: Any) -> Any:
         """The observation a step starts from, for ``nan_policy="truncate"`` (called only when a

@@ -22,7 +22,10 @@ rewards back to the policy's parameters.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import sys
+import types
 from collections.abc import Mapping
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
@@ -30,6 +33,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
+from torchrl.envs.transforms import Compose, TransformedEnv
 from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
 from .adapter import ModelAdapter, WeakAddressTable, version_counter
@@ -881,20 +885,83 @@ class WorldModelEnv(EnvBase):
             return GymVectorWorldModelEnv.from_logic(self.logic.fork(), **kwargs)
         return GymWorldModelEnv.from_logic(self.logic.fork(), **kwargs)
 
-    def to_sb3(self):
+    def to_sb3(self, render_mode: Optional[str] = None):
         """A Stable-Baselines3 ``VecEnv`` over this env's model (``num_envs=N``; 1 if
         unbatched), with its own episode state and streams as :meth:`to_gymnasium`'s. Batched:
         one model call per step for all N envs. Unbatched: SB3's own ``DummyVecEnv`` around
-        :meth:`to_gymnasium` (SB3 already does N=1 right)."""
+        :meth:`to_gymnasium` (SB3 already does N=1 right). ``render_mode="rgb_array"``:
+        ``render()`` returns the envs' frames tiled (what ``VecVideoRecorder`` records)."""
         from .sb3 import SB3VecWorldModelEnv
 
         if not self.batch_size:
             from stable_baselines3.common.vec_env import DummyVecEnv
 
-            return DummyVecEnv([self.to_gymnasium])
-        return SB3VecWorldModelEnv.from_logic(self.logic.fork())
+            return DummyVecEnv([lambda: self.to_gymnasium(render_mode=render_mode)])
+        return SB3VecWorldModelEnv.from_logic(self.logic.fork(), render_mode)
 
 
+class _Export:
+    """``WorldModelEnv.to_gymnasium`` / ``to_sb3``: the method, unless it is looked up through a
+    ``TransformedEnv``.
+
+    TorchRL's ``TransformedEnv.__getattr__`` forwards an attribute it lacks to ``base_env``, so
+    ``TransformedEnv(env, ObservationNorm(...)).to_gymnasium()`` would export the base env
+    without its transforms: un-normalised observations, unscaled rewards, and no error. The
+    lookup is the only moment that tells the two apart (the bound method it returns is the base
+    env's), so this descriptor looks at its caller's frames for a ``TransformedEnv`` running
+    ``__getattr__`` and then hands out a function that refuses, saying what to do. This avoids
+    patching TorchRL's class; tests/test_exports.py fails should TorchRL change how it forwards.
+    A ``TransformedEnv`` without transforms exports as its base env (nothing is dropped)."""
+
+    def __init__(self, method: Callable):
+        functools.update_wrapper(self, method)
+        self.method = method
+
+    def __get__(self, env: Any, owner: Any = None) -> Any:
+        if env is None:
+            return self.method
+        wrapper = _forwarding_transformed_env(sys._getframe(1))
+        if wrapper is None:
+            return types.MethodType(self.method, env)
+        name = self.method.__name__
+
+        def refuse(*args, **kwargs):
+            raise TypeError(
+                f"{name}() was reached through a TransformedEnv, which forwards it to its base env: the export "
+                f"would step the base env WITHOUT its transforms ({_transform_names(wrapper.transform)}), so its observations and rewards would not be the "
+                f"TransformedEnv's. Export the base env explicitly, env.base_env.{name}(), and apply the "
+                "transforms on the other side (Gymnasium wrappers such as NormalizeObservation, "
+                "TransformObservation, TransformReward; SB3's VecNormalize), or train on the TransformedEnv "
+                "with TorchRL."
+            )
+
+        refuse.__name__ = refuse.__qualname__ = name
+        return refuse
+
+
+def _forwarding_transformed_env(frame: Any, depth: int = 4) -> Any:
+    """The ``TransformedEnv`` with transforms whose ``__getattr__`` is among the ``depth`` frames
+    from ``frame`` up (the lookup being forwarded to its base env), else None."""
+    for _ in range(depth):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "__getattr__":
+            wrapper = frame.f_locals.get("self")
+            if isinstance(wrapper, TransformedEnv):
+                transform = wrapper.transform
+                empty = isinstance(transform, Compose) and len(transform) == 0
+                return None if empty else wrapper
+        frame = frame.f_back
+    return None
+
+
+def _transform_names(transform: Any) -> str:
+    parts = transform if isinstance(transform, Compose) else [transform]
+    return ", ".join(type(t).__name__ for t in parts)
+
+
+WorldModelEnv.to_gymnasium = _Export(WorldModelEnv.to_gymnasium)
+WorldModelEnv.to_sb3 = _Export(WorldModelEnv.to_sb3)
 _register_originals(WorldModelEnv)
 # TorchRL's metaclass and __new__ take (*args, **kwargs): the class's signature is __init__'s
 _init_signature = inspect.signature(WorldModelEnv.__init__)

@@ -360,13 +360,29 @@ def to_action(value: Any, space: spaces.Space, batch_shape: tuple, device: torch
     if tensor.numel():
         if tensor.is_floating_point() and not dtype.is_floating_point:
             _refuse_non_integral(tensor, key)
-        if not dtype.is_floating_point and dtype is not torch.bool:
-            _check_integer_range(tensor, dtype, key)
+        if not dtype.is_floating_point and dtype is not torch.bool and not _widens(tensor.dtype, dtype):
+            try:
+                _check_integer_range(tensor, dtype, key)
+            except ValueMismatch as err:
+                raise ValueMismatch(f"{err}: a cast would wrap them. Pass actions in the action space "
+                                    "(check_actions='clip' clips them into it)",
+                                    key=key, expected=err.expected, got=err.got) from None
     cast = tensor.to(dtype)  # a new tensor: the cast copied
     if tensor.is_floating_point() and cast.is_floating_point() and tensor.numel() \
             and torch.finfo(dtype).max < torch.finfo(tensor.dtype).max:
         _check_float_range(tensor, cast, key)
     return cast
+
+
+def _widens(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether every value of the bool/integer dtype ``source`` fits the integer dtype ``target``
+    (int32 -> int64): that cast needs no look at the values (and no host sync)."""
+    if source is torch.bool:
+        return True
+    if source.is_floating_point or source.is_complex:
+        return False
+    small, big = torch.iinfo(source), torch.iinfo(target)
+    return big.min <= small.min and small.max <= big.max
 
 
 def _refuse_non_integral(tensor: torch.Tensor, key: str) -> None:

@@ -183,11 +183,14 @@ def test_an_unbatched_env_refuses_a_batch_of_actions(path):
 
 
 @on_paths(BATCHED)
-def test_one_number_per_env_for_a_one_element_box_reaches_each_env(path):
+@pytest.mark.parametrize("mode", ["convert", "transform", "as_given"])
+def test_one_number_per_env_for_a_one_element_box_reaches_each_env(path, mode):
     """[N] for a Box(1,) space is one number per env: reshaped to the space's [N, 1], so a model
     that broadcasts ``state [N, 3] + action`` gives env i its own action (an [N] action would
-    add action j to env i's entry j)."""
-    env, seen = _recording(path=path, n=3, act_space=gym.spaces.Box(-5, 5, (1,), np.float32))
+    add action j to env i's entry j). Also for an action passed on as given."""
+    kwargs = {"transform": {"action_transform_fn": lambda model, a: a},
+              "as_given": {"torch_actions": False}}.get(mode, {})
+    env, seen = _recording(path=path, n=3, act_space=gym.spaces.Box(-5, 5, (1,), np.float32), **kwargs)
     driver = Driver(path, env)
     driver.reset(seed=0)
     obs = driver.step(np.array([1.0, 2.0, 3.0], np.float32))[0]

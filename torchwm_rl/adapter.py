@@ -36,14 +36,13 @@ from .options import ACTION_CHECKS, NAN_POLICIES, ModelOptions, model_options, w
 from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import check_supported
 from .validation import (
+    action_as_given,
     all_finite,
     check_action,
-    check_action_shape,
     check_observation,
     env_rows,
     flatten_observation,
     nonfinite_rows,
-    own_action,
     to_action,
     to_batched_scalar,
     to_observation,
@@ -302,21 +301,19 @@ class ModelAdapter:
         given, before any cast); then, by default (``torch_actions=True``, no
         ``action_transform_fn``), :func:`~torchwm_rl.validation.to_action`: a tensor of the
         space's dtype and shape ``(*batch, *space.shape)``, whose cast keeps every value, in
-        memory the env owns. Otherwise the action's shape is checked and a copy of it (arrays
-        and tensors; other values as they are) goes to ``action_transform_fn`` (TorchWM: its
-        output reaches the model as is) or, with ``torch_actions=False``, to the model.
+        memory the env owns. Otherwise :func:`~torchwm_rl.validation.action_as_given`: the
+        action as given, its shape checked (arrays and tensors as the env's own copy, of the
+        space's shape), goes to ``action_transform_fn`` (TorchWM: its output reaches the model
+        as is) or, with ``torch_actions=False``, to the model.
 
         The shape check is on by default: an action that does not give each env one action of
         the space's shape (one env's action for a batch, an extra dim) would be broadcast by
         the model, giving every env the same action or mixing envs."""
-        checked = self.check_actions is not None
-        if checked:  # the shape is checked there too
+        if self.check_actions is not None:
             action = check_action(action, self.action_space, self.batch_size, self.device, self.check_actions)
         if self.action_hook is None and self.torch_actions:
             return to_action(action, self.action_space, self.batch_size, self.device)
-        if not checked:
-            check_action_shape(action, self.action_space, self.batch_size)
-        action = own_action(action)
+        action = action_as_given(action, self.action_space, self.batch_size)
         if self.action_hook is not None:
             return self.action_hook({"model": self.model, "action": action})
         return action

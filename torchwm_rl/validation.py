@@ -292,33 +292,30 @@ def _shape_of(value: Any) -> Optional[tuple]:
     return None
 
 
-def check_action_shape(value: Any, space: spaces.Space, batch_shape: tuple, key: str = "action") -> None:
-    """Refuse an action whose shape does not give each env one action of the space's shape
-    (:func:`action_shape_accepted`), key by key for a Dict space. Used where the action is
-    passed on as given (``action_transform_fn``, ``torch_actions=False``): one tuple
-    comparison."""
+def action_as_given(value: Any, space: spaces.Space, batch_shape: tuple, key: str = "action") -> Any:
+    """An action passed on as given (to ``action_transform_fn``, or to the model with
+    ``torch_actions=False``: no tensor conversion, no cast), but checked and owned.
+
+    Its shape must give each env one action (:func:`action_shape_accepted`), key by key for a
+    Dict space: one tuple comparison. An array or tensor comes back as a copy the env owns (a
+    model keeping the action is not changed when the caller refills its buffer), given the
+    space's shape where it had a 1-element variant of it (so a model that broadcasts never
+    mixes envs); numbers, lists and strings come back as they are (a list is not copied), and
+    values that are no array (an object an ``action_transform_fn`` reads) are not checked."""
     if isinstance(space, spaces.Dict):
         _check_dict_keys(value, space, key, "action")
-        for k, sub in space.spaces.items():
-            check_action_shape(value[k], sub, batch_shape, f"{key}[{k!r}]")
-        return
+        owned = {k: action_as_given(value[k], sub, batch_shape, f"{key}[{k!r}]") for k, sub in space.spaces.items()}
+        return owned
     shape = _shape_of(value)
-    if shape is not None and not action_shape_accepted(shape, space.shape, batch_shape):
+    if shape is None:
+        return value
+    expected = (*batch_shape, *space.shape)
+    if shape != expected and not action_shape_accepted(shape, space.shape, batch_shape):
         refuse_action_shape(shape, space.shape, batch_shape, key)
-
-
-def own_action(value: Any) -> Any:
-    """``value`` as passed on as given, but as the env's own memory: a copy of an array or a
-    tensor (of any structure, Dict actions key by key), so that a model keeping the action (in
-    its state, for a smoothness penalty or an RSSM's input) is not changed when the caller
-    refills its buffer. Immutable values (numbers, strings) are their own; other objects are
-    passed as they are."""
     if isinstance(value, torch.Tensor):
-        return value.clone()
+        return value.reshape(expected).clone() if shape != expected else value.clone()
     if isinstance(value, np.ndarray):
-        return value.copy()
-    if isinstance(value, Mapping):
-        return {k: own_action(v) for k, v in value.items()}
+        return value.reshape(expected).copy() if shape != expected else value.copy()
     return value
 
 

@@ -12,10 +12,10 @@ import torch
 from gymnasium import spaces
 
 from torchwm_rl.validation import (
+    action_as_given,
     action_shape_accepted,
     all_finite,
     check_action,
-    check_action_shape,
     check_observation,
     env_rows,
     flatten_observation,
@@ -422,9 +422,22 @@ def test_an_action_is_never_the_callers_memory(value):
     assert (out == 0.5).all()
 
 
-def test_check_action_shape_reads_arrays_and_leaves_other_values_alone():
-    check_action_shape(np.zeros((4, 3)), BOX, (4,))
-    check_action_shape("left", spaces.Discrete(3), ())  # an action_transform_fn's own encoding
-    check_action_shape(object(), BOX, ())
+def test_an_action_passed_as_given_is_checked_and_owned():
+    """``action_as_given`` (action_transform_fn, torch_actions=False): the same type, no cast;
+    arrays and tensors as a copy of the space's shape; other values as they are."""
+    buffer = np.full(4, 0.5, np.float32)
+    out = action_as_given(buffer, spaces.Box(-1, 1, (1,), np.float32), (4,))
+    assert type(out) is np.ndarray and out.dtype == np.float32 and out.shape == (4, 1)
+    assert not np.shares_memory(out, buffer)
+    tensor = torch.zeros(4, 3, dtype=torch.float64)
+    out = action_as_given(tensor, BOX, (4,))
+    assert out.dtype == torch.float64 and out.data_ptr() != tensor.data_ptr()
+    as_list = [0.0, 0.0, 1.0]
+    assert action_as_given(as_list, BOX, ()) is as_list
+    assert action_as_given("left", spaces.Discrete(3), ()) == "left"  # an action_transform_fn's own encoding
+    thing = object()
+    assert action_as_given(thing, BOX, ()) is thing
     with pytest.raises(ValueError, match=re.escape("action: expected shape (4, 3), got (3,)")):
-        check_action_shape([0.0, 0.0, 0.0], BOX, (4,))
+        action_as_given([0.0, 0.0, 0.0], BOX, (4,))
+    with pytest.raises(ValueError, match=re.escape("action['a']: expected shape (3,), got (2,)")):
+        action_as_given({"a": np.zeros(2), "b": 1}, DICT, ())

@@ -326,3 +326,183 @@ def test_vector_infos_of_different_kinds_for_different_envs_keep_each_envs_value
     assert infos["note"].tolist() == ["step", None, "step"] and infos["_note"].tolist() == [True, False, True]
     assert infos["start"]["y"].tolist() == [0, 7, 0] and infos["_start"].tolist() == [False, True, False]
     assert vector_info({"x": 1.0}, 3, np.zeros(3, bool)) == {}  # no env has it: no key, as Gymnasium
+
+
+# ------------------------------------------------------------------ autoreset_mode=DISABLED
+def test_vector_export_disabled_autoreset_matches_sync_vector_env_of_single_envs():
+    """Gymnasium's DISABLED mode: no autoreset; the caller resets the envs that ended with
+    ``reset(options={"reset_mask": mask})`` before the next step. Step by step as
+    SyncVectorEnv(DISABLED) of N single envs, resets included; a step before that reset is
+    refused (SyncVectorEnv asserts)."""
+    env, hooks = batched_env()
+    envs = env.to_gymnasium(autoreset_mode=AutoresetMode.DISABLED)
+    assert envs.metadata["autoreset_mode"] is AutoresetMode.DISABLED
+    reference = gym.vector.SyncVectorEnv(singles_with_timelimit(), autoreset_mode=AutoresetMode.DISABLED)
+    assert np.array_equal(envs.reset(seed=0)[0], reference.reset(seed=0)[0])
+    ended = 0
+    for t, action in enumerate(actions()):
+        ours, ref = envs.step(action), reference.step(action)
+        for name, a, b in zip(("obs", "reward", "terminated", "truncated"), ours[:4], ref[:4]):
+            assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b), (name, t, a, b)
+        done = np.logical_or(ref[2], ref[3])
+        if done.any():
+            ended += int(done.sum())
+            if ended == int(done.sum()):  # the first end: stepping now is refused, and leaves no trace
+                with pytest.raises(RuntimeError, match=r"autoreset_mode=DISABLED: the envs at index \[.*\] ended and "
+                                   r"were not reset; reset them before the next step with "
+                                   r"envs.reset\(options=\{'reset_mask': mask\}\)"):
+                    envs.step(action)
+            ours_obs, _ = envs.reset(options={"reset_mask": done})
+            assert np.array_equal(ours_obs, reference.reset(options={"reset_mask": done})[0]), t
+    assert ended >= N
+    assert hooks.transition_shapes[-STEPS:] == [(N, 2)] * STEPS  # one model call per step, no extra
+
+
+# ------------------------------------------------------------------------- seeds across modes
+class _NoisyDrift:
+    """A stochastic batched model (global-RNG noise in reset and step) with per-env limits."""
+
+    def reset(self, model, batch_size=()):
+        return torch.rand(*batch_size, 2) * 0.2
+
+    def step(self, model, state, action):
+        nxt = state + 0.1 * action + 0.05 * torch.randn_like(state)
+        return nxt, nxt, nxt.sum(-1)
+
+
+def test_next_step_export_gives_the_same_numbers_up_to_the_first_episode_end():
+    """What the README promises across autoreset modes, for a model that draws random numbers:
+    SAME_STEP gives the numbers of the TorchRL env and SB3 export; NEXT_STEP gives them up to
+    the step in which the first episode ends, then the restarting envs' reset observations and
+    the other envs' next step (the streams are drawn in the same order). After that a restarted
+    env is stepped one model call later, so no promise is made about the numbers."""
+    limits = torch.tensor([3, 5, 6, 7])
+    noisy = _NoisyDrift()
+
+    def make():
+        return WorldModelEnv(object(), gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), ACT_SPACE,
+                             reset_fn=noisy.reset, transition_fn=noisy.step, max_episode_steps=limits, batch_size=(4,))
+
+    acts = np.random.default_rng(1).uniform(-1, 1, (8, 4, 2)).astype(np.float32)
+    same, nxt, sb3 = make().to_gymnasium(autoreset_mode="SameStep"), make().to_gymnasium(), make().to_sb3()
+    sb3.seed(3)
+    assert np.array_equal(same.reset(seed=3)[0], nxt.reset(seed=3)[0]) and np.array_equal(sb3.reset(), nxt.reset(seed=3)[0])
+    for t in range(3):  # env 0 is truncated at step 3 (t == 2)
+        a, b = same.step(acts[t]), nxt.step(acts[t])
+        sb3.step_async(acts[t])
+        c = sb3.step_wait()
+        np.testing.assert_array_equal(a[0], c[0])  # SAME_STEP is SB3's convention: reset observations in place
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[3], b[3])
+        if t < 2:
+            np.testing.assert_array_equal(a[0], b[0])
+    assert a[3].tolist() == [True, False, False, False]
+    np.testing.assert_array_equal(a[4]["final_obs"][0], b[0][0])  # env 0's final observation
+    np.testing.assert_array_equal(a[0][1:], b[0][1:])
+    reset_obs = a[0][0]  # env 0's new start under SAME_STEP (and SB3)
+    a, b = same.step(acts[3]), nxt.step(acts[3])
+    np.testing.assert_array_equal(b[0][0], reset_obs)  # NEXT_STEP restarts env 0 now: the same start
+    assert b[1][0] == 0.0
+    np.testing.assert_array_equal(a[0][1:], b[0][1:])  # and the other envs' next step is the same
+    np.testing.assert_array_equal(a[1][1:], b[1][1:])
+
+
+# ---------------------------------------------------------------- SB3: per-env options, render
+def _options_env(n: int = 4, **kwargs):
+    """A batched env whose reset reads ``options["start"]`` (default 0) for every row it is
+    given, with the reset masks it got."""
+    calls = []
+
+    def reset(model, options):
+        calls.append(dict(options))
+        value = float(options.get("start", 0.0))
+        return torch.full((n, 2), value)
+
+    env = WorldModelEnv(DriftModel(), OBS_SPACE, ACT_SPACE, reset_fn=reset, transition_fn=Hooks().transition,
+                        batch_size=(n,), **kwargs)
+    return env, calls
+
+
+def test_sb3_set_options_gives_each_env_its_own_options():
+    """SB3's VecEnv.set_options([...]): one dict per env, used at the next reset. Envs with
+    different options are reset by one hook call per distinct dict (a partial reset for all but
+    the first), so env i starts from its own options, not from env 0's."""
+    env, calls = _options_env()
+    venv = env.to_sb3()
+    venv.set_options([{"start": 0.5}, {"start": -0.25}, {"start": 0.5}, {}])
+    calls.clear()  # (the env's own reset at construction)
+    obs = venv.reset()
+    np.testing.assert_array_equal(obs[:, 0], [0.5, -0.25, 0.5, 0.0])
+    assert [c["reset_mask"].tolist() for c in calls] == [[True] * 4, [False, True, False, False], [False, False, False, True]]
+    venv.set_options({"start": 0.125})  # one dict: every env; one hook call
+    calls.clear()
+    np.testing.assert_array_equal(venv.reset()[:, 0], [0.125] * 4)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(venv.reset()[:, 0], [0.0] * 4)  # options are used once (SB3)
+    with pytest.raises(ValueError, match=r"set_options: expected a dict, or a list of 4 dicts \(one per env\); got 2"):
+        venv.set_options([{"start": 1.0}, {}])
+
+
+def _rendering_env(n: int = 3):
+    rows = max(n, 1)
+    frames = torch.arange(rows, dtype=torch.uint8).reshape(rows, 1, 1, 1).expand(rows, 4, 6, 3).contiguous()
+    env = WorldModelEnv(DriftModel(), OBS_SPACE, ACT_SPACE, reset_fn=Hooks(row=None if n else 0).reset,
+                        transition_fn=Hooks().transition, render_fn=lambda model, state, obs: frames[: state.shape[0]] if state.ndim > 1 else frames[0],
+                        batch_size=(n,) if n else ())
+    return env
+
+
+@pytest.mark.parametrize("n", [3, 0], ids=["batched", "unbatched"])
+def test_sb3_export_render_mode_rgb_array_renders_the_tiled_frames(n):
+    from stable_baselines3.common.vec_env.base_vec_env import tile_images
+
+    venv = _rendering_env(n).to_sb3(render_mode="rgb_array")
+    assert venv.render_mode == "rgb_array" and "rgb_array" in venv.metadata["render_modes"]
+    venv.reset()
+    image = venv.render()
+    assert isinstance(image, np.ndarray) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, tile_images(venv.get_images()))
+    assert venv.render(mode="rgb_array") is not None
+    assert _rendering_env(n).to_sb3().render_mode is None
+    with pytest.raises(ValueError, match="render_mode must be one of"):
+        _rendering_env(3).to_sb3(render_mode="human")
+
+
+def test_sb3_export_records_with_vec_video_recorder(monkeypatch, tmp_path):
+    """SB3's VecVideoRecorder asserts render_mode == 'rgb_array' and records render()'s tiled
+    frames (moviepy, only needed to write the file at the end, is stubbed)."""
+    import sys
+    import types
+
+    from stable_baselines3.common.vec_env import VecVideoRecorder
+
+    monkeypatch.setitem(sys.modules, "moviepy", types.ModuleType("moviepy"))
+    venv = VecVideoRecorder(_rendering_env(3).to_sb3(render_mode="rgb_array"), str(tmp_path),
+                            record_video_trigger=lambda step: step == 0, video_length=100)
+    venv.reset()
+    for _ in range(3):
+        venv.step(np.zeros((3, 2), np.float32))
+    assert len(venv.recorded_frames) == 4 and all(f.shape == (8, 12, 3) for f in venv.recorded_frames)
+    venv.recording, venv.recorded_frames = False, []  # nothing to write: moviepy is a stub
+
+
+# ------------------------------------------------------------------------ TransformedEnv exports
+@pytest.mark.parametrize("method", ["to_gymnasium", "to_sb3"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+def test_exporting_a_transformed_env_is_refused_not_stripped_of_its_transforms(method, batched):
+    """TorchRL's TransformedEnv forwards attributes it lacks to its base env, so
+    ``TransformedEnv(env, ObservationNorm(...)).to_gymnasium()`` exported the base env: un-
+    normalised observations, no error. Refused now, naming the transforms and the fix; the base
+    env (explicitly) and a TransformedEnv without transforms still export."""
+    from torchrl.envs.transforms import Compose, ObservationNorm, RewardScaling, TransformedEnv
+
+    env = batched_env()[0] if batched else WorldModelEnv(
+        DriftModel(), OBS_SPACE, ACT_SPACE, reset_fn=Hooks(row=0).reset, transition_fn=Hooks().transition)
+    wrapped = TransformedEnv(env, Compose(ObservationNorm(loc=1.0, scale=2.0, in_keys=["observation"]),
+                                          RewardScaling(0.0, 3.0)))
+    with pytest.raises(TypeError, match=rf"{method}\(\) was reached through a TransformedEnv.*WITHOUT its transforms "
+                       rf"\(ObservationNorm, RewardScaling\).*env.base_env.{method}\(\)"):
+        getattr(wrapped, method)()
+    assert getattr(wrapped.base_env, method)() is not None
+    assert getattr(TransformedEnv(env), method)() is not None  # nothing to drop
+    assert getattr(env, method).__doc__ == getattr(WorldModelEnv, method).__doc__

@@ -565,7 +565,8 @@ def test_action_transform_output_reaches_model_as_is(path):
 def test_action_transform_sees_the_library_action_as_given(path):
     """As TorchWM: the transform gets the action the path was given, with no tensor conversion
     (``torch_actions`` applies only without a transform): the TorchRL path's action is the
-    TensorDict's tensor, the Gymnasium path's the caller's numpy array itself."""
+    TensorDict's tensor, the Gymnasium path's the caller's numpy array, as a copy the env owns (a
+    transform or model that keeps it is not changed when the caller refills its buffer)."""
     seen, got = [], []
     d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
                transition_fn=lambda s, a: got.append(a) or next_state(s, torch.as_tensor(a)),
@@ -573,7 +574,9 @@ def test_action_transform_sees_the_library_action_as_given(path):
     d.reset()
     d.step(ACTION)
     if path == "gym":
-        assert seen[-1] is ACTION  # not converted to a tensor
+        assert type(seen[-1]) is np.ndarray and seen[-1].dtype == ACTION.dtype  # not converted to a tensor
+        np.testing.assert_array_equal(seen[-1], ACTION)
+        assert not np.shares_memory(seen[-1], ACTION)  # the env's own copy
     else:
         assert isinstance(seen[-1], torch.Tensor) and seen[-1].dtype == torch.float32
         torch.testing.assert_close(seen[-1], torch.as_tensor(ACTION))
@@ -612,7 +615,9 @@ def test_torch_actions_false_passes_library_actions_through():
     as_list = [0.5, -0.5, 0.25]
     env.step(ACTION)
     env.step(as_list)
-    assert got[0] is ACTION and got[1] is as_list
+    assert type(got[0]) is np.ndarray and got[1] is as_list  # not converted
+    np.testing.assert_array_equal(got[0], ACTION)
+    assert not np.shares_memory(got[0], ACTION)  # an array is passed as the env's own copy
 
 
 def test_torch_actions_false_on_torchrl_path_passes_the_tensordict_action():

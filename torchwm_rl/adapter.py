@@ -34,15 +34,17 @@ from .ensemble import NEGATIVE_UNCERTAINTY, Ensemble
 from .errors import TorchWMError
 from .options import ACTION_CHECKS, NAN_POLICIES, ModelOptions, model_options, with_model_options
 from .records import MISSING, RawRecord, parse_reset, parse_transition
-from .spaces import check_supported, numpy_to_torch_dtype
+from .spaces import check_supported
 from .train_mode import warn_if_training
 from .validation import (
+    action_as_given,
     all_finite,
     check_action,
     check_observation,
     env_rows,
     flatten_observation,
     nonfinite_rows,
+    to_action,
     to_batched_scalar,
     to_observation,
     where_rows,
@@ -194,9 +196,6 @@ class ModelAdapter:
         self.terminal_hook = _resolve(opts.terminal_fn, model, (), "terminal_fn")
         self.render_hook = _resolve(opts.render_fn, model, (), "render_fn")
         self.action_hook = _resolve(opts.action_transform_fn, model, (), "action_transform_fn")
-        self._action_dtype = (
-            numpy_to_torch_dtype(action_space.dtype) if action_space.dtype is not None else None
-        )
         # the env's random stream for hooks that ask for ``generator`` (set by EpisodeLogic)
         self.generator: Optional[torch.Generator] = None
 
@@ -299,35 +298,27 @@ class ModelAdapter:
 
     # ----------------------------------------------------------------- action
     def prepare_action(self, action: Any) -> Any:
-        """Library action -> model action: the optional check (on the action as given, before
-        any cast), then ``action_transform_fn`` on that action (TorchWM), or else the tensor
-        conversion of ``torch_actions``."""
+        """Library action -> model action, through one converter on every path
+        (:mod:`torchwm_rl.validation`): the optional ``check_actions`` check (on the action as
+        given, before any cast); then, by default (``torch_actions=True``, no
+        ``action_transform_fn``), :func:`~torchwm_rl.validation.to_action`: a tensor of the
+        space's dtype and shape ``(*batch, *space.shape)``, whose cast keeps every value, in
+        memory the env owns. Otherwise :func:`~torchwm_rl.validation.action_as_given`: the
+        action as given, its shape checked (arrays and tensors as the env's own copy, of the
+        space's shape), goes to ``action_transform_fn`` (TorchWM: its output reaches the model
+        as is) or, with ``torch_actions=False``, to the model.
+
+        The shape check is on by default: an action that does not give each env one action of
+        the space's shape (one env's action for a batch, an extra dim) would be broadcast by
+        the model, giving every env the same action or mixing envs."""
         if self.check_actions is not None:
-            action = self._check_action(action)
+            action = check_action(action, self.action_space, self.batch_size, self.device, self.check_actions)
+        if self.action_hook is None and self.torch_actions:
+            return to_action(action, self.action_space, self.batch_size, self.device)
+        action = action_as_given(action, self.action_space, self.batch_size)
         if self.action_hook is not None:
             return self.action_hook({"model": self.model, "action": action})
-        if self.torch_actions and isinstance(self.action_space, spaces.Dict) and isinstance(action, dict):
-            action = {
-                k: torch.as_tensor(np.asarray(v), device=self.device) if not isinstance(v, torch.Tensor) else v
-                for k, v in action.items()
-            }
-        elif self.torch_actions and not isinstance(action, torch.Tensor):
-            array = np.asarray(action)
-            if self._action_dtype is not None and not self._action_dtype.is_floating_point and array.dtype.kind == "f":
-                _refuse_truncation(array)
-            action = torch.as_tensor(array, device=self.device)
-            if self._action_dtype is not None:
-                action = action.to(self._action_dtype)
-        elif isinstance(action, torch.Tensor):
-            if self._action_dtype is not None and not self._action_dtype.is_floating_point \
-                    and action.is_floating_point():
-                _refuse_truncation(action.detach().cpu().numpy())
-            if action.device != self.device:
-                action = action.to(self.device)
         return action
-
-    def _check_action(self, action: Any) -> Any:
-        return check_action(action, self.action_space, self.batch_size, self.device, self.check_actions)
 
     # ------------------------------------------------------------- transition
     def step(self, state: Any, action: Any, discard: Optional[torch.Tensor] = None,
@@ -603,17 +594,6 @@ def _nonfinite_action(action: Any, batch_size: tuple) -> Optional[torch.Tensor]:
     finite = torch.isfinite(action.detach())
     rows = finite.reshape(*batch_size, -1).all(-1) if batch_size else finite.all()
     return None if bool(rows.all()) else ~rows
-
-
-def _refuse_truncation(array: np.ndarray) -> None:
-    """Float actions for an integer action space: casting would truncate 1.7 to 1 silently."""
-    integral = np.isfinite(array) & (array == np.round(array))
-    if not bool(integral.all()):
-        bad = array[~integral].ravel()[:5].tolist()
-        raise ValueError(
-            f"action: non-integral values {bad} for an integer action space; a cast would truncate them. "
-            "Round them first, or pass check_actions='clip' (rounds, then clips into the space)."
-        )
 
 
 def _has_call(model: Any) -> bool:

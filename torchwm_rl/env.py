@@ -32,7 +32,10 @@ rewards back to the policy's parameters.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import sys
+import types
 from collections.abc import Mapping
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
@@ -40,6 +43,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
+from torchrl.envs.transforms import Compose, TransformedEnv
 from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
 from .adapter import ModelAdapter
@@ -48,7 +52,7 @@ from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .options import public_name, with_model_options
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
 from .spaces import space_to_spec
-from .validation import to_observation
+from .validation import action_shape_accepted, refuse_action_shape, to_observation
 
 STATE_KEY = "model_state"
 ELAPSED_KEY = "elapsed_steps"
@@ -688,17 +692,10 @@ class WorldModelEnv(EnvBase):
         every other entry is as without it."""
         batch = self.batch_size if batch is None else batch
         one = self._one_action_shape
-        if one is not None and isinstance(action, torch.Tensor):
-            # more dims than [*batch, *one env's] (+1: a Discrete index as [*batch, 1]) is never
-            # one action per row; another batch than the env's must be exactly that shape (or,
-            # as on the env's own batch, [*batch] for a 1-element action and [*batch, 1] for a
-            # scalar one)
-            if action.ndim > len(batch) + len(one) + (not one) or (
-                batch != self.batch_size and action.shape[len(batch):] != one
-                and not (not one and action.shape[len(batch):] == (1,))
-                and not (one == (1,) and action.ndim == len(batch))
-            ) or action.shape[:len(batch)] != batch:
-                self._refuse_action_shape(action, batch)
+        # one action per row, by the adapter's rule (checked here first, before a batch of
+        # several dims is flattened, and to name TorchRL's planners, which give such actions)
+        if one is not None and isinstance(action, torch.Tensor) and not action_shape_accepted(action.shape, one, batch):
+            self._refuse_action_shape(action, batch)
         if elapsed is None:
             if self.logic.max_steps is not None:
                 raise KeyError(
@@ -735,7 +732,6 @@ class WorldModelEnv(EnvBase):
         return self._step_entries_now(state, elapsed, action, batch, root, compact)
 
     def _refuse_action_shape(self, action: torch.Tensor, batch) -> None:
-        one = self._one_action_shape
         hint = ""
         if self.batch_size:
             hint = (
@@ -744,10 +740,7 @@ class WorldModelEnv(EnvBase):
                 "MPPIPlanner do: plan on an env built with batch_size=() (the planner's input tensordict "
                 "carries the batch of start states), or sample from env.full_action_spec_unbatched"
             )
-        raise ValueError(
-            f"action: expected shape {(*batch, *one)} (the tensordict's batch {tuple(batch)}, then one env's "
-            f"action shape {one}), got {tuple(action.shape)}{hint}"
-        )
+        refuse_action_shape(action.shape, self._one_action_shape, batch, batch_name="the tensordict's batch", hint=hint)
 
     def _previous_observation(self, state: Any, root: Any) -> Any:
         """The observation a step starts from, for ``nan_policy="truncate"`` (called only when a
@@ -930,20 +923,83 @@ class WorldModelEnv(EnvBase):
             return GymVectorWorldModelEnv.from_logic(self.logic.fork(), **kwargs)
         return GymWorldModelEnv.from_logic(self.logic.fork(), **kwargs)
 
-    def to_sb3(self):
+    def to_sb3(self, render_mode: Optional[str] = None):
         """A Stable-Baselines3 ``VecEnv`` over this env's model (``num_envs=N``; 1 if
         unbatched), with its own episode state and streams as :meth:`to_gymnasium`'s. Batched:
         one model call per step for all N envs. Unbatched: SB3's own ``DummyVecEnv`` around
-        :meth:`to_gymnasium` (SB3 already does N=1 right)."""
+        :meth:`to_gymnasium` (SB3 already does N=1 right). ``render_mode="rgb_array"``:
+        ``render()`` returns the envs' frames tiled (what ``VecVideoRecorder`` records)."""
         from .sb3 import SB3VecWorldModelEnv
 
         if not self.batch_size:
             from stable_baselines3.common.vec_env import DummyVecEnv
 
-            return DummyVecEnv([self.to_gymnasium])
-        return SB3VecWorldModelEnv.from_logic(self.logic.fork())
+            return DummyVecEnv([lambda: self.to_gymnasium(render_mode=render_mode)])
+        return SB3VecWorldModelEnv.from_logic(self.logic.fork(), render_mode)
 
 
+class _Export:
+    """``WorldModelEnv.to_gymnasium`` / ``to_sb3``: the method, unless it is looked up through a
+    ``TransformedEnv``.
+
+    TorchRL's ``TransformedEnv.__getattr__`` forwards an attribute it lacks to ``base_env``, so
+    ``TransformedEnv(env, ObservationNorm(...)).to_gymnasium()`` would export the base env
+    without its transforms: un-normalised observations, unscaled rewards, and no error. The
+    lookup is the only moment that tells the two apart (the bound method it returns is the base
+    env's), so this descriptor looks at its caller's frames for a ``TransformedEnv`` running
+    ``__getattr__`` and then hands out a function that refuses, saying what to do. This avoids
+    patching TorchRL's class; tests/test_exports.py fails should TorchRL change how it forwards.
+    A ``TransformedEnv`` without transforms exports as its base env (nothing is dropped)."""
+
+    def __init__(self, method: Callable):
+        functools.update_wrapper(self, method)
+        self.method = method
+
+    def __get__(self, env: Any, owner: Any = None) -> Any:
+        if env is None:
+            return self.method
+        wrapper = _forwarding_transformed_env(sys._getframe(1))
+        if wrapper is None:
+            return types.MethodType(self.method, env)
+        name = self.method.__name__
+
+        def refuse(*args, **kwargs):
+            raise TypeError(
+                f"{name}() was reached through a TransformedEnv, which forwards it to its base env: the export "
+                f"would step the base env WITHOUT its transforms ({_transform_names(wrapper.transform)}), so its observations and rewards would not be the "
+                f"TransformedEnv's. Export the base env explicitly, env.base_env.{name}(), and apply the "
+                "transforms on the other side (Gymnasium wrappers such as NormalizeObservation, "
+                "TransformObservation, TransformReward; SB3's VecNormalize), or train on the TransformedEnv "
+                "with TorchRL."
+            )
+
+        refuse.__name__ = refuse.__qualname__ = name
+        return refuse
+
+
+def _forwarding_transformed_env(frame: Any, depth: int = 4) -> Any:
+    """The ``TransformedEnv`` with transforms whose ``__getattr__`` is among the ``depth`` frames
+    from ``frame`` up (the lookup being forwarded to its base env), else None."""
+    for _ in range(depth):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "__getattr__":
+            wrapper = frame.f_locals.get("self")
+            if isinstance(wrapper, TransformedEnv):
+                transform = wrapper.transform
+                empty = isinstance(transform, Compose) and len(transform) == 0
+                return None if empty else wrapper
+        frame = frame.f_back
+    return None
+
+
+def _transform_names(transform: Any) -> str:
+    parts = transform if isinstance(transform, Compose) else [transform]
+    return ", ".join(type(t).__name__ for t in parts)
+
+
+WorldModelEnv.to_gymnasium = _Export(WorldModelEnv.to_gymnasium)
+WorldModelEnv.to_sb3 = _Export(WorldModelEnv.to_sb3)
 _register_originals(WorldModelEnv)
 # TorchRL's metaclass and __new__ take (*args, **kwargs): the class's signature is __init__'s
 _init_signature = inspect.signature(WorldModelEnv.__init__)

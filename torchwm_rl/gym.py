@@ -186,10 +186,13 @@ class GymVectorWorldModelEnv(VectorEnv):
     """A Gymnasium vector env of N imagined envs stepped by ONE model call per step.
 
     ``autoreset_mode``: ``AutoresetMode.NEXT_STEP`` (Gymnasium's default: an env that ended is
-    reset on the following ``step``, which returns its reset observation with reward 0) or
+    reset on the following ``step``, which returns its reset observation with reward 0),
     ``AutoresetMode.SAME_STEP`` (reset at once; the final observation and info are in
-    ``info["final_obs"]`` / ``info["final_info"]``). ``reset(options={"reset_mask": mask})``
-    resets only the masked envs; the others keep their exact state and step count.
+    ``info["final_obs"]`` / ``info["final_info"]``) or ``AutoresetMode.DISABLED`` (no
+    autoreset: the caller resets the envs that ended with ``reset(options={"reset_mask":
+    mask})`` before the next ``step``, which otherwise raises, as Gymnasium's ``SyncVectorEnv``
+    does). ``reset(options={"reset_mask": mask})`` resets only the masked envs; the others keep
+    their exact state and step count.
 
     Infos follow Gymnasium's vector layout (``infos[key]`` one entry per env, ``infos["_key"]``
     which envs have it), as ``SyncVectorEnv`` would merge N single envs' infos: the model's info
@@ -238,8 +241,6 @@ class GymVectorWorldModelEnv(VectorEnv):
         if len(logic.batch_size) != 1:
             raise ValueError(f"GymVectorWorldModelEnv needs batch_size (N,), got {logic.batch_size}")
         mode = AutoresetMode(autoreset_mode)
-        if mode is AutoresetMode.DISABLED:
-            raise ValueError("autoreset_mode DISABLED is not supported; use NEXT_STEP or SAME_STEP")
         self.logic = logic
         self.num_envs = logic.batch_size[0]
         self.single_observation_space = logic.adapter.observation_space
@@ -292,6 +293,13 @@ class GymVectorWorldModelEnv(VectorEnv):
     def step(self, actions: Any):
         if self._snapshot is None:
             raise RuntimeError("Call reset() before step().")
+        if self.autoreset_mode is AutoresetMode.DISABLED and bool(self._needs_reset.any()):
+            ended = np.flatnonzero(self._needs_reset.cpu().numpy()).tolist()
+            raise RuntimeError(
+                f"autoreset_mode=DISABLED: the envs at index {ended} ended and were not reset; reset them "
+                "before the next step with envs.reset(options={'reset_mask': mask}) (mask: bool, shape "
+                f"({self.num_envs},), True for those envs), as Gymnasium's SyncVectorEnv requires"
+            )
         restarting = self.autoreset_mode is AutoresetMode.NEXT_STEP and bool(self._needs_reset.any())
         restarted, reset_info, final_obs = None, {}, None
         with torch.no_grad(), self.logic.transaction():

@@ -11,7 +11,7 @@ other entry goes to every env. Stable-Baselines3 is an optional extra
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,6 +24,10 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 from .convert import detach_tree, info_row, observation_row, observation_to_numpy, per_env_infos, rendered_frames
 from .episode import EpisodeLogic, Snapshot, num_envs_batch
 from .options import with_model_options
+
+#: the render modes of the export: rgb_array frames (SB3's render() tiles them; its "human"
+#: mode shows that tiled image with OpenCV)
+RENDER_MODES = (None, "rgb_array")
 
 
 class SB3VecWorldModelEnv(VecEnv):
@@ -43,39 +47,56 @@ class SB3VecWorldModelEnv(VecEnv):
         num_envs: int,
         max_episode_steps: Any = None,
         start_states: Any = None,
+        render_mode: Optional[str] = None,
         seed: Optional[int] = None,
         **options: Any,
     ):
         """N imagined envs over ``model`` (``num_envs=N``); the keyword arguments are
         :class:`~torchwm_rl.GymWorldModelEnv`'s. ``seed`` seeds the envs' one shared stream, as
-        ``WorldModelEnv(..., seed=seed).to_sb3()`` does, which builds the same VecEnv."""
+        ``WorldModelEnv(..., seed=seed).to_sb3()`` does, which builds the same VecEnv.
+        ``render_mode="rgb_array"``: ``render()`` returns the N envs' frames tiled into one
+        image (SB3's ``VecEnv.render``, which ``VecVideoRecorder`` records)."""
         logic = EpisodeLogic.from_model(type(self).__name__, model, observation_space, action_space,
                                         batch_size=num_envs_batch(num_envs), max_episode_steps=max_episode_steps,
                                         start_states=start_states, options=options)
         logic.seed(seed)
-        self._setup(logic)
+        self._setup(logic, render_mode)
 
     @classmethod
-    def from_logic(cls, logic: EpisodeLogic) -> "SB3VecWorldModelEnv":
+    def from_logic(cls, logic: EpisodeLogic, render_mode: Optional[str] = None) -> "SB3VecWorldModelEnv":
         """A VecEnv over an existing batched episode logic, which it uses as its own
         (``WorldModelEnv.to_sb3()`` passes a fork of its own)."""
-        return _VecEnvOverLogic(logic)
+        return _VecEnvOverLogic(logic, render_mode)
 
-    def _setup(self, logic: EpisodeLogic) -> None:
+    def _setup(self, logic: EpisodeLogic, render_mode: Optional[str] = None) -> None:
         if len(logic.batch_size) != 1:
             raise ValueError(f"SB3VecWorldModelEnv needs batch_size (N,), got {logic.batch_size}")
+        if render_mode not in RENDER_MODES:
+            raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
         self.logic = logic
-        self.render_mode = None  # read by VecEnv.__init__ through get_attr
+        self.render_mode = render_mode  # read by VecEnv.__init__ through get_attr
         super().__init__(logic.batch_size[0], logic.adapter.observation_space, logic.adapter.action_space)
         self._snapshot: Optional[Snapshot] = None
         self._actions: Any = None
         self._seed: Optional[int] = None
 
     def reset(self):
+        """Reset every env (SB3 semantics), with the seed of :meth:`seed` and the options of
+        :meth:`set_options`, both used once. Envs given different options are reset by one
+        reset hook call per distinct options dict (the first resets the full batch, each
+        other one only its envs, as a partial reset), so every env gets its own options."""
         seed = self._seed
+        groups = _option_groups(self._options, self.num_envs)
         with torch.no_grad(), self.logic.transaction():
-            snapshot, info = self.logic.reset(seed=seed, options=self._options[0] if self._options else None)
+            options, _ = groups[0]
+            snapshot, info = self.logic.reset(seed=seed, options=options)
             reset_infos = per_env_infos(info, self.num_envs)
+            for options, rows in groups[1:]:
+                mask = torch.as_tensor(rows, device=self.logic.device)
+                snapshot, info = self.logic.reset(options=options, mask=mask, previous=snapshot)
+                info = detach_tree(info) if info else {}
+                for i in np.flatnonzero(rows):
+                    reset_infos[i] = info_row(info, self.num_envs, i)
             obs = observation_to_numpy(snapshot.observation, self.observation_space)
         # committed after every conversion succeeded: a failed reset leaves the VecEnv as it was
         self._snapshot, self.reset_infos, self._seed = snapshot, reset_infos, None
@@ -118,6 +139,18 @@ class SB3VecWorldModelEnv(VecEnv):
         # committed only now: a hook or conversion that failed above left the VecEnv as it was
         self._snapshot, self.reset_infos = snapshot, reset_infos
         return obs, rewards, dones, infos
+
+    def set_options(self, options: Union[None, dict, Sequence[dict]] = None) -> None:
+        """Options for the next :meth:`reset` (SB3 semantics): one dict for every env, or a
+        list of one dict per env (a list of another length is refused)."""
+        if options is not None and not isinstance(options, dict):
+            options = list(options)
+            if len(options) != self.num_envs or not all(isinstance(o, dict) for o in options):
+                raise ValueError(
+                    f"set_options: expected a dict, or a list of {self.num_envs} dicts (one per env); got "
+                    f"{len(options)} entries of types {sorted({type(o).__name__ for o in options})}"
+                )
+        super().set_options(options)
 
     def seed(self, seed: Optional[int] = None) -> Sequence[None]:
         """Seed the next ``reset`` (SB3 semantics); the N envs share one seeded generator."""
@@ -164,5 +197,32 @@ class SB3VecWorldModelEnv(VecEnv):
 class _VecEnvOverLogic(SB3VecWorldModelEnv):
     """:meth:`SB3VecWorldModelEnv.from_logic`'s VecEnv: built over an existing episode logic."""
 
-    def __init__(self, logic: EpisodeLogic):
-        self._setup(logic)
+    def __init__(self, logic: EpisodeLogic, render_mode: Optional[str] = None):
+        self._setup(logic, render_mode)
+
+
+def _option_groups(options: Sequence[dict], n: int) -> list:
+    """SB3's per-env options (``VecEnv._options``) as ``[(options, rows), ...]``: each distinct
+    options dict once, in order of first use, with the bool mask (shape ``(n,)``) of the envs
+    that have it. Dicts are told apart by ``==`` (by identity where ``==`` cannot say, such as
+    dicts of arrays)."""
+    if not options:
+        return [({}, np.ones(n, dtype=bool))]
+    groups: list = []
+    for i, option in enumerate(options):
+        for known, rows in groups:
+            if _same(known, option):
+                rows[i] = True
+                break
+        else:
+            rows = np.zeros(n, dtype=bool)
+            rows[i] = True
+            groups.append((option, rows))
+    return groups
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # e.g. dicts of arrays: == is elementwise
+        return False

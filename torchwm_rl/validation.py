@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -240,6 +240,160 @@ def env_rows(mask: torch.Tensor) -> str:
     return f" at env index {mask.nonzero().flatten().tolist()}"
 
 
+# ------------------------------------------------------------------------------------ actions
+# One converter for every action that enters the env, on every path (TorchRL tensordicts, the
+# Gymnasium env, the vector and SB3 exports): the shape (batch dims included) is checked by
+# default, a cast to the space's dtype must keep the values, and the model gets memory the env
+# owns, never the caller's buffer.
+
+
+def action_shape_accepted(got: tuple, one: tuple, batch: tuple) -> bool:
+    """Whether an action of shape ``got`` gives each env of ``batch`` one action of the action
+    space's shape ``one``: ``(*batch, *one)`` exactly or, for a space of one element, the same
+    values with the singleton dim added or dropped: ``(*batch, 1)`` for a scalar space (a
+    Discrete index as some TorchRL policies give it) and ``(*batch,)`` for a ``(1,)`` space (one
+    number per env). Anything else (one env's action for a batch, an extra dim) is refused:
+    broadcast, it would give every env the same action or mix envs."""
+    n = len(batch)
+    if tuple(got[:n]) != tuple(batch):
+        return False
+    rest = tuple(got[n:])
+    return rest == tuple(one) or (not one and rest == (1,)) or (tuple(one) == (1,) and not rest)
+
+
+def refuse_action_shape(got: tuple, one: tuple, batch: tuple, key: str = "action", batch_name: str = "the batch",
+                        hint: str = "") -> None:
+    """Raise :class:`ValueMismatch` for an action of shape ``got`` (see :func:`action_shape_accepted`)
+    that says what was expected, why, and what to pass instead."""
+    got, one, batch = tuple(got), tuple(one), tuple(batch)
+    expected = (*batch, *one)
+    if batch:
+        why = f"{batch_name} {batch}, then one env's action shape {one}"
+        fix = f"pass one action per env, stacked along the first dim{'s' if len(batch) > 1 else ''}: shape {expected}"
+        if got == one:
+            fix = f"this is one env's action: it is not broadcast to every env; {fix}"
+    else:
+        why = f"the action space's shape {one}"
+        fix = f"pass one action of shape {one}"
+    raise ValueMismatch(f"{key}: expected shape {expected}, got {got} ({why}); {fix}{hint}",
+                        key=key, expected=expected, got=got)
+
+
+def _shape_of(value: Any) -> Optional[tuple]:
+    """The shape of an action, read without a copy where it has one; None for a value that is
+    no array (a string or an object an ``action_transform_fn`` reads), which is not checked."""
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return tuple(value.shape)
+    if isinstance(value, (bool, int, float, list, tuple)):
+        try:
+            return np.shape(value)
+        except ValueError:  # a ragged list: no shape
+            return None
+    return None
+
+
+def action_as_given(value: Any, space: spaces.Space, batch_shape: tuple, key: str = "action") -> Any:
+    """An action passed on as given (to ``action_transform_fn``, or to the model with
+    ``torch_actions=False``: no tensor conversion, no cast), but checked and owned.
+
+    Its shape must give each env one action (:func:`action_shape_accepted`), key by key for a
+    Dict space: one tuple comparison. An array or tensor comes back as a copy the env owns (a
+    model keeping the action is not changed when the caller refills its buffer), given the
+    space's shape where it had a 1-element variant of it (so a model that broadcasts never
+    mixes envs); numbers, lists and strings come back as they are (a list is not copied), and
+    values that are no array (an object an ``action_transform_fn`` reads) are not checked."""
+    if isinstance(space, spaces.Dict):
+        _check_dict_keys(value, space, key, "action")
+        owned = {k: action_as_given(value[k], sub, batch_shape, f"{key}[{k!r}]") for k, sub in space.spaces.items()}
+        return owned
+    shape = _shape_of(value)
+    if shape is None:
+        return value
+    expected = (*batch_shape, *space.shape)
+    if shape != expected and not action_shape_accepted(shape, space.shape, batch_shape):
+        refuse_action_shape(shape, space.shape, batch_shape, key)
+    if isinstance(value, torch.Tensor):
+        return value.reshape(expected).clone() if shape != expected else value.clone()
+    if isinstance(value, np.ndarray):
+        return value.reshape(expected).copy() if shape != expected else value.copy()
+    return value
+
+
+def _may_share_memory(value: Any, tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` (``_as_tensor(value)``, before any cast) may be the caller's memory."""
+    if isinstance(value, torch.Tensor):
+        return tensor.device == value.device  # a move to another device copied
+    if isinstance(value, (bool, int, float, list, tuple, np.generic)):
+        return False  # np.asarray made a new array
+    return tensor.device.type == "cpu"  # an array, or an object exposing its buffer
+
+
+def to_action(value: Any, space: spaces.Space, batch_shape: tuple, device: torch.device, key: str = "action") -> Any:
+    """The action the model gets (``torch_actions=True``): a tensor of the space's dtype and of
+    shape ``(*batch_shape, *space.shape)`` on ``device`` (a dict of them for a Dict space), in
+    memory the env owns.
+
+    The shape must give each env one action (:func:`action_shape_accepted`; a 1-element
+    variant is reshaped to the space's shape). The cast must keep every value: a float for an
+    integer space must be integral (``1.5`` for a Discrete space is refused, not truncated to
+    1) and an integer must fit the space's dtype (``300`` for a ``uint8`` space is refused, not
+    wrapped to 44), as observations are checked (:func:`to_observation`); a finite float that
+    the space's narrower float dtype cannot hold is refused too. Values are checked against
+    the dtype, not against the space's bounds: that is ``check_actions``'s job. The result is
+    a copy whenever it could be the caller's memory (an array or tensor given without a cast),
+    so the caller may refill its buffer; gradients flow through the copy."""
+    if isinstance(space, spaces.Dict):
+        _check_dict_keys(value, space, key, "action")
+        return {k: to_action(value[k], sub, batch_shape, device, f"{key}[{k!r}]") for k, sub in space.spaces.items()}
+    tensor = _as_tensor(value, device, key)
+    expected = (*batch_shape, *space.shape)
+    if tensor.shape != expected:
+        if not action_shape_accepted(tensor.shape, space.shape, batch_shape):
+            refuse_action_shape(tensor.shape, space.shape, batch_shape, key)
+        tensor = tensor.reshape(expected)
+    dtype = numpy_to_torch_dtype(space.dtype)
+    if tensor.dtype == dtype:
+        return tensor.clone() if _may_share_memory(value, tensor) else tensor
+    if tensor.numel():
+        if tensor.is_floating_point() and not dtype.is_floating_point:
+            _refuse_non_integral(tensor, key)
+        if not dtype.is_floating_point and dtype is not torch.bool and not _widens(tensor.dtype, dtype):
+            try:
+                _check_integer_range(tensor, dtype, key)
+            except ValueMismatch as err:
+                raise ValueMismatch(f"{err}: a cast would wrap them. Pass actions in the action space "
+                                    "(check_actions='clip' clips them into it)",
+                                    key=key, expected=err.expected, got=err.got) from None
+    cast = tensor.to(dtype)  # a new tensor: the cast copied
+    if tensor.is_floating_point() and cast.is_floating_point() and tensor.numel() \
+            and torch.finfo(dtype).max < torch.finfo(tensor.dtype).max:
+        _check_float_range(tensor, cast, key)
+    return cast
+
+
+def _widens(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether every value of the bool/integer dtype ``source`` fits the integer dtype ``target``
+    (int32 -> int64): that cast needs no look at the values (and no host sync)."""
+    if source is torch.bool:
+        return True
+    if source.is_floating_point or source.is_complex:
+        return False
+    small, big = torch.iinfo(source), torch.iinfo(target)
+    return big.min <= small.min and small.max <= big.max
+
+
+def _refuse_non_integral(tensor: torch.Tensor, key: str) -> None:
+    """Floats for an integer space: a cast would truncate 1.7 to 1 (and NaN to anything)."""
+    integral = torch.isfinite(tensor) & (tensor == torch.round(tensor))
+    if not bool(integral.all()):
+        bad = tensor[~integral].flatten()[:5].tolist()
+        raise ValueMismatch(
+            f"{key}: non-integral values {bad} ({tensor.dtype}) for an integer action space; a cast would "
+            "truncate them. Round them first, or pass check_actions='clip' (rounds, then clips into the space).",
+            key=key, expected="integral values", got=bad,
+        )
+
+
 def _action_bounds(space: spaces.Space):
     """``(low, high, integer)`` of a Box/Discrete/MultiDiscrete/MultiBinary space; None for
     other kinds (nothing to check)."""
@@ -260,7 +414,7 @@ def check_action(
     """Check ``action`` against ``space`` (``mode="raise"``) or clip it into the space
     (``mode="clip"``).
 
-    In both modes the shape must be ``(*batch_shape, *space.shape)`` and NaN is refused (there
+    In both modes the shape must give each env one action (:func:`action_shape_accepted`) and NaN is refused (there
     is nothing to clip it to). Out-of-range values (Box low/high, Discrete/MultiDiscrete range,
     MultiBinary 0/1, non-integral values for integer spaces) raise an error naming the env
     index, or are clipped (rounded first for integer spaces). Dict spaces are checked key by
@@ -276,10 +430,12 @@ def check_action(
     if bounds is None:
         return action
     tensor = _as_tensor(action, device, key)
+    given = tuple(tensor.shape)
     expected = (*batch_shape, *space.shape)
-    if tuple(tensor.shape) != expected:
-        raise ValueMismatch(f"{key}: expected shape {expected}, got {tuple(tensor.shape)}",
-                            key=key, expected=expected, got=tuple(tensor.shape))
+    if given != expected:
+        if not action_shape_accepted(given, space.shape, batch_shape):
+            refuse_action_shape(given, space.shape, batch_shape, key)
+        tensor = tensor.reshape(expected)
     low, high, integer = bounds
     low = torch.as_tensor(np.asarray(low, dtype=np.float64), device=device)
     high = torch.as_tensor(np.asarray(high, dtype=np.float64), device=device)
@@ -292,7 +448,7 @@ def check_action(
         return action
     if mode == "clip" and not bool(nan.any()):
         values = torch.round(tensor) if integer and floating else tensor
-        clipped = torch.clamp(values, low.to(tensor.dtype), high.to(tensor.dtype))
+        clipped = torch.clamp(values, low.to(tensor.dtype), high.to(tensor.dtype)).reshape(given)
         return clipped if isinstance(action, torch.Tensor) else clipped.cpu().numpy()
     rows = outside.reshape(*batch_shape, -1).any(-1) if batch_shape else outside.any()
     first = tensor[rows.nonzero()[0, 0]] if batch_shape else tensor

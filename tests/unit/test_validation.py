@@ -12,12 +12,15 @@ import torch
 from gymnasium import spaces
 
 from torchwm_rl.validation import (
+    action_as_given,
+    action_shape_accepted,
     all_finite,
     check_action,
     check_observation,
     env_rows,
     flatten_observation,
     nonfinite_rows,
+    to_action,
     to_batched_scalar,
     to_observation,
     where_rows,
@@ -342,3 +345,99 @@ def test_check_observation(value, space, batch, message):
     else:
         with pytest.raises(ValueError, match=re.escape(message)):
             check_observation(value, space, batch)
+
+
+# ---------------------------------------------------------------------------------- to_action
+# (shape given, one env's action shape, batch, accepted)
+ACTION_SHAPES = [
+    ((3,), (3,), (), True), ((4, 3), (3,), (4,), True), ((2, 5, 3), (3,), (2, 5), True),
+    ((), (), (), True), ((1,), (), (), True), ((4,), (), (4,), True), ((4, 1), (), (4,), True),  # Discrete
+    ((1,), (1,), (), True), ((), (1,), (), True), ((4, 1), (1,), (4,), True), ((4,), (1,), (4,), True),
+    ((3,), (3,), (4,), False),  # one env's action for a batch: not broadcast
+    ((), (), (4,), False), ((1,), (1,), (4,), False), ((1, 3), (3,), (4,), False),
+    ((4, 1, 3), (3,), (4,), False), ((1, 3), (3,), (), False), ((4, 2), (3,), (4,), False),
+    ((4, 1, 1), (), (4,), False), ((4, 1, 1), (1,), (4,), False), ((3, 4), (3,), (4,), False),
+]
+
+
+@pytest.mark.parametrize("got,one,batch,accepted", ACTION_SHAPES)
+def test_action_shapes_give_each_env_one_action(got, one, batch, accepted):
+    assert action_shape_accepted(got, one, batch) is accepted
+
+
+# (value, space, batch, expected dtype, expected values)
+ACTIONS = [
+    (np.array([0.5, 2.0, -3.0], np.float64), BOX, (), torch.float32, [0.5, 2.0, -3.0]),
+    ([1, 0, 1], BOX, (), torch.float32, [1.0, 0.0, 1.0]),
+    (2, spaces.Discrete(3), (), torch.int64, 2),
+    (np.array([2]), spaces.Discrete(3), (), torch.int64, 2),
+    (np.array([2.0, 1.0]), spaces.Discrete(3), (2,), torch.int64, [2, 1]),  # integral floats
+    (torch.tensor([[1], [2]], dtype=torch.int32), spaces.Discrete(3), (2,), torch.int64, [1, 2]),
+    (np.array([0.25, 0.5], np.float32), spaces.Box(-1, 1, (1,), np.float32), (2,), torch.float32, [[0.25], [0.5]]),
+    (np.array([1.0, 0.0, 1.0], np.float32), spaces.MultiBinary(3), (), torch.int8, [1, 0, 1]),  # SB3's floats
+    (np.array([255, 0, 7]), U8, (), torch.uint8, [255, 0, 7]),
+    ({"a": [0.0, 0.0, 1.0], "b": 3}, DICT, (), None, None),
+]
+
+
+@pytest.mark.parametrize("value,space,batch,dtype,expected", ACTIONS, ids=[f"action-{i}" for i in range(len(ACTIONS))])
+def test_actions_become_tensors_of_the_space(value, space, batch, dtype, expected):
+    out = to_action(value, space, batch, CPU)
+    if isinstance(space, spaces.Dict):
+        assert out["a"].dtype == torch.float32 and out["b"].dtype == torch.int64 and out["b"].shape == ()
+        return
+    assert out.dtype == dtype and tuple(out.shape) == (*batch, *space.shape) and out.tolist() == expected
+
+
+# (value, space, batch, message)
+ACTIONS_REFUSED = [
+    (np.zeros(3, np.float32), BOX, (4,), "action: expected shape (4, 3), got (3,) (the batch (4,), then one env's "
+     "action shape (3,)); this is one env's action: it is not broadcast to every env; pass one action per env, "
+     "stacked along the first dim: shape (4, 3)"),
+    (np.zeros((1, 3), np.float32), BOX, (), "action: expected shape (3,), got (1, 3) (the action space's shape (3,)); "
+     "pass one action of shape (3,)"),
+    (np.array([300, 0, 0]), U8, (), "action: values in [0, 300] (torch.int64) do not fit the space's dtype torch.uint8 "
+     "[0, 255]: a cast would wrap them. Pass actions in the action space (check_actions='clip' clips them into it)"),
+    (np.array([1.0, 2.5]), spaces.Discrete(3), (2,), "action: non-integral values [2.5] (torch.float64) for an integer "
+     "action space; a cast would truncate them"),
+    (np.array([np.inf]), spaces.Box(0, 9, (1,), np.int64), (), "action: non-integral values [inf]"),
+    (np.array([1e300, 0.0, 0.0]), BOX, (), "action: finite values up to 1e+300 (torch.float64) overflow the space's "
+     "dtype torch.float32"),
+    ({"a": np.zeros(3, np.float32), "b": np.array([1, 2])}, DICT, (), "action['b']: expected shape (), got (2,)"),
+    (np.array([1 + 2j, 0, 0]), BOX, (), "action: expected numbers, got ndarray (numpy dtype complex128)"),
+]
+
+
+@pytest.mark.parametrize("value,space,batch,message", ACTIONS_REFUSED, ids=[f"refused-{i}" for i in range(len(ACTIONS_REFUSED))])
+def test_actions_that_would_be_misread_are_refused(value, space, batch, message):
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        to_action(value, space, batch, CPU)
+
+
+@pytest.mark.parametrize("value", [np.full((2, 3), 0.5, np.float32), torch.full((2, 3), 0.5),
+                                   np.full((2, 3), 0.5, np.float32)[:, ::-1], np.full(6, 0.5, np.float32)[::2]])
+def test_an_action_is_never_the_callers_memory(value):
+    out = to_action(value, BOX, (2,) if value.ndim == 2 else (), CPU)
+    value[...] = -1.0  # the caller refills its buffer
+    assert (out == 0.5).all()
+
+
+def test_an_action_passed_as_given_is_checked_and_owned():
+    """``action_as_given`` (action_transform_fn, torch_actions=False): the same type, no cast;
+    arrays and tensors as a copy of the space's shape; other values as they are."""
+    buffer = np.full(4, 0.5, np.float32)
+    out = action_as_given(buffer, spaces.Box(-1, 1, (1,), np.float32), (4,))
+    assert type(out) is np.ndarray and out.dtype == np.float32 and out.shape == (4, 1)
+    assert not np.shares_memory(out, buffer)
+    tensor = torch.zeros(4, 3, dtype=torch.float64)
+    out = action_as_given(tensor, BOX, (4,))
+    assert out.dtype == torch.float64 and out.data_ptr() != tensor.data_ptr()
+    as_list = [0.0, 0.0, 1.0]
+    assert action_as_given(as_list, BOX, ()) is as_list
+    assert action_as_given("left", spaces.Discrete(3), ()) == "left"  # an action_transform_fn's own encoding
+    thing = object()
+    assert action_as_given(thing, BOX, ()) is thing
+    with pytest.raises(ValueError, match=re.escape("action: expected shape (4, 3), got (3,)")):
+        action_as_given([0.0, 0.0, 0.0], BOX, (4,))
+    with pytest.raises(ValueError, match=re.escape("action['a']: expected shape (3,), got (2,)")):
+        action_as_given({"a": np.zeros(2), "b": 1}, DICT, ())

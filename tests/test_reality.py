@@ -206,3 +206,29 @@ def test_summary_says_how_many_episodes_each_error_is_the_mean_over(model):
         assert report.count_at(step) == report.prediction_error_count[step - 1]
         assert f"step {step}: {report.error_at(step):.3g} ({report.count_at(step)} of 4 episodes)" in summary
     assert report.count_at(len(report.prediction_error) + 1) == 0
+
+
+def test_report_plot_is_public_in_the_library_and_writes_a_figure(model, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    env = zoo.make_env("cartpole", model=model, batch_size=2, seed=0)
+    report = reality_check(always_left, env, gym.make("CartPole-v1"), episodes=2, horizon=40, seed=0)
+    ax = report.plot(tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 0
+    assert ax.get_xlabel() == "open-loop horizon (steps)" and "2 episodes" in ax.get_title()
+    from torchwm_rl.app import demo
+
+    assert demo.plot_prediction_error is __import__("torchwm_rl.reality").reality.plot_prediction_error
+
+
+def test_report_plot_without_matplotlib_says_what_to_install(model, monkeypatch):
+    import sys
+
+    env = zoo.make_env("cartpole", model=model, batch_size=2, seed=0)
+    report = reality_check(always_left, env, gym.make("CartPole-v1"), episodes=2, horizon=10, seed=0)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        report.plot()

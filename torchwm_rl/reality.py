@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["RealityReport", "reality_check", "set_state_attribute"]
+__all__ = ["RealityReport", "reality_check", "set_state_attribute", "plot_prediction_error"]
 
 
 @dataclass
@@ -95,6 +95,28 @@ class RealityReport:
         if 1 <= step <= len(self.prediction_error_count):
             return int(self.prediction_error_count[step - 1])
         return 0
+
+    def plot(self, path=None, ax=None):
+        """The open-loop model error against the horizon (:func:`plot_prediction_error`), with the
+        returns in the title. Draws on ``ax`` if given, else on a new figure; writes the figure to
+        ``path`` if given. Returns the axes. Needs matplotlib (imported here, not by the
+        library: ``pip install matplotlib`` or ``torchwm-rl[plot]``)."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ImportError("RealityReport.plot needs matplotlib: pip install matplotlib") from exc
+        own = ax is None
+        if own:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+        plot_prediction_error(ax, self, dict(fontsize=8))
+        ax.set_title(f"Open-loop model error | return imagined {self.imagined_mean_return:.1f}, "
+                     f"real {self.real_mean_return:.1f} ({self.episodes} episodes)", fontsize=9)
+        if path is not None:
+            ax.figure.tight_layout()
+            ax.figure.savefig(path, dpi=110)
+        if own and path is not None:
+            plt.close(ax.figure)
+        return ax
 
     def summary(self) -> str:
         """A few human-readable lines; each open-loop error says how many episodes it is the mean
@@ -456,3 +478,38 @@ def _action_shape(env) -> tuple:
 
 def _un(td, unbatched: bool):
     return td.squeeze(0) if unbatched else td
+
+
+def plot_prediction_error(ax, report: RealityReport, legend: dict | None = None) -> None:
+    """Draw ``report``'s open-loop model error on the matplotlib axes ``ax``:
+    ``report.prediction_error`` (mean L2 error of the model driven by the real actions from the
+    real start) against the horizon, faded where fewer than half the episodes are still counted,
+    with that count on a right axis and the steps no episode reached shaded. ``legend``: keyword
+    arguments of the legend. :meth:`RealityReport.plot` makes the figure around it."""
+    legend = {} if legend is None else legend
+    counts = list(report.prediction_error_count)
+    k = len(counts)
+    half = max(1, report.episodes // 2)
+    if k:
+        steps = range(1, k + 1)
+        full = [e if c >= half else math.nan for e, c in zip(report.prediction_error, counts)]
+        few = [e if c < half else math.nan for e, c in zip(report.prediction_error, counts)]
+        ax.semilogy(steps, full, color="C0", label=f"mean over >= {half} of {report.episodes} episodes")
+        if any(not math.isnan(x) for x in few):
+            ax.semilogy(steps, few, color="C0", alpha=0.35, label=f"fewer than {half} episodes (noisy)")
+        ax.set_xlim(0, report.horizon)
+        count_ax = ax.twinx()
+        count_ax.plot(steps, counts, color="0.5", lw=0.8, ls="--")
+        count_ax.set_ylim(0, report.episodes * 1.05)
+        count_ax.set_ylabel("episodes still counted", color="0.4")
+        if k < report.horizon:
+            ax.axvspan(k, report.horizon, color="0.92")
+            ax.text((k + report.horizon) / 2, 0.5, f"steps {k + 1}-{report.horizon}:\nno episode left\n(each had ended, "
+                    "in the real env\nor in the model driven open\nloop by the real actions)",
+                    transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=7, color="0.3")
+        handles = ax.get_legend_handles_labels()
+        count_line, = count_ax.get_lines()
+        ax.legend(handles[0] + [count_line], handles[1] + ["episodes still counted (right axis)"], **legend)
+    ax.set_xlabel("open-loop horizon (steps)")
+    ax.set_ylabel("mean L2 error vs real")
+    ax.set_title("Open-loop model error (real actions, real start)")

@@ -133,7 +133,10 @@ def test_a_bare_export_is_read_through_its_torchrl_env(model, export, batched):
     env = zoo.make_env("cartpole", model=model, seed=0, **({"batch_size": 4} if batched else {}))
     agent = _sb3_model(zoo.make_env("cartpole", model=model, batch_size=4, seed=0))
     exported = getattr(env, export)()
+    logic = exported.envs[0].logic if export == "to_sb3" and not batched else exported.logic
+    streams = logic.generator.get_state().clone()
     got = reality_check(agent, exported, gym.make("CartPole-v1"), episodes=4, horizon=100, seed=0)
+    assert torch.equal(logic.generator.get_state(), streams)  # the export's own streams: untouched
     _same(got, reality_check(agent, env, gym.make("CartPole-v1"), episodes=4, horizon=100, seed=0))
 
 

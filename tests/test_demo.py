@@ -194,3 +194,81 @@ def test_the_old_demo_import_path_still_works_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="torchwm_rl.app.demo"):
         old = importlib.import_module("torchwm_rl.demo")
     assert old.load_policy is moved.load_policy and old.run_demo is moved.run_demo
+
+
+# ------------------------------------------------------ progress output (issue 27, item 5)
+def test_progress_prints_about_every_tenth_of_the_budget_and_the_last_line():
+    from torchwm_rl.app.progress import Progress
+
+    lines = []
+    progress = Progress(1024, lines.append)
+    for frames in range(64, 1024 + 1, 64):
+        progress.update(frames, "text")
+    assert 9 <= len(lines) <= 11, lines
+    assert lines[-1].startswith("    1,024 / 1,024 frames (100%)") and lines[-1].endswith("text")
+    progress.finish(1024, "text")
+    assert len(lines) <= 11  # already printed
+    early = []
+    stopped = Progress(1024, early.append)
+    stopped.update(64, "a")
+    stopped.finish(64 * 3, "b")  # a run that stopped before its next line still shows where it stopped
+    assert early[-1].startswith("      192 / 1,024 frames ( 19%)") and early[-1].endswith("b")
+    silent = []
+    Progress(10, silent.append, enabled=False).update(10, "x")
+    assert silent == []
+
+
+def test_returns_are_described_with_what_is_known_never_nan():
+    from torchwm_rl.app.progress import describe_returns
+
+    assert describe_returns(12.25, 3.0) == "training episodes that ended in the last batch: mean return 12.2"
+    assert describe_returns(math.nan, -40.0, "since the last line") == (
+        "no training episode ended since the last line; mean return so far of those running: -40.0")
+    assert describe_returns(math.nan, math.nan) == "no training episode ended in the last batch"
+
+
+def test_an_early_stop_says_why():
+    from torchwm_rl.app.demo import SOLVED_STREAK, stop_reason
+
+    history = [{"frames": 72_704, "solved_streak": SOLVED_STREAK - 1},
+               {"frames": 73_728, "solved_streak": SOLVED_STREAK}]
+    assert stop_reason(history, 300_032, 64, 500) == (
+        "stopped early at 73,728 of up to 300,032 frames: in 2 greedy evaluations in a row, every one of the 64 "
+        "imagined episodes survived to the time limit (500 steps)")
+    assert stop_reason(history[:1], 300_032, 64, 500) is None and stop_reason([], 300_032, 64, 500) is None
+
+
+def test_torchrl_info_lines_are_silenced_within_a_demo_and_restored_after():
+    import logging
+
+    from torchwm_rl.app.progress import quiet_torchrl_info
+
+    logger = logging.getLogger("torchrl")
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with quiet_torchrl_info():
+            assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+        assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, args", [
+    ("cartpole", ["--frames", "2048", "--num-envs", "16"]),
+    ("pendulum", ["--frames", "600", "--num-envs", "8"]),
+])
+def test_demo_output_shows_no_nan_no_torchrl_info_and_no_init_frames_warning(tmp_path, task, args):
+    """Failed before: `imagined return nan` lines (pendulum), `greedy_eval=nan` (CartPole), the
+    `init_random_frames ... not exactly a multiple` warning and `[torchrl][INFO]` lines."""
+    proc = subprocess.run([sys.executable, "-m", "torchwm_rl", "demo", task, *args, "--episodes", "1", "--seed", "3",
+                           "--out", str(tmp_path), "--no-plot"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    progress = [line for line in proc.stdout.splitlines() if " frames (" in line]
+    assert progress and progress[-1].split(" frames (")[1].startswith("100%)"), proc.stdout
+    assert not [line for line in progress if "nan" in line], proc.stdout
+    assert "[torchrl][INFO]" not in output and "not exactly a multiple" not in output, output[-3000:]
+    if task == "cartpole":
+        assert "greedy policy: not evaluated yet" in progress[0], proc.stdout

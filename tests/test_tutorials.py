@@ -75,6 +75,7 @@ def test_torchrl_tutorial_trains_ppo_on_vectors_and_images_and_sac():
     for label in labels:  # progress while training, up to the last batch
         assert f"  {label}:     256/256 frames" in stdout, stdout
     assert not [w for w in UNWANTED if w in stderr], stderr[-3000:]
+    assert "[torchrl][INFO]" not in stdout + stderr, stdout[-3000:]  # check_env_specs, LazyTensorStorage
 
 
 def test_full_budgets_are_whole_batches():
@@ -99,6 +100,14 @@ def test_cleanrl_tutorial_runs_top_to_bottom():
 
 
 @pytest.mark.slow
+def test_cleanrl_tutorial_prints_progress_about_every_tenth_of_the_run():
+    """Failed before: one line per iteration (73 lines for the full budget's 73 iterations)."""
+    stdout = run_script("cleanrl_ppo.py", "--total-timesteps", str(20 * 8 * 16))  # 20 iterations
+    iterations = [int(line.split()[1]) for line in stdout.splitlines() if line.startswith("iteration")]
+    assert iterations == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20], stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["parallel-env", "collectors", "async-vector-env", "subproc-vec-env", "ray"])
 def test_multiprocess_tutorial_paths(path):
     if path == "ray":
@@ -110,6 +119,23 @@ def test_multiprocess_tutorial_paths(path):
     # no collector reprs dumped by Ray (it labels actor logs with the actor's repr), no warnings
     assert "td_out=" not in stderr + stdout and "policy=TensorDictModule" not in stderr + stdout, stderr[-3000:]
     assert not [w for w in UNWANTED if w in stderr], stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_bring_your_own_model_tutorial_walks_every_step_on_acrobot(tmp_path):
+    """Collect, fit, wrap, check, train (SB3 PPO), reality check and plot, with a tiny budget."""
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "report.png"
+    stdout, stderr = run_script("bring_your_own_model.py", "--plot", str(plot), stderr=True)
+    steps = [line.split(".")[0] for line in stdout.splitlines() if line[:1].isdigit() and line[1:3] == ". "]
+    assert steps == [str(i) for i in range(1, 8)], stdout
+    assert "OK: all checks passed" in stdout
+    assert re.search(r"real return -?[\d.]+ \+/- [\d.]+ .*\(2 episodes, horizon 500\)", stdout), stdout
+    assert re.search(r"step 1: [\d.e-]+ \(2 of 2 episodes\)", stdout), stdout
+    assert plot.stat().st_size > 0
+    assert not [w for w in UNWANTED if w in stderr], stderr[-3000:]
+    assert "[torchrl][INFO]" not in stdout + stderr
 
 
 @pytest.mark.slow
@@ -143,7 +169,8 @@ def test_sac_target_entropy_is_one_envs_action_dims():
 
 
 def test_every_tutorial_script_is_run_by_this_file():
-    tested = {"sb3_ppo.py", "torchrl_ppo.py", "cleanrl_ppo.py", "multiprocess_workers.py", "planning.py"}
+    tested = {"sb3_ppo.py", "torchrl_ppo.py", "cleanrl_ppo.py", "multiprocess_workers.py", "planning.py",
+              "bring_your_own_model.py"}
     assert {script.name for script in SCRIPTS} == tested
 
 

@@ -10,9 +10,15 @@ trajectory's actions from the real start state, and its observation is compared 
 at every step, which shows how model error compounds (an episode stops counting once the model
 itself signals done).
 
-Policies: a TorchRL/tensordict module reading ``"observation"`` and writing ``"action"``, or any
-callable ``policy(observation_tensor[B, *obs_shape]) -> action_tensor[B, ...]``. Observations must
-be a single tensor (key ``"observation"``); Dict observation spaces are not supported here.
+Policies: a TorchRL/tensordict module reading ``"observation"`` and writing ``"action"``, a
+Stable-Baselines3 model or its ``.policy`` (scored with ``predict(observation, deterministic=True)``),
+or any callable ``policy(observation_tensor[B, *obs_shape]) -> action_tensor[B, ...]``. Observations
+must be a single tensor (key ``"observation"``); Dict observation spaces are not supported here.
+The model env is the TorchRL :class:`~torchwm_rl.WorldModelEnv`; its bare exports
+(``to_sb3()``, ``to_gymnasium()``) are accepted too and read through the TorchRL env over (a fork
+of) their episode logic; anything else, wrapped exports included, is refused with a ``TypeError``.
+
+:meth:`RealityReport.plot` draws the open-loop error of a report (matplotlib, imported lazily).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["RealityReport", "reality_check", "set_state_attribute"]
+__all__ = ["RealityReport", "reality_check", "set_state_attribute", "plot_prediction_error"]
 
 
 @dataclass
@@ -84,10 +90,40 @@ class RealityReport:
         )
         return d
 
+    def count_at(self, step: int) -> int:
+        """How many episodes :meth:`error_at` ``(step)`` is the mean over (0 if never reached)."""
+        if 1 <= step <= len(self.prediction_error_count):
+            return int(self.prediction_error_count[step - 1])
+        return 0
+
+    def plot(self, path=None, ax=None):
+        """The open-loop model error against the horizon (:func:`plot_prediction_error`), with the
+        returns in the title. Draws on ``ax`` if given, else on a new figure; writes the figure to
+        ``path`` if given. Returns the axes. Needs matplotlib (imported here, not by the
+        library: ``pip install matplotlib`` or ``torchwm-rl[plot]``)."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ImportError("RealityReport.plot needs matplotlib: pip install matplotlib") from exc
+        own = ax is None
+        if own:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+        plot_prediction_error(ax, self, dict(fontsize=8))
+        ax.set_title(f"Open-loop model error | return imagined {self.imagined_mean_return:.1f}, "
+                     f"real {self.real_mean_return:.1f} ({self.episodes} episodes)", fontsize=9)
+        if path is not None:
+            ax.figure.tight_layout()
+            ax.figure.savefig(path, dpi=110)
+        if own and path is not None:
+            plt.close(ax.figure)
+        return ax
+
     def summary(self) -> str:
-        """A few human-readable lines."""
+        """A few human-readable lines; each open-loop error says how many episodes it is the mean
+        over (episodes stop counting when they end, in reality or in the model)."""
         steps = [s for s in (1, 10, 50, 100, 200, 500) if s <= len(self.prediction_error)]
-        err = ", ".join(f"step {s}: {self.error_at(s):.3g}" for s in steps)
+        err = ", ".join(f"step {s}: {self.error_at(s):.3g} ({self.count_at(s)} of {self.episodes} episodes)"
+                        for s in steps)
         return (
             f"imagined return {self.imagined_mean_return:.1f} +/- {self.imagined_std_return:.1f} | "
             f"real return {self.real_mean_return:.1f} +/- {self.real_std_return:.1f} | "
@@ -105,20 +141,115 @@ def set_state_attribute(real_env, observation: np.ndarray, model_state: Any) -> 
             "attribute. Pass set_real_state=fn(real_env, observation, model_state) to reality_check."
         )
     old = getattr(target, "state", None)
+    if old is not None and np.shape(old) != np.shape(observation):
+        # e.g. Acrobot-v1: state (4,) = two angles and velocities, observation (6,) = cos/sin of
+        # the angles and the velocities. Setting one as the other fails deep in the env's step
+        # (or, worse, gives a different start state): refuse here, naming the fix.
+        raise ValueError(
+            f"cannot put {type(target).__name__} in the model's start state with the default "
+            f"set_real_state: its internal state has shape {tuple(np.shape(old))} but the observation "
+            f"has shape {tuple(np.shape(observation))}, so its state is not its observation. Pass "
+            "set_real_state=fn(real_env, observation, model_state) to reality_check, setting "
+            "real_env.unwrapped's state from the observation (or from the model state)."
+        )
     dtype = old.dtype if isinstance(old, np.ndarray) else np.float64
     target.state = np.array(observation, dtype=dtype)
     if hasattr(target, "steps_beyond_terminated"):
         target.steps_beyond_terminated = None
 
 
-def _as_module(policy):
+def _as_module(policy, env):
+    """``policy`` as a tensordict module writing ``"action"`` for ``env`` (see the module doc)."""
     from tensordict.nn import TensorDictModule, TensorDictModuleBase
 
     if isinstance(policy, TensorDictModuleBase):
         return policy
-    if not callable(policy):
-        raise TypeError(f"policy must be a tensordict module or a callable, got {type(policy)!r}")
+    if _is_sb3(policy):
+        policy = _SB3Predict(policy, env.full_action_spec["action"].dtype, env.device)
+    elif not callable(policy):
+        raise TypeError(
+            f"policy must be a tensordict module (observation -> action), a Stable-Baselines3 model or "
+            f"policy, or a callable observation_tensor -> action_tensor; got {type(policy)!r}"
+        )
     return TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
+
+
+def _is_sb3(policy) -> bool:
+    """Whether ``policy`` is a Stable-Baselines3 algorithm or policy (SB3 is only looked at when
+    something already imported it: an SB3 object cannot exist otherwise)."""
+    import sys
+
+    if "stable_baselines3" not in sys.modules:
+        return False
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.policies import BasePolicy
+
+    return isinstance(policy, (BaseAlgorithm, BasePolicy))
+
+
+class _SB3Predict:
+    """An SB3 model or policy as ``observation tensor -> action tensor``: SB3's own
+    ``predict(observation, deterministic=True)`` (its preprocessing, image transposition and
+    action clipping included), on the host as SB3 does, cast to the env's action dtype and
+    device. Calling the policy module itself gives ``(actions, values, log_prob)``."""
+
+    def __init__(self, model, dtype: torch.dtype, device):
+        self.model, self.dtype, self.device = model, dtype, device
+
+    def __call__(self, observation: torch.Tensor) -> torch.Tensor:
+        action, _ = self.model.predict(observation.detach().cpu().numpy(), deterministic=True)
+        return torch.as_tensor(np.asarray(action)).to(device=self.device, dtype=self.dtype)
+
+
+def _torchrl_env(world_model_env):
+    """The TorchRL env ``reality_check`` steps: a TorchRL env as is; a bare export of a
+    ``WorldModelEnv`` (``to_sb3()``, ``to_gymnasium()``, batched or not) as the TorchRL env over
+    a fork of its episode logic (so the export's own episodes and streams stay untouched);
+    anything else refused. A wrapped export is refused too: a wrapper may change what the
+    policy sees (``VecNormalize``), which the TorchRL env would silently bypass."""
+    from torchrl.envs import EnvBase
+
+    from .episode import EpisodeLogic
+
+    if isinstance(world_model_env, EnvBase):
+        return world_model_env
+    # the instance's own attribute, never one a wrapper forwards (SB3's VecEnvWrapper does)
+    logic = vars(world_model_env).get("logic") if hasattr(world_model_env, "__dict__") else None
+    if logic is None and _is_dummy_vec_env(world_model_env) and len(world_model_env.envs) == 1:
+        logic = vars(world_model_env.envs[0]).get("logic")  # to_sb3() of an unbatched env
+    if isinstance(logic, EpisodeLogic):
+        from .env import WorldModelEnv
+
+        return WorldModelEnv.from_logic(logic.fork())
+    raise TypeError(
+        f"world_model_env must be the TorchRL torchwm_rl.WorldModelEnv (or another TorchRL env whose state travels "
+        f"in the TensorDict), got {type(world_model_env).__name__}. Pass the WorldModelEnv you exported from "
+        "(the env you called .to_sb3() / .to_gymnasium() on), or WorldModelEnv.from_logic(export.logic) for a "
+        "bare export; a wrapped export (VecNormalize, Gymnasium wrappers) cannot be read through."
+    )
+
+
+def _check_observation_shapes(env, real_env) -> None:
+    """Refuse a real env whose observations have another shape than the model env's: the two
+    could not be compared (and the real observations could not feed the policy)."""
+    model_shape = tuple(env.observation_spec["observation"].shape[len(env.batch_size):])
+    real_shape = getattr(getattr(real_env, "observation_space", None), "shape", None)
+    if real_shape is not None and tuple(real_shape) != model_shape:
+        raise ValueError(
+            f"real_env's observations have shape {tuple(real_shape)} but the world model env's have shape "
+            f"{model_shape}: reality_check compares them step by step, so they must be the same kind of "
+            "observation (is real_env the environment the model was trained on?)"
+        )
+
+
+def _is_dummy_vec_env(env) -> bool:
+    import sys
+
+    if "stable_baselines3" not in sys.modules:
+        return False
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    return type(env) is DummyVecEnv
 
 
 def _to_real_action(action: torch.Tensor, space) -> Any:
@@ -170,17 +301,21 @@ def reality_check(
 
     Args:
         policy: a tensordict module (``"observation"`` -> ``"action"``; run under
-            ``ExplorationType.DETERMINISTIC``) or a callable ``observation [B, ...] -> action``.
+            ``ExplorationType.DETERMINISTIC``), a Stable-Baselines3 model or its ``.policy``
+            (``predict(obs, deterministic=True)``), or a callable ``observation [B, ...] -> action``.
         world_model_env: a :class:`torchwm_rl.WorldModelEnv` (or any TorchRL env whose state
             travels in the TensorDict, with an ``"observation"`` key), batch ``()`` or ``(N,)``;
-            episodes run N at a time, starting from its own (seeded) resets.
+            episodes run N at a time, starting from its own (seeded) resets. A bare export of
+            one (``to_sb3()``, ``to_gymnasium()``) is read through the TorchRL env over a fork
+            of its logic; other objects, wrapped exports included, raise ``TypeError``.
         real_env: a Gymnasium env whose state can be set (see ``set_real_state``).
         episodes: number of episodes compared.
         horizon: steps per episode at most (default: the model env's time limit, else the real
             env's ``spec.max_episode_steps``, else 1000).
         seed: seeds the model env (``set_seed``) and the real env's resets (``seed + episode``).
         set_real_state: ``fn(real_env, observation, model_state)`` putting the real env in the
-            model's start state; default :func:`set_state_attribute`.
+            model's start state; default :func:`set_state_attribute`, which refuses (``ValueError``)
+            an env whose internal state has another shape than its observation (Acrobot).
 
     Returns:
         a :class:`RealityReport`. Grad is disabled throughout.
@@ -189,10 +324,11 @@ def reality_check(
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    horizon = int(horizon) if horizon is not None else _default_horizon(world_model_env, real_env)
+    env = _torchrl_env(world_model_env)
+    horizon = int(horizon) if horizon is not None else _default_horizon(env, real_env)
     set_real_state = set_real_state or set_state_attribute
-    module = _as_module(policy)
-    env = world_model_env
+    module = _as_module(policy, env)
+    _check_observation_shapes(env, real_env)
     unbatched = len(env.batch_size) == 0
     n_env = 1 if unbatched else int(env.batch_size[0])
     if len(env.batch_size) > 1:
@@ -342,3 +478,38 @@ def _action_shape(env) -> tuple:
 
 def _un(td, unbatched: bool):
     return td.squeeze(0) if unbatched else td
+
+
+def plot_prediction_error(ax, report: RealityReport, legend: dict | None = None) -> None:
+    """Draw ``report``'s open-loop model error on the matplotlib axes ``ax``:
+    ``report.prediction_error`` (mean L2 error of the model driven by the real actions from the
+    real start) against the horizon, faded where fewer than half the episodes are still counted,
+    with that count on a right axis and the steps no episode reached shaded. ``legend``: keyword
+    arguments of the legend. :meth:`RealityReport.plot` makes the figure around it."""
+    legend = {} if legend is None else legend
+    counts = list(report.prediction_error_count)
+    k = len(counts)
+    half = max(1, report.episodes // 2)
+    if k:
+        steps = range(1, k + 1)
+        full = [e if c >= half else math.nan for e, c in zip(report.prediction_error, counts)]
+        few = [e if c < half else math.nan for e, c in zip(report.prediction_error, counts)]
+        ax.semilogy(steps, full, color="C0", label=f"mean over >= {half} of {report.episodes} episodes")
+        if any(not math.isnan(x) for x in few):
+            ax.semilogy(steps, few, color="C0", alpha=0.35, label=f"fewer than {half} episodes (noisy)")
+        ax.set_xlim(0, report.horizon)
+        count_ax = ax.twinx()
+        count_ax.plot(steps, counts, color="0.5", lw=0.8, ls="--")
+        count_ax.set_ylim(0, report.episodes * 1.05)
+        count_ax.set_ylabel("episodes still counted", color="0.4")
+        if k < report.horizon:
+            ax.axvspan(k, report.horizon, color="0.92")
+            ax.text((k + report.horizon) / 2, 0.5, f"steps {k + 1}-{report.horizon}:\nno episode left\n(each had ended, "
+                    "in the real env\nor in the model driven open\nloop by the real actions)",
+                    transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=7, color="0.3")
+        handles = ax.get_legend_handles_labels()
+        count_line, = count_ax.get_lines()
+        ax.legend(handles[0] + [count_line], handles[1] + ["episodes still counted (right axis)"], **legend)
+    ax.set_xlabel("open-loop horizon (steps)")
+    ax.set_ylabel("mean L2 error vs real")
+    ax.set_title("Open-loop model error (real actions, real start)")

@@ -5,7 +5,7 @@ One file, read top to bottom, no framework: the structure of CleanRL's
 "envs" are ONE batched ``WorldModelEnv`` exported with ``.to_gymnasium()``: a
 ``gymnasium.vector.VectorEnv`` whose step is a single model call for all N envs.
 
-    python tutorials/cleanrl_ppo.py                 # full budget (a few minutes on a laptop CPU)
+    python tutorials/cleanrl_ppo.py                 # full budget (timings: tutorials/README.md)
     python tutorials/cleanrl_ppo.py --budget tiny   # smoke run (seconds; used by the test suite)
 
 The world model and its adapter functions come from ``point_mass.py`` next to this script: a
@@ -70,13 +70,16 @@ class Agent(nn.Module):
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--budget", choices=["tiny", "full"], default="full")
 parser.add_argument("--seed", type=int, default=1)
+parser.add_argument("--total-timesteps", type=int, default=None, help="override the budget's total steps")
 args = parser.parse_args()
 num_envs, num_steps, total_timesteps = {"tiny": (8, 16, 512), "full": (64, 64, 300_000)}[args.budget]
+total_timesteps = args.total_timesteps or total_timesteps
 learning_rate, gamma, gae_lambda, update_epochs, num_minibatches = 3e-4, 0.99, 0.95, 10, 4
 clip_coef, ent_coef, vf_coef, max_grad_norm = 0.2, 0.0, 0.5, 0.5
 batch_size = num_envs * num_steps
 minibatch_size = batch_size // num_minibatches
 num_iterations = total_timesteps // batch_size
+print_every = max(1, round(num_iterations / 10))  # progress lines: about every 10% of the iterations
 
 random.seed(args.seed)
 np.random.seed(args.seed)
@@ -195,9 +198,11 @@ for iteration in range(1, num_iterations + 1):
             nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
             optimizer.step()
 
-    recent = np.mean(episode_returns[-100:]) if episode_returns else float("nan")
+    if iteration % print_every and iteration != num_iterations:
+        continue  # one line about every 10% of the run, and the last one
+    recent = f"{np.mean(episode_returns[-100:]):8.2f}" if episode_returns else "    none"
     sps = int(global_step / (time.time() - start_time))
-    print(f"iteration {iteration:4d}  global_step {global_step:7d}  mean return (last 100) {recent:8.2f}  SPS {sps}")
+    print(f"iteration {iteration:4d}  global_step {global_step:7d}  mean return (last 100) {recent}  SPS {sps}")
 
 envs.close()
 print(f"episodes {len(episode_returns)}  first 100 mean {np.mean(episode_returns[:100]):.2f}  "

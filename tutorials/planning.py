@@ -1,6 +1,6 @@
 """MPC with a TorchRL planner on a bundled world model, acting in the real Gymnasium env.
 
-    python tutorials/planning.py                  # CEM, 3 episodes of the real CartPole-v1 (~4 min on 2 CPUs)
+    python tutorials/planning.py                  # CEM, 3 real CartPole-v1 episodes (about 3 min of CPU; timings: tutorials/README.md)
     python tutorials/planning.py --planner mppi   # MPPI with a (constant) value module
     python tutorials/planning.py --episodes 1 --max-steps 50 --candidates 32   # a quick look
 

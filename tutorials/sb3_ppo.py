@@ -6,7 +6,7 @@ observations (``MultiInputPolicy``), channel-first uint8 images (``CnnPolicy``) 
 ``action_transform_fn``, a ``Discrete`` action space over a model that takes 2-D pushes.
 
     python tutorials/sb3_ppo.py                  # vector, dict, discrete (timings: tutorials/README.md)
-    python tutorials/sb3_ppo.py --kinds image    # CnnPolicy on uint8 images (a few minutes)
+    python tutorials/sb3_ppo.py --kinds image    # CnnPolicy on uint8 images (2 to 3 min on 2 CPU cores)
     python tutorials/sb3_ppo.py --budget tiny    # all four, smoke run (seconds; used by the tests)
 
 Each run prints a progress line about every 10% of its steps, with SB3's ``ep_rew_mean``
@@ -141,7 +141,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     parser.add_argument("--kinds", nargs="+", choices=sorted(SETUPS), default=["vector", "dict", "discrete"],
-                        help="which setups to train (default: vector dict discrete; image takes a few minutes)")
+                        help="which setups to train (default: vector dict discrete; image takes 2 to 3 min on 2 CPU cores)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -29,6 +29,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from ..reality import plot_prediction_error  # noqa: F401  (the panel lives in the library; re-exported)
+
 __all__ = ["DemoConfig", "run_demo", "train_in_imagination", "build_actor_critic", "format_table",
            "json_safe", "load_policy", "SACGreedyPolicy"]
 
@@ -64,6 +66,10 @@ class DemoConfig:
     def frames_per_batch(self) -> int:
         return self.num_envs * self.steps_per_batch
 
+
+#: training stops early after this many greedy imagined evaluations in a row in which every
+#: episode survived to the time limit
+SOLVED_STREAK = 2
 
 #: imagined-frame budget per task when none is given (pendulum: SAC, ~60 s of training on 2 cores)
 DEFAULT_FRAMES = {"cartpole": 300_000, "pendulum": 16_000}
@@ -139,7 +145,9 @@ def train_in_imagination(
     training episodes that ended in the batch (``nan`` if none did; short episodes end more
     often, so it under-states a good policy); ``running_return`` the mean return so far of the
     training episodes still running at the batch's end (a lower bound of their return);
-    ``eval_return`` the greedy imagined evaluation (``nan`` when none ran after this batch).
+    ``eval_return`` the greedy imagined evaluation (``nan`` when none ran after this batch);
+    ``solved_streak`` how many evaluations in a row so far had every episode survive to the
+    time limit (training stops early at :data:`SOLVED_STREAK`).
     """
     from torchrl.collectors import Collector
     from torchrl.envs import RewardSum, TransformedEnv
@@ -202,18 +210,28 @@ def train_in_imagination(
                 "imagined_return": imagined,
                 "running_return": running_return,
                 "eval_return": eval_return,
+                "solved_streak": solved_streak,
                 "seconds": time.perf_counter() - t0,
             }
             history.append(record)
             if on_batch is not None:
                 on_batch(record)
-            if solved_streak >= 2:
+            if solved_streak >= SOLVED_STREAK:
                 break
     finally:
         collector.shutdown()
     if best[1] is not None:
         policy_net.load_state_dict(best[1])
     return actor, policy_net, history
+
+
+def stop_reason(history: list[dict], budget: int, eval_envs: int, time_limit: Optional[int]) -> Optional[str]:
+    """Why :func:`train_in_imagination` stopped before its frame ``budget``, or None if it did not."""
+    if not history or history[-1].get("solved_streak", 0) < SOLVED_STREAK:
+        return None
+    return (f"stopped early at {history[-1]['frames']:,} of up to {budget:,} frames: in {SOLVED_STREAK} greedy "
+            f"evaluations in a row, every one of the {eval_envs} imagined episodes survived to the time limit "
+            f"({time_limit} steps)")
 
 
 def _batch_returns(batch) -> tuple[float, float]:
@@ -310,39 +328,6 @@ def _plot(path: Path, history: list[dict], report, task: str, eval_envs: int = 0
     return None
 
 
-def plot_prediction_error(ax, report, legend: dict) -> None:
-    """The open-loop model error panel of a demo's plot: ``report.prediction_error`` (mean L2
-    error of the model driven by the real actions from the real start) against the horizon,
-    faded where fewer than half the episodes are still counted, with that count on a right
-    axis and the steps no episode reached shaded. ``legend``: keyword arguments of the legend."""
-    counts = list(report.prediction_error_count)
-    k = len(counts)
-    half = max(1, report.episodes // 2)
-    if k:
-        steps = range(1, k + 1)
-        full = [e if c >= half else math.nan for e, c in zip(report.prediction_error, counts)]
-        few = [e if c < half else math.nan for e, c in zip(report.prediction_error, counts)]
-        ax.semilogy(steps, full, color="C0", label=f"mean over >= {half} of {report.episodes} episodes")
-        if any(not math.isnan(x) for x in few):
-            ax.semilogy(steps, few, color="C0", alpha=0.35, label=f"fewer than {half} episodes (noisy)")
-        ax.set_xlim(0, report.horizon)
-        count_ax = ax.twinx()
-        count_ax.plot(steps, counts, color="0.5", lw=0.8, ls="--")
-        count_ax.set_ylim(0, report.episodes * 1.05)
-        count_ax.set_ylabel("episodes still counted", color="0.4")
-        if k < report.horizon:
-            ax.axvspan(k, report.horizon, color="0.92")
-            ax.text((k + report.horizon) / 2, 0.5, f"steps {k + 1}-{report.horizon}:\nno episode left\n(each had ended, "
-                    "in the real env\nor in the model driven open\nloop by the real actions)",
-                    transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=7, color="0.3")
-        handles = ax.get_legend_handles_labels()
-        count_line, = count_ax.get_lines()
-        ax.legend(handles[0] + [count_line], handles[1] + ["episodes still counted (right axis)"], **legend)
-    ax.set_xlabel("open-loop horizon (steps)")
-    ax.set_ylabel("mean L2 error vs real")
-    ax.set_title("Open-loop model error (real actions, real start)")
-
-
 def json_safe(value: Any) -> Any:
     """``value`` with every non-finite float (NaN, inf) replaced by ``None`` and numpy/torch
     scalars made Python numbers, so that ``json.dumps(..., allow_nan=False)`` writes strict
@@ -432,48 +417,59 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
     process; the CLI takes it when the ``demo`` command starts, so the demo's own imports count,
     and nothing that ran before the command does), default: the call to ``run_demo``.
     """
-    import gymnasium as gym
-    from tqdm.auto import tqdm
-
     from .. import zoo
-    from ..reality import reality_check
-    from ..serialization import save_weights
+    from .progress import quiet_torchrl_info
 
     t_start = time.perf_counter() if t0 is None else t0
     torch.set_num_threads(max(1, int(cfg.threads)))
     cfg = _resolved(cfg)
-    if zoo.canonical(cfg.task) == "pendulum":
-        from .demo_sac import run_sac_demo
+    with quiet_torchrl_info():
+        if zoo.canonical(cfg.task) == "pendulum":
+            from .demo_sac import run_sac_demo
 
-        return run_sac_demo(cfg, log, t_start)
+            return run_sac_demo(cfg, log, t_start)
+        return _run_ppo_demo(cfg, log, t_start)
+
+
+def _run_ppo_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str, Any]:
+    """The CartPole demo (PPO), :func:`run_demo`'s body for discrete-action tasks."""
+    import gymnasium as gym
+
+    from .. import zoo
+    from ..reality import env_time_limit, reality_check
+    from ..serialization import save_weights
+    from .progress import Progress, describe_returns
+    from .sac import whole_batches
+
     model = zoo.load(cfg.task)  # an unknown task fails here, before any folder is made
     out = Path(cfg.out) if cfg.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
 
     env = zoo.make_env(cfg.task, model=model, batch_size=cfg.num_envs, seed=cfg.seed)
     eval_env = zoo.make_env(cfg.task, model=model, batch_size=cfg.eval_envs, seed=cfg.seed + 10_000)
+    budget = whole_batches(cfg.frames, cfg.frames_per_batch)  # what the collector collects at most
     log(f"[torchwm-rl] {cfg.task}: training PPO in the bundled world model only "
-        f"({cfg.num_envs} imagined envs, up to {cfg.frames:,} frames, seed {cfg.seed})")
+        f"({cfg.num_envs} imagined envs, up to {budget:,} frames, seed {cfg.seed})")
 
-    bar = tqdm(total=cfg.frames, unit="frame", unit_scale=True, disable=not cfg.progress,
-               desc="imagination", dynamic_ncols=True)
-    last_eval = last_imagined = math.nan
+    progress = Progress(budget, log, enabled=cfg.progress)
+    last_eval = math.nan
 
-    def on_batch(rec: dict) -> None:
-        nonlocal last_eval, last_imagined
-        bar.update(rec["frames"] - bar.n)
-        # a batch in which no imagined episode ended has no return: keep showing the last one
+    def status(rec: dict) -> str:
+        nonlocal last_eval
         if not math.isnan(rec["eval_return"]):
             last_eval = rec["eval_return"]
-        if not math.isnan(rec["imagined_return"]):
-            last_imagined = rec["imagined_return"]
-        bar.set_postfix(imagined_return=f"{last_imagined:.1f}", greedy_eval=f"{last_eval:.1f}")
+        greedy = (f"greedy policy in the model: {last_eval:.1f} ({cfg.eval_envs} episodes)" if not math.isnan(last_eval)
+                  else "greedy policy: not evaluated yet")
+        return f"{describe_returns(rec['imagined_return'], rec['running_return'])} | {greedy}"
 
     t_train = time.perf_counter()
-    try:
-        actor, policy_net, history = train_in_imagination(env, eval_env, cfg, on_batch)
-    finally:
-        bar.close()
+    actor, policy_net, history = train_in_imagination(
+        env, eval_env, cfg, lambda rec: progress.update(rec["frames"], status(rec)))
+    if history:
+        progress.finish(history[-1]["frames"], status(history[-1]))
+        reason = stop_reason(history, budget, cfg.eval_envs, env_time_limit(eval_env))
+        if reason:
+            log(f"[torchwm-rl] {reason}")
     train_seconds = time.perf_counter() - t_train
 
     log(f"[torchwm-rl] reality check: {cfg.episodes} episodes on the real {zoo.real_env_id(cfg.task)}")

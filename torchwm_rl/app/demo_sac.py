@@ -19,7 +19,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .demo import DemoConfig, default_out_dir, finish_run, plot_prediction_error
+from ..reality import plot_prediction_error
+from .demo import DemoConfig, default_out_dir, finish_run
 
 DEMO_NUM_ENVS = 32  # imagined envs for SAC when the CLI does not say (--num-envs)
 
@@ -50,21 +51,29 @@ def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) ->
     from ..reality import reality_check
     from ..serialization import save_weights
     from ..zoo import pendulum
-    from .sac import SACConfig, train_sac
+    from .progress import Progress, describe_returns
+    from .sac import SACConfig, train_sac, whole_batches
 
     model = zoo.load("pendulum")
     out = Path(cfg.out) if cfg.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
     num_envs = cfg.num_envs if cfg.num_envs != DemoConfig.num_envs else DEMO_NUM_ENVS
+    per_batch = SACConfig(num_envs=num_envs).frames_per_batch
+    # whole batches (TorchRL's collector rounds up, and warns, otherwise): the same frames as before
     sac = SACConfig(seed=cfg.seed, frames=cfg.frames, num_envs=num_envs,
-                    init_random_frames=min(2_000, max(cfg.frames // 4, num_envs)))
+                    init_random_frames=whole_batches(min(2_000, max(cfg.frames // 4, num_envs)), per_batch))
     env = pendulum.make_env(model, batch_size=num_envs, seed=cfg.seed)
     log(f"[torchwm-rl] pendulum: training SAC in the bundled {model.members}-member ensemble only "
         f"({num_envs} imagined envs, {cfg.frames:,} frames, seed {cfg.seed})")
+    progress = Progress(whole_batches(cfg.frames, sac.frames_per_batch), log, enabled=cfg.progress)
+
+    def status(rec: dict) -> str:
+        return describe_returns(rec["imagined_return"], rec["running_return"], "since the last line")
+
     t_train = time.perf_counter()
-    actor, net, history = train_sac(env, sac, on_batch=lambda r: log(
-        f"  {r['frames']:>7,} frames  {r['seconds']:5.1f}s  imagined return {r['imagined_return']:8.1f}")
-        if cfg.progress else None)
+    actor, net, history = train_sac(env, sac, on_batch=lambda rec: progress.update(rec["frames"], status(rec)))
+    if history:
+        progress.finish(history[-1]["frames"], status(history[-1]))
     train_seconds = time.perf_counter() - t_train
 
     real_id = zoo.real_env_id("pendulum")

@@ -39,6 +39,12 @@ class SACConfig:
         return self.num_envs * self.steps_per_batch
 
 
+def whole_batches(frames: int, frames_per_batch: int) -> int:
+    """``frames`` rounded up to a whole number of collector batches: TorchRL's collector warns
+    about, and rounds up, an ``init_random_frames`` that is not one, so say the number it uses."""
+    return max(1, math.ceil(frames / frames_per_batch)) * frames_per_batch
+
+
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                          nn.Linear(hidden, n_out))
@@ -66,9 +72,11 @@ def build_sac_actor(obs_dim: int, act_dim: int, action_spec, hidden: int = 128):
 
 def train_sac(env, cfg: SACConfig, on_batch: Optional[Callable[[dict], None]] = None):
     """SAC on a batched TorchRL env (``observation`` key, Box actions). Returns
-    ``(actor, net, history)``; ``history`` has one dict per logged batch with ``frames``,
-    ``imagined_return`` (mean return of episodes that ended in the batch, or ``nan``) and
-    ``seconds``."""
+    ``(actor, net, history)``; ``history`` has one dict per window of 25 batches (and the last) with
+    ``frames``, ``imagined_return`` (mean return of the episodes that ended in the window, or
+    ``nan``), ``running_return`` (mean return so far of the episodes still running at its end,
+    or ``nan``) and ``seconds``. ``cfg.init_random_frames`` counts in whole batches (rounded up,
+    as TorchRL's collector does)."""
     from torchrl.collectors import Collector
     from torchrl.data import LazyTensorStorage, ReplayBuffer
     from torchrl.data.replay_buffers.samplers import RandomSampler
@@ -98,9 +106,10 @@ def train_sac(env, cfg: SACConfig, on_batch: Optional[Callable[[dict], None]] = 
     optim = torch.optim.Adam(loss_fn.parameters(), lr=cfg.lr)
 
     train_env = TransformedEnv(env, RewardSum())
-    total = max(1, math.ceil(cfg.frames / cfg.frames_per_batch)) * cfg.frames_per_batch
+    total = whole_batches(cfg.frames, cfg.frames_per_batch)
+    init_random = whole_batches(cfg.init_random_frames, cfg.frames_per_batch)
     collector = Collector(train_env, actor, frames_per_batch=cfg.frames_per_batch, total_frames=total,
-                          init_random_frames=cfg.init_random_frames, auto_register_policy_transforms=False)
+                          init_random_frames=init_random, auto_register_policy_transforms=False)
     g = torch.Generator().manual_seed(cfg.seed)
     buffer = ReplayBuffer(storage=LazyTensorStorage(cfg.buffer_size), sampler=RandomSampler(),
                           batch_size=cfg.batch_size, generator=g)
@@ -114,7 +123,7 @@ def train_sac(env, cfg: SACConfig, on_batch: Optional[Callable[[dict], None]] = 
             ended.append(batch["next", "episode_reward"].squeeze(-1)[done])
             buffer.extend(batch.reshape(-1).select("observation", "action", ("next", "observation"),
                                                    ("next", "reward"), ("next", "done"), ("next", "terminated")))
-            if frames >= cfg.init_random_frames:
+            if frames >= init_random:
                 for _ in range(cfg.updates_per_batch):
                     losses = loss_fn(buffer.sample())
                     loss = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
@@ -123,15 +132,18 @@ def train_sac(env, cfg: SACConfig, on_batch: Optional[Callable[[dict], None]] = 
                     optim.step()
                     target.step()
             seconds = time.perf_counter() - t0
-            if (i + 1) % 25 == 0:
+            last = frames >= total or (cfg.seconds is not None and seconds >= cfg.seconds)
+            if (i + 1) % 25 == 0 or last:  # the last batch too: history[-1]["frames"] is the total
                 done_returns = torch.cat(ended)
                 ended = []
+                running = batch["next", "episode_reward"][..., -1, :].squeeze(-1)[~done[..., -1]]
                 record = {"frames": frames, "seconds": seconds,
-                          "imagined_return": float(done_returns.mean()) if done_returns.numel() else math.nan}
+                          "imagined_return": float(done_returns.mean()) if done_returns.numel() else math.nan,
+                          "running_return": float(running.mean()) if running.numel() else math.nan}
                 history.append(record)
                 if on_batch is not None:
                     on_batch(record)
-            if cfg.seconds is not None and seconds >= cfg.seconds:
+            if last:
                 break
     finally:
         collector.shutdown()

@@ -36,6 +36,8 @@ class Snapshot:
     state: Any
     observation: Any
     elapsed: torch.Tensor  # int64, shape batch
+    #: the reset gave no separate state: the observation is the state cast to the space's dtype
+    state_is_observation: bool = False
 
 
 def is_tensor_state(state: Any) -> bool:
@@ -440,7 +442,8 @@ class EpisodeLogic:
             self.pending_seed = pending_seed
             raise
         elapsed = torch.zeros(self.batch_size, dtype=torch.int64, device=self.device)
-        snapshot = Snapshot(record.state, record.observation, elapsed)
+        snapshot = Snapshot(record.state, record.observation, elapsed,
+                            record.state is record.observation or record.state_is_observation)
         if previous is not None and mask is not None and self.batch_size and not bool(mask.all()):
             snapshot = Snapshot(
                 select_rows(mask, record.state, previous.state),

@@ -554,3 +554,30 @@ def test_a_model_refilling_one_numpy_buffer_keeps_every_recorded_step(kind):
             export.step(np.zeros((N, 2), np.float32))
             states.append(export._snapshot.observation)
         assert [float(s[0, 0]) for s in states] == [1.0, 2.0, 3.0]
+
+
+def test_a_render_fn_writing_into_the_state_it_is_given_leaves_the_env_state_alone():
+    def render(model, state, obs):
+        state.mul_(0.0)  # a render hook that scribbles on its input
+        return np.zeros((4, 4, 3), np.uint8)
+
+    env = GymWorldModelEnv(None, BOX, ACT, reset_fn=lambda: torch.ones(2),
+                           transition_fn=lambda model, state, action: state + 1.0, render_fn=render,
+                           render_mode="rgb_array")
+    env.reset(seed=0)
+    env.render()
+    torch.testing.assert_close(env.state, torch.ones(2))
+    obs = env.step(np.zeros(2, np.float32))[0]
+    np.testing.assert_array_equal(obs, [2.0, 2.0])
+
+
+def test_a_float64_start_state_bank_steps_the_model_from_its_own_values():
+    bank = torch.tensor([[0.1], [0.2]], dtype=torch.float64) + 1e-12
+    box = gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+    env = WorldModelEnv(None, box, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), start_states=bank,
+                        transition_fn=lambda model, state, action: state * 2.0, batch_size=(2,), seed=0)
+    td = env.rollout(1, break_when_any_done=False)
+    assert td["model_state"].dtype == torch.float64
+    start = td["model_state"][:, 0]
+    assert all(any(bool((row == b).all()) for b in bank) for row in start)  # exact bank rows, not float32 casts
+    torch.testing.assert_close(td["next", "model_state"][:, 0], start * 2.0, rtol=0, atol=0)

@@ -204,6 +204,7 @@ class ModelAdapter:
         self.generator: Optional[torch.Generator] = None
         # shared with forks (copy.copy), as the model is: what was learned of the hooks
         self._inputs = InputGuard()  # does the transition write into the state it is given?
+        self._render_inputs = InputGuard()  # ... the render hook into the state / observation?
         self._hook_use: dict = {}  # reward_fn / terminal_fn: [called at a step, skipped at a step]
 
     @property
@@ -298,7 +299,7 @@ class ModelAdapter:
             ) from None
         state_is_observation = state is None
         if state_is_observation:
-            state = _uncast(raw_observation, observation, self.device)
+            state = state_of_observation(raw_observation, observation, self.device)
         else:
             self._check_state(state, self.reset_hook)
         if self.check_observations:
@@ -412,7 +413,7 @@ class ModelAdapter:
         if self.check_observations:
             self._read(check_observation, raw, hook, observation, self.observation_space, self.batch_size)
         if raw.state is MISSING:  # the state is the observation as the model returned it, not its cast
-            next_state = _uncast(raw.observation, observation, self.device)
+            next_state = state_of_observation(raw.observation, observation, self.device)
         else:
             next_state = raw.state
             self._check_state(next_state, hook)
@@ -619,7 +620,12 @@ class ModelAdapter:
     def render(self, state: Any, observation: Any) -> Any:
         """``render_fn(model, state, obs)`` if given, else the observation."""
         if self.render_hook is not None:
-            return self.render_hook({"model": self.model, "state": state, "obs": observation})
+            # the state and observation are the env's current ones (recorded, handed out): a
+            # render hook writing into them gets copies, as the transition does (InputGuard)
+            given, token = self._render_inputs.give({"state": state, "obs": observation})
+            frame = self.render_hook({"model": self.model, **given})
+            self._render_inputs.check(token, self.render_hook.name)
+            return frame
         return observation
 
 
@@ -789,7 +795,7 @@ def _bad_rows(value: torch.Tensor, batch_size: tuple, bad: torch.Tensor) -> bool
     return bool((~rows & bad).any())
 
 
-def _uncast(raw: Any, observation: Any, device: torch.device) -> Any:
+def state_of_observation(raw: Any, observation: Any, device: torch.device) -> Any:
     """The state of a model that gives no separate state: the observation as the model
     returned it, on ``device``, before its cast to the space's dtype (a float64 or int64 model
     stepped from its float32 or uint8 observation would be rounded or wrapped every step). The
@@ -799,12 +805,12 @@ def _uncast(raw: Any, observation: Any, device: torch.device) -> Any:
         return observation
     if isinstance(observation, Mapping):
         if isinstance(raw, TensorDictBase):
-            fixed = {k: _uncast(raw.get(k), observation[k], device) for k in observation}
+            fixed = {k: state_of_observation(raw.get(k), observation[k], device) for k in observation}
             if all(fixed[k] is observation[k] for k in observation):
                 return observation
             out = raw.to(device) if raw.device != device else raw
             return out
-        fixed = {k: _uncast(raw[k], observation[k], device) for k in observation}
+        fixed = {k: state_of_observation(raw[k], observation[k], device) for k in observation}
         if all(fixed[k] is observation[k] for k in observation):
             return observation
         # two keys, two tensors: an entry of the state is never also an entry of the observation

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
-from .adapter import RESET_METHODS, ModelAdapter, Reset, Transition
+from .adapter import RESET_METHODS, ModelAdapter, Reset, Transition, state_of_observation
 from .validation import flatten_observation, nonfinite_rows, to_observation
 
 #: Serialises every swap of the process-global torch RNG (save the caller's state, install an
@@ -460,10 +460,14 @@ class EpisodeLogic:
         index = torch.randint(size, shape, generator=self.generator).to(_bank_device(observation))
         if not self.batch_size:
             index = index[0]
-        obs = to_observation(
-            _index_rows(observation, index), self.adapter.observation_space, self.batch_size, self.device
-        )
-        return Reset(state=obs if state is None else _index_rows(state, index), observation=obs, info={})
+        rows = _index_rows(observation, index)
+        obs = to_observation(rows, self.adapter.observation_space, self.batch_size, self.device)
+        if state is not None:
+            return Reset(state=_index_rows(state, index), observation=obs, info={})
+        # the bank's observation is the state as the bank holds it (a float64 bank steps a
+        # float64 model from its own values), the observation its cast to the space's dtype
+        return Reset(state=state_of_observation(rows, obs, self.device), observation=obs, info={},
+                     state_is_observation=True)
 
     # ------------------------------------------------------------------- step
     def step(

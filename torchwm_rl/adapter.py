@@ -346,6 +346,8 @@ class ModelAdapter:
         if not self.batch_size:
             return
         n = len(self.batch_size)
+        if isinstance(state, torch.Tensor) and state.shape[:n] == self.batch_size:
+            return  # the per-step common case
         for key, leaf in _state_leaves(state, floating_only=False).items():
             if tuple(leaf.shape[:n]) != self.batch_size:
                 name = hook.name if hook is not None else "initial_state"
@@ -690,7 +692,12 @@ class InputGuard:
 
     def give(self, value: Any) -> tuple:
         """``(what to hand the hook, a token for check)``."""
-        if isinstance(value, torch.Tensor):  # the common case, without building lists
+        if self.copies is False and type(value) is torch.Tensor:  # the per-step common case
+            try:
+                return value, (value, value._version)
+            except RuntimeError:  # an inference tensor (no version counter): copied below
+                pass
+        if isinstance(value, torch.Tensor):
             leaves = (value,)
         else:
             leaves = tuple(_state_leaves(value, floating_only=False).values())
@@ -708,6 +715,10 @@ class InputGuard:
         """After the hooks ran: learn (first call) or refuse (a write into the env's tensors)."""
         if token is None:
             return
+        if len(token) == 2:  # give's common case: one tensor, not copied
+            if token[0]._version == token[1]:
+                return
+            token = ((token[0],), (token[1],), None)
         leaves, versions, copies = token
         if any(version_counter(t) != v for t, v in zip(leaves, versions)):
             self.copies = True

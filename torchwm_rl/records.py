@@ -145,7 +145,7 @@ def parse_reset(value: Any, dict_keys: frozenset | None = None, hook: str = "res
 def parse_transition(value: Any, dict_keys: frozenset | None = None, hook: str = "transition_fn") -> RawRecord:
     """Split a transition return value into the fields of :class:`RawRecord` (a TensorDict
     reads as a mapping, or as a Dict observation, as a dict would)."""
-    if isinstance(value, TensorDictBase) and not _is_dict_observation(value, dict_keys):
+    if type(value) is not dict and isinstance(value, TensorDictBase) and not _is_dict_observation(value, dict_keys):
         value = as_mapping(value)
     if (type(value) is dict or isinstance(value, Mapping)) and not _is_dict_observation(value, dict_keys):
         if tuple(value) in _LAYOUTS or any(k in _RECORD_KEYS for k in value):  # a known layout: a record

@@ -103,8 +103,9 @@ def test_a_batched_state_that_loses_its_batch_dim_is_refused(path, kind):
     leaf), not only at the first reset."""
     reset, transition = _reduced_state_model(kind)
     env = WorldModelEnv(object(), _BOX, _BOX, reset_fn=reset, transition_fn=transition, batch_size=(N,))
-    key = "state" if kind == "tensor" else "state['h']"
-    message = re.escape(f"transition_fn returned a {key} of shape (1, 2); a batched env needs the batch ({N},)")
+    key = "model_state" if kind == "tensor" else "model_state['h']"
+    message = re.escape(f"transition_fn returned a state without the batch dims: {key}: a batched env needs a "
+                        f"model state with leading dims ({N},), got shape (1, 2)")
     with pytest.raises(ValueError, match=message):
         if path == "torchrl":
             env.rollout(3, break_when_any_done=False)

@@ -348,12 +348,13 @@ class ModelAdapter:
         n = len(self.batch_size)
         if isinstance(state, torch.Tensor) and state.shape[:n] == self.batch_size:
             return  # the per-step common case
-        for key, leaf in _state_leaves(state, floating_only=False).items():
+        for key, leaf in _state_leaves(state, floating_only=False, prefix="model_state").items():
             if tuple(leaf.shape[:n]) != self.batch_size:
                 name = hook.name if hook is not None else "initial_state"
                 raise ValueMismatch(
-                    f"{name} returned a {key} of shape {tuple(leaf.shape)}; a batched env needs the batch "
-                    f"{self.batch_size} as its leading dims (one row per env)",
+                    f"{name} returned a state without the batch dims: {key}: a batched env needs a model state "
+                    f"with leading dims {self.batch_size}, got shape {tuple(leaf.shape)} (one row per env; a state "
+                    "reduced or broadcast over the batch would give every env one env's state)",
                     key=key, expected=self.batch_size, got=tuple(leaf.shape),
                 )
 

@@ -581,3 +581,24 @@ def test_a_float64_start_state_bank_steps_the_model_from_its_own_values():
     start = td["model_state"][:, 0]
     assert all(any(bool((row == b).all()) for b in bank) for row in start)  # exact bank rows, not float32 casts
     torch.testing.assert_close(td["next", "model_state"][:, 0], start * 2.0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["state-is-obs", "separate-state"])
+def test_a_reward_fn_writing_into_what_the_step_reached_leaves_the_record_alone(separate):
+    """reward_fn(model, next_state, obs, action) gets the transition's output, which the env
+    records for this step (and steps from next): a hook clamping it in place got copies."""
+    def transition(model, state, action):
+        nxt = state + 1.0
+        return {"state": nxt, "observation": nxt * 1.0} if separate else nxt
+
+    def reward_fn(model, next_state, obs, action):
+        value = obs[..., 0].clone()
+        obs.mul_(0.0)
+        next_state.mul_(0.0)
+        return value
+
+    env = _state_env(transition, reward_fn=reward_fn)
+    td = env.rollout(3, _zero_policy, break_when_any_done=False)
+    assert td["next", "observation"][0, :, 0].tolist() == [1.0, 2.0, 3.0]
+    assert td["next", "model_state"][0, :, 0].tolist() == [1.0, 2.0, 3.0]
+    assert td["next", "reward"][0, :, 0].tolist() == [1.0, 2.0, 3.0]

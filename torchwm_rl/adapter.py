@@ -204,7 +204,12 @@ class ModelAdapter:
         self.generator: Optional[torch.Generator] = None
         # shared with forks (copy.copy), as the model is: what was learned of the hooks
         self._inputs = InputGuard()  # does the transition write into the state it is given?
-        self._render_inputs = InputGuard()  # ... the render hook into the state / observation?
+        self._render_inputs = InputGuard("the state or observation", "the env's current state or observation: "
+                                         "what it recorded and hands out has changed")  # ... render_fn?
+        # ... reward_fn / terminal_fn into the state and observation the step reached?
+        self._reached_inputs = InputGuard("the state or observation the step reached",
+                                          "what the env records for this step: the record would differ from "
+                                          "the transition's output")
         self._hook_use: dict = {}  # reward_fn / terminal_fn: [called at a step, skipped at a step]
 
     @property
@@ -420,9 +425,15 @@ class ModelAdapter:
         else:
             next_state = raw.state
             self._check_state(next_state, hook)
-        # reward and terminal hooks see the state and observation the step reached (TorchWM)
+        # reward and terminal hooks see the state and observation the step reached (TorchWM),
+        # guarded as the transition's input is when they are called (a hook writing into them
+        # would change what the env records for this step)
+        reached, reached_token = {"next_state": next_state, "obs": observation}, None
+        if (self.reward_hook is not None and (raw.reward is MISSING or raw.reward is None)) or (
+                self.terminal_hook is not None and (raw.terminated is MISSING or raw.terminated is None)):
+            reached, reached_token = self._reached_inputs.give(reached)
         values = {
-            "model": self.model, "next_state": next_state, "obs": observation, "action": model_action,
+            "model": self.model, "next_state": reached["next_state"], "obs": reached["obs"], "action": model_action,
             "prev_state": given, "generator": self.generator,
         }
 
@@ -454,6 +465,10 @@ class ModelAdapter:
         truncated = self._flag(raw.truncated, "truncated", raw, hook, own)
         # the hooks have run: did one of them write into the state it was given?
         self._inputs.check(token, hook.name)
+        if reached_token is not None:
+            names = [h.name for h, used in ((self.reward_hook, reward_hook is self.reward_hook),
+                                            (self.terminal_hook, terminal_hook is self.terminal_hook)) if used]
+            self._reached_inputs.check(reached_token, " or ".join(names))
         halted = None
         if self.ensemble is not None:  # MOPO's penalty, MOReL's halting
             reward, terminated, halted = self.ensemble.apply(reward, terminated, uncertainty)
@@ -686,10 +701,13 @@ class InputGuard:
     hook gets copies from then on. A state of inference tensors (no version counter, so no
     telling) is always copied. One guard is shared by an adapter and its forks (one model)."""
 
-    __slots__ = ("copies",)
+    __slots__ = ("copies", "what", "recorded")
 
-    def __init__(self):
+    def __init__(self, what: str = "the model state",
+                 recorded: str = "the state the env recorded for the previous step: that step's recorded state has "
+                                 "changed"):
         self.copies: Optional[bool] = None  # None: not yet known (the first call gets a copy)
+        self.what, self.recorded = what, recorded  # for the error messages
 
     def give(self, value: Any) -> tuple:
         """``(what to hand the hook, a token for check)``."""
@@ -725,12 +743,11 @@ class InputGuard:
             self.copies = True
             if copies is None:
                 raise RuntimeError(
-                    f"{hook} wrote in place into the model state it was given (state.add_(...), state[i] = ..., "
-                    "out=state; or into a state it returned before and kept), which is the state the env recorded "
-                    "for the previous step: that step's recorded "
-                    "state has changed. It did not do so at its first call, so the env had stopped copying "
-                    "the state it hands it; it copies it from now on: run the rollout (or episode) again. "
-                    "To avoid the copy, return new tensors (state + 1 rather than state.add_(1))."
+                    f"{hook} wrote in place into {self.what} it was given (state.add_(...), state[i] = ..., "
+                    f"out=state; or into a tensor it returned before and kept), which is {self.recorded}. It did "
+                    "not do so at its first call, so the env had stopped copying what it hands it; it copies it "
+                    "from now on: run the rollout (or episode) again. To avoid the copy, return new tensors "
+                    "(state + 1 rather than state.add_(1))."
                 )
             raise RuntimeError(
                 f"{hook} wrote in place into a state the env recorded earlier (one it returned before and kept a "

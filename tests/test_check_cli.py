@@ -47,6 +47,23 @@ FACTORIES = textwrap.dedent(
         )
 
 
+    class Rewarding(torch.nn.Module):
+        def forward(self, state, action):
+            nxt = 0.9 * state + 0.1 * action.float()
+            return {"observation": nxt, "reward": -nxt.pow(2).sum(-1)}
+
+
+    def dead_reward_fn():
+        return WorldModelEnv(
+            Rewarding(),
+            observation_space=gym.spaces.Box(-10, 10, (3,), np.float32),
+            action_space=gym.spaces.Box(-1, 1, (3,), np.float32),
+            reset_fn=lambda seed=None, options=None: torch.ones(3),
+            reward_fn=lambda next_state: next_state.sum(-1),
+            max_episode_steps=7,
+        )
+
+
     class Exploding(torch.nn.Module):
         def forward(self, state, action):
             return state * float("nan")
@@ -189,6 +206,14 @@ def test_good_factories_pass_every_check(factories, name):
     assert "OK: all checks passed" in report.format()
     # the report shows how each hook was bound, e.g. "transition_fn = transition(model<-model, ...)"
     assert re.search(r"note: (transition_fn|model\.?\w*) = \w+\(.*<-", report.format()), report.format()
+
+
+def test_a_reward_fn_the_transition_overrides_is_reported_as_not_called(factories):
+    """Issue 25: ``check`` listed an explicit reward_fn as bound although the transition's own
+    reward is used (as in TorchWM) and the hook is never called."""
+    report = check_factory(f"{factories}:dead_reward_fn", steps=10)
+    assert re.search(r"note: reward_fn = .*NOT CALLED: model returns the reward, which is used", report.format()), \
+        report.format()
 
 
 def test_nan_model_fails_with_a_clear_reason(factories):

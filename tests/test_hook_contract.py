@@ -75,6 +75,66 @@ def test_batched_scalar_from_a_per_env_hook_is_refused(hooks, key):
         env.step(td)
 
 
+def _reduced_state_model(kind):
+    """A batched model whose state loses its batch dim at the second step (a mean over the
+    batch): broadcast back at the next step, every env would get one env's state."""
+    calls = []
+
+    def reset(batch_size=()):
+        state = torch.arange(float(batch_size[0] * 2)).reshape(*batch_size, 2)
+        return {"state": state if kind == "tensor" else {"h": state}, "observation": state.clone()}
+
+    def transition(model, state, action):
+        calls.append(1)
+        h = state if kind == "tensor" else state["h"]
+        nxt = h + action
+        obs = nxt.clone()
+        if len(calls) >= 2:
+            nxt = nxt.mean(0, keepdim=True)
+        return {"state": nxt if kind == "tensor" else {"h": nxt}, "observation": obs, "reward": obs[:, 0]}
+
+    return reset, transition
+
+
+@pytest.mark.parametrize("path", ["torchrl", "vector", "sb3"])
+@pytest.mark.parametrize("kind", ["tensor", "dict"])
+def test_a_batched_state_that_loses_its_batch_dim_is_refused(path, kind):
+    """Issue 25: the state's leading dims are checked at every step (one tuple comparison per
+    leaf), not only at the first reset."""
+    reset, transition = _reduced_state_model(kind)
+    env = WorldModelEnv(object(), _BOX, _BOX, reset_fn=reset, transition_fn=transition, batch_size=(N,))
+    key = "model_state" if kind == "tensor" else "model_state['h']"
+    message = re.escape(f"transition_fn returned a state without the batch dims: {key}: a batched env needs a "
+                        f"model state with leading dims ({N},), got shape (1, 2)")
+    with pytest.raises(ValueError, match=message):
+        if path == "torchrl":
+            env.rollout(3, break_when_any_done=False)
+        else:
+            export = env.to_gymnasium() if path == "vector" else env.to_sb3()
+            export.reset() if path == "sb3" else export.reset(seed=0)
+            for _ in range(3):
+                export.step(np.zeros((N, 2), np.float32))
+
+
+@pytest.mark.parametrize("value,message", [
+    (torch.full((N,), 1 + 1j), "info['score']: expected real numbers, got a complex tensor"),
+    (torch.full((N,), 2 ** 40), "info['score']: values in [1099511627776, 1099511627776] (torch.int64) do not fit"),
+], ids=["complex", "int64-to-int32"])
+def test_declared_info_values_go_through_the_one_converter(value, message):
+    """A complex info value was silently cast to real and an int64 one wrapped in int32."""
+    from torchrl.data import Unbounded
+
+    def transition(model, state, action):
+        return {"state": state + action, "observation": state + action, "info": {"score": value}}
+
+    env = WorldModelEnv(object(), _BOX, _BOX, reset_fn=lambda batch_size=(): torch.zeros(*batch_size, 2),
+                        transition_fn=transition, batch_size=(N,),
+                        info_keys={"score": Unbounded(shape=(), dtype=torch.int32 if not value.is_complex()
+                                                      else torch.float32)})
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        env.rollout(2, break_when_any_done=False)
+
+
 def test_reset_hook_gets_batch_size_and_reset_mask_by_name():
     seen = {}
 

@@ -398,3 +398,207 @@ def test_an_info_value_in_a_reused_buffer_keeps_every_recorded_step(fast):
     extra = {} if fast else {"callback": lambda env, td: None}
     td = env.rollout(4, _zero_policy, break_when_any_done=False, **extra)
     assert td["next", "score"][0].tolist() == [2.0, 4.0, 6.0, 8.0]
+
+
+# ------------------------------------------------------------------ ownership of the state
+def _counting_reset(batch_size=()):
+    return torch.zeros(*batch_size, 2)
+
+
+def _writes_into_its_state(model, state, action):
+    """``state.add_(1); return state``: the model's result is the state it was given."""
+    state.add_(1.0)
+    return state
+
+
+def _writes_into_its_state_too(model, state, action):
+    """A separate observation, and the given state written into and returned."""
+    state.add_(1.0)
+    return {"state": state, "observation": state * 1.0, "reward": state[..., 0]}
+
+
+def _state_env(transition, batch=(N,), **kwargs):
+    return WorldModelEnv(None, BOX, ACT, reset_fn=_counting_reset, transition_fn=transition, batch_size=batch,
+                         **kwargs)
+
+
+STATE_WRITERS = [pytest.param(_writes_into_its_state, id="state-is-obs"),
+                 pytest.param(_writes_into_its_state_too, id="separate-obs")]
+
+
+@pytest.mark.parametrize("transition", STATE_WRITERS)
+@pytest.mark.parametrize("how", ["fast-rollout", "EnvBase.rollout", "env.step"])
+@pytest.mark.parametrize("batch", [(), (N,)], ids=["unbatched", "batched"])
+def test_a_model_writing_into_its_input_state_keeps_the_recorded_states_torchrl(transition, how, batch):
+    """Issue 25: ``state.add_(1); return state`` made ``rollout()["model_state"]`` read [1, 2, 3, 4]
+    where the states were [0, 1, 2, 3]: the state handed to the model is the one recorded."""
+    env = _state_env(transition, batch)
+    steps = 4
+    if how == "env.step":
+        td, kept = env.reset(), []
+        for _ in range(steps):
+            td["action"] = torch.zeros(*batch, 2)
+            out = env.step(td)
+            kept.append(out)
+            td = out["next"]
+        states = torch.stack([o["model_state"] for o in kept], -2)
+        nexts = torch.stack([o["next", "model_state"] for o in kept], -2)
+        observations = torch.stack([o["observation"] for o in kept], -2)
+    else:
+        extra = {} if how == "fast-rollout" else {"callback": lambda env, td: None}
+        td = env.rollout(steps, _zero_policy, break_when_any_done=False, **extra)
+        states, nexts, observations = td["model_state"], td["next", "model_state"], td["observation"]
+    t = torch.arange(0.0, steps).reshape(*[1] * len(batch), steps).expand(*batch, steps)
+    torch.testing.assert_close(states[..., 0], t)
+    torch.testing.assert_close(nexts[..., 0], t + 1)
+    torch.testing.assert_close(observations[..., 0], t)
+
+
+@pytest.mark.parametrize("transition", STATE_WRITERS)
+@pytest.mark.parametrize("kind", ["gym", "vector", "sb3"])
+def test_a_model_writing_into_its_input_state_keeps_what_the_exports_handed_out(transition, kind):
+    batch = () if kind == "gym" else (N,)
+    env = _state_env(transition, batch)
+    export = env.to_gymnasium() if kind != "sb3" else env.to_sb3()
+    export.reset() if kind == "sb3" else export.reset(seed=0)
+    states = [export.state.clone() if kind != "sb3" else export._snapshot.state.clone()]
+    kept_states = [export.state if kind != "sb3" else export._snapshot.state]
+    for _ in range(3):
+        export.step(np.zeros((*batch, 2), np.float32))
+        current = export.state if kind != "sb3" else export._snapshot.state
+        states.append(current.clone())
+        kept_states.append(current)
+    for t, (kept, copy) in enumerate(zip(kept_states, states)):
+        torch.testing.assert_close(kept, copy)  # what the env handed out at step t still reads step t
+        assert float(kept.reshape(-1)[0]) == float(t)
+
+
+def test_a_model_that_starts_writing_into_its_input_state_later_is_refused_by_name():
+    """The guard learns from the first call whether the model writes into its input (it then
+    copies the state for every call); a model seen writing later has changed a recorded state:
+    that raises, and the env copies from then on, so a rerun gives the right states."""
+    calls = []
+
+    def transition(model, state, action):
+        calls.append(1)
+        if len(calls) == 3:
+            state.add_(1.0)
+            return state
+        return state + 1.0
+
+    env = _state_env(transition)
+    with pytest.raises(RuntimeError, match=r"transition_fn wrote in place into the model state it was given"):
+        env.rollout(4, _zero_policy, break_when_any_done=False)
+    calls.clear()
+    td = env.rollout(4, _zero_policy, break_when_any_done=False)
+    assert td["model_state"][0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_model_writing_into_a_state_it_returned_earlier_is_refused():
+    kept = []
+
+    def transition(model, state, action):
+        if kept:
+            kept[-1].mul_(0.0)  # rewrites the state it returned last step (the env's recorded state)
+        nxt = state + 1.0
+        kept.append(nxt)
+        return nxt
+
+    env = _state_env(transition)
+    with pytest.raises(RuntimeError, match=r"transition_fn wrote in place into the model state it was given"):
+        env.rollout(3, _zero_policy, break_when_any_done=False)
+    kept.clear()  # the env now copies the state it hands the model: a write into a kept one is still seen
+    with pytest.raises(RuntimeError, match=r"transition_fn wrote in place into a state the env recorded earlier"):
+        env.rollout(3, _zero_policy, break_when_any_done=False)
+
+
+@pytest.mark.parametrize("set_state", [True, None], ids=["set_state=True", "implicit"])
+def test_observations_filled_in_from_given_start_states_are_tensors_of_their_own(set_state):
+    """reset(td, set_state=True) with states only: the observation filled in from them (the
+    model's observation is its state) is its own tensor, and the caller's states are left as
+    they were by a model writing into its input."""
+    from tensordict import TensorDict
+
+    env = _state_env(_writes_into_its_state)
+    given = torch.arange(6.0).reshape(N, 2)
+    td = env.reset(TensorDict({"model_state": given.clone()}, batch_size=[N]), set_state=set_state)
+    assert td["observation"].data_ptr() != td["model_state"].data_ptr()
+    td["observation"].add_(100.0)  # the caller writes into the observation it got
+    torch.testing.assert_close(td["model_state"], given)
+    start = td["model_state"]
+    td["action"] = torch.zeros(N, 2)
+    out = env.step(td)
+    torch.testing.assert_close(start, given)
+    torch.testing.assert_close(out["next", "model_state"], given + 1)
+
+
+@pytest.mark.parametrize("kind", ["torchrl", "vector"])
+def test_a_model_refilling_one_numpy_buffer_keeps_every_recorded_step(kind):
+    """torch.as_tensor shares a numpy array's memory and no version counter sees numpy writes:
+    the env copies what a hook returns as numpy."""
+    buffer = np.zeros((N, 2), np.float32)
+
+    def transition(model, state, action):
+        buffer[:] = np.asarray(state) + 1.0
+        return {"state": torch.as_tensor(buffer).clone(), "observation": buffer, "reward": buffer[:, 0].copy()}
+
+    env = _state_env(transition)
+    if kind == "torchrl":
+        td = env.rollout(4, _zero_policy, break_when_any_done=False)
+        assert td["next", "observation"][0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    else:
+        export = env.to_gymnasium()
+        export.reset(seed=0)
+        states = []
+        for _ in range(3):
+            export.step(np.zeros((N, 2), np.float32))
+            states.append(export._snapshot.observation)
+        assert [float(s[0, 0]) for s in states] == [1.0, 2.0, 3.0]
+
+
+def test_a_render_fn_writing_into_the_state_it_is_given_leaves_the_env_state_alone():
+    def render(model, state, obs):
+        state.mul_(0.0)  # a render hook that scribbles on its input
+        return np.zeros((4, 4, 3), np.uint8)
+
+    env = GymWorldModelEnv(None, BOX, ACT, reset_fn=lambda: torch.ones(2),
+                           transition_fn=lambda model, state, action: state + 1.0, render_fn=render,
+                           render_mode="rgb_array")
+    env.reset(seed=0)
+    env.render()
+    torch.testing.assert_close(env.state, torch.ones(2))
+    obs = env.step(np.zeros(2, np.float32))[0]
+    np.testing.assert_array_equal(obs, [2.0, 2.0])
+
+
+def test_a_float64_start_state_bank_steps_the_model_from_its_own_values():
+    bank = torch.tensor([[0.1], [0.2]], dtype=torch.float64) + 1e-12
+    box = gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+    env = WorldModelEnv(None, box, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), start_states=bank,
+                        transition_fn=lambda model, state, action: state * 2.0, batch_size=(2,), seed=0)
+    td = env.rollout(1, break_when_any_done=False)
+    assert td["model_state"].dtype == torch.float64
+    start = td["model_state"][:, 0]
+    assert all(any(bool((row == b).all()) for b in bank) for row in start)  # exact bank rows, not float32 casts
+    torch.testing.assert_close(td["next", "model_state"][:, 0], start * 2.0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["state-is-obs", "separate-state"])
+def test_a_reward_fn_writing_into_what_the_step_reached_leaves_the_record_alone(separate):
+    """reward_fn(model, next_state, obs, action) gets the transition's output, which the env
+    records for this step (and steps from next): a hook clamping it in place got copies."""
+    def transition(model, state, action):
+        nxt = state + 1.0
+        return {"state": nxt, "observation": nxt * 1.0} if separate else nxt
+
+    def reward_fn(model, next_state, obs, action):
+        value = obs[..., 0].clone()
+        obs.mul_(0.0)
+        next_state.mul_(0.0)
+        return value
+
+    env = _state_env(transition, reward_fn=reward_fn)
+    td = env.rollout(3, _zero_policy, break_when_any_done=False)
+    assert td["next", "observation"][0, :, 0].tolist() == [1.0, 2.0, 3.0]
+    assert td["next", "model_state"][0, :, 0].tolist() == [1.0, 2.0, 3.0]
+    assert td["next", "reward"][0, :, 0].tolist() == [1.0, 2.0, 3.0]

@@ -356,3 +356,171 @@ def test_truncate_gives_the_last_finite_observation_after_another_envs_partial_r
     nxt = _final_after_partial_reset(way)
     assert nxt["truncated"].item() and nxt["nonfinite"].item()
     assert nxt["observation"].tolist() == [4.0, 4.0]
+
+
+# ------------------------------------------------------- a non-finite state behind a finite image
+U8 = gym.spaces.Box(0, 255, shape=(2,), dtype=np.uint8)
+LATENT_ACT = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+
+def _latent_model(bad_row, kind="tensor", at=2):
+    """A latent decoded to a uint8 image: from step ``at`` on, env ``bad_row``'s latent is NaN
+    (its image, a cast, still reads finite). ``kind``: the latent as a tensor, a dict or a
+    TensorDict."""
+    from tensordict import TensorDict
+
+    def wrap(latent):
+        if kind == "dict":
+            return {"h": latent, "count": torch.zeros(latent.shape[:-1], dtype=torch.int64)}
+        if kind == "tensordict":
+            return TensorDict({"h": latent}, batch_size=latent.shape[:-1])
+        return latent
+
+    def unwrap(state):
+        return state if isinstance(state, torch.Tensor) else state["h"]
+
+    def reset(batch_size=()):
+        return wrap(torch.zeros(*batch_size, 3)), torch.zeros(*batch_size, 2, dtype=torch.uint8)
+
+    def transition(model, state, action):
+        latent = unwrap(state) + 1.0
+        if float(latent.reshape(-1, 3)[0, 0]) >= at:
+            latent = latent.clone()
+            latent.view(-1, 3)[0 if bad_row is None else bad_row, 1] = float("nan")
+        image = torch.nan_to_num(latent[..., :2], nan=0.0).to(torch.uint8)
+        return {"state": wrap(latent), "observation": image, "reward": latent[..., 0].clone()}
+
+    return reset, transition
+
+
+def _latent_env(path, bad_row, kind="tensor", n=None, **kwargs):
+    reset, transition = _latent_model(bad_row, kind)
+    from harness import make as make_on
+
+    return make_on(path, None, U8, LATENT_ACT, n=n, reset_fn=reset, transition_fn=transition, **kwargs)
+
+
+STATE_KINDS = ["tensor", "dict", "tensordict"]
+
+
+@on_paths(UNBATCHED)
+@pytest.mark.parametrize("kind", STATE_KINDS)
+def test_a_nonfinite_state_behind_a_finite_image_raises(path, kind):
+    """Issue 25: a NaN latent decoded to a uint8 image (the cast turns NaN into 0) was never caught."""
+    driver = Driver(path, _latent_env(path, None, kind))
+    driver.reset(seed=0)
+    driver.step(np.zeros(2, np.float32))
+    key = "state" if kind == "tensor" else "state['h']"
+    with pytest.raises(ValueError, match=re.escape(f"transition_fn returned NaN/inf in [\"{key}\"]")
+                       if kind != "tensor" else re.escape("transition_fn returned NaN/inf in ['state']")):
+        driver.step(np.zeros(2, np.float32))
+
+
+@on_paths(BATCHED)
+def test_a_nonfinite_state_raise_names_the_env_index(path):
+    driver = Driver(path, _latent_env(path, 2, n=N))
+    driver.reset(seed=0)
+    driver.step(np.zeros((N, 2), np.float32))
+    with pytest.raises(ValueError, match=re.escape("transition_fn returned NaN/inf in ['state'] at env index [2]")):
+        driver.step(np.zeros((N, 2), np.float32))
+
+
+@pytest.mark.parametrize("kind", STATE_KINDS)
+def test_a_nonfinite_state_truncates_that_env_with_its_last_finite_state_torchrl(kind):
+    env = _latent_env("torchrl", 2, kind, n=N, nan_policy="truncate")
+    td = env.rollout(3, lambda td: td.set("action", torch.zeros(N, 2)), break_when_any_done=False)
+    assert td["next", "truncated"].squeeze(-1)[:, 1].tolist() == [False, False, True, False]
+    assert td["next", "nonfinite"].squeeze(-1)[:, 1].tolist() == [False, False, True, False]
+    state = td["next", "model_state"] if kind == "tensor" else td["next", "model_state", "h"]
+    # the truncated env's final state is the one its step started from, as its final observation is
+    torch.testing.assert_close(state[2, 1], torch.ones(3))
+    assert torch.isfinite(state).all()
+    assert td["elapsed_steps"].squeeze(-1)[2].tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("kind", ["vector", "sb3"])
+def test_a_nonfinite_state_truncates_that_env_on_the_exports(kind):
+    env = _latent_env("torchrl", 2, n=N, nan_policy="truncate")
+    export = env.to_gymnasium() if kind == "vector" else env.to_sb3()
+    export.reset() if kind == "sb3" else export.reset(seed=0)
+    export.step(np.zeros((N, 2), np.float32))
+    out = export.step(np.zeros((N, 2), np.float32))
+    if kind == "vector":
+        assert out[3].tolist() == [False, False, True, False] and out[4]["nonfinite"].tolist()[2]
+        assert torch.isfinite(export.state).all()
+    else:
+        assert out[2].tolist() == [False, False, True, False] and out[3][2]["nonfinite"]
+
+
+def test_a_finite_state_behind_an_image_needs_no_extra_check():
+    """An integer (or finite) latent passes: only floating leaves are checked."""
+    driver = Driver("torchrl", _latent_env("torchrl", None, "dict"))
+    driver.reset(seed=0)
+    driver.step(np.zeros(2, np.float32))
+
+
+@on_paths(UNBATCHED)
+def test_a_reset_with_a_nonfinite_state_is_refused(path):
+    from harness import make as make_on
+
+    def reset(batch_size=()):
+        return torch.full((*batch_size, 3), float("nan")), torch.zeros(*batch_size, 2, dtype=torch.uint8)
+
+    with pytest.raises(ValueError, match=re.escape("reset_fn returned NaN/inf in ['state']; a reset must be finite")):
+        env = make_on(path, None, U8, LATENT_ACT, reset_fn=reset, transition_fn=_latent_model(None)[1])
+        Driver(path, env).reset(seed=0)
+
+
+# --------------------------------------------------- partial resets: only the rows in use
+def _garbage_outside_the_mask(model, seed=None, options=None, batch_size=()):
+    """A reset that computes only the rows reset_mask asks for and leaves the others as
+    ``torch.empty`` would (here: NaN, and garbage in the state)."""
+    mask = options["reset_mask"]
+    obs = torch.zeros(*batch_size, 2)
+    obs[~mask] = float("nan")
+    state = torch.zeros(*batch_size, 3)
+    state[~mask] = float("inf")
+    return {"state": state, "observation": obs}
+
+
+def _ends_env_1(model, state, action):
+    nxt = state + 1.0
+    done = torch.zeros(state.shape[0], dtype=torch.bool)
+    done[1] = True
+    return {"state": nxt, "observation": nxt[:, :2], "reward": nxt[:, 0], "terminated": done}
+
+
+@pytest.mark.parametrize("kind", ["fast-rollout", "EnvBase.rollout", "vector", "vector-same-step", "sb3"])
+def test_a_partial_reset_checks_only_the_rows_being_reset(kind):
+    """Issue 25: NaN in rows a partial reset does not use (reset_mask) was refused, giving
+    intermittent errors with torch.empty."""
+    box = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+
+    def reset(model, seed=None, options=None, batch_size=()):
+        mask = (options or {}).get("reset_mask")
+        if mask is None or bool(mask.all()):
+            return {"state": torch.zeros(*batch_size, 3), "observation": torch.zeros(*batch_size, 2)}
+        return _garbage_outside_the_mask(model, seed, options, batch_size)
+
+    env = WorldModelEnv(None, box, LATENT_ACT, reset_fn=reset, transition_fn=_ends_env_1, batch_size=(N,))
+    if kind in ("fast-rollout", "EnvBase.rollout"):
+        extra = {} if kind == "fast-rollout" else {"callback": lambda env, td: None}
+        td = env.rollout(4, lambda td: td.set("action", torch.zeros(N, 2)), break_when_any_done=False, **extra)
+        assert torch.isfinite(td["observation"]).all() and torch.isfinite(td["model_state"]).all()
+        # env 1 restarts every step; the others never do
+        assert td["elapsed_steps"].squeeze(-1)[1].tolist() == [0, 0, 0, 0]
+        assert td["elapsed_steps"].squeeze(-1)[0].tolist() == [0, 1, 2, 3]
+        return
+    if kind == "sb3":
+        export = env.to_sb3()
+        export.reset()
+    else:
+        from gymnasium.vector import AutoresetMode
+
+        mode = AutoresetMode.SAME_STEP if kind == "vector-same-step" else AutoresetMode.NEXT_STEP
+        export = env.to_gymnasium(autoreset_mode=mode)
+        export.reset(seed=0)
+    for _ in range(3):
+        obs = export.step(np.zeros((N, 2), np.float32))[0]
+        assert np.isfinite(obs).all()
+    assert torch.isfinite(export._snapshot.state).all()

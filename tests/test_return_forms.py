@@ -262,8 +262,47 @@ def test_returned_reward_and_flag_win_over_reward_fn_and_terminal_fn(path):
                reward_fn=lambda model, next_state, obs, action: calls.append("r") or 99.0,
                terminal_fn=lambda model, next_state, obs, action: calls.append("t") or True)
     d.reset()
-    _, r, term, _, _ = d.step()
+    with pytest.warns(UserWarning, match=r"reward_fn is not called: transition_fn returns a reward itself"):
+        _, r, term, _, _ = d.step()
     assert (r, term, calls) == (3.0, False, [])
+
+
+@on_paths(PATHS)
+def test_a_dead_reward_fn_or_terminal_fn_is_named_once_and_shown_in_the_repr(path):
+    """Issue 25: an explicit reward_fn / terminal_fn the transition's own value overrides (as in
+    TorchWM) was silently dead while repr(env) and ``torchwm-rl check`` listed it as bound."""
+    import warnings
+
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+                transition_fn=lambda s, a: {"observation": next_state(s, a), "reward": 3.0},
+                reward_fn=lambda model, next_state, obs, action: 99.0,
+                terminal_fn=lambda model, next_state, obs, action: False)
+    d.reset()
+    assert "reward_fn" in repr(d.env) and "not stepped yet" in repr(d.env)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            d.step()
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len([m for m in messages if m.startswith("reward_fn is not called")]) == 1  # once, not per step
+    assert not [m for m in messages if m.startswith("terminal_fn")]  # the transition gives no flag: in use
+    lines = d.env.adapter.describe_bindings()
+    reward_line = next(line for line in lines if line.startswith("reward_fn"))
+    terminal_line = next(line for line in lines if line.startswith("terminal_fn"))
+    assert "NOT CALLED: transition_fn returns the reward, which is used" in reward_line
+    assert "in use: transition_fn returns no terminated flag" in terminal_line
+    assert reward_line in repr(d.env)
+
+
+@on_paths(PATHS)
+def test_a_terminated_flag_of_none_is_no_flag_as_a_reward_of_none_is_no_reward(path):
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(),
+                transition_fn=lambda s, a: {"observation": next_state(s, a), "reward": None, "terminated": None},
+                reward_fn=lambda model, next_state, obs, action: 5.0,
+                terminal_fn=lambda model, next_state, obs, action: True)
+    d.reset()
+    _, r, term, _, _ = d.step()
+    assert (r, term) == (5.0, True)
 
 
 # --------------------------------------------------------------------------- call signatures
@@ -653,3 +692,161 @@ def test_batched_gym_4_tuple_splits_done_like_gymnasium():
     )
     assert out["terminated"].squeeze(-1).tolist() == terminated.tolist() == [False, True, False]
     assert out["truncated"].squeeze(-1).tolist() == truncated.tolist() == [True, False, False]
+
+
+# ------------------------------------------------------------- TensorDicts as return values
+def _td_transition(kind):
+    from tensordict import TensorDict
+
+    def transition(model, state, action):
+        nxt = next_state(state, action)
+        if kind == "record":
+            return TensorDict({"state": nxt, "observation": 2 * nxt, "reward": nxt.sum(-1),
+                               "terminated": torch.zeros(nxt.shape[:-1], dtype=torch.bool)}, batch_size=nxt.shape[:-1])
+        if kind == "gymnasium-info":
+            info = TensorDict({"model_state": nxt}, batch_size=nxt.shape[:-1])
+            return 2 * nxt, nxt.sum(-1), False, False, info
+        raise ValueError(kind)
+
+    return transition
+
+
+@on_paths(PATHS)
+@pytest.mark.parametrize("kind", ["record", "gymnasium-info"])
+def test_a_tensordict_record_reads_like_a_mapping(path, kind):
+    """Issue 25: a TensorDict returned as the transition record crashed with
+    ``unhashable type: 'TensorDict'``."""
+    d = _driver(path, nn.Linear(1, 1), reset_fn=lambda: S0.clone(), transition_fn=_td_transition(kind))
+    d.reset()
+    obs, r, term, trunc, _ = d.step()
+    expected = next_state(S0, ACTION)
+    torch.testing.assert_close(torch.as_tensor(obs), 2 * expected)
+    assert r == pytest.approx(float(expected.sum())) and not term and not trunc
+    obs, _, _, _, _ = d.step()  # stepped from the record's state, not from the observation
+    torch.testing.assert_close(torch.as_tensor(obs), 2 * next_state(expected, ACTION))
+
+
+DICT_SPACE = gym.spaces.Dict({"pos": gym.spaces.Box(-100.0, 100.0, (2,), np.float32),
+                              "vel": gym.spaces.Box(-100.0, 100.0, (1,), np.float32)})
+
+
+@pytest.mark.parametrize("path", ["torchrl", "gym", "vector", "sb3"])
+@pytest.mark.parametrize("where", ["bare", "in-a-record", "reset"])
+def test_a_tensordict_dict_observation_reads_like_a_dict(path, where):
+    from tensordict import TensorDict
+
+    n = None if path in ("torchrl", "gym") else 2
+    batch = () if n is None else (n,)
+
+    def obs_of(state):
+        return TensorDict({"pos": state[..., :2], "vel": state[..., 2:]}, batch_size=batch)
+
+    def reset(batch_size=()):
+        state = torch.zeros(*batch, 3)
+        if where == "bare":  # the observation is the state
+            return obs_of(state).clone()
+        if where == "reset":
+            return state, obs_of(state).clone()
+        return state, {"pos": state[..., :2].clone(), "vel": state[..., 2:].clone()}
+
+    def transition(model, state, action):
+        if where == "bare":
+            return obs_of(torch.cat([state["pos"], state["vel"]], -1) + 1.0).clone()
+        nxt = state + 1.0
+        return {"state": nxt, "observation": obs_of(nxt).clone(), "reward": nxt[..., 0]}
+
+    act = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    env = harness.make(path, None, DICT_SPACE, act, n=n, reset_fn=reset, transition_fn=transition)
+    d = Driver(path, env, action=np.zeros((*batch, 3), np.float32))
+    first = d.reset(seed=0) if path != "sb3" else d.reset()
+    np.testing.assert_array_equal(np.asarray(first["pos"]), np.zeros((*batch, 2), np.float32))
+    obs = d.step()[0]
+    np.testing.assert_array_equal(np.asarray(obs["pos"]), np.ones((*batch, 2), np.float32))
+    np.testing.assert_array_equal(np.asarray(obs["vel"]), np.ones((*batch, 1), np.float32))
+
+
+# --------------------------------------------- the state is the model's value, not its cast
+F32 = gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+
+
+def _logistic(model, state, action):
+    """A chaotic map: float32 rounding of its state would drift from a float64 loop quickly."""
+    return 3.9 * state * (1.0 - state)
+
+
+def _logistic_reset(batch_size=()):
+    return torch.full((*batch_size, 1), 0.3, dtype=torch.float64)
+
+
+def _float64_loop(steps):
+    x, out = torch.tensor([0.3], dtype=torch.float64), []
+    for _ in range(steps):
+        x = 3.9 * x * (1.0 - x)
+        out.append(x)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("path", ["torchrl", "torchrl-step", "gym", "vector", "sb3"])
+def test_a_float64_model_is_stepped_from_its_float64_state_not_its_float32_observation(path):
+    """Issue 25: with no separate state, the env stepped the model from the observation after
+    its cast to the space's dtype: a float64 model was rounded to float32 every step (a chaotic
+    map drifted 0.42 from a float64 loop by step 40)."""
+    steps = 40
+    expected = _float64_loop(steps)
+    n = None if path in ("torchrl", "torchrl-step", "gym") else 2
+    base = "torchrl" if path == "torchrl-step" else path
+    env = harness.make(base, None, F32, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), n=n,
+                       reset_fn=_logistic_reset, transition_fn=_logistic)
+    if path == "torchrl":
+        assert env.state_spec["model_state"].dtype == torch.float64  # the model's dtype
+        td = env.rollout(steps, break_when_any_done=False)
+        states, observations = td["next", "model_state"], td["next", "observation"]
+        assert states.dtype == torch.float64 and observations.dtype == torch.float32
+        torch.testing.assert_close(states[:, 0], expected[:, 0], rtol=0, atol=0)
+        torch.testing.assert_close(observations[:, 0], expected[:, 0].float(), rtol=0, atol=0)
+        return
+    d = Driver(base, env, action=np.zeros((1,) if n is None else (n, 1), np.float32))
+    d.reset(seed=0) if base != "sb3" else d.reset()
+    got = []
+    for _ in range(steps):
+        obs = d.step()[0]
+        got.append(np.asarray(obs).reshape(-1)[0])
+    np.testing.assert_array_equal(np.array(got, np.float32), expected[:, 0].float().numpy())
+    state = env.state if base in ("gym", "vector") else (
+        env._snapshot.state if base == "sb3" else d.td["model_state"])
+    assert state.dtype == torch.float64
+    assert float(state.reshape(-1)[0]) == float(expected[-1, 0])
+
+
+def test_integer_dynamics_never_wrap_in_the_observation_dtype():
+    """An int64 counter observed as uint8: stepped from its uint8 cast it wrapped at 256 and
+    the env never said; stepped from its own value, the observation's cast refuses 256."""
+    space = gym.spaces.Box(0, 255, shape=(1,), dtype=np.uint8)
+    env = WorldModelEnv(None, space, gym.spaces.Box(-1.0, 1.0, (1,), np.float32),
+                        reset_fn=lambda: torch.tensor([250], dtype=torch.int64),
+                        transition_fn=lambda model, state, action: state + 3)
+    td = env.reset()
+    assert td["model_state"].dtype == torch.int64 and td["observation"].dtype == torch.uint8
+    td = env.rollout(1, break_when_any_done=False)
+    assert td["next", "model_state"].tolist() == [[253]]
+    with pytest.raises(ValueError, match=re.escape("observation: values in [256, 256] (torch.int64) do not fit")):
+        env.rollout(2, break_when_any_done=False)
+
+
+def test_partial_resets_and_given_states_of_the_models_dtype():
+    from tensordict import TensorDict
+
+    env = WorldModelEnv(None, F32, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), reset_fn=_logistic_reset,
+                        transition_fn=lambda model, state, action: {
+                            "observation": state + 1.0, "terminated": (state[..., 0] > 1.5) & (torch.arange(3) == 1)},
+                        batch_size=(3,))
+    td = env.rollout(4, break_when_any_done=False)  # env 1 ends at its 3rd step and restarts
+    assert td["model_state"].dtype == torch.float64
+    assert td["model_state"][1, :, 0].tolist() == [0.3, 0.3 + 1.0, 0.3 + 1.0 + 1.0, 0.3]
+    assert td["model_state"][0, :, 0].tolist() == [0.3, 0.3 + 1.0, 0.3 + 1.0 + 1.0, 0.3 + 1.0 + 1.0 + 1.0]
+    given = torch.tensor([[0.1], [0.2], [0.4]], dtype=torch.float64)
+    td = env.reset(TensorDict({"model_state": given}, batch_size=[3]), set_state=True)
+    assert td["observation"].dtype == torch.float32
+    torch.testing.assert_close(td["observation"], given.float())
+    with pytest.raises(TypeError, match=re.escape("expected dtype torch.float64 (the model's state)")):
+        env.reset(TensorDict({"model_state": given.float()}, batch_size=[3]), set_state=True)

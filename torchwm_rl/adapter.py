@@ -20,7 +20,9 @@ caller decides (the Gymnasium exports run under ``torch.no_grad``).
 
 from __future__ import annotations
 
+import warnings
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -31,10 +33,10 @@ from tensordict import TensorDictBase
 
 from .calling import Hook
 from .ensemble import NEGATIVE_UNCERTAINTY, Ensemble
-from .errors import TorchWMError
+from .errors import TorchWMError, ValueMismatch
 from .options import ACTION_CHECKS, NAN_POLICIES, ModelOptions, model_options, with_model_options
 from .records import MISSING, RawRecord, parse_reset, parse_transition
-from .spaces import check_supported
+from .spaces import check_supported, numpy_to_torch_dtype
 from .train_mode import warn_if_training
 from .validation import (
     action_as_given,
@@ -79,6 +81,9 @@ class Reset:
     state: Any
     observation: Any
     info: dict = field(default_factory=dict)
+    #: the reset gave no separate state: the state is the observation as the hook returned it
+    #: (before the cast to the space's dtype)
+    state_is_observation: bool = False
 
 
 @dataclass
@@ -198,6 +203,15 @@ class ModelAdapter:
         self.action_hook = _resolve(opts.action_transform_fn, model, (), "action_transform_fn")
         # the env's random stream for hooks that ask for ``generator`` (set by EpisodeLogic)
         self.generator: Optional[torch.Generator] = None
+        # shared with forks (copy.copy), as the model is: what was learned of the hooks
+        self._inputs = InputGuard()  # does the transition write into the state it is given?
+        self._render_inputs = InputGuard("the state or observation", "the env's current state or observation: "
+                                         "what it recorded and hands out has changed")  # ... render_fn?
+        # ... reward_fn / terminal_fn into the state and observation the step reached?
+        self._reached_inputs = InputGuard("the state or observation the step reached",
+                                          "what the env records for this step: the record would differ from "
+                                          "the transition's output")
+        self._hook_use: dict = {}  # reward_fn / terminal_fn: [called at a step, skipped at a step]
 
     @property
     def hooks(self) -> dict:
@@ -210,8 +224,25 @@ class ModelAdapter:
         return {role: hook for role, hook in found.items() if hook is not None}
 
     def describe_bindings(self) -> list:
-        """One line per hook: which argument each parameter receives, and by which rule."""
-        return [hook.binding.describe() for hook in self.hooks.values()]
+        """One line per hook: which argument each parameter receives, and by which rule; for
+        ``reward_fn`` / ``terminal_fn``, also whether it is in effect (it is called only for
+        steps whose transition gives no reward / terminated flag, as in TorchWM)."""
+        lines = []
+        for role, hook in self.hooks.items():
+            line = hook.binding.describe()
+            if role in ("reward_fn", "terminal_fn"):
+                what = "reward" if role == "reward_fn" else "terminated flag"
+                called, skipped = self._hook_use.get(role, (False, False))
+                if skipped and not called:
+                    line += f" (NOT CALLED: {self.transition_hook.name} returns the {what}, which is used)"
+                elif skipped:
+                    line += f" (called only at steps where {self.transition_hook.name} returns no {what})"
+                elif called:
+                    line += f" (in use: {self.transition_hook.name} returns no {what})"
+                else:
+                    line += f" (used where {self.transition_hook.name} returns no {what}; not stepped yet)"
+            lines.append(line)
+        return lines
 
     def wants_generator(self) -> bool:
         """Whether a step or reset draws from the env's generator (a hook that asks for it, or
@@ -255,25 +286,34 @@ class ModelAdapter:
         state = raw.state
         if state is MISSING:
             state = self._broadcast_initial(self.initial_state)
+        mask = (options or {}).get("reset_mask")
+        # a partial reset: only the rows being reset are checked (the others may hold anything,
+        # torch.empty included: the caller keeps its own rows there)
+        rows = None if mask is None or bool(mask.all()) else mask
+        raw_observation = observation
         try:
             observation = self._read(
-                to_observation, raw, self.reset_hook, observation, self.observation_space, self.batch_size, self.device
+                to_observation, raw, self.reset_hook, observation, self.observation_space, self.batch_size,
+                self.device, "observation", rows,
             )
         except ValueError as err:
-            mask = (options or {}).get("reset_mask")
-            if mask is None or bool(mask.all()):
+            if rows is None:
                 raise
             raise ValueError(
                 f"{err}; a partial reset still computes the full batch: return all {self.batch_size[0]} rows "
                 "(reset_mask says which of them are used)"
             ) from None
-        if state is None:
-            state = observation
+        state_is_observation = state is None
+        if state_is_observation:
+            state = state_of_observation(raw_observation, observation, self.device)
+        else:
+            self._check_state(state, self.reset_hook)
         if self.check_observations:
-            self._read(check_observation, raw, self.reset_hook, observation, self.observation_space, self.batch_size)
-        self._check_finite_reset(observation)
+            self._read(check_observation, raw, self.reset_hook, observation, self.observation_space, self.batch_size,
+                       "observation", rows)
+        self._check_finite_reset(observation, None if state_is_observation else state, rows)
         state, observation = self._unalias((state, observation))
-        return Reset(state=state, observation=observation, info=raw.info)
+        return Reset(state=state, observation=observation, info=raw.info, state_is_observation=state_is_observation)
 
     def _broadcast_initial(self, value: Any) -> Any:
         """Expand an unbatched tensor initial value to the batch (leaves others alone)."""
@@ -288,13 +328,41 @@ class ModelAdapter:
             return {k: self._broadcast_initial(v) for k, v in value.items()}
         return value
 
-    def _check_finite_reset(self, observation: Any) -> None:
+    def _check_finite_reset(self, observation: Any, state: Any = None, rows: Optional[torch.Tensor] = None) -> None:
+        """A reset's observation (and the floating leaves of a separate state) must be finite,
+        in the rows being reset (``rows``; None: all)."""
         if self.nan_policy == "ignore":
             return
-        bad, keys = nonfinite_rows(flatten_observation(observation), self.batch_size)
+        checked = flatten_observation(observation)
+        checked.update(_state_leaves(state))
+        bad, keys = nonfinite_rows(checked, self.batch_size)
+        if bad is not None and rows is not None:
+            bad = bad & rows
+            if not bool(bad.any()):
+                return
+            keys = [key for key, value in checked.items() if _bad_rows(value, self.batch_size, bad)]
         if bad is not None:
             source = self.reset_hook.name if self.reset_hook is not None else "initial_observation"
             raise ValueError(f"{source} returned NaN/inf in {keys}{env_rows(bad)}; a reset must be finite.")
+
+    def _check_state(self, state: Any, hook: Any) -> None:
+        """Every tensor of a batched state leads with the batch dims (one tuple comparison per
+        leaf): a state reduced or broadcast over the batch (shape ``(1, ...)`` or without the
+        batch dim) would give every env one env's state at the next step."""
+        if not self.batch_size:
+            return
+        n = len(self.batch_size)
+        if isinstance(state, torch.Tensor) and state.shape[:n] == self.batch_size:
+            return  # the per-step common case
+        for key, leaf in _state_leaves(state, floating_only=False, prefix="model_state").items():
+            if tuple(leaf.shape[:n]) != self.batch_size:
+                name = hook.name if hook is not None else "initial_state"
+                raise ValueMismatch(
+                    f"{name} returned a state without the batch dims: {key}: a batched env needs a model state "
+                    f"with leading dims {self.batch_size}, got shape {tuple(leaf.shape)} (one row per env; a state "
+                    "reduced or broadcast over the batch would give every env one env's state)",
+                    key=key, expected=self.batch_size, got=tuple(leaf.shape),
+                )
 
     # ----------------------------------------------------------------- action
     def prepare_action(self, action: Any) -> Any:
@@ -332,7 +400,8 @@ class ModelAdapter:
         observation of a truncated row."""
         model_action = self.prepare_action(action)
         hook = self.transition_hook
-        values = {"model": self.model, "state": state, "action": model_action, "generator": self.generator}
+        given, token = self._inputs.give(state)
+        values = {"model": self.model, "state": given, "action": model_action, "generator": self.generator}
         raw = parse_transition(hook(values), self._dict_keys, hook.name)
         uncertainty = None
         if self.ensemble is not None:  # [E, *batch, ...] -> the propagated transition
@@ -344,15 +413,27 @@ class ModelAdapter:
         )
         if self.check_observations:
             self._read(check_observation, raw, hook, observation, self.observation_space, self.batch_size)
-        next_state = observation if raw.state is MISSING else raw.state
-        # reward and terminal hooks see the state and observation the step reached (TorchWM)
+        if raw.state is MISSING:  # the state is the observation as the model returned it, not its cast
+            next_state = state_of_observation(raw.observation, observation, self.device)
+        else:
+            next_state = raw.state
+            self._check_state(next_state, hook)
+        # reward and terminal hooks see the state and observation the step reached (TorchWM),
+        # guarded as the transition's input is when they are called (a hook writing into them
+        # would change what the env records for this step)
+        reached, reached_token = {"next_state": next_state, "obs": observation}, None
+        if (self.reward_hook is not None and (raw.reward is MISSING or raw.reward is None)) or (
+                self.terminal_hook is not None and (raw.terminated is MISSING or raw.terminated is None)):
+            reached, reached_token = self._reached_inputs.give(reached)
         values = {
-            "model": self.model, "next_state": next_state, "obs": observation, "action": model_action,
-            "prev_state": state, "generator": self.generator,
+            "model": self.model, "next_state": reached["next_state"], "obs": reached["obs"], "action": model_action,
+            "prev_state": given, "generator": self.generator,
         }
 
         # a reward of None is no reward (TorchWM): reward_fn's, else 0
         reward, reward_hook = (MISSING if raw.reward is None else raw.reward), hook
+        if self.reward_hook is not None:
+            self._hook_in_use("reward_fn", reward is MISSING, "a reward")
         if self.reward_hook is not None and reward is MISSING:
             reward, reward_hook = self.reward_hook(values), self.reward_hook
             raw_reward = RawRecord(form="the reward")
@@ -365,24 +446,52 @@ class ModelAdapter:
         else:
             reward = self._read(to_batched_scalar, raw_reward, reward_hook, reward, self.batch_size, self.device,
                                 torch.float32, "reward")
-        terminated, terminal_hook = raw.terminated, hook
+        # a terminated flag of None is no flag, as a reward of None is no reward: terminal_fn's, else False
+        terminated, terminal_hook = (MISSING if raw.terminated is None else raw.terminated), hook
         raw_terminal = raw
+        if self.terminal_hook is not None:
+            self._hook_in_use("terminal_fn", terminated is MISSING, "a terminated flag")
         if self.terminal_hook is not None and terminated is MISSING:
             terminated, terminal_hook = self.terminal_hook(values), self.terminal_hook
             raw_terminal = RawRecord(form="the terminated flag")
         terminated = self._flag(terminated, "terminated", raw_terminal, terminal_hook, own)
         truncated = self._flag(raw.truncated, "truncated", raw, hook, own)
+        # the hooks have run: did one of them write into the state it was given?
+        self._inputs.check(token, hook.name)
+        if reached_token is not None:
+            names = [h.name for h, used in ((self.reward_hook, reward_hook is self.reward_hook),
+                                            (self.terminal_hook, terminal_hook is self.terminal_hook)) if used]
+            self._reached_inputs.check(reached_token, " or ".join(names))
         halted = None
         if self.ensemble is not None:  # MOPO's penalty, MOReL's halting
             reward, terminated, halted = self.ensemble.apply(reward, terminated, uncertainty)
 
         record = Transition(next_state, observation, reward, terminated, truncated, raw.info,
                             uncertainty=uncertainty, halted=halted)
-        self._apply_nan_policy(record, discard, reward_hook.name, model_action, previous_observation)
+        self._apply_nan_policy(record, discard, reward_hook.name, model_action, previous_observation, state)
         record.state, record.observation, record.reward, record.terminated, record.truncated = self._unalias(
             (record.state, record.observation, record.reward, record.terminated, record.truncated), own
         )
         return record
+
+    def _hook_in_use(self, role: str, called: bool, what: str) -> None:
+        """Remember whether the explicit ``role`` hook is called (the transition gives no such
+        value) or not (the transition's own value wins, as in TorchWM); warn once, the first
+        time a step does not call it, so a hook passed on purpose is never silently dead."""
+        seen = self._hook_use.get(role)
+        if seen is None:
+            seen = self._hook_use[role] = [False, False]  # [called at some step, skipped at some step]
+        if seen[not called]:
+            return
+        seen[not called] = True
+        if not called:
+            warnings.warn(
+                f"{role} is not called: {self.transition_hook.name} returns {what} itself, and the "
+                f"transition's value is used (as in TorchWM: {role} only fills in a value the transition "
+                f"does not give). Drop {role}, or stop returning {what} from the transition (or return None) "
+                f"to use {role}.",
+                UserWarning, stacklevel=4,
+            )
 
     def _unalias(self, values: tuple, own: Sequence = ()) -> tuple:
         """``values`` with every tensor that may be memory the model writes into again replaced
@@ -451,15 +560,28 @@ class ModelAdapter:
 
     def _apply_nan_policy(
         self, record: Transition, discard: Optional[torch.Tensor] = None, reward_source: Optional[str] = None,
-        action: Any = None, previous_observation: Any = None,
+        action: Any = None, previous_observation: Any = None, previous_state: Any = None,
     ) -> None:
+        """NaN/inf in the observation, the reward or a floating leaf of the state (a latent
+        behind a uint8 image, whose cast turns NaN into 0) raise or truncate the rows holding
+        them. ``previous_state``: the state the step started from, the final state of a
+        truncated row (as the observation the step started from is its final observation)."""
         if self.nan_policy == "ignore":
             return
-        if record.uncertainty is None and isinstance(record.observation, torch.Tensor) \
-                and all_finite(record.observation, record.reward):
-            return  # the common case, with one host sync; anything else gets the exact check below
+        state = record.state
+        if record.uncertainty is None and isinstance(record.observation, torch.Tensor):
+            if state is record.observation:
+                if all_finite(record.observation, record.reward):
+                    return  # the common case, with one host sync; anything else gets the exact check below
+            elif isinstance(state, torch.Tensor):
+                if all_finite(record.observation, record.reward, state):
+                    return  # one host sync for the three (one reduction on a device)
+            elif all_finite(record.observation, record.reward, *_state_leaves(state).values()):
+                return
         checked = flatten_observation(record.observation)
         checked["reward"] = record.reward
+        if state is not record.observation:
+            checked.update(_state_leaves(state))
         if record.uncertainty is not None:  # non-finite member predictions (maybe not the one picked)
             checked.update(self.ensemble.checked_values(record.uncertainty))
         bad, keys = nonfinite_rows(checked, self.batch_size)
@@ -488,6 +610,10 @@ class ModelAdapter:
             )
         record.truncated = record.truncated | bad
         record.nonfinite = bad
+        if previous_state is not None:
+            # the final state of a truncated row is the one its step started from, as its final
+            # observation is: a learner bootstrapping from the state sees a real one
+            record.state = _where_state(bad, state, previous_state)
         # What learners see is finite and honest: SB3 and TorchRL's GAE bootstrap from the final
         # observation of a truncated episode, so a truncated row's final observation is the
         # last finite one, the observation the step started from (its value estimate is the
@@ -509,7 +635,12 @@ class ModelAdapter:
     def render(self, state: Any, observation: Any) -> Any:
         """``render_fn(model, state, obs)`` if given, else the observation."""
         if self.render_hook is not None:
-            return self.render_hook({"model": self.model, "state": state, "obs": observation})
+            # the state and observation are the env's current ones (recorded, handed out): a
+            # render hook writing into them gets copies, as the transition does (InputGuard)
+            given, token = self._render_inputs.give({"state": state, "obs": observation})
+            frame = self.render_hook({"model": self.model, **given})
+            self._render_inputs.check(token, self.render_hook.name)
+            return frame
         return observation
 
 
@@ -552,6 +683,88 @@ def version_counter(tensor: torch.Tensor) -> int:
         return -1
 
 
+class InputGuard:
+    """Keeps hooks from rewriting what the env recorded: the state a hook is given is the
+    state the env handed out (the rollout's ``model_state`` at that step, the exports' current
+    state), so a hook writing into it (``state.add_(1); return state``) would change the
+    recorded trajectory after the fact.
+
+    As the buffer-reuse guard, it copies only where a write is seen, with PyTorch's version
+    counters (bumped by every in-place write, shared by views): the first call gets a copy and
+    tells whether the hook writes into its input; from then on a hook that does gets a copy
+    every call, and one that does not gets the env's tensors, whose version counters are
+    compared after the call (a tuple comparison). A hook seen to write into them later (it did
+    not at its first call) has changed recorded values: that raises, naming the hook, and the
+    hook gets copies from then on. A state of inference tensors (no version counter, so no
+    telling) is always copied. One guard is shared by an adapter and its forks (one model)."""
+
+    __slots__ = ("copies", "what", "recorded")
+
+    def __init__(self, what: str = "the model state",
+                 recorded: str = "the state the env recorded for the previous step: that step's recorded state has "
+                                 "changed"):
+        self.copies: Optional[bool] = None  # None: not yet known (the first call gets a copy)
+        self.what, self.recorded = what, recorded  # for the error messages
+
+    def give(self, value: Any) -> tuple:
+        """``(what to hand the hook, a token for check)``."""
+        if self.copies is False and type(value) is torch.Tensor:  # the per-step common case
+            try:
+                return value, (value, value._version)
+            except RuntimeError:  # an inference tensor (no version counter): copied below
+                pass
+        if isinstance(value, torch.Tensor):
+            leaves = (value,)
+        else:
+            leaves = tuple(_state_leaves(value, floating_only=False).values())
+            if not leaves:
+                return value, None
+        versions = tuple(map(version_counter, leaves))
+        if self.copies is False and -1 not in versions:
+            return value, (leaves, versions, None)
+        given = _copy_state(value)
+        given_leaves = (given,) if isinstance(given, torch.Tensor) else tuple(
+            _state_leaves(given, floating_only=False).values())
+        return given, (leaves, versions, (given_leaves, tuple(map(version_counter, given_leaves))))
+
+    def check(self, token: Optional[tuple], hook: str) -> None:
+        """After the hooks ran: learn (first call) or refuse (a write into the env's tensors)."""
+        if token is None:
+            return
+        if len(token) == 2:  # give's common case: one tensor, not copied
+            if token[0]._version == token[1]:
+                return
+            token = ((token[0],), (token[1],), None)
+        leaves, versions, copies = token
+        if any(version_counter(t) != v for t, v in zip(leaves, versions)):
+            self.copies = True
+            if copies is None:
+                raise RuntimeError(
+                    f"{hook} wrote in place into {self.what} it was given (state.add_(...), state[i] = ..., "
+                    f"out=state; or into a tensor it returned before and kept), which is {self.recorded}. It did "
+                    "not do so at its first call, so the env had stopped copying what it hands it; it copies it "
+                    "from now on: run the rollout (or episode) again. To avoid the copy, return new tensors "
+                    "(state + 1 rather than state.add_(1))."
+                )
+            raise RuntimeError(
+                f"{hook} wrote in place into a state the env recorded earlier (one it returned before and kept a "
+                "reference to, or a view of one): recorded steps have changed. Return new tensors, or return a "
+                "copy of what the model keeps (state.clone())."
+            )
+        if copies is not None and self.copies is None:
+            given_leaves, given_versions = copies
+            self.copies = any(version_counter(t) != v for t, v in zip(given_leaves, given_versions))
+
+
+def _copy_state(value: Any) -> Any:
+    """A tensor, TensorDict or (nested) dict state with its tensors copied."""
+    if isinstance(value, (torch.Tensor, TensorDictBase)):
+        return value.clone()
+    if isinstance(value, Mapping):
+        return {k: _copy_state(v) for k, v in value.items()}
+    return value
+
+
 #: the tensors envs handed out (see ``ModelAdapter._unalias``); shared by every env in the
 #: process, since envs (and exports) may share one model and its buffers
 _HANDED_OUT = WeakAddressTable()
@@ -584,6 +797,75 @@ def _fix_aliases(value: Any, fresh: list) -> Any:
         # the model's own dict back when nothing was copied: states go back as returned
         return value if all(fixed[k] is value[k] for k in value) else fixed
     return value
+
+
+def _state_leaves(state: Any, floating_only: bool = True, prefix: str = "state") -> dict:
+    """``{"state": t}`` or ``{"state['h']": t, ...}``: the tensors of a tensor, dict or
+    TensorDict state (the floating ones only with ``floating_only``); {} for anything else."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state} if not floating_only or state.is_floating_point() else {}
+    if isinstance(state, (Mapping, TensorDictBase)):
+        out: dict = {}
+        for key in state.keys():
+            out.update(_state_leaves(state[key], floating_only, f"{prefix}[{key!r}]"))
+        return out
+    return {}
+
+
+def _bad_rows(value: torch.Tensor, batch_size: tuple, bad: torch.Tensor) -> bool:
+    """Whether the float tensor ``value`` holds NaN/inf in a row of ``bad``."""
+    if not value.is_floating_point():
+        return False
+    finite = torch.isfinite(value)
+    rows = finite.reshape(*batch_size, -1).all(-1) if batch_size else finite.all()
+    return bool((~rows & bad).any())
+
+
+def state_of_observation(raw: Any, observation: Any, device: torch.device) -> Any:
+    """The state of a model that gives no separate state: the observation as the model
+    returned it, on ``device``, before its cast to the space's dtype (a float64 or int64 model
+    stepped from its float32 or uint8 observation would be rounded or wrapped every step). The
+    observation itself when the cast changed nothing (the common case: no copy). A TensorDict
+    stays one; numpy becomes a tensor of its own dtype."""
+    if raw is observation:
+        return observation
+    if isinstance(observation, Mapping):
+        if isinstance(raw, TensorDictBase):
+            fixed = {k: state_of_observation(raw.get(k), observation[k], device) for k in observation}
+            if all(fixed[k] is observation[k] for k in observation):
+                return observation
+            out = raw.to(device) if raw.device != device else raw
+            return out
+        fixed = {k: state_of_observation(raw[k], observation[k], device) for k in observation}
+        if all(fixed[k] is observation[k] for k in observation):
+            return observation
+        # two keys, two tensors: an entry of the state is never also an entry of the observation
+        return {k: v.clone() if v is observation[k] else v for k, v in fixed.items()}
+    if isinstance(raw, torch.Tensor):
+        if raw.dtype == observation.dtype:
+            return observation  # moved to the device only: the moved tensor is the model's value
+        return raw if raw.device == device else raw.to(device)
+    array = np.asarray(raw)
+    if numpy_to_torch_dtype(array.dtype) == observation.dtype:
+        return observation
+    return torch.tensor(array, device=device)  # a copy: never the model's numpy memory
+
+
+def _where_state(mask: torch.Tensor, new: Any, old: Any) -> Any:
+    """``new`` (a tensor, dict or TensorDict state) with the rows in ``mask`` taken from ``old``."""
+    if isinstance(new, torch.Tensor):
+        if not isinstance(old, torch.Tensor) or old.shape != new.shape:
+            return new
+        view = mask.reshape(*mask.shape, *([1] * (new.ndim - mask.ndim)))
+        return torch.where(view, old, new)
+    if isinstance(new, TensorDictBase):
+        out = new.clone(False)
+        for key in new.keys():
+            out.set(key, _where_state(mask, new.get(key), old[key]))
+        return out
+    if isinstance(new, Mapping):
+        return {k: _where_state(mask, v, old[k]) for k, v in new.items()}
+    return new
 
 
 def _nonfinite_action(action: Any, batch_size: tuple) -> Optional[torch.Tensor]:

@@ -52,7 +52,7 @@ from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .options import public_name, with_model_options
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
 from .spaces import space_to_spec
-from .validation import action_shape_accepted, refuse_action_shape, to_observation
+from .validation import action_shape_accepted, refuse_action_shape, to_info_value, to_observation
 
 STATE_KEY = "model_state"
 ELAPSED_KEY = "elapsed_steps"
@@ -175,7 +175,8 @@ class WorldModelEnv(EnvBase):
         with self.logic.preserved():
             probe = self.logic.reset()[0]
             # the observation IS the state when the reset gave no separate state (adapter.reset)
-            self._state_is_observation = probe.state is probe.observation
+            # (the model's value; the observation is its cast to the space's dtype)
+            self._state_is_observation = probe.state is probe.observation or probe.state_is_observation
             # nan_policy="truncate" hands out the observation a truncated step started from: the
             # state itself, decode_fn's, or else the env's own copy it carries as a state entry
             self._carries_last = (self.adapter.nan_policy == "truncate" and not self._state_is_observation
@@ -320,17 +321,11 @@ class WorldModelEnv(EnvBase):
                     )
                 out[key] = torch.zeros((*batch, *per_env), dtype=spec.dtype, device=self.device)
             else:
-                tensor = torch.as_tensor(value, device=self.device)
-                expected = (*batch, *per_env)
-                if tuple(tensor.shape) != expected:  # never reshaped: rows would mix across envs
-                    raise ValueError(f"info[{key!r}]: expected shape {expected} (the batch, then the "
-                                     f"declared spec's shape), got {tuple(tensor.shape)}")
-                if tensor.is_floating_point() and not spec.dtype.is_floating_point:
-                    raise TypeError(f"info[{key!r}]: a float value for the declared dtype {spec.dtype} "
-                                    "would be truncated; declare a float spec")
-                # through the adapter's buffer-reuse guard, as states and observations are: an
-                # info buffer the model writes into again must not change recorded steps
-                out[key] = self.adapter._unalias((tensor.to(spec.dtype),))[0]
+                # the one converter of hook outputs (shape, a cast that keeps the value), then the
+                # adapter's buffer-reuse guard, as states and observations: an info buffer the
+                # model writes into again must not change recorded steps
+                tensor = to_info_value(value, (*batch, *per_env), spec.dtype, self.device, f"info[{key!r}]")
+                out[key] = self.adapter._unalias((tensor,))[0]
         return out
 
     # ---------------------------------------------------------- batch-unlocked
@@ -563,7 +558,11 @@ class WorldModelEnv(EnvBase):
             )
         batch = tensordict.batch_size
         if self._state_is_observation:
-            observation = state.to_dict() if self._state_kind == "dict" else state
+            # the observation is the state cast to the space's dtype, and a tensor of its own
+            # (writing into one of the two keys must never change the other)
+            observation = _clone_tree(to_observation(
+                state.to_dict() if self._state_kind == "dict" else state, self.adapter.observation_space,
+                tuple(batch), self.device))
         elif self._decode is not None:
             with torch.no_grad(), self.logic.batch_override(tuple(batch)):
                 raw = self._decode({"model": self.model, "state": self._as_hook_state(state)})

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
-from .adapter import RESET_METHODS, ModelAdapter, Reset, Transition
+from .adapter import RESET_METHODS, ModelAdapter, Reset, Transition, state_of_observation
 from .refit import guard_structure
 from .starts import ReplayStarts, is_replay_buffer
 from .validation import flatten_observation, nonfinite_rows, to_observation
@@ -38,6 +38,8 @@ class Snapshot:
     state: Any
     observation: Any
     elapsed: torch.Tensor  # int64, shape batch
+    #: the reset gave no separate state: the observation is the state cast to the space's dtype
+    state_is_observation: bool = False
 
 
 def is_tensor_state(state: Any) -> bool:
@@ -525,7 +527,8 @@ class EpisodeLogic:
         if self.batch_size:
             check_mergeable_state(record.state, self.batch_size)
         elapsed = torch.zeros(self.batch_size, dtype=torch.int64, device=self.device)
-        snapshot = Snapshot(record.state, record.observation, elapsed)
+        snapshot = Snapshot(record.state, record.observation, elapsed,
+                            record.state is record.observation or record.state_is_observation)
         if previous is not None and mask is not None and self.batch_size and not bool(mask.all()):
             snapshot = Snapshot(
                 select_rows(mask, record.state, previous.state),
@@ -539,18 +542,27 @@ class EpisodeLogic:
             return self.adapter.reset(seed=seed, options=options)
         shape = self.batch_size or (1,)
         if isinstance(self.bank, ReplayStarts):
-            obs, state = self.bank.sample(shape, self.generator)
+            rows, obs, state = self.bank.sample(shape, self.generator)
             if not self.batch_size:
-                obs, state = _index_rows(obs, torch.tensor(0)), None if state is None else _index_rows(state, torch.tensor(0))
-            return Reset(state=obs if state is None else state, observation=obs, info={})
+                first = torch.tensor(0)
+                rows, obs = _index_rows(rows, first), _index_rows(obs, first)
+                state = None if state is None else _index_rows(state, first)
+            if state is not None:
+                return Reset(state=state, observation=obs, info={})
+            return Reset(state=state_of_observation(rows, obs, self.device), observation=obs, info={},
+                         state_is_observation=True)
         observation, state, size = self.bank
         index = torch.randint(size, shape, generator=self.generator).to(_bank_device(observation))
         if not self.batch_size:
             index = index[0]
-        obs = to_observation(
-            _index_rows(observation, index), self.adapter.observation_space, self.batch_size, self.device
-        )
-        return Reset(state=obs if state is None else _index_rows(state, index), observation=obs, info={})
+        rows = _index_rows(observation, index)
+        obs = to_observation(rows, self.adapter.observation_space, self.batch_size, self.device)
+        if state is not None:
+            return Reset(state=_index_rows(state, index), observation=obs, info={})
+        # the bank's observation is the state as the bank holds it (a float64 bank steps a
+        # float64 model from its own values), the observation its cast to the space's dtype
+        return Reset(state=state_of_observation(rows, obs, self.device), observation=obs, info={},
+                     state_is_observation=True)
 
     # ------------------------------------------------------------------- step
     def step(

@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from tensordict import TensorDictBase
+
+from .validation import as_mapping
 
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 
@@ -56,8 +59,8 @@ class RawRecord:
 
 
 def _is_dict_observation(value: Any, dict_keys: frozenset | None) -> bool:
-    """A mapping whose keys are exactly those of the Dict observation space."""
-    return dict_keys is not None and isinstance(value, Mapping) and set(value.keys()) == dict_keys
+    """A mapping (or TensorDict) whose keys are exactly those of the Dict observation space."""
+    return dict_keys is not None and isinstance(value, (Mapping, TensorDictBase)) and set(value.keys()) == dict_keys
 
 
 _FIELDS = (
@@ -103,6 +106,7 @@ def _from_mapping(mapping: Mapping, hook: str, form: str = "a mapping") -> RawRe
 def _as_info(info: Any, hook: str) -> dict:
     if info is MISSING or info is None:
         return {}
+    info = as_mapping(info)
     if not isinstance(info, Mapping):
         raise TypeError(f"{hook} returned info of type {type(info).__name__}; expected a dict.")
     return dict(info)
@@ -112,8 +116,11 @@ def parse_reset(value: Any, dict_keys: frozenset | None = None, hook: str = "res
     """Split a reset return value into state / observation / info.
 
     ``dict_keys`` are the keys of a Dict observation space (None otherwise): a mapping with
-    exactly those keys is an observation, not a record.
+    exactly those keys is an observation, not a record. A TensorDict reads as a mapping (a
+    record) or as a Dict observation, as a dict would.
     """
+    if isinstance(value, TensorDictBase) and not _is_dict_observation(value, dict_keys):
+        value = as_mapping(value)
     if isinstance(value, Mapping) and not _is_dict_observation(value, dict_keys):
         if any(k in _RECORD_KEYS for k in value):
             return _from_mapping(value, hook)
@@ -123,6 +130,8 @@ def parse_reset(value: Any, dict_keys: frozenset | None = None, hook: str = "res
                              form="(state, obs, info)")
         if len(value) == 2:
             second = value[1]
+            if isinstance(second, TensorDictBase) and not _is_dict_observation(second, dict_keys):
+                second = as_mapping(second)
             if isinstance(second, Mapping) and not _is_dict_observation(second, dict_keys):
                 return RawRecord(observation=value[0], info=_as_info(second, hook), form="(obs, info)")
             return RawRecord(state=value[0], observation=second, form="(state, obs)")
@@ -134,7 +143,10 @@ def parse_reset(value: Any, dict_keys: frozenset | None = None, hook: str = "res
 
 
 def parse_transition(value: Any, dict_keys: frozenset | None = None, hook: str = "transition_fn") -> RawRecord:
-    """Split a transition return value into the fields of :class:`RawRecord`."""
+    """Split a transition return value into the fields of :class:`RawRecord` (a TensorDict
+    reads as a mapping, or as a Dict observation, as a dict would)."""
+    if type(value) is not dict and isinstance(value, TensorDictBase) and not _is_dict_observation(value, dict_keys):
+        value = as_mapping(value)
     if (type(value) is dict or isinstance(value, Mapping)) and not _is_dict_observation(value, dict_keys):
         if tuple(value) in _LAYOUTS or any(k in _RECORD_KEYS for k in value):  # a known layout: a record
             return _from_mapping(value, hook)

@@ -50,8 +50,9 @@ class ReplayStarts:
     def __len__(self) -> int:
         return len(self.buffer)
 
-    def sample(self, shape: tuple, generator: torch.Generator) -> tuple[Any, Optional[Any]]:
-        """``(observation, state or None)`` of ``shape`` rows drawn from the buffer's contents."""
+    def sample(self, shape: tuple, generator: torch.Generator) -> tuple[Any, Any, Optional[Any]]:
+        """``(rows' observation as stored, observation cast to the space, state or None)`` of
+        ``shape`` rows drawn from the buffer's contents."""
         size = len(self.buffer)
         if size == 0:
             raise ValueError("start_states: the replay buffer is empty; a reset needs at least one row")
@@ -81,4 +82,4 @@ class ReplayStarts:
                     f"start_states: NaN/inf in {keys} in the replay buffer's row(s) "
                     f"{index.reshape(shape)[bad].flatten().tolist()}"
                 )
-        return checked, state
+        return observation, checked, state

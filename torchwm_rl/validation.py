@@ -13,12 +13,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from gymnasium import spaces
+from tensordict import TensorDictBase
 
 from .errors import TypeMismatch, ValueMismatch
 from .spaces import numpy_to_torch_dtype
 
 
-def _as_tensor(value: Any, device: torch.device, key: str) -> torch.Tensor:
+def _as_tensor(value: Any, device: torch.device, key: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``value`` as a tensor on ``device`` (a tensor as is); a complex or non-numeric value is
+    refused. A numpy array is copied unless a cast to ``dtype`` (where given) will copy it."""
     if isinstance(value, torch.Tensor):
         if value.is_complex():  # a cast to a real dtype would drop the imaginary part
             raise TypeMismatch(f"{key}: expected real numbers, got a complex tensor ({value.dtype})",
@@ -36,11 +39,59 @@ def _as_tensor(value: Any, device: torch.device, key: str) -> torch.Tensor:
         )
     # torch takes neither byte-swapped arrays nor negative strides (a flipped view); both
     # read unambiguously, so convert them (one copy) rather than fail with torch's message
+    copied = False
     if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
+        array, copied = array.astype(array.dtype.newbyteorder("=")), True
     if any(stride < 0 for stride in array.strides):
-        array = np.ascontiguousarray(array)
-    return torch.as_tensor(array, device=device)
+        array, copied = np.ascontiguousarray(array), True
+    tensor = torch.as_tensor(array, device=device)
+    if isinstance(value, np.ndarray) and not copied and tensor.device.type == "cpu" and (dtype is None or tensor.dtype == dtype):
+        # torch.as_tensor shares the hook's numpy memory: a model that refills one numpy
+        # buffer every step would rewrite every observation recorded from it, and no version
+        # counter sees numpy writes. The env keeps a copy of its own.
+        tensor = tensor.clone()
+    return tensor
+
+
+def cast_keeping_value(tensor: torch.Tensor, dtype: torch.dtype, key: str,
+                       rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``tensor`` cast to ``dtype``, or an error when the cast would change a value silently:
+    a float for an integer or bool dtype (truncation), an integer that does not fit a narrower
+    integer dtype (300 -> 44 in uint8), an integer other than 0/1 for bool, a finite value that
+    overflows a narrower float dtype (1e300 -> inf in float32, 7e4 -> inf in float16). The one
+    cast every value from a hook goes through. ``rows`` (bool, over the leading dims): only
+    those rows are checked (a partial reset's unused rows may hold anything)."""
+    if tensor.dtype == dtype:
+        return tensor
+    if tensor.is_floating_point() and not dtype.is_floating_point:
+        raise TypeMismatch(f"{key}: expected dtype {dtype}, got floating dtype {tensor.dtype}",
+                           key=key, expected=dtype, got=tensor.dtype)
+    checked = tensor if rows is None else tensor[rows]
+    if not dtype.is_floating_point and checked.numel() and not _fits(tensor.dtype, dtype):
+        if dtype is torch.bool:  # 0/1 integers are bools; a 2 is a count or an index
+            odd = (checked != 0) & (checked != 1)
+            if bool(odd.any()):
+                values = sorted(set(checked[odd].tolist()))[:5]
+                raise ValueMismatch(f"{key}: expected bools (or integers 0/1), got {tensor.dtype} values {values}",
+                                    key=key, expected=(0, 1), got=values)
+        else:
+            _check_integer_range(checked, dtype, key)
+    cast = tensor.to(dtype)
+    if dtype.is_floating_point and checked.numel() and (
+            not tensor.is_floating_point() or torch.finfo(dtype).max < torch.finfo(tensor.dtype).max):
+        if not tensor.is_floating_point() and torch.finfo(dtype).max >= 2.0 ** 64:
+            return cast  # every integer fits (float32 and wider, bfloat16)
+        _check_float_range(checked, cast if rows is None else cast[rows], key)
+    return cast
+
+
+def as_mapping(value: Any) -> Any:
+    """A TensorDict as the dict of its top-level entries (a nested TensorDict stays one); any
+    other value as is. TorchRL users return TensorDicts where a dict is expected: they read
+    the same."""
+    if isinstance(value, TensorDictBase):
+        return {k: value.get(k) for k in value.keys()}
+    return value
 
 
 def _check_dict_keys(value: Any, space: spaces.Dict, key: str, what: str) -> None:
@@ -56,38 +107,43 @@ def _check_dict_keys(value: Any, space: spaces.Dict, key: str, what: str) -> Non
 
 
 def to_observation(
-    value: Any, space: spaces.Space, batch_shape: tuple, device: torch.device, key: str = "observation"
+    value: Any, space: spaces.Space, batch_shape: tuple, device: torch.device, key: str = "observation",
+    rows: Optional[torch.Tensor] = None,
 ) -> Any:
     """Return ``value`` as a tensor (or dict of tensors for Dict spaces) of the space's dtype.
 
     Floats of another precision (and integers) are cast to a float space's dtype; a float value
-    for an integer space is refused. Shapes must be ``(*batch_shape, *space.shape)`` exactly.
+    for an integer space is refused, and so is any cast that would change a value
+    (:func:`cast_keeping_value`). Shapes must be ``(*batch_shape, *space.shape)`` exactly. A
+    TensorDict for a Dict space reads as the dict of its entries. ``rows``: see
+    :func:`cast_keeping_value`.
     """
     if isinstance(space, spaces.Dict):
+        value = as_mapping(value)
         _check_dict_keys(value, space, key, "observation")
         return {
-            k: to_observation(value[k], sub, batch_shape, device, f"{key}[{k!r}]")
+            k: to_observation(value[k], sub, batch_shape, device, f"{key}[{k!r}]", rows)
             for k, sub in space.spaces.items()
         }
     expected = (*batch_shape, *space.shape)
     dtype = numpy_to_torch_dtype(space.dtype)
     if isinstance(value, torch.Tensor) and value.dtype == dtype and value.shape == expected and value.device == device:
         return value  # already what the space asks for (the per-step common case)
-    tensor = _as_tensor(value, device, key)
+    tensor = _as_tensor(value, device, key, dtype)
     if tuple(tensor.shape) != expected:
         raise ValueMismatch(f"{key}: expected shape {expected}, got {tuple(tensor.shape)}",
                             key=key, expected=expected, got=tuple(tensor.shape))
-    if tensor.dtype != dtype:
-        if tensor.is_floating_point() and not dtype.is_floating_point:
-            raise TypeMismatch(f"{key}: expected dtype {dtype}, got floating dtype {tensor.dtype}",
-                               key=key, expected=dtype, got=tensor.dtype)
-        if not dtype.is_floating_point and dtype is not torch.bool and tensor.numel():
-            _check_integer_range(tensor, dtype, key)
-        cast = tensor.to(dtype)
-        if tensor.is_floating_point() and torch.finfo(dtype).max < torch.finfo(tensor.dtype).max:
-            _check_float_range(tensor, cast, key)
-        tensor = cast
-    return tensor
+    return cast_keeping_value(tensor, dtype, key, rows)
+
+
+def _fits(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether every value of the integer (or bool) dtype ``source`` is one of integer ``target``."""
+    if source is torch.bool:
+        return True
+    if target is torch.bool:
+        return False
+    a, b = torch.iinfo(source), torch.iinfo(target)
+    return b.min <= a.min and a.max <= b.max
 
 
 def _check_integer_range(tensor: torch.Tensor, dtype: torch.dtype, key: str) -> None:
@@ -130,7 +186,7 @@ def to_batched_scalar(
     """
     if isinstance(value, torch.Tensor) and value.dtype == dtype and value.shape == batch_shape and value.device == device:
         return value  # already a flag/reward of the batch (the per-step common case)
-    tensor = _as_tensor(value, device, key)
+    tensor = _as_tensor(value, device, key, dtype)
     shape = tuple(tensor.shape)
     if shape != batch_shape:
         if shape == (*batch_shape, 1) or (not batch_shape and tensor.numel() == 1 and len(shape) <= 1):
@@ -158,7 +214,22 @@ def to_batched_scalar(
                 raise ValueMismatch(f"{key}: expected a bool flag (or integers 0/1), got {tensor.dtype} values {values}",
                                     key=key, expected=(0, 1), got=values)
         return tensor.bool()
-    return tensor.to(dtype)
+    return cast_keeping_value(tensor, dtype, key)
+
+
+def to_info_value(value: Any, expected: tuple, dtype: torch.dtype, device: torch.device, key: str) -> torch.Tensor:
+    """A declared info value (``info_keys``) as a tensor of ``expected`` shape (the batch, then
+    the declared spec's shape; never reshaped, rows would mix across envs) and the declared
+    ``dtype``, through the same cast as observations (:func:`cast_keeping_value`)."""
+    tensor = _as_tensor(value, device, key, dtype)
+    if tuple(tensor.shape) != tuple(expected):
+        raise ValueMismatch(f"{key}: expected shape {tuple(expected)} (the batch, then the declared spec's shape), "
+                            f"got {tuple(tensor.shape)}", key=key, expected=tuple(expected), got=tuple(tensor.shape))
+    try:
+        return cast_keeping_value(tensor, dtype, key)
+    except TypeMismatch as err:
+        raise TypeMismatch(f"{err}; declare a spec of the value's dtype", key=key, expected=dtype,
+                           got=tensor.dtype) from None
 
 
 def all_finite(*tensors: torch.Tensor) -> bool:
@@ -460,13 +531,15 @@ def check_action(
     )
 
 
-def check_observation(value: Any, space: spaces.Space, batch_shape: tuple, key: str = "observation") -> None:
+def check_observation(value: Any, space: spaces.Space, batch_shape: tuple, key: str = "observation",
+                      rows: Optional[torch.Tensor] = None) -> None:
     """Raise when an (already converted) observation lies outside ``space``: Box bounds,
     Discrete/MultiDiscrete ranges, MultiBinary 0/1, key by key for Dict spaces. NaN is left to
-    the NaN policy. Used with ``check_observations=True``."""
+    the NaN policy. Used with ``check_observations=True``. ``rows`` (bool, shape batch): only
+    those envs are checked (a partial reset's rows in use)."""
     if isinstance(space, spaces.Dict):
         for k, sub in space.spaces.items():
-            check_observation(value[k], sub, batch_shape, f"{key}[{k!r}]")
+            check_observation(value[k], sub, batch_shape, f"{key}[{k!r}]", rows)
         return
     bounds = _action_bounds(space)
     if bounds is None:
@@ -476,6 +549,8 @@ def check_observation(value: Any, space: spaces.Space, batch_shape: tuple, key: 
     high = torch.as_tensor(np.asarray(high, dtype=np.float64), device=value.device)
     wide = value.to(torch.float64)
     outside = (wide < low) | (wide > high)
+    if rows is not None:
+        outside = outside & rows.reshape(*rows.shape, *([1] * (outside.ndim - rows.ndim)))
     if not bool(outside.any()):
         return
     rows = outside.reshape(*batch_shape, -1).any(-1) if batch_shape else outside.any()

@@ -200,3 +200,34 @@ def test_a_refused_mapping_is_refused_every_time():
 def test_none_info_is_empty():
     assert parse_transition({"observation": 0, "info": None}).info == {}
     assert parse_reset((0, None, None)).info == {}
+
+
+# ------------------------------------------------------------------ TensorDicts (issue 25)
+def _td(**entries):
+    from tensordict import TensorDict
+
+    return TensorDict(entries, batch_size=[2])
+
+
+def test_a_tensordict_record_reads_as_a_mapping():
+    state, obs, reward = torch.zeros(2, 3), torch.ones(2, 3), torch.ones(2)
+    raw = parse_transition(_td(state=state, observation=obs, reward=reward, info=_td(k=torch.ones(2))))
+    assert raw.state is state and raw.observation is obs and raw.reward is reward and raw.form == "a mapping"
+    assert isinstance(raw.info, dict) and set(raw.info) == {"k"}
+    raw = parse_reset(_td(state=state, obs=obs))
+    assert raw.state is state and raw.observation is obs
+
+
+def test_a_tensordict_with_the_dict_space_keys_is_an_observation():
+    value = _td(pos=torch.zeros(2, 2), vel=torch.zeros(2, 1))
+    for parse in (parse_transition, parse_reset):
+        raw = parse(value, frozenset({"pos", "vel"}))
+        assert raw.observation is value and raw.state is MISSING
+
+
+def test_a_tensordict_info_reads_as_a_dict():
+    obs = torch.zeros(2, 3)
+    raw = parse_reset((obs, _td(source=torch.ones(2))))
+    assert raw.form == "(obs, info)" and set(raw.info) == {"source"}
+    raw = parse_transition((obs, torch.zeros(2), False, False, _td(model_state=torch.ones(2, 4))))
+    assert raw.state.shape == (2, 4)

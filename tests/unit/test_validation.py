@@ -15,6 +15,7 @@ from torchwm_rl.validation import (
     action_as_given,
     action_shape_accepted,
     all_finite,
+    cast_keeping_value,
     check_action,
     check_observation,
     env_rows,
@@ -22,6 +23,7 @@ from torchwm_rl.validation import (
     nonfinite_rows,
     to_action,
     to_batched_scalar,
+    to_info_value,
     to_observation,
     where_rows,
     zero_nonfinite,
@@ -83,6 +85,10 @@ OBS_REFUSED = [
     (np.zeros(3, np.float32), DICT, (), TypeError, "observation: the observation space is a Dict with keys ['a', 'b'], got ndarray"),
     ({"a": np.zeros(2, np.float32), "b": 1}, DICT, (), ValueError, "observation['a']: expected shape (3,), got (2,)"),
     ({"a": np.zeros(3, np.float32), "b": 1.5}, DICT, (), TypeError, "observation['b']: expected dtype torch.int64"),
+    # issue 25: integers cast to float16 overflowed to inf with no error (the NaN policy then
+    # blamed the model for an inf it never gave, or "ignore" passed it on)
+    (np.array([100000, 0, 0]), F16, (), ValueError,
+     "observation: finite values up to 1e+05 (torch.int64) overflow the space's dtype torch.float16"),
 ]
 
 
@@ -142,6 +148,14 @@ SCALARS_REFUSED = [
      "reward: expected a bool flag (or integers 0/1), got torch.int64 values [2, 3]"),
     (-1, (), torch.bool, ValueError, "values [-1]"),
     ("x", (), torch.float32, TypeError, "reward: expected numbers, got str"),
+    # issue 25: a float64 reward that overflows float32 read as inf (reported as the model's NaN/inf)
+    (np.float64(1e300), (), torch.float32, ValueError,
+     "reward: finite values up to 1e+300 (torch.float64) overflow the space's dtype torch.float32"),
+    (torch.tensor([1e300, 0.0], dtype=torch.float64), (2,), torch.float32, ValueError, "reward: finite values up to 1e+300"),
+    (torch.tensor([1 + 2j]), (), torch.float32, TypeError, "reward: expected real numbers, got a complex tensor"),
+    (np.array([1 + 2j]), (), torch.float32, TypeError, "reward: expected numbers, got ndarray (numpy dtype complex128)"),
+    (torch.tensor([0, 2, 1]), (3,), torch.bool, ValueError, "got torch.int64 values [2]"),
+    (np.array([0.0, 1.0]), (2,), torch.bool, TypeError, "expected a bool flag, got floating dtype torch.float64"),
 ]
 
 
@@ -441,3 +455,63 @@ def test_an_action_passed_as_given_is_checked_and_owned():
         action_as_given([0.0, 0.0, 0.0], BOX, (4,))
     with pytest.raises(ValueError, match=re.escape("action['a']: expected shape (3,), got (2,)")):
         action_as_given({"a": np.zeros(2), "b": 1}, DICT, ())
+
+
+# ------------------------------------------------- the one value-keeping cast (issue 25)
+# (tensor, dtype, rows, expected values or (error type, message))
+CASTS = [
+    (torch.tensor([1, 0]), torch.bool, None, [True, False]),
+    (torch.tensor([1, 2]), torch.bool, None, (ValueError, "expected bools (or integers 0/1), got torch.int64 values [2]")),
+    (torch.tensor([255, 0], dtype=torch.int64), torch.uint8, None, [255, 0]),
+    (torch.tensor([256, 0], dtype=torch.int64), torch.uint8, None, (ValueError, "values in [0, 256] (torch.int64) do not fit")),
+    (torch.tensor([200], dtype=torch.uint8), torch.int64, None, [200]),  # widening: nothing to check
+    (torch.tensor([1.5]), torch.int64, None, (TypeError, "expected dtype torch.int64, got floating dtype torch.float32")),
+    (torch.tensor([2.0 ** 40]), torch.float16, None, (ValueError, "overflow the space's dtype torch.float16")),
+    (torch.tensor([2 ** 62]), torch.float32, None, [float(2 ** 62)]),  # every int64 fits float32's range
+    # rows: only the rows in use are checked (a partial reset's other rows may hold anything)
+    (torch.tensor([[300], [7]]), torch.uint8, torch.tensor([False, True]), None),
+    (torch.tensor([[1e300], [1.0]], dtype=torch.float64), torch.float32, torch.tensor([False, True]), None),
+]
+
+
+@pytest.mark.parametrize("tensor,dtype,rows,expected", CASTS, ids=[f"cast-{i}" for i in range(len(CASTS))])
+def test_casts_keep_the_value_or_refuse(tensor, dtype, rows, expected):
+    if isinstance(expected, tuple):
+        error, message = expected
+        with pytest.raises(error, match=re.escape(message)):
+            cast_keeping_value(tensor, dtype, "x", rows)
+        return
+    out = cast_keeping_value(tensor, dtype, "x", rows)
+    assert out.dtype == dtype
+    if expected is not None:
+        assert out.tolist() == expected
+    else:
+        assert out[rows].tolist() == tensor[rows].to(dtype).tolist()
+
+
+# (value, dtype, error type, message): info_keys values go through the same converter
+INFOS_REFUSED = [
+    (torch.tensor([[1 + 1j]]), torch.float32, TypeError, "info['x']: expected real numbers, got a complex tensor"),
+    (torch.tensor([[2 ** 40]]), torch.int32, ValueError, "info['x']: values in [1099511627776, 1099511627776]"),
+    (torch.tensor([[1.5]]), torch.int64, TypeError, "info['x']: expected dtype torch.int64, got floating dtype"),
+    (torch.zeros(1, 2), torch.float32, ValueError, "info['x']: expected shape (1, 1) (the batch, then the declared spec"),
+]
+
+
+@pytest.mark.parametrize("value,dtype,error,message", INFOS_REFUSED, ids=[f"info-{i}" for i in range(len(INFOS_REFUSED))])
+def test_info_values_that_would_change_are_refused(value, dtype, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        to_info_value(value, (1, 1), dtype, CPU, "info['x']")
+
+
+def test_numpy_values_are_copied_not_shared():
+    """torch.as_tensor shares numpy memory, and numpy writes bump no version counter: a hook
+    refilling one numpy buffer would rewrite every recorded observation."""
+    buffer = np.zeros(3, np.float32)
+    out = to_observation(buffer, BOX, (), CPU)
+    buffer[:] = 1.0
+    assert out.tolist() == [0.0, 0.0, 0.0]
+    reward = np.zeros(2, np.float32)
+    got = to_batched_scalar(reward, (2,), CPU, torch.float32, "reward")
+    reward[:] = 5.0
+    assert got.tolist() == [0.0, 0.0]

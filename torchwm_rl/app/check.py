@@ -524,7 +524,8 @@ def check_env(factory: Callable[[], Any], target: str = "<factory>", seed: int =
         "factory", PASS, f"{kind}, batch_size={tuple(env.batch_size)}, "
         f"observation_space={env.adapter.observation_space}, action_space={env.adapter.action_space}"))
     # how each hook was bound at construction (which argument each parameter receives)
-    report.results.append(CheckResult("hooks", PASS, "bound as below", notes=env.adapter.describe_bindings()))
+    hooks = CheckResult("hooks", PASS, "bound as below", notes=env.adapter.describe_bindings())
+    report.results.append(hooks)
     report.results.append(_check_model_mode(env))
     checks = [
         ("torchrl-specs", lambda: _check_specs(env, seed)),
@@ -537,6 +538,9 @@ def check_env(factory: Callable[[], Any], target: str = "<factory>", seed: int =
     with _quiet_torchrl(), _HookTracker(env.adapter) as tracker:
         for name, fn in checks:
             report.results.append(_run(name, fn, tracker, seen))
+    # after the steps: whether an explicit reward_fn / terminal_fn is in effect or overridden
+    # by the transition's own value (never called)
+    hooks.notes = env.adapter.describe_bindings()
     return report
 
 

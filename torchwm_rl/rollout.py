@@ -161,6 +161,7 @@ def fast_rollout(
     state_kind, state_key = env._state_kind, env._state_key
     carried, dropped = step_mdp_keys(env)
     roots, nexts = [], []
+    own = _OwnedOutputs(direct.written if direct is not None else ("action",))
     for i in range(max_steps):
         if direct is not None:
             direct(root)
@@ -168,6 +169,7 @@ def fast_rollout(
             td = TensorDict(root, batch_size=batch, device=device)
             td.update(policy(td))
             root = dict(td.items())
+        own(root, i)
         state = root.get(state_key)
         if state_kind == "dict":
             state = state.to_dict()
@@ -189,7 +191,59 @@ def fast_rollout(
                 root = _squeezed(_restart(env, _unsqueezed(root, scalars), done.unsqueeze(-1), batch, device), scalars)
             else:
                 root = _restart(env, root, done, batch, device)
+    own.verify()
     return _stack(roots, nexts, batch, device, return_contiguous, scalars if compact else frozenset())
+
+
+class _OwnedOutputs:
+    """The trajectory keeps each step's policy outputs until it is stacked at the end, so a
+    policy that writes every step into ONE buffer (a static CUDA-graph output, a preallocated
+    action) would make every recorded step read the last value. Cheaply, as the adapter's
+    input guard does for hooks:
+
+    * the first step's outputs are copied, and the policy's own tensors kept aside;
+    * a later output whose storage is one of those (or one already recorded) means the
+      policy reuses its buffers: from then on every output is copied;
+    * otherwise outputs are recorded as they are, with their version counters, and
+      :meth:`verify` (before stacking) refuses a recorded output the policy wrote into
+      afterwards (its step's value is lost: a policy alternating between buffers).
+    """
+
+    def __init__(self, keys):
+        self.keys = keys
+        self.copy_all = False
+        self.storages: set = set()
+        self.held: list = []  # the first step's own tensors (kept alive: their memory is not reused)
+        self.recorded: list = []  # (step, key, tensor, version) of outputs recorded as they are
+
+    def __call__(self, root: dict, step: int) -> None:
+        for key in self.keys:
+            value = root.get(key)
+            if type(value) is not torch.Tensor:
+                continue
+            storage = value.untyped_storage().data_ptr()
+            if step == 0:
+                self.held.append(value)
+                self.storages.add(storage)
+                root[key] = value.clone()
+                continue
+            if not self.copy_all and storage in self.storages:
+                self.verify()  # an output recorded as is may already have been overwritten
+                self.copy_all = True
+            if self.copy_all:
+                root[key] = value.clone()
+            else:
+                self.storages.add(storage)
+                self.recorded.append((step, key, value, value._version))
+
+    def verify(self) -> None:
+        for step, key, value, version in self.recorded:
+            if value._version != version:
+                raise RuntimeError(
+                    f"rollout: the policy wrote into the {key!r} tensor it returned at step {step} after returning "
+                    "it, so the trajectory would record a later value there. Return a new tensor at each call "
+                    "(or one buffer every time: that is copied)"
+                )
 
 
 def _squeezed(entries: dict, scalars: frozenset) -> dict:
@@ -343,4 +397,5 @@ def _direct_call(policy: Any, device, batch) -> Optional[Callable[[dict], None]]
         chosen = call
     # the top-level keys the policy reads or writes
     chosen.keys = frozenset(k if isinstance(k, str) else k[0] for k in (*in_keys, *out_keys))
+    chosen.written = tuple(k for k in out_keys if k != "_")  # (out_keys are str here)
     return chosen

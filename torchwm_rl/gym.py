@@ -120,10 +120,11 @@ class GymWorldModelEnv(gymnasium.Env):
             with torch.no_grad(), self.logic.transaction():
                 snapshot, info = self.logic.reset(seed=seed, options=options)
                 out = observation_to_numpy(snapshot.observation, self.observation_space), detach_tree(dict(info))
+                # committed inside the transaction: another thread cannot step between its end and here
+                self._snapshot = snapshot
         except BaseException:  # a failed reset (or conversion) leaves the env (and np_random) as it was
             self._np_random, self._np_random_seed = np_random
             raise
-        self._snapshot = snapshot
         return out
 
     def step(self, action: Any):
@@ -144,7 +145,9 @@ class GymWorldModelEnv(gymnasium.Env):
                 bool(record.truncated),
                 info,
             )
-        self._snapshot = snapshot  # only after every conversion succeeded: a failed step leaves no trace
+            # only after every conversion succeeded (a failed step leaves no trace), inside the
+            # transaction (another thread cannot step between its end and here)
+            self._snapshot = snapshot
         return out
 
     def _info(self, info: dict, snapshot: Snapshot) -> dict:
@@ -286,7 +289,7 @@ class GymVectorWorldModelEnv(VectorEnv):
             rows = np.ones(self.num_envs, dtype=bool) if mask is None else mask.cpu().numpy()
             out = (observation_to_numpy(snapshot.observation, self.single_observation_space),
                    vector_info(detach_tree(info), self.num_envs, rows))
-        self._snapshot = snapshot  # committed after every conversion succeeded
+            self._snapshot = snapshot  # committed after every conversion succeeded, inside the transaction
         self._needs_reset = self._needs_reset & ~mask if mask is not None else torch.zeros_like(self._needs_reset)
         return out
 

@@ -98,8 +98,9 @@ class SB3VecWorldModelEnv(VecEnv):
                 for i in np.flatnonzero(rows):
                     reset_infos[i] = info_row(info, self.num_envs, i)
             obs = observation_to_numpy(snapshot.observation, self.observation_space)
-        # committed after every conversion succeeded: a failed reset leaves the VecEnv as it was
-        self._snapshot, self.reset_infos, self._seed = snapshot, reset_infos, None
+            # committed after every conversion succeeded (a failed reset leaves the VecEnv as it
+            # was), inside the transaction (another thread cannot step between its end and here)
+            self._snapshot, self.reset_infos, self._seed = snapshot, reset_infos, None
         self._reset_seeds()
         self._reset_options()
         return obs
@@ -136,8 +137,9 @@ class SB3VecWorldModelEnv(VecEnv):
                     info["uncertainty"] = float(u)
                     info["halted"] = bool(h)
             rewards = record.reward.cpu().numpy().astype(np.float32)
-        # committed only now: a hook or conversion that failed above left the VecEnv as it was
-        self._snapshot, self.reset_infos = snapshot, reset_infos
+            # committed only now (a hook or conversion that failed above left the VecEnv as it
+            # was), inside the transaction
+            self._snapshot, self.reset_infos = snapshot, reset_infos
         return obs, rewards, dones, infos
 
     def set_options(self, options: Union[None, dict, Sequence[dict]] = None) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # annotations only: `--help` of the CLI lists the zoo without importing torch
+    import torch
 
 __all__ = ["UnknownModelError", "available", "canonical", "load", "make_env", "train_model", "real_env_id", "weights_path"]
 

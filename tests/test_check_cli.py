@@ -302,6 +302,32 @@ def test_cli_train_model_writes_a_loadable_file(tmp_path, monkeypatch, capsys):
     assert zoo.load("cartpole", path=out).metadata["seed"] == "1"
 
 
+def test_cli_train_model_writes_to_the_current_directory_by_default(tmp_path, monkeypatch, capsys):
+    """With no --out, train-model writes ./cartpole.safetensors, leaves the installed package's
+    file alone, and prints a line of Python that loads the new file (which works as printed)."""
+    import hashlib
+
+    from torchwm_rl import zoo
+    from torchwm_rl.zoo import cartpole
+
+    bundled = zoo.weights_path("cartpole")
+    before = hashlib.sha256(bundled.read_bytes()).hexdigest()
+    real_train = cartpole.train
+    monkeypatch.setattr(cartpole, "train", lambda **kw: real_train(**{**kw, "n_transitions": 2000, "epochs": 1}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-model", "cartpole", "--seed", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    written = tmp_path / "cartpole.safetensors"
+    assert written.is_file() and f"wrote {written.resolve()}" in out
+    assert hashlib.sha256(bundled.read_bytes()).hexdigest() == before
+    use = [line for line in out.splitlines() if "use it:" in line]
+    assert len(use) == 1, out
+    scope: dict = {}
+    exec(use[0].split("use it: ", 1)[1], scope)
+    env = scope["env"]
+    assert env.batch_size == (64,) and env.adapter.model.metadata["seed"] == "3"
+
+
 _EXITING = {
     "exit_at_import": "import sys\nsys.exit(0)\n",
     "argparse_at_import": "import argparse\nargparse.ArgumentParser().parse_args(['--no-such-flag'])\n",

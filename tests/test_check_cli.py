@@ -216,6 +216,73 @@ def test_factory_is_built_once(tmp_path):
     assert len(calls) == 1
 
 
+_LONG_LIMIT = textwrap.dedent('''
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from torchwm_rl import WorldModelEnv
+
+
+    class Decay(torch.nn.Module):  # never terminates: only the time limit ends an episode
+        def forward(self, state, action):
+            return 0.9 * state + 0.1 * action.float()
+
+
+    def make(max_episode_steps=120, batch_size=()):
+        return WorldModelEnv(
+            Decay(),
+            observation_space=gym.spaces.Box(-10, 10, (3,), np.float32),
+            action_space=gym.spaces.Box(-1, 1, (3,), np.float32),
+            reset_fn=lambda seed=None, options=None, batch_size=(): torch.ones(*batch_size, 3),
+            reward_fn=lambda next_state: -next_state.pow(2).sum(-1),
+            max_episode_steps=max_episode_steps, batch_size=batch_size,
+        )
+''')
+
+
+@pytest.fixture
+def long_limit(tmp_path):
+    path = tmp_path / "long_limit.py"
+    path.write_text(_LONG_LIMIT)
+    return path
+
+
+def test_check_runs_past_the_time_limit_by_default(long_limit):
+    """The default check steps past max_episode_steps (here 120, beyond the old fixed 50 steps),
+    so its rollout and parity checks see an episode end and the reset after it."""
+    report = check_factory(f"{long_limit}:make")
+    assert report.ok, report.format()
+    results = {r.name: r.detail for r in report.results}
+    assert results["rollout"].startswith("130 random-action steps, finite, 1 episode end(s)"), results["rollout"]
+    assert "(1 episode end(s))" in results["parity"] and "130 steps" in results["parity"]
+    assert "NOT exercised" not in report.format()
+
+
+def test_check_says_when_resets_were_not_exercised(long_limit, capsys):
+    """A --steps shorter than the time limit is run as asked, and the report says what it missed."""
+    assert main(["check", f"{long_limit}:make", "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    hint = "0 episode end(s)); resets and autoreset were NOT exercised (max_episode_steps=120); run with --steps 130"
+    assert "20 random-action steps, finite, 0 episode end(s); resets and autoreset were NOT exercised" in out
+    assert hint in out, out
+
+
+def test_default_steps_bounds(long_limit):
+    import importlib.util
+
+    from torchwm_rl.app.check import MAX_STEPS, MIN_STEPS, default_steps
+
+    spec = importlib.util.spec_from_file_location("long_limit", long_limit)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert default_steps(mod.make(max_episode_steps=None)) == MIN_STEPS == 50
+    assert default_steps(mod.make(max_episode_steps=7)) == 50
+    assert default_steps(mod.make(max_episode_steps=500)) == 510
+    assert default_steps(mod.make(max_episode_steps=10**6)) == MAX_STEPS == 1000
+    assert default_steps(mod.make(max_episode_steps=[5, 300], batch_size=(2,))) == 310  # the longest env's limit
+
+
 def test_one_error_is_reported_once_naming_the_hook(factories):
     report = check_factory(f"{factories}:wrong_reward_shape")
     text = report.format()

@@ -87,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "checkers, and TorchRL-vs-Gymnasium parity. Exits 1 if a check fails.")
     c.add_argument("target", help="e.g. my_package.envs:make_env or path/to/file.py:make_env")
     c.add_argument("--seed", type=int, default=0, help="seed for the env and the random actions (default 0)")
-    c.add_argument("--steps", type=int, default=50, help="steps for the rollout / parity checks")
+    c.add_argument("--steps", type=int, default=None,
+                   help="steps for the rollout / parity checks (default: the env's max_episode_steps + 10, "
+                        "at least 50 and at most 1000, so that episode ends and resets are exercised)")
     c.add_argument("--json", action="store_true", help="print the report as one JSON line")
     return p
 

@@ -71,6 +71,8 @@ class WorldModelEnv(EnvBase):
         seed: seeds the env (as ``set_seed``); the first reset hands it to the reset hook.
         start_states: bank of start states to sample resets from (see ``EpisodeLogic``).
         nan_policy, check_actions, check_observations, torch_actions: see ``ModelAdapter``.
+        ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
+        uncertainty_fn: an ensemble world model, see :mod:`torchwm_rl.ensemble`.
         decode_fn: ``(model, state) -> observation``, for ``reset(td, set_state=True)`` from
             model states that come without an observation (when the observation is not the
             state itself).
@@ -87,8 +89,6 @@ class WorldModelEnv(EnvBase):
     tensordict); ``reset(td, set_state=True)`` (and a plain ``reset(td)``, TorchRL's implicit
     set_state) starts from ``td[state_key]``; an
     ``nn.Module`` model is the submodule ``world_model``.
-        ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
-        uncertainty_fn: an ensemble world model, see :mod:`torchwm_rl.ensemble`.
 
     The model's reset hook is called once at construction to learn the state's structure.
     """

@@ -79,10 +79,32 @@ def model_options(owner: str, options: dict) -> ModelOptions:
     return ModelOptions(**options)
 
 
+class _InitFromClassDoc:
+    """Holds a constructor while its class body runs; when the class is created
+    (``__set_name__``) it gives the constructor the class's docstring, if it has none of its
+    own, and puts the plain function back in its place. Without a docstring ``help(Cls.__init__)``
+    and ``inspect.getdoc`` would show the base class's constructor doc (``nn.Module``'s
+    "Initialize internal Module state", via ``EnvBase``) instead of the env's arguments."""
+
+    def __init__(self, init: Callable):
+        self.init = init
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if not self.init.__doc__ and owner.__doc__:
+            self.init.__doc__ = (f"Build a {owner.__name__} (the class documentation, repeated):\n\n"
+                                 + inspect.cleandoc(owner.__doc__))
+        setattr(owner, name, self.init)
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Callable:  # only until __set_name__
+        return self.init.__get__(obj, owner)
+
+
 def with_model_options(init: Callable) -> Callable:
     """Decorate a constructor ``__init__(self, ..., **options)``: its ``__signature__`` lists
     the :class:`ModelOptions` fields as keyword-only parameters in place of ``**options`` (the
-    call itself is unchanged: the options still arrive in ``**options``)."""
+    call itself is unchanged: the options still arrive in ``**options``), and a constructor
+    without a docstring gets its class's (see :class:`_InitFromClassDoc`), so ``help()`` shows
+    the constructor's own arguments."""
     signature = inspect.signature(init)
     params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     own = {p.name for p in params}
@@ -93,4 +115,4 @@ def with_model_options(init: Callable) -> Callable:
         for field in dataclasses.fields(ModelOptions) if field.name not in own
     ]
     init.__signature__ = signature.replace(parameters=params)
-    return init
+    return _InitFromClassDoc(init)

@@ -35,7 +35,7 @@ from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 from .adapter import ModelAdapter, WeakAddressTable, version_counter
 from .calling import Hook
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
-from .options import public_name, with_model_options
+from .options import env_repr, with_model_options
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
 from .spaces import space_to_spec
 from .validation import to_observation
@@ -242,11 +242,7 @@ class WorldModelEnv(EnvBase):
         )
 
     def __repr__(self) -> str:
-        hooks = "".join(f"\n    {line}," for line in self.adapter.describe_bindings())
-        return (
-            f"{public_name(self)}(model={type(self.model).__name__},{hooks}\n    "
-            f"batch_size={tuple(self.batch_size)}, device={self.device})"
-        )
+        return env_repr(self, self.adapter, batch_size=tuple(self.batch_size), device=self.device)
 
     # ------------------------------------------------------------------ core
     def _set_seed(self, seed: Optional[int]) -> None:

@@ -31,7 +31,7 @@ from .convert import (
     vector_info,
 )
 from .episode import EpisodeLogic, Snapshot, num_envs_batch, select_rows
-from .options import public_name, with_model_options
+from .options import env_repr, with_model_options
 
 __all__ = ["GymWorldModelEnv", "GymVectorWorldModelEnv", "WorldModelEnv", "make_world_model_env"]
 
@@ -156,8 +156,7 @@ class GymWorldModelEnv(gymnasium.Env):
         return info
 
     def __repr__(self) -> str:
-        hooks = "".join(f"\n    {line}," for line in self.adapter.describe_bindings())
-        return f"{public_name(self)}(model={type(self.model).__name__},{hooks}\n)"
+        return env_repr(self, self.adapter)
 
     def render(self):
         """The decoded image of the current state: ``render_fn``'s output, else the
@@ -251,6 +250,10 @@ class GymVectorWorldModelEnv(VectorEnv):
         self.render_mode = render_mode
         self._snapshot: Optional[Snapshot] = None
         self._needs_reset = torch.zeros(self.num_envs, dtype=torch.bool, device=logic.device)
+
+    def __repr__(self) -> str:  # Gymnasium's names the class only: here the private _VectorEnvOverLogic
+        return env_repr(self, self.logic.adapter, num_envs=self.num_envs,
+                        autoreset_mode=self.autoreset_mode.name, device=self.logic.device)
 
     @property
     def state(self) -> Any:

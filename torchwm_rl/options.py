@@ -64,6 +64,14 @@ def public_name(obj: Any) -> str:
     return next(c.__name__ for c in type(obj).__mro__ if not c.__name__.startswith("_"))
 
 
+def env_repr(obj: Any, adapter: Any, **fields: Any) -> str:
+    """The repr of every env and export: the public class (:func:`public_name`), the model's
+    type, how each hook was bound (one per line), then ``fields`` (``num_envs=256``, ...)."""
+    hooks = "".join(f"\n    {line}," for line in adapter.describe_bindings())
+    tail = ", ".join(f"{key}={value}" for key, value in fields.items())
+    return f"{public_name(obj)}(model={type(adapter.model).__name__},{hooks}\n" + (f"    {tail})" if tail else ")")
+
+
 def model_options(owner: str, options: dict) -> ModelOptions:
     """``ModelOptions(**options)``; an unknown keyword raises ``TypeError`` naming ``owner``, the
     keyword, the closest accepted names and where the full list is."""

@@ -31,7 +31,7 @@ from .convert import (
     vector_info,
 )
 from .episode import EpisodeLogic, Snapshot, num_envs_batch, select_rows
-from .options import env_repr, with_model_options
+from .options import check_keywords, env_repr, with_model_options
 
 __all__ = ["GymWorldModelEnv", "GymVectorWorldModelEnv", "WorldModelEnv", "make_world_model_env"]
 
@@ -178,6 +178,7 @@ WorldModelEnv = GymWorldModelEnv
 def make_world_model_env(world_model: Any, **kwargs: Any) -> GymWorldModelEnv:
     """TorchWM's factory: ``make_world_model_env(model, observation_space=..., action_space=...,
     ...)`` is ``WorldModelEnv(model, ...)``."""
+    check_keywords("make_world_model_env", kwargs, [n for n in GymWorldModelEnv.__init__.keywords if n != "model"])
     return GymWorldModelEnv(world_model, **kwargs)
 
 

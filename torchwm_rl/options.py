@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
-from typing import Any, Callable, Literal, Optional, get_args
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence, get_args
 
 #: what NaN/inf in an observation or reward does (see ``ModelAdapter``)
 NanPolicy = Literal["raise", "truncate", "ignore"]
@@ -72,18 +73,33 @@ def env_repr(obj: Any, adapter: Any, **fields: Any) -> str:
     return f"{public_name(obj)}(model={type(adapter.model).__name__},{hooks}\n" + (f"    {tail})" if tail else ")")
 
 
+def unknown_keyword(owner: str, name: str, own: Sequence[str] = (), options: Sequence[str] = OPTION_NAMES) -> TypeError:
+    """The ``TypeError`` for a keyword ``owner()`` does not take: the closest accepted names
+    ("did you mean"), then every accepted name, ``owner``'s own arguments (``own``) first and
+    then the model ``options`` it forwards (see :class:`ModelOptions`)."""
+    own = [n for n in own if n not in options]
+    close = difflib.get_close_matches(name, [*own, *options], n=3)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    parts = [f"its own arguments are {', '.join(own)}"] if own else []
+    if options:
+        parts.append(f"the model options are {', '.join(options)}; see torchwm_rl.options.ModelOptions")
+    listed = f" ({'; '.join(parts)})" if parts else ""
+    return TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint}{listed}")
+
+
+def check_keywords(owner: str, kwargs: Mapping[str, Any], own: Sequence[str],
+                   options: Sequence[str] = OPTION_NAMES) -> None:
+    """Raise :func:`unknown_keyword`'s error for the first keyword of ``kwargs`` that is neither
+    in ``own`` nor in ``options``."""
+    for name in kwargs:
+        if name not in own and name not in options:
+            raise unknown_keyword(owner, name, own, options)
+
+
 def model_options(owner: str, options: dict) -> ModelOptions:
     """``ModelOptions(**options)``; an unknown keyword raises ``TypeError`` naming ``owner``, the
     keyword, the closest accepted names and where the full list is."""
-    unknown = [name for name in options if name not in OPTION_NAMES]
-    if unknown:
-        name = unknown[0]
-        close = difflib.get_close_matches(name, OPTION_NAMES, n=3)
-        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise TypeError(
-            f"{owner}() got an unexpected keyword argument {name!r}{hint} "
-            f"(the model options are {', '.join(OPTION_NAMES)}; see torchwm_rl.options.ModelOptions)"
-        )
+    check_keywords(owner, options, ())
     return ModelOptions(**options)
 
 
@@ -115,12 +131,27 @@ def with_model_options(init: Callable) -> Callable:
     the constructor's own arguments."""
     signature = inspect.signature(init)
     params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    own = {p.name for p in params}
+    own_names = tuple(p.name for p in params if p.name != "self" and p.kind in _BY_KEYWORD)
     hints = {field.name: field.type for field in dataclasses.fields(ModelOptions)}
     params += [
         inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
                           annotation=hints[field.name])
-        for field in dataclasses.fields(ModelOptions) if field.name not in own
+        for field in dataclasses.fields(ModelOptions) if field.name not in own_names
     ]
-    init.__signature__ = signature.replace(parameters=params)
-    return _InitFromClassDoc(init)
+    accepted = frozenset(own_names) | frozenset(OPTION_NAMES)
+
+    @functools.wraps(init)
+    def checked(self, *args: Any, **kwargs: Any) -> None:
+        # a misspelt keyword of the constructor's own (max_episode_step=) is named with the
+        # closest of ALL its keywords, not only of the model options it forwards
+        for name in kwargs:
+            if name not in accepted:
+                raise unknown_keyword(type(self).__name__, name, own_names)
+        init(self, *args, **kwargs)
+
+    checked.__signature__ = signature.replace(parameters=params)
+    checked.keywords = own_names  # the constructor's own keywords (make_world_model_env reads them)
+    return _InitFromClassDoc(checked)
+
+
+_BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)

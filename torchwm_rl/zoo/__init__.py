@@ -11,12 +11,15 @@ Available models: ``"cartpole"`` (Gymnasium ``CartPole-v1``; see :mod:`torchwm_r
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: `--help` of the CLI lists the zoo without importing torch
     import torch
+
+from ..options import OPTION_NAMES, check_keywords
 
 __all__ = ["UnknownModelError", "available", "canonical", "load", "make_env", "train_model", "real_env_id", "weights_path",
            "default_train_path", "use_hint"]
@@ -76,9 +79,14 @@ def make_env(name: str = "cartpole", model: torch.nn.Module | None = None, **kwa
     """Build the :class:`torchwm_rl.WorldModelEnv` for a zoo model.
 
     Keyword arguments go to the model module's ``make_env`` (``batch_size``, ``seed``,
-    ``max_episode_steps``, ``device``).
+    ``max_episode_steps``, ``device``); one it does not take is refused naming the closest.
     """
-    return _module(name).make_env(model=model, **kwargs)
+    build = _module(name).make_env
+    params = inspect.signature(build).parameters.values()
+    own = ("name", *(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)))
+    forwards = any(p.kind is p.VAR_KEYWORD for p in params)  # the rest go to WorldModelEnv
+    check_keywords("zoo.make_env", kwargs, own, OPTION_NAMES if forwards else ())
+    return build(model=model, **kwargs)
 
 
 def default_train_path(name: str) -> Path:

@@ -242,6 +242,73 @@ def test_factory_is_built_once(tmp_path):
     assert len(calls) == 1
 
 
+_LONG_LIMIT = textwrap.dedent('''
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from torchwm_rl import WorldModelEnv
+
+
+    class Decay(torch.nn.Module):  # never terminates: only the time limit ends an episode
+        def forward(self, state, action):
+            return 0.9 * state + 0.1 * action.float()
+
+
+    def make(max_episode_steps=120, batch_size=()):
+        return WorldModelEnv(
+            Decay(),
+            observation_space=gym.spaces.Box(-10, 10, (3,), np.float32),
+            action_space=gym.spaces.Box(-1, 1, (3,), np.float32),
+            reset_fn=lambda seed=None, options=None, batch_size=(): torch.ones(*batch_size, 3),
+            reward_fn=lambda next_state: -next_state.pow(2).sum(-1),
+            max_episode_steps=max_episode_steps, batch_size=batch_size,
+        )
+''')
+
+
+@pytest.fixture
+def long_limit(tmp_path):
+    path = tmp_path / "long_limit.py"
+    path.write_text(_LONG_LIMIT)
+    return path
+
+
+def test_check_runs_past_the_time_limit_by_default(long_limit):
+    """The default check steps past max_episode_steps (here 120, beyond the old fixed 50 steps),
+    so its rollout and parity checks see an episode end and the reset after it."""
+    report = check_factory(f"{long_limit}:make")
+    assert report.ok, report.format()
+    results = {r.name: r.detail for r in report.results}
+    assert results["rollout"].startswith("130 random-action steps, finite, 1 episode end(s)"), results["rollout"]
+    assert "(1 episode end(s))" in results["parity"] and "130 steps" in results["parity"]
+    assert "NOT exercised" not in report.format()
+
+
+def test_check_says_when_resets_were_not_exercised(long_limit, capsys):
+    """A --steps shorter than the time limit is run as asked, and the report says what it missed."""
+    assert main(["check", f"{long_limit}:make", "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    hint = "0 episode end(s)); resets and autoreset were NOT exercised (max_episode_steps=120); run with --steps 130"
+    assert "20 random-action steps, finite, 0 episode end(s); resets and autoreset were NOT exercised" in out
+    assert hint in out, out
+
+
+def test_default_steps_bounds(long_limit):
+    import importlib.util
+
+    from torchwm_rl.app.check import MAX_STEPS, MIN_STEPS, default_steps
+
+    spec = importlib.util.spec_from_file_location("long_limit", long_limit)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert default_steps(mod.make(max_episode_steps=None)) == MIN_STEPS == 50
+    assert default_steps(mod.make(max_episode_steps=7)) == 50
+    assert default_steps(mod.make(max_episode_steps=500)) == 510
+    assert default_steps(mod.make(max_episode_steps=10**6)) == MAX_STEPS == 1000
+    assert default_steps(mod.make(max_episode_steps=[5, 300], batch_size=(2,))) == 310  # the longest env's limit
+
+
 def test_one_error_is_reported_once_naming_the_hook(factories):
     report = check_factory(f"{factories}:wrong_reward_shape")
     text = report.format()
@@ -326,6 +393,32 @@ def test_cli_train_model_writes_a_loadable_file(tmp_path, monkeypatch, capsys):
     assert main(["train-model", "cartpole", "--seed", "1", "--out", str(out), "--quiet"]) == 0
     assert str(out) in capsys.readouterr().out
     assert zoo.load("cartpole", path=out).metadata["seed"] == "1"
+
+
+def test_cli_train_model_writes_to_the_current_directory_by_default(tmp_path, monkeypatch, capsys):
+    """With no --out, train-model writes ./cartpole.safetensors, leaves the installed package's
+    file alone, and prints a line of Python that loads the new file (which works as printed)."""
+    import hashlib
+
+    from torchwm_rl import zoo
+    from torchwm_rl.zoo import cartpole
+
+    bundled = zoo.weights_path("cartpole")
+    before = hashlib.sha256(bundled.read_bytes()).hexdigest()
+    real_train = cartpole.train
+    monkeypatch.setattr(cartpole, "train", lambda **kw: real_train(**{**kw, "n_transitions": 2000, "epochs": 1}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-model", "cartpole", "--seed", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    written = tmp_path / "cartpole.safetensors"
+    assert written.is_file() and f"wrote {written.resolve()}" in out
+    assert hashlib.sha256(bundled.read_bytes()).hexdigest() == before
+    use = [line for line in out.splitlines() if "use it:" in line]
+    assert len(use) == 1, out
+    scope: dict = {}
+    exec(use[0].split("use it: ", 1)[1], scope)
+    env = scope["env"]
+    assert env.batch_size == (64,) and env.adapter.model.metadata["seed"] == "3"
 
 
 _EXITING = {

@@ -297,6 +297,7 @@ class ModelAdapter:
                 self.device, "observation", rows,
             )
         except ValueError as err:
+            self._refuse_unbatched_reset(err)
             if rows is None:
                 raise
             raise ValueError(
@@ -314,6 +315,24 @@ class ModelAdapter:
         self._check_finite_reset(observation, None if state_is_observation else state, rows)
         state, observation = self._unalias((state, observation))
         return Reset(state=state, observation=observation, info=raw.info, state_is_observation=state_is_observation)
+
+    def _refuse_unbatched_reset(self, err: ValueError) -> None:
+        """A batched env whose reset hook is not given ``batch_size`` and returned ONE env's
+        value (the shape without the batch dims): re-raise ``err`` saying that the hook should
+        take ``batch_size``. Anything else: return (the caller re-raises ``err`` as it is)."""
+        hook, batch = self.reset_hook, self.batch_size
+        expected, got = getattr(err, "expected", None), getattr(err, "got", None)
+        if (not batch or hook is None or "batch_size" in hook.wants or not isinstance(expected, tuple)
+                or not isinstance(got, tuple) or got != expected[len(batch):]):
+            return
+        wants = ", ".join(sorted(hook.wants)) or "nothing"
+        rows = f"e.g. torch.zeros(*batch_size, {', '.join(map(str, got))})" if got else "shape batch_size"
+        fix = (f"; {hook.name} is not given batch_size (it receives {wants}) and returned one env's value, but "
+               f"this env is batched (batch_size={batch}): add a batch_size parameter to {hook.name} and return "
+               f"one row per env ({rows})")
+        if isinstance(err, TorchWMError):
+            raise type(err)(f"{err}{fix}", hook=err.hook, key=err.key, expected=expected, got=got) from None
+        raise type(err)(f"{err}{fix}") from None
 
     def _broadcast_initial(self, value: Any) -> Any:
         """Expand an unbatched tensor initial value to the batch (leaves others alone)."""

@@ -49,7 +49,7 @@ from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 from .adapter import ModelAdapter
 from .calling import Hook
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
-from .options import public_name, with_model_options
+from .options import env_repr, with_model_options
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
 from .spaces import space_to_spec
 from .validation import action_shape_accepted, refuse_action_shape, to_info_value, to_observation
@@ -86,6 +86,8 @@ class WorldModelEnv(EnvBase):
         seed: seeds the env (as ``set_seed``); the first reset hands it to the reset hook.
         start_states: bank of start states to sample resets from (see ``EpisodeLogic``).
         nan_policy, check_actions, check_observations, torch_actions: see ``ModelAdapter``.
+        ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
+        uncertainty_fn: an ensemble world model, see :mod:`torchwm_rl.ensemble`.
         decode_fn: ``(model, state) -> observation``, for ``reset(td, set_state=True)`` from
             model states that come without an observation (when the observation is not the
             state itself).
@@ -102,8 +104,6 @@ class WorldModelEnv(EnvBase):
     tensordict); ``reset(td, set_state=True)`` (and a plain ``reset(td)``, TorchRL's implicit
     set_state) starts from ``td[state_key]``; an
     ``nn.Module`` model is the submodule ``world_model``.
-        ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
-        uncertainty_fn: an ensemble world model, see :mod:`torchwm_rl.ensemble`.
 
     The model's reset hook is called once at construction to learn the state's structure.
     """
@@ -266,11 +266,7 @@ class WorldModelEnv(EnvBase):
         )
 
     def __repr__(self) -> str:
-        hooks = "".join(f"\n    {line}," for line in self.adapter.describe_bindings())
-        return (
-            f"{public_name(self)}(model={type(self.model).__name__},{hooks}\n    "
-            f"batch_size={tuple(self.batch_size)}, device={self.device})"
-        )
+        return env_repr(self, self.adapter, batch_size=tuple(self.batch_size), device=self.device)
 
     # ------------------------------------------------------------------ core
     def _set_seed(self, seed: Optional[int]) -> None:

@@ -31,7 +31,7 @@ from .convert import (
     vector_info,
 )
 from .episode import EpisodeLogic, Snapshot, num_envs_batch, select_rows
-from .options import public_name, with_model_options
+from .options import check_keywords, env_repr, with_model_options
 
 __all__ = ["GymWorldModelEnv", "GymVectorWorldModelEnv", "WorldModelEnv", "make_world_model_env"]
 
@@ -159,8 +159,7 @@ class GymWorldModelEnv(gymnasium.Env):
         return info
 
     def __repr__(self) -> str:
-        hooks = "".join(f"\n    {line}," for line in self.adapter.describe_bindings())
-        return f"{public_name(self)}(model={type(self.model).__name__},{hooks}\n)"
+        return env_repr(self, self.adapter)
 
     def render(self):
         """The decoded image of the current state: ``render_fn``'s output, else the
@@ -182,6 +181,7 @@ WorldModelEnv = GymWorldModelEnv
 def make_world_model_env(world_model: Any, **kwargs: Any) -> GymWorldModelEnv:
     """TorchWM's factory: ``make_world_model_env(model, observation_space=..., action_space=...,
     ...)`` is ``WorldModelEnv(model, ...)``."""
+    check_keywords("make_world_model_env", kwargs, [n for n in GymWorldModelEnv.__init__.keywords if n != "model"])
     return GymWorldModelEnv(world_model, **kwargs)
 
 
@@ -255,6 +255,10 @@ class GymVectorWorldModelEnv(VectorEnv):
         self.render_mode = render_mode
         self._snapshot: Optional[Snapshot] = None
         self._needs_reset = torch.zeros(self.num_envs, dtype=torch.bool, device=logic.device)
+
+    def __repr__(self) -> str:  # Gymnasium's names the class only: here the private _VectorEnvOverLogic
+        return env_repr(self, self.logic.adapter, num_envs=self.num_envs,
+                        autoreset_mode=self.autoreset_mode.name, device=self.logic.device)
 
     @property
     def state(self) -> Any:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
-from typing import Any, Callable, Literal, Optional, get_args
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence, get_args
 
 #: what NaN/inf in an observation or reward does (see ``ModelAdapter``)
 NanPolicy = Literal["raise", "truncate", "ignore"]
@@ -64,33 +65,93 @@ def public_name(obj: Any) -> str:
     return next(c.__name__ for c in type(obj).__mro__ if not c.__name__.startswith("_"))
 
 
+def env_repr(obj: Any, adapter: Any, **fields: Any) -> str:
+    """The repr of every env and export: the public class (:func:`public_name`), the model's
+    type, how each hook was bound (one per line), then ``fields`` (``num_envs=256``, ...)."""
+    hooks = "".join(f"\n    {line}," for line in adapter.describe_bindings())
+    tail = ", ".join(f"{key}={value}" for key, value in fields.items())
+    return f"{public_name(obj)}(model={type(adapter.model).__name__},{hooks}\n" + (f"    {tail})" if tail else ")")
+
+
+def unknown_keyword(owner: str, name: str, own: Sequence[str] = (), options: Sequence[str] = OPTION_NAMES) -> TypeError:
+    """The ``TypeError`` for a keyword ``owner()`` does not take: the closest accepted names
+    ("did you mean"), then every accepted name, ``owner``'s own arguments (``own``) first and
+    then the model ``options`` it forwards (see :class:`ModelOptions`)."""
+    own = [n for n in own if n not in options]
+    close = difflib.get_close_matches(name, [*own, *options], n=3)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    parts = [f"its own arguments are {', '.join(own)}"] if own else []
+    if options:
+        parts.append(f"the model options are {', '.join(options)}; see torchwm_rl.options.ModelOptions")
+    listed = f" ({'; '.join(parts)})" if parts else ""
+    return TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint}{listed}")
+
+
+def check_keywords(owner: str, kwargs: Mapping[str, Any], own: Sequence[str],
+                   options: Sequence[str] = OPTION_NAMES) -> None:
+    """Raise :func:`unknown_keyword`'s error for the first keyword of ``kwargs`` that is neither
+    in ``own`` nor in ``options``."""
+    for name in kwargs:
+        if name not in own and name not in options:
+            raise unknown_keyword(owner, name, own, options)
+
+
 def model_options(owner: str, options: dict) -> ModelOptions:
     """``ModelOptions(**options)``; an unknown keyword raises ``TypeError`` naming ``owner``, the
     keyword, the closest accepted names and where the full list is."""
-    unknown = [name for name in options if name not in OPTION_NAMES]
-    if unknown:
-        name = unknown[0]
-        close = difflib.get_close_matches(name, OPTION_NAMES, n=3)
-        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise TypeError(
-            f"{owner}() got an unexpected keyword argument {name!r}{hint} "
-            f"(the model options are {', '.join(OPTION_NAMES)}; see torchwm_rl.options.ModelOptions)"
-        )
+    check_keywords(owner, options, ())
     return ModelOptions(**options)
+
+
+class _InitFromClassDoc:
+    """Holds a constructor while its class body runs; when the class is created
+    (``__set_name__``) it gives the constructor the class's docstring, if it has none of its
+    own, and puts the plain function back in its place. Without a docstring ``help(Cls.__init__)``
+    and ``inspect.getdoc`` would show the base class's constructor doc (``nn.Module``'s
+    "Initialize internal Module state", via ``EnvBase``) instead of the env's arguments."""
+
+    def __init__(self, init: Callable):
+        self.init = init
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if not self.init.__doc__ and owner.__doc__:
+            self.init.__doc__ = (f"Build a {owner.__name__} (the class documentation, repeated):\n\n"
+                                 + inspect.cleandoc(owner.__doc__))
+        setattr(owner, name, self.init)
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Callable:  # only until __set_name__
+        return self.init.__get__(obj, owner)
 
 
 def with_model_options(init: Callable) -> Callable:
     """Decorate a constructor ``__init__(self, ..., **options)``: its ``__signature__`` lists
     the :class:`ModelOptions` fields as keyword-only parameters in place of ``**options`` (the
-    call itself is unchanged: the options still arrive in ``**options``)."""
+    call itself is unchanged: the options still arrive in ``**options``), and a constructor
+    without a docstring gets its class's (see :class:`_InitFromClassDoc`), so ``help()`` shows
+    the constructor's own arguments."""
     signature = inspect.signature(init)
     params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    own = {p.name for p in params}
+    own_names = tuple(p.name for p in params if p.name != "self" and p.kind in _BY_KEYWORD)
     hints = {field.name: field.type for field in dataclasses.fields(ModelOptions)}
     params += [
         inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
                           annotation=hints[field.name])
-        for field in dataclasses.fields(ModelOptions) if field.name not in own
+        for field in dataclasses.fields(ModelOptions) if field.name not in own_names
     ]
-    init.__signature__ = signature.replace(parameters=params)
-    return init
+    accepted = frozenset(own_names) | frozenset(OPTION_NAMES)
+
+    @functools.wraps(init)
+    def checked(self, *args: Any, **kwargs: Any) -> None:
+        # a misspelt keyword of the constructor's own (max_episode_step=) is named with the
+        # closest of ALL its keywords, not only of the model options it forwards
+        for name in kwargs:
+            if name not in accepted:
+                raise unknown_keyword(type(self).__name__, name, own_names)
+        init(self, *args, **kwargs)
+
+    checked.__signature__ = signature.replace(parameters=params)
+    checked.keywords = own_names  # the constructor's own keywords (make_world_model_env reads them)
+    return _InitFromClassDoc(checked)
+
+
+_BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)

@@ -23,7 +23,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from .convert import detach_tree, info_row, observation_row, observation_to_numpy, per_env_infos, rendered_frames
 from .episode import EpisodeLogic, Snapshot, num_envs_batch
-from .options import with_model_options
+from .options import env_repr, with_model_options
 
 #: the render modes of the export: rgb_array frames (SB3's render() tiles them; its "human"
 #: mode shows that tiled image with OpenCV)
@@ -79,6 +79,9 @@ class SB3VecWorldModelEnv(VecEnv):
         self._snapshot: Optional[Snapshot] = None
         self._actions: Any = None
         self._seed: Optional[int] = None
+
+    def __repr__(self) -> str:  # SB3's VecEnv has none: object's named the private _VecEnvOverLogic
+        return env_repr(self, self.logic.adapter, num_envs=self.num_envs, device=self.logic.device)
 
     def reset(self):
         """Reset every env (SB3 semantics), with the seed of :meth:`seed` and the options of

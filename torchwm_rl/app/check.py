@@ -12,7 +12,9 @@ of which passes, fails (with the reason) or is skipped:
   (envs stepped together then influence each other through batch statistics; see
   :mod:`torchwm_rl.train_mode`), naming them; a warning does not fail the report;
 * ``torchrl-specs``: TorchRL's own ``check_env_specs`` (specs vs real reset/step data);
-* ``rollout``: a ``steps``-long rollout: finite floats, reward ``[*B, T, 1]`` float, bool flags;
+* ``rollout``: a ``steps``-long rollout: finite floats, reward ``[*B, T, 1]`` float, bool flags
+  (by default ``steps`` runs past ``max_episode_steps``, see :func:`default_steps`, so episode
+  ends and resets are exercised; a rollout with no episode end says they were not);
 * ``gymnasium-checker``: Gymnasium's ``check_env`` on the Gymnasium env (unbatched), or a
   reset/step contract check of the Gymnasium vector export (batched);
 * ``sb3-checker``: Stable-Baselines3's ``check_env`` on the export (unbatched; its warnings are
@@ -47,7 +49,8 @@ import torch
 
 from ..convert import detach_tree, observation_row
 
-__all__ = ["CheckResult", "CheckReport", "check_factory", "check_env", "check_parity", "load_factory"]
+__all__ = ["CheckResult", "CheckReport", "check_factory", "check_env", "check_parity", "default_steps",
+           "load_factory"]
 
 PASS, FAIL, SKIP, WARN = "PASS", "FAIL", "SKIP", "WARN"  # WARN: reported, does not fail the report
 
@@ -279,7 +282,34 @@ def _check_rollout(env, steps: int, seed: int) -> CheckResult:
     ends = int(td["next", "done"].sum())
     grad = [str(k) for k, v in _float_leaves(td) if v.requires_grad]
     notes = [f"tensors carry autograd graphs under no_grad: {grad}"] if grad else []
-    return CheckResult("rollout", PASS, f"{steps} random-action steps, finite, {ends} episode end(s)", notes)
+    detail = f"{steps} random-action steps, finite, {ends} episode end(s)"
+    if not ends:
+        detail += f"; {_no_ends(env, steps)}"
+    return CheckResult("rollout", PASS, detail, notes)
+
+
+MIN_STEPS, MAX_STEPS = 50, 1000  # bounds of the default rollout length (default_steps)
+
+
+def default_steps(env) -> int:
+    """The rollout / parity length when none is given: past the env's time limit (its largest
+    ``max_episode_steps`` + 10, so that the checks see episode ends, the resets after them and
+    a few steps of the new episodes), at least ``MIN_STEPS`` and at most ``MAX_STEPS``;
+    ``MIN_STEPS`` for an env without a time limit."""
+    limit = env.logic.max_steps
+    if limit is None:
+        return MIN_STEPS
+    return max(MIN_STEPS, min(int(limit.max()) + 10, MAX_STEPS))
+
+
+def _no_ends(env, steps: int) -> str:
+    """What a rollout with no episode end did not check, and the --steps that would."""
+    limit = env.logic.max_steps
+    if limit is None:
+        return ("resets and autoreset were NOT exercised (no episode terminated and the env has no "
+                "max_episode_steps); run with more --steps, or a time limit, to check them")
+    return (f"resets and autoreset were NOT exercised (max_episode_steps={int(limit.max())}); "
+            f"run with --steps {int(limit.max()) + 10} to check them")
 
 
 def _check_gymnasium(env, seed: int, built: Any = None) -> CheckResult:
@@ -461,8 +491,9 @@ def _check_parity(trl, steps: int, seed: int) -> CheckResult:
                 obs, _ = genv.reset()
         if found:
             return CheckResult("parity", FAIL, found + hint)
+    no_ends = "" if ends else f"; {_no_ends(trl, steps)}"
     return CheckResult("parity", PASS, f"TorchRL env == Gymnasium export over {steps} steps with the same "
-                       f"seed and actions ({ends} episode end(s))")
+                       f"seed and actions ({ends} episode end(s)){no_ends}")
 
 
 def check_parity(env, steps: int = 50, seed: int = 0) -> CheckResult:
@@ -506,8 +537,9 @@ def _quiet_torchrl():
 
 
 def check_env(factory: Callable[[], Any], target: str = "<factory>", seed: int = 0,
-              steps: int = 50) -> CheckReport:
-    """Build ``factory()`` once and run every check on it (see module docstring)."""
+              steps: Optional[int] = None) -> CheckReport:
+    """Build ``factory()`` once and run every check on it (see module docstring); ``steps``:
+    the rollout / parity length, by default :func:`default_steps` (past the time limit)."""
     report = CheckReport(target)
     try:
         built = factory()
@@ -527,6 +559,7 @@ def check_env(factory: Callable[[], Any], target: str = "<factory>", seed: int =
     hooks = CheckResult("hooks", PASS, "bound as below", notes=env.adapter.describe_bindings())
     report.results.append(hooks)
     report.results.append(_check_model_mode(env))
+    steps = default_steps(env) if steps is None else steps
     checks = [
         ("torchrl-specs", lambda: _check_specs(env, seed)),
         ("rollout", lambda: _check_rollout(env, steps, seed)),
@@ -544,7 +577,7 @@ def check_env(factory: Callable[[], Any], target: str = "<factory>", seed: int =
     return report
 
 
-def check_factory(target: str, seed: int = 0, steps: int = 50) -> CheckReport:
+def check_factory(target: str, seed: int = 0, steps: Optional[int] = None) -> CheckReport:
     """Import ``MODULE:FACTORY`` and :func:`check_env` it; import errors become a failed check."""
     try:
         factory = load_factory(target)

@@ -4,7 +4,8 @@ Subcommands:
 
 * ``demo``: train a policy in a bundled world model only, then reality-check it (see
   :mod:`torchwm_rl.app.demo`); ``--json`` prints one JSON object as the last stdout line.
-* ``train-model NAME``: rebuild a bundled world model from real environment data.
+* ``train-model NAME``: refit a bundled world model from real environment data and write it to
+  ``./NAME.safetensors`` (or ``--out``); prints how to load it.
 * ``check MODULE:FACTORY``: validate a user's world-model env (see :mod:`torchwm_rl.app.check`);
   exits non-zero on failure.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 
@@ -74,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"which bundled world model to rebuild (one of: {tasks}; default: cartpole)")
     t.add_argument("--seed", type=int, default=0,
                    help="seeds data collection and training; the same seed gives identical weights (default 0)")
-    t.add_argument("--out", default=None, help="weights file to write (default: the bundled file)")
+    t.add_argument("--out", default=None,
+                   help="weights file to write (default: ./NAME.safetensors in the current directory; "
+                        "the bundled file in the installed package is never overwritten unless named here)")
     t.add_argument("--quiet", action="store_true")
 
     c = sub.add_parser("check", help="validate MODULE:FACTORY (a function returning a WorldModelEnv)",
@@ -83,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "checkers, and TorchRL-vs-Gymnasium parity. Exits 1 if a check fails.")
     c.add_argument("target", help="e.g. my_package.envs:make_env or path/to/file.py:make_env")
     c.add_argument("--seed", type=int, default=0, help="seed for the env and the random actions (default 0)")
-    c.add_argument("--steps", type=int, default=50, help="steps for the rollout / parity checks")
+    c.add_argument("--steps", type=int, default=None,
+                   help="steps for the rollout / parity checks (default: the env's max_episode_steps + 10, "
+                        "at least 50 and at most 1000, so that episode ends and resets are exercised)")
     c.add_argument("--json", action="store_true", help="print the report as one JSON line")
     return p
 
@@ -144,7 +150,8 @@ def _train_model(args) -> int:
     if not args.quiet:
         print(f"[torchwm-rl] training the {args.name} world model from real transitions (seed {args.seed})")
     path = zoo.train_model(args.name, seed=args.seed, path=args.out, verbose=not args.quiet)
-    print(f"[torchwm-rl] wrote {path}")
+    print(f"[torchwm-rl] wrote {Path(path).resolve()}")
+    print(f"[torchwm-rl] use it: from torchwm_rl import zoo; env = {zoo.use_hint(args.name, Path(path).resolve())}")
     return 0
 
 

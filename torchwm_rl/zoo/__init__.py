@@ -1,8 +1,9 @@
 """Bundled world models ("the zoo").
 
 ``load(name)`` returns a ready ``nn.Module`` (eval mode, no grad); ``make_env(name, ...)`` builds
-the batched :class:`torchwm_rl.WorldModelEnv` for it; ``train_model(name, seed, path)`` rebuilds the
-bundled weights file from real environment data (used by ``torchwm-rl train-model``).
+the batched :class:`torchwm_rl.WorldModelEnv` for it; ``train_model(name, seed, path)`` refits a
+model from real environment data and writes its weights (default ``./<name>.safetensors``; used
+by ``torchwm-rl train-model``); ``load(name, path=...)`` loads such a file.
 
 Available models: ``"cartpole"`` (Gymnasium ``CartPole-v1``; see :mod:`torchwm_rl.zoo.cartpole`) and
 ``"pendulum"`` (Gymnasium ``Pendulum-v1``, a 5-member ensemble; see :mod:`torchwm_rl.zoo.pendulum`).
@@ -10,13 +11,18 @@ Available models: ``"cartpole"`` (Gymnasium ``CartPole-v1``; see :mod:`torchwm_r
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # annotations only: `--help` of the CLI lists the zoo without importing torch
+    import torch
 
-__all__ = ["UnknownModelError", "available", "canonical", "load", "make_env", "train_model", "real_env_id", "weights_path"]
+from ..options import OPTION_NAMES, check_keywords
+
+__all__ = ["UnknownModelError", "available", "canonical", "load", "make_env", "train_model", "real_env_id", "weights_path",
+           "default_train_path", "use_hint"]
 
 # The one list of bundled models: name -> (module path, real Gymnasium id). The CLI's task list,
 # its help and its error messages all read it, so adding a model is adding one line here.
@@ -73,16 +79,37 @@ def make_env(name: str = "cartpole", model: torch.nn.Module | None = None, **kwa
     """Build the :class:`torchwm_rl.WorldModelEnv` for a zoo model.
 
     Keyword arguments go to the model module's ``make_env`` (``batch_size``, ``seed``,
-    ``max_episode_steps``, ``device``).
+    ``max_episode_steps``, ``device``); one it does not take is refused naming the closest.
     """
-    return _module(name).make_env(model=model, **kwargs)
+    build = _module(name).make_env
+    params = inspect.signature(build).parameters.values()
+    own = ("name", *(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)))
+    forwards = any(p.kind is p.VAR_KEYWORD for p in params)  # the rest go to WorldModelEnv
+    check_keywords("zoo.make_env", kwargs, own, OPTION_NAMES if forwards else ())
+    return build(model=model, **kwargs)
+
+
+def default_train_path(name: str) -> Path:
+    """Where :func:`train_model` writes when given no ``path``: ``./<name>.safetensors`` in the
+    current directory (absolute), never the bundled file inside the installed package."""
+    return Path.cwd() / f"{canonical(name)}.safetensors"
+
+
+def use_hint(name: str, path: str | Path) -> str:
+    """The Python line that builds an env on a rebuilt weights file (printed by ``train-model``)."""
+    key = canonical(name)
+    return f"zoo.make_env({key!r}, model=zoo.load({key!r}, path={str(path)!r}), batch_size=64)"
 
 
 def train_model(name: str = "cartpole", seed: int = 0, path: str | Path | None = None,
                 verbose: bool = True, **kwargs: Any) -> Path:
-    """Collect real data, fit the named model and write it as safetensors; returns the path."""
+    """Collect real data, fit the named model and write it as safetensors; returns the path.
+
+    ``path=None`` writes :func:`default_train_path` (``./<name>.safetensors``); the bundled
+    file is only rewritten when asked for by name (``path=zoo.weights_path(name)``). Load the
+    result with ``zoo.load(name, path=...)`` (see :func:`use_hint`)."""
     from ..serialization import save_weights
 
     mod = _module(name)
     model, meta = mod.train(seed=seed, verbose=verbose, **kwargs)
-    return save_weights(model, Path(path) if path is not None else mod.WEIGHTS_PATH, meta)
+    return save_weights(model, Path(path) if path is not None else default_train_path(name), meta)

@@ -8,7 +8,7 @@ and termination (``|x| > 2.4`` or ``|theta| > 12 degrees``) are the real rules, 
 ``train(seed)`` collects real transitions from Gymnasium's CartPole (random, perturbed-controller
 and uniformly-scattered start states, so balanced trajectories are well covered), fits the MLP and
 returns the trained model; ``torchwm-rl train-model cartpole`` writes it to
-``torchwm_rl/zoo/cartpole.safetensors``.
+``./cartpole.safetensors`` (the bundled file is ``torchwm_rl/zoo/cartpole.safetensors``).
 """
 
 from __future__ import annotations

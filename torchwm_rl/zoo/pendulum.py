@@ -11,7 +11,8 @@ step starts from (as Gymnasium computes it), given analytically like CartPole's 
 ``train(seed)`` collects real transitions from Gymnasium's ``Pendulum-v1`` (random-torque
 episodes from the real reset distribution, plus single random-torque steps from states scattered
 uniformly over the whole state space) and fits each member on its own bootstrap of them;
-``torchwm-rl train-model pendulum`` writes ``torchwm_rl/zoo/pendulum.safetensors``.
+``torchwm-rl train-model pendulum`` writes ``./pendulum.safetensors`` (the bundled file is
+``torchwm_rl/zoo/pendulum.safetensors``).
 """
 
 from __future__ import annotations

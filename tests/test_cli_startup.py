@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "torchrl", "tensordict", "gymnasium", "torchwm_rl.app.demo", "torchwm_rl.app.check",
+HEAVY = ("torch", "torchrl", "tensordict", "gymnasium", "torchwm_rl.app.demo", "torchwm_rl.app.check", "torchwm_rl.app.mbpo",
          "torchwm_rl.env")
 
 _SCRIPT = """
@@ -38,6 +38,8 @@ def _run(argv):
     (["demo", "--help"], "0"),
     (["train-model", "--help"], "0"),
     (["check", "--help"], "0"),
+    (["mbpo", "--help"], "0"),
+    (["mbpo", "--no-such-flag"], "2"),
     (["demo", "--no-such-flag"], "2"),
     (["check"], "2"),  # missing MODULE:FACTORY
     (["demo", "acrobot"], "2"),  # not in the zoo: refused before anything heavy is imported

@@ -33,3 +33,10 @@ def test_mbpo_refits_on_schedule_and_reports_its_result(tmp_path):
 def test_an_unknown_task_is_refused():
     with pytest.raises(ValueError, match="task: expected one of"):
         run(MBPOConfig(task="CartPole-v1"))
+
+
+def test_cli_refuses_an_unknown_task_with_exit_code_2(capsys):
+    from torchwm_rl.app.cli import main
+
+    assert main(["mbpo", "CartPole-v1", "--json"]) == 2
+    assert "task: expected one of ('Pendulum-v1', 'InvertedPendulum-v5'), got 'CartPole-v1'" in capsys.readouterr().err

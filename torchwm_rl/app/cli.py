@@ -6,6 +6,8 @@ Subcommands:
   :mod:`torchwm_rl.app.demo`); ``--json`` prints one JSON object as the last stdout line.
 * ``train-model NAME``: refit a bundled world model from real environment data and write it to
   ``./NAME.safetensors`` (or ``--out``); prints how to load it.
+* ``mbpo [TASK]``: MBPO online on a real env (see :mod:`torchwm_rl.app.mbpo`), ``--model-free``
+  for the SAC baseline; ``--json`` prints one JSON object as the last stdout line.
 * ``check MODULE:FACTORY``: validate a user's world-model env (see :mod:`torchwm_rl.app.check`);
   exits non-zero on failure.
 """
@@ -81,6 +83,28 @@ def _parser() -> argparse.ArgumentParser:
                         "the bundled file in the installed package is never overwritten unless named here)")
     t.add_argument("--quiet", action="store_true")
 
+    m = sub.add_parser("mbpo", help="MBPO online: refit an ensemble while SAC learns inside it (real env steps)",
+                       description="Model-based RL online (torchwm_rl.app.mbpo): real steps into a replay buffer, "
+                                   "an ensemble refit in place every --refit-every steps, branched imagined rollouts "
+                                   "from real states, SAC (TorchRL SACLoss) on imagined plus real data. Writes "
+                                   "results.json and results.png (real return against real steps).")
+    m.add_argument("task", nargs="?", default="Pendulum-v1",
+                   help="Pendulum-v1 (default) or InvertedPendulum-v5 (needs gymnasium[mujoco])")
+    m.add_argument("--seed", type=int, default=0, help="seeds everything (default 0)")
+    m.add_argument("--real-steps", type=int, default=None, help="real env steps, warm-up included (3000)")
+    m.add_argument("--target", type=float, default=None,
+                   help="the real return steps_to_target is about (Pendulum-v1: -200, InvertedPendulum-v5: 900)")
+    m.add_argument("--model-free", action="store_true", help="only the baseline: SAC on the real env alone")
+    m.add_argument("--with-baseline", action="store_true",
+                   help="also run the model-free baseline (same networks and settings): both curves in one plot")
+    m.add_argument("--propagation", default="random", choices=["random", "fixed", "mean"],
+                   help="how imagined envs pick an ensemble member (default random)")
+    m.add_argument("--penalty", type=float, default=0.0, help="MOPO's reward penalty lambda (default 0)")
+    m.add_argument("--threshold", type=float, default=None, help="MOReL's halting threshold (default: none)")
+    m.add_argument("--out", default=None, help="output folder (default ./torchwm_rl_runs/mbpo-<timestamp>)")
+    m.add_argument("--json", action="store_true",
+                   help="no progress output; print one JSON object as the last stdout line")
+
     c = sub.add_parser("check", help="validate MODULE:FACTORY (a function returning a WorldModelEnv)",
                        description="Call FACTORY once and check the env it returns (a torchwm_rl.WorldModelEnv "
                                    "or a torchwm_rl.gym env): TorchRL specs, a rollout, Gymnasium's and SB3's "
@@ -155,6 +179,42 @@ def _train_model(args) -> int:
     return 0
 
 
+def _mbpo(args) -> int:
+    import time
+
+    from .mbpo import MBPOConfig, run, write_results
+
+    cfg = MBPOConfig(task=args.task, seed=args.seed, target=args.target, model_free=args.model_free,
+                     propagation=args.propagation, penalty=args.penalty, threshold=args.threshold,
+                     progress=not args.json)
+    if args.real_steps is not None:
+        cfg.real_steps = args.real_steps
+    out = Path(args.out) if args.out else Path("torchwm_rl_runs") / time.strftime("mbpo-%Y%m%d-%H%M%S")
+    log = (lambda msg: None) if args.json else print
+    try:
+        result = run(cfg, log=log)
+        if args.with_baseline and not args.model_free:
+            import dataclasses
+
+            result["baseline"] = run(dataclasses.replace(cfg, model_free=True), log=log)
+    except ValueError as exc:
+        print(f"torchwm-rl mbpo: {exc}", file=sys.stderr)
+        return 2
+    write_results(result, out)
+    if args.json:
+        keys = ("task", "seed", "algorithm", "real_mean_return", "real_steps", "target", "steps_to_target",
+                "wall_seconds")
+        line = {k: result[k] for k in keys}
+        if "baseline" in result:
+            line["baseline"] = {k: result["baseline"][k] for k in keys}
+        print(json.dumps(line))
+    else:
+        print(f"[torchwm-rl] {result['algorithm']}: real return {result['real_mean_return']:.1f} "
+              f"({cfg.final_eval_episodes} episodes) after {result['real_steps']:,} real steps; target "
+              f"{result['target']:g} first reached at {result['steps_to_target']} real steps; wrote {out.resolve()}")
+    return 0
+
+
 def _check(args) -> int:
     from .check import check_factory
 
@@ -166,7 +226,7 @@ def _check(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``torchwm-rl`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    handler = {"demo": _demo, "train-model": _train_model, "check": _check}[args.command]
+    handler = {"demo": _demo, "train-model": _train_model, "mbpo": _mbpo, "check": _check}[args.command]
     return handler(args)
 
 

@@ -32,10 +32,8 @@ stopped are skipped with a pointer to that one.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-import logging
 import re
 import sys
 import traceback
@@ -48,6 +46,7 @@ import numpy as np
 import torch
 
 from ..convert import detach_tree, observation_row
+from .progress import quiet_torchrl_info
 
 __all__ = ["CheckResult", "CheckReport", "check_factory", "check_env", "check_parity", "default_steps",
            "load_factory"]
@@ -524,18 +523,6 @@ def _torchrl_env(built: Any):
                     f"GymWorldModelEnv, or the vector export of a batched env), got {type(built).__name__}")
 
 
-@contextlib.contextmanager
-def _quiet_torchrl():
-    """TorchRL logs "check_env_specs succeeded!" at INFO; the report says it already."""
-    logger = logging.getLogger("torchrl")
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def check_env(factory: Callable[[], Any], target: str = "<factory>", seed: int = 0,
               steps: Optional[int] = None) -> CheckReport:
     """Build ``factory()`` once and run every check on it (see module docstring); ``steps``:
@@ -568,7 +555,7 @@ def check_env(factory: Callable[[], Any], target: str = "<factory>", seed: int =
         ("parity", lambda: _check_parity(env, steps, seed)),
     ]
     seen: dict = {}
-    with _quiet_torchrl(), _HookTracker(env.adapter) as tracker:
+    with quiet_torchrl_info(), _HookTracker(env.adapter) as tracker:
         for name, fn in checks:
             report.results.append(_run(name, fn, tracker, seen))
     # after the steps: whether an explicit reward_fn / terminal_fn is in effect or overridden

@@ -66,6 +66,8 @@ class Progress:
 def quiet_torchrl_info() -> Iterator[None]:
     """TorchRL's logger (``logging.getLogger("torchrl")``) at WARNING within the block, restored
     after: its INFO lines tell a demo's user nothing they can act on. Warnings still show."""
+    import torchrl._utils  # noqa: F401  (importing torchrl sets this logger's level: ours must come after)
+
     logger = logging.getLogger("torchrl")
     level = logger.level
     logger.setLevel(max(level, logging.WARNING))

@@ -275,3 +275,55 @@ def test_a_policy_alternating_between_two_buffers_is_refused_not_recorded_wrong(
 
     with pytest.raises(RuntimeError, match=r"wrote into the 'action' tensor it returned at step 1"):
         env.rollout(5, policy, break_when_any_done=False)
+
+
+# ------------------------------------------- the dtype of a state that is the observation
+
+
+def _numpy_model_env(reset_dtype):
+    def reset_fn(model, seed=None, options=None, batch_size=()):
+        return np.full((*batch_size, 1), 1.0, dtype=reset_dtype)
+
+    def transition(model, state, action):
+        s = np.asarray(state, dtype=np.float64) * (1 + 1e-9)  # a numpy model computes in float64
+        return {"observation": s, "reward": (s[..., 0] - 1.0) * 1e9}
+
+    space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    return WorldModelEnv(None, space, gym.spaces.Box(-1, 1, (1,), np.float32), reset_fn=reset_fn,
+                         transition_fn=transition, seed=0)
+
+
+def test_a_state_keeps_the_dtype_of_the_first_reset_so_every_path_steps_the_same_numbers():
+    """A reset that gives float32 and steps that give float64: the state stays float32 (its spec)
+    on every path. Failed after the uncast-state change: env.step drifted in float64 while
+    SerialEnv's preallocated float32 buffers rounded every step, and check_env_specs failed."""
+    from torchrl.envs import SerialEnv
+    from torchrl.envs.utils import check_env_specs
+
+    def rewards(env, batched):
+        td, out = env.reset(), []
+        for _ in range(4):
+            td["action"] = torch.zeros(1, 1) if batched else torch.zeros(1)
+            nxt = env.step(td)["next"]
+            out.append(float(nxt["reward"].reshape(-1)[0]))
+            td = nxt
+        return out, nxt["model_state"].dtype
+
+    direct, dtype = rewards(_numpy_model_env(np.float32), False)
+    serial, _ = rewards(SerialEnv(1, lambda: _numpy_model_env(np.float32)), True)
+    assert direct == serial and dtype == torch.float32
+    check_env_specs(_numpy_model_env(np.float32))
+
+
+def test_float32_start_states_are_widened_for_a_float64_state_and_narrowing_is_refused():
+    env = _numpy_model_env(np.float64)  # numpy's default: a float64 state
+    assert env.state_spec["model_state"].dtype == torch.float64
+    start = TensorDict({"model_state": torch.full((4, 1), 0.5)}, [4])  # float32, as replay buffers store
+    out = env.rollout(2, tensordict=start, auto_reset=False)
+    assert out["model_state"].dtype == torch.float64 and out["model_state"][:, 0].eq(0.5).all()
+    assert start["model_state"].dtype == torch.float32  # the caller's tensordict is left as it was
+    narrow = _numpy_model_env(np.float32)
+    with pytest.raises(TypeError, match=r"'model_state': expected dtype torch.float32 \(the model's state\), "
+                                        r"got torch.float64"):
+        narrow.rollout(2, tensordict=TensorDict({"model_state": torch.zeros(4, 1, dtype=torch.float64)}, [4]),
+                       auto_reset=False)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 from gymnasium import spaces
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 
 from .calling import Hook
 from .ensemble import NEGATIVE_UNCERTAINTY, Ensemble
@@ -41,6 +41,7 @@ from .train_mode import warn_if_training
 from .validation import (
     action_as_given,
     all_finite,
+    cast_keeping_value,
     check_action,
     check_observation,
     env_rows,
@@ -212,6 +213,11 @@ class ModelAdapter:
                                           "what the env records for this step: the record would differ from "
                                           "the transition's output")
         self._hook_use: dict = {}  # reward_fn / terminal_fn: [called at a step, skipped at a step]
+        # the dtypes of a state that is the (uncast) observation, as the first reset gave it: every
+        # later such state is given them, so the state's dtype never changes between a reset and a
+        # step (the TorchRL state spec, and the buffers of SerialEnv/ParallelEnv/collectors, are
+        # built from the first reset; shared with forks, as the specs are)
+        self._observation_state_dtypes: dict = {}
 
     @property
     def hooks(self) -> dict:
@@ -306,7 +312,7 @@ class ModelAdapter:
             ) from None
         state_is_observation = state is None
         if state_is_observation:
-            state = state_of_observation(raw_observation, observation, self.device)
+            state = self._pin_dtypes(state_of_observation(raw_observation, observation, self.device), self.reset_hook)
         else:
             self._check_state(state, self.reset_hook)
         if self.check_observations:
@@ -333,6 +339,24 @@ class ModelAdapter:
         if isinstance(err, TorchWMError):
             raise type(err)(f"{err}{fix}", hook=err.hook, key=err.key, expected=expected, got=got) from None
         raise type(err)(f"{err}{fix}") from None
+
+    def _pin_dtypes(self, state: Any, hook: Any) -> Any:
+        """A state that is the model's uncast observation keeps the dtypes of the first one the
+        env saw (see ``_observation_state_dtypes``): a model whose reset gives float32 and whose
+        steps give float64 is stepped in float32 on every path, as the state spec says, instead
+        of float64 on some paths and float32 in TorchRL's preallocated buffers on others. One
+        dtype comparison per step."""
+        if not self._observation_state_dtypes:
+            self._observation_state_dtypes = _leaf_dtypes(state) or {None: None}
+            return state
+        if isinstance(state, torch.Tensor):
+            want = self._observation_state_dtypes.get("")
+            if want is None or state.dtype == want:
+                return state
+        elif _leaf_dtypes(state) == self._observation_state_dtypes:
+            return state
+        name = getattr(hook, "name", "the model")
+        return _with_dtypes(state, self._observation_state_dtypes, f"{name}: state (the observation as returned)")
 
     def _broadcast_initial(self, value: Any) -> Any:
         """Expand an unbatched tensor initial value to the batch (leaves others alone)."""
@@ -433,7 +457,7 @@ class ModelAdapter:
         if self.check_observations:
             self._read(check_observation, raw, hook, observation, self.observation_space, self.batch_size)
         if raw.state is MISSING:  # the state is the observation as the model returned it, not its cast
-            next_state = state_of_observation(raw.observation, observation, self.device)
+            next_state = self._pin_dtypes(state_of_observation(raw.observation, observation, self.device), hook)
         else:
             next_state = raw.state
             self._check_state(next_state, hook)
@@ -838,6 +862,31 @@ def _bad_rows(value: torch.Tensor, batch_size: tuple, bad: torch.Tensor) -> bool
     finite = torch.isfinite(value)
     rows = finite.reshape(*batch_size, -1).all(-1) if batch_size else finite.all()
     return bool((~rows & bad).any())
+
+
+def _leaf_dtypes(value: Any, prefix: str = "") -> dict:
+    """``{key path: dtype}`` of a tensor, or of a dict/TensorDict of tensors."""
+    if isinstance(value, torch.Tensor):
+        return {prefix: value.dtype}
+    if isinstance(value, (Mapping, TensorDictBase)):
+        out = {}
+        for k in value.keys():
+            out.update(_leaf_dtypes(value[k] if isinstance(value, Mapping) else value.get(k), f"{prefix}[{k!r}]"))
+        return out
+    return {}
+
+
+def _with_dtypes(value: Any, dtypes: dict, key: str, prefix: str = "") -> Any:
+    """``value`` with each tensor leaf cast (value-checked) to ``dtypes[its path]``."""
+    if isinstance(value, torch.Tensor):
+        want = dtypes.get(prefix, value.dtype)
+        return value if value.dtype == want else cast_keeping_value(value, want, f"{key}{prefix}")
+    if isinstance(value, TensorDictBase):
+        return TensorDict({k: _with_dtypes(value.get(k), dtypes, key, f"{prefix}[{k!r}]") for k in value.keys()},
+                          batch_size=value.batch_size, device=value.device)
+    if isinstance(value, Mapping):
+        return {k: _with_dtypes(v, dtypes, key, f"{prefix}[{k!r}]") for k, v in value.items()}
+    return value
 
 
 def state_of_observation(raw: Any, observation: Any, device: torch.device) -> Any:

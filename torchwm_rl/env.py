@@ -492,7 +492,11 @@ class WorldModelEnv(EnvBase):
         batch = tensordict.batch_size
         keys = set(tensordict.keys())
         if check and self._state_key in keys and self._state_kind != "opaque":
-            self._check_given_state(tensordict.get(self._state_key), batch)
+            given = tensordict.get(self._state_key)
+            state = self._check_given_state(given, batch)
+            if state is not given:  # widened to the state's dtypes: a copy, the caller's stays as it is
+                tensordict = tensordict.copy() if not in_place else tensordict
+                tensordict.set(self._state_key, state)
         missing_obs = [k for k in self._observation_keys() if k not in keys]
         fill = {}
         if missing_obs:
@@ -513,11 +517,14 @@ class WorldModelEnv(EnvBase):
         out.update(fill)
         return out
 
-    def _check_given_state(self, state: Any, batch) -> None:
+    def _check_given_state(self, state: Any, batch) -> Any:
         """A model state given in a tensordict (replay buffer, encoder) has the structure, shapes
         and dtypes of the env's own (``state_spec``), for ``batch``: a missing entry of a dict
         state (e.g. a loss that selected part of it) or a wrong shape is an error naming the key,
-        never a start from a different state. Once per start, not per step."""
+        never a start from a different state. A leaf of a narrower dtype of the same kind
+        (float32 for a float64 state: replay buffers store the observations' float32) is widened,
+        which keeps every value; returns the state (the same object when nothing was widened).
+        Once per start, not per step."""
         nbatch = len(self.batch_size)
 
         def check(value, spec, name):
@@ -531,18 +538,25 @@ class WorldModelEnv(EnvBase):
                         f"{name}: the model state has the entries {sorted(want)}, the tensordict's has "
                         f"{sorted(got)} (missing {sorted(want - got)}, unexpected {sorted(got - want)})"
                     )
-                for key in spec.keys():
-                    check(value.get(key), spec[key], f"{name}[{key!r}]")
-                return
+                fixed = {key: check(value.get(key), spec[key], f"{name}[{key!r}]") for key in spec.keys()}
+                if all(fixed[key] is value.get(key) for key in fixed):
+                    return value
+                out = value.copy()
+                out.update(fixed)
+                return out
             expected = (*batch, *spec.shape[nbatch:])
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
                 got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                 raise ValueError(f"{name}: expected shape {expected} (the tensordict's batch {tuple(batch)}, "
                                  f"then one env's state shape {tuple(spec.shape[nbatch:])}), got {got}")
             if value.dtype != spec.dtype:
-                raise TypeError(f"{name}: expected dtype {spec.dtype} (the model's state), got {value.dtype}")
+                same_kind = value.is_floating_point() == spec.dtype.is_floating_point and value.dtype != torch.bool
+                if not (same_kind and torch.promote_types(value.dtype, spec.dtype) == spec.dtype):
+                    raise TypeError(f"{name}: expected dtype {spec.dtype} (the model's state), got {value.dtype}")
+                return value.to(spec.dtype)
+            return value
 
-        check(state, self.state_spec[self._state_key], repr(self._state_key))
+        return check(state, self.state_spec[self._state_key], repr(self._state_key))
 
     def _observation_of(self, tensordict: TensorDictBase, missing: list) -> dict:
         """The observation entries of the model states in ``tensordict``: the state itself when

@@ -87,30 +87,13 @@ class _SAC:
     """TorchRL's SAC pieces for one run: actor, twin Q, learned temperature, soft targets."""
 
     def __init__(self, obs_dim: int, action_spec, cfg: MBPOConfig):
-        from torch import nn
-        from torchrl.modules import ValueOperator
-        from torchrl.objectives import SACLoss, SoftUpdate
-
-        from .sac import _mlp, build_sac_actor
+        from .sac import build_sac_actor, build_sac_loss
 
         act_dim = action_spec.shape[-1]
         self.actor, self.net = build_sac_actor(obs_dim, act_dim, action_spec, cfg.hidden)
-
-        class Q(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = _mlp(obs_dim + act_dim, 1, cfg.hidden)
-
-            def forward(self, obs, act):
-                return self.net(torch.cat([obs, act], -1))
-
-        qvalue = ValueOperator(Q(), in_keys=["observation", "action"], out_keys=["state_action_value"])
-        self.loss = SACLoss(self.actor, qvalue, num_qvalue_nets=2, loss_function="l2", action_spec=action_spec)
-        self.loss.make_value_estimator(gamma=cfg.gamma)
-        self.target = SoftUpdate(self.loss, tau=cfg.tau)
+        self.loss, self.target = build_sac_loss(self.actor, obs_dim, act_dim, action_spec, cfg.hidden, cfg.gamma,
+                                                cfg.tau)
         self.optim = torch.optim.Adam(self.loss.parameters(), lr=cfg.lr)
-        self.low = torch.as_tensor(action_spec.space.low, dtype=torch.float32)
-        self.high = torch.as_tensor(action_spec.space.high, dtype=torch.float32)
 
     def update(self, batch) -> None:
         losses = self.loss(batch)

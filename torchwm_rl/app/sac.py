@@ -70,6 +70,31 @@ def build_sac_actor(obs_dim: int, act_dim: int, action_spec, hidden: int = 128):
     return actor, net
 
 
+class _Q(nn.Module):
+    """A Q network: ``(observation, action) -> value`` through one MLP."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int):
+        super().__init__()
+        self.net = _mlp(obs_dim + act_dim, 1, hidden)
+
+    def forward(self, obs, act):
+        return self.net(torch.cat([obs, act], -1))
+
+
+def build_sac_loss(actor, obs_dim: int, act_dim: int, action_spec, hidden: int, gamma: float, tau: float):
+    """TorchRL's ``SACLoss`` for ``actor`` (twin Q networks of ``hidden`` units, learned
+    temperature from 1.0, the default TD(0) value estimator with ``gamma``) and its
+    ``SoftUpdate`` targets (``tau``): returns ``(loss, target_updater)``."""
+    from torchrl.modules import ValueOperator
+    from torchrl.objectives import SACLoss, SoftUpdate
+
+    qvalue = ValueOperator(_Q(obs_dim, act_dim, hidden), in_keys=["observation", "action"],
+                           out_keys=["state_action_value"])
+    loss = SACLoss(actor, qvalue, num_qvalue_nets=2, loss_function="l2", action_spec=action_spec, alpha_init=1.0)
+    loss.make_value_estimator(gamma=gamma)
+    return loss, SoftUpdate(loss, tau=tau)
+
+
 def train_sac(env, cfg: SACConfig, on_batch: Optional[Callable[[dict], None]] = None):
     """SAC on a batched TorchRL env (``observation`` key, Box actions). Returns
     ``(actor, net, history)``; ``history`` has one dict per window of 25 batches (and the last) with
@@ -81,8 +106,6 @@ def train_sac(env, cfg: SACConfig, on_batch: Optional[Callable[[dict], None]] = 
     from torchrl.data import LazyTensorStorage, ReplayBuffer
     from torchrl.data.replay_buffers.samplers import RandomSampler
     from torchrl.envs import RewardSum, TransformedEnv
-    from torchrl.modules import ValueOperator
-    from torchrl.objectives import SACLoss, SoftUpdate
 
     torch.manual_seed(cfg.seed)
     obs_dim = env.observation_spec["observation"].shape[-1]
@@ -90,19 +113,7 @@ def train_sac(env, cfg: SACConfig, on_batch: Optional[Callable[[dict], None]] = 
     act_dim = action_spec.shape[-1]
     actor, net = build_sac_actor(obs_dim, act_dim, action_spec, cfg.hidden)
 
-    class _Q(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = _mlp(obs_dim + act_dim, 1, cfg.hidden)
-
-        def forward(self, obs, act):
-            return self.net(torch.cat([obs, act], -1))
-
-    qvalue = ValueOperator(_Q(), in_keys=["observation", "action"], out_keys=["state_action_value"])
-    loss_fn = SACLoss(actor, qvalue, num_qvalue_nets=2, loss_function="l2", action_spec=action_spec,
-                      alpha_init=1.0)
-    loss_fn.make_value_estimator(gamma=cfg.gamma)
-    target = SoftUpdate(loss_fn, tau=cfg.tau)
+    loss_fn, target = build_sac_loss(actor, obs_dim, act_dim, action_spec, cfg.hidden, cfg.gamma, cfg.tau)
     optim = torch.optim.Adam(loss_fn.parameters(), lr=cfg.lr)
 
     train_env = TransformedEnv(env, RewardSum())

@@ -1,0 +1,73 @@
+"""MBPO against model-free SAC, seed by seed (issue 23's table). Not a test: it prints numbers.
+
+    python benchmarks/mbpo_seeds.py --seeds 0 1 2 3 4                 # 3,000 real steps each, both algorithms
+    python benchmarks/mbpo_seeds.py --seeds 0 --real-steps 1000 --json out.json
+    python benchmarks/mbpo_seeds.py --table a.json b.json             # one table from saved runs
+
+Each run is ``torchwm_rl.app.mbpo.run`` (what ``torchwm-rl mbpo`` runs) with its defaults; the
+baseline is the same SAC, networks and updates per step on the real env alone. Per seed: the
+real steps at which the 5-episode evaluation (every 200 real steps) first reached the target,
+for both, their ratio, and the final 20-episode real return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+
+def table(runs: list) -> str:
+    rows = ["| seed | MBPO steps to target | SAC steps to target | ratio | MBPO final | SAC final | MBPO s | SAC s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ratios = []
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        b = r.get("baseline") or {}
+        m_steps, s_steps = r["steps_to_target"], b.get("steps_to_target")
+        ratio = s_steps / m_steps if m_steps and s_steps else None
+        if ratio is not None:
+            ratios.append(ratio)
+        fmt = lambda v: "never" if v is None else f"{v:,}"  # noqa: E731
+        rows.append(f"| {r['seed']} | {fmt(m_steps)} | {fmt(s_steps) if b else 'n/a'} | "
+                    f"{'' if ratio is None else f'{ratio:.1f}x'} | {r['real_mean_return']:.1f} | "
+                    f"{b.get('real_mean_return', float('nan')):.1f} | {r['wall_seconds']:.0f} | "
+                    f"{b.get('wall_seconds', float('nan')):.0f} |")
+    steps = [r["steps_to_target"] for r in runs if r["steps_to_target"] is not None]
+    if steps:
+        rows.append(f"\nmedian MBPO steps to target over the seeds that reached it: {statistics.median(steps):,.0f} "
+                    f"({len(steps)} of {len(runs)} seeds)")
+    if ratios:
+        rows.append(f"median ratio SAC/MBPO: {statistics.median(ratios):.1f}x")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--real-steps", type=int, default=3000)
+    parser.add_argument("--task", default="Pendulum-v1")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--json", default=None, help="write the runs (a list) to this file")
+    parser.add_argument("--table", nargs="+", default=None, metavar="JSON", help="only print a table from files")
+    args = parser.parse_args()
+    if args.table:
+        runs = [run for path in args.table for run in json.load(open(path))]
+        print(table(runs))
+        return
+    from torchwm_rl.app.mbpo import MBPOConfig, run
+
+    runs = []
+    for seed in args.seeds:
+        cfg = MBPOConfig(task=args.task, seed=seed, real_steps=args.real_steps)
+        result = run(cfg)
+        if not args.no_baseline:
+            cfg.model_free = True
+            result["baseline"] = run(cfg)
+        runs.append(result)
+        if args.json:
+            json.dump(runs, open(args.json, "w"), indent=1)
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()

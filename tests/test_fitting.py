@@ -242,3 +242,21 @@ def test_a_refit_that_changes_the_structure_is_refused_before_anything_is_copied
     same = small_model(members=4, elites=3, seed=9)
     model.load_state_dict(same.state_dict())  # a refit of the same structure is loaded
     torch.testing.assert_close(model.head.weight, same.head.weight, rtol=0, atol=0)
+
+
+def test_a_collector_built_before_a_refit_collects_with_the_new_weights():
+    from torchrl.collectors import Collector
+
+    model = small_model()
+    env = _env(model, 4)
+    collector = Collector(env, None, frames_per_batch=8, total_frames=-1, auto_register_policy_transforms=False)
+    batches = iter(collector)
+    next(batches)  # collected with the initial weights
+    EnsembleTrainer(model, max_epochs=2, seed=0).fit(*linear_data(400, shift=1.0))
+    batch = next(batches)
+    collector.shutdown()
+    with torch.no_grad():
+        expected = model(batch["observation"].reshape(-1, OBS_DIM), batch["action"].reshape(-1, ACT_DIM))
+    torch.testing.assert_close(batch["next", "observation"].reshape(-1, OBS_DIM), expected["observation"].mean(0),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batch["next", "reward"].reshape(-1), expected["reward"].mean(0), rtol=1e-5, atol=1e-6)

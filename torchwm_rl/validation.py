@@ -416,15 +416,18 @@ def to_action(value: Any, space: spaces.Space, batch_shape: tuple, device: torch
     if isinstance(space, spaces.Dict):
         _check_dict_keys(value, space, key, "action")
         return {k: to_action(value[k], sub, batch_shape, device, f"{key}[{k!r}]") for k, sub in space.spaces.items()}
-    tensor = _as_tensor(value, device, key)
+    dtype = numpy_to_torch_dtype(space.dtype)
+    # given the dtype, _as_tensor copies a numpy array that needs no cast (and a cast copies):
+    # an array never reaches the model as the caller's memory, and is copied once
+    tensor = _as_tensor(value, device, key, dtype)
     expected = (*batch_shape, *space.shape)
     if tensor.shape != expected:
         if not action_shape_accepted(tensor.shape, space.shape, batch_shape):
             refuse_action_shape(tensor.shape, space.shape, batch_shape, key)
         tensor = tensor.reshape(expected)
-    dtype = numpy_to_torch_dtype(space.dtype)
     if tensor.dtype == dtype:
-        return tensor.clone() if _may_share_memory(value, tensor) else tensor
+        owned = isinstance(value, np.ndarray) or not _may_share_memory(value, tensor)
+        return tensor if owned else tensor.clone()
     if tensor.numel():
         if tensor.is_floating_point() and not dtype.is_floating_point:
             _refuse_non_integral(tensor, key)

@@ -213,11 +213,11 @@ class ModelAdapter:
                                           "what the env records for this step: the record would differ from "
                                           "the transition's output")
         self._hook_use: dict = {}  # reward_fn / terminal_fn: [called at a step, skipped at a step]
-        # the dtypes of a state that is the (uncast) observation, as the first reset gave it: every
-        # later such state is given them, so the state's dtype never changes between a reset and a
-        # step (the TorchRL state spec, and the buffers of SerialEnv/ParallelEnv/collectors, are
-        # built from the first reset; shared with forks, as the specs are)
-        self._observation_state_dtypes: dict = {}
+        # the dtypes of a state that is the (uncast) observation, as the first reset gave it (the
+        # env's probe, before any fork): every later such state is given them, so the state's
+        # dtype never changes between a reset and a step (the TorchRL state spec, and the buffers
+        # of SerialEnv/ParallelEnv/collectors, are built from the first reset)
+        self._observation_state_dtypes: Optional[dict] = None
 
     @property
     def hooks(self) -> dict:
@@ -346,17 +346,17 @@ class ModelAdapter:
         steps give float64 is stepped in float32 on every path, as the state spec says, instead
         of float64 on some paths and float32 in TorchRL's preallocated buffers on others. One
         dtype comparison per step."""
-        if not self._observation_state_dtypes:
-            self._observation_state_dtypes = _leaf_dtypes(state) or {None: None}
+        pinned = self._observation_state_dtypes
+        if pinned is not None and isinstance(state, torch.Tensor) and pinned.get("") == state.dtype:
+            return state  # the common case
+        dtypes = _leaf_dtypes(state)
+        if pinned is None:
+            self._observation_state_dtypes = dtypes
             return state
-        if isinstance(state, torch.Tensor):
-            want = self._observation_state_dtypes.get("")
-            if want is None or state.dtype == want:
-                return state
-        elif _leaf_dtypes(state) == self._observation_state_dtypes:
+        if not pinned or dtypes == pinned:  # no tensors to pin (a numpy or opaque state), or as pinned
             return state
         name = getattr(hook, "name", "the model")
-        return _with_dtypes(state, self._observation_state_dtypes, f"{name}: state (the observation as returned)")
+        return _with_dtypes(state, pinned, f"{name}: state (the observation as returned)")
 
     def _broadcast_initial(self, value: Any) -> Any:
         """Expand an unbatched tensor initial value to the batch (leaves others alone)."""
@@ -864,16 +864,9 @@ def _bad_rows(value: torch.Tensor, batch_size: tuple, bad: torch.Tensor) -> bool
     return bool((~rows & bad).any())
 
 
-def _leaf_dtypes(value: Any, prefix: str = "") -> dict:
-    """``{key path: dtype}`` of a tensor, or of a dict/TensorDict of tensors."""
-    if isinstance(value, torch.Tensor):
-        return {prefix: value.dtype}
-    if isinstance(value, (Mapping, TensorDictBase)):
-        out = {}
-        for k in value.keys():
-            out.update(_leaf_dtypes(value[k] if isinstance(value, Mapping) else value.get(k), f"{prefix}[{k!r}]"))
-        return out
-    return {}
+def _leaf_dtypes(value: Any) -> dict:
+    """``{key path: dtype}`` of the tensors of a tensor, dict or TensorDict state."""
+    return {key: leaf.dtype for key, leaf in _state_leaves(value, floating_only=False, prefix="").items()}
 
 
 def _with_dtypes(value: Any, dtypes: dict, key: str, prefix: str = "") -> Any:

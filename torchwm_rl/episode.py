@@ -22,8 +22,8 @@ from tensordict import TensorDictBase
 
 from .adapter import RESET_METHODS, ModelAdapter, Reset, Transition, state_of_observation
 from .refit import guard_structure
-from .starts import ReplayStarts, is_replay_buffer
-from .validation import flatten_observation, nonfinite_rows, to_observation
+from .starts import ReplayStarts, check_start_observations, is_replay_buffer
+from .validation import to_observation
 
 #: Serialises every swap of the process-global torch RNG (save the caller's state, install an
 #: env's stream, call the hooks, restore): without it two threads stepping seeded envs would
@@ -305,15 +305,9 @@ class EpisodeLogic:
                 "row i of each is one start state"
             )
         # check the whole bank once, here, rather than each sampled row at every reset
-        checked = to_observation(
-            observation, self.adapter.observation_space, (size,), _bank_device(observation), "start_states"
-        )
-        if self.adapter.nan_policy != "ignore":
-            bad, keys = nonfinite_rows(flatten_observation(checked), (size,))
-            if bad is not None:
-                raise ValueError(
-                    f"start_states: NaN/inf in {keys} at bank row(s) {bad.nonzero().flatten().tolist()}"
-                )
+        check_start_observations(observation, self.adapter.observation_space, (size,), _bank_device(observation),
+                                 self.adapter.nan_policy != "ignore", lambda bad: f"at bank row(s) "
+                                 f"{bad.nonzero().flatten().tolist()}")
         return observation, state, size
 
     # ------------------------------------------------------------------ seeds
@@ -541,24 +535,22 @@ class EpisodeLogic:
         if self.bank is None:
             return self.adapter.reset(seed=seed, options=options)
         shape = self.batch_size or (1,)
-        if isinstance(self.bank, ReplayStarts):
+        if isinstance(self.bank, ReplayStarts):  # rows drawn from the buffer's contents now
             rows, obs, state = self.bank.sample(shape, self.generator)
             if not self.batch_size:
                 first = torch.tensor(0)
                 rows, obs = _index_rows(rows, first), _index_rows(obs, first)
                 state = None if state is None else _index_rows(state, first)
-            if state is not None:
-                return Reset(state=state, observation=obs, info={})
-            return Reset(state=state_of_observation(rows, obs, self.device), observation=obs, info={},
-                         state_is_observation=True)
-        observation, state, size = self.bank
-        index = torch.randint(size, shape, generator=self.generator).to(_bank_device(observation))
-        if not self.batch_size:
-            index = index[0]
-        rows = _index_rows(observation, index)
-        obs = to_observation(rows, self.adapter.observation_space, self.batch_size, self.device)
+        else:
+            observation, bank_state, size = self.bank
+            index = torch.randint(size, shape, generator=self.generator).to(_bank_device(observation))
+            if not self.batch_size:
+                index = index[0]
+            rows = _index_rows(observation, index)
+            obs = to_observation(rows, self.adapter.observation_space, self.batch_size, self.device)
+            state = None if bank_state is None else _index_rows(bank_state, index)
         if state is not None:
-            return Reset(state=_index_rows(state, index), observation=obs, info={})
+            return Reset(state=state, observation=obs, info={})
         # the bank's observation is the state as the bank holds it (a float64 bank steps a
         # float64 model from its own values), the observation its cast to the space's dtype
         return Reset(state=state_of_observation(rows, obs, self.device), observation=obs, info={},

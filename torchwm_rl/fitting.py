@@ -257,7 +257,7 @@ class EnsembleTrainer:
 
     def _member_params(self) -> list:
         # every parameter of EnsembleDynamics leads with the member dim (EnsembleLinear)
-        return [p for p in self.model.parameters()]
+        return list(self.model.parameters())
 
     @torch.no_grad()
     def _holdout_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ construction; this one grows).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from tensordict import TensorDictBase
@@ -74,12 +74,20 @@ class ReplayStarts:
         observation = observation.reshape(*shape, *observation.shape[1:])
         if state is not None and isinstance(state, torch.Tensor):
             state = state.reshape(*shape, *state.shape[1:]).to(self.device)
-        checked = to_observation(observation, self.observation_space, tuple(shape), self.device, "start_states")
-        if self.check_finite:
-            bad, keys = nonfinite_rows(flatten_observation(checked), tuple(shape))
-            if bad is not None:
-                raise ValueError(
-                    f"start_states: NaN/inf in {keys} in the replay buffer's row(s) "
-                    f"{index.reshape(shape)[bad].flatten().tolist()}"
-                )
+        checked = check_start_observations(
+            observation, self.observation_space, tuple(shape), self.device, self.check_finite,
+            lambda bad: f"in the replay buffer's row(s) {index.reshape(shape)[bad].flatten().tolist()}")
         return observation, checked, state
+
+
+def check_start_observations(observation: Any, space: Any, shape: tuple, device: torch.device, check_finite: bool,
+                             where: Callable[[torch.Tensor], str]) -> Any:
+    """Start observations (a bank, or rows drawn from one) converted to the observation space,
+    ``shape`` rows; with ``check_finite``, NaN/inf is an error naming the keys and
+    ``where(bad rows)`` (which rows of the bank they are)."""
+    checked = to_observation(observation, space, shape, device, "start_states")
+    if check_finite:
+        bad, keys = nonfinite_rows(flatten_observation(checked), shape)
+        if bad is not None:
+            raise ValueError(f"start_states: NaN/inf in {keys} {where(bad)}")
+    return checked

@@ -3,6 +3,8 @@ refit seen by an env and its exports at their next step."""
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -260,3 +262,16 @@ def test_a_collector_built_before_a_refit_collects_with_the_new_weights():
     torch.testing.assert_close(batch["next", "observation"].reshape(-1, OBS_DIM), expected["observation"].mean(0),
                                rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(batch["next", "reward"].reshape(-1), expected["reward"].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_nan_start_states_are_refused_naming_their_rows_in_a_bank_and_in_a_replay_buffer():
+    rows = torch.zeros(4, OBS_DIM)
+    rows[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=re.escape("start_states: NaN/inf in ['observation'] at bank row(s) [2]")):
+        _bank_env(rows, n=3)
+    buffer = _buffer(torch.zeros(3, OBS_DIM))
+    env = _bank_env(buffer, n=50, seed=0)
+    buffer.extend(type(buffer[0:1])({"observation": torch.full((1, OBS_DIM), float("inf"))}, batch_size=[1]))
+    with pytest.raises(ValueError, match=r"start_states: NaN/inf in \['observation'\] in the replay buffer's "
+                                         r"row\(s\) \[3(, 3)*\]"):
+        env.reset()

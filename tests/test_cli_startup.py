@@ -9,7 +9,8 @@ import sys
 import pytest
 
 HEAVY = ("torch", "torchrl", "tensordict", "gymnasium", "torchwm_rl.app.demo", "torchwm_rl.app.check", "torchwm_rl.app.mbpo",
-         "torchwm_rl.env")
+         "torchwm_rl.app.train_model", "torchwm_rl.app.demo_cartpole", "torchwm_rl.app.demo_pendulum",
+         "torchwm_rl.app.runs", "torchwm_rl.app.sac", "torchwm_rl.env")
 
 _SCRIPT = """
 import sys

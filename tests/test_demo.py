@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from torchwm_rl.app.demo import DemoConfig, format_table, run_demo
+from torchwm_rl.app.demo import DemoConfig, run_demo
+from torchwm_rl.app.runs import format_table
 from torchwm_rl.serialization import load_weights, read_metadata
 
 TINY = dict(frames=2048, num_envs=16, steps_per_batch=64, epochs=2, episodes=2, eval_envs=4)
@@ -61,7 +62,7 @@ def _strict_json(text: str):
 
 
 def test_json_safe_writes_null_for_missing_values():
-    from torchwm_rl.app.demo import json_safe
+    from torchwm_rl.app.runs import json_safe
 
     data = {"a": math.nan, "b": [1.0, math.inf, -math.inf], "c": np.float32(2.5), "d": torch.tensor([1.0, math.nan])}
     text = json.dumps(json_safe(data), allow_nan=False)
@@ -228,7 +229,7 @@ def test_returns_are_described_with_what_is_known_never_nan():
 
 
 def test_an_early_stop_says_why():
-    from torchwm_rl.app.demo import SOLVED_STREAK, stop_reason
+    from torchwm_rl.app.demo_cartpole import SOLVED_STREAK, stop_reason
 
     history = [{"frames": 72_704, "solved_streak": SOLVED_STREAK - 1},
                {"frames": 73_728, "solved_streak": SOLVED_STREAK}]

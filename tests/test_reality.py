@@ -221,9 +221,10 @@ def test_report_plot_is_public_in_the_library_and_writes_a_figure(model, tmp_pat
     ax = report.plot(tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 0
     assert ax.get_xlabel() == "open-loop horizon (steps)" and "2 episodes" in ax.get_title()
-    from torchwm_rl.app import demo
+    from torchwm_rl.app import demo_cartpole, demo_pendulum
 
-    assert demo.plot_prediction_error is __import__("torchwm_rl.reality").reality.plot_prediction_error
+    assert demo_cartpole.plot_prediction_error is __import__("torchwm_rl.reality").reality.plot_prediction_error
+    assert demo_pendulum.plot_prediction_error is demo_cartpole.plot_prediction_error
 
 
 def test_report_plot_without_matplotlib_says_what_to_install(model, monkeypatch):

@@ -573,3 +573,13 @@ def check_factory(target: str, seed: int = 0, steps: Optional[int] = None) -> Ch
         report.results.append(CheckResult("import", FAIL, _error(exc)))
         return report
     return check_env(factory, target=target, seed=seed, steps=steps)
+
+
+def command(args, started: float) -> int:
+    """``torchwm-rl check`` with the parsed ``args``: prints the report (one JSON line with
+    ``--json``); exit code 1 when a check failed. ``started`` (the command's start) is not used."""
+    import json
+
+    report = check_factory(args.target, seed=args.seed, steps=args.steps)
+    print(json.dumps(report.to_dict()) if args.json else report.format())
+    return 0 if report.ok else 1

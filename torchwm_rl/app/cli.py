@@ -1,11 +1,12 @@
-"""The ``torchwm-rl`` command line (also ``python -m torchwm_rl``).
+"""The ``torchwm-rl`` command line (also ``python -m torchwm_rl``): parses the arguments and
+runs the subcommand's module (:data:`COMMANDS`), importing it only then.
 
 Subcommands:
 
 * ``demo``: train a policy in a bundled world model only, then reality-check it (see
   :mod:`torchwm_rl.app.demo`); ``--json`` prints one JSON object as the last stdout line.
 * ``train-model NAME``: refit a bundled world model from real environment data and write it to
-  ``./NAME.safetensors`` (or ``--out``); prints how to load it.
+  ``./NAME.safetensors`` (or ``--out``); prints how to load it (see :mod:`torchwm_rl.app.train_model`).
 * ``mbpo [TASK]``: MBPO online on a real env (see :mod:`torchwm_rl.app.mbpo`), ``--model-free``
   for the SAC baseline; ``--json`` prints one JSON object as the last stdout line.
 * ``check MODULE:FACTORY``: validate a user's world-model env (see :mod:`torchwm_rl.app.check`);
@@ -15,9 +16,9 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
-from pathlib import Path
+import time
 from typing import Optional, Sequence
 
 
@@ -118,116 +119,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _unknown_task(command: str, name: str) -> Optional[int]:
-    """Print the one-line error for a task that is not in the zoo (exit code 2), else None."""
+#: subcommand -> its module in torchwm_rl.app, imported only when that subcommand runs (``--help``
+#: stays free of torch); the module's ``command(args, started)`` runs it and returns the exit code
+COMMANDS = {"demo": "demo", "train-model": "train_model", "mbpo": "mbpo", "check": "check"}
+
+#: the subcommands whose argument names a bundled model, and that argument
+_ZOO_ARGUMENT = {"demo": "task", "train-model": "name"}
+
+
+def _unknown_task(args) -> Optional[int]:
+    """For a subcommand that names a bundled model: print the one-line error for a name that is
+    not in the zoo and return exit code 2; else None. Checked before the command's module (and
+    torch) is imported."""
     from ..zoo import UnknownModelError, canonical
 
+    if args.command not in _ZOO_ARGUMENT:
+        return None
     try:
-        canonical(name)
+        canonical(getattr(args, _ZOO_ARGUMENT[args.command]))
     except UnknownModelError as exc:
-        print(f"torchwm-rl {command}: {exc}", file=sys.stderr)
+        print(f"torchwm-rl {args.command}: {exc}", file=sys.stderr)
         return 2
     return None
-
-
-def _demo(args) -> int:
-    import time
-
-    t0 = time.perf_counter()  # wall_seconds: the demo's own run, from here (its imports included)
-    bad = _unknown_task("demo", args.task)
-    if bad is not None:
-        return bad
-
-    from .demo import DemoConfig, json_safe, run_demo
-
-    cfg = DemoConfig(task=args.task, seed=args.seed, episodes=args.episodes, out=args.out,
-                     threads=args.threads, progress=not args.json, save_plot=not args.no_plot)
-    if args.frames is not None:
-        cfg.frames = args.frames
-    if args.num_envs is not None:
-        cfg.num_envs = args.num_envs
-    if args.json:
-        import io
-        import contextlib
-        import logging
-        import os
-        import warnings
-
-        os.environ.setdefault("RL_WARNINGS", "False")
-        logging.getLogger("torchrl").setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore")
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            result = run_demo(cfg, log=lambda msg: None, t0=t0)
-        print(json.dumps(json_safe(result), allow_nan=False))
-    else:
-        run_demo(cfg, t0=t0)
-    return 0
-
-
-def _train_model(args) -> int:
-    bad = _unknown_task("train-model", args.name)
-    if bad is not None:
-        return bad
-    from .. import zoo
-
-    if not args.quiet:
-        print(f"[torchwm-rl] training the {args.name} world model from real transitions (seed {args.seed})")
-    path = zoo.train_model(args.name, seed=args.seed, path=args.out, verbose=not args.quiet)
-    print(f"[torchwm-rl] wrote {Path(path).resolve()}")
-    print(f"[torchwm-rl] use it: from torchwm_rl import zoo; env = {zoo.use_hint(args.name, Path(path).resolve())}")
-    return 0
-
-
-def _mbpo(args) -> int:
-    import time
-
-    from .mbpo import MBPOConfig, run, write_results
-
-    cfg = MBPOConfig(task=args.task, seed=args.seed, target=args.target, model_free=args.model_free,
-                     propagation=args.propagation, penalty=args.penalty, threshold=args.threshold,
-                     progress=not args.json)
-    if args.real_steps is not None:
-        cfg.real_steps = args.real_steps
-    out = Path(args.out) if args.out else Path("torchwm_rl_runs") / time.strftime("mbpo-%Y%m%d-%H%M%S")
-    log = (lambda msg: None) if args.json else print
-    try:
-        result = run(cfg, log=log)
-        if args.with_baseline and not args.model_free:
-            import dataclasses
-
-            result["baseline"] = run(dataclasses.replace(cfg, model_free=True), log=log)
-    except ValueError as exc:
-        print(f"torchwm-rl mbpo: {exc}", file=sys.stderr)
-        return 2
-    write_results(result, out)
-    if args.json:
-        keys = ("task", "seed", "algorithm", "real_mean_return", "real_steps", "target", "steps_to_target",
-                "wall_seconds")
-        line = {k: result[k] for k in keys}
-        if "baseline" in result:
-            line["baseline"] = {k: result["baseline"][k] for k in keys}
-        print(json.dumps(line))
-    else:
-        print(f"[torchwm-rl] {result['algorithm']}: real return {result['real_mean_return']:.1f} "
-              f"({cfg.final_eval_episodes} episodes) after {result['real_steps']:,} real steps; target "
-              f"{result['target']:g} first reached at {result['steps_to_target']} real steps; wrote {out.resolve()}")
-    return 0
-
-
-def _check(args) -> int:
-    from .check import check_factory
-
-    report = check_factory(args.target, seed=args.seed, steps=args.steps)
-    print(json.dumps(report.to_dict()) if args.json else report.format())
-    return 0 if report.ok else 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``torchwm-rl`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    handler = {"demo": _demo, "train-model": _train_model, "mbpo": _mbpo, "check": _check}[args.command]
-    return handler(args)
+    started = time.perf_counter()  # the command's start: the demo's wall_seconds counts from here, imports included
+    bad = _unknown_task(args)
+    if bad is not None:
+        return bad
+    return importlib.import_module(f"{__package__}.{COMMANDS[args.command]}").command(args, started)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .runs import default_out_dir, pyplot
+
 TASKS = ("Pendulum-v1", "InvertedPendulum-v5")
 
 
@@ -236,12 +238,8 @@ def write_results(result: dict, out: Path) -> None:
     a ``baseline`` entry is drawn too)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for run_result in [result, result.get("baseline")]:
@@ -258,3 +256,40 @@ def write_results(result: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=100)
     plt.close(fig)
+
+
+def command(args, started: float) -> int:
+    """``torchwm-rl mbpo`` with the parsed ``args``: one run (and the model-free baseline with
+    ``--with-baseline``), ``results.json`` / ``results.png`` in the run folder, then a summary
+    line, or one JSON line with ``--json``. Exit code 2 for a refused setting (its message on
+    stderr). ``started`` (the command's start) is not used: ``wall_seconds`` is the run's own."""
+    import dataclasses
+    import sys
+
+    cfg = MBPOConfig(task=args.task, seed=args.seed, target=args.target, model_free=args.model_free,
+                     propagation=args.propagation, penalty=args.penalty, threshold=args.threshold,
+                     progress=not args.json)
+    if args.real_steps is not None:
+        cfg.real_steps = args.real_steps
+    out = Path(args.out) if args.out else default_out_dir("mbpo-")
+    log = (lambda msg: None) if args.json else print
+    try:
+        result = run(cfg, log=log)
+        if args.with_baseline and not args.model_free:
+            result["baseline"] = run(dataclasses.replace(cfg, model_free=True), log=log)
+    except ValueError as exc:
+        print(f"torchwm-rl mbpo: {exc}", file=sys.stderr)
+        return 2
+    write_results(result, out)
+    if args.json:
+        keys = ("task", "seed", "algorithm", "real_mean_return", "real_steps", "target", "steps_to_target",
+                "wall_seconds")
+        line = {k: result[k] for k in keys}
+        if "baseline" in result:
+            line["baseline"] = {k: result["baseline"][k] for k in keys}
+        print(json.dumps(line))
+    else:
+        print(f"[torchwm-rl] {result['algorithm']}: real return {result['real_mean_return']:.1f} "
+              f"({cfg.final_eval_episodes} episodes) after {result['real_steps']:,} real steps; target "
+              f"{result['target']:g} first reached at {result['steps_to_target']} real steps; wrote {out.resolve()}")
+    return 0

@@ -17,6 +17,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .runs import whole_batches
+
 
 @dataclass
 class SACConfig:
@@ -37,12 +39,6 @@ class SACConfig:
     @property
     def frames_per_batch(self) -> int:
         return self.num_envs * self.steps_per_batch
-
-
-def whole_batches(frames: int, frames_per_batch: int) -> int:
-    """``frames`` rounded up to a whole number of collector batches: TorchRL's collector warns
-    about, and rounds up, an ``init_random_frames`` that is not one, so say the number it uses."""
-    return max(1, math.ceil(frames / frames_per_batch)) * frames_per_batch
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:

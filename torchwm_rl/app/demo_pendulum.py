@@ -1,7 +1,7 @@
-"""The continuous-control demo (``torchwm-rl demo pendulum``): SAC only in the bundled ensemble
+"""The Pendulum demo (``torchwm-rl demo pendulum``): SAC only in the bundled ensemble
 world model, then :func:`torchwm_rl.reality_check` on the real ``Pendulum-v1``.
 
-Same outputs as the CartPole demo (:mod:`torchwm_rl.app.demo`): ``policy.safetensors``,
+Same outputs as the CartPole demo (:mod:`torchwm_rl.app.demo_cartpole`): ``policy.safetensors``,
 ``results.json`` (``real_mean_return``, ``imagined_mean_return``, ``wall_seconds``, ...) and
 ``results.png``, whose middle panel shows the imagined and real trajectories from the same start
 state with the ensemble's uncertainty (max pairwise L2 distance of the members' predictions)
@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from torch import nn
 
 from ..reality import plot_prediction_error
-from .demo import DemoConfig, default_out_dir, finish_run
+from .runs import DemoConfig, NO_MATPLOTLIB, default_out_dir, finish_run, pyplot, whole_batches
 
 DEMO_NUM_ENVS = 32  # imagined envs for SAC when the CLI does not say (--num-envs)
 
@@ -44,7 +45,25 @@ def _greedy(net, obs: torch.Tensor) -> torch.Tensor:
     return torch.tanh(loc) * 2.0
 
 
-def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str, Any]:
+class SACGreedyPolicy(nn.Module):
+    """The deterministic action of a saved SAC policy (``torchwm-rl demo pendulum``):
+    ``low + (high - low) * (tanh(loc) + 1) / 2``, where ``loc`` is the first half of ``net``'s
+    outputs: what TorchRL's ``TanhNormal`` actor gives under ``ExplorationType.DETERMINISTIC``."""
+
+    def __init__(self, net: nn.Sequential, low: torch.Tensor, high: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("low", low)
+        self.register_buffer("high", high)
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        loc = self.net(observation)[..., : self.low.shape[-1]]
+        return self.low + (self.high - self.low) * (torch.tanh(loc) + 1) / 2
+
+
+def run(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str, Any]:
+    """The Pendulum demo (SAC) with ``cfg`` resolved (see :func:`torchwm_rl.app.demo.run_demo`);
+    returns the result record."""
     import gymnasium as gym
 
     from .. import zoo
@@ -52,7 +71,7 @@ def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) ->
     from ..serialization import save_weights
     from ..zoo import pendulum
     from .progress import Progress, describe_returns
-    from .sac import SACConfig, train_sac, whole_batches
+    from .sac import SACConfig, train_sac
 
     model = zoo.load("pendulum")
     out = Path(cfg.out) if cfg.out else default_out_dir()
@@ -109,13 +128,9 @@ def run_sac_demo(cfg: DemoConfig, log: Callable[[str], None], t_start: float) ->
 
 
 def _plot(path: Path, history: list, report, u_imagined: list, u_real: list) -> Optional[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: skipped the plot (pip install 'torchwm-rl[plot]')"
+    plt = pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.8))
     ax = axes[0]
     ax.plot([h["frames"] for h in history], [h["imagined_return"] for h in history], ".", color="C0",

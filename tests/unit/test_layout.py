@@ -4,7 +4,8 @@
   functions alike (a function-level import is a cycle that only shows when that function runs);
 * the app's shared modules (run folder, result record, plots, progress) import none of its
   demos or commands, the command line imports its command modules only when one runs, and the
-  library never imports the app.
+  library never imports the app;
+* ``docs/design-decisions.md`` names every module of the package in its module list.
 
 Imports under ``if TYPE_CHECKING:`` never run and are not counted; modules imported by a
 computed name (``importlib.import_module(...)``, the zoo's registry) are not seen.
@@ -13,6 +14,7 @@ computed name (``importlib.import_module(...)``, the zoo's registry) are not see
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,3 +183,23 @@ def test_the_library_never_imports_the_app():
     for module, imported in sorted(graph.items()):
         if not module.startswith("torchwm_rl.app") and module not in APP_ENTRY_POINTS:
             assert not {m for m in imported if m.startswith("torchwm_rl.app")}, f"{module} imports the app"
+
+
+MODULE_LIST_HEADING = "## The modules, room by room"
+
+
+def _listed_modules() -> set[str]:
+    """The module paths (under ``torchwm_rl/``) named in the first column of the module table
+    of ``docs/design-decisions.md``."""
+    text = (ROOT / "docs" / "design-decisions.md").read_text()
+    assert MODULE_LIST_HEADING in text, f"docs/design-decisions.md has no section {MODULE_LIST_HEADING!r}"
+    section = text.split(MODULE_LIST_HEADING, 1)[1].split("\n## ", 1)[0]
+    return {m.group(1) for m in re.finditer(r"^\|\s*`([\w/]+\.py)`\s*\|", section, re.MULTILINE)}
+
+
+def test_the_design_notes_list_every_module():
+    """Names only: the line counts beside them may drift between refreshes without failing."""
+    actual = {str(path.relative_to(ROOT / PACKAGE)) for path in (ROOT / PACKAGE).rglob("*.py")}
+    listed = _listed_modules()
+    assert not actual - listed, f"modules missing from docs/design-decisions.md: {sorted(actual - listed)}"
+    assert not listed - actual, f"docs/design-decisions.md lists modules that do not exist: {sorted(listed - actual)}"

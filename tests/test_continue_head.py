@@ -459,6 +459,25 @@ def test_bad_continue_outputs_are_refused_naming_the_hook(path, case):
         driver.step(zero_actions(n))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_range_check_is_finite_exactly_on_the_unit_interval(dtype):
+    """``probability_check`` (what the step's one NaN/inf reduction reads) is finite for every
+    probability, the interval's ends and the values next to them included, and non-finite for
+    anything else, in every float dtype."""
+    from torchwm_rl.validation import probability_check
+
+    one, zero = torch.tensor(1.0, dtype=dtype), torch.tensor(0.0, dtype=dtype)
+    inside = torch.stack([zero, one, -zero, torch.nextafter(one, zero), torch.nextafter(zero, one),
+                          torch.tensor(0.5, dtype=dtype), torch.tensor(1e-3, dtype=dtype)])
+    outside = torch.stack([torch.nextafter(one, one + 1), torch.nextafter(zero, -one), one * 2, -one,
+                           torch.tensor(float("nan"), dtype=dtype), torch.tensor(float("inf"), dtype=dtype),
+                           torch.tensor(-float("inf"), dtype=dtype)])
+    assert torch.isfinite(probability_check(inside)).all()
+    assert not torch.isfinite(probability_check(outside)).any()
+    dense = torch.rand(100_000, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert torch.isfinite(probability_check(dense)).all()
+
+
 def test_a_scalar_for_a_batched_env_is_refused():
     env = build("torchrl", lambda model, next_state: 0.5, n=N)
     with pytest.raises(ValueError, match=r"continue_fn .*continue_prob: a batched env needs one value per env"):

@@ -243,10 +243,13 @@ def to_probability(value: Any, batch_shape: tuple, device: torch.device, key: st
 
 
 def probability_check(raw: torch.Tensor) -> torch.Tensor:
-    """``raw`` where it lies in [0, 1], NaN elsewhere: finite exactly when every value is a
-    probability, for the step's one NaN/inf check (no host sync here). Computed on the dtype
-    the hook returned, so a float64 value that float32 would round into range is still seen."""
-    return torch.where((raw >= 0) & (raw <= 1), raw.detach(), math.nan)
+    """A tensor that is finite exactly where ``raw`` lies in [0, 1], for the step's one NaN/inf
+    check (no host sync here): ``sqrt(p - p*p)``, real for p in [0, 1] (p*p <= p there, also
+    after rounding) and NaN for anything else (p < 0, p > 1, NaN, +-inf). Two kernels (a
+    ``torch.where`` of the two comparisons costs four). Computed on the dtype the hook returned,
+    so a float64 value that float32 would round into range is still seen."""
+    raw = raw.detach()
+    return torch.sqrt(raw.addcmul(raw, raw, value=-1))
 
 
 def outside_unit_interval(raw: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ caller decides (the Gymnasium exports run under ``torch.no_grad``).
 
 from __future__ import annotations
 
+import numbers
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -47,15 +48,23 @@ from .validation import (
     env_rows,
     flatten_observation,
     nonfinite_rows,
+    outside_unit_interval,
+    probability_check,
     to_action,
     to_batched_scalar,
     to_observation,
+    to_probability,
     where_rows,
     zero_nonfinite,
 )
 
 #: the options that need an ensemble (ensemble_size)
 ENSEMBLE_OPTIONS = ("propagation", "uncertainty_penalty", "uncertainty_threshold", "halt_reward", "uncertainty_fn")
+
+#: the key, in the per-step NaN check, of the tensor that is NaN where continue_fn's output is outside [0, 1]
+CONTINUE_OUTSIDE = "continue_fn's range"
+#: the key of continue_fn's output itself in that check (NaN/inf there goes through nan_policy)
+CONTINUE_KEY = "continue_prob (continue_fn's output)"
 
 RESET_METHODS = ("reset_env", "reset_state", "reset")
 TRANSITION_METHODS = ("env_step", "step", "predict_step", "predict", "imagine_step", "transition")
@@ -105,6 +114,8 @@ class Transition:
     # ensembles only (see torchwm_rl.ensemble): float32 / bool, shape batch
     uncertainty: Optional[torch.Tensor] = None
     halted: Optional[torch.Tensor] = None
+    # continue_fn only: the probability of continuing, float32, shape batch (graph kept)
+    continue_prob: Optional[torch.Tensor] = None
 
 
 class ModelAdapter:
@@ -140,6 +151,23 @@ class ModelAdapter:
             uncertainty_fn: an ensemble model (the transition's outputs lead with an ensemble
             dim of ``ensemble_size``): how the next state is picked, the uncertainty measure,
             MOPO's reward penalty and MOReL's halting. See :mod:`torchwm_rl.ensemble`.
+        continue_fn, continue_threshold: a model whose termination is a probability (Dreamer's
+            continue head). ``continue_fn(model, next_state, obs, action)`` (bound as
+            ``terminal_fn``; called at every step) returns the probability of CONTINUING, floats
+            in [0, 1] of shape ``[*batch]`` or ``[*batch, 1]`` (a scalar when unbatched).
+            ``continue_threshold=None`` (default): each row ends with probability ``1 - p``,
+            drawn from the env's generator (the one ``seed`` seeds; ``self.generator``) with ONE
+            ``torch.rand(batch_size)`` per step for the whole batch, every row drawn whatever
+            it does, so a seed gives the same draws on every path: ``terminated = u >= p``. A
+            float ``t`` in (0, 1]: ``terminated = p < t``, no draw. Either way the drawn
+            termination is OR-ed with the terminal flag (the transition's or ``terminal_fn``'s):
+            a hard rule plus a learned head; time limits (``truncated``) are unaffected. The
+            probability is ``Transition.continue_prob`` (float32, with its autograd graph), the
+            step output's ``continue_prob`` on every path. A bool or integer output, a wrong
+            shape or a value outside [0, 1] is refused naming ``continue_fn``; NaN/inf goes
+            through ``nan_policy`` (its row's draw is "continue"; truncated, it reads 0). The
+            value checks ride on the step's one NaN check, so ``nan_policy="ignore"`` skips
+            them, as it does for ``uncertainty_fn``.
     """
 
     @with_model_options
@@ -202,6 +230,8 @@ class ModelAdapter:
         self.terminal_hook = _resolve(opts.terminal_fn, model, (), "terminal_fn")
         self.render_hook = _resolve(opts.render_fn, model, (), "render_fn")
         self.action_hook = _resolve(opts.action_transform_fn, model, (), "action_transform_fn")
+        self.continue_hook = _resolve(opts.continue_fn, model, (), "continue_fn")
+        self.continue_threshold = _continue_threshold(opts.continue_threshold, self.continue_hook)
         # the env's random stream for hooks that ask for ``generator`` (set by EpisodeLogic)
         self.generator: Optional[torch.Generator] = None
         # shared with forks (copy.copy), as the model is: what was learned of the hooks
@@ -226,6 +256,7 @@ class ModelAdapter:
             "reset_fn": self.reset_hook, "transition_fn": self.transition_hook,
             "reward_fn": self.reward_hook, "terminal_fn": self.terminal_hook,
             "render_fn": self.render_hook, "action_transform_fn": self.action_hook,
+            "continue_fn": self.continue_hook,
         }
         return {role: hook for role, hook in found.items() if hook is not None}
 
@@ -247,6 +278,9 @@ class ModelAdapter:
                     line += f" (in use: {self.transition_hook.name} returns no {what})"
                 else:
                     line += f" (used where {self.transition_hook.name} returns no {what}; not stepped yet)"
+            elif role == "continue_fn":
+                line += (" (terminated drawn from it with the env's generator)" if self.continue_threshold is None
+                         else f" (terminated where it is < {self.continue_threshold})")
             lines.append(line)
         return lines
 
@@ -255,13 +289,15 @@ class ModelAdapter:
         an ensemble that draws members)."""
         if self.ensemble is not None and self.ensemble.propagation != "mean":
             return True
+        if self.continue_hook is not None and self.continue_threshold is None:
+            return True  # terminated is drawn from the continue probability
         return any("generator" in hook.wants for hook in self.hooks.values())
 
     def all_hooks_take_generator(self) -> bool:
         """Whether every hook a reset or step calls (reset, transition, reward, terminal,
         action transform) asks for ``generator``: the env then leaves torch's process-global
         RNG alone (see :class:`~torchwm_rl.episode.EpisodeLogic`)."""
-        called = [hook for role, hook in self.hooks.items() if role != "render_fn"]
+        called = [hook for role, hook in self.hooks.items() if role != "render_fn"]  # continue_fn included
         return bool(called) and all("generator" in hook.wants for hook in called)
 
     # ------------------------------------------------------------------ reset
@@ -466,7 +502,8 @@ class ModelAdapter:
         # would change what the env records for this step)
         reached, reached_token = {"next_state": next_state, "obs": observation}, None
         if (self.reward_hook is not None and (raw.reward is MISSING or raw.reward is None)) or (
-                self.terminal_hook is not None and (raw.terminated is MISSING or raw.terminated is None)):
+                self.terminal_hook is not None and (raw.terminated is MISSING or raw.terminated is None)) or (
+                self.continue_hook is not None):
             reached, reached_token = self._reached_inputs.give(reached)
         values = {
             "model": self.model, "next_state": reached["next_state"], "obs": reached["obs"], "action": model_action,
@@ -499,23 +536,53 @@ class ModelAdapter:
             raw_terminal = RawRecord(form="the terminated flag")
         terminated = self._flag(terminated, "terminated", raw_terminal, terminal_hook, own)
         truncated = self._flag(raw.truncated, "truncated", raw, hook, own)
+        continue_prob = continue_raw = None
+        if self.continue_hook is not None:  # a continue head: terminal OR drawn (see the class docs)
+            continue_prob, continue_raw = self._read(
+                to_probability, _CONTINUE_FORM, self.continue_hook, self.continue_hook(values), self.batch_size,
+                self.device, "continue_prob",
+            )
+            terminated = terminated | self._continue_ends(continue_prob)
         # the hooks have run: did one of them write into the state it was given?
         self._inputs.check(token, hook.name)
         if reached_token is not None:
             names = [h.name for h, used in ((self.reward_hook, reward_hook is self.reward_hook),
-                                            (self.terminal_hook, terminal_hook is self.terminal_hook)) if used]
+                                            (self.terminal_hook, terminal_hook is self.terminal_hook),
+                                            (self.continue_hook, self.continue_hook is not None)) if used]
             self._reached_inputs.check(reached_token, " or ".join(names))
         halted = None
         if self.ensemble is not None:  # MOPO's penalty, MOReL's halting
             reward, terminated, halted = self.ensemble.apply(reward, terminated, uncertainty)
 
         record = Transition(next_state, observation, reward, terminated, truncated, raw.info,
-                            uncertainty=uncertainty, halted=halted)
-        self._apply_nan_policy(record, discard, reward_hook.name, model_action, previous_observation, state)
-        record.state, record.observation, record.reward, record.terminated, record.truncated = self._unalias(
-            (record.state, record.observation, record.reward, record.terminated, record.truncated), own
-        )
+                            uncertainty=uncertainty, halted=halted, continue_prob=continue_prob)
+        self._apply_nan_policy(record, discard, reward_hook.name, model_action, previous_observation, state,
+                               continue_raw)
+        if continue_prob is None:
+            record.state, record.observation, record.reward, record.terminated, record.truncated = self._unalias(
+                (record.state, record.observation, record.reward, record.terminated, record.truncated), own
+            )
+        else:
+            (record.state, record.observation, record.reward, record.terminated, record.truncated,
+             record.continue_prob) = self._unalias(
+                (record.state, record.observation, record.reward, record.terminated, record.truncated,
+                 record.continue_prob), own
+            )
         return record
+
+    def _continue_ends(self, prob: torch.Tensor) -> torch.Tensor:
+        """The rows a continue probability ends (bool, shape batch): ``prob < threshold``, or
+        one uniform draw per row, ``u >= prob``, from the env's generator (one ``torch.rand``
+        call for the batch per step: the stream advances the same way on every path). A NaN
+        probability ends nothing (the NaN policy handles its row). No host sync."""
+        prob = prob.detach()
+        if self.continue_threshold is not None:
+            return prob < self.continue_threshold
+        generator = self.generator
+        if generator is None:  # an adapter used on its own, without an env: torch's global RNG
+            return torch.rand(self.batch_size, device=self.device) >= prob
+        draw = torch.rand(self.batch_size, generator=generator, device=generator.device)
+        return draw.to(prob.device) >= prob
 
     def _hook_in_use(self, role: str, called: bool, what: str) -> None:
         """Remember whether the explicit ``role`` hook is called (the transition gives no such
@@ -604,22 +671,27 @@ class ModelAdapter:
     def _apply_nan_policy(
         self, record: Transition, discard: Optional[torch.Tensor] = None, reward_source: Optional[str] = None,
         action: Any = None, previous_observation: Any = None, previous_state: Any = None,
+        continue_raw: Optional[torch.Tensor] = None,
     ) -> None:
         """NaN/inf in the observation, the reward or a floating leaf of the state (a latent
         behind a uint8 image, whose cast turns NaN into 0) raise or truncate the rows holding
         them. ``previous_state``: the state the step started from, the final state of a
-        truncated row (as the observation the step started from is its final observation)."""
+        truncated row (as the observation the step started from is its final observation).
+        ``continue_raw``: ``continue_fn``'s output as returned (``[*batch]``): NaN/inf there is
+        the policy's, a value outside [0, 1] an error whatever the policy; both ride on the same
+        reduction (:func:`~torchwm_rl.validation.probability_check`)."""
         if self.nan_policy == "ignore":
             return
         state = record.state
+        extra = () if continue_raw is None else (probability_check(continue_raw),)
         if record.uncertainty is None and isinstance(record.observation, torch.Tensor):
             if state is record.observation:
-                if all_finite(record.observation, record.reward):
+                if all_finite(record.observation, record.reward, *extra):
                     return  # the common case, with one host sync; anything else gets the exact check below
             elif isinstance(state, torch.Tensor):
-                if all_finite(record.observation, record.reward, state):
+                if all_finite(record.observation, record.reward, state, *extra):
                     return  # one host sync for the three (one reduction on a device)
-            elif all_finite(record.observation, record.reward, *_state_leaves(state).values()):
+            elif all_finite(record.observation, record.reward, *_state_leaves(state).values(), *extra):
                 return
         checked = flatten_observation(record.observation)
         checked["reward"] = record.reward
@@ -627,10 +699,17 @@ class ModelAdapter:
             checked.update(_state_leaves(state))
         if record.uncertainty is not None:  # non-finite member predictions (maybe not the one picked)
             checked.update(self.ensemble.checked_values(record.uncertainty))
+        if continue_raw is not None:
+            checked[CONTINUE_KEY] = continue_raw
+            checked[CONTINUE_OUTSIDE] = outside_unit_interval(continue_raw)
         bad, keys = nonfinite_rows(checked, self.batch_size)
         if NEGATIVE_UNCERTAINTY in keys:  # uncertainty_fn broke its contract: an error whatever the policy
             self.ensemble.refuse_negative(record.uncertainty, discard)
             del checked[NEGATIVE_UNCERTAINTY]  # only in rows thrown away: check the rest as usual
+            bad, keys = nonfinite_rows(checked, self.batch_size)
+        if CONTINUE_OUTSIDE in keys:  # not a probability: an error whatever the policy
+            self._refuse_outside_unit_interval(continue_raw, discard)
+            del checked[CONTINUE_OUTSIDE]  # only in rows thrown away: check the rest as usual
             bad, keys = nonfinite_rows(checked, self.batch_size)
         if bad is not None and discard is not None:
             bad = bad & ~discard
@@ -642,6 +721,8 @@ class ModelAdapter:
             by_hook: dict = {}  # the reward may come from reward_fn: name the hook of each key
             for key in keys:
                 hook = reward_source if key == "reward" and reward_source else self.transition_hook.name
+                if key == CONTINUE_KEY:
+                    hook = self.continue_hook.name
                 by_hook.setdefault(hook, []).append(key)
             what = " and ".join(f"{hook} returned NaN/inf in {hook_keys}" for hook, hook_keys in by_hook.items())
             cause = _nonfinite_action(action, self.batch_size)
@@ -673,6 +754,23 @@ class ModelAdapter:
         record.reward = zero_nonfinite(record.reward)
         if record.uncertainty is not None:
             record.uncertainty = zero_nonfinite(record.uncertainty)
+        if record.continue_prob is not None:  # the truncated row's episode ends: nothing continues
+            record.continue_prob = zero_nonfinite(record.continue_prob)
+
+    def _refuse_outside_unit_interval(self, raw: torch.Tensor, discard: Optional[torch.Tensor] = None) -> None:
+        """Raise if ``continue_fn`` gave a finite value outside [0, 1] in a row the step keeps."""
+        outside = torch.isfinite(raw) & ((raw < 0) | (raw > 1))
+        if discard is not None:
+            outside = outside & ~discard
+        if not bool(outside.any()):
+            return
+        got = raw.detach()[outside].flatten()[:5].tolist()
+        raise ValueMismatch(
+            f"{self.continue_hook.name} returned values outside [0, 1]{env_rows(outside)}: got {got}. It returns the "
+            "probability of CONTINUING the episode, in [0, 1]: apply torch.sigmoid to a continue head's logits, "
+            "and do not scale it by a discount (gamma)",
+            hook=self.continue_hook.name, key="continue_prob", expected="floats in [0, 1]", got=got,
+        )
 
     # ----------------------------------------------------------------- render
     def render(self, state: Any, observation: Any) -> Any:
@@ -927,6 +1025,26 @@ def _where_state(mask: torch.Tensor, new: Any, old: Any) -> Any:
     if isinstance(new, Mapping):
         return {k: _where_state(mask, v, old[k]) for k, v in new.items()}
     return new
+
+
+_CONTINUE_FORM = RawRecord(form="the continue probability")
+
+
+def _continue_threshold(value: Any, hook: Optional[Hook]) -> Optional[float]:
+    """``continue_threshold``: None, or a number in (0, 1]; only with ``continue_fn``."""
+    if value is None:
+        return None
+    if hook is None:
+        raise ValueError(
+            f"continue_threshold={value!r} needs continue_fn (the model's probability of continuing): pass "
+            "continue_fn=(model, next_state, obs, action) as well, or drop continue_threshold"
+        )
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0 < float(value) <= 1:
+        raise ValueError(
+            f"continue_threshold: expected None (terminated is drawn from continue_fn's probability) or a number "
+            f"in (0, 1] (terminated where the probability is below it), got {value!r}"
+        )
+    return float(value)
 
 
 def _nonfinite_action(action: Any, batch_size: tuple) -> Optional[torch.Tensor]:

@@ -10,7 +10,8 @@ hook                     positional arguments                        extra input
                                                                      ``generator``
 ``transition_fn``        ``(model, state, action)``                  ``generator``
 ``reward_fn``,           ``(model, next_state, obs, action)``        ``prev_state`` (the state before
-``terminal_fn``                                                      the step), ``generator``
+``terminal_fn``,                                                     the step), ``generator``
+``continue_fn``
 ``render_fn``            ``(model, state, obs)``
 ``action_transform_fn``  ``(model, action)``
 ``decode_fn``            ``(model, state)`` (TorchRL env only: the
@@ -52,6 +53,8 @@ CONTRACT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "transition_fn": (("model", "state", "action"), ("generator",)),
     "reward_fn": (("model", "next_state", "obs", "action"), ("prev_state", "generator")),
     "terminal_fn": (("model", "next_state", "obs", "action"), ("prev_state", "generator")),
+    # the probability of continuing (Dreamer's continue head), bound as terminal_fn
+    "continue_fn": (("model", "next_state", "obs", "action"), ("prev_state", "generator")),
     "render_fn": (("model", "state", "obs"), ()),
     "action_transform_fn": (("model", "action"), ()),
     # the TorchRL env's reset from given model states: the observation of a state

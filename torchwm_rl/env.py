@@ -19,6 +19,11 @@ TensorDict layout (``B`` = ``batch_size``):
   never touch it. A truncated step's final observation is the one it started from: this.
 * ``"uncertainty"``: float32 ``[*B, 1]`` and ``"halted"``: bool ``[*B, 1]``, only with
   ``ensemble_size`` (see :mod:`torchwm_rl.ensemble`; 0 / False after a reset).
+* ``"continue_prob"``: float32 ``[*B, 1]`` in [0, 1], only with ``continue_fn``: the model's
+  probability of continuing from the state the step reached (Dreamer's continue head; 1 after a
+  reset), with its graph when grad is enabled, for losses that weight returns by it.
+  ``"terminated"`` is drawn from it or thresholded (``continue_threshold``; see
+  :class:`~torchwm_rl.adapter.ModelAdapter`).
 
 Partial resets use TorchRL's ``"_reset"`` mask: the reset hook computes the full batch (it gets
 ``options["reset_mask"]``) and TorchRL keeps the rows not being reset from the input tensordict;
@@ -41,7 +46,7 @@ from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Categorical, Composite, TensorSpec, Unbounded
+from torchrl.data import Bounded, Categorical, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
 from torchrl.envs.transforms import Compose, TransformedEnv
 from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
@@ -60,6 +65,7 @@ NONFINITE_KEY = "nonfinite"
 LAST_OBSERVATION_KEY = "last_observation"
 UNCERTAINTY_KEY = "uncertainty"
 HALTED_KEY = "halted"
+CONTINUE_KEY = "continue_prob"
 OBSERVATION_KEY = "observation"
 
 
@@ -88,6 +94,8 @@ class WorldModelEnv(EnvBase):
         nan_policy, check_actions, check_observations, torch_actions: see ``ModelAdapter``.
         ensemble_size, propagation, uncertainty_penalty, uncertainty_threshold, halt_reward,
         uncertainty_fn: an ensemble world model, see :mod:`torchwm_rl.ensemble`.
+        continue_fn, continue_threshold: a continue head (the probability of continuing, at
+            ``("next", "continue_prob")``), see ``ModelAdapter``.
         decode_fn: ``(model, state) -> observation``, for ``reset(td, set_state=True)`` from
             model states that come without an observation (when the observation is not the
             state itself).
@@ -217,7 +225,8 @@ class WorldModelEnv(EnvBase):
         if self._dict_observation:
             optional = ([NONFINITE_KEY] if adapter.nan_policy == "truncate" else []) + (
                 [UNCERTAINTY_KEY, HALTED_KEY] if adapter.ensemble is not None else []) + (
-                [LAST_OBSERVATION_KEY] if self._carries_last else [])
+                [LAST_OBSERVATION_KEY] if self._carries_last else []) + (
+                [CONTINUE_KEY] if adapter.continue_hook is not None else [])
         obs_keys = list(obs_spec.keys()) if self._dict_observation else [OBSERVATION_KEY]
         if self._state_key in obs_keys:
             raise ValueError(
@@ -252,6 +261,8 @@ class WorldModelEnv(EnvBase):
         if self.adapter.ensemble is not None:
             observation[UNCERTAINTY_KEY] = Unbounded(shape=(*batch, 1), dtype=torch.float32, device=device)
             observation[HALTED_KEY] = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
+        if self.adapter.continue_hook is not None:
+            observation[CONTINUE_KEY] = Bounded(0.0, 1.0, shape=(*batch, 1), dtype=torch.float32, device=device)
         self.observation_spec = observation
         self.state_spec = state
         self.action_spec = space_to_spec(adapter.action_space, batch, device, "action_space")
@@ -510,6 +521,8 @@ class WorldModelEnv(EnvBase):
         for key in ("done", "terminated", "truncated", *((NONFINITE_KEY,) if self.adapter.nan_policy == "truncate" else ())):
             if key not in keys:
                 fill[key] = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
+        if self.adapter.continue_hook is not None and CONTINUE_KEY not in keys:  # a start continues
+            fill[CONTINUE_KEY] = torch.ones((*batch, 1), dtype=torch.float32, device=self.device)
         fill.update({k: v for k, v in self._info_entries({}, batch, True).items() if k not in keys})
         if not fill:
             return tensordict
@@ -605,6 +618,8 @@ class WorldModelEnv(EnvBase):
                 keys.append(NONFINITE_KEY)
             if self._carries_last:
                 keys.append(LAST_OBSERVATION_KEY)
+            if self.adapter.continue_hook is not None:
+                keys.append(CONTINUE_KEY)
             with self.logic.transaction():  # a failure leaves the streams and a pending seed alone
                 start = self._complete_start(tensordict.select(*keys, *self._info_specs, strict=False))
                 out = start.select(*keys, *self._info_specs).clone(False)
@@ -643,6 +658,8 @@ class WorldModelEnv(EnvBase):
         if self.adapter.ensemble is not None:
             extra[UNCERTAINTY_KEY] = torch.zeros((*batch, 1), dtype=torch.float32, device=self.device)
             extra[HALTED_KEY] = false.clone()
+        if self.adapter.continue_hook is not None:  # a start state is no end: it continues
+            extra[CONTINUE_KEY] = torch.ones((*batch, 1), dtype=torch.float32, device=self.device)
         return self._pack(snapshot, extra)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -674,13 +691,15 @@ class WorldModelEnv(EnvBase):
 
     def _scalar_keys(self) -> frozenset:
         """The keys of this env's per-env scalars, ``[*B, 1]`` in its tensordicts: reward, done
-        flags, step count, and ``"nonfinite"`` / ``"uncertainty"`` / ``"halted"`` where the env
-        writes them."""
+        flags, step count, and ``"nonfinite"`` / ``"uncertainty"`` / ``"halted"`` /
+        ``"continue_prob"`` where the env writes them."""
         keys = {"reward", "done", "terminated", "truncated", ELAPSED_KEY}
         if self.adapter.nan_policy == "truncate":
             keys.add(NONFINITE_KEY)
         if self.adapter.ensemble is not None:
             keys.update((UNCERTAINTY_KEY, HALTED_KEY))
+        if self.adapter.continue_hook is not None:
+            keys.add(CONTINUE_KEY)
         return frozenset(keys)
 
     def _step_entries(
@@ -786,6 +805,8 @@ class WorldModelEnv(EnvBase):
         if record.uncertainty is not None:
             entries[UNCERTAINTY_KEY] = record.uncertainty if compact else record.uncertainty.unsqueeze(-1)
             entries[HALTED_KEY] = record.halted if compact else record.halted.unsqueeze(-1)
+        if record.continue_prob is not None:
+            entries[CONTINUE_KEY] = record.continue_prob if compact else record.continue_prob.unsqueeze(-1)
         return entries
 
     def rollout(
@@ -1015,14 +1036,14 @@ _init_signature = inspect.signature(WorldModelEnv.__init__)
 WorldModelEnv.__signature__ = _init_signature.replace(parameters=list(_init_signature.parameters.values())[1:])
 
 
-# the env's own keys (plus "nonfinite", "uncertainty", "halted" when the env writes them)
+# the env's own keys (plus "nonfinite", "uncertainty", "halted", "continue_prob" when the env writes them)
 RESERVED_KEYS = frozenset({
     "action", "reward", "done", "terminated", "truncated", "next", "_reset", "_step", STATE_KEY, ELAPSED_KEY,
 })
 
 
-# keys the env writes only with some options (nan_policy="truncate", an ensemble)
-_OPTIONAL_KEYS = frozenset({NONFINITE_KEY, UNCERTAINTY_KEY, HALTED_KEY, LAST_OBSERVATION_KEY})
+# keys the env writes only with some options (nan_policy="truncate", an ensemble, continue_fn)
+_OPTIONAL_KEYS = frozenset({NONFINITE_KEY, UNCERTAINTY_KEY, HALTED_KEY, LAST_OBSERVATION_KEY, CONTINUE_KEY})
 
 
 def _refuse_reserved(keys, what: str, taken=(), reserved=RESERVED_KEYS) -> None:

@@ -51,7 +51,9 @@ class GymWorldModelEnv(gymnasium.Env):
     Keyword arguments are those of :class:`~torchwm_rl.adapter.ModelAdapter` plus
     ``max_episode_steps``, ``start_states``, ``render_mode`` and ``seed`` (used by the first
     reset that is given no seed). With ``ensemble_size`` (:mod:`torchwm_rl.ensemble`) a step's
-    info also has ``info["uncertainty"]`` (float) and ``info["halted"]`` (bool).
+    info also has ``info["uncertainty"]`` (float) and ``info["halted"]`` (bool); with
+    ``continue_fn``, ``info["continue_prob"]`` (float: the model's probability of continuing,
+    from which ``terminated`` was drawn or thresholded; see ``ModelAdapter``).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
@@ -138,6 +140,8 @@ class GymWorldModelEnv(gymnasium.Env):
             if record.uncertainty is not None:
                 info["uncertainty"] = float(record.uncertainty)
                 info["halted"] = bool(record.halted)
+            if record.continue_prob is not None:
+                info["continue_prob"] = float(record.continue_prob)
             out = (
                 observation_to_numpy(snapshot.observation, self.observation_space),
                 float(record.reward),
@@ -201,7 +205,9 @@ class GymVectorWorldModelEnv(VectorEnv):
     which envs have it), as ``SyncVectorEnv`` would merge N single envs' infos: the model's info
     of a batched call is split per env (an entry whose leading dim is N gives env ``i`` row ``i``;
     any other entry goes to every env), envs restarting in a step carry their reset's info, and
-    tensors are detached numpy copies. ``envs.state`` is the batched model state.
+    tensors are detached numpy copies. ``envs.state`` is the batched model state. With
+    ``continue_fn``, ``infos["continue_prob"]`` holds each env's probability of continuing
+    (float32; ``infos["_continue_prob"]`` False for envs restarting in the step).
     """
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -353,13 +359,15 @@ class GymVectorWorldModelEnv(VectorEnv):
         envs' infos), and under SAME_STEP ``final_obs``/``final_info`` of the envs that ended."""
         n = self.num_envs
         if not record.info and record.uncertainty is None and record.nonfinite is None and not reset_info \
-                and final_obs is None:
+                and final_obs is None and record.continue_prob is None:
             return {}  # nothing to report (what the general code below gives, without its arrays)
         again = np.zeros(n, dtype=bool) if restarted is None else restarted.cpu().numpy()
         step_info = detach_tree(record.info) if record.info else {}
         if record.uncertainty is not None:  # per env, split like the model's own info entries
             step_info = {**step_info, "uncertainty": record.uncertainty.cpu().numpy(),
                          "halted": record.halted.cpu().numpy()}
+        if record.continue_prob is not None:  # float32 per env, as the TorchRL path's
+            step_info = {**step_info, "continue_prob": record.continue_prob.cpu().numpy()}
         infos = vector_info(step_info, n, ~again)
         if reset_info:
             infos = merge_vector_infos(infos, vector_info(detach_tree(reset_info), n, again))

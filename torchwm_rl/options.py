@@ -54,6 +54,8 @@ class ModelOptions:
     uncertainty_threshold: Optional[float] = None
     halt_reward: float = 0.0
     uncertainty_fn: Optional[Callable] = None
+    continue_fn: Optional[Callable] = None
+    continue_threshold: Optional[float] = None
 
 
 OPTION_NAMES = tuple(field.name for field in dataclasses.fields(ModelOptions))

@@ -5,7 +5,8 @@ Follows SB3's own convention (``DummyVecEnv``): an env that ends is reset within
 ``infos[i]["TimeLimit.truncated"]`` says, on every env at every step, whether a time limit ended
 it; the info of the new episode is in ``venv.reset_infos[i]``. The model's own info (one dict for
 the batch) is split per env: an entry whose leading dim is N gives env ``i`` its row ``i``, any
-other entry goes to every env. Stable-Baselines3 is an optional extra
+other entry goes to every env. With ``continue_fn``, ``infos[i]["continue_prob"]`` is env ``i``'s
+probability of continuing (a float; see ``ModelAdapter``). Stable-Baselines3 is an optional extra
 (``pip install torchwm-rl[sb3]``), imported when this module is.
 """
 
@@ -139,6 +140,9 @@ class SB3VecWorldModelEnv(VecEnv):
                 for info, u, h in zip(infos, record.uncertainty.tolist(), record.halted.tolist()):
                     info["uncertainty"] = float(u)
                     info["halted"] = bool(h)
+            if record.continue_prob is not None:  # the probability of continuing (see ModelAdapter)
+                for info, p in zip(infos, record.continue_prob.tolist()):
+                    info["continue_prob"] = float(p)
             rewards = record.reward.cpu().numpy().astype(np.float32)
             # committed only now (a hook or conversion that failed above left the VecEnv as it
             # was), inside the transaction

@@ -217,6 +217,49 @@ def to_batched_scalar(
     return cast_keeping_value(tensor, dtype, key)
 
 
+def to_probability(value: Any, batch_shape: tuple, device: torch.device, key: str) -> tuple:
+    """A probability per env (``continue_fn``'s output): ``(float32 [*batch], the tensor as
+    returned, reshaped to [*batch])``. Shapes as for a reward (:func:`to_batched_scalar`:
+    ``[*batch]`` or ``[*batch, 1]``; a scalar only for an unbatched env). A bool or integer
+    dtype is refused: a bool is a terminal flag, not a probability. The values (in [0, 1],
+    finite) are not read here (no host sync): :func:`probability_check` gives the tensor the
+    step's one NaN/inf check reads. Gradients flow through both outputs."""
+    tensor = _as_tensor(value, device, key)
+    if tensor.dtype == torch.bool:
+        raise TypeMismatch(
+            f"{key}: expected the probability of continuing (floats in [0, 1]), got bool values: a bool is "
+            "almost surely a terminal flag (True: the episode ends) given to the wrong hook; pass it as terminal_fn, "
+            "or return the probability itself (e.g. torch.sigmoid(logits) of a continue head)",
+            key=key, expected="floats in [0, 1]", got=tensor.dtype,
+        )
+    if not tensor.is_floating_point():
+        raise TypeMismatch(
+            f"{key}: expected the probability of continuing as floats in [0, 1], got dtype {tensor.dtype}; "
+            "return floats (1.0 rather than 1)",
+            key=key, expected="floats in [0, 1]", got=tensor.dtype,
+        )
+    raw = to_batched_scalar(tensor, batch_shape, device, tensor.dtype, key)
+    return (raw if raw.dtype == torch.float32 else raw.to(torch.float32)), raw
+
+
+def probability_check(raw: torch.Tensor) -> torch.Tensor:
+    """A tensor that is finite exactly where ``raw`` lies in [0, 1], for the step's one NaN/inf
+    check (no host sync here): ``sqrt(p - p*p)``, real for p in [0, 1] (p*p <= p there, also
+    after rounding) and NaN for anything else (p < 0, p > 1, NaN, +-inf). Two kernels (a
+    ``torch.where`` of the two comparisons costs four). Computed on the dtype the hook returned,
+    so a float64 value that float32 would round into range is still seen."""
+    raw = raw.detach()
+    return torch.sqrt(raw.addcmul(raw, raw, value=-1))
+
+
+def outside_unit_interval(raw: torch.Tensor) -> torch.Tensor:
+    """NaN where ``raw`` is finite and outside [0, 1], else 0 (NaN/inf itself is the NaN
+    policy's): the key of the per-step check that is an error whatever ``nan_policy`` says."""
+    raw = raw.detach()
+    outside = torch.isfinite(raw) & ((raw < 0) | (raw > 1))
+    return torch.where(outside, math.nan, torch.zeros_like(raw))
+
+
 def to_info_value(value: Any, expected: tuple, dtype: torch.dtype, device: torch.device, key: str) -> torch.Tensor:
     """A declared info value (``info_keys``) as a tensor of ``expected`` shape (the batch, then
     the declared spec's shape; never reshaped, rows would mix across envs) and the declared

@@ -423,6 +423,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
     t_start = time.perf_counter() if t0 is None else t0
     torch.set_num_threads(max(1, int(cfg.threads)))
     cfg = _resolved(cfg)
+    if zoo.canonical(cfg.task) == "cartpole-pixels":  # before any folder is made
+        raise NotImplementedError(
+            "torchwm-rl demo cartpole-pixels: not available yet (issue 22). Train in the env directly: "
+            "zoo.make_env('cartpole-pixels', batch_size=64) (observation='latent' or 'pixels')")
     with quiet_torchrl_info():
         if zoo.canonical(cfg.task) == "pendulum":
             from .demo_sac import run_sac_demo

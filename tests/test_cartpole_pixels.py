@@ -242,3 +242,20 @@ def test_demo_refuses_cartpole_pixels_in_one_line_before_making_a_folder(tmp_pat
     with pytest.raises(NotImplementedError, match="cartpole-pixels: not available yet"):
         run_demo(DemoConfig(task="cartpole_pixels", out=str(tmp_path / "run"), progress=False), log=lambda m: None)
     assert not (tmp_path / "run").exists()
+
+
+def _push_right(td):
+    return td.set("action", torch.ones(td.batch_size, dtype=torch.long))
+
+
+def test_imagined_draws_come_from_the_env_seed_not_the_global_rng(model):
+    def rollout(seed):
+        env = zoo.make_env("cartpole-pixels", model=model, batch_size=2, seed=seed)
+        return env.rollout(6, _push_right, break_when_any_done=False)["next", "model_state", "stoch"]
+
+    before = torch.get_rng_state()
+    a, b, c = rollout(1), rollout(1), rollout(2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    mean = zoo.make_env("cartpole-pixels", model=model, batch_size=2, seed=1, sample=False)
+    assert not torch.equal(mean.rollout(6, _push_right, break_when_any_done=False)["next", "model_state", "stoch"], a)

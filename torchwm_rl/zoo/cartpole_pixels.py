@@ -323,11 +323,12 @@ def make_env(
             latent = model.imagine(state, action, generator if sample else None)
             return {"state": latent, "observation": observation_of(model, latent, observation)}
 
-    def reward(model, next_state, obs, action):
+    # every step hook takes ``generator`` (even unused): the env then leaves torch's global RNG alone
+    def reward(model, next_state, obs, action, *, generator):
         with torch.no_grad():
             return model.reward(next_state)
 
-    def terminal(model, next_state, obs, action):
+    def terminal(model, next_state, obs, action, *, generator):
         with torch.no_grad():
             return model.continue_prob(next_state) < 0.5  # TODO(coordinator): continue_fn
 

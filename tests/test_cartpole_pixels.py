@@ -135,6 +135,9 @@ def test_env_specs_batched_and_spaces(model, observation):
         assert pixels.shape == (3, 4, 1, 32, 120) and pixels.dtype == torch.uint8
     gym_env = zoo.make_env("cartpole-pixels", model=model, seed=0, observation=observation).to_gymnasium(
         render_mode="rgb_array")
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(gym_env, skip_render_check=False)
     gym_env.reset(seed=0)
     frame = gym_env.render()
     assert frame.shape == (32, 120, 3) and frame.dtype == np.uint8

@@ -190,7 +190,7 @@ def evaluate(model: PixelRSSM, episodes: list[dict], horizons=(1, 5, 15, 50), co
         "probe_r2": dict(zip(("x", "x_dot", "theta", "theta_dot"), map(float, r2))),
         "continue_accuracy": float((pred == truth).float().mean()),
         "terminal_recall": float(pred[~truth].logical_not().float().mean()) if (~truth).any() else float("nan"),
-        "n_frames": len(feats),
+        "eval_frames": len(feats),
     }
 
 

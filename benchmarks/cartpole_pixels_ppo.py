@@ -17,15 +17,16 @@ import numpy as np
 import torch
 
 
-def real_returns(model, policy, episodes: int, seed: int) -> list[float]:
-    """Greedy real returns of ``policy`` (obs features -> action) acting on posterior latents."""
+def real_returns(model, policy, episodes: int, seed: int) -> tuple[list[float], list[str]]:
+    """Greedy real returns of ``policy`` (obs features -> action) acting on posterior latents, and
+    how each episode ended (``"x"``: the cart left the track, ``"theta"``: the pole fell, ``"time"``)."""
     from torchwm_rl.zoo.cartpole_pixels import preprocess, render_frames_headless
 
     render_frames_headless()
     import gymnasium as gym
 
     env = gym.make("CartPole-v1", render_mode="rgb_array")
-    out = []
+    out, ends = [], []
     for ep in range(episodes):
         env.reset(seed=seed + ep)
         with torch.no_grad():
@@ -36,12 +37,15 @@ def real_returns(model, policy, episodes: int, seed: int) -> list[float]:
             _, r, term, trunc, _ = env.step(action)
             total += r
             done = term or trunc
+            if done:
+                x, _, theta, _ = env.unwrapped.state
+                ends.append("x" if term and abs(x) > 2.4 else "theta" if term else "time")
             with torch.no_grad():
                 frame = preprocess(torch.from_numpy(env.render()))[None]
                 latent = model.observe(latent, torch.tensor([action]), frame)
         out.append(total)
     env.close()
-    return out
+    return out, ends
 
 
 def imagined_returns(env, policy, episodes: int) -> list[float]:
@@ -69,6 +73,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--save", default=None, help="write the PPO policy here (SB3 zip)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from stable_baselines3 import PPO
@@ -82,16 +87,18 @@ def main() -> None:
               learning_rate=3e-4, ent_coef=0.0, seed=args.seed, verbose=0, device="cpu")
     ppo.learn(args.steps)
     t_train = time.perf_counter() - t0
+    if args.save:
+        ppo.save(args.save)
 
     def policy(obs):
         return int(ppo.predict(obs, deterministic=True)[0])
 
     imagined = imagined_returns(zoo.make_env("cartpole-pixels", model=model, batch_size=args.episodes,
                                              seed=args.seed + 10_000), policy, args.episodes)
-    real = real_returns(model, policy, args.episodes, seed=args.seed + 20_000)
+    real, ends = real_returns(model, policy, args.episodes, seed=args.seed + 20_000)
     result = {"steps": args.steps, "seed": args.seed, "train_seconds": round(t_train, 1),
               "imagined_mean_return": float(np.mean(imagined)), "real_mean_return": float(np.mean(real)),
-              "real_returns": real, "wall_seconds": round(time.perf_counter() - t0, 1)}
+              "real_returns": real, "real_ends": ends, "wall_seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(result))
 
 

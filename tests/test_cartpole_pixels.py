@@ -78,6 +78,16 @@ def test_train_is_reproducible_from_a_seed():
     assert sa["start_deter"].shape == (3, 8) and meta["depth"] == 2
 
 
+def test_train_model_writes_a_file_that_loads_and_builds_the_env(tmp_path):
+    path = zoo.train_model("cartpole_pixels", seed=0, path=tmp_path / "m.safetensors", verbose=False,
+                           n_frames=60, steps=1, batch=2, length=4, n_starts=2, eval_frames=0, **TINY)
+    loaded = zoo.load("cartpole-pixels", path=path)
+    assert loaded.config == TINY and loaded.start_latents().batch_size == (2,)
+    env = zoo.make_env("cartpole-pixels", model=loaded, batch_size=2, seed=0)
+    assert env.reset()["observation"].shape == (2, 10)
+    assert zoo.default_train_path("cartpole_pixels").name == "cartpole-pixels.safetensors"
+
+
 def test_bundled_weights_are_small_and_load_with_a_start_bank(model):
     assert C.WEIGHTS_PATH.stat().st_size <= 10 * 2**20
     bank = model.start_latents()

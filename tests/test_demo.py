@@ -90,7 +90,7 @@ def test_unknown_task_is_one_line_listing_the_tasks_and_makes_no_folder(tmp_path
 def test_run_demo_refuses_an_unknown_task_before_making_the_folder(tmp_path):
     from torchwm_rl.zoo import UnknownModelError
 
-    with pytest.raises(UnknownModelError, match="available: cartpole, pendulum"):
+    with pytest.raises(UnknownModelError, match="available: cartpole, cartpole-pixels, pendulum"):
         run_demo(DemoConfig(task="acrobot", out=str(tmp_path / "run"), progress=False), log=lambda m: None)
     assert not (tmp_path / "run").exists()
 
@@ -103,7 +103,7 @@ def test_task_list_comes_from_the_zoo_registry(monkeypatch, capsys):
     assert zoo.canonical("Acrobot-v1") == "acrobot"
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
-    assert "acrobot, cartpole, pendulum" in capsys.readouterr().out
+    assert "acrobot, cartpole, cartpole-pixels, pendulum" in capsys.readouterr().out
 
 
 def test_demo_wall_clock_starts_with_the_demo_command(monkeypatch):

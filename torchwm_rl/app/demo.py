@@ -32,6 +32,10 @@ __all__ = ["DemoConfig", "run_demo", "train_in_imagination", "build_actor_critic
 #: CartPole demo's PPO (discrete actions)
 DEMOS = {"cartpole": demo_cartpole.run, "pendulum": demo_pendulum.run}
 
+#: zoo models with no demo yet -> the one-line message the CLI prints (exit 2) and run_demo raises
+NO_DEMO = {"cartpole-pixels": "cartpole-pixels has no demo yet (issue 22); build its env with "
+                              "zoo.make_env('cartpole-pixels', batch_size=64)"}
+
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
              t0: Optional[float] = None) -> dict[str, Any]:
@@ -49,6 +53,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
     t_start = time.perf_counter() if t0 is None else t0
     torch.set_num_threads(max(1, int(cfg.threads)))
     cfg = resolved(cfg)
+    if zoo.canonical(cfg.task) in NO_DEMO:  # before any folder is made
+        raise NotImplementedError(f"torchwm-rl demo: {NO_DEMO[zoo.canonical(cfg.task)]}")
     with quiet_torchrl_info():
         return DEMOS.get(zoo.canonical(cfg.task), demo_cartpole.run)(cfg, log, t_start)
 
@@ -57,6 +63,13 @@ def command(args, started: float) -> int:
     """``torchwm-rl demo`` with the parsed ``args`` (the task is known to the zoo, :mod:`.cli`
     checked it); ``started`` is the command's start (``time.perf_counter()``), where
     ``wall_seconds`` counts from. With ``--json`` only one JSON line is printed (strict JSON)."""
+    import sys
+
+    from .. import zoo
+
+    if zoo.canonical(args.task) in NO_DEMO:
+        print(f"torchwm-rl demo: {NO_DEMO[zoo.canonical(args.task)]}", file=sys.stderr)
+        return 2
     cfg = DemoConfig(task=args.task, seed=args.seed, episodes=args.episodes, out=args.out,
                      threads=args.threads, progress=not args.json, save_plot=not args.no_plot)
     if args.frames is not None:

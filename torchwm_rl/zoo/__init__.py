@@ -5,8 +5,10 @@ the batched :class:`torchwm_rl.WorldModelEnv` for it; ``train_model(name, seed, 
 model from real environment data and writes its weights (default ``./<name>.safetensors``; used
 by ``torchwm-rl train-model``); ``load(name, path=...)`` loads such a file.
 
-Available models: ``"cartpole"`` (Gymnasium ``CartPole-v1``; see :mod:`torchwm_rl.zoo.cartpole`) and
-``"pendulum"`` (Gymnasium ``Pendulum-v1``, a 5-member ensemble; see :mod:`torchwm_rl.zoo.pendulum`).
+Available models: ``"cartpole"`` (Gymnasium ``CartPole-v1``; see :mod:`torchwm_rl.zoo.cartpole`),
+``"pendulum"`` (Gymnasium ``Pendulum-v1``, a 5-member ensemble; see :mod:`torchwm_rl.zoo.pendulum`) and
+``"cartpole-pixels"`` (a Dreamer-style RSSM learned from ``CartPole-v1``'s rendered frames; see
+:mod:`torchwm_rl.zoo.cartpole_pixels`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = ["UnknownModelError", "available", "canonical", "load", "make_env", "t
 _REGISTRY = {
     "cartpole": ("torchwm_rl.zoo.cartpole", "CartPole-v1"),
     "pendulum": ("torchwm_rl.zoo.pendulum", "Pendulum-v1"),
+    "cartpole-pixels": ("torchwm_rl.zoo.cartpole_pixels", "CartPole-v1"),
 }
 
 
@@ -44,11 +47,16 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _squash(name: str) -> str:
+    return re.sub(r"-v\d+$", "", str(name).lower()).replace("_", "").replace("-", "")
+
+
 def canonical(name: str) -> str:
     """The registry name for ``name`` (case, ``_``/``-`` and a Gymnasium ``-vN`` suffix are
-    ignored: ``CartPole-v1`` -> ``cartpole``); :class:`UnknownModelError` if there is none."""
-    key = re.sub(r"-v\d+$", "", str(name).lower()).replace("_", "").replace("-", "")
-    if key not in _REGISTRY:
+    ignored: ``CartPole-v1`` -> ``cartpole``, ``cartpole_pixels`` -> ``cartpole-pixels``);
+    :class:`UnknownModelError` if there is none."""
+    key = {_squash(known): known for known in _REGISTRY}.get(_squash(name))
+    if key is None:
         raise UnknownModelError(f"unknown task {name!r}; available: {', '.join(available())}")
     return key
 
@@ -110,6 +118,10 @@ def train_model(name: str = "cartpole", seed: int = 0, path: str | Path | None =
     result with ``zoo.load(name, path=...)`` (see :func:`use_hint`)."""
     from ..serialization import save_weights
 
+    import importlib
+
     mod = _module(name)
-    model, meta = mod.train(seed=seed, verbose=verbose, **kwargs)
+    # a model module whose training lives elsewhere names it (so the two import one way only)
+    trainer = importlib.import_module(mod.TRAIN_MODULE) if hasattr(mod, "TRAIN_MODULE") else mod
+    model, meta = trainer.train(seed=seed, verbose=verbose, **kwargs)
     return save_weights(model, Path(path) if path is not None else default_train_path(name), meta)

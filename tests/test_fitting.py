@@ -69,6 +69,21 @@ def test_a_refit_is_deterministic_given_the_seed():
         torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
 
 
+def test_forward_evaluates_only_the_elites_and_gives_the_full_ensembles_elite_rows_exactly():
+    model = small_model(members=5, elites=3)
+    model.elites.copy_(torch.tensor([4, 0, 2]))  # not the first members, not in order
+    obs, action, _, _ = linear_data(64, seed=2)
+    with torch.no_grad():
+        full = model.targets.inverse(model.members_forward(model._inputs(obs, action).expand(5, 64, 4)))
+        out = model(obs, action)
+    expected = full[model.elites]  # every member's prediction, then the elites' rows
+    assert torch.equal(out["observation"], obs + expected[..., :OBS_DIM])
+    assert torch.equal(out["reward"], expected[..., OBS_DIM])
+    (model(obs, action)["observation"].sum()).backward()  # gradients reach only the elites' weights
+    grad = model.hidden[0].weight.grad
+    assert grad[[1, 3]].abs().max() == 0 and grad[[0, 2, 4]].abs().amax(dim=(1, 2)).min() > 0
+
+
 def test_the_standardizers_move_with_the_data_in_place():
     model = small_model()
     mean = model.inputs.mean  # the tensor an env's model holds

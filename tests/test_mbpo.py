@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from torchwm_rl.app.mbpo import MBPOConfig, run, write_results
+from torchwm_rl.app.mbpo import MBPOConfig, _SAC, evaluate, run, write_results
 
 TINY = dict(real_steps=120, warmup_steps=60, refit_every=30, eval_every=60, eval_episodes=1, final_eval_episodes=1,
             rollouts_per_step=8, updates_per_step=1, members=3, elites=2, model_hidden=16, model_layers=2,
@@ -40,3 +40,81 @@ def test_cli_refuses_an_unknown_task_with_exit_code_2(capsys):
 
     assert main(["mbpo", "CartPole-v1", "--json"]) == 2
     assert "task: expected one of ('Pendulum-v1', 'InvertedPendulum-v5'), got 'CartPole-v1'" in capsys.readouterr().err
+
+
+def _sac(seed=0, **kwargs):
+    import gymnasium as gym
+    import torch
+
+    from torchwm_rl.spaces import space_to_spec
+
+    torch.manual_seed(seed)
+    return _SAC(3, space_to_spec(gym.make("Pendulum-v1").action_space, ()), MBPOConfig(hidden=16, **kwargs))
+
+
+def test_the_fused_soft_update_gives_torchrls_soft_update_exactly():
+    import torch
+
+    fused, stock = _sac(), _sac()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the same moved Q weights in both
+        for a, b in zip(fused.loss.qvalue_network_params.values(True, True),
+                        stock.loss.qvalue_network_params.values(True, True)):
+            a.add_(torch.randn(a.shape, generator=g))
+            b.copy_(a)
+    for _ in range(3):
+        fused.soft_update()
+        stock.target.step()
+    moved = 0
+    for key, value in stock.loss.target_qvalue_network_params.items(True, True):
+        assert torch.equal(fused.loss.target_qvalue_network_params.get(key), value), key
+        moved += 1
+    assert moved == len(list(stock.loss.qvalue_network_params.keys(True, True))) > 0
+    before = [t.clone() for t in fused._soft_pairs[0]]
+    fused.soft_update()
+    assert all(not torch.equal(a, b) for a, b in zip(before, fused._soft_pairs[0]))  # the targets do move
+
+
+def test_the_batched_evaluation_gives_the_returns_of_episodes_played_one_by_one():
+    import gymnasium as gym
+
+    sac = _sac(seed=3)
+    env = gym.make("Pendulum-v1")
+    returns = []
+    for i in range(3):
+        obs, _ = env.reset(seed=40 + i)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(sac.act(obs, deterministic=True))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    # the actor runs on a batch of observations: float32 rounding may differ in the last bit
+    assert evaluate(sac, "Pendulum-v1", 3, seed=40) == pytest.approx(sum(returns) / 3, rel=1e-5)
+
+
+def test_the_batched_evaluation_counts_each_episode_until_its_own_end():
+    import gymnasium as gym
+    import numpy as np
+
+    class Lasts(gym.Env):
+        """Episode from reset(seed=s) lasts 2 + s % 4 steps, reward 1 per step (then 100 if stepped on)."""
+
+        observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+        action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.left = 2 + seed % 4 if seed is not None else 100
+            return np.zeros(3, np.float32), {}
+
+        def step(self, action):
+            self.left -= 1
+            return np.zeros(3, np.float32), 1.0 if self.left >= 0 else 100.0, self.left <= 0, False, {}
+
+    gym.register("torchwm-rl-test/Lasts-v0", entry_point=Lasts)
+    try:
+        # seeds 8..11: 2, 3, 4 and 5 steps
+        assert evaluate(_sac(), "torchwm-rl-test/Lasts-v0", 4, seed=8) == (2 + 3 + 4 + 5) / 4
+    finally:
+        gym.registry.pop("torchwm-rl-test/Lasts-v0")

@@ -65,7 +65,9 @@ class Standardizer(nn.Module):
 
 class EnsembleLinear(nn.Module):
     """``E`` independent linear layers applied at once: ``[E, B, in] -> [E, B, out]``
-    (``nn.Linear``'s default initialisation, per member)."""
+    (``nn.Linear``'s default initialisation, per member); with ``members`` (an index of ``M``
+    members), only those: ``[M, B, in] -> [M, B, out]``, the same values as those rows of the
+    full call (each member's matmul is its own)."""
 
     def __init__(self, members: int, n_in: int, n_out: int):
         super().__init__()
@@ -73,8 +75,10 @@ class EnsembleLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(members, n_in, n_out).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(members, 1, n_out).uniform_(-bound, bound))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, members: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
 
 
 class EnsembleDynamics(nn.Module):
@@ -111,11 +115,12 @@ class EnsembleDynamics(nn.Module):
     def num_elites(self) -> int:
         return int(self.elites.shape[0])
 
-    def members_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardized inputs ``[E, B, in]`` -> every member's standardized prediction ``[E, B, out]``."""
+    def members_forward(self, x: torch.Tensor, members: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Standardized inputs ``[E, B, in]`` -> every member's standardized prediction ``[E, B, out]``
+        (with ``members``, an index of ``M`` members: ``[M, B, in] -> [M, B, out]``, those only)."""
         for layer in self.hidden:
-            x = nn.functional.silu(layer(x))
-        return self.head(x)
+            x = nn.functional.silu(layer(x, members))
+        return self.head(x, members)
 
     def _inputs(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.inputs(torch.cat([obs.to(self.inputs.mean.dtype), action.to(self.inputs.mean.dtype)], -1))
@@ -123,8 +128,10 @@ class EnsembleDynamics(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> dict:
         batch = obs.shape[:-1]
         x = self._inputs(obs.reshape(-1, self.obs_dim), action.reshape(-1, self.action_dim))
-        x = x.expand(self.members, *x.shape)
-        pred = self.targets.inverse(self.members_forward(x))[self.elites]  # [K, B, out]
+        # only the elites are evaluated (the same values as the full ensemble's elite rows, for
+        # K/E of the cost: imagined rollouts spend most of their time here)
+        x = x.expand(self.num_elites, *x.shape)
+        pred = self.targets.inverse(self.members_forward(x, self.elites))  # [K, B, out]
         flat_obs = obs.reshape(-1, self.obs_dim).to(pred.dtype)
         out = {"observation": (flat_obs + pred[..., : self.obs_dim]).reshape(self.num_elites, *batch, self.obs_dim)}
         if self.predict_reward:

@@ -90,11 +90,14 @@ def test_the_rollouts_have_partial_resets():
     assert int(partial) >= 5
 
 
-@pytest.mark.parametrize("nan_policy", ["raise", "ignore"])
-def test_rollout_reads_nothing_per_steady_state_step(nan_policy):
-    """env.rollout with masked resets: the NaN checks are read once per rollout, the resets
-    never (0 reads per step; 2.2 per step before: the NaN check's sums and done.any())."""
-    env, policy = make_env(reset_schedule="every_step", nan_policy=nan_policy), make_policy()
+@pytest.mark.parametrize("nan_policy, check_actions", [("raise", None), ("ignore", None), ("raise", "raise"),
+                                                       ("raise", "clip")])
+def test_rollout_reads_nothing_per_steady_state_step(nan_policy, check_actions):
+    """env.rollout with masked resets: the NaN and action checks are read once per rollout, the
+    resets never (0 reads per step; before: the NaN check's sums, the action check's any() and
+    done.any() at every step)."""
+    env = make_env(reset_schedule="every_step", nan_policy=nan_policy, check_actions=check_actions)
+    policy = make_policy()
     with torch.no_grad():
         env.rollout(3, policy, break_when_any_done=False)  # warm-up (the hooks' first calls learn)
         assert rollout_reads(env, policy, 2 * T) - rollout_reads(env, policy, T) == 0
@@ -230,3 +233,56 @@ def test_a_rollout_without_failure_is_the_same_whatever_check_every():
         with torch.no_grad():
             outs.append(_nan_env(every).rollout(5, _counting_policy, break_when_any_done=False))
     assert (outs[0] == outs[1]).all() and (outs[0] == outs[2]).all()
+
+
+@pytest.mark.parametrize("case", ["tensor", "dict", "tensordict", "dict_obs", "truncate"])
+def test_masked_resets_agree_between_the_fast_rollout_and_envbase_rollout(case):
+    """With reset_schedule="every_step" both rollouts call the reset hook at every step (the
+    fast path through its masked write, EnvBase.rollout through WorldModelEnv.maybe_reset), so
+    on the same seeds they give identical tensordicts, for every state layout and optional key."""
+    from test_rollout_fast_path import Model, assert_identical, both, make_env as make_fast_env, policy_module
+
+    kwargs = {"reset_schedule": "every_step"}
+    if case in ("tensor", "dict", "tensordict"):
+        def make():
+            return make_fast_env(model=Model(state=case), **kwargs)
+    elif case == "dict_obs":
+        def make():
+            return make_fast_env(dict_obs=True, **kwargs)
+    else:
+        def make():
+            return make_fast_env(model=Model(nan=True), nan_policy="truncate", **kwargs)
+    policy = policy_module("position" if case == "dict_obs" else "observation")
+    fast, general = both(make, 12, policy, break_when_any_done=False)
+    assert_identical(fast, general)
+    done = fast["next", "done"].squeeze(-1)
+    assert bool((done.any(0) & ~done.all(0)).any())  # partial resets happened
+
+
+@pytest.mark.parametrize("check_every", [None, 4])
+def test_a_deferred_action_check_raises_the_per_step_error(check_every):
+    """check_actions="raise": an action outside the space at step 6, found at the end of the
+    rollout (or at the next K-th step), raises the per-step check's error (rows and values)."""
+    def policy(td):
+        step = td["elapsed_steps"].squeeze(-1)  # the 6th step of env 1's first episode
+        action = torch.where(((torch.arange(N) == 5) & (step == 5))[:, None], 2.0, 0.5)
+        return td.set("action", action)
+
+    messages = []
+    for every in (1, check_every):
+        with torch.no_grad(), pytest.raises(ValueError) as err:
+            make_env(check_actions="raise", check_every=every).rollout(10, policy, break_when_any_done=False)
+        messages.append(str(err.value))
+    assert "env index [5]" in messages[0] and messages[1] == messages[0]
+
+
+def test_deferred_clip_gives_the_per_step_clip():
+    def policy(td):
+        return td.set("action", torch.linspace(-2, 2, N)[:, None] * torch.ones(N, 1))
+
+    outs = []
+    for every in (1, None):
+        with torch.no_grad():
+            outs.append(make_env(check_actions="clip", check_every=every).rollout(8, policy,
+                                                                                break_when_any_done=False))
+    assert (outs[0] == outs[1]).all()

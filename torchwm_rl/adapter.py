@@ -446,7 +446,8 @@ class ModelAdapter:
         the space's shape (one env's action for a batch, an extra dim) would be broadcast by
         the model, giving every env the same action or mixing envs."""
         if self.check_actions is not None:
-            action = check_action(action, self.action_space, self.batch_size, self.device, self.check_actions)
+            action = check_action(action, self.action_space, self.batch_size, self.device, self.check_actions,
+                                  deferred=self._deferred)
         if self.action_hook is None and self.torch_actions:
             return to_action(action, self.action_space, self.batch_size, self.device)
         action = action_as_given(action, self.action_space, self.batch_size)

@@ -11,6 +11,8 @@ the count is the same whatever the device. Rows:
   rollout    ``env.rollout(T, policy, break_when_any_done=False)`` (the fast path)
   envbase    ``EnvBase.rollout`` over the same env (TorchRL's general path)
   collector  a TorchRL ``Collector`` over the same env (frames_per_batch = N x T)
+  ... masked       the same with ``reset_schedule="every_step"`` (and the collector with
+                   ``track_traj_ids=False``); "+ignore": and ``nan_policy="ignore"``
   hand loop  ``a = policy(s); s = model(s, a)`` with a masked reset, for reference
 
 Each row prints reads per step, and which calls they are. Not a test: it prints numbers.
@@ -19,42 +21,16 @@ Each row prints reads per step, and which calls they are. Not a test: it prints 
 from __future__ import annotations
 
 import argparse
-import collections
 
 import gymnasium as gym
 import numpy as np
 import torch
 from tensordict.nn import TensorDictModule
-from torch.overrides import TorchFunctionMode
 
 from torchwm_rl import WorldModelEnv
+from torchwm_rl.host_reads import HostReadCounter
 
 DIM = 8
-
-# the calls whose result depends on a tensor's values on the host
-_METHOD_READS = {"item", "__bool__", "tolist", "nonzero", "__int__", "__float__", "__index__", "numpy", "any", "all"}
-
-
-class HostReadCounter(TorchFunctionMode):
-    """Counts calls that read tensor values on the host (``any``/``all`` are counted because a
-    host branch on their result follows in practice; a boolean-mask index reads the mask)."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts: collections.Counter = collections.Counter()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in _METHOD_READS:
-            self.counts[name] += 1
-        elif name == "__getitem__" and len(args) > 1 and _has_bool_tensor(args[1]):
-            self.counts["bool-mask index"] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _has_bool_tensor(index) -> bool:
-    items = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
 
 
 class LinearModel(torch.nn.Module):
@@ -66,7 +42,7 @@ class LinearModel(torch.nn.Module):
         return torch.tanh(self.net(torch.cat([state, action], -1))) * 1.05
 
 
-def make_env(n: int) -> WorldModelEnv:
+def make_env(n: int, **options) -> WorldModelEnv:
     torch.manual_seed(0)
     return WorldModelEnv(
         LinearModel(),
@@ -77,6 +53,7 @@ def make_env(n: int) -> WorldModelEnv:
         terminal_fn=lambda model, next_state: next_state[..., 0] > 0.99,
         max_episode_steps=20,
         batch_size=(n,),
+        **options,
     )
 
 
@@ -94,22 +71,27 @@ def main() -> None:
     args = parser.parse_args()
     n, steps = args.n, args.steps
     policy = TensorDictModule(torch.nn.Linear(DIM, 1), in_keys=["observation"], out_keys=["action"])
-    env = make_env(n)
+    from torchrl.collectors import Collector
+    from torchrl.envs import EnvBase
+
     rows = []
+    configs = [("", {}, True), (" masked", {"reset_schedule": "every_step"}, False),
+               (" masked+ignore", {"reset_schedule": "every_step", "nan_policy": "ignore"}, False)]
     with torch.no_grad():
-        env.rollout(5, policy, break_when_any_done=False)  # warm-up, outside the count
-        rows.append(("rollout", *count(lambda: env.rollout(steps, policy, break_when_any_done=False), steps)))
-        from torchrl.envs import EnvBase
-
-        rows.append(("envbase", *count(lambda: EnvBase.rollout(env, steps, policy, break_when_any_done=False), steps)))
-        from torchrl.collectors import Collector
-
-        collector = Collector(env, policy, frames_per_batch=n * steps, total_frames=-1,
-                              auto_register_policy_transforms=False)
-        batches = iter(collector)
-        next(batches)  # the first batch includes the collector's own set-up
-        rows.append(("collector", *count(lambda: next(batches), steps)))
-        collector.shutdown()
+        for tag, options, traj_ids in configs:
+            env = make_env(n, **options)
+            env.rollout(5, policy, break_when_any_done=False)  # warm-up, outside the count
+            rows.append(("rollout" + tag, *count(lambda: env.rollout(steps, policy, break_when_any_done=False),
+                                                 steps)))
+            rows.append(("envbase" + tag, *count(
+                lambda: EnvBase.rollout(env, steps, policy, break_when_any_done=False), steps)))
+            collector = Collector(env, policy, frames_per_batch=n * steps, total_frames=-1,
+                                  auto_register_policy_transforms=False, track_traj_ids=traj_ids)
+            batches = iter(collector)
+            next(batches)  # the first batch includes the collector's own set-up
+            rows.append(("collector" + tag + ("" if traj_ids else " (no traj ids)"), *count(lambda: next(batches),
+                                                                                           steps)))
+            collector.shutdown()
         model, lin = env.model, policy.module
 
         def hand_loop():
@@ -124,10 +106,10 @@ def main() -> None:
 
         rows.append(("hand loop", *count(hand_loop, steps)))
     print(f"host reads per step, N={n}, {steps} steps, time limit 20 (episode ends every 20 steps or sooner)")
-    print(f"{'row':<10} {'reads/step':>10}  calls")
+    print(f"{'row':<40} {'reads/step':>10}  calls")
     for name, per_step, calls in rows:
         detail = ", ".join(f"{k} {v / steps:.2f}" for k, v in sorted(calls.items())) or "-"
-        print(f"{name:<10} {per_step:>10.2f}  {detail}")
+        print(f"{name:<40} {per_step:>10.2f}  {detail}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@
     python benchmarks/throughput.py --threads 2  # torch threads (default 1: the numbers compare overheads)
     python benchmarks/throughput.py --device cuda --json throughput.json   # on a GPU; numbers also to JSON
 
+Two models (``--models``): the project's MLP (latent 64 + 8-dim action -> 2 x 256 -> latent)
+and issue 24's small one (latent 64 + 1-dim action -> 256 -> latent), each with its table and
+its Python function calls per steady-state step (cProfile, N=64) for rows (a), (b), (bm), (f)
+and (fm).
+
 Rows (same model, same policy, all under ``torch.no_grad()``):
 
   (a)  bare loop: ``a = policy(s); s, r, d = model(s, a)``, keeping the trajectory (latent,
@@ -26,7 +31,9 @@ Rows (same model, same policy, all under ``torch.no_grad()``):
   (d)  the Gymnasium vector export (``env.to_gymnasium()``, numpy in and out), CleanRL-style loop.
   (e)  N single ``GymWorldModelEnv`` in ``gymnasium.vector.SyncVectorEnv`` (the tutorial's
        CleanRL pattern), same loop.
+  (bm) (b) with ``reset_schedule="every_step"`` (masked resets: no host read per step).
   (f)  a TorchRL ``Collector`` over our env (frames_per_batch = N x T), steps/s of its batches;
+  (fm) (f) with ``reset_schedule="every_step"`` and ``track_traj_ids=False``.
   (g)  the same ``Collector`` over TorchRL's own env (c*), its reset drawing the same start
        latents (TorchRL's own env cannot reset without a given latent).
 
@@ -64,22 +71,52 @@ from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # benchmarks/common.py, also when loaded by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ACTION, LATENT, LatentMLPWorldModel, latent_policy, peak_rss_mb, rss_mb  # noqa: E402
+from common import ACTION, HIDDEN, LATENT, LatentMLPWorldModel, latent_policy, peak_rss_mb, rss_mb  # noqa: E402
 
 DEVICE = torch.device("cpu")  # set by --device
 OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, shape=(LATENT,), dtype=np.float32)
 ACT_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(ACTION,), dtype=np.float32)
+MODEL = "project"  # set by --models: "project" (the project's MLP) or "small" (issue 24's)
 
 
 MLPWorldModel = LatentMLPWorldModel  # latent (64) + action (8) -> 2 x 256 ELU -> next latent, reward, done
 
 
-def make_model() -> MLPWorldModel:
-    return MLPWorldModel(DEVICE)
+class SmallMLPWorldModel(nn.Module):
+    """Issue 24's small model: latent (64) + a 1-dim action -> 256 ELU -> next latent (64), with
+    a reward and a done logit beside it (66 outputs). Where the model's share of a step is small,
+    the per-step design shows."""
+
+    def __init__(self, device=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(LATENT + 1, HIDDEN), nn.ELU(), nn.Linear(HIDDEN, LATENT + 2))
+        self.device = torch.device("cpu" if device is None else device)
+        self.to(self.device)
+
+    def forward(self, latent, action):
+        out = self.net(torch.cat([latent, action], -1))
+        return torch.tanh(out[..., :LATENT]), out[..., LATENT], out[..., LATENT + 1] > 3.0
+
+    initial = LatentMLPWorldModel.initial
+
+
+def use_model(kind: str) -> None:
+    """Make the rows use the project's model (8-dim action) or the small one (1-dim action)."""
+    global MODEL, ACT_SPACE
+    MODEL = kind
+    ACT_SPACE = gym.spaces.Box(-1.0, 1.0, shape=(ACTION if kind == "project" else 1,), dtype=np.float32)
+
+
+def make_model() -> nn.Module:
+    return MLPWorldModel(DEVICE) if MODEL == "project" else SmallMLPWorldModel(DEVICE)
 
 
 def make_policy() -> nn.Module:
-    return latent_policy(DEVICE)
+    if MODEL == "project":
+        return latent_policy(DEVICE)
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(LATENT, 64), nn.Tanh(), nn.Linear(64, 1), nn.Tanh()).to(DEVICE)
 
 
 def reset_fn(model, seed=None, options=None):
@@ -108,17 +145,21 @@ def bare(model, policy, n, steps, keep=True):
     return state
 
 
-def ours_env(model, n, unguarded=False):
+def ours_env(model, n, unguarded=False, masked=False):
     """Our env; ``unguarded``: without the NaN/inf check (``nan_policy="ignore"``), the one
     per-step guard a user can switch off. (Hooks that take ``generator`` skip the swap of
     torch's global RNG, but the env then guards its own generator around them instead, at a
-    similar cost, so no configuration steps without an RNG guard.)"""
+    similar cost, so no configuration steps without an RNG guard.) ``masked``:
+    ``reset_schedule="every_step"`` (no host read per step; the reset hook runs every step)."""
+    options = {"nan_policy": "ignore"} if unguarded else {}
+    if masked:
+        options["reset_schedule"] = "every_step"
     return WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
-                         batch_size=(n,), seed=0, **({"nan_policy": "ignore"} if unguarded else {}))
+                         batch_size=(n,), seed=0, **options)
 
 
-def ours_rollout(model, policy, n, general=False, transformed=False, unguarded=False):
-    env = ours_env(model, n, unguarded)
+def ours_rollout(model, policy, n, general=False, transformed=False, unguarded=False, masked=False):
+    env = ours_env(model, n, unguarded, masked)
     if transformed:
         from torchrl.envs import RewardSum, TransformedEnv
 
@@ -131,8 +172,9 @@ def ours_rollout(model, policy, n, general=False, transformed=False, unguarded=F
     return lambda steps: env.rollout(steps, module, break_when_any_done=False)
 
 
-def collector(env, policy, n, in_key):
-    """Steps ``steps`` x N env-steps through a TorchRL Collector (batches of N x steps frames)."""
+def collector(env, policy, n, in_key, **kwargs):
+    """Steps ``steps`` x N env-steps through a TorchRL Collector (batches of N x steps frames);
+    ``kwargs`` go to the Collector (``track_traj_ids=False``)."""
     from torchrl.collectors import Collector
 
     module = TensorDictModule(policy, in_keys=[in_key], out_keys=["action"])
@@ -141,7 +183,7 @@ def collector(env, policy, n, in_key):
     def run(steps):
         if made.get("steps") != steps:  # one collector per batch length, built outside the timing
             made.update(steps=steps, it=iter(Collector(env, module, frames_per_batch=n * steps, total_frames=-1,
-                                                          auto_register_policy_transforms=False)))
+                                                          auto_register_policy_transforms=False, **kwargs)))
         return next(made["it"])
     return run
 
@@ -184,7 +226,7 @@ def torchrl_env(model, n, patch_specs: bool):
         latent_key="latent",
     )
     if patch_specs:
-        env.action_spec = Bounded(-1.0, 1.0, shape=(n, ACTION), device=DEVICE)
+        env.action_spec = Bounded(-1.0, 1.0, shape=(n, *ACT_SPACE.shape), device=DEVICE)
         env.reward_spec = Unbounded(shape=(n, 1), device=DEVICE)
     return env
 
@@ -276,6 +318,7 @@ ROWS = [
     ("a0", "(a0) bare loop, keeps nothing"),
     ("b", "(b) torchwm_rl `WorldModelEnv.rollout`"),
     ("bu", "(bu) (b) with `nan_policy=\"ignore\"`"),
+    ("bm", "(bm) (b) with `reset_schedule=\"every_step\"`"),
     ("b0", "(b0) the same through TorchRL's general `EnvBase.rollout`"),
     ("bt", "(bt) `TransformedEnv(env, RewardSum()).rollout`"),
     ("c", "(c) TorchRL's own WorldModelEnv.rollout"),
@@ -283,6 +326,7 @@ ROWS = [
     ("d", "(d) torchwm_rl Gymnasium vector export"),
     ("e", "(e) SyncVectorEnv of N GymWorldModelEnv"),
     ("f", "(f) TorchRL `Collector` over torchwm_rl's env"),
+    ("fm", "(fm) (f) masked resets, `track_traj_ids=False`"),
     ("g", "(g) TorchRL `Collector` over TorchRL's own env (c*)"),
 ]
 
@@ -336,11 +380,15 @@ def _throughput_run(sizes, samples: int, skip=()) -> tuple[dict, set]:
             "a0": (lambda steps, n=n: bare(model, policy, n, steps, keep=False), False),
             "b": (ours_rollout(model, policy, n), False),
             "bu": (ours_rollout(model, policy, n, unguarded=True), False),
+            # (built only when asked for: --skip bm fm times a version without reset_schedule)
+            "bm": (ours_rollout(model, policy, n, masked=True) if "bm" not in skip else None, False),
             "b0": (ours_rollout(model, policy, n, general=True), False),
             "bt": (ours_rollout(model, policy, n, transformed=True), False),
             "d": (ours_vector(model, policy, n), False),
             "e": (sync_singles(model, policy, n), True),
             "f": (collector(ours_env(model, n), policy, n, "observation"), False),
+            "fm": (collector(ours_env(model, n, masked=True), policy, n, "observation", track_traj_ids=False)
+                   if "fm" not in skip else None, False),
         }
         for key, patch in (("c", False), ("c*", True)):
             try:
@@ -428,6 +476,38 @@ def breakdown(n: int, steps: int = 100) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------- Python calls per step
+def python_calls_per_step(n: int = 64, steps: int = 32, skip=()) -> dict:
+    """Python function calls per steady-state step (cProfile's call count of a ``2 * steps``
+    run minus that of a ``steps`` run, over ``steps``: the once-per-rollout calls cancel), for
+    the hand loop, ``env.rollout`` and the ``Collector`` path."""
+    import cProfile
+    import pstats
+
+    model, policy = make_model(), make_policy()
+    builders = {
+        "a": lambda: (lambda t: bare(model, policy, n, t)),
+        "b": lambda: ours_rollout(model, policy, n),
+        "bm": lambda: ours_rollout(model, policy, n, masked=True),
+        "f": lambda: collector(ours_env(model, n), policy, n, "observation"),
+        "fm": lambda: collector(ours_env(model, n, masked=True), policy, n, "observation", track_traj_ids=False),
+    }
+    runs = {key: build() for key, build in builders.items() if key not in skip}
+
+    def calls(run, t: int) -> int:
+        run(t)  # warm-up (a collector of that batch length is built here)
+        profile = cProfile.Profile()
+        profile.enable()
+        run(t)
+        profile.disable()
+        return pstats.Stats(profile).total_calls
+
+    # the median of 3 differences: amortized work (a purge of the adapter's table of handed-out
+    # tensors) lands in one run or the other
+    return {key: statistics.median((calls(run, 2 * steps) - calls(run, steps)) / steps for _ in range(3))
+            for key, run in runs.items()}
+
+
 # ----------------------------------------------------------------------------------- memory
 def memory_line(total_steps: int, n: int = 64) -> str:
     """RSS while a batched env takes ``total_steps`` steps with partial resets."""
@@ -472,6 +552,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]: model, policy and envs there")
     parser.add_argument("--skip", nargs="*", default=[], help="rows to leave out, e.g. --skip e g")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the table's numbers to PATH")
+    parser.add_argument("--models", nargs="+", default=["project", "small"], choices=["project", "small"],
+                        help="the project's MLP (8-dim action) and/or issue 24's small 64-256-64 MLP (1-dim action)")
     args = parser.parse_args(argv)
     DEVICE = torch.device(args.device)
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
@@ -483,12 +565,23 @@ def main(argv=None) -> None:
     report: dict = {"machine": machine(), "device": str(DEVICE), "threads": args.threads, "samples": samples,
                     "timer": "wall clock, synchronized" if DEVICE.type == "cuda" else "process CPU time"}
     with torch.no_grad():
-        table, results = throughput_table(args.sizes, samples, skip=args.skip, repeats=args.repeats)
-        print(table)
-        report["steps_per_s"] = {str(n): r for n, r in results.items()}
-        report["ratio_to_a"] = {
-            str(n): {k: (v / r["a"] if v and r.get("a") else None) for k, v in r.items()} for n, r in results.items()
-        }
+        for kind in args.models:
+            use_model(kind)
+            print(f"\nmodel: {kind} ({type(make_model()).__name__}, action dim {ACT_SPACE.shape[0]})")
+            table, results = throughput_table(args.sizes, samples, skip=args.skip, repeats=args.repeats)
+            print(table)
+            calls = python_calls_per_step(skip=args.skip)
+            print("Python calls per steady-state step (cProfile, N=64): "
+                  + ", ".join(f"({k}) {v:.0f}" for k, v in calls.items()))
+            part = report if kind == args.models[0] else report.setdefault("other_models", {}).setdefault(kind, {})
+            part["model"] = kind
+            part["python_calls_per_step_N64"] = calls
+            part["steps_per_s"] = {str(n): r for n, r in results.items()}
+            part["ratio_to_a"] = {
+                str(n): {k: (v / r["a"] if v and r.get("a") else None) for k, v in r.items()}
+                for n, r in results.items()
+            }
+        use_model(args.models[0])
         per_step = bytes_per_env_step()
         report["bytes_per_env_step_N64_T64"] = per_step
         print("bytes per env-step of the kept trajectory (N=64, 64 steps): "

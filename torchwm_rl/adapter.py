@@ -33,9 +33,10 @@ from gymnasium import spaces
 from tensordict import TensorDict, TensorDictBase
 
 from .calling import Hook
+from .deferred import DeferredChecks, maybe_nonfinite, maybe_nonfinite_rows
 from .ensemble import NEGATIVE_UNCERTAINTY, Ensemble
 from .errors import TorchWMError, ValueMismatch
-from .options import ACTION_CHECKS, NAN_POLICIES, ModelOptions, model_options, with_model_options
+from .options import ACTION_CHECKS, NAN_POLICIES, RESET_SCHEDULES, ModelOptions, model_options, with_model_options
 from .records import MISSING, RawRecord, parse_reset, parse_transition
 from .spaces import check_supported, numpy_to_torch_dtype
 from .train_mode import warn_if_training
@@ -186,6 +187,13 @@ class ModelAdapter:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
         if check_actions not in ACTION_CHECKS:
             raise ValueError(f"check_actions must be one of {ACTION_CHECKS}, got {check_actions!r}")
+        check_every = opts.check_every
+        if check_every is not None and (not isinstance(check_every, int) or isinstance(check_every, bool)
+                                        or check_every < 1):
+            raise ValueError(f"check_every must be None (once per rollout) or a positive int (every K steps), "
+                             f"got {check_every!r}")
+        if opts.reset_schedule not in RESET_SCHEDULES:
+            raise ValueError(f"reset_schedule must be one of {RESET_SCHEDULES}, got {opts.reset_schedule!r}")
         for name, space in (("observation_space", observation_space), ("action_space", action_space)):
             if not isinstance(space, spaces.Space):
                 raise TypeError(f"{name} must be a gymnasium space, got {type(space).__name__}")
@@ -200,6 +208,11 @@ class ModelAdapter:
         self.nan_policy = nan_policy
         self.check_actions = check_actions
         self.check_observations = bool(opts.check_observations)
+        self.check_every = check_every
+        self.reset_schedule = opts.reset_schedule
+        # set by a rollout for its duration: the checks of its steps are read once, there
+        # (torchwm_rl.deferred); None: every check reads its result at its step
+        self._deferred: Optional[DeferredChecks] = None
         self.initial_state = opts.initial_state
         self.initial_observation = opts.initial_observation
         self._dict_keys = (
@@ -331,7 +344,12 @@ class ModelAdapter:
         mask = (options or {}).get("reset_mask")
         # a partial reset: only the rows being reset are checked (the others may hold anything,
         # torch.empty included: the caller keeps its own rows there)
-        rows = None if mask is None or bool(mask.all()) else mask
+        # (with every row reset, rows=mask checks what rows=None does: without the host read,
+        # when the checks are deferred or the reset runs at every step)
+        if mask is None or (self._deferred is None and self.reset_schedule != "every_step" and bool(mask.all())):
+            rows = None
+        else:
+            rows = mask
         raw_observation = observation
         try:
             observation = self._read(
@@ -414,6 +432,11 @@ class ModelAdapter:
             return
         checked = flatten_observation(observation)
         checked.update(_state_leaves(state))
+        if self._deferred is not None:  # read once per rollout (a failure re-runs it checking here)
+            values = checked.values()
+            self._deferred.add(maybe_nonfinite(*values) if rows is None or not self.batch_size
+                               else maybe_nonfinite_rows(values, rows, self.batch_size))
+            return
         bad, keys = nonfinite_rows(checked, self.batch_size)
         if bad is not None and rows is not None:
             bad = bad & rows
@@ -459,7 +482,8 @@ class ModelAdapter:
         the space's shape (one env's action for a batch, an extra dim) would be broadcast by
         the model, giving every env the same action or mixing envs."""
         if self.check_actions is not None:
-            action = check_action(action, self.action_space, self.batch_size, self.device, self.check_actions)
+            action = check_action(action, self.action_space, self.batch_size, self.device, self.check_actions,
+                                  deferred=self._deferred)
         if self.action_hook is None and self.torch_actions:
             return to_action(action, self.action_space, self.batch_size, self.device)
         action = action_as_given(action, self.action_space, self.batch_size)
@@ -684,6 +708,15 @@ class ModelAdapter:
             return
         state = record.state
         extra = () if continue_raw is None else (probability_check(continue_raw),)
+        deferred = self._deferred
+        if deferred is not None and self.nan_policy == "raise" and discard is None and record.uncertainty is None:
+            # read once per rollout: a failure re-runs the rollout checking here (torchwm_rl.deferred)
+            leaves = flatten_observation(record.observation)
+            leaves["reward"] = record.reward
+            if state is not record.observation:
+                leaves.update(_state_leaves(state))
+            deferred.add(maybe_nonfinite(*leaves.values(), *extra))
+            return
         if record.uncertainty is None and isinstance(record.observation, torch.Tensor):
             if state is record.observation:
                 if all_finite(record.observation, record.reward, *extra):

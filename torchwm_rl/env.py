@@ -53,6 +53,7 @@ from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
 from .adapter import ModelAdapter
 from .calling import Hook
+from .deferred import DeferredChecks, RecheckEagerly
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .options import env_repr, with_model_options
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
@@ -376,6 +377,26 @@ class WorldModelEnv(EnvBase):
             self._current = dict(merged.items())
             return out
         return super().step(tensordict)
+
+    def maybe_reset(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """TorchRL's ``maybe_reset`` (``step_and_maybe_reset``, so ``EnvBase.rollout`` and the
+        ``Collector``). With ``reset_schedule="every_step"`` and the env's own batch, the done
+        rows restart without a host read of ``done.any()``: the reset hook computes the full
+        batch at every step and the done rows are merged into ``tensordict`` in place with one
+        masked write, TorchRL's partial rule (``_update_during_reset``: the reset rows from the
+        reset, the other keys' reset rows zero-padded), also when every row is done. Otherwise
+        TorchRL's own."""
+        batch = self.batch_size
+        if (self.adapter.reset_schedule != "every_step" or not batch or tensordict.batch_size != batch
+                or self.reset_keys != ["_reset"] or not self._simple_done):
+            return super().maybe_reset(tensordict)
+        mask = tensordict.get("done").reshape(batch)
+        with self.logic.transaction():  # atomic, as _reset
+            entries = self._reset_entries(mask)
+        fresh = TensorDict(entries, batch_size=batch, device=self.device).detach()  # as _reset
+        tensordict.where(~mask, other=fresh, out=tensordict, pad=0)
+        self._current = dict(tensordict.items())
+        return tensordict
 
     def _input_td_has_state(self, tensordict: Optional[TensorDictBase]) -> bool:
         """TorchRL's implicit set_state (a plain ``reset(td)``, ``set_state`` unspecified): the
@@ -876,10 +897,24 @@ class WorldModelEnv(EnvBase):
             )
         else:
             policy = self.rand_action
-        return fast_rollout(
-            self, max_steps, policy, auto_reset=auto_reset, break_when_any_done=break_when_any_done,
+        run = functools.partial(
+            fast_rollout, self, max_steps, policy, auto_reset=auto_reset, break_when_any_done=break_when_any_done,
             return_contiguous=return_contiguous, tensordict=tensordict, set_state=set_state,
         )
+        if self.adapter.check_every == 1:
+            return run()
+        # the checks are read once (torchwm_rl.deferred); when one may have failed, the rollout
+        # runs again from where it started, checking at every step: the same error, step and state
+        saved, global_rng = self.logic._save(), _global_rng_state(self.device)
+        checks = DeferredChecks(self.adapter.check_every)
+        try:
+            return run(checks=checks)
+        except Exception as err:
+            if not isinstance(err, RecheckEagerly) and not checks.failed():
+                raise  # an error of its own, not one a skipped check let through
+        self.logic._restore(saved)
+        _set_global_rng_state(self.device, global_rng)
+        return run()
 
     def _read_state(self, tensordict: TensorDictBase) -> Any:
         if self._state_kind == "opaque":
@@ -1077,6 +1112,20 @@ def _batch_size(value: Any) -> torch.Size:
     if len(size) > 1 or any(n < 1 for n in size):
         raise ValueError(f"batch_size must be () or (N,) with N >= 1, got {tuple(size)}")
     return size
+
+
+def _global_rng_state(device: torch.device) -> tuple:
+    """The process-global torch RNG states a rollout's policy and hooks may draw from (the CPU
+    generator's, and the CUDA device's): put back before a rollout runs again."""
+    if device.type != "cuda":
+        return (torch.get_rng_state(),)
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device)
+
+
+def _set_global_rng_state(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def _check_state_batch(state: Any, batch: tuple, key: str) -> None:

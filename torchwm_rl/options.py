@@ -25,10 +25,18 @@ NanPolicy = Literal["raise", "truncate", "ignore"]
 ActionCheck = Optional[Literal["clip", "raise"]]
 #: how an ensemble picks the next state (see :mod:`torchwm_rl.ensemble`)
 Propagation = Literal["random", "fixed", "mean"]
+#: when a batched rollout restarts the envs that finished (see ``docs/design-decisions.md``):
+#: "when_done" (default) calls the reset hook at the steps where an env finished, which the
+#: host reads (one read per step); "every_step" calls it at every step for the full batch, with
+#: ``options["reset_mask"]`` saying which rows are used, and merges those rows with a masked
+#: write: no host read, but a reset hook that draws random numbers (or keeps a count) draws
+#: them at every step, so a seed gives other numbers than with "when_done" (opt-in)
+ResetSchedule = Literal["when_done", "every_step"]
 
 NAN_POLICIES = get_args(NanPolicy)
 ACTION_CHECKS = (None, *get_args(get_args(ActionCheck)[0]))
 PROPAGATIONS = get_args(Propagation)
+RESET_SCHEDULES = get_args(ResetSchedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +64,13 @@ class ModelOptions:
     uncertainty_fn: Optional[Callable] = None
     continue_fn: Optional[Callable] = None
     continue_threshold: Optional[float] = None
+    #: how often ``env.rollout`` reads its per-step checks (NaN/inf with nan_policy="raise", a
+    #: partial reset's starts) on the host: None (default) once, at the end of the rollout; K:
+    #: every K steps; 1: at every step (as each check ran before). A failed check raises the
+    #: error it raised before, at the same step, with the env as it then was: the rollout is run
+    #: again from its start, checking at every step (see ``docs/design-decisions.md``)
+    check_every: Optional[int] = None
+    reset_schedule: ResetSchedule = "when_done"
 
 
 OPTION_NAMES = tuple(field.name for field in dataclasses.fields(ModelOptions))

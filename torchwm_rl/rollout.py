@@ -43,6 +43,8 @@ from tensordict.nn import TensorDictModule, skip_existing
 from torch.nn.modules import module as _nn_module
 from torchrl.envs.utils import _StepMDP, _update_during_reset
 
+from .deferred import DeferredChecks
+
 # EnvBase.rollout's keyword defaults; the fast path takes a call only if these are unchanged
 _MUST_BE_DEFAULT = {
     "callback": None,
@@ -136,9 +138,17 @@ def fast_rollout(
     return_contiguous: bool,
     tensordict: Optional[TensorDictBase],
     set_state,
+    checks: Optional[DeferredChecks] = None,
 ) -> TensorDictBase:
     """``EnvBase.rollout`` for the cases :func:`fast_rollout_applies` accepts. ``policy`` is
     already made compatible (``_make_compatible_policy``) or is ``env.rand_action``.
+
+    ``checks``: the steps' checks are handed to it (the adapter's ``_deferred``) and read there
+    (every ``checks.every`` steps and at the end), raising
+    :class:`~torchwm_rl.deferred.RecheckEagerly` when one may have failed; None: every check is
+    read at its step. With ``reset_schedule="every_step"`` (a batched rollout without
+    ``break_when_any_done``) the finished envs restart by a masked write (:func:`_restart_masked`),
+    not after a host read of ``done.any()``.
 
     With a plain ``TensorDictModule`` policy that neither reads nor writes them, the per-env
     scalars (reward, done flags, step counts: ``env._scalar_keys()``) travel through the loop
@@ -158,10 +168,26 @@ def fast_rollout(
     )
     if compact:
         root = _squeezed(root, scalars)
-    state_kind, state_key = env._state_kind, env._state_key
-    carried, dropped = step_mdp_keys(env)
     roots, nexts = [], []
     own = _OwnedOutputs(direct.written if direct is not None else ("action",))
+    masked = env.adapter.reset_schedule == "every_step" and len(batch) > 0
+    adapter = env.adapter
+    adapter._deferred = checks
+    try:
+        _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
+              break_when_any_done, masked, checks)
+    finally:
+        adapter._deferred = None
+    own.verify()
+    return _stack(roots, nexts, batch, device, return_contiguous, scalars if compact else frozenset())
+
+
+def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
+          break_when_any_done, masked, checks) -> None:
+    """:func:`fast_rollout`'s steps: appends each step's root and ``"next"`` entries to ``roots``
+    and ``nexts``."""
+    state_kind, state_key = env._state_kind, env._state_key
+    carried, dropped = step_mdp_keys(env)
     for i in range(max_steps):
         if direct is not None:
             direct(root)
@@ -177,22 +203,27 @@ def fast_rollout(
         _to_tensordict_layout(nxt, batch, device)
         roots.append(root)
         nexts.append(nxt)
+        if checks is not None:
+            checks.step_done()
         if i == max_steps - 1:
+            if checks is not None:
+                checks.read()
             break
         done = nxt["done"]  # terminated | truncated (WorldModelEnv._step_entries_now)
         if break_when_any_done:
             if bool(done.any()):
+                if checks is not None:
+                    checks.read()
                 break
             root = _carry(root, nxt, carried, dropped)
             continue
         root = _carry(root, nxt, carried, dropped)
-        if bool(done.any()):
+        restart = _restart_masked if masked else (_restart if bool(done.any()) else None)
+        if restart is not None:
             if compact:
-                root = _squeezed(_restart(env, _unsqueezed(root, scalars), done.unsqueeze(-1), batch, device), scalars)
+                root = _squeezed(restart(env, _unsqueezed(root, scalars), done.unsqueeze(-1), batch, device), scalars)
             else:
-                root = _restart(env, root, done, batch, device)
-    own.verify()
-    return _stack(roots, nexts, batch, device, return_contiguous, scalars if compact else frozenset())
+                root = restart(env, root, done, batch, device)
 
 
 class _OwnedOutputs:
@@ -266,6 +297,44 @@ def _restart(env, root: dict, done: torch.Tensor, batch, device) -> dict:
     node = TensorDict(root, batch_size=batch, device=device)
     node.set("_reset", done.clone())
     return dict(_update_during_reset(fresh, node, env.reset_keys).items())
+
+
+def _restart_masked(env, root: dict, done: torch.Tensor, batch, device) -> dict:
+    """:func:`_restart` without reading ``done`` on the host (``reset_schedule="every_step"``):
+    the reset hook computes the full batch at every step (``options["reset_mask"]`` says which
+    rows are used) and the done rows are merged in with one masked write, TorchRL's partial
+    rule (the reset rows from the reset, the other keys' reset rows zero-padded), also when
+    every row is done."""
+    mask = done.reshape(batch)
+    fresh = env._reset_entries(mask, batch=batch)
+    _to_tensordict_layout(fresh, batch, device)
+    # TensorDict(root).where(~mask, other=TensorDict(fresh).detach(), pad=0), entry by entry on
+    # the plain dicts (two TensorDicts per step cost more than the reset itself)
+    out = {}
+    for key, value in root.items():
+        new = fresh.get(key)
+        out[key] = _masked_row_write(mask, None if new is None else new.detach(), value)
+    for key, new in fresh.items():
+        if key not in out:
+            out[key] = _masked_row_write(mask, new.detach(), None)
+    return out
+
+
+def _masked_row_write(mask: torch.Tensor, new: Any, old: Any) -> Any:
+    """``new`` in the rows of ``mask`` (shape batch), ``old`` elsewhere; a missing side (None)
+    reads 0 there (TensorDict.where's ``pad=0``)."""
+    if not isinstance(new if new is not None else old, torch.Tensor):  # a nested state: a TensorDict
+        if old is None:
+            return new.where(mask, other=new.apply(torch.zeros_like))
+        return old.where(~mask, other=new, pad=0) if new is not None else old.where(~mask, other=old.apply(
+            torch.zeros_like))
+    ref = new if new is not None else old
+    view = mask.reshape(*mask.shape, *([1] * (ref.ndim - mask.ndim)))
+    if new is None:
+        return old.masked_fill(view, 0)
+    if old is None:
+        return new.masked_fill(~view, 0)
+    return torch.where(view, new, old)
 
 
 def _to_tensordict_layout(entries: dict, batch, device) -> None:

@@ -526,7 +526,8 @@ def _action_bounds(space: spaces.Space):
 
 
 def check_action(
-    action: Any, space: spaces.Space, batch_shape: tuple, device: torch.device, mode: str, key: str = "action"
+    action: Any, space: spaces.Space, batch_shape: tuple, device: torch.device, mode: str, key: str = "action",
+    deferred: Any = None,
 ) -> Any:
     """Check ``action`` against ``space`` (``mode="raise"``) or clip it into the space
     (``mode="clip"``).
@@ -536,11 +537,17 @@ def check_action(
     MultiBinary 0/1, non-integral values for integer spaces) raise an error naming the env
     index, or are clipped (rounded first for integer spaces). Dict spaces are checked key by
     key. Returns the action, clipped where needed, as the same type (tensor or numpy).
+
+    ``deferred`` (a :class:`~torchwm_rl.deferred.DeferredChecks`, during a rollout): a float
+    tensor action of a Box space is checked without a host read: its "maybe failed" flag goes
+    to ``deferred`` and, with ``"clip"``, the action is clamped into the space unconditionally
+    (the same values and gradients where it is inside); a failure re-runs the rollout with this
+    check read at its step, which raises the usual error.
     """
     if isinstance(space, spaces.Dict):
         _check_dict_keys(action, space, key, "action")
         return {
-            k: check_action(action[k], sub, batch_shape, device, mode, f"{key}[{k!r}]")
+            k: check_action(action[k], sub, batch_shape, device, mode, f"{key}[{k!r}]", deferred)
             for k, sub in space.spaces.items()
         }
     bounds = _action_bounds(space)
@@ -561,6 +568,12 @@ def check_action(
     outside = (tensor < low) | (tensor > high) | nan
     if integer and floating:
         outside = outside | (tensor != torch.round(tensor))
+    if deferred is not None and floating and not integer and isinstance(action, torch.Tensor):
+        if mode == "raise":
+            deferred.add(outside.sum() > 0)  # a device op: no host read
+            return action
+        deferred.add(nan.sum() > 0)  # NaN has nothing to clip to: the per-step check raises
+        return torch.clamp(tensor, low.to(tensor.dtype), high.to(tensor.dtype)).reshape(given)
     if not bool(outside.any()):
         return action
     if mode == "clip" and not bool(nan.any()):

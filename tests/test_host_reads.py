@@ -1,0 +1,288 @@
+"""Host reads of tensor values per steady-state step (on CUDA each is a device sync), counted on
+the CPU with :class:`torchwm_rl.host_reads.HostReadCounter`.
+
+Each case counts the reads of a rollout of T steps and of one of 2T steps, with episode ends
+and partial resets (per-env time limits and terminations), and requires the difference to be
+what the path reads per step times T: 0 where no read is left per step (a once-per-rollout read
+cancels out), and exactly what is documented where one is left.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tensordict.nn import TensorDictModule
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase
+
+from torchwm_rl import WorldModelEnv
+from torchwm_rl.host_reads import HostReadCounter
+
+N, DIM, T = 6, 4, 12
+LIMITS = torch.tensor([3, 4, 5, 6, 7, 50])  # per-env time limits: partial resets at different steps
+
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Linear(DIM + 1, DIM)
+
+    def forward(self, state, action):
+        return torch.tanh(self.net(torch.cat([state, action], -1))) * 1.05
+
+
+def reset_fn(model, seed=None, options=None, batch_size=()):
+    # no random numbers: every reset schedule gives the same numbers
+    return 0.1 * torch.arange(1, DIM + 1, dtype=torch.float32).expand(*batch_size, DIM).clone()
+
+
+def make_env(**options) -> WorldModelEnv:
+    return WorldModelEnv(
+        Model(),
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
+        action_space=gym.spaces.Box(-1.0, 1.0, (1,), np.float32),
+        reset_fn=reset_fn,
+        reward_fn=lambda model, next_state: -next_state.pow(2).sum(-1),
+        terminal_fn=lambda model, next_state: next_state[..., 0] > 0.6,
+        max_episode_steps=LIMITS,
+        batch_size=(N,),
+        seed=0,
+        **options,
+    )
+
+
+def make_policy() -> TensorDictModule:
+    torch.manual_seed(1)
+    return TensorDictModule(torch.nn.Linear(DIM, 1), in_keys=["observation"], out_keys=["action"])
+
+
+def reads(run) -> int:
+    with HostReadCounter() as counter:
+        run()
+    return counter.total
+
+
+def rollout_reads(env, policy, steps: int) -> int:
+    return reads(lambda: env.rollout(steps, policy, break_when_any_done=False))
+
+
+def collector_reads(env, policy, steps: int) -> int:
+    collector = Collector(env, policy, frames_per_batch=N * steps, total_frames=-1,
+                          auto_register_policy_transforms=False, track_traj_ids=False)
+    try:
+        batches = iter(collector)
+        next(batches)  # the collector's own set-up (the first reset) is in the first batch
+        return reads(lambda: next(batches))
+    finally:
+        collector.shutdown()
+
+
+def test_the_rollouts_have_partial_resets():
+    """The counted rollouts do restart some envs but not all at several steps (else a
+    per-step read on resets would not show)."""
+    with torch.no_grad():
+        td = make_env(reset_schedule="every_step").rollout(2 * T, make_policy(), break_when_any_done=False)
+    done = td["next", "done"].squeeze(-1)  # [N, 2T]
+    partial = (done.any(0) & ~done.all(0)).sum()
+    assert int(partial) >= 5
+
+
+@pytest.mark.parametrize("nan_policy, check_actions", [("raise", None), ("ignore", None), ("raise", "raise"),
+                                                       ("raise", "clip")])
+def test_rollout_reads_nothing_per_steady_state_step(nan_policy, check_actions):
+    """env.rollout with masked resets: the NaN and action checks are read once per rollout, the
+    resets never (0 reads per step; before: the NaN check's sums, the action check's any() and
+    done.any() at every step)."""
+    env = make_env(reset_schedule="every_step", nan_policy=nan_policy, check_actions=check_actions)
+    policy = make_policy()
+    with torch.no_grad():
+        env.rollout(3, policy, break_when_any_done=False)  # warm-up (the hooks' first calls learn)
+        assert rollout_reads(env, policy, 2 * T) - rollout_reads(env, policy, T) == 0
+
+
+def test_rollout_with_the_default_reset_schedule_reads_only_done_per_step():
+    """reset_schedule="when_done" (the default, exact for any reset hook) reads done.any() at
+    every step (and the reset's merge reads its mask at steps with an episode end), and nothing
+    else per step: the NaN checks' sums (``item``) are read once per rollout."""
+    env, policy = make_env(), make_policy()
+
+    def count(steps):
+        with HostReadCounter() as counter:
+            env.rollout(steps, policy, break_when_any_done=False)
+        return counter.counts
+
+    with torch.no_grad():
+        count(3)
+        short, long = count(T), count(2 * T)
+    assert long["any"] - short["any"] >= T and long["__bool__"] - short["__bool__"] >= T
+    assert long["item"] - short["item"] == 0
+
+
+@pytest.mark.parametrize("way", ["collector", "EnvBase.rollout"])
+def test_collector_path_reads_nothing_per_steady_state_step(way):
+    """TorchRL's Collector (track_traj_ids=False: its own trajectory ids read the done flags)
+    and EnvBase.rollout, both through step_and_maybe_reset: with masked resets and
+    nan_policy="ignore", 0 reads per step. (nan_policy="raise" reads its check at every step
+    there: see the next test.)"""
+    env, policy = make_env(reset_schedule="every_step", nan_policy="ignore"), make_policy()
+    with torch.no_grad():
+        if way == "collector":
+            assert collector_reads(env, policy, 2 * T) - collector_reads(env, policy, T) == 0
+        else:
+            def count(steps):
+                return reads(lambda: EnvBase.rollout(env, steps, policy, break_when_any_done=False))
+            count(3)
+            assert count(2 * T) - count(T) == 0
+
+
+def test_collector_path_reads_the_nan_check_at_each_step():
+    """What is left on the collector path with nan_policy="raise": the step's NaN/inf check
+    (the reward's and the observation's sums, 2 reads on the CPU, one sync on CUDA) and the
+    reset's (1), at every step. TorchRL's collector gives the env no point before it hands out a
+    batch at which a deferred check could be read, so the check stays per step there."""
+    env, policy = make_env(reset_schedule="every_step"), make_policy()
+    with torch.no_grad():
+        assert collector_reads(env, policy, 2 * T) - collector_reads(env, policy, T) == 3 * T
+
+
+def test_every_step_schedule_gives_the_default_schedules_numbers():
+    """With a reset hook that draws no random numbers, masked resets give the numbers of the
+    default schedule (the only difference: keys a reset does not give, such as the action, are
+    zeroed in the reset rows when every env restarts at once; the policy overwrites them)."""
+    policy = make_policy()
+    with torch.no_grad():
+        exact = make_env().rollout(2 * T, policy, break_when_any_done=False)
+        masked = make_env(reset_schedule="every_step").rollout(2 * T, policy, break_when_any_done=False)
+    assert (exact == masked).all()
+
+
+def test_collector_every_step_schedule_gives_the_default_schedules_numbers():
+    policy = make_policy()
+    out = []
+    with torch.no_grad():
+        for schedule in ("when_done", "every_step"):
+            collector = Collector(make_env(reset_schedule=schedule), policy, frames_per_batch=N * 2 * T,
+                                  total_frames=N * 2 * T, auto_register_policy_transforms=False,
+                                  track_traj_ids=False)
+            out.append(next(iter(collector)))
+            collector.shutdown()
+    assert (out[0] == out[1]).all()
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "1"])
+def test_check_every_is_validated(value):
+    with pytest.raises(ValueError, match="check_every"):
+        make_env(check_every=value)
+
+
+def test_reset_schedule_is_validated():
+    with pytest.raises(ValueError, match="reset_schedule"):
+        make_env(reset_schedule="sometimes")
+
+
+def _nan_env(check_every):
+    """Random starts (the env's generator), a model drawing noise from the global RNG, and a NaN
+    observation in env 2 at its 7th step."""
+
+    def reset(seed=None, options=None, batch_size=(), generator=None):
+        return torch.rand(*batch_size, DIM, generator=generator)
+
+    def transition(state, action):
+        nxt = state + 0.01 * torch.randn_like(state) + action
+        bad = (torch.arange(N) == 2)[:, None] & (nxt[:, :1] > 6.5)
+        obs = torch.where(bad, float("nan"), nxt)
+        return {"state": nxt, "observation": obs, "reward": nxt.sum(-1)}
+
+    return WorldModelEnv(None, gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
+                         gym.spaces.Box(-np.inf, np.inf, (1,), np.float32), reset_fn=reset, transition_fn=transition,
+                         batch_size=(N,), seed=3, check_every=check_every)
+
+
+def _counting_policy(td):  # one step per call, plus noise from the global RNG
+    return td.set("action", torch.ones(N, 1) + 0.001 * torch.randn(N, 1))
+
+
+@pytest.mark.parametrize("check_every", [None, 3, 5])
+def test_a_deferred_check_raises_the_per_step_error_and_leaves_the_per_step_state(check_every):
+    """A NaN at step 7 of a 10-step rollout: read at the end (or every K steps), the check
+    raises the error the per-step check (check_every=1) raises, and the env, its streams and the
+    global RNG are then where the per-step check leaves them (the next rollout is the same)."""
+    outcomes = []
+    for every in (1, check_every):
+        torch.manual_seed(5)
+        env = _nan_env(every)
+        with torch.no_grad(), pytest.raises(ValueError) as err:
+            env.rollout(10, _counting_policy, break_when_any_done=False)
+        global_rng = torch.get_rng_state()
+        with torch.no_grad():
+            after = env.rollout(4, _counting_policy, break_when_any_done=False)
+        outcomes.append((str(err.value), global_rng, after))
+    (message, rng, after), (deferred_message, deferred_rng, deferred_after) = outcomes
+    assert "env index [2]" in message and deferred_message == message
+    assert torch.equal(deferred_rng, rng)
+    assert (deferred_after == after).all()
+
+
+def test_a_rollout_without_failure_is_the_same_whatever_check_every():
+    outs = []
+    for every in (1, None, 4):
+        torch.manual_seed(5)
+        with torch.no_grad():
+            outs.append(_nan_env(every).rollout(5, _counting_policy, break_when_any_done=False))
+    assert (outs[0] == outs[1]).all() and (outs[0] == outs[2]).all()
+
+
+@pytest.mark.parametrize("case", ["tensor", "dict", "tensordict", "dict_obs", "truncate"])
+def test_masked_resets_agree_between_the_fast_rollout_and_envbase_rollout(case):
+    """With reset_schedule="every_step" both rollouts call the reset hook at every step (the
+    fast path through its masked write, EnvBase.rollout through WorldModelEnv.maybe_reset), so
+    on the same seeds they give identical tensordicts, for every state layout and optional key."""
+    from test_rollout_fast_path import Model, assert_identical, both, make_env as make_fast_env, policy_module
+
+    kwargs = {"reset_schedule": "every_step"}
+    if case in ("tensor", "dict", "tensordict"):
+        def make():
+            return make_fast_env(model=Model(state=case), **kwargs)
+    elif case == "dict_obs":
+        def make():
+            return make_fast_env(dict_obs=True, **kwargs)
+    else:
+        def make():
+            return make_fast_env(model=Model(nan=True), nan_policy="truncate", **kwargs)
+    policy = policy_module("position" if case == "dict_obs" else "observation")
+    fast, general = both(make, 12, policy, break_when_any_done=False)
+    assert_identical(fast, general)
+    done = fast["next", "done"].squeeze(-1)
+    assert bool((done.any(0) & ~done.all(0)).any())  # partial resets happened
+
+
+@pytest.mark.parametrize("check_every", [None, 4])
+def test_a_deferred_action_check_raises_the_per_step_error(check_every):
+    """check_actions="raise": an action outside the space at step 6, found at the end of the
+    rollout (or at the next K-th step), raises the per-step check's error (rows and values)."""
+    def policy(td):
+        step = td["elapsed_steps"].squeeze(-1)  # the 6th step of env 1's first episode
+        action = torch.where(((torch.arange(N) == 5) & (step == 5))[:, None], 2.0, 0.5)
+        return td.set("action", action)
+
+    messages = []
+    for every in (1, check_every):
+        with torch.no_grad(), pytest.raises(ValueError) as err:
+            make_env(check_actions="raise", check_every=every).rollout(10, policy, break_when_any_done=False)
+        messages.append(str(err.value))
+    assert "env index [5]" in messages[0] and messages[1] == messages[0]
+
+
+def test_deferred_clip_gives_the_per_step_clip():
+    def policy(td):
+        return td.set("action", torch.linspace(-2, 2, N)[:, None] * torch.ones(N, 1))
+
+    outs = []
+    for every in (1, None):
+        with torch.no_grad():
+            outs.append(make_env(check_actions="clip", check_every=every).rollout(8, policy,
+                                                                                break_when_any_done=False))
+    assert (outs[0] == outs[1]).all()

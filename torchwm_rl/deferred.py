@@ -1,0 +1,85 @@
+"""Checks computed on the device at every step and read on the host once per rollout.
+
+A check that reads its result on the host at every step (``bool(x.any())``, ``x.sum().item()``)
+is a device sync per step on CUDA. During ``env.rollout`` the adapter instead hands each such
+check's "maybe failed" flag (a 0-d bool tensor, computed on the device) to a
+:class:`DeferredChecks`, which ORs them together and reads the result once: at the end of the
+rollout, or every ``check_every`` steps (:class:`~torchwm_rl.options.ModelOptions`).
+
+A flag that reads True means "some step may have failed a check": the rollout is then run again
+from its start with every check read at its step (the env's streams and the global RNG put back
+first), so the error raised is the one a per-step check raises (the same text, step, env rows
+and hook) and the env is left as that check leaves it. A flag is allowed false positives (a sum
+that overflows is not NaN): the second run then simply succeeds and its result is returned.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+class RecheckEagerly(Exception):
+    """A deferred check read True: run the rollout again with per-step checks (internal)."""
+
+
+class DeferredChecks:
+    """The OR of the "maybe failed" flags the checks of a rollout's steps give, read on the host
+    every ``every`` steps (None: only when :meth:`read` is called, at the end)."""
+
+    __slots__ = ("every", "flag", "pending")
+
+    def __init__(self, every: Optional[int] = None):
+        self.every = every
+        self.flag: Optional[torch.Tensor] = None
+        self.pending = 0
+
+    def add(self, flag: torch.Tensor) -> None:
+        """Record one check's flag (a 0-d bool tensor; True: the check may have failed)."""
+        self.flag = flag if self.flag is None else self.flag | flag
+
+    def step_done(self) -> None:
+        """Called after each step: reads the flags once ``every`` steps have passed."""
+        self.pending += 1
+        if self.every is not None and self.pending >= self.every:
+            self.read()
+
+    def failed(self) -> bool:
+        """Whether a recorded flag reads True (ONE host read; none when nothing was recorded)."""
+        flag, self.flag, self.pending = self.flag, None, 0
+        return flag is not None and bool(flag)
+
+    def read(self) -> None:
+        """Raise :class:`RecheckEagerly` when a recorded flag reads True."""
+        if self.failed():
+            raise RecheckEagerly()
+
+
+def maybe_nonfinite(*tensors: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor, on the tensors' device, that is False when every float tensor is
+    certainly free of NaN/inf (their sum is finite: NaN and inf propagate), with no host read.
+    True means "maybe not" (a sum of finite values may overflow): the exact check decides."""
+    total = None
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            tensor = tensor.detach()
+            part = tensor.sum(dtype=torch.float32) if tensor.element_size() < 4 else tensor.sum()
+            total = part if total is None else total + part
+    if total is None:
+        return torch.zeros((), dtype=torch.bool)
+    return ~torch.isfinite(total)
+
+
+def maybe_nonfinite_rows(tensors, rows: torch.Tensor, batch: tuple) -> torch.Tensor:
+    """:func:`maybe_nonfinite` over the rows ``rows`` (bool, shape ``batch``) of ``tensors``
+    (each ``[*batch, ...]``) only: the rows a partial reset uses."""
+    total = None
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            view = rows.reshape(*rows.shape, *([1] * (tensor.ndim - rows.ndim)))
+            part = torch.where(view, tensor.detach(), 0).sum(dtype=torch.float32)
+            total = part if total is None else total + part
+    if total is None:
+        return torch.zeros((), dtype=torch.bool, device=rows.device)
+    return ~torch.isfinite(total)

@@ -208,22 +208,47 @@ def _counting_policy(td):  # one step per call, plus noise from the global RNG
 @pytest.mark.parametrize("check_every", [None, 3, 5])
 def test_a_deferred_check_raises_the_per_step_error_and_leaves_the_per_step_state(check_every):
     """A NaN at step 7 of a 10-step rollout: read at the end (or every K steps), the check
-    raises the error the per-step check (check_every=1) raises, and the env, its streams and the
-    global RNG are then where the per-step check leaves them (the next rollout is the same)."""
+    raises the error the per-step check (check_every=1) raises, and the env and its streams are
+    then where the per-step check leaves them (the next rollout, from the same global seed, is
+    the same)."""
     outcomes = []
     for every in (1, check_every):
         torch.manual_seed(5)
         env = _nan_env(every)
         with torch.no_grad(), pytest.raises(ValueError) as err:
             env.rollout(10, _counting_policy, break_when_any_done=False)
-        global_rng = torch.get_rng_state()
+        torch.manual_seed(6)  # the policy's own draws: it was called 10 times deferred, 8 per-step
         with torch.no_grad():
             after = env.rollout(4, _counting_policy, break_when_any_done=False)
-        outcomes.append((str(err.value), global_rng, after))
-    (message, rng, after), (deferred_message, deferred_rng, deferred_after) = outcomes
+        outcomes.append((str(err.value), after))
+    (message, after), (deferred_message, deferred_after) = outcomes
     assert "env index [2]" in message and deferred_message == message
-    assert torch.equal(deferred_rng, rng)
     assert (deferred_after == after).all()
+
+
+@pytest.mark.parametrize("check_every", [None, 3])
+def test_a_deferred_check_never_calls_the_policy_again(check_every):
+    """On a failed deferred check the env steps the recorded actions again: a policy with a state
+    of its own (here an iterator of actions, as `torchwm-rl check`'s parity replay) sees each step
+    once, and the error is the per-step one (before: the rollout re-ran the policy, which raised
+    StopIteration)."""
+    messages, counts = [], []
+    for every in (1, check_every):
+        actions = iter([torch.ones(N, 1)] * 10)
+        calls = []
+
+        def replay(td):
+            calls.append(1)
+            return td.set("action", next(actions))
+
+        with torch.no_grad(), pytest.raises(ValueError) as err:
+            _nan_env(every).rollout(10, replay, break_when_any_done=False)
+        messages.append(str(err.value))
+        counts.append(len(calls))
+    assert messages[0] == messages[1]
+    # per-step: stops at the NaN's step; deferred: each step once, up to the read that saw it
+    read_at = 10 if check_every is None else -(-counts[0] // check_every) * check_every
+    assert counts[0] < 10 and counts[1] == read_at
 
 
 def test_a_rollout_without_failure_is_the_same_whatever_check_every():

@@ -432,7 +432,7 @@ class ModelAdapter:
             return
         checked = flatten_observation(observation)
         checked.update(_state_leaves(state))
-        if self._deferred is not None:  # read once per rollout (a failure re-runs it checking here)
+        if self._deferred is not None:  # read once per rollout (a failure replays its actions checking here)
             values = checked.values()
             self._deferred.add(maybe_nonfinite(*values) if rows is None or not self.batch_size
                                else maybe_nonfinite_rows(values, rows, self.batch_size))
@@ -710,7 +710,7 @@ class ModelAdapter:
         extra = () if continue_raw is None else (probability_check(continue_raw),)
         deferred = self._deferred
         if deferred is not None and self.nan_policy == "raise" and discard is None and record.uncertainty is None:
-            # read once per rollout: a failure re-runs the rollout checking here (torchwm_rl.deferred)
+            # read once per rollout: a failure replays the rollout's actions checking here (torchwm_rl.deferred)
             leaves = flatten_observation(record.observation)
             leaves["reward"] = record.reward
             if state is not record.observation:

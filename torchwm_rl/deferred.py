@@ -6,11 +6,13 @@ check's "maybe failed" flag (a 0-d bool tensor, computed on the device) to a
 :class:`DeferredChecks`, which ORs them together and reads the result once: at the end of the
 rollout, or every ``check_every`` steps (:class:`~torchwm_rl.options.ModelOptions`).
 
-A flag that reads True means "some step may have failed a check": the rollout is then run again
-from its start with every check read at its step (the env's streams and the global RNG put back
-first), so the error raised is the one a per-step check raises (the same text, step, env rows
-and hook) and the env is left as that check leaves it. A flag is allowed false positives (a sum
-that overflows is not NaN): the second run then simply succeeds and its result is returned.
+A flag that reads True means "some step may have failed a check": the env then goes back to
+where the rollout started and steps the recorded actions again with every check read at its
+step, without calling the policy again (:class:`~torchwm_rl.rollout.ReplayActions`), so the
+error raised is the one a per-step check raises (the same text, step, env rows and hook) and
+the env is left as that check leaves it. A flag is allowed false positives (a sum that
+overflows is not NaN): the replay then finishes, and only then is the rollout run once more,
+policy included, with per-step checks.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from .calling import Hook
 from .deferred import DeferredChecks, RecheckEagerly
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .options import env_repr, with_model_options
-from .rollout import _register_originals, fast_rollout, fast_rollout_applies
+from .rollout import ReplayActions, _register_originals, fast_rollout, fast_rollout_applies
 from .spaces import space_to_spec
 from .validation import action_shape_accepted, refuse_action_shape, to_info_value, to_observation
 
@@ -903,15 +903,27 @@ class WorldModelEnv(EnvBase):
         )
         if self.adapter.check_every == 1:
             return run()
-        # the checks are read once (torchwm_rl.deferred); when one may have failed, the rollout
-        # runs again from where it started, checking at every step: the same error, step and state
+        # the checks are read once (torchwm_rl.deferred). When one may have failed, the env goes
+        # back to where the rollout started and steps the SAME actions again with every check
+        # read at its step, without calling the policy again: the same error, step and env state
+        # as a per-step check gives
         saved, global_rng = self.logic._save(), _global_rng_state(self.device)
-        checks = DeferredChecks(self.adapter.check_every)
+        checks, actions = DeferredChecks(self.adapter.check_every), []
         try:
-            return run(checks=checks)
+            return run(checks=checks, actions=actions)
         except Exception as err:
             if not isinstance(err, RecheckEagerly) and not checks.failed():
                 raise  # an error of its own, not one a skipped check let through
+        after_policy = _global_rng_state(self.device)  # the policy's own draws did happen
+        self.logic._restore(saved)
+        try:
+            fast_rollout(self, len(actions), ReplayActions(actions), auto_reset=auto_reset,
+                         break_when_any_done=break_when_any_done, return_contiguous=return_contiguous,
+                         tensordict=tensordict, set_state=set_state)
+        finally:
+            _set_global_rng_state(self.device, after_policy)
+        # no step failed its check (the flag was a false positive: a sum of finite values that
+        # overflowed): the first run was right but not kept; run it again, checking every step
         self.logic._restore(saved)
         _set_global_rng_state(self.device, global_rng)
         return run()

@@ -67,8 +67,9 @@ class ModelOptions:
     #: how often ``env.rollout`` reads its per-step checks (NaN/inf with nan_policy="raise", a
     #: partial reset's starts) on the host: None (default) once, at the end of the rollout; K:
     #: every K steps; 1: at every step (as each check ran before). A failed check raises the
-    #: error it raised before, at the same step, with the env as it then was: the rollout is run
-    #: again from its start, checking at every step (see ``docs/design-decisions.md``)
+    #: error it raised before, at the same step, with the env as it then was: the env steps the
+    #: recorded actions again from the rollout's start, checking at every step, without calling
+    #: the policy again (see ``docs/design-decisions.md``)
     check_every: Optional[int] = None
     reset_schedule: ResetSchedule = "when_done"
 

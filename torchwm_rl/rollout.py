@@ -139,6 +139,7 @@ def fast_rollout(
     tensordict: Optional[TensorDictBase],
     set_state,
     checks: Optional[DeferredChecks] = None,
+    actions: Optional[list] = None,
 ) -> TensorDictBase:
     """``EnvBase.rollout`` for the cases :func:`fast_rollout_applies` accepts. ``policy`` is
     already made compatible (``_make_compatible_policy``) or is ``env.rand_action``.
@@ -146,7 +147,8 @@ def fast_rollout(
     ``checks``: the steps' checks are handed to it (the adapter's ``_deferred``) and read there
     (every ``checks.every`` steps and at the end), raising
     :class:`~torchwm_rl.deferred.RecheckEagerly` when one may have failed; None: every check is
-    read at its step. With ``reset_schedule="every_step"`` (a batched rollout without
+    read at its step. ``actions``: each step's action (as the policy gave it) is appended to it,
+    for :class:`ReplayActions`. With ``reset_schedule="every_step"`` (a batched rollout without
     ``break_when_any_done``) the finished envs restart by a masked write (:func:`_restart_masked`),
     not after a host read of ``done.any()``.
 
@@ -175,7 +177,7 @@ def fast_rollout(
     adapter._deferred = checks
     try:
         _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
-              break_when_any_done, masked, checks)
+              break_when_any_done, masked, checks, actions)
     finally:
         adapter._deferred = None
     own.verify()
@@ -183,7 +185,7 @@ def fast_rollout(
 
 
 def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
-          break_when_any_done, masked, checks) -> None:
+          break_when_any_done, masked, checks, actions) -> None:
     """:func:`fast_rollout`'s steps: appends each step's root and ``"next"`` entries to ``roots``
     and ``nexts``."""
     state_kind, state_key = env._state_kind, env._state_key
@@ -196,6 +198,8 @@ def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device
             td.update(policy(td))
             root = dict(td.items())
         own(root, i)
+        if actions is not None:
+            actions.append(root.get("action"))
         state = root.get(state_key)
         if state_kind == "dict":
             state = state.to_dict()
@@ -224,6 +228,22 @@ def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device
                 root = _squeezed(restart(env, _unsqueezed(root, scalars), done.unsqueeze(-1), batch, device), scalars)
             else:
                 root = restart(env, root, done, batch, device)
+
+
+class ReplayActions:
+    """A policy that gives the recorded ``actions`` again, one per call: a rollout whose deferred
+    check read True is stepped again on the same actions WITHOUT calling the user's policy a
+    second time (a policy with state of its own, an iterator of actions, a counter, a recurrent
+    cell, must see each step once)."""
+
+    def __init__(self, actions: list):
+        self.actions = iter(actions)
+
+    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+        action = next(self.actions, None)
+        if action is None:  # the replay is never longer than the run it repeats
+            raise RuntimeError("rollout replay: more steps than recorded actions (a torchwm_rl bug; please report)")
+        return td.set("action", action)
 
 
 class _OwnedOutputs:

@@ -286,3 +286,58 @@ def test_deferred_clip_gives_the_per_step_clip():
             outs.append(make_env(check_actions="clip", check_every=every).rollout(8, policy,
                                                                                 break_when_any_done=False))
     assert (outs[0] == outs[1]).all()
+
+
+def _stateful_policy_env(check_every):
+    """A NaN observation exactly where the action is 1.0 (the model is deterministic)."""
+
+    def transition(state, action):
+        nxt = state + action
+        return {"state": nxt, "observation": torch.where(action > 0.9, float("nan"), nxt), "reward": nxt.sum(-1)}
+
+    return WorldModelEnv(None, gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
+                         gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
+                         reset_fn=lambda batch_size=(): torch.zeros(*batch_size, DIM), transition_fn=transition,
+                         batch_size=(N,), seed=0, check_every=check_every)
+
+
+@pytest.mark.parametrize("check_every", [None, 3])
+def test_a_deferred_failure_the_rerun_does_not_repeat_is_an_error_not_a_silent_result(check_every):
+    """A policy whose actions depend on a state the env cannot put back (here a call counter: an
+    exploration schedule; likewise its own generator or numpy's RNG) makes the NaN the deferred
+    check saw at step 3 vanish from the re-run. That re-run's trajectory (other actions, the
+    policy called twice per step) was returned with no error, where the per-step check raises
+    (fails before: no error). Now an error says why and how to check per step."""
+    def make_policy():
+        calls = [0]
+
+        def policy(td):
+            calls[0] += 1
+            return td.set("action", torch.full((N, DIM), 1.0 if calls[0] == 3 else 0.1))
+        return policy
+
+    with torch.no_grad(), pytest.raises(ValueError, match="NaN/inf in \\['observation'\\]"):
+        _stateful_policy_env(1).rollout(5, make_policy(), break_when_any_done=False)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="check_every=1") as err:
+        _stateful_policy_env(check_every).rollout(5, make_policy(), break_when_any_done=False)
+    assert "did not repeat" in str(err.value)
+
+
+def test_a_deferred_false_positive_still_returns_the_rollout():
+    """Finite values whose sum overflows float32 make the deferred flag read True; the re-run,
+    checking each step, passes and repeats the first run: its result is returned, the same as
+    with per-step checks."""
+    def transition(state, action):
+        nxt = state + action
+        return {"state": nxt, "observation": nxt * 0 + 3e38, "reward": nxt.sum(-1)}
+
+    outs = []
+    for every in (1, None):
+        env = WorldModelEnv(None, gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
+                            gym.spaces.Box(-np.inf, np.inf, (1,), np.float32),
+                            reset_fn=lambda batch_size=(): torch.zeros(*batch_size, DIM), transition_fn=transition,
+                            batch_size=(N,), seed=0, check_every=every)
+        with torch.no_grad():
+            outs.append(env.rollout(4, lambda td: td.set("action", torch.ones(N, 1)), break_when_any_done=False))
+    assert torch.isfinite(outs[1]["next", "observation"]).all()
+    assert (outs[0] == outs[1]).all()

@@ -53,7 +53,7 @@ from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
 from .adapter import ModelAdapter
 from .calling import Hook
-from .deferred import DeferredChecks, RecheckEagerly
+from .deferred import DeferredChecks, RecheckEagerly, repeats
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .options import env_repr, with_model_options
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
@@ -912,9 +912,25 @@ class WorldModelEnv(EnvBase):
         except Exception as err:
             if not isinstance(err, RecheckEagerly) and not checks.failed():
                 raise  # an error of its own, not one a skipped check let through
+            first_error = None if isinstance(err, RecheckEagerly) else err
         self.logic._restore(saved)
         _set_global_rng_state(self.device, global_rng)
-        return run()
+        out = run()
+        # the re-run checked every step and passed: the flag was a false positive (a sum that
+        # overflowed) only if the re-run repeated the first run; otherwise what failed there is
+        # gone (a policy or hook drawing from a stream the env cannot put back), and returning
+        # the re-run's other trajectory would hide the failure
+        if first_error is not None or not repeats(checks.steps, out):
+            raise RuntimeError(
+                f"rollout: a check read once per rollout (check_every={self.adapter.check_every}) found that a "
+                "step may have failed (NaN/inf with nan_policy='raise', an action outside the space, a "
+                "start with NaN/inf), but the rollout run again from its start, checking at every step, did "
+                "not repeat the first run and raised nothing: the policy or a hook draws from a random stream "
+                "or keeps a state the env does not put back (its own torch.Generator, numpy's or Python's RNG, "
+                "a call counter), so the failing step cannot be found again. Pass check_every=1 to check each "
+                "step as it runs (or draw from torch's global RNG or the env's generator)"
+            ) from first_error
+        return out
 
     def _read_state(self, tensordict: TensorDictBase) -> Any:
         if self._state_kind == "opaque":

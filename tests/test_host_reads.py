@@ -16,6 +16,7 @@ import torch
 from tensordict.nn import TensorDictModule
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
+from torchrl.envs.utils import step_mdp
 
 from torchwm_rl import WorldModelEnv
 from torchwm_rl.host_reads import HostReadCounter
@@ -340,4 +341,32 @@ def test_a_deferred_false_positive_still_returns_the_rollout():
         with torch.no_grad():
             outs.append(env.rollout(4, lambda td: td.set("action", torch.ones(N, 1)), break_when_any_done=False))
     assert torch.isfinite(outs[1]["next", "observation"]).all()
+    assert (outs[0] == outs[1]).all()
+
+
+def test_a_rerun_from_a_given_tensordict_starts_where_the_first_run_started():
+    """auto_reset=False from a tensordict with a done row (the collection pattern): the first
+    run's maybe_reset replaces that row's entries in the caller's tensordict, so the re-run after
+    a false positive (finite rewards whose sum overflows) started from the reset row, drew no
+    start there and shifted every later start: env 0's second episode repeated its first start
+    (0.99 twice) where per-step checks give a new one, with no error (fails before). The re-run
+    now starts from the tensordict as given: the same trajectory as check_every=1."""
+    def reset(seed=None, options=None, batch_size=(), generator=None):
+        return torch.rand(*batch_size, 2, generator=generator)
+
+    def transition(state, action):
+        nxt = state + action
+        return {"state": nxt, "observation": nxt, "reward": nxt.sum(-1) + 3e38}
+
+    outs = []
+    for every in (1, None):
+        env = WorldModelEnv(None, gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+                            gym.spaces.Box(-np.inf, np.inf, (1,), np.float32), reset_fn=reset,
+                            transition_fn=transition, max_episode_steps=torch.tensor([2, 50, 50]), batch_size=(3,),
+                            seed=0, check_every=every)
+        policy = lambda td: td.set("action", torch.full((3, 1), 0.5))  # noqa: E731
+        with torch.no_grad():
+            start = step_mdp(env.rollout(2, policy, break_when_any_done=False)[..., -1])
+            assert start["done"].flatten().tolist() == [True, False, False]
+            outs.append(env.rollout(6, policy, break_when_any_done=False, auto_reset=False, tensordict=start))
     assert (outs[0] == outs[1]).all()

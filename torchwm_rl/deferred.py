@@ -73,9 +73,18 @@ def repeats(steps: list, out) -> bool:
         for key, value in TensorDict(entries, batch_size=step.batch_size).items(True, True):
             other = step.get(key, None)
             if not isinstance(other, torch.Tensor) or other.numel() != value.numel() \
-                    or not torch.equal(value.reshape(other.shape), other):
+                    or not _same(value.reshape(other.shape), other):
                 return False
     return True
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN equal to NaN (nan_policy="truncate" keeps a row's NaN observation)."""
+    if a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all())
+    return torch.equal(a, b)
 
 
 def maybe_nonfinite(*tensors: torch.Tensor) -> torch.Tensor:

@@ -906,6 +906,9 @@ class WorldModelEnv(EnvBase):
         # the checks are read once (torchwm_rl.deferred); when one may have failed, the rollout
         # runs again from where it started, checking at every step: the same error, step and state
         saved, global_rng = self.logic._save(), _global_rng_state(self.device)
+        # a run replaces entries of the given tensordict (maybe_reset of its done rows): a
+        # re-run must start from it as given (its values copied once per rollout)
+        given = None if tensordict is None else tensordict.clone()
         checks = DeferredChecks(self.adapter.check_every)
         try:
             return run(checks=checks)
@@ -915,6 +918,10 @@ class WorldModelEnv(EnvBase):
             first_error = None if isinstance(err, RecheckEagerly) else err
         self.logic._restore(saved)
         _set_global_rng_state(self.device, global_rng)
+        if given is not None:
+            for key in set(tensordict.keys()) - set(given.keys()):
+                del tensordict[key]
+            tensordict.update(given)
         out = run()
         # the re-run checked every step and passed: the flag was a false positive (a sum that
         # overflowed) only if the re-run repeated the first run; otherwise what failed there is

@@ -370,3 +370,19 @@ def test_a_rerun_from_a_given_tensordict_starts_where_the_first_run_started():
             assert start["done"].flatten().tolist() == [True, False, False]
             outs.append(env.rollout(6, policy, break_when_any_done=False, auto_reset=False, tensordict=start))
     assert (outs[0] == outs[1]).all()
+
+
+@pytest.mark.parametrize("read", [
+    lambda x, m: torch.equal(x, x), lambda x, m: torch.allclose(x, x), lambda x, m: x.masked_select(m),
+    lambda x, m: torch.unique(x), lambda x, m: torch.where(m), lambda x, m: torch.argwhere(m),
+    lambda x, m: torch.is_nonzero(m[:1]), lambda x, m: torch.repeat_interleave(x, m.long()),
+], ids=["equal", "allclose", "masked_select", "unique", "where(cond)", "argwhere", "is_nonzero",
+        "repeat_interleave"])
+def test_the_counter_counts_every_call_that_reads_values_on_the_host(read):
+    """Each of these returns a Python value or a tensor whose shape depends on the values (a
+    device sync on CUDA); the counter missed them all (fails before), so a per-step one added
+    to the step path would pass the CI tests above unseen."""
+    x, mask = torch.tensor([1.0, 3.0, 2.0]), torch.tensor([False, True, True])
+    with HostReadCounter() as counter:
+        read(x, mask)
+    assert counter.total >= 1

@@ -54,7 +54,7 @@ from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 from .adapter import ModelAdapter
 from .calling import Hook
 from .deferred import DeferredChecks, RecheckEagerly, repeats
-from .episode import EpisodeLogic, Snapshot, is_tensor_state
+from .episode import EpisodeLogic, Snapshot, _get_rng_state, _set_rng_state, is_tensor_state
 from .options import env_repr, with_model_options
 from .rollout import _register_originals, fast_rollout, fast_rollout_applies
 from .spaces import space_to_spec
@@ -905,7 +905,7 @@ class WorldModelEnv(EnvBase):
             return run()
         # the checks are read once (torchwm_rl.deferred); when one may have failed, the rollout
         # runs again from where it started, checking at every step: the same error, step and state
-        saved, global_rng = self.logic._save(), _global_rng_state(self.device)
+        saved, global_rng = self.logic._save(), _get_rng_state(self.device)  # the policy draws there too
         # a run replaces entries of the given tensordict (maybe_reset of its done rows): a
         # re-run must start from it as given (its values copied once per rollout)
         given = None if tensordict is None else tensordict.clone()
@@ -917,7 +917,7 @@ class WorldModelEnv(EnvBase):
                 raise  # an error of its own, not one a skipped check let through
             first_error = None if isinstance(err, RecheckEagerly) else err
         self.logic._restore(saved)
-        _set_global_rng_state(self.device, global_rng)
+        _set_rng_state(self.device, global_rng)
         if given is not None:
             for key in set(tensordict.keys()) - set(given.keys()):
                 del tensordict[key]
@@ -1135,20 +1135,6 @@ def _batch_size(value: Any) -> torch.Size:
     if len(size) > 1 or any(n < 1 for n in size):
         raise ValueError(f"batch_size must be () or (N,) with N >= 1, got {tuple(size)}")
     return size
-
-
-def _global_rng_state(device: torch.device) -> tuple:
-    """The process-global torch RNG states a rollout's policy and hooks may draw from (the CPU
-    generator's, and the CUDA device's): put back before a rollout runs again."""
-    if device.type != "cuda":
-        return (torch.get_rng_state(),)
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device)
-
-
-def _set_global_rng_state(device: torch.device, state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state[1], device)
 
 
 def _check_state_batch(state: Any, batch: tuple, key: str) -> None:

@@ -386,3 +386,31 @@ def test_the_counter_counts_every_call_that_reads_values_on_the_host(read):
     with HostReadCounter() as counter:
         read(x, mask)
     assert counter.total >= 1
+
+
+@pytest.mark.parametrize("options", [{"check_every": None}, {"check_every": 3}, {"reset_schedule": "every_step"}],
+                         ids=["deferred", "every-3", "every_step"])
+def test_a_restart_of_every_row_refuses_a_bad_reset_as_the_per_step_path_does(options):
+    """All envs end at once (one time limit) and the reset hook then returns a wrong shape: the
+    deferred checks and the masked schedule pass the reset its mask even when every row resets,
+    so the error became a plain ValueError with the partial-reset hint ("return all 3 rows"), not
+    the ValueMismatch the per-step path raises (fails before). The hint is for partial resets."""
+    def make(**kwargs):
+        calls = [0]
+
+        def reset(batch_size=()):
+            calls[0] += 1  # the env's probe and the rollout's first reset are fine, the restart is not
+            return torch.zeros(*batch_size, 2 + (calls[0] >= 3))
+
+        return WorldModelEnv(None, gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+                             gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), reset_fn=reset,
+                             transition_fn=lambda s, a: (s + a, s + a, s.sum(-1)), max_episode_steps=2,
+                             batch_size=(3,), seed=0, **kwargs)
+
+    errors = []
+    for kwargs in ({"check_every": 1}, options):
+        with pytest.raises(ValueError) as err:
+            make(**kwargs).rollout(4, lambda td: td.set("action", torch.zeros(3, 2)), break_when_any_done=False)
+        errors.append(err.value)
+    assert type(errors[1]) is type(errors[0]) and str(errors[1]) == str(errors[0])
+    assert "partial reset" not in str(errors[0])

@@ -704,3 +704,22 @@ def test_a_nonfinite_rssm_latent_behind_a_uint8_image(path, n, kind, bad, nan_po
     else:
         assert np.asarray(info["nonfinite"]).reshape(-1)[row]
         assert np.isfinite(_deter(env.state)).all()
+
+
+@pytest.mark.parametrize("bad", [1.25, float("nan")], ids=["outside", "nan"])
+@pytest.mark.parametrize("check_every", [None, 2])
+def test_env_rollout_reads_the_continue_checks_once_and_raises_the_per_step_error(bad, check_every):
+    """env.rollout reads the step checks once per rollout (check_every=None, the default) or
+    every K steps: continue_fn's range check and its NaN ride on that deferred reduction, and a
+    value going bad at step 4 in env 2 raises what check_every=1 raises, the same text."""
+    def continue_fn(model, next_state):
+        step = next_state[..., 0]  # step_counter: the step count
+        return torch.where((torch.arange(N) == 2) & (step == 4), bad, 0.999)
+
+    messages = []
+    for every in (1, check_every):
+        env = build("torchrl", continue_fn, n=N, seed=0, check_every=every)
+        with pytest.raises(ValueError) as err:
+            env.rollout(8, break_when_any_done=False)
+        messages.append(str(err.value))
+    assert "env index [2]" in messages[0] and messages[1] == messages[0]

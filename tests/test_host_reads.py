@@ -16,6 +16,7 @@ import torch
 from tensordict.nn import TensorDictModule
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
+from torchrl.envs.utils import step_mdp
 
 from torchwm_rl import WorldModelEnv
 from torchwm_rl.host_reads import HostReadCounter
@@ -311,3 +312,161 @@ def test_deferred_clip_gives_the_per_step_clip():
             outs.append(make_env(check_actions="clip", check_every=every).rollout(8, policy,
                                                                                 break_when_any_done=False))
     assert (outs[0] == outs[1]).all()
+
+
+def _stateful_policy_env(check_every):
+    """A NaN observation exactly where the action is 1.0 (the model is deterministic)."""
+
+    def transition(state, action):
+        nxt = state + action
+        return {"state": nxt, "observation": torch.where(action > 0.9, float("nan"), nxt), "reward": nxt.sum(-1)}
+
+    return WorldModelEnv(None, gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
+                         gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
+                         reset_fn=lambda batch_size=(): torch.zeros(*batch_size, DIM), transition_fn=transition,
+                         batch_size=(N,), seed=0, check_every=check_every)
+
+
+@pytest.mark.parametrize("check_every", [None, 3])
+def test_a_stateful_policy_gets_the_per_step_error(check_every):
+    """A policy whose actions depend on a state of its own (a call counter: an exploration
+    schedule) is not called again after a failed deferred check: the recorded actions are
+    stepped again, so the NaN at step 3 is found again and the per-step error is raised (before
+    the replay: the policy was re-run, its other actions missed the NaN, and the re-run's other
+    trajectory came back with no error)."""
+    def make_policy():
+        calls = [0]
+
+        def policy(td):
+            calls[0] += 1
+            return td.set("action", torch.full((N, DIM), 1.0 if calls[0] == 3 else 0.1))
+        return policy
+
+    messages = []
+    for every in (1, check_every):
+        with torch.no_grad(), pytest.raises(ValueError, match="NaN/inf in \\['observation'\\]") as err:
+            _stateful_policy_env(every).rollout(5, make_policy(), break_when_any_done=False)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("check_every", [None, 3])
+def test_a_deferred_failure_the_replay_does_not_repeat_is_an_error_not_a_silent_result(check_every):
+    """A HOOK keeping a state the env cannot put back (a call counter; likewise its own generator
+    or numpy's RNG) makes the NaN the deferred check saw at its 3rd call vanish from the replay:
+    returning the replay's other trajectory would hide it, so an error says why and how to check
+    per step (fails before: no error)."""
+    def make_env(every):
+        calls = [0]
+
+        def transition(state, action):
+            calls[0] += 1
+            nxt = state + action
+            return {"state": nxt, "observation": nxt * (float("nan") if calls[0] == 3 else 1.0),
+                    "reward": nxt.sum(-1)}
+
+        return WorldModelEnv(None, gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
+                             gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
+                             reset_fn=lambda batch_size=(): torch.zeros(*batch_size, DIM), transition_fn=transition,
+                             batch_size=(N,), seed=0, check_every=every)
+
+    def policy(td):
+        return td.set("action", torch.full((N, DIM), 0.1))
+
+    with torch.no_grad(), pytest.raises(ValueError, match="NaN/inf in \\['observation'\\]"):
+        make_env(1).rollout(5, policy, break_when_any_done=False)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="check_every=1") as err:
+        make_env(check_every).rollout(5, policy, break_when_any_done=False)
+    assert "did not repeat" in str(err.value)
+
+
+def test_a_deferred_false_positive_still_returns_the_rollout():
+    """Finite values whose sum overflows float32 make the deferred flag read True; the re-run,
+    checking each step, passes and repeats the first run: its result is returned, the same as
+    with per-step checks."""
+    def transition(state, action):
+        nxt = state + action
+        return {"state": nxt, "observation": nxt * 0 + 3e38, "reward": nxt.sum(-1)}
+
+    outs = []
+    for every in (1, None):
+        env = WorldModelEnv(None, gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
+                            gym.spaces.Box(-np.inf, np.inf, (1,), np.float32),
+                            reset_fn=lambda batch_size=(): torch.zeros(*batch_size, DIM), transition_fn=transition,
+                            batch_size=(N,), seed=0, check_every=every)
+        with torch.no_grad():
+            outs.append(env.rollout(4, lambda td: td.set("action", torch.ones(N, 1)), break_when_any_done=False))
+    assert torch.isfinite(outs[1]["next", "observation"]).all()
+    assert (outs[0] == outs[1]).all()
+
+
+def test_a_rerun_from_a_given_tensordict_starts_where_the_first_run_started():
+    """auto_reset=False from a tensordict with a done row (the collection pattern): the first
+    run's maybe_reset replaces that row's entries in the caller's tensordict, so the re-run after
+    a false positive (finite rewards whose sum overflows) started from the reset row, drew no
+    start there and shifted every later start: env 0's second episode repeated its first start
+    (0.99 twice) where per-step checks give a new one, with no error (fails before). The re-run
+    now starts from the tensordict as given: the same trajectory as check_every=1."""
+    def reset(seed=None, options=None, batch_size=(), generator=None):
+        return torch.rand(*batch_size, 2, generator=generator)
+
+    def transition(state, action):
+        nxt = state + action
+        return {"state": nxt, "observation": nxt, "reward": nxt.sum(-1) + 3e38}
+
+    outs = []
+    for every in (1, None):
+        env = WorldModelEnv(None, gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+                            gym.spaces.Box(-np.inf, np.inf, (1,), np.float32), reset_fn=reset,
+                            transition_fn=transition, max_episode_steps=torch.tensor([2, 50, 50]), batch_size=(3,),
+                            seed=0, check_every=every)
+        policy = lambda td: td.set("action", torch.full((3, 1), 0.5))  # noqa: E731
+        with torch.no_grad():
+            start = step_mdp(env.rollout(2, policy, break_when_any_done=False)[..., -1])
+            assert start["done"].flatten().tolist() == [True, False, False]
+            outs.append(env.rollout(6, policy, break_when_any_done=False, auto_reset=False, tensordict=start))
+    assert (outs[0] == outs[1]).all()
+
+
+@pytest.mark.parametrize("read", [
+    lambda x, m: torch.equal(x, x), lambda x, m: torch.allclose(x, x), lambda x, m: x.masked_select(m),
+    lambda x, m: torch.unique(x), lambda x, m: torch.where(m), lambda x, m: torch.argwhere(m),
+    lambda x, m: torch.is_nonzero(m[:1]), lambda x, m: torch.repeat_interleave(x, m.long()),
+], ids=["equal", "allclose", "masked_select", "unique", "where(cond)", "argwhere", "is_nonzero",
+        "repeat_interleave"])
+def test_the_counter_counts_every_call_that_reads_values_on_the_host(read):
+    """Each of these returns a Python value or a tensor whose shape depends on the values (a
+    device sync on CUDA); the counter missed them all (fails before), so a per-step one added
+    to the step path would pass the CI tests above unseen."""
+    x, mask = torch.tensor([1.0, 3.0, 2.0]), torch.tensor([False, True, True])
+    with HostReadCounter() as counter:
+        read(x, mask)
+    assert counter.total >= 1
+
+
+@pytest.mark.parametrize("options", [{"check_every": None}, {"check_every": 3}], ids=["deferred", "every-3"])
+def test_a_restart_of_every_row_refuses_a_bad_reset_as_the_per_step_path_does(options):
+    """All envs end at once (one time limit) and the reset hook then returns a wrong shape: the
+    deferred checks pass the reset its mask even when every row resets (no host read of
+    mask.all()), so the error became a plain ValueError with the partial-reset hint ("return all
+    3 rows"), not the ValueMismatch the per-step path raises (fails before). The hint is for
+    partial resets (reset_schedule="every_step" calls the hook at every step: there it is one)."""
+    def make(**kwargs):
+        calls = [0]
+
+        def reset(batch_size=()):
+            calls[0] += 1  # the env's probe and the rollout's first reset are fine, the restart is not
+            return torch.zeros(*batch_size, 2 + (calls[0] >= 3))
+
+        return WorldModelEnv(None, gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+                             gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), reset_fn=reset,
+                             transition_fn=lambda s, a: (s + a, s + a, s.sum(-1)), max_episode_steps=2,
+                             batch_size=(3,), seed=0, **kwargs)
+
+    errors = []
+    for kwargs in ({"check_every": 1}, options):
+        with pytest.raises(ValueError) as err:
+            make(**kwargs).rollout(4, lambda td: td.set("action", torch.zeros(3, 2)), break_when_any_done=False)
+        errors.append(err.value)
+    assert type(errors[1]) is type(errors[0]) and str(errors[1]) == str(errors[0])
+    assert "partial reset" not in str(errors[0])

@@ -358,7 +358,7 @@ class ModelAdapter:
             )
         except ValueError as err:
             self._refuse_unbatched_reset(err)
-            if rows is None:
+            if rows is None or bool(rows.all()):  # (read only here, on the error path) not a partial reset
                 raise
             raise ValueError(
                 f"{err}; a partial reset still computes the full batch: return all {self.batch_size[0]} rows "

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from tensordict import TensorDict
 
 
 class RecheckEagerly(Exception):
@@ -30,12 +31,14 @@ class DeferredChecks:
     """The OR of the "maybe failed" flags the checks of a rollout's steps give, read on the host
     every ``every`` steps (None: only when :meth:`read` is called, at the end)."""
 
-    __slots__ = ("every", "flag", "pending")
+    __slots__ = ("every", "flag", "pending", "steps")
 
     def __init__(self, every: Optional[int] = None):
         self.every = every
         self.flag: Optional[torch.Tensor] = None
         self.pending = 0
+        # the rollout's "next" entries, step by step (set by fast_rollout): what a re-run must repeat
+        self.steps: list = []
 
     def add(self, flag: torch.Tensor) -> None:
         """Record one check's flag (a 0-d bool tensor; True: the check may have failed)."""
@@ -56,6 +59,34 @@ class DeferredChecks:
         """Raise :class:`RecheckEagerly` when a recorded flag reads True."""
         if self.failed():
             raise RecheckEagerly()
+
+
+def repeats(steps: list, out) -> bool:
+    """Whether the trajectory ``out`` (a rollout's TensorDict, time last in its batch dims)
+    starts with the steps ``steps`` (each step's ``"next"`` entries, as the fast rollout keeps
+    them: per-env scalars maybe without their trailing 1), value for value. A re-run after a
+    deferred flag that gives other values did not repeat the first run: the failure it saw may
+    be gone. Only called on that failure path."""
+    nexts = out.get("next")
+    if nexts.batch_size[-1] < len(steps):
+        return False
+    for i, entries in enumerate(steps):
+        step = nexts[..., i]
+        for key, value in TensorDict(entries, batch_size=step.batch_size).items(True, True):
+            other = step.get(key, None)
+            if not isinstance(other, torch.Tensor) or other.numel() != value.numel() \
+                    or not _same(value.reshape(other.shape), other):
+                return False
+    return True
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN equal to NaN (nan_policy="truncate" keeps a row's NaN observation)."""
+    if a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all())
+    return torch.equal(a, b)
 
 
 def maybe_nonfinite(*tensors: torch.Tensor) -> torch.Tensor:

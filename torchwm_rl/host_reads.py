@@ -18,6 +18,8 @@ from torch.overrides import TorchFunctionMode
 #: because a host branch on their result follows in practice)
 METHOD_READS = frozenset({
     "item", "__bool__", "tolist", "nonzero", "__int__", "__float__", "__index__", "numpy", "any", "all",
+    # a Python bool, or an output whose shape depends on the values
+    "equal", "allclose", "is_nonzero", "masked_select", "unique", "unique_consecutive", "argwhere",
 })
 
 
@@ -40,9 +42,18 @@ class HostReadCounter(TorchFunctionMode):
             self.counts[name] += 1
         elif name == "__getitem__" and len(args) > 1 and _has_bool_tensor(args[1]):
             self.counts["bool-mask index"] += 1
+        elif name == "where" and len(args) + len(kwargs or {}) == 1:  # where(cond) is nonzero
+            self.counts["where(cond)"] += 1
+        elif name == "repeat_interleave" and isinstance(_repeats(args, kwargs or {}), torch.Tensor):
+            self.counts["repeat_interleave"] += 1  # tensor repeats: the output size is their sum
         return func(*args, **(kwargs or {}))
 
 
 def _has_bool_tensor(index) -> bool:
     items = index if isinstance(index, tuple) else (index,)
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+def _repeats(args: tuple, kwargs: dict):
+    """``repeat_interleave``'s ``repeats`` argument (None when not given)."""
+    return args[1] if len(args) > 1 else kwargs.get("repeats")

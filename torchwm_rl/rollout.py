@@ -175,6 +175,8 @@ def fast_rollout(
     masked = env.adapter.reset_schedule == "every_step" and len(batch) > 0
     adapter = env.adapter
     adapter._deferred = checks
+    if checks is not None:
+        checks.steps = nexts  # what a re-run after a failed flag must repeat (WorldModelEnv.rollout)
     try:
         _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
               break_when_any_done, masked, checks, actions)

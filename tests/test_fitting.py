@@ -290,3 +290,37 @@ def test_nan_start_states_are_refused_naming_their_rows_in_a_bank_and_in_a_repla
     with pytest.raises(ValueError, match=r"start_states: NaN/inf in \['observation'\] in the replay buffer's "
                                          r"row\(s\) \[3(, 3)*\]"):
         env.reset()
+
+
+def _latent_bank_env(start_states, n=3):
+    """A latent model behind a uint8 image: the observation's cast hides a NaN in the state."""
+    def transition(state, action):
+        nxt = {"deter": state["deter"] + action.float().sum(-1, keepdim=True), "stoch": state["stoch"]}
+        return {"state": nxt, "observation": torch.zeros(*action.shape[:-1], 2, 2, dtype=torch.uint8)}
+
+    return WorldModelEnv(
+        None, observation_space=gym.spaces.Box(0, 255, (2, 2), np.uint8),
+        action_space=gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32), transition_fn=transition,
+        start_states=start_states, batch_size=(n,), seed=0,
+    )
+
+
+def test_nan_in_a_start_state_behind_a_finite_image_is_refused_in_a_bank_and_in_a_replay_buffer():
+    """A static bank and replay-buffer starts check the model state's floating leaves too, not only
+    the observations: a NaN latent behind a uint8 image is refused naming the leaf and the row
+    (before: a static bank accepted it, and it surfaced only after the first step)."""
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, ReplayBuffer
+
+    images = torch.zeros(4, 2, 2, dtype=torch.uint8)
+    latent = {"deter": torch.zeros(4, 3), "stoch": torch.zeros(4, 2)}
+    latent["stoch"][1, 0] = float("nan")
+    with pytest.raises(ValueError, match=re.escape("start_states: NaN/inf in [\"state['stoch']\"] at bank row(s) [1]")):
+        _latent_bank_env({"observation": images, "state": latent})
+    _latent_bank_env({"observation": images[[0, 2, 3]], "state": {k: v[[0, 2, 3]] for k, v in latent.items()}}).reset()
+
+    buffer = ReplayBuffer(storage=LazyTensorStorage(100))
+    buffer.extend(TensorDict({"observation": images, "state": TensorDict(latent, batch_size=[4])}, batch_size=[4]))
+    with pytest.raises(ValueError, match=r"start_states: NaN/inf in \[\"state\['stoch'\]\"\] in the replay buffer's "
+                                         r"row\(s\) \[1(, 1)*\]"):
+        _latent_bank_env(buffer, n=40).reset()  # the env's construction draws starts already

@@ -307,7 +307,7 @@ class EpisodeLogic:
         # check the whole bank once, here, rather than each sampled row at every reset
         check_start_observations(observation, self.adapter.observation_space, (size,), _bank_device(observation),
                                  self.adapter.nan_policy != "ignore", lambda bad: f"at bank row(s) "
-                                 f"{bad.nonzero().flatten().tolist()}")
+                                 f"{bad.nonzero().flatten().tolist()}", state)
         return observation, state, size
 
     # ------------------------------------------------------------------ seeds

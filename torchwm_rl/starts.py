@@ -76,18 +76,24 @@ class ReplayStarts:
             state = state.reshape(*shape, *state.shape[1:]).to(self.device)
         checked = check_start_observations(
             observation, self.observation_space, tuple(shape), self.device, self.check_finite,
-            lambda bad: f"in the replay buffer's row(s) {index.reshape(shape)[bad].flatten().tolist()}")
+            lambda bad: f"in the replay buffer's row(s) {index.reshape(shape)[bad].flatten().tolist()}", state)
         return observation, checked, state
 
 
 def check_start_observations(observation: Any, space: Any, shape: tuple, device: torch.device, check_finite: bool,
-                             where: Callable[[torch.Tensor], str]) -> Any:
+                             where: Callable[[torch.Tensor], str], state: Any = None) -> Any:
     """Start observations (a bank, or rows drawn from one) converted to the observation space,
-    ``shape`` rows; with ``check_finite``, NaN/inf is an error naming the keys and
-    ``where(bad rows)`` (which rows of the bank they are)."""
+    ``shape`` rows; with ``check_finite``, NaN/inf in them or in a floating leaf of the given
+    model ``state`` (a latent behind a uint8 image, whose cast hides NaN) is an error naming the
+    keys and ``where(bad rows)`` (which rows of the bank they are)."""
+    from .adapter import _state_leaves  # the one walker of state leaves (the step's NaN check uses it)
+
     checked = to_observation(observation, space, shape, device, "start_states")
     if check_finite:
-        bad, keys = nonfinite_rows(flatten_observation(checked), shape)
+        leaves = flatten_observation(checked)
+        if state is not None:
+            leaves.update(_state_leaves(state))
+        bad, keys = nonfinite_rows(leaves, shape)
         if bad is not None:
             raise ValueError(f"start_states: NaN/inf in {keys} {where(bad)}")
     return checked

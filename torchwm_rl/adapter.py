@@ -49,6 +49,7 @@ from .validation import (
     env_rows,
     flatten_observation,
     nonfinite_rows,
+    finite_outside_unit_interval,
     outside_unit_interval,
     probability_check,
     to_action,
@@ -792,7 +793,7 @@ class ModelAdapter:
 
     def _refuse_outside_unit_interval(self, raw: torch.Tensor, discard: Optional[torch.Tensor] = None) -> None:
         """Raise if ``continue_fn`` gave a finite value outside [0, 1] in a row the step keeps."""
-        outside = torch.isfinite(raw) & ((raw < 0) | (raw > 1))
+        outside = finite_outside_unit_interval(raw)
         if discard is not None:
             outside = outside & ~discard
         if not bool(outside.any()):

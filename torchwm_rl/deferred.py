@@ -24,7 +24,7 @@ from tensordict import TensorDict
 
 
 class RecheckEagerly(Exception):
-    """A deferred check read True: run the rollout again with per-step checks (internal)."""
+    """A deferred check read True: step the recorded actions again with per-step checks (internal)."""
 
 
 class DeferredChecks:
@@ -37,7 +37,7 @@ class DeferredChecks:
         self.every = every
         self.flag: Optional[torch.Tensor] = None
         self.pending = 0
-        # the rollout's "next" entries, step by step (set by fast_rollout): what a re-run must repeat
+        # the rollout's "next" entries, step by step (set by fast_rollout): what the replay must repeat
         self.steps: list = []
 
     def add(self, flag: torch.Tensor) -> None:
@@ -64,7 +64,7 @@ class DeferredChecks:
 def repeats(steps: list, out) -> bool:
     """Whether the trajectory ``out`` (a rollout's TensorDict, time last in its batch dims)
     starts with the steps ``steps`` (each step's ``"next"`` entries, as the fast rollout keeps
-    them: per-env scalars maybe without their trailing 1), value for value. A re-run after a
+    them: per-env scalars maybe without their trailing 1), value for value. A replay after a
     deferred flag that gives other values did not repeat the first run: the failure it saw may
     be gone. Only called on that failure path."""
     nexts = out.get("next")
@@ -107,12 +107,6 @@ def maybe_nonfinite(*tensors: torch.Tensor) -> torch.Tensor:
 def maybe_nonfinite_rows(tensors, rows: torch.Tensor, batch: tuple) -> torch.Tensor:
     """:func:`maybe_nonfinite` over the rows ``rows`` (bool, shape ``batch``) of ``tensors``
     (each ``[*batch, ...]``) only: the rows a partial reset uses."""
-    total = None
-    for tensor in tensors:
-        if tensor.is_floating_point():
-            view = rows.reshape(*rows.shape, *([1] * (tensor.ndim - rows.ndim)))
-            part = torch.where(view, tensor.detach(), 0).sum(dtype=torch.float32)
-            total = part if total is None else total + part
-    if total is None:
-        return torch.zeros((), dtype=torch.bool, device=rows.device)
-    return ~torch.isfinite(total)
+    kept = [torch.where(rows.reshape(*rows.shape, *([1] * (tensor.ndim - rows.ndim))), tensor.detach(), 0)
+            for tensor in tensors if tensor.is_floating_point()]
+    return maybe_nonfinite(*kept) if kept else torch.zeros((), dtype=torch.bool, device=rows.device)

@@ -952,8 +952,7 @@ class WorldModelEnv(EnvBase):
         # action are gone); run it once more, policy included, checking every step
         back_to_the_start()
         _set_rng_state(self.device, global_rng)
-        out = run()
-        return out
+        return run()
 
     def _read_state(self, tensordict: TensorDictBase) -> Any:
         if self._state_kind == "opaque":

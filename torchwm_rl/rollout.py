@@ -176,7 +176,7 @@ def fast_rollout(
     adapter = env.adapter
     adapter._deferred = checks
     if checks is not None:
-        checks.steps = nexts  # what a re-run after a failed flag must repeat (WorldModelEnv.rollout)
+        checks.steps = nexts  # what the replay after a failed flag must repeat (WorldModelEnv.rollout)
     try:
         _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
               break_when_any_done, masked, checks, actions)

@@ -256,8 +256,12 @@ def outside_unit_interval(raw: torch.Tensor) -> torch.Tensor:
     """NaN where ``raw`` is finite and outside [0, 1], else 0 (NaN/inf itself is the NaN
     policy's): the key of the per-step check that is an error whatever ``nan_policy`` says."""
     raw = raw.detach()
-    outside = torch.isfinite(raw) & ((raw < 0) | (raw > 1))
-    return torch.where(outside, math.nan, torch.zeros_like(raw))
+    return torch.where(finite_outside_unit_interval(raw), math.nan, torch.zeros_like(raw))
+
+
+def finite_outside_unit_interval(raw: torch.Tensor) -> torch.Tensor:
+    """Where ``raw`` is finite and outside [0, 1] (bool, ``raw``'s shape): not a probability."""
+    return torch.isfinite(raw) & ((raw < 0) | (raw > 1))
 
 
 def to_info_value(value: Any, expected: tuple, dtype: torch.dtype, device: torch.device, key: str) -> torch.Tensor:
@@ -541,8 +545,8 @@ def check_action(
     ``deferred`` (a :class:`~torchwm_rl.deferred.DeferredChecks`, during a rollout): a float
     tensor action of a Box space is checked without a host read: its "maybe failed" flag goes
     to ``deferred`` and, with ``"clip"``, the action is clamped into the space unconditionally
-    (the same values and gradients where it is inside); a failure re-runs the rollout with this
-    check read at its step, which raises the usual error.
+    (the same values and gradients where it is inside); a failure steps the recorded actions again
+    with this check read at its step, which raises the usual error.
     """
     if isinstance(space, spaces.Dict):
         _check_dict_keys(action, space, key, "action")

@@ -53,10 +53,9 @@ from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
 from .adapter import ModelAdapter
 from .calling import Hook
-from .deferred import DeferredChecks, RecheckEagerly, repeats
-from .episode import EpisodeLogic, Snapshot, _get_rng_state, _set_rng_state, is_tensor_state
+from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .options import env_repr, with_model_options
-from .rollout import ReplayActions, _register_originals, fast_rollout, fast_rollout_applies
+from .rollout import _register_originals, checked_rollout, fast_rollout_applies
 from .spaces import space_to_spec
 from .validation import action_shape_accepted, refuse_action_shape, to_info_value, to_observation
 
@@ -897,62 +896,10 @@ class WorldModelEnv(EnvBase):
             )
         else:
             policy = self.rand_action
-        run = functools.partial(
-            fast_rollout, self, max_steps, policy, auto_reset=auto_reset, break_when_any_done=break_when_any_done,
+        return checked_rollout(
+            self, max_steps, policy, auto_reset=auto_reset, break_when_any_done=break_when_any_done,
             return_contiguous=return_contiguous, tensordict=tensordict, set_state=set_state,
         )
-        if self.adapter.check_every == 1:
-            return run()
-        # the checks are read once (torchwm_rl.deferred). When one may have failed, the env goes
-        # back to where the rollout started and steps the SAME recorded actions again, reading
-        # every check at its step, without calling the policy again: the same error, step and env
-        # state as a per-step check gives
-        saved, global_rng = self.logic._save(), _get_rng_state(self.device)
-        # a run replaces entries of the given tensordict (maybe_reset of its done rows): the
-        # replay must start from it as given (its values copied once per rollout)
-        given = None if tensordict is None else tensordict.clone()
-        checks, actions = DeferredChecks(self.adapter.check_every), []
-        try:
-            return run(checks=checks, actions=actions)
-        except Exception as err:
-            if not isinstance(err, RecheckEagerly) and not checks.failed():
-                raise  # an error of its own, not one a skipped check let through
-            first_error = None if isinstance(err, RecheckEagerly) else err
-
-        def back_to_the_start() -> None:
-            self.logic._restore(saved)
-            if given is not None:
-                for key in set(tensordict.keys()) - set(given.keys()):
-                    del tensordict[key]
-                tensordict.update(given)
-
-        after_policy = _get_rng_state(self.device)  # the policy's own draws did happen
-        back_to_the_start()
-        try:
-            replayed = fast_rollout(self, len(actions), ReplayActions(actions), auto_reset=auto_reset,
-                                    break_when_any_done=break_when_any_done, return_contiguous=return_contiguous,
-                                    tensordict=tensordict, set_state=set_state)
-        finally:
-            _set_rng_state(self.device, after_policy)
-        # the replay checked every step and passed: the flag was a false positive (a sum of finite
-        # values that overflowed) only if the replay repeated the first run; otherwise what failed
-        # there is gone (a hook drawing from a stream the env cannot put back), and returning
-        # another trajectory would hide the failure
-        if first_error is not None or not repeats(checks.steps, replayed):
-            raise RuntimeError(
-                f"rollout: a check read once per rollout (check_every={self.adapter.check_every}) found that a "
-                "step may have failed (NaN/inf with nan_policy='raise', an action outside the space, a "
-                "start with NaN/inf), but the same actions stepped again from the rollout's start, checking at "
-                "every step, did not repeat the first run and raised nothing: a hook or the model draws from a "
-                "random stream or keeps a state the env does not put back (its own torch.Generator, numpy's or "
-                "Python's RNG, a call counter), so the failing step cannot be found again. Pass check_every=1 to "
-                "check each step as it runs (or draw from the env's generator: a hook parameter `generator`)"
-            ) from first_error
-        # a false positive: the first run was right but not kept (its policy outputs beyond the
-        # action are gone); run it once more, policy included, checking every step
-        back_to_the_start()
-        _set_rng_state(self.device, global_rng)
-        return run()
 
     def _read_state(self, tensordict: TensorDictBase) -> Any:
         if self._state_kind == "opaque":

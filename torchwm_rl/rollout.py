@@ -35,6 +35,7 @@ trailing dim once, on the stacked trajectory: the same values, shapes and stride
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import torch
@@ -43,7 +44,8 @@ from tensordict.nn import TensorDictModule, skip_existing
 from torch.nn.modules import module as _nn_module
 from torchrl.envs.utils import _StepMDP, _update_during_reset
 
-from .deferred import DeferredChecks
+from .deferred import DeferredChecks, RecheckEagerly, repeats
+from .episode import _get_rng_state, _set_rng_state
 
 # EnvBase.rollout's keyword defaults; the fast path takes a call only if these are unchanged
 _MUST_BE_DEFAULT = {
@@ -230,6 +232,70 @@ def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device
                 root = _squeezed(restart(env, _unsqueezed(root, scalars), done.unsqueeze(-1), batch, device), scalars)
             else:
                 root = restart(env, root, done, batch, device)
+
+
+def checked_rollout(env, max_steps: int, policy: Callable, *, auto_reset: bool, break_when_any_done: bool,
+                    return_contiguous: bool, tensordict: Optional[TensorDictBase], set_state) -> TensorDictBase:
+    """:func:`fast_rollout` with the env's ``check_every``: 1 reads every check at its step; otherwise
+    the steps' checks are read once (every K steps, or at the end; :mod:`torchwm_rl.deferred`), and
+    when one may have failed the env goes back to where the rollout started and steps the SAME
+    recorded actions again (:class:`ReplayActions`), reading every check at its step, without
+    calling the policy again: the same error, step and env state as a per-step check gives. A
+    replay that raises nothing must repeat the first run (else a ``RuntimeError`` naming
+    ``check_every=1``); one that does means the flag was a false positive, and only then is the
+    rollout run once more, policy included, checking every step."""
+    run = functools.partial(
+        fast_rollout, env, max_steps, policy, auto_reset=auto_reset, break_when_any_done=break_when_any_done,
+        return_contiguous=return_contiguous, tensordict=tensordict, set_state=set_state,
+    )
+    if env.adapter.check_every == 1:
+        return run()
+    saved, global_rng = env.logic._save(), _get_rng_state(env.device)
+    # a run replaces entries of the given tensordict (maybe_reset of its done rows): the
+    # replay must start from it as given (its values copied once per rollout)
+    given = None if tensordict is None else tensordict.clone()
+    checks, actions = DeferredChecks(env.adapter.check_every), []
+    try:
+        return run(checks=checks, actions=actions)
+    except Exception as err:
+        if not isinstance(err, RecheckEagerly) and not checks.failed():
+            raise  # an error of its own, not one a skipped check let through
+        first_error = None if isinstance(err, RecheckEagerly) else err
+
+    def back_to_the_start() -> None:
+        env.logic._restore(saved)
+        if given is not None:
+            for key in set(tensordict.keys()) - set(given.keys()):
+                del tensordict[key]
+            tensordict.update(given)
+
+    after_policy = _get_rng_state(env.device)  # the policy's own draws did happen
+    back_to_the_start()
+    try:
+        replayed = fast_rollout(env, len(actions), ReplayActions(actions), auto_reset=auto_reset,
+                                break_when_any_done=break_when_any_done, return_contiguous=return_contiguous,
+                                tensordict=tensordict, set_state=set_state)
+    finally:
+        _set_rng_state(env.device, after_policy)
+    # the replay checked every step and passed: the flag was a false positive (a sum of finite
+    # values that overflowed) only if the replay repeated the first run; otherwise what failed
+    # there is gone (a hook drawing from a stream the env cannot put back), and returning
+    # another trajectory would hide the failure
+    if first_error is not None or not repeats(checks.steps, replayed):
+        raise RuntimeError(
+            f"rollout: a check read once per rollout (check_every={env.adapter.check_every}) found that a "
+            "step may have failed (NaN/inf with nan_policy='raise', an action outside the space, a "
+            "start with NaN/inf), but the same actions stepped again from the rollout's start, checking at "
+            "every step, did not repeat the first run and raised nothing: a hook or the model draws from a "
+            "random stream or keeps a state the env does not put back (its own torch.Generator, numpy's or "
+            "Python's RNG, a call counter), so the failing step cannot be found again. Pass check_every=1 to "
+            "check each step as it runs (or draw from the env's generator: a hook parameter `generator`)"
+        ) from first_error
+    # a false positive: the first run was right but not kept (its policy outputs beyond the
+    # action are gone); run it once more, policy included, checking every step
+    back_to_the_start()
+    _set_rng_state(env.device, global_rng)
+    return run()
 
 
 class ReplayActions:

@@ -197,6 +197,9 @@ def test_encode_frames_refuses_wrong_size_dtype_and_channel_order(model, real):
         encode_frames(model, frames)
     with pytest.raises(ValueError, match=r"burn_in must be in \[1, K=6\]"):
         encode_frames(model, frames, actions, burn_in=7)
+    for fractional in (2.7, True):  # not read as 2 / 1 frames: ambiguous, refused
+        with pytest.raises(ValueError, match=r"burn_in must be in \[1, K=6\] \(an int"):
+            encode_frames(model, frames, actions, burn_in=fractional)
 
 
 def test_start_latents_with_mismatched_batch_or_nan_are_refused(model, real):

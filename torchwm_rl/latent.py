@@ -20,6 +20,7 @@ Frames are checked once, here, before any model call (see :func:`check_frames`).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Optional
 
 import numpy as np
@@ -77,9 +78,11 @@ def encode_frames(model: Any, frames: Any, actions: Any = None, burn_in: Optiona
     batch, k = frames.shape[:2]
     if k == 0:
         raise ValueError("encode_frames: each sequence needs at least one frame (K >= 1); got K = 0")
+    if burn_in is not None and (isinstance(burn_in, bool) or not isinstance(burn_in, numbers.Integral)
+                                or not 1 <= burn_in <= k):
+        raise ValueError(f"encode_frames: burn_in must be in [1, K={k}] (an int; None filters all K frames); "
+                         f"got {burn_in!r}")
     start = 0 if burn_in is None else k - int(burn_in)
-    if burn_in is not None and not 1 <= int(burn_in) <= k:
-        raise ValueError(f"encode_frames: burn_in must be in [1, K={k}]; got {burn_in}")
     if k > 1:
         if actions is None:
             raise ValueError(f"encode_frames: {k} frames per sequence need the {k - 1} actions taken between them "

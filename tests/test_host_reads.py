@@ -470,3 +470,20 @@ def test_a_restart_of_every_row_refuses_a_bad_reset_as_the_per_step_path_does(op
         errors.append(err.value)
     assert type(errors[1]) is type(errors[0]) and str(errors[1]) == str(errors[0])
     assert "partial reset" not in str(errors[0])
+
+
+def test_a_policy_writing_into_a_recorded_action_is_refused_before_the_replay():
+    """The replay after a failed deferred check steps the recorded actions: a policy that
+    alternates between two buffers and refills the one it returned two steps earlier would make
+    the replay step other actions, so it is refused naming the step (before: the replay stepped
+    the rewritten values)."""
+    buffers, calls = [torch.ones(N, 1), torch.ones(N, 1)], [0]
+
+    def alternating(td):
+        buffer = buffers[calls[0] % 2]
+        buffer.fill_(1.0 + 0.001 * calls[0])
+        calls[0] += 1
+        return td.set("action", buffer)
+
+    with torch.no_grad(), pytest.raises(RuntimeError, match="wrote into the 'action' tensor it returned at step 1"):
+        _nan_env(None).rollout(10, alternating, break_when_any_done=False)

@@ -182,6 +182,9 @@ def fast_rollout(
     try:
         _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
               break_when_any_done, masked, checks, actions)
+    except RecheckEagerly:
+        own.verify()  # the recorded actions are replayed: refuse any the policy wrote into afterwards
+        raise
     finally:
         adapter._deferred = None
     own.verify()

@@ -549,3 +549,50 @@ def test_a_model_in_training_mode_is_warned_about_in_check_and_at_construction()
     holder = type("Holder", (), {})()
     holder.net = _NormedModel()
     assert modules_in_training(holder) == ["model.net.net.1 (BatchNorm1d)", "model.net.net.2 (Dropout)"]
+
+
+_ACTION_ENDS = textwrap.dedent('''
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    import torch.nn as nn
+
+    from torchwm_rl import WorldModelEnv
+
+
+    class Still(nn.Module):
+        def forward(self, state, action):
+            return state
+
+
+    def make():
+        # an episode ends when the action is above 0.8: how many ends a random rollout sees
+        # depends only on the random actions drawn
+        return WorldModelEnv(
+            Still(),
+            observation_space=gym.spaces.Box(-10, 10, (2,), np.float32),
+            action_space=gym.spaces.Box(-1, 1, (1,), np.float32),
+            reset_fn=lambda seed=None, options=None, batch_size=(): torch.zeros(*batch_size, 2),
+            reward_fn=lambda next_state: next_state.sum(-1),
+            terminal_fn=lambda action: action[..., 0] > 0.8,
+            max_episode_steps=1000, batch_size=(4,),
+        )
+''')
+
+
+def test_check_rollout_is_reproducible_from_its_seed(tmp_path):
+    """The rollout check's random actions come from its seed, not from the global torch RNG:
+    the same seed gives the same report whatever the caller's RNG state, and the caller's RNG
+    is left as it was (before, the episode-end count changed from run to run)."""
+    path = tmp_path / "action_ends.py"
+    path.write_text(_ACTION_ENDS)
+    details = []
+    for global_seed in (1, 2, 3):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        report = check_factory(f"{path}:make", steps=60)
+        assert report.ok, report.format()
+        assert torch.equal(torch.get_rng_state(), before)
+        details.append({r.name: r.detail for r in report.results}["rollout"])
+    assert len(set(details)) == 1, details
+    assert re.match(r"60 random-action steps, finite, [1-9]\d* episode end\(s\)", details[0]), details[0]

@@ -263,9 +263,12 @@ def _float_leaves(td):
 
 
 def _check_rollout(env, steps: int, seed: int) -> CheckResult:
+    # the random actions come from the action space seeded with ``seed`` (as the parity check's),
+    # not from the global torch RNG: the same seed gives the same report
     env.set_seed(seed)
+    policy = _replaying(_sample_actions(env.adapter.action_space, steps, tuple(env.batch_size), seed))
     with torch.no_grad():
-        td = env.rollout(steps, break_when_any_done=False)
+        td = env.rollout(steps, policy, break_when_any_done=False)
     batch = tuple(env.batch_size)
     bad = [str(k) for k, v in _float_leaves(td) if not bool(torch.isfinite(v).all())]
     if bad:
@@ -382,6 +385,16 @@ def _sample_actions(space, n_steps: int, batch: tuple, seed: int) -> list:
     return [space.sample() for _ in range(n_steps)]
 
 
+def _replaying(actions: list) -> Callable:
+    """A TorchRL policy that writes ``actions`` (numpy, one per step) in turn as ``"action"``."""
+    it = iter(actions)
+
+    def policy(tensordict):  # TorchRL passes the whole tensordict to a param named `tensordict`
+        return tensordict.set("action", torch.as_tensor(np.asarray(next(it))))
+
+    return policy
+
+
 def _obs_np(td, keys):
     if keys is None:
         return td["observation"].detach().cpu().numpy()
@@ -445,13 +458,8 @@ def _check_parity(trl, steps: int, seed: int) -> CheckResult:
     actions = _sample_actions(trl.adapter.action_space, steps, batch, seed)
 
     trl.set_seed(seed)
-    it = iter(actions)
-
-    def policy(tensordict):  # TorchRL passes the whole tensordict to a param named `tensordict`
-        return tensordict.set("action", torch.as_tensor(np.asarray(next(it))))
-
     with torch.no_grad():
-        td = trl.rollout(steps, policy, break_when_any_done=False)
+        td = trl.rollout(steps, _replaying(actions), break_when_any_done=False)
     if batch:
         genv = trl.to_gymnasium(autoreset_mode=AutoresetMode.SAME_STEP)
         td_t = lambda t: td[:, t]  # noqa: E731

@@ -1,29 +1,7 @@
 """WorldModelEnv: a TorchRL ``EnvBase`` that imagines with a world model.
 
-TensorDict layout (``B`` = ``batch_size``):
-
-* observation: ``"observation"`` (non-Dict space) or each Dict key at the root, ``[*B, ...]``
-* ``"action"``: ``[*B, ...]`` (Discrete -> integer index ``[*B]``)
-* ``("next", "reward")``: float32 ``[*B, 1]``; ``"done"``, ``"terminated"``, ``"truncated"``:
-  bool ``[*B, 1]``
-* ``"model_state"`` (the ``state_key`` argument; e.g. ``"state"`` for TorchRL's Dreamer losses):
-  the model's latent state when it is a tensor or a (dict/TensorDict of) tensors, so rollouts
-  are functional; an opaque Python state (unbatched envs only) is held by
-  the env instead. ``"elapsed_steps"``: int64 ``[*B, 1]``, for the time limit (a step input
-  without it is refused when a time limit is set; without one it is a start, at 0).
-* ``"nonfinite"``: bool ``[*B, 1]``, only with ``nan_policy="truncate"``.
-* ``"last_observation"``: the env's own copy of the observation it gave (the observation's
-  layout), only with ``nan_policy="truncate"`` for a model whose observation is not its state
-  and no ``decode_fn``: a state entry, so it travels with the state through collectors,
-  ``ParallelEnv``/``SerialEnv`` and partial resets, and transforms of ``"observation"``
-  never touch it. A truncated step's final observation is the one it started from: this.
-* ``"uncertainty"``: float32 ``[*B, 1]`` and ``"halted"``: bool ``[*B, 1]``, only with
-  ``ensemble_size`` (see :mod:`torchwm_rl.ensemble`; 0 / False after a reset).
-* ``"continue_prob"``: float32 ``[*B, 1]`` in [0, 1], only with ``continue_fn``: the model's
-  probability of continuing from the state the step reached (Dreamer's continue head; 1 after a
-  reset), with its graph when grad is enabled, for losses that weight returns by it.
-  ``"terminated"`` is drawn from it or thresholded (``continue_threshold``; see
-  :class:`~torchwm_rl.adapter.ModelAdapter`).
+The TensorDict layout (keys, shapes, dtypes; ``B`` = ``batch_size``) is the contract: it is
+in :mod:`torchwm_rl.env_specs`, where the keys and their specs are made.
 
 Partial resets use TorchRL's ``"_reset"`` mask: the reset hook computes the full batch (it gets
 ``options["reset_mask"]``) and TorchRL keeps the rows not being reset from the input tensordict;
@@ -42,39 +20,27 @@ import inspect
 import sys
 import types
 from collections.abc import Mapping
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Bounded, Categorical, Composite, TensorSpec, Unbounded
+from torchrl.data import Composite, TensorSpec
 from torchrl.envs import EnvBase
 from torchrl.envs.transforms import Compose, TransformedEnv
 from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
 from .adapter import ModelAdapter
 from .calling import Hook
-from .episode import EpisodeLogic, Snapshot, is_tensor_state
+from .env_specs import (  # noqa: F401  (the key names, importable from here as before)
+    CONTINUE_KEY, ELAPSED_KEY, HALTED_KEY, LAST_OBSERVATION_KEY, NONFINITE_KEY, OBSERVATION_KEY, RESERVED_KEYS,
+    STATE_KEY, UNCERTAINTY_KEY, StateKind, check_state_key, info_entries, make_info_specs, make_specs,
+    parse_batch_size, refuse_reserved, state_kind,
+)
+from .episode import EpisodeLogic, Snapshot
 from .options import env_repr, with_model_options
 from .rollout import _register_originals, checked_rollout, fast_rollout_applies
 from .spaces import space_to_spec
-from .validation import action_shape_accepted, refuse_action_shape, to_info_value, to_observation
-
-STATE_KEY = "model_state"
-ELAPSED_KEY = "elapsed_steps"
-NONFINITE_KEY = "nonfinite"
-LAST_OBSERVATION_KEY = "last_observation"
-UNCERTAINTY_KEY = "uncertainty"
-HALTED_KEY = "halted"
-CONTINUE_KEY = "continue_prob"
-OBSERVATION_KEY = "observation"
-
-
-def _state_spec(state: Any, device) -> TensorSpec:
-    if isinstance(state, torch.Tensor):
-        return Unbounded(shape=state.shape, dtype=state.dtype, device=device)
-    items = state.items()
-    shape = state.batch_size if isinstance(state, TensorDictBase) else ()
-    return Composite({k: _state_spec(v, device) for k, v in items}, shape=shape, device=device)
+from .validation import action_shape_accepted, refuse_action_shape, to_observation
 
 
 class WorldModelEnv(EnvBase):
@@ -135,7 +101,7 @@ class WorldModelEnv(EnvBase):
         if observation_space is None or action_space is None:
             raise TypeError("WorldModelEnv needs observation_space and action_space (gymnasium spaces or TorchRL specs)")
         logic = EpisodeLogic.from_model(
-            type(self).__name__, model, observation_space, action_space, batch_size=tuple(_batch_size(batch_size)),
+            type(self).__name__, model, observation_space, action_space, batch_size=tuple(parse_batch_size(batch_size)),
             max_episode_steps=max_episode_steps, start_states=start_states, options=options,
         )
         self._setup(logic, seed, decode_fn, info_keys, state_key)
@@ -150,16 +116,8 @@ class WorldModelEnv(EnvBase):
     def _setup(self, logic: EpisodeLogic, seed: Optional[int], decode_fn=None, info_keys=None,
                state_key: str = STATE_KEY) -> None:
         EnvBase.__init__(self, device=logic.device, batch_size=torch.Size(logic.batch_size))
-        if not isinstance(state_key, str) or not state_key:
-            raise TypeError(f"state_key: expected a non-empty str (a root tensordict key), got {state_key!r}")
-        own = (RESERVED_KEYS - {STATE_KEY}) | _OPTIONAL_KEYS
-        if state_key in own:
-            raise ValueError(
-                f"state_key={state_key!r} collides with one of the env's own keys ({sorted(own)}); "
-                "pick another state_key"
-            )
+        self._reserved = check_state_key(state_key)
         self._state_key = state_key
-        self._reserved = (RESERVED_KEYS - {STATE_KEY}) | {state_key}
         self.logic = logic
         model = logic.adapter.model
         if isinstance(model, torch.nn.Module):
@@ -189,9 +147,16 @@ class WorldModelEnv(EnvBase):
             # state itself, decode_fn's, or else the env's own copy it carries as a state entry
             self._carries_last = (self.adapter.nan_policy == "truncate" and not self._state_is_observation
                                   and self._decode is None)
-            self._make_specs(probe)
-            self._info_specs = self._make_info_specs(probe, info_keys)
-        _refuse_reserved(self._info_specs, "info_keys", taken=self.observation_spec.keys(), reserved=self._reserved)
+            self._set_specs(make_specs(self.adapter, probe.state, self.batch_size, self.device, state_key,
+                                       self._reserved, self._carries_last))
+
+            def probe_step() -> dict:  # one random step, for the specs of probed info keys
+                with torch.no_grad():
+                    action = self.full_action_spec["action"].rand()
+                    return self.logic.step(probe, action)[1].info
+
+            self._info_specs = make_info_specs(info_keys, tuple(self.batch_size), self.device, probe_step)
+        refuse_reserved(self._info_specs, "info_keys", taken=self.observation_spec.keys(), reserved=self._reserved)
         for key, spec in self._info_specs.items():
             self.observation_spec[key] = spec
         if seed is not None:
@@ -218,63 +183,16 @@ class WorldModelEnv(EnvBase):
     def model(self) -> Any:
         return self.adapter.model
 
-    def _make_specs(self, probe: Snapshot) -> None:
-        adapter, batch, device = self.adapter, self.batch_size, self.device
-        obs_spec = space_to_spec(adapter.observation_space, batch, device, "observation_space")
-        self._dict_observation = isinstance(obs_spec, Composite)
-        if self._dict_observation:
-            optional = ([NONFINITE_KEY] if adapter.nan_policy == "truncate" else []) + (
-                [UNCERTAINTY_KEY, HALTED_KEY] if adapter.ensemble is not None else []) + (
-                [LAST_OBSERVATION_KEY] if self._carries_last else []) + (
-                [CONTINUE_KEY] if adapter.continue_hook is not None else [])
-        obs_keys = list(obs_spec.keys()) if self._dict_observation else [OBSERVATION_KEY]
-        if self._state_key in obs_keys:
-            raise ValueError(
-                f"state_key={self._state_key!r} collides with the observation key(s) {obs_keys}; "
-                "pick another state_key"
-            )
-        if self._dict_observation:
-            _refuse_reserved(obs_spec.keys(), "observation_space (a Dict: its keys are tensordict keys)", optional,
-                             reserved=self._reserved)
-        observation = Composite(
-            dict(obs_spec.items()) if self._dict_observation else {OBSERVATION_KEY: obs_spec},
-            shape=batch,
-            device=device,
-        )
-        state = Composite(shape=batch, device=device)
-        self._state_kind: StateKind = _state_kind(probe.state)
-        if self._state_kind != "opaque":
-            _check_state_batch(probe.state, tuple(batch), self._state_key)
-            state[self._state_key] = _state_spec(probe.state, device)
-        elif batch:
-            raise TypeError(
-                f"a batched env needs a tensor (or dict/TensorDict of tensors) model state with "
-                f"leading dim {batch[0]}; the reset hook returned {type(probe.state).__name__}"
-            )
-        state[ELAPSED_KEY] = Unbounded(shape=(*batch, 1), dtype=torch.int64, device=device)
-        if self._carries_last:
-            state[LAST_OBSERVATION_KEY] = obs_spec.clone()
-        for key, spec in state.items():
-            observation[key] = spec.clone()
-        if self.adapter.nan_policy == "truncate":
-            observation[NONFINITE_KEY] = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
-        if self.adapter.ensemble is not None:
-            observation[UNCERTAINTY_KEY] = Unbounded(shape=(*batch, 1), dtype=torch.float32, device=device)
-            observation[HALTED_KEY] = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
-        if self.adapter.continue_hook is not None:
-            observation[CONTINUE_KEY] = Bounded(0.0, 1.0, shape=(*batch, 1), dtype=torch.float32, device=device)
-        self.observation_spec = observation
-        self.state_spec = state
-        self.action_spec = space_to_spec(adapter.action_space, batch, device, "action_space")
-        # one env's action shape, for the shape check of _step_entries (None: a Dict action)
-        self._one_action_shape = (
-            None if isinstance(self.action_spec, Composite) else tuple(self.action_spec.shape[len(batch):])
-        )
-        self.reward_spec = Unbounded(shape=(*batch, 1), dtype=torch.float32, device=device)
-        flag = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device)
-        self.done_spec = Composite(
-            done=flag.clone(), terminated=flag.clone(), truncated=flag.clone(), shape=batch, device=device
-        )
+    def _set_specs(self, specs) -> None:
+        """Install :func:`~torchwm_rl.env_specs.make_specs`'s specs and what the step reads of them."""
+        self._dict_observation = specs.dict_observation
+        self._state_kind: StateKind = specs.state_kind
+        self.observation_spec = specs.observation
+        self.state_spec = specs.state
+        self.action_spec = specs.action
+        self._one_action_shape = specs.one_action_shape  # for the shape check of _step_entries
+        self.reward_spec = specs.reward
+        self.done_spec = specs.done
 
     def __repr__(self) -> str:
         return env_repr(self, self.adapter, batch_size=tuple(self.batch_size), device=self.device)
@@ -282,58 +200,6 @@ class WorldModelEnv(EnvBase):
     # ------------------------------------------------------------------ core
     def _set_seed(self, seed: Optional[int]) -> None:
         self.logic.seed(seed)
-
-    def _make_info_specs(self, probe: Snapshot, info_keys) -> dict:
-        """Specs of the model's info values put in the tensordict (GymWrapper's info reader):
-        declared (``{key: spec of one env}``) or probed from one random step (a list of keys)."""
-        if info_keys is None:
-            return {}
-        batch, device = tuple(self.batch_size), self.device
-        if isinstance(info_keys, Mapping):
-            specs = {}
-            for key, spec in info_keys.items():
-                if not isinstance(spec, TensorSpec):
-                    raise TypeError(f"info_keys[{key!r}]: expected a TensorSpec of one env, got {type(spec).__name__}")
-                specs[key] = spec.to(device).expand(*batch, *spec.shape)
-            return specs
-        info_keys = [info_keys] if isinstance(info_keys, str) else list(info_keys)
-        with torch.no_grad():
-            action = self.full_action_spec["action"].rand()
-            _, record = self.logic.step(probe, action)
-        specs = {}
-        for key in info_keys:
-            if key not in record.info:
-                raise KeyError(
-                    f"info_keys: the model's step info has no {key!r} (it has {sorted(record.info)}); "
-                    "declare it with a spec instead (info_keys={key: spec}) if it only appears later"
-                )
-            value = torch.as_tensor(record.info[key], device=device)
-            if tuple(value.shape[: len(batch)]) != batch:
-                raise ValueError(f"info[{key!r}]: expected leading dims {batch}, got shape {tuple(value.shape)}")
-            specs[key] = Unbounded(shape=value.shape, dtype=value.dtype, device=device)
-        return specs
-
-    def _info_entries(self, info: dict, batch, at_reset: bool) -> dict:
-        """The declared info values of a step (a missing one is an error) or a reset (a reset
-        has no transition: a value the reset hook does not give is zero)."""
-        out = {}
-        for key, spec in self._info_specs.items():
-            value = info.get(key) if info else None
-            per_env = spec.shape[len(self.batch_size):]
-            if value is None:
-                if not at_reset:
-                    raise KeyError(
-                        f"info key {key!r} (declared in info_keys) is missing from the model's step info "
-                        f"(it has {sorted(info or {})})"
-                    )
-                out[key] = torch.zeros((*batch, *per_env), dtype=spec.dtype, device=self.device)
-            else:
-                # the one converter of hook outputs (shape, a cast that keeps the value), then the
-                # adapter's buffer-reuse guard, as states and observations: an info buffer the
-                # model writes into again must not change recorded steps
-                tensor = to_info_value(value, (*batch, *per_env), spec.dtype, self.device, f"info[{key!r}]")
-                out[key] = self.adapter._unalias((tensor,))[0]
-        return out
 
     # ---------------------------------------------------------- batch-unlocked
     def _assert_tensordict_shape(self, tensordict: TensorDictBase) -> None:
@@ -543,7 +409,8 @@ class WorldModelEnv(EnvBase):
                 fill[key] = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
         if self.adapter.continue_hook is not None and CONTINUE_KEY not in keys:  # a start continues
             fill[CONTINUE_KEY] = torch.ones((*batch, 1), dtype=torch.float32, device=self.device)
-        fill.update({k: v for k, v in self._info_entries({}, batch, True).items() if k not in keys})
+        reset_info = info_entries(self._info_specs, {}, batch, len(self.batch_size), self.device, self.adapter, True)
+        fill.update({k: v for k, v in reset_info.items() if k not in keys})
         if not fill:
             return tensordict
         out = tensordict if in_place else tensordict.copy()
@@ -674,7 +541,7 @@ class WorldModelEnv(EnvBase):
         if self.adapter.nan_policy == "truncate":
             extra[NONFINITE_KEY] = false.clone()
         if self._info_specs:
-            extra.update(self._info_entries(info, batch, True))
+            extra.update(info_entries(self._info_specs, info, batch, len(self.batch_size), self.device, self.adapter, True))
         if self.adapter.ensemble is not None:
             extra[UNCERTAINTY_KEY] = torch.zeros((*batch, 1), dtype=torch.float32, device=self.device)
             extra[HALTED_KEY] = false.clone()
@@ -821,7 +688,8 @@ class WorldModelEnv(EnvBase):
                 nonfinite = torch.zeros_like(record.truncated)
             entries[NONFINITE_KEY] = nonfinite if compact else nonfinite.unsqueeze(-1)
         if self._info_specs:
-            entries.update(self._info_entries(record.info, batch, False))
+            entries.update(info_entries(self._info_specs, record.info, batch, len(self.batch_size), self.device,
+                                        self.adapter, False))
         if record.uncertainty is not None:
             entries[UNCERTAINTY_KEY] = record.uncertainty if compact else record.uncertainty.unsqueeze(-1)
             entries[HALTED_KEY] = record.halted if compact else record.halted.unsqueeze(-1)
@@ -919,7 +787,7 @@ class WorldModelEnv(EnvBase):
         model state, step count), made into a tensordict by ONE constructor call by the caller:
         this is on the per-step hot path. ``compact``: the step count ``[*B]`` (see
         :meth:`_step_entries`)."""
-        kind = _state_kind(snapshot.state)
+        kind = state_kind(snapshot.state)
         if kind != self._state_kind:  # the state spec was built from the first reset's state
             raise TypeError(
                 f"model state: the first reset gave a {self._state_kind} state, this call gave a {kind} "
@@ -1056,62 +924,11 @@ _init_signature = inspect.signature(WorldModelEnv.__init__)
 WorldModelEnv.__signature__ = _init_signature.replace(parameters=list(_init_signature.parameters.values())[1:])
 
 
-# the env's own keys (plus "nonfinite", "uncertainty", "halted", "continue_prob" when the env writes them)
-RESERVED_KEYS = frozenset({
-    "action", "reward", "done", "terminated", "truncated", "next", "_reset", "_step", STATE_KEY, ELAPSED_KEY,
-})
-
-
-# keys the env writes only with some options (nan_policy="truncate", an ensemble, continue_fn)
-_OPTIONAL_KEYS = frozenset({NONFINITE_KEY, UNCERTAINTY_KEY, HALTED_KEY, LAST_OBSERVATION_KEY, CONTINUE_KEY})
-
-
-def _refuse_reserved(keys, what: str, taken=(), reserved=RESERVED_KEYS) -> None:
-    """Keys that would overwrite (or be overwritten by) the env's own entries are refused."""
-    taken = set(taken)
-    clash = sorted(k for k in keys if k in reserved or k in taken)
-    if clash:
-        raise ValueError(
-            f"{what}: key(s) {clash} collide with the tensordict's own keys "
-            f"({sorted(reserved | taken)}); rename them"
-        )
-
-
 def _clone_tree(value: Any) -> Any:
     """A tensor, or a (nested) dict of tensors, copied."""
     if isinstance(value, Mapping):
         return {k: _clone_tree(v) for k, v in value.items()}
     return value.clone()
-
-
-def _batch_size(value: Any) -> torch.Size:
-    """``()`` or ``(N,)`` with N >= 1; an int N is read as ``(N,)``."""
-    if isinstance(value, bool):
-        raise TypeError(f"batch_size: expected () or (N,), got {value!r}")
-    if isinstance(value, int):
-        value = (value,)
-    try:
-        size = torch.Size(value)
-    except TypeError:
-        raise TypeError(f"batch_size: expected () or (N,), got {value!r}") from None
-    if len(size) > 1 or any(n < 1 for n in size):
-        raise ValueError(f"batch_size must be () or (N,) with N >= 1, got {tuple(size)}")
-    return size
-
-
-def _check_state_batch(state: Any, batch: tuple, key: str) -> None:
-    """Every tensor of a state that travels in the TensorDict leads with the batch dims."""
-    if not batch:
-        return
-    if isinstance(state, torch.Tensor):
-        if tuple(state.shape[: len(batch)]) != batch:
-            raise ValueError(
-                f"{key}: a batched env needs a model state with leading dims {batch}, "
-                f"got shape {tuple(state.shape)} from the reset hook"
-            )
-        return
-    for k, v in state.items():
-        _check_state_batch(v, batch, f"{key}[{k!r}]")
 
 
 def _reshape(value: Any, ndim: int, batch) -> Any:
@@ -1123,21 +940,6 @@ def _reshape(value: Any, ndim: int, batch) -> Any:
     if isinstance(value, Mapping):
         return {k: _reshape(v, ndim, batch) for k, v in value.items()}
     return value
-
-
-#: how the model state travels: a tensor, a TensorDict or a dict of tensors under the state key,
-#: or an opaque Python object the env holds (unbatched envs only)
-StateKind = Literal["tensor", "tensordict", "dict", "opaque"]
-
-
-def _state_kind(state: Any) -> StateKind:
-    if isinstance(state, torch.Tensor):
-        return "tensor"
-    if isinstance(state, TensorDictBase):
-        return "tensordict"
-    if isinstance(state, Mapping) and is_tensor_state(state):
-        return "dict"
-    return "opaque"
 
 
 class _SharedLogicEnv(WorldModelEnv):

@@ -1,7 +1,9 @@
 """WorldModelEnv: a TorchRL ``EnvBase`` that imagines with a world model.
 
 The TensorDict layout (keys, shapes, dtypes; ``B`` = ``batch_size``) is the contract: it is
-in :mod:`torchwm_rl.env_specs`, where the keys and their specs are made.
+in :mod:`torchwm_rl.env_specs`, where the keys and their specs are made. The step and reset
+entries come from :mod:`torchwm_rl.entries` (shared with the fast rollout,
+:mod:`torchwm_rl.rollout`); the exports are :mod:`torchwm_rl.exports`.
 
 Partial resets use TorchRL's ``"_reset"`` mask: the reset hook computes the full batch (it gets
 ``options["reset_mask"]``) and TorchRL keeps the rows not being reset from the input tensordict;
@@ -15,10 +17,7 @@ rewards back to the policy's parameters.
 
 from __future__ import annotations
 
-import functools
 import inspect
-import sys
-import types
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -26,21 +25,23 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Composite, TensorSpec
 from torchrl.envs import EnvBase
-from torchrl.envs.transforms import Compose, TransformedEnv
 from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
+from . import entries, exports
 from .adapter import ModelAdapter
 from .calling import Hook
 from .env_specs import (  # noqa: F401  (the key names, importable from here as before)
     CONTINUE_KEY, ELAPSED_KEY, HALTED_KEY, LAST_OBSERVATION_KEY, NONFINITE_KEY, OBSERVATION_KEY, RESERVED_KEYS,
     STATE_KEY, UNCERTAINTY_KEY, StateKind, check_state_key, info_entries, make_info_specs, make_specs,
-    parse_batch_size, refuse_reserved, state_kind,
+    parse_batch_size, refuse_reserved,
 )
-from .episode import EpisodeLogic, Snapshot
+from .entries import clone_tree
+from .episode import EpisodeLogic
+from .exports import RefuseThroughTransforms
 from .options import env_repr, with_model_options
 from .rollout import _register_originals, checked_rollout, fast_rollout_applies
 from .spaces import space_to_spec
-from .validation import action_shape_accepted, refuse_action_shape, to_observation
+from .validation import to_observation
 
 
 class WorldModelEnv(EnvBase):
@@ -400,7 +401,7 @@ class WorldModelEnv(EnvBase):
             fill.update(self._observation_of(tensordict, missing_obs))
         if self._carries_last and LAST_OBSERVATION_KEY not in keys:  # a start: its own observation
             observation = {k: fill[k] if k in fill else tensordict.get(k) for k in self._observation_keys()}
-            fill[LAST_OBSERVATION_KEY] = _clone_tree(observation if self._dict_observation
+            fill[LAST_OBSERVATION_KEY] = clone_tree(observation if self._dict_observation
                                                      else observation[OBSERVATION_KEY])
         if ELAPSED_KEY not in keys:
             fill[ELAPSED_KEY] = torch.zeros((*batch, 1), dtype=torch.int64, device=self.device)
@@ -470,7 +471,7 @@ class WorldModelEnv(EnvBase):
         if self._state_is_observation:
             # the observation is the state cast to the space's dtype, and a tensor of its own
             # (writing into one of the two keys must never change the other)
-            observation = _clone_tree(to_observation(
+            observation = clone_tree(to_observation(
                 state.to_dict() if self._state_kind == "dict" else state, self.adapter.observation_space,
                 tuple(batch), self.device))
         elif self._decode is not None:
@@ -531,24 +532,6 @@ class WorldModelEnv(EnvBase):
             self._held_state = held
             raise
 
-    def _reset_entries(self, mask: Optional[torch.Tensor], seed=None, options=None, batch=None) -> dict:
-        """The entries of a reset tensordict (not yet detached); shared with the fast rollout."""
-        batch = self.batch_size if batch is None else batch
-        with self.logic.batch_override(tuple(batch)):
-            snapshot, info = self.logic.reset(seed=seed, options=options, mask=mask)
-        false = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
-        extra = {"done": false, "terminated": false.clone(), "truncated": false.clone()}
-        if self.adapter.nan_policy == "truncate":
-            extra[NONFINITE_KEY] = false.clone()
-        if self._info_specs:
-            extra.update(info_entries(self._info_specs, info, batch, len(self.batch_size), self.device, self.adapter, True))
-        if self.adapter.ensemble is not None:
-            extra[UNCERTAINTY_KEY] = torch.zeros((*batch, 1), dtype=torch.float32, device=self.device)
-            extra[HALTED_KEY] = false.clone()
-        if self.adapter.continue_hook is not None:  # a start state is no end: it continues
-            extra[CONTINUE_KEY] = torch.ones((*batch, 1), dtype=torch.float32, device=self.device)
-        return self._pack(snapshot, extra)
-
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         batch = tensordict.batch_size
         elapsed = tensordict.get(ELAPSED_KEY, None)
@@ -576,126 +559,16 @@ class WorldModelEnv(EnvBase):
             self._current = entries
         return out.detach() if shared else out
 
-    def _scalar_keys(self) -> frozenset:
-        """The keys of this env's per-env scalars, ``[*B, 1]`` in its tensordicts: reward, done
-        flags, step count, and ``"nonfinite"`` / ``"uncertainty"`` / ``"halted"`` /
-        ``"continue_prob"`` where the env writes them."""
-        keys = {"reward", "done", "terminated", "truncated", ELAPSED_KEY}
-        if self.adapter.nan_policy == "truncate":
-            keys.add(NONFINITE_KEY)
-        if self.adapter.ensemble is not None:
-            keys.update((UNCERTAINTY_KEY, HALTED_KEY))
-        if self.adapter.continue_hook is not None:
-            keys.add(CONTINUE_KEY)
-        return frozenset(keys)
-
-    def _step_entries(
-        self, state: Any, elapsed: Optional[torch.Tensor], action: Any, batch=None, root: Any = None,
-        compact: bool = False,
-    ) -> dict:
-        """The entries of a step's ``"next"`` tensordict from the model state (as the hooks
-        take it), the step counts ``[*B, 1]`` and the action; shared with the fast rollout.
-        A missing step count (None) is 0, a start, unless a time limit is set: then it is
-        refused (the limit would never be reached). ``root`` (the step's input tensordict or
-        entries) gives ``"last_observation"`` where the env carries it
-        (``nan_policy="truncate"``, see the module docs). A batch other than the env's is
-        stepped in one model call, its leading dims flattened into one.
-
-        ``compact=True`` (the fast rollout): the per-env scalars (:meth:`_scalar_keys`: step
-        counts in, reward, flags and step counts out) are ``[*B]``, without the trailing dim of
-        1 the tensordict gives them (the fast rollout adds it once, to the stacked trajectory);
-        every other entry is as without it."""
-        batch = self.batch_size if batch is None else batch
-        one = self._one_action_shape
-        # one action per row, by the adapter's rule (checked here first, before a batch of
-        # several dims is flattened, and to name TorchRL's planners, which give such actions)
-        if one is not None and isinstance(action, torch.Tensor) and not action_shape_accepted(action.shape, one, batch):
-            self._refuse_action_shape(action, batch)
-        if elapsed is None:
-            if self.logic.max_steps is not None:
-                raise KeyError(
-                    f"step: the tensordict has no {ELAPSED_KEY!r} (the step count) and the env has a time limit "
-                    f"(max_episode_steps): read as 0 it would never truncate. Step from the tensordict the env "
-                    f"returned (a transform such as ExcludeTransform({ELAPSED_KEY!r}) must keep it), or set "
-                    f"{ELAPSED_KEY!r} ([*batch, 1] int64) where you build the tensordict"
-                )
-            elapsed = torch.zeros((*batch,) if compact else (*batch, 1), dtype=torch.int64, device=self.device)
-        last = None
-        if self._carries_last:
-            last = None if root is None else root.get(LAST_OBSERVATION_KEY, None)
-            if last is None:
-                raise KeyError(
-                    f"step: the tensordict has no {LAST_OBSERVATION_KEY!r}, the env's own copy of the observation "
-                    "the step starts from, which nan_policy='truncate' hands out as a truncated row's final "
-                    "observation (this model's observation is not its state). Step from the tensordict the env "
-                    f"returned (it carries {LAST_OBSERVATION_KEY!r}), start from given states with "
-                    "env.reset(td, set_state=True) or env.rollout(..., tensordict=td, auto_reset=False), or pass "
-                    "decode_fn=(model, state) -> observation"
-                )
-        if batch != self.batch_size:
-            if len(batch) > 1:
-                flat = (batch.numel(),)
-                if last is not None:
-                    root = {LAST_OBSERVATION_KEY: _reshape(last, len(batch), flat)}
-                entries = self._step_entries(
-                    _reshape(state, len(batch), flat), elapsed.reshape(*flat, *elapsed.shape[len(batch):]),
-                    _reshape(action, len(batch), flat), torch.Size(flat), root, compact,
-                )
-                return {k: _reshape(v, 1, batch) for k, v in entries.items()}
-            with self.logic.batch_override(tuple(batch)):
-                return self._step_entries_now(state, elapsed, action, batch, root, compact)
-        return self._step_entries_now(state, elapsed, action, batch, root, compact)
-
-    def _refuse_action_shape(self, action: torch.Tensor, batch) -> None:
-        hint = ""
-        if self.batch_size:
-            hint = (
-                ". A policy or planner that reads env.action_spec (batched, "
-                f"{tuple(self.action_spec.shape)}) as one env's gives such actions; TorchRL's CEMPlanner and "
-                "MPPIPlanner do: plan on an env built with batch_size=() (the planner's input tensordict "
-                "carries the batch of start states), or sample from env.full_action_spec_unbatched"
-            )
-        refuse_action_shape(action.shape, self._one_action_shape, batch, batch_name="the tensordict's batch", hint=hint)
-
-    def _previous_observation(self, state: Any, root: Any) -> Any:
-        """The observation a step starts from, for ``nan_policy="truncate"`` (called only when a
-        row is truncated): the state itself when the observation is the state, else
-        ``decode_fn(model, state)``, else the ``"last_observation"`` the env wrote itself and
-        the step's input carries (untouched by transforms of the observation)."""
-        if self._state_is_observation:
-            return state
-        if self._decode is not None:
-            return self._decode({"model": self.model, "state": state})
-        last = root.get(LAST_OBSERVATION_KEY)
-        return last.to_dict() if isinstance(last, TensorDictBase) else last
-
-    def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch, root: Any = None,
-                          compact: bool = False) -> dict:
-        snapshot = Snapshot(state=state, observation=None, elapsed=elapsed if compact else elapsed.reshape(elapsed.shape[:-1]))
-        previous = (lambda: self._previous_observation(state, root)) if self.adapter.nan_policy == "truncate" else None
-        snapshot, record = self.logic.step(snapshot, action, self._discard_rows, previous)
-        terminated, truncated, reward = record.terminated, record.truncated, record.reward
-        if not compact:
-            terminated, truncated, reward = terminated.unsqueeze(-1), truncated.unsqueeze(-1), reward.unsqueeze(-1)
-        entries = self._pack(snapshot, compact=compact)
-        entries["reward"] = reward
-        entries["terminated"] = terminated
-        entries["truncated"] = truncated
-        entries["done"] = terminated | truncated
-        if self.adapter.nan_policy == "truncate":
-            nonfinite = record.nonfinite
-            if nonfinite is None:
-                nonfinite = torch.zeros_like(record.truncated)
-            entries[NONFINITE_KEY] = nonfinite if compact else nonfinite.unsqueeze(-1)
-        if self._info_specs:
-            entries.update(info_entries(self._info_specs, record.info, batch, len(self.batch_size), self.device,
-                                        self.adapter, False))
-        if record.uncertainty is not None:
-            entries[UNCERTAINTY_KEY] = record.uncertainty if compact else record.uncertainty.unsqueeze(-1)
-            entries[HALTED_KEY] = record.halted if compact else record.halted.unsqueeze(-1)
-        if record.continue_prob is not None:
-            entries[CONTINUE_KEY] = record.continue_prob if compact else record.continue_prob.unsqueeze(-1)
-        return entries
+    # the entries of reset and step tensordicts (shared with the fast rollout): module functions
+    # taking the env first, bound here as methods
+    _reset_entries = entries.reset_entries
+    _step_entries = entries.step_entries
+    _step_entries_now = entries.step_entries_now
+    _pack = entries.pack
+    _read_state = entries.read_state
+    _previous_observation = entries.previous_observation
+    _refuse_action_shape = entries.refuse_action_shape
+    _scalar_keys = entries.scalar_keys
 
     def rollout(
         self,
@@ -769,47 +642,6 @@ class WorldModelEnv(EnvBase):
             return_contiguous=return_contiguous, tensordict=tensordict, set_state=set_state,
         )
 
-    def _read_state(self, tensordict: TensorDictBase) -> Any:
-        if self._state_kind == "opaque":
-            return self._held_state
-        state = tensordict.get(self._state_key, None)
-        if state is None:
-            raise KeyError(
-                f"step: the tensordict has no {self._state_key!r} (it has {sorted(map(str, tensordict.keys()))}); "
-                "step from the tensordict env.reset() returns, or from model states (env.reset(td, set_state=True))"
-            )
-        if self._state_kind == "dict":
-            return state.to_dict()
-        return state
-
-    def _pack(self, snapshot: Snapshot, extra: Optional[dict] = None, compact: bool = False) -> dict:
-        """Snapshot (+ ``extra`` entries) -> the entries of a tensordict (observation keys,
-        model state, step count), made into a tensordict by ONE constructor call by the caller:
-        this is on the per-step hot path. ``compact``: the step count ``[*B]`` (see
-        :meth:`_step_entries`)."""
-        kind = state_kind(snapshot.state)
-        if kind != self._state_kind:  # the state spec was built from the first reset's state
-            raise TypeError(
-                f"model state: the first reset gave a {self._state_kind} state, this call gave a {kind} "
-                f"({type(snapshot.state).__name__}); return the state in one structure throughout "
-                "(a hook that returns no state makes the observation the state)"
-            )
-        observation = snapshot.observation
-        if observation is snapshot.state:  # the observation is the state: two keys, two tensors,
-            # so writing into one never changes the other
-            observation = _clone_tree(observation)
-        entries = dict(observation) if self._dict_observation else {OBSERVATION_KEY: observation}
-        if self._carries_last:  # a copy: a transform writing into the observation never changes it
-            entries[LAST_OBSERVATION_KEY] = _clone_tree(observation)
-        if self._state_kind != "opaque":
-            entries[self._state_key] = snapshot.state
-        entries[ELAPSED_KEY] = snapshot.elapsed if compact else snapshot.elapsed.unsqueeze(-1)
-        if extra:
-            entries.update(extra)
-        if self._state_kind == "opaque":
-            self._held_state = snapshot.state  # committed only after the step succeeded
-        return entries
-
     def to(self, device) -> "WorldModelEnv":
         """Move the env, its specs and its world model (a registered submodule) to ``device``."""
         out = super().to(device)
@@ -824,122 +656,15 @@ class WorldModelEnv(EnvBase):
         self._current = None
         super().close(raise_if_closed=raise_if_closed)
 
-    # --------------------------------------------------------------- exports
-    def to_gymnasium(self, **kwargs):
-        """Unbatched env -> :class:`~torchwm_rl.gym.GymWorldModelEnv`; batched (N,) ->
-        :class:`~torchwm_rl.gym.GymVectorWorldModelEnv` (``num_envs=N``). Keyword args
-        (``render_mode``, ``autoreset_mode``) go to the export.
-
-        Every export shares this env's model and hooks but has its own episode state and
-        random streams (:meth:`EpisodeLogic.fork`), starting from this env's (a seed given to
-        this env and not yet used seeds the export's first reset too): two exports of one env,
-        or an export and this env, never change each other's streams, so each gives the
-        trajectories it gives alone. Exports are made for this env's device at the time."""
-        from .gym import GymVectorWorldModelEnv, GymWorldModelEnv
-
-        if self.batch_size:
-            return GymVectorWorldModelEnv.from_logic(self.logic.fork(), **kwargs)
-        return GymWorldModelEnv.from_logic(self.logic.fork(), **kwargs)
-
-    def to_sb3(self, render_mode: Optional[str] = None):
-        """A Stable-Baselines3 ``VecEnv`` over this env's model (``num_envs=N``; 1 if
-        unbatched), with its own episode state and streams as :meth:`to_gymnasium`'s. Batched:
-        one model call per step for all N envs. Unbatched: SB3's own ``DummyVecEnv`` around
-        :meth:`to_gymnasium` (SB3 already does N=1 right). ``render_mode="rgb_array"``:
-        ``render()`` returns the envs' frames tiled (what ``VecVideoRecorder`` records)."""
-        from .sb3 import SB3VecWorldModelEnv
-
-        if not self.batch_size:
-            from stable_baselines3.common.vec_env import DummyVecEnv
-
-            return DummyVecEnv([lambda: self.to_gymnasium(render_mode=render_mode)])
-        return SB3VecWorldModelEnv.from_logic(self.logic.fork(), render_mode)
+    # exports (torchwm_rl.exports): refused when reached through a TransformedEnv
+    to_gymnasium = RefuseThroughTransforms(exports.to_gymnasium)
+    to_sb3 = RefuseThroughTransforms(exports.to_sb3)
 
 
-class _Export:
-    """``WorldModelEnv.to_gymnasium`` / ``to_sb3``: the method, unless it is looked up through a
-    ``TransformedEnv``.
-
-    TorchRL's ``TransformedEnv.__getattr__`` forwards an attribute it lacks to ``base_env``, so
-    ``TransformedEnv(env, ObservationNorm(...)).to_gymnasium()`` would export the base env
-    without its transforms: un-normalised observations, unscaled rewards, and no error. The
-    lookup is the only moment that tells the two apart (the bound method it returns is the base
-    env's), so this descriptor looks at its caller's frames for a ``TransformedEnv`` running
-    ``__getattr__`` and then hands out a function that refuses, saying what to do. This avoids
-    patching TorchRL's class; tests/test_exports.py fails should TorchRL change how it forwards.
-    A ``TransformedEnv`` without transforms exports as its base env (nothing is dropped)."""
-
-    def __init__(self, method: Callable):
-        functools.update_wrapper(self, method)
-        self.method = method
-
-    def __get__(self, env: Any, owner: Any = None) -> Any:
-        if env is None:
-            return self.method
-        wrapper = _forwarding_transformed_env(sys._getframe(1))
-        if wrapper is None:
-            return types.MethodType(self.method, env)
-        name = self.method.__name__
-
-        def refuse(*args, **kwargs):
-            raise TypeError(
-                f"{name}() was reached through a TransformedEnv, which forwards it to its base env: the export "
-                f"would step the base env WITHOUT its transforms ({_transform_names(wrapper.transform)}), so its observations and rewards would not be the "
-                f"TransformedEnv's. Export the base env explicitly, env.base_env.{name}(), and apply the "
-                "transforms on the other side (Gymnasium wrappers such as NormalizeObservation, "
-                "TransformObservation, TransformReward; SB3's VecNormalize), or train on the TransformedEnv "
-                "with TorchRL."
-            )
-
-        refuse.__name__ = refuse.__qualname__ = name
-        return refuse
-
-
-def _forwarding_transformed_env(frame: Any, depth: int = 4) -> Any:
-    """The ``TransformedEnv`` with transforms whose ``__getattr__`` is among the ``depth`` frames
-    from ``frame`` up (the lookup being forwarded to its base env), else None."""
-    for _ in range(depth):
-        if frame is None:
-            return None
-        if frame.f_code.co_name == "__getattr__":
-            wrapper = frame.f_locals.get("self")
-            if isinstance(wrapper, TransformedEnv):
-                transform = wrapper.transform
-                empty = isinstance(transform, Compose) and len(transform) == 0
-                return None if empty else wrapper
-        frame = frame.f_back
-    return None
-
-
-def _transform_names(transform: Any) -> str:
-    parts = transform if isinstance(transform, Compose) else [transform]
-    return ", ".join(type(t).__name__ for t in parts)
-
-
-WorldModelEnv.to_gymnasium = _Export(WorldModelEnv.to_gymnasium)
-WorldModelEnv.to_sb3 = _Export(WorldModelEnv.to_sb3)
 _register_originals(WorldModelEnv)
 # TorchRL's metaclass and __new__ take (*args, **kwargs): the class's signature is __init__'s
 _init_signature = inspect.signature(WorldModelEnv.__init__)
 WorldModelEnv.__signature__ = _init_signature.replace(parameters=list(_init_signature.parameters.values())[1:])
-
-
-def _clone_tree(value: Any) -> Any:
-    """A tensor, or a (nested) dict of tensors, copied."""
-    if isinstance(value, Mapping):
-        return {k: _clone_tree(v) for k, v in value.items()}
-    return value.clone()
-
-
-def _reshape(value: Any, ndim: int, batch) -> Any:
-    """``value`` (a tensor, TensorDict or dict of them) with its ``ndim`` leading dims made ``batch``."""
-    if isinstance(value, torch.Tensor):
-        return value.reshape(*batch, *value.shape[ndim:])
-    if isinstance(value, TensorDictBase):
-        return value.reshape(*batch)
-    if isinstance(value, Mapping):
-        return {k: _reshape(v, ndim, batch) for k, v in value.items()}
-    return value
 
 
 class _SharedLogicEnv(WorldModelEnv):

@@ -3,7 +3,8 @@
 The TensorDict layout (keys, shapes, dtypes; ``B`` = ``batch_size``) is the contract: it is
 in :mod:`torchwm_rl.env_specs`, where the keys and their specs are made. The step and reset
 entries come from :mod:`torchwm_rl.entries` (shared with the fast rollout,
-:mod:`torchwm_rl.rollout`); the exports are :mod:`torchwm_rl.exports`.
+:mod:`torchwm_rl.rollout`); what a reset tensordict carries (given start states, the rows a
+partial reset keeps) is :mod:`torchwm_rl.reset_input`; the exports are :mod:`torchwm_rl.exports`.
 
 Partial resets use TorchRL's ``"_reset"`` mask: the reset hook computes the full batch (it gets
 ``options["reset_mask"]``) and TorchRL keeps the rows not being reset from the input tensordict;
@@ -23,25 +24,23 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Composite, TensorSpec
+from torchrl.data import TensorSpec
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
-from . import entries, exports
+from . import entries, exports, reset_input
 from .adapter import ModelAdapter
 from .calling import Hook
 from .env_specs import (  # noqa: F401  (the key names, importable from here as before)
     CONTINUE_KEY, ELAPSED_KEY, HALTED_KEY, LAST_OBSERVATION_KEY, NONFINITE_KEY, OBSERVATION_KEY, RESERVED_KEYS,
-    STATE_KEY, UNCERTAINTY_KEY, StateKind, check_state_key, info_entries, make_info_specs, make_specs,
-    parse_batch_size, refuse_reserved,
+    STATE_KEY, UNCERTAINTY_KEY, StateKind, check_state_key, make_info_specs, make_specs, parse_batch_size,
+    refuse_reserved,
 )
-from .entries import clone_tree
 from .episode import EpisodeLogic
 from .exports import RefuseThroughTransforms
 from .options import env_repr, with_model_options
 from .rollout import _register_originals, checked_rollout, fast_rollout_applies
 from .spaces import space_to_spec
-from .validation import to_observation
 
 
 class WorldModelEnv(EnvBase):
@@ -265,61 +264,13 @@ class WorldModelEnv(EnvBase):
         return tensordict
 
     def _input_td_has_state(self, tensordict: Optional[TensorDictBase]) -> bool:
-        """TorchRL's implicit set_state (a plain ``reset(td)``, ``set_state`` unspecified): the
-        envs start from ``td[state_key]`` when ``td`` carries it (as ``DreamerActorLoss``'s
-        reset relies on; TorchRL warns that from v0.15 this needs ``set_state=True``). The step
-        count alone is bookkeeping, not a state; a ``"_reset"`` mask asks for fresh starts of
-        the masked rows (the others keep theirs), never a reset to the given states.
-
-        A tensordict that carries ``"state"`` (the key ``DreamerActorLoss`` hard-codes) that is
-        not this env's model state key nor one of its keys, and is laid out as the model state
-        or one of its entries (:meth:`_could_be_state`), is refused: the envs would start from
-        fresh reset-hook draws instead of those states. A ``"state"`` of another layout (a
-        recurrent policy's ``TensorDictPrimer``) is not a model state and is left alone. A
-        ``"belief"`` next to the model state that is not one of the env's keys (DreamerActorLoss's
-        default belief key, left unmapped) is refused too: it would stay the replay's value at
-        every imagined step."""
+        """TorchRL's implicit set_state: whether a plain ``reset(td)`` starts from the model
+        states ``td`` carries; see :func:`~torchwm_rl.reset_input.carries_states` (which also
+        refuses DreamerActorLoss's ``"state"`` / ``"belief"`` keys left unmapped)."""
         if tensordict is None or self._state_kind == "opaque" or "_reset" in tensordict.keys():
-            return False
-        keys = tensordict.keys()
-        if self._state_key in keys:
-            if "belief" in keys and "belief" not in self.observation_spec.keys():
-                # DreamerActorLoss selects ("state", belief key): its default "belief", a key this
-                # env never steps, would stay the replay's value at every imagined step
-                raise KeyError(
-                    f"reset: the tensordict carries the model state {self._state_key!r} and a 'belief' this env "
-                    "does not step: it would stay the given value at every imagined step while the state moves. "
-                    "With TorchRL's DreamerActorLoss, the whole model state is under the state key: "
-                    f"actor_loss.set_keys(belief={self._state_key!r}) (a dict state's entries are nested keys, "
-                    f"e.g. ({self._state_key!r}, 'belief')). To carry it unchanged on purpose, pass set_state=True"
-                )
-            return True
-        if "state" in keys and "state" not in self.observation_spec.keys() and self._could_be_state(
-                tensordict.get("state"), tensordict.batch_size):
-            raise KeyError(
-                f"reset: the tensordict carries 'state' but this env's model state is under "
-                f"{self._state_key!r}, so the envs would start from fresh draws of the reset hook, not "
-                "from those states. TorchRL's DreamerActorLoss reads its start states from 'state': build "
-                "the env with WorldModelEnv(..., state_key='state'). To draw fresh starts on purpose, pass "
-                "set_state=False"
-            )
-        return False
-
-    def _could_be_state(self, value: Any, batch) -> bool:
-        """Whether ``value`` (a tensordict's ``"state"``) may be this env's model state, or part
-        of it, for ``batch``: a tensordict sharing an entry with a dict state, or a tensor of the
-        per-env shape of the state or of any of its entries (TorchRL's RSSM writes its latent
-        ``"state"`` next to ``"belief"``). Anything else under ``"state"`` (a recurrent policy's
-        ``TensorDictPrimer`` of another shape) is not a model state: a reset draws fresh starts."""
-        spec = self.state_spec[self._state_key]
-        nbatch = len(self.batch_size)
-        if isinstance(value, TensorDictBase):
-            return isinstance(spec, Composite) and bool(set(value.keys()) & set(spec.keys()))
-        if not isinstance(value, torch.Tensor):
-            return False
-        leaves = [spec] if not isinstance(spec, Composite) else [
-            spec[k] for k in spec.keys(include_nested=True, leaves_only=True)]
-        return any(tuple(value.shape) == (*batch, *leaf.shape[nbatch:]) for leaf in leaves)
+            return False  # carries_states' own first answer, before the spec lookups below
+        return reset_input.carries_states(tensordict, self._state_key, self._state_kind, self.observation_spec.keys(),
+                                          self.state_spec[self._state_key], len(self.batch_size))
 
     def _step_proc_data(self, next_tensordict):
         if next_tensordict.batch_size == self.batch_size:
@@ -339,182 +290,11 @@ class WorldModelEnv(EnvBase):
             return _update_during_reset(tensordict_reset, tensordict, self.reset_keys)
         return tensordict_reset
 
-    def _complete_kept_rows(self, tensordict: TensorDictBase) -> None:
-        """A partial reset keeps the rows not reset from ``tensordict``; TorchRL would pad a key
-        the tensordict lacks with zeros, so what the kept rows need is filled in here or refused.
-
-        * A tensordict carrying nothing but the ``"_reset"`` mask (TorchRL's
-          ``select_reset_only``: ``SerialEnv`` resets its sub-envs so) asks, as for any stateful
-          TorchRL env, to keep the other envs where they stand: in the last tensordict this env
-          gave at its batch (a step's ``"next"`` or a reset; :attr:`_current`). Never given one:
-          refused.
-        * Otherwise a missing model state is an error, and so is a missing step count when a
-          time limit is set (read as 0 the kept envs' episodes would run past it); without a
-          limit it starts at 0. A missing observation comes from the state
-          (:meth:`_observation_of`)."""
-        mask = tensordict.get("_reset", None)
-        if mask is None or bool(mask.all()):
-            return
-        keys = set(tensordict.keys())
-        if keys == {"_reset"} and self._current is not None and tensordict.batch_size == self.batch_size:
-            kept = set(self.observation_spec.keys()) | set(self.done_keys)
-            # copies (TorchRL merges the reset rows into the tensordict's tensors in place), with no
-            # graph: what a reset gives carries none (see _reset)
-            current = {k: v for k, v in self._current.items() if k in kept}
-            tensordict.update(TensorDict(current, batch_size=self.batch_size, device=self.device).detach().clone())
-            keys = set(tensordict.keys())
-        if self._state_key in self.state_spec.keys() and self._state_key not in keys:
-            raise KeyError(
-                f"partial reset: the envs not being reset keep their state, but the tensordict has no "
-                f"{self._state_key!r} (it has {sorted(map(str, keys))}); pass the tensordict of the "
-                "previous step or reset (it carries every key), or reset every env"
-            )
-        if ELAPSED_KEY not in keys and self.logic.max_steps is not None:
-            raise KeyError(
-                f"partial reset: the envs not being reset keep their step count, but the tensordict has no "
-                f"{ELAPSED_KEY!r} and the env has a time limit (max_episode_steps), which those envs would run "
-                f"past (read as 0); pass the tensordict of the previous step or reset (a transform such as "
-                f"ExcludeTransform({ELAPSED_KEY!r}) must keep it), or reset every env"
-            )
-        # the kept rows are the env's own running states, not given start states: not checked
-        # against the state spec (the fast path's auto-reset never checks them either)
-        self._complete_start(tensordict, in_place=True, check=False)
-
-    def _observation_keys(self) -> list:
-        return list(self.adapter.observation_space.spaces) if self._dict_observation else [OBSERVATION_KEY]
-
-    def _complete_start(self, tensordict: TensorDictBase, in_place: bool = False, check: bool = True) -> TensorDictBase:
-        """``tensordict`` with what a start state implies filled in where absent: the
-        observation (:meth:`_observation_of`), the step count (0), the done flags (False) and
-        declared info values (0). Unchanged (same object) when nothing is missing."""
-        batch = tensordict.batch_size
-        keys = set(tensordict.keys())
-        if check and self._state_key in keys and self._state_kind != "opaque":
-            given = tensordict.get(self._state_key)
-            state = self._check_given_state(given, batch)
-            if state is not given:  # widened to the state's dtypes: a copy, the caller's stays as it is
-                tensordict = tensordict.copy() if not in_place else tensordict
-                tensordict.set(self._state_key, state)
-        missing_obs = [k for k in self._observation_keys() if k not in keys]
-        fill = {}
-        if missing_obs:
-            fill.update(self._observation_of(tensordict, missing_obs))
-        if self._carries_last and LAST_OBSERVATION_KEY not in keys:  # a start: its own observation
-            observation = {k: fill[k] if k in fill else tensordict.get(k) for k in self._observation_keys()}
-            fill[LAST_OBSERVATION_KEY] = clone_tree(observation if self._dict_observation
-                                                     else observation[OBSERVATION_KEY])
-        if ELAPSED_KEY not in keys:
-            fill[ELAPSED_KEY] = torch.zeros((*batch, 1), dtype=torch.int64, device=self.device)
-        for key in ("done", "terminated", "truncated", *((NONFINITE_KEY,) if self.adapter.nan_policy == "truncate" else ())):
-            if key not in keys:
-                fill[key] = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
-        if self.adapter.continue_hook is not None and CONTINUE_KEY not in keys:  # a start continues
-            fill[CONTINUE_KEY] = torch.ones((*batch, 1), dtype=torch.float32, device=self.device)
-        reset_info = info_entries(self._info_specs, {}, batch, len(self.batch_size), self.device, self.adapter, True)
-        fill.update({k: v for k, v in reset_info.items() if k not in keys})
-        if not fill:
-            return tensordict
-        out = tensordict if in_place else tensordict.copy()
-        out.update(fill)
-        return out
-
-    def _check_given_state(self, state: Any, batch) -> Any:
-        """A model state given in a tensordict (replay buffer, encoder) has the structure, shapes
-        and dtypes of the env's own (``state_spec``), for ``batch``: a missing entry of a dict
-        state (e.g. a loss that selected part of it) or a wrong shape is an error naming the key,
-        never a start from a different state. A leaf of a narrower dtype of the same kind
-        (float32 for a float64 state: replay buffers store the observations' float32) is widened,
-        which keeps every value; returns the state (the same object when nothing was widened).
-        Once per start, not per step."""
-        nbatch = len(self.batch_size)
-
-        def check(value, spec, name):
-            if isinstance(spec, Composite):
-                if not isinstance(value, TensorDictBase):
-                    raise TypeError(f"{name}: expected the model state's entries {sorted(spec.keys())}, "
-                                    f"got a {type(value).__name__}")
-                want, got = set(spec.keys()), set(value.keys())
-                if want != got:
-                    raise KeyError(
-                        f"{name}: the model state has the entries {sorted(want)}, the tensordict's has "
-                        f"{sorted(got)} (missing {sorted(want - got)}, unexpected {sorted(got - want)})"
-                    )
-                fixed = {key: check(value.get(key), spec[key], f"{name}[{key!r}]") for key in spec.keys()}
-                if all(fixed[key] is value.get(key) for key in fixed):
-                    return value
-                out = value.copy()
-                out.update(fixed)
-                return out
-            expected = (*batch, *spec.shape[nbatch:])
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
-                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(f"{name}: expected shape {expected} (the tensordict's batch {tuple(batch)}, "
-                                 f"then one env's state shape {tuple(spec.shape[nbatch:])}), got {got}")
-            if value.dtype != spec.dtype:
-                same_kind = value.is_floating_point() == spec.dtype.is_floating_point and value.dtype != torch.bool
-                if not (same_kind and torch.promote_types(value.dtype, spec.dtype) == spec.dtype):
-                    raise TypeError(f"{name}: expected dtype {spec.dtype} (the model's state), got {value.dtype}")
-                return value.to(spec.dtype)
-            return value
-
-        return check(state, self.state_spec[self._state_key], repr(self._state_key))
-
-    def _observation_of(self, tensordict: TensorDictBase, missing: list) -> dict:
-        """The observation entries of the model states in ``tensordict``: the state itself when
-        the observation is the state, else ``decode_fn(model, state)``."""
-        state = tensordict.get(self._state_key, None)
-        if state is None:
-            raise KeyError(
-                f"a start state needs {self._state_key!r} in the tensordict (got keys {sorted(map(str, tensordict.keys()))})"
-            )
-        batch = tensordict.batch_size
-        if self._state_is_observation:
-            # the observation is the state cast to the space's dtype, and a tensor of its own
-            # (writing into one of the two keys must never change the other)
-            observation = clone_tree(to_observation(
-                state.to_dict() if self._state_kind == "dict" else state, self.adapter.observation_space,
-                tuple(batch), self.device))
-        elif self._decode is not None:
-            with torch.no_grad(), self.logic.batch_override(tuple(batch)):
-                raw = self._decode({"model": self.model, "state": self._as_hook_state(state)})
-            try:
-                observation = to_observation(raw, self.adapter.observation_space, tuple(batch), self.device)
-            except (TypeError, ValueError) as err:
-                raise type(err)(f"decode_fn: {err}") from None
-        else:
-            raise KeyError(
-                f"reset from given states: the tensordict has {self._state_key!r} but no observation {missing}, "
-                "and this model's observation is not its state; put the observation in the tensordict "
-                "or pass decode_fn=(model, state) -> observation to WorldModelEnv"
-            )
-        entries = dict(observation) if self._dict_observation else {OBSERVATION_KEY: observation}
-        return {k: entries[k] for k in missing}
-
-    def _as_hook_state(self, state: Any) -> Any:
-        return state.to_dict() if self._state_kind == "dict" and isinstance(state, TensorDictBase) else state
-
     # ------------------------------------------------------------------ core
     def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDictBase:
         batch = self.batch_size if tensordict is None else tensordict.batch_size
-        if kwargs.get("set_state"):
-            # start from the states the tensordict carries (TorchRL's set_state contract)
-            if tensordict is None or self._state_key not in tensordict.keys():
-                got = sorted(map(str, tensordict.keys())) if tensordict is not None else "no tensordict"
-                raise KeyError(f"reset(set_state=True) needs {self._state_key!r} in the tensordict, got {got}")
-            keys = [*self._observation_keys(), self._state_key, ELAPSED_KEY, "done", "terminated", "truncated"]
-            if self.adapter.nan_policy == "truncate":
-                keys.append(NONFINITE_KEY)
-            if self._carries_last:
-                keys.append(LAST_OBSERVATION_KEY)
-            if self.adapter.continue_hook is not None:
-                keys.append(CONTINUE_KEY)
-            with self.logic.transaction():  # a failure leaves the streams and a pending seed alone
-                start = self._complete_start(tensordict.select(*keys, *self._info_specs, strict=False))
-                out = start.select(*keys, *self._info_specs).clone(False)
-                self.logic.start_from_given_states(tuple(batch), kwargs.get("seed"))
-                false = torch.zeros((*batch, 1), dtype=torch.bool, device=self.device)
-                out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
-            return out
+        if kwargs.get("set_state"):  # start from the states the tensordict carries
+            return reset_input.start_from_given(self, tensordict, batch, kwargs.get("seed"))
         mask = None
         if tensordict is not None and "_reset" in tensordict.keys():
             mask = tensordict.get("_reset").reshape(batch)
@@ -559,8 +339,8 @@ class WorldModelEnv(EnvBase):
             self._current = entries
         return out.detach() if shared else out
 
-    # the entries of reset and step tensordicts (shared with the fast rollout): module functions
-    # taking the env first, bound here as methods
+    # the entries of reset and step tensordicts (shared with the fast rollout) and the start
+    # states a tensordict carries: module functions taking the env first, bound here as methods
     _reset_entries = entries.reset_entries
     _step_entries = entries.step_entries
     _step_entries_now = entries.step_entries_now
@@ -569,6 +349,8 @@ class WorldModelEnv(EnvBase):
     _previous_observation = entries.previous_observation
     _refuse_action_shape = entries.refuse_action_shape
     _scalar_keys = entries.scalar_keys
+    _complete_start = reset_input.complete_start
+    _complete_kept_rows = reset_input.complete_kept_rows
 
     def rollout(
         self,

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import TensorSpec
+from torchrl.data import Composite, TensorSpec
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
@@ -189,7 +189,13 @@ class WorldModelEnv(EnvBase):
         self._state_kind: StateKind = specs.state_kind
         self.observation_spec = specs.observation
         self.state_spec = specs.state
-        self.action_spec = specs.action
+        if isinstance(specs.action, Composite):
+            # a Dict action space: its entries under "action" (("action", "a"), ...), so the action
+            # key stays "action"; setting action_spec to a Composite would make each entry a
+            # top-level action key and leave "action" unset
+            self.full_action_spec = Composite(action=specs.action, shape=self.batch_size, device=self.device)
+        else:
+            self.action_spec = specs.action
         self._one_action_shape = specs.one_action_shape  # for the shape check of _step_entries
         self.reward_spec = specs.reward
         self.done_spec = specs.done

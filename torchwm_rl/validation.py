@@ -99,11 +99,12 @@ def _check_dict_keys(value: Any, space: spaces.Dict, key: str, what: str) -> Non
     if not isinstance(value, Mapping):
         raise TypeMismatch(f"{key}: the {what} space is a Dict with keys {list(space.spaces)}, got {type(value).__name__}",
                            key=key, expected=list(space.spaces), got=type(value).__name__)
-    missing = [k for k in space.spaces if k not in value]
-    extra = [k for k in value if k not in space.spaces]
+    keys = list(value.keys())  # not iter(value): a TensorDict iterates over its rows
+    missing = [k for k in space.spaces if k not in keys]
+    extra = [k for k in keys if k not in space.spaces]
     if missing or extra:
         raise ValueMismatch(f"{key}: Dict {what} keys differ: missing {missing}, unexpected {extra}",
-                            key=key, expected=list(space.spaces), got=list(value))
+                            key=key, expected=list(space.spaces), got=keys)
 
 
 def to_observation(

@@ -44,6 +44,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 
 from ..convert import detach_tree, observation_row
 from .progress import quiet_torchrl_info
@@ -363,7 +364,7 @@ def _check_sb3(env, seed: int) -> CheckResult:
         obs = venv.reset()
         n = venv.num_envs
         for _ in range(5):
-            actions = np.stack([venv.action_space.sample() for _ in range(n)])
+            actions = _stack_rows([venv.action_space.sample() for _ in range(n)])  # a Dict space key by key
             obs, rewards, dones, infos = venv.step(actions)
             if np.asarray(rewards).shape != (n,) or np.asarray(dones).shape != (n,) or len(infos) != n:
                 raise ValueError("SB3 VecEnv step must return rewards/dones of shape (num_envs,) "
@@ -380,8 +381,8 @@ def _check_sb3(env, seed: int) -> CheckResult:
 
 def _sample_actions(space, n_steps: int, batch: tuple, seed: int) -> list:
     space.seed(seed)
-    if batch:
-        return [np.stack([np.asarray(space.sample()) for _ in range(batch[0])]) for _ in range(n_steps)]
+    if batch:  # a Dict space's samples stacked key by key
+        return [_stack_rows([space.sample() for _ in range(batch[0])]) for _ in range(n_steps)]
     return [space.sample() for _ in range(n_steps)]
 
 
@@ -390,9 +391,16 @@ def _replaying(actions: list) -> Callable:
     it = iter(actions)
 
     def policy(tensordict):  # TorchRL passes the whole tensordict to a param named `tensordict`
-        return tensordict.set("action", torch.as_tensor(np.asarray(next(it))))
+        return tensordict.set("action", _as_torch(next(it), tensordict.batch_size))
 
     return policy
+
+
+def _as_torch(action: Any, batch) -> Any:
+    """A sampled action as the TorchRL env takes it (a Dict space's as a TensorDict)."""
+    if isinstance(action, dict):
+        return TensorDict({k: _as_torch(v, batch) for k, v in action.items()}, batch_size=batch)
+    return torch.as_tensor(np.asarray(action))
 
 
 def _obs_np(td, keys):

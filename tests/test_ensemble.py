@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from tensordict import TensorDict
 
 from torchwm_rl import GymWorldModelEnv, WorldModelEnv
 from torchwm_rl.ensemble import max_pairwise_distance
@@ -592,3 +593,18 @@ def test_uncertainty_fn_values_integer_and_nonfinite():
     td = make(propagation="mean", uncertainty_fn=nan_in_env_3, nan_policy="truncate").rollout(
         1, zero_policy, break_when_any_done=False)
     assert td["next", "truncated"][:, 0, 0].tolist() == [i == 3 for i in range(8)]
+
+
+def test_a_start_from_given_states_carries_the_ensemble_entries_a_reset_writes():
+    """reset(td, set_state=True) on an ensemble env writes "uncertainty" (0) and "halted"
+    (False) as env.reset() does, so the rollout's first step carries them at the root (before,
+    they were missing from the reset and from the trajectory's root keys)."""
+    env = make()
+    td0 = env.reset()
+    start = TensorDict({"model_state": td0["model_state"].clone()}, batch_size=[8])
+    td = env.reset(start, set_state=True)
+    assert set(td.keys()) == set(td0.keys())
+    assert torch.equal(td["uncertainty"], torch.zeros(8, 1)) and not td["halted"].any()
+    rollout = env.rollout(3, tensordict=td, auto_reset=False)
+    assert {"uncertainty", "halted"} <= set(rollout.keys())
+    torch.testing.assert_close(rollout["uncertainty"][:, 1:], rollout["next", "uncertainty"][:, :-1])

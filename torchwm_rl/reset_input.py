@@ -23,7 +23,10 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Composite, TensorSpec
 
 from .entries import clone_tree
-from .env_specs import CONTINUE_KEY, ELAPSED_KEY, LAST_OBSERVATION_KEY, NONFINITE_KEY, OBSERVATION_KEY, info_entries
+from .env_specs import (
+    CONTINUE_KEY, ELAPSED_KEY, HALTED_KEY, LAST_OBSERVATION_KEY, NONFINITE_KEY, OBSERVATION_KEY, UNCERTAINTY_KEY,
+    info_entries,
+)
 from .validation import to_observation
 
 #: the root key TorchRL's ``DreamerActorLoss`` reads its start states from, and its default belief key
@@ -150,6 +153,8 @@ def start_keys(env) -> list:
         keys.append(LAST_OBSERVATION_KEY)
     if env.adapter.continue_hook is not None:
         keys.append(CONTINUE_KEY)
+    if env.adapter.ensemble is not None:
+        keys.extend((UNCERTAINTY_KEY, HALTED_KEY))
     return keys
 
 
@@ -184,6 +189,11 @@ def complete_start(env, tensordict: TensorDictBase, in_place: bool = False, chec
             fill[key] = torch.zeros((*batch, 1), dtype=torch.bool, device=env.device)
     if env.adapter.continue_hook is not None and CONTINUE_KEY not in keys:  # a start continues
         fill[CONTINUE_KEY] = torch.ones((*batch, 1), dtype=torch.float32, device=env.device)
+    if env.adapter.ensemble is not None:  # as a reset writes them: no uncertainty, not halted
+        if UNCERTAINTY_KEY not in keys:
+            fill[UNCERTAINTY_KEY] = torch.zeros((*batch, 1), dtype=torch.float32, device=env.device)
+        if HALTED_KEY not in keys:
+            fill[HALTED_KEY] = torch.zeros((*batch, 1), dtype=torch.bool, device=env.device)
     reset_info = info_entries(env._info_specs, {}, batch, len(env.batch_size), env.device, env.adapter, True)
     fill.update({k: v for k, v in reset_info.items() if k not in keys})
     if not fill:

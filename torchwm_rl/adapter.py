@@ -583,16 +583,9 @@ class ModelAdapter:
                             uncertainty=uncertainty, halted=halted, continue_prob=continue_prob)
         self._apply_nan_policy(record, discard, reward_hook.name, model_action, previous_observation, state,
                                continue_raw)
-        if continue_prob is None:
-            record.state, record.observation, record.reward, record.terminated, record.truncated = self._unalias(
-                (record.state, record.observation, record.reward, record.terminated, record.truncated), own
-            )
-        else:
-            (record.state, record.observation, record.reward, record.terminated, record.truncated,
-             record.continue_prob) = self._unalias(
-                (record.state, record.observation, record.reward, record.terminated, record.truncated,
-                 record.continue_prob), own
-            )
+        fields = _STEP_FIELDS if continue_prob is None else _STEP_FIELDS_WITH_CONTINUE
+        for name, value in zip(fields, self._unalias(tuple(getattr(record, f) for f in fields), own)):
+            setattr(record, name, value)
         return record
 
     def _continue_ends(self, prob: torch.Tensor) -> torch.Tensor:
@@ -939,6 +932,10 @@ def _copy_state(value: Any) -> Any:
         return {k: _copy_state(v) for k, v in value.items()}
     return value
 
+
+#: the Transition fields a step hands out, each copied where it aliases (``ModelAdapter._unalias``)
+_STEP_FIELDS = ("state", "observation", "reward", "terminated", "truncated")
+_STEP_FIELDS_WITH_CONTINUE = (*_STEP_FIELDS, "continue_prob")
 
 #: the tensors envs handed out (see ``ModelAdapter._unalias``); shared by every env in the
 #: process, since envs (and exports) may share one model and its buffers

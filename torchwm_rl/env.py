@@ -805,7 +805,10 @@ class WorldModelEnv(EnvBase):
     def _step_entries_now(self, state: Any, elapsed: torch.Tensor, action: Any, batch, root: Any = None,
                           compact: bool = False) -> dict:
         snapshot = Snapshot(state=state, observation=None, elapsed=elapsed if compact else elapsed.reshape(elapsed.shape[:-1]))
-        previous = (lambda: self._previous_observation(state, root)) if self.adapter.nan_policy == "truncate" else None
+        previous = None
+        if self.adapter.nan_policy == "truncate":  # as is, unless decode_fn makes it (then only when needed)
+            previous = self._previous_observation(state, root) if self._decode is None else (
+                lambda: self._previous_observation(state, root))
         snapshot, record = self.logic.step(snapshot, action, self._discard_rows, previous)
         terminated, truncated, reward = record.terminated, record.truncated, record.reward
         if not compact:

@@ -221,6 +221,13 @@ def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device
                 checks.read()
             break
         done = nxt["done"]  # terminated | truncated (WorldModelEnv._step_entries_now)
+        # The two reads of done.any() left per step, kept on purpose: (1) break_when_any_done
+        # stops at the first done step; running ahead and cutting the trajectory there would call
+        # the policy (and the hooks) for steps that never happened, so a policy with a state of
+        # its own (an iterator of actions, a recurrent cell, a counter) would not be where a stop
+        # leaves it. (2) reset_schedule="when_done" calls the reset hook only at steps where an
+        # env finished: a hook drawing random numbers gives today's numbers for a seed only if
+        # it is called exactly then (reset_schedule="every_step" is the read-free opt-in).
         if break_when_any_done:
             if bool(done.any()):
                 if checks is not None:

@@ -479,21 +479,27 @@ def test_a_restart_of_every_row_refuses_a_bad_reset_as_the_per_step_path_does(op
     assert "partial reset" not in str(errors[0])
 
 
-def test_a_policy_writing_into_a_recorded_action_is_refused_before_the_replay():
+def test_a_policy_writing_into_a_recorded_action_gets_the_per_step_error():
     """The replay after a failed deferred check steps the recorded actions: a policy that
-    alternates between two buffers and refills the one it returned two steps earlier would make
-    the replay step other actions, so it is refused naming the step (before: the replay stepped
-    the rewritten values)."""
-    buffers, calls = [torch.ones(N, 1), torch.ones(N, 1)], [0]
+    alternates between two buffers and refills the one it returned two steps earlier. The
+    trajectory holds copies of each step's action (written in place into its [*B, T] buffer),
+    so the replay steps what the policy gave and raises the per-step error (before the
+    preallocated trajectory: refused naming step 1, since the record kept the policy's own
+    tensors; before that: the replay stepped the rewritten values)."""
+    messages = []
+    for every in (1, None):
+        buffers, calls = [torch.ones(N, 1), torch.ones(N, 1)], [0]
 
-    def alternating(td):
-        buffer = buffers[calls[0] % 2]
-        buffer.fill_(1.0 + 0.001 * calls[0])
-        calls[0] += 1
-        return td.set("action", buffer)
+        def alternating(td):
+            buffer = buffers[calls[0] % 2]
+            buffer.fill_(1.0 + 0.001 * calls[0])
+            calls[0] += 1
+            return td.set("action", buffer)
 
-    with torch.no_grad(), pytest.raises(RuntimeError, match="wrote into the 'action' tensor it returned at step 1"):
-        _nan_env(None).rollout(10, alternating, break_when_any_done=False)
+        with torch.no_grad(), pytest.raises(ValueError) as err:
+            _nan_env(every).rollout(10, alternating, break_when_any_done=False)
+        messages.append(str(err.value))
+    assert "env index [2]" in messages[0] and messages[1] == messages[0]
 
 
 # ------------------------------- truncation, ensembles and integer actions without per-step reads

@@ -3,10 +3,12 @@
 TorchRL's ``EnvBase.rollout`` builds, checks and copies TensorDicts around every step (``step``,
 ``step_mdp``, ``maybe_reset``) and calls a ``TensorDictModule`` policy through its TensorDict
 machinery. For an imagined env that bookkeeping costs more than a small world model's call. This
-module runs the same rollout on plain ``{key: tensor}`` dicts and builds ONE TensorDict at the
-end, computing every entry with the env's own code (``WorldModelEnv._step_entries`` /
+module runs the same rollout on plain ``{key: tensor}`` dicts, copies each step into ``[*B, T]``
+buffers allocated at the first step (:class:`_Trajectory`) and builds ONE TensorDict at the end
+around them, computing every entry with the env's own code (``WorldModelEnv._step_entries`` /
 ``_reset_entries``), so the output is what ``EnvBase.rollout`` returns: same keys, shapes,
-dtypes, values, names and autograd graph.
+dtypes, strides, values, names and autograd graph (values that require grad are stacked as
+before).
 
 What it reproduces of TorchRL 0.14, step by step:
 
@@ -30,7 +32,7 @@ called on its tensors directly, as ``TensorDictModule.forward`` would; any other
 called on a TensorDict built for it each step, holding what TorchRL's would hold. With a plain
 module that neither reads nor writes them, the per-env scalars (reward, done flags, step
 counts: ``[*B, 1]`` in the tensordict) are kept as ``[*B]`` during the loop and given their
-trailing dim once, on the stacked trajectory: the same values, shapes and strides.
+trailing dim once, on the whole trajectory: the same values, shapes and strides.
 """
 
 from __future__ import annotations
@@ -172,29 +174,29 @@ def fast_rollout(
     )
     if compact:
         root = _squeezed(root, scalars)
-    roots, nexts = [], []
-    own = _OwnedOutputs(direct.written if direct is not None else ("action",))
+    trajectory = _Trajectory(batch, max_steps, direct.written if direct is not None else ("action",))
     masked = env.adapter.reset_schedule == "every_step" and len(batch) > 0
     adapter = env.adapter
     adapter._deferred = checks
-    if checks is not None:
-        checks.steps = nexts  # what the replay after a failed flag must repeat (WorldModelEnv.rollout)
     try:
-        _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
-              break_when_any_done, masked, checks, actions)
+        _loop(env, max_steps, policy, direct, root, trajectory, batch, device, compact, scalars,
+              break_when_any_done, masked, checks)
     except RecheckEagerly:
-        own.verify()  # the recorded actions are replayed: refuse any the policy wrote into afterwards
+        trajectory.verify()  # the recorded actions are replayed: refuse any the policy wrote into afterwards
         raise
     finally:
         adapter._deferred = None
-    own.verify()
-    return _stack(roots, nexts, batch, device, return_contiguous, scalars if compact else frozenset())
+        if checks is not None:
+            checks.steps = trajectory.steps()  # what the replay after a failed flag must repeat
+        if actions is not None:
+            actions.extend(trajectory.actions())  # as recorded (copies, where the steps were written in place)
+    trajectory.verify()
+    return trajectory.stacked(device, return_contiguous, scalars if compact else frozenset())
 
 
-def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
-          break_when_any_done, masked, checks, actions) -> None:
-    """:func:`fast_rollout`'s steps: appends each step's root and ``"next"`` entries to ``roots``
-    and ``nexts``."""
+def _loop(env, max_steps, policy, direct, root, trajectory, batch, device, compact, scalars,
+          break_when_any_done, masked, checks) -> None:
+    """:func:`fast_rollout`'s steps: each step's root and ``"next"`` entries go to ``trajectory``."""
     state_kind, state_key = env._state_kind, env._state_key
     carried, dropped = step_mdp_keys(env)
     for i in range(max_steps):
@@ -204,16 +206,13 @@ def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device
             td = TensorDict(root, batch_size=batch, device=device)
             td.update(policy(td))
             root = dict(td.items())
-        own(root, i)
-        if actions is not None:
-            actions.append(root.get("action"))
+        trajectory.own(root, i)
         state = root.get(state_key)
         if state_kind == "dict":
             state = state.to_dict()
         nxt = env._step_entries(state, root.get("elapsed_steps"), root.get("action"), batch, root, compact)
         _to_tensordict_layout(nxt, batch, device)
-        roots.append(root)
-        nexts.append(nxt)
+        trajectory.append(root, nxt, i)
         if checks is not None:
             checks.step_done()
         if i == max_steps - 1:
@@ -324,6 +323,175 @@ class ReplayActions:
         return td.set("action", action)
 
 
+class _Trajectory:
+    """A rollout's steps (root and ``"next"`` entries, ``{key: tensor}`` dicts), written into
+    ``[*B, T]`` buffers allocated at the first step (its shapes and dtypes say what to allocate):
+    step ``t`` is copied into ``[..., t]``, no TensorDict is built per step and nothing is stacked
+    at the end; a rollout that stopped early (``break_when_any_done``) gives the first steps (a
+    contiguous copy: the layout ``torch.stack`` gives). The copy also means a policy that later
+    writes into an output it returned cannot change what was recorded.
+
+    A step that does not fit the buffers (other keys, shapes, dtypes or devices than the first
+    step's, a value that requires grad, anything but a tensor or a TensorDict of tensors) turns
+    the trajectory into lists of steps from then on (the steps already written as views of
+    their buffers), stacked at the end as before (:func:`_stack`); their policy outputs are
+    then guarded by :class:`_OwnedOutputs`."""
+
+    def __init__(self, batch, steps: int, written):
+        self.batch, self.steps_max, self.dim, self.written = batch, steps, len(batch), written
+        self.count = 0
+        self.buffers: Optional[tuple] = None  # ({key: buffer} of the root, of "next"), while written in place
+        self.layouts: Optional[tuple] = None  # ({key: layout} of each side: what a step must match)
+        self.roots: list = []
+        self.nexts: list = []
+        self.owned: Optional[_OwnedOutputs] = None  # guards the policy outputs kept as they are (lists)
+
+    def own(self, root: dict, step: int) -> None:
+        """Before the step: policy outputs that will be kept as they are get :class:`_OwnedOutputs`'s guard."""
+        if self.owned is not None:
+            self.owned(root, step)
+
+    def append(self, root: dict, nxt: dict, step: int) -> None:
+        """Record step ``step`` (the ``step``-th call)."""
+        if self.buffers is not None:
+            if _fits(root, self.layouts[0]) and _fits(nxt, self.layouts[1]):
+                self._write(root, nxt)
+                return
+            self._to_lists()
+        elif self.count == 0:
+            layouts = (_layouts(root), _layouts(nxt))
+            if layouts[0] is not None and layouts[1] is not None:
+                self.layouts = layouts
+                self.buffers = (self._allocate(root), self._allocate(nxt))
+                self._write(root, nxt)
+                return
+        if self.owned is None:  # kept as they are from this step on: guard them from here
+            self.owned = _OwnedOutputs(self.written, start=step)
+            self.owned(root, step)
+        self.roots.append(root)
+        self.nexts.append(nxt)
+        self.count += 1
+
+    def _allocate(self, entries: dict) -> dict:
+        shape = (*self.batch, self.steps_max)
+        out = {}
+        for key, value in entries.items():
+            if type(value) is torch.Tensor:
+                out[key] = torch.empty((*shape, *value.shape[self.dim:]), dtype=value.dtype, device=value.device)
+            else:  # a TensorDict of tensors (a nested model state)
+                out[key] = value.apply(
+                    lambda leaf: torch.empty((*shape, *leaf.shape[self.dim:]), dtype=leaf.dtype, device=leaf.device),
+                    batch_size=(*shape, *value.batch_size[self.dim:]),
+                )
+        return out
+
+    def _write(self, root: dict, nxt: dict) -> None:
+        t, dim = self.count, self.dim
+        for entries, buffers, layouts in ((root, self.buffers[0], self.layouts[0]),
+                                          (nxt, self.buffers[1], self.layouts[1])):
+            for key, value in entries.items():
+                if type(value) is torch.Tensor:
+                    buffers[key].select(dim, t).copy_(value)
+                else:
+                    buffer = buffers[key]
+                    for leaf in layouts[key][1]:
+                        buffer.get(leaf).select(dim, t).copy_(value.get(leaf))
+        self.count += 1
+
+    def _views(self, buffers: dict, t: int) -> dict:
+        index = (slice(None),) * self.dim + (t,)
+        return {key: buffer[index] for key, buffer in buffers.items()}
+
+    def _to_lists(self) -> None:
+        """From here on the steps are lists: the ones written so far as views of their buffers."""
+        roots, nexts = self.buffers
+        self.roots = [self._views(roots, t) for t in range(self.count)]
+        self.nexts = [self._views(nexts, t) for t in range(self.count)]
+        self.buffers = None
+
+    def steps(self) -> list:
+        """Each recorded step's ``"next"`` entries (views where written in place)."""
+        if self.buffers is None:
+            return list(self.nexts)
+        return [self._views(self.buffers[1], t) for t in range(self.count)]
+
+    def actions(self) -> list:
+        """Each recorded step's action, as recorded."""
+        if self.buffers is None:
+            return [root.get("action") for root in self.roots]
+        action = self.buffers[0].get("action")
+        index = (slice(None),) * self.dim
+        return [None if action is None else action[(*index, t)] for t in range(self.count)]
+
+    def verify(self) -> None:
+        if self.owned is not None:
+            self.owned.verify()
+
+    def stacked(self, device, return_contiguous: bool, scalars: frozenset) -> TensorDictBase:
+        """The trajectory as ``EnvBase.rollout`` returns it (time last in the batch dims, named "time")."""
+        if self.buffers is None:
+            return _stack(self.roots, self.nexts, self.batch, device, return_contiguous, scalars)
+        shape = torch.Size([*self.batch, self.count])
+
+        def final(buffers: dict) -> dict:
+            out = {}
+            for key, buffer in buffers.items():
+                if self.count < self.steps_max:  # stopped early: the first steps, laid out as a stack's
+                    buffer = buffer[(slice(None),) * self.dim + (slice(0, self.count),)].contiguous()
+                out[key] = buffer.unsqueeze(-1) if key in scalars else buffer
+            return out
+
+        entries = final(self.buffers[0])
+        entries["next"] = TensorDict(final(self.buffers[1]), batch_size=shape, device=device)
+        out = TensorDict(entries, batch_size=shape, device=device)
+        out.refine_names(..., "time")
+        return out
+
+
+def _layouts(entries: dict) -> Optional[dict]:
+    """``{key: layout}`` of a step's entries (what later steps must match to be written into the
+    same buffers); None when one cannot be written in place (see :class:`_Trajectory`)."""
+    out = {}
+    for key, value in entries.items():
+        if type(value) is torch.Tensor:
+            if value.requires_grad:
+                return None
+            out[key] = (value.shape, value.dtype, value.device)
+        elif type(value) is TensorDict and not value.is_locked:
+            leaves = []
+            for leaf, tensor in value.items(True, True):
+                if type(tensor) is not torch.Tensor or tensor.requires_grad:
+                    return None
+                leaves.append((leaf, tensor.shape, tensor.dtype, tensor.device))
+            out[key] = (value.batch_size, tuple(leaf for leaf, *_ in leaves), tuple(leaves))
+        else:
+            return None
+    return out
+
+
+def _fits(entries: dict, layouts: dict) -> bool:
+    """Whether a step's entries can be written into buffers laid out as ``layouts`` (one tuple
+    comparison per value)."""
+    if entries.keys() != layouts.keys():
+        return False
+    for key, value in entries.items():
+        layout = layouts[key]
+        if type(value) is torch.Tensor:
+            if (value.shape, value.dtype, value.device) != layout or value.requires_grad:
+                return False
+        elif type(value) is TensorDict and value.batch_size == layout[0]:
+            for leaf, shape, dtype, device in layout[2]:
+                tensor = value.get(leaf, None)
+                if type(tensor) is not torch.Tensor or (tensor.shape, tensor.dtype, tensor.device) != (
+                        shape, dtype, device) or tensor.requires_grad:
+                    return False
+            if len(layout[2]) != len(list(value.keys(True, True))):
+                return False
+        else:
+            return False
+    return True
+
+
 class _OwnedOutputs:
     """The trajectory keeps each step's policy outputs until it is stacked at the end, so a
     policy that writes every step into ONE buffer (a static CUDA-graph output, a preallocated
@@ -338,8 +506,9 @@ class _OwnedOutputs:
       afterwards (its step's value is lost: a policy alternating between buffers).
     """
 
-    def __init__(self, keys):
+    def __init__(self, keys, start: int = 0):
         self.keys = keys
+        self.start = start  # the first step guarded (its outputs copied, as step 0's)
         self.copy_all = False
         self.storages: set = set()
         self.held: list = []  # the first step's own tensors (kept alive: their memory is not reused)
@@ -351,7 +520,7 @@ class _OwnedOutputs:
             if type(value) is not torch.Tensor:
                 continue
             storage = value.untyped_storage().data_ptr()
-            if step == 0:
+            if step == self.start:
                 self.held.append(value)
                 self.storages.add(storage)
                 root[key] = value.clone()

@@ -326,22 +326,26 @@ class ReplayActions:
 class _Trajectory:
     """A rollout's steps (root and ``"next"`` entries, ``{key: tensor}`` dicts), written into
     ``[*B, T]`` buffers allocated at the first step (its shapes and dtypes say what to allocate):
-    step ``t`` is copied into ``[..., t]``, no TensorDict is built per step and nothing is stacked
-    at the end; a rollout that stopped early (``break_when_any_done``) gives the first steps (a
+    step ``t`` is copied into ``[..., t]`` (one ``torch._foreach_copy_`` per step, into views made
+    once at allocation by ``unbind``), no TensorDict is built per step and nothing is stacked at
+    the end; a rollout that stopped early (``break_when_any_done``) gives the first steps (a
     contiguous copy: the layout ``torch.stack`` gives). The copy also means a policy that later
     writes into an output it returned cannot change what was recorded.
 
-    A step that does not fit the buffers (other keys, shapes, dtypes or devices than the first
-    step's, a value that requires grad, anything but a tensor or a TensorDict of tensors) turns
-    the trajectory into lists of steps from then on (the steps already written as views of
-    their buffers), stacked at the end as before (:func:`_stack`); their policy outputs are
-    then guarded by :class:`_OwnedOutputs`."""
+    A step that does not fit the buffers (other keys, shapes or dtypes than the first step's, a
+    value that requires grad, anything but a tensor or a TensorDict of tensors) turns the
+    trajectory into lists of steps from then on (the steps already written as views of their
+    buffers), stacked at the end as before (:func:`_stack`); their policy outputs are then
+    guarded by :class:`_OwnedOutputs`."""
 
     def __init__(self, batch, steps: int, written):
         self.batch, self.steps_max, self.dim, self.written = batch, steps, len(batch), written
         self.count = 0
         self.buffers: Optional[tuple] = None  # ({key: buffer} of the root, of "next"), while written in place
-        self.layouts: Optional[tuple] = None  # ({key: layout} of each side: what a step must match)
+        self.keys: tuple = ()  # (root keys, "next" keys) of the first step
+        self.slots: list = []  # (side, key, leaf key or None, shape, dtype): one per tensor written
+        self.nested: list = []  # (side, key, number of leaves) of the nested states
+        self.views: list = []  # per slot, the T views [..., t] of its buffer
         self.roots: list = []
         self.nexts: list = []
         self.owned: Optional[_OwnedOutputs] = None  # guards the policy outputs kept as they are (lists)
@@ -353,18 +357,16 @@ class _Trajectory:
 
     def append(self, root: dict, nxt: dict, step: int) -> None:
         """Record step ``step`` (the ``step``-th call)."""
+        if self.buffers is None and self.count == 0:
+            self._allocate(root, nxt)
         if self.buffers is not None:
-            if _fits(root, self.layouts[0]) and _fits(nxt, self.layouts[1]):
-                self._write(root, nxt)
+            values = self._values(root, nxt)
+            if values is not None:
+                # one call for every tensor of the step (a copy_ per tensor costs a dispatch each)
+                torch._foreach_copy_([views[self.count] for views in self.views], values)
+                self.count += 1
                 return
             self._to_lists()
-        elif self.count == 0:
-            layouts = (_layouts(root), _layouts(nxt))
-            if layouts[0] is not None and layouts[1] is not None:
-                self.layouts = layouts
-                self.buffers = (self._allocate(root), self._allocate(nxt))
-                self._write(root, nxt)
-                return
         if self.owned is None:  # kept as they are from this step on: guard them from here
             self.owned = _OwnedOutputs(self.written, start=step)
             self.owned(root, step)
@@ -372,56 +374,75 @@ class _Trajectory:
         self.nexts.append(nxt)
         self.count += 1
 
-    def _allocate(self, entries: dict) -> dict:
-        shape = (*self.batch, self.steps_max)
-        out = {}
-        for key, value in entries.items():
-            if type(value) is torch.Tensor:
-                out[key] = torch.empty((*shape, *value.shape[self.dim:]), dtype=value.dtype, device=value.device)
-            else:  # a TensorDict of tensors (a nested model state)
-                out[key] = value.apply(
-                    lambda leaf: torch.empty((*shape, *leaf.shape[self.dim:]), dtype=leaf.dtype, device=leaf.device),
-                    batch_size=(*shape, *value.batch_size[self.dim:]),
-                )
-        return out
-
-    def _write(self, root: dict, nxt: dict) -> None:
-        t, dim = self.count, self.dim
-        for entries, buffers, layouts in ((root, self.buffers[0], self.layouts[0]),
-                                          (nxt, self.buffers[1], self.layouts[1])):
+    def _allocate(self, root: dict, nxt: dict) -> None:
+        """The buffers, laid out from the first step; none when it cannot be written in place."""
+        shape, dim = (*self.batch, self.steps_max), self.dim
+        slots, nested, buffers = [], [], ({}, {})
+        for side, entries in enumerate((root, nxt)):
             for key, value in entries.items():
-                if type(value) is torch.Tensor:
-                    buffers[key].select(dim, t).copy_(value)
+                if type(value) is torch.Tensor and not value.requires_grad:
+                    buffers[side][key] = torch.empty((*shape, *value.shape[dim:]), dtype=value.dtype,
+                                                     device=value.device)
+                    slots.append((side, key, None, value.shape, value.dtype))
+                elif type(value) is TensorDict and not value.is_locked:  # a nested model state
+                    leaves = list(value.items(True, True))
+                    if any(type(t) is not torch.Tensor or t.requires_grad for _, t in leaves):
+                        return
+                    buffers[side][key] = value.apply(
+                        lambda t: torch.empty((*shape, *t.shape[dim:]), dtype=t.dtype, device=t.device),
+                        batch_size=(*shape, *value.batch_size[dim:]),
+                    )
+                    slots += [(side, key, leaf, t.shape, t.dtype) for leaf, t in leaves]
+                    nested.append((side, key, len(leaves)))
                 else:
-                    buffer = buffers[key]
-                    for leaf in layouts[key][1]:
-                        buffer.get(leaf).select(dim, t).copy_(value.get(leaf))
-        self.count += 1
+                    return
+        self.buffers, self.slots, self.nested = buffers, slots, nested
+        self.keys = (frozenset(root), frozenset(nxt))
+        self.views = [(buffers[side][key] if leaf is None else buffers[side][key].get(leaf)).unbind(dim)
+                      for side, key, leaf, _, _ in slots]
 
-    def _views(self, buffers: dict, t: int) -> dict:
+    def _values(self, root: dict, nxt: dict) -> Optional[list]:
+        """This step's tensors in slot order, or None when the step does not fit the buffers (one
+        tuple comparison per value)."""
+        if root.keys() != self.keys[0] or nxt.keys() != self.keys[1]:
+            return None
+        values = []
+        sides = (root, nxt)
+        for side, key, leaf, shape, dtype in self.slots:
+            value = sides[side][key]
+            if leaf is not None:
+                if type(value) is not TensorDict:
+                    return None
+                value = value.get(leaf, None)
+            if type(value) is not torch.Tensor or value.shape != shape or value.dtype != dtype or value.requires_grad:
+                return None
+            values.append(value)
+        for side, key, count in self.nested:  # no leaf more in a nested state than in the first step's
+            if len(sides[side][key].keys(True, True)) != count:
+                return None
+        return values
+
+    def _step_views(self, side: int, t: int) -> dict:
         index = (slice(None),) * self.dim + (t,)
-        return {key: buffer[index] for key, buffer in buffers.items()}
+        return {key: buffer[index] for key, buffer in self.buffers[side].items()}
 
     def _to_lists(self) -> None:
         """From here on the steps are lists: the ones written so far as views of their buffers."""
-        roots, nexts = self.buffers
-        self.roots = [self._views(roots, t) for t in range(self.count)]
-        self.nexts = [self._views(nexts, t) for t in range(self.count)]
+        self.roots = [self._step_views(0, t) for t in range(self.count)]
+        self.nexts = [self._step_views(1, t) for t in range(self.count)]
         self.buffers = None
 
     def steps(self) -> list:
         """Each recorded step's ``"next"`` entries (views where written in place)."""
         if self.buffers is None:
             return list(self.nexts)
-        return [self._views(self.buffers[1], t) for t in range(self.count)]
+        return [self._step_views(1, t) for t in range(self.count)]
 
     def actions(self) -> list:
         """Each recorded step's action, as recorded."""
         if self.buffers is None:
             return [root.get("action") for root in self.roots]
-        action = self.buffers[0].get("action")
-        index = (slice(None),) * self.dim
-        return [None if action is None else action[(*index, t)] for t in range(self.count)]
+        return [self._step_views(0, t).get("action") for t in range(self.count)]
 
     def verify(self) -> None:
         if self.owned is not None:
@@ -446,50 +467,6 @@ class _Trajectory:
         out = TensorDict(entries, batch_size=shape, device=device)
         out.refine_names(..., "time")
         return out
-
-
-def _layouts(entries: dict) -> Optional[dict]:
-    """``{key: layout}`` of a step's entries (what later steps must match to be written into the
-    same buffers); None when one cannot be written in place (see :class:`_Trajectory`)."""
-    out = {}
-    for key, value in entries.items():
-        if type(value) is torch.Tensor:
-            if value.requires_grad:
-                return None
-            out[key] = (value.shape, value.dtype, value.device)
-        elif type(value) is TensorDict and not value.is_locked:
-            leaves = []
-            for leaf, tensor in value.items(True, True):
-                if type(tensor) is not torch.Tensor or tensor.requires_grad:
-                    return None
-                leaves.append((leaf, tensor.shape, tensor.dtype, tensor.device))
-            out[key] = (value.batch_size, tuple(leaf for leaf, *_ in leaves), tuple(leaves))
-        else:
-            return None
-    return out
-
-
-def _fits(entries: dict, layouts: dict) -> bool:
-    """Whether a step's entries can be written into buffers laid out as ``layouts`` (one tuple
-    comparison per value)."""
-    if entries.keys() != layouts.keys():
-        return False
-    for key, value in entries.items():
-        layout = layouts[key]
-        if type(value) is torch.Tensor:
-            if (value.shape, value.dtype, value.device) != layout or value.requires_grad:
-                return False
-        elif type(value) is TensorDict and value.batch_size == layout[0]:
-            for leaf, shape, dtype, device in layout[2]:
-                tensor = value.get(leaf, None)
-                if type(tensor) is not torch.Tensor or (tensor.shape, tensor.dtype, tensor.device) != (
-                        shape, dtype, device) or tensor.requires_grad:
-                    return False
-            if len(layout[2]) != len(list(value.keys(True, True))):
-                return False
-        else:
-            return False
-    return True
 
 
 class _OwnedOutputs:

@@ -33,6 +33,7 @@ from gymnasium import spaces
 from tensordict import TensorDict, TensorDictBase
 
 from .calling import Hook
+from .compiled import compile_hooks
 from .deferred import DeferredChecks, maybe_nonfinite, maybe_nonfinite_rows
 from .ensemble import NEGATIVE_UNCERTAINTY, Ensemble
 from .errors import TorchWMError, ValueMismatch
@@ -246,6 +247,10 @@ class ModelAdapter:
         self.action_hook = _resolve(opts.action_transform_fn, model, (), "action_transform_fn")
         self.continue_hook = _resolve(opts.continue_fn, model, (), "continue_fn")
         self.continue_threshold = _continue_threshold(opts.continue_threshold, self.continue_hook)
+        if not isinstance(opts.compile, bool):
+            raise TypeError(f"compile: expected True or False, got {opts.compile!r}")
+        if opts.compile:  # the step's model hooks through torch.compile (torchwm_rl.compiled)
+            compile_hooks(self)
         # the env's random stream for hooks that ask for ``generator`` (set by EpisodeLogic)
         self.generator: Optional[torch.Generator] = None
         # shared with forks (copy.copy), as the model is: what was learned of the hooks

@@ -53,6 +53,7 @@ from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 
 from .adapter import ModelAdapter
 from .calling import Hook
+from .compiled import compile_hooks, eager_hooks
 from .episode import EpisodeLogic, Snapshot, is_tensor_state
 from .options import env_repr, with_model_options
 from .rollout import _register_originals, checked_rollout, fast_rollout_applies
@@ -831,6 +832,18 @@ class WorldModelEnv(EnvBase):
         if record.continue_prob is not None:
             entries[CONTINUE_KEY] = record.continue_prob if compact else record.continue_prob.unsqueeze(-1)
         return entries
+
+    def compile(self, *, warmup: Optional[int] = None, **options: Any) -> "WorldModelEnv":
+        """``compile=True`` (TorchRL's constructor keyword) or this call: the step's model hooks run
+        through ``torch.compile`` (:mod:`torchwm_rl.compiled`; ``options`` go to it), every path
+        and the fast rollout kept (TorchRL's own compiles ``step_and_maybe_reset``, whose
+        bookkeeping does not trace). ``warmup`` is accepted and not needed. :meth:`eager` undoes it."""
+        compile_hooks(self.adapter, **options)
+        return self
+
+    def eager(self) -> "WorldModelEnv":
+        eager_hooks(self.adapter)
+        return super().eager()
 
     def rollout(
         self,

@@ -73,6 +73,11 @@ class ModelOptions:
     #: the policy again (see ``docs/design-decisions.md``)
     check_every: Optional[int] = None
     reset_schedule: ResetSchedule = "when_done"
+    #: run the transition (the model or transition_fn), reward_fn, terminal_fn and continue_fn
+    #: through ``torch.compile`` (CUDA graphs on CUDA); a hook that cannot be compiled warns once
+    #: and runs uncompiled (see :mod:`torchwm_rl.compiled`). Opt-in: compiling takes seconds to
+    #: minutes, and compiled float math agrees with eager to rounding, not bit for bit
+    compile: bool = False
 
 
 OPTION_NAMES = tuple(field.name for field in dataclasses.fields(ModelOptions))

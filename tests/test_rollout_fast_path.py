@@ -468,3 +468,25 @@ def test_a_policy_that_writes_a_key_from_some_step_on_gives_envbase_rollouts_res
     assert set(fast.keys(True, True)) == set(general.keys(True, True))
     for key in general.keys(True, True):
         torch.testing.assert_close(fast.get(key), general.get(key), rtol=0, atol=0, equal_nan=True)
+
+
+def _never_ends(model, state, action):
+    nxt, obs, reward, terminated = model.step(state, action)
+    return nxt, obs, reward, torch.zeros_like(terminated), torch.zeros_like(terminated), {}
+
+
+@pytest.mark.parametrize("kind", ["tensor", "dict"])
+def test_a_rollout_that_may_stop_early_grows_its_buffers(kind):
+    """break_when_any_done: the buffers start with room for a few steps and double when full, so
+    the first time limit at step 70 (past two doublings) gives EnvBase.rollout's trajectory, and a
+    huge max_steps allocates only what is used (before: [*B, max_steps] buffers up front, and
+    max_steps=10**10 failed to allocate)."""
+    def make():
+        return WorldModelEnv(Model(state=kind), BOX, ACTION, reset_fn=reset_fn, transition_fn=_never_ends,
+                             batch_size=(3,), max_episode_steps=torch.tensor([70, 80, 90]), seed=3)
+
+    fast, general = both(make, 100, policy_module(), break_when_any_done=True)
+    assert fast.shape == (3, 70)
+    assert_identical(fast, general)
+    with torch.no_grad():
+        assert make().rollout(10**10, policy_module(), break_when_any_done=True).shape == (3, 70)

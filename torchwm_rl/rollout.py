@@ -174,7 +174,8 @@ def fast_rollout(
     )
     if compact:
         root = _squeezed(root, scalars)
-    trajectory = _Trajectory(batch, max_steps, direct.written if direct is not None else ("action",))
+    trajectory = _Trajectory(batch, max_steps, direct.written if direct is not None else ("action",),
+                             grow=break_when_any_done)
     masked = env.adapter.reset_schedule == "every_step" and len(batch) > 0
     adapter = env.adapter
     adapter._deferred = checks
@@ -338,8 +339,14 @@ class _Trajectory:
     buffers), stacked at the end as before (:func:`_stack`); their policy outputs are then
     guarded by :class:`_OwnedOutputs`."""
 
-    def __init__(self, batch, steps: int, written):
+    #: the first capacity, in steps, of a trajectory that may stop early (``grow``)
+    FIRST_CAPACITY = 32
+
+    def __init__(self, batch, steps: int, written, grow: bool = False):
         self.batch, self.steps_max, self.dim, self.written = batch, steps, len(batch), written
+        # a rollout that may stop at its first done step (break_when_any_done) starts with room
+        # for a few steps and doubles it when full: max_steps=10**6 allocates nothing it does not use
+        self.capacity = min(steps, self.FIRST_CAPACITY) if grow else steps
         self.count = 0
         self.buffers: Optional[tuple] = None  # ({key: buffer} of the root, of "next"), while written in place
         self.keys: tuple = ()  # (root keys, "next" keys) of the first step
@@ -362,6 +369,8 @@ class _Trajectory:
         if self.buffers is not None:
             values = self._values(root, nxt)
             if values is not None:
+                if self.count == self.capacity:
+                    self._grow()
                 # one call for every tensor of the step (a copy_ per tensor costs a dispatch each)
                 torch._foreach_copy_([views[self.count] for views in self.views], values)
                 self.count += 1
@@ -376,7 +385,7 @@ class _Trajectory:
 
     def _allocate(self, root: dict, nxt: dict) -> None:
         """The buffers, laid out from the first step; none when it cannot be written in place."""
-        shape, dim = (*self.batch, self.steps_max), self.dim
+        shape, dim = (*self.batch, self.capacity), self.dim
         slots, nested, buffers = [], [], ({}, {})
         for side, entries in enumerate((root, nxt)):
             for key, value in entries.items():
@@ -400,6 +409,27 @@ class _Trajectory:
         self.keys = (frozenset(root), frozenset(nxt))
         self.views = [(buffers[side][key] if leaf is None else buffers[side][key].get(leaf)).unbind(dim)
                       for side, key, leaf, _, _ in slots]
+
+    def _grow(self) -> None:
+        """Double the buffers' room in steps (up to ``steps_max``), keeping the steps written."""
+        self.capacity = min(2 * self.capacity, self.steps_max)
+        dim, count = self.dim, self.count
+        kept = (slice(None),) * dim + (slice(0, count),)
+        grown = ({}, {})
+        for side in (0, 1):
+            for key, buffer in self.buffers[side].items():
+                shape = (*buffer.shape[:dim], self.capacity, *buffer.shape[dim + 1:])
+                if type(buffer) is torch.Tensor:
+                    new = torch.empty(shape, dtype=buffer.dtype, device=buffer.device)
+                else:
+                    new = buffer.apply(lambda t: torch.empty((*t.shape[:dim], self.capacity, *t.shape[dim + 1:]),
+                                                             dtype=t.dtype, device=t.device),
+                                       batch_size=shape[:len(buffer.batch_size)])
+                new[kept] = buffer[kept]
+                grown[side][key] = new
+        self.buffers = grown
+        self.views = [(grown[side][key] if leaf is None else grown[side][key].get(leaf)).unbind(dim)
+                      for side, key, leaf, _, _ in self.slots]
 
     def _values(self, root: dict, nxt: dict) -> Optional[list]:
         """This step's tensors in slot order, or None when the step does not fit the buffers (one
@@ -457,7 +487,7 @@ class _Trajectory:
         def final(buffers: dict) -> dict:
             out = {}
             for key, buffer in buffers.items():
-                if self.count < self.steps_max:  # stopped early: the first steps, laid out as a stack's
+                if self.count < self.capacity:  # stopped early: the first steps, laid out as a stack's
                     buffer = buffer[(slice(None),) * self.dim + (slice(0, self.count),)].contiguous()
                 out[key] = buffer.unsqueeze(-1) if key in scalars else buffer
             return out

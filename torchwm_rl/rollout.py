@@ -143,7 +143,7 @@ def fast_rollout(
     tensordict: Optional[TensorDictBase],
     set_state,
     checks: Optional[DeferredChecks] = None,
-    actions: Optional[list] = None,
+    record: Optional[list] = None,
 ) -> TensorDictBase:
     """``EnvBase.rollout`` for the cases :func:`fast_rollout_applies` accepts. ``policy`` is
     already made compatible (``_make_compatible_policy``) or is ``env.rand_action``.
@@ -151,8 +151,9 @@ def fast_rollout(
     ``checks``: the steps' checks are handed to it (the adapter's ``_deferred``) and read there
     (every ``checks.every`` steps and at the end), raising
     :class:`~torchwm_rl.deferred.RecheckEagerly` when one may have failed; None: every check is
-    read at its step. ``actions``: each step's action (as the policy gave it) is appended to it,
-    for :class:`ReplayActions`. With ``reset_schedule="every_step"`` (a batched rollout without
+    read at its step. ``record``: the rollout's :class:`_Trajectory` is appended to it (its
+    actions and steps, for :class:`ReplayActions` and the check that a replay repeats the run,
+    made only on that failure path). With ``reset_schedule="every_step"`` (a batched rollout without
     ``break_when_any_done``) the finished envs restart by a masked write (:func:`_restart_masked`),
     not after a host read of ``done.any()``.
 
@@ -187,10 +188,8 @@ def fast_rollout(
         raise
     finally:
         adapter._deferred = None
-        if checks is not None:
-            checks.steps = trajectory.steps()  # what the replay after a failed flag must repeat
-        if actions is not None:
-            actions.extend(trajectory.actions())  # as recorded (copies, where the steps were written in place)
+        if record is not None:
+            record.append(trajectory)  # what a replay after a failed flag steps and must repeat
     trajectory.verify()
     return trajectory.stacked(device, return_contiguous, scalars if compact else frozenset())
 
@@ -264,9 +263,9 @@ def checked_rollout(env, max_steps: int, policy: Callable, *, auto_reset: bool, 
     # a run replaces entries of the given tensordict (maybe_reset of its done rows): the
     # replay must start from it as given (its values copied once per rollout)
     given = None if tensordict is None else tensordict.clone()
-    checks, actions = DeferredChecks(env.adapter.check_every), []
+    checks, record = DeferredChecks(env.adapter.check_every), []
     try:
-        return run(checks=checks, actions=actions)
+        return run(checks=checks, record=record)
     except Exception as err:
         if not isinstance(err, RecheckEagerly) and not checks.failed():
             raise  # an error of its own, not one a skipped check let through
@@ -282,6 +281,8 @@ def checked_rollout(env, max_steps: int, policy: Callable, *, auto_reset: bool, 
     after_policy = _get_rng_state(env.device)  # the policy's own draws did happen
     back_to_the_start()
     try:
+        # the actions as recorded (copies, where the steps were written in place)
+        actions = record[0].actions() if record else []
         replayed = fast_rollout(env, len(actions), ReplayActions(actions), auto_reset=auto_reset,
                                 break_when_any_done=break_when_any_done, return_contiguous=return_contiguous,
                                 tensordict=tensordict, set_state=set_state)
@@ -291,7 +292,7 @@ def checked_rollout(env, max_steps: int, policy: Callable, *, auto_reset: bool, 
     # values that overflowed) only if the replay repeated the first run; otherwise what failed
     # there is gone (a hook drawing from a stream the env cannot put back), and returning
     # another trajectory would hide the failure
-    if first_error is not None or not repeats(checks.steps, replayed):
+    if first_error is not None or not repeats(record[0].steps() if record else [], replayed):
         raise RuntimeError(
             f"rollout: a check read once per rollout (check_every={env.adapter.check_every}) found that a "
             "step may have failed (NaN/inf with nan_policy='raise', an action outside the space, a "

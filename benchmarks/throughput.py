@@ -32,6 +32,10 @@ Rows (same model, same policy, all under ``torch.no_grad()``):
   (e)  N single ``GymWorldModelEnv`` in ``gymnasium.vector.SyncVectorEnv`` (the tutorial's
        CleanRL pattern), same loop.
   (bm) (b) with ``reset_schedule="every_step"`` (masked resets: no host read per step).
+  (bc) (b) with ``compile=True``: the model's hooks through ``torch.compile`` (CUDA graphs on
+       CUDA); steady state, the first rollout (the compile) timed apart and printed below the
+       table. ``--skip bc ac`` leaves the compiled rows out (compiling takes seconds per N).
+  (ac) the hand loop (a) over ``torch.compile(model)``: what a user who compiles would write.
   (f)  a TorchRL ``Collector`` over our env (frames_per_batch = N x T), steps/s of its batches;
   (fm) (f) with ``reset_schedule="every_step"`` and ``track_traj_ids=False``.
   (g)  the same ``Collector`` over TorchRL's own env (c*), its reset drawing the same start
@@ -143,6 +147,29 @@ def bare(model, policy, n, steps, keep=True):
     if keep:
         return [torch.stack(x, 1) for x in (latents, actions, rewards, dones)]
     return state
+
+
+#: seconds of the first rollout of a compiled env (compiling included), by model and N: (bc)'s compile time
+COMPILE_SECONDS: dict = {}
+
+
+def ours_compiled(model, policy, n):
+    """(bc): (b) with ``compile=True``; its first rollout (the compile) is timed here, apart."""
+    env = WorldModelEnv(model, OBS_SPACE, ACT_SPACE, reset_fn=reset_fn, transition_fn=transition_fn,
+                        batch_size=(n,), seed=0, compile=True)
+    module = TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
+    start = time.perf_counter()
+    env.rollout(3, module, break_when_any_done=False)
+    COMPILE_SECONDS.setdefault(MODEL, {})[n] = time.perf_counter() - start
+    return lambda steps: env.rollout(steps, module, break_when_any_done=False)
+
+
+def bare_compiled(model, policy, n):
+    """(ac): the hand loop (a) over ``torch.compile(model)`` (what a user who compiles writes)."""
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    compiled.initial = model.initial
+    bare(compiled, policy, n, 3)
+    return lambda steps: bare(compiled, policy, n, steps)
 
 
 def ours_env(model, n, unguarded=False, masked=False):
@@ -319,6 +346,8 @@ ROWS = [
     ("b", "(b) torchwm_rl `WorldModelEnv.rollout`"),
     ("bu", "(bu) (b) with `nan_policy=\"ignore\"`"),
     ("bm", "(bm) (b) with `reset_schedule=\"every_step\"`"),
+    ("bc", "(bc) (b) with `compile=True` (steady state; compile time below)"),
+    ("ac", "(ac) (a) over `torch.compile(model)`"),
     ("b0", "(b0) the same through TorchRL's general `EnvBase.rollout`"),
     ("bt", "(bt) `TransformedEnv(env, RewardSum()).rollout`"),
     ("c", "(c) TorchRL's own WorldModelEnv.rollout"),
@@ -382,6 +411,9 @@ def _throughput_run(sizes, samples: int, skip=()) -> tuple[dict, set]:
             "bu": (ours_rollout(model, policy, n, unguarded=True), False),
             # (built only when asked for: --skip bm fm times a version without reset_schedule)
             "bm": (ours_rollout(model, policy, n, masked=True) if "bm" not in skip else None, False),
+            # (compiled only when asked for: compiling takes seconds per model and N)
+            "bc": (ours_compiled(model, policy, n) if "bc" not in skip else None, False),
+            "ac": (bare_compiled(model, policy, n) if "ac" not in skip else None, False),
             "b0": (ours_rollout(model, policy, n, general=True), False),
             "bt": (ours_rollout(model, policy, n, transformed=True), False),
             "d": (ours_vector(model, policy, n), False),
@@ -571,6 +603,10 @@ def main(argv=None) -> None:
             table, results = throughput_table(args.sizes, samples, skip=args.skip, repeats=args.repeats)
             print(table)
             calls = python_calls_per_step(skip=args.skip)
+            if MODEL in COMPILE_SECONDS:
+                print("(bc) compile time, the first 3-step rollout (wall s): " + ", ".join(
+                    f"N={n} {sec:.1f}" for n, sec in COMPILE_SECONDS[MODEL].items()))
+                report.setdefault("compile_seconds", {})[kind] = dict(COMPILE_SECONDS[MODEL])
             print("Python calls per steady-state step (cProfile, N=64): "
                   + ", ".join(f"({k}) {v:.0f}" for k, v in calls.items()))
             part = report if kind == args.models[0] else report.setdefault("other_models", {}).setdefault(kind, {})

@@ -32,6 +32,7 @@ class Model(torch.nn.Module):
         self.net = torch.nn.Linear(DIM + 1, DIM)
 
     def forward(self, state, action):
+        action = action.reshape(*state.shape[:-1], -1).to(state.dtype)  # (a Discrete action: [N] integers)
         return torch.tanh(self.net(torch.cat([state, action], -1))) * 1.05
 
 
@@ -40,11 +41,11 @@ def reset_fn(model, seed=None, options=None, batch_size=()):
     return 0.1 * torch.arange(1, DIM + 1, dtype=torch.float32).expand(*batch_size, DIM).clone()
 
 
-def make_env(**options) -> WorldModelEnv:
+def make_env(model=None, action_space=None, **options) -> WorldModelEnv:
     return WorldModelEnv(
-        Model(),
+        Model() if model is None else model,
         observation_space=gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32),
-        action_space=gym.spaces.Box(-1.0, 1.0, (1,), np.float32),
+        action_space=gym.spaces.Box(-1.0, 1.0, (1,), np.float32) if action_space is None else action_space,
         reset_fn=reset_fn,
         reward_fn=lambda model, next_state: -next_state.pow(2).sum(-1),
         terminal_fn=lambda model, next_state: next_state[..., 0] > 0.6,
@@ -104,11 +105,16 @@ def test_rollout_reads_nothing_per_steady_state_step(nan_policy, check_actions):
         assert rollout_reads(env, policy, 2 * T) - rollout_reads(env, policy, T) == 0
 
 
-def test_rollout_with_the_default_reset_schedule_reads_only_done_per_step():
-    """reset_schedule="when_done" (the default, exact for any reset hook) reads done.any() at
-    every step (and the reset's merge reads its mask at steps with an episode end), and nothing
-    else per step: the NaN checks' sums (``item``) are read once per rollout."""
-    env, policy = make_env(), make_policy()
+@pytest.mark.parametrize("kind, options", [("plain", {}), ("plain", {"nan_policy": "truncate"}), ("ensemble", {}),
+                                           ("discrete", {"check_actions": "raise"})],
+                         ids=["default", "truncate", "ensemble", "discrete-raise"])
+def test_rollout_with_the_default_reset_schedule_reads_only_done_per_step(kind, options):
+    """reset_schedule="when_done" (the default, exact for any reset hook) reads done.any() once
+    at every step (the restart needs it: see rollout._loop), and the reset's merge reads its mask
+    at steps with an episode end, and nothing else per step: the NaN checks' sums (``item``), a
+    truncation's rows, an ensemble's checks and an integer action check are read once per
+    rollout (before: truncate, ensembles and integer action checks read at every step)."""
+    env, policy = _make(kind, **options), None if kind == "discrete" else make_policy()
 
     def count(steps):
         with HostReadCounter() as counter:
@@ -118,8 +124,9 @@ def test_rollout_with_the_default_reset_schedule_reads_only_done_per_step():
     with torch.no_grad():
         count(3)
         short, long = count(T), count(2 * T)
-    assert long["any"] - short["any"] >= T and long["__bool__"] - short["__bool__"] >= T
-    assert long["item"] - short["item"] == 0
+    per_step = long - short
+    assert per_step["any"] >= T and per_step["__bool__"] >= T
+    assert set(per_step) <= {"any", "__bool__", "all"}  # beyond done.any(): the merge of restarted rows
 
 
 @pytest.mark.parametrize("way", ["collector", "EnvBase.rollout"])
@@ -472,18 +479,155 @@ def test_a_restart_of_every_row_refuses_a_bad_reset_as_the_per_step_path_does(op
     assert "partial reset" not in str(errors[0])
 
 
-def test_a_policy_writing_into_a_recorded_action_is_refused_before_the_replay():
+def test_a_policy_writing_into_a_recorded_action_gets_the_per_step_error():
     """The replay after a failed deferred check steps the recorded actions: a policy that
-    alternates between two buffers and refills the one it returned two steps earlier would make
-    the replay step other actions, so it is refused naming the step (before: the replay stepped
-    the rewritten values)."""
-    buffers, calls = [torch.ones(N, 1), torch.ones(N, 1)], [0]
+    alternates between two buffers and refills the one it returned two steps earlier. The
+    trajectory holds copies of each step's action (written in place into its [*B, T] buffer),
+    so the replay steps what the policy gave and raises the per-step error (before the
+    preallocated trajectory: refused naming step 1, since the record kept the policy's own
+    tensors; before that: the replay stepped the rewritten values)."""
+    messages = []
+    for every in (1, None):
+        buffers, calls = [torch.ones(N, 1), torch.ones(N, 1)], [0]
 
-    def alternating(td):
-        buffer = buffers[calls[0] % 2]
-        buffer.fill_(1.0 + 0.001 * calls[0])
-        calls[0] += 1
-        return td.set("action", buffer)
+        def alternating(td):
+            buffer = buffers[calls[0] % 2]
+            buffer.fill_(1.0 + 0.001 * calls[0])
+            calls[0] += 1
+            return td.set("action", buffer)
 
-    with torch.no_grad(), pytest.raises(RuntimeError, match="wrote into the 'action' tensor it returned at step 1"):
-        _nan_env(None).rollout(10, alternating, break_when_any_done=False)
+        with torch.no_grad(), pytest.raises(ValueError) as err:
+            _nan_env(every).rollout(10, alternating, break_when_any_done=False)
+        messages.append(str(err.value))
+    assert "env index [2]" in messages[0] and messages[1] == messages[0]
+
+
+# ------------------------------- truncation, ensembles and integer actions without per-step reads
+E = 3
+
+
+class EnsembleModel(Model):
+    """E members that differ by a scale; member ``nan_member`` (if any) gives NaN in env 2 once
+    its first coordinate passes 0.3; ``negative``: uncertainty_fn below 0 there instead."""
+
+    def __init__(self, nan_member=None):
+        super().__init__()
+        self.nan_member = nan_member
+
+    def forward(self, state, action):
+        members = []
+        for i in range(E):
+            nxt = super().forward(state, action) * (1 + 0.01 * i)
+            if i == self.nan_member:
+                nxt = torch.where(((torch.arange(N) == 2)[:, None] & (nxt[:, :1] > 0.3)), float("nan"), nxt)
+            members.append(nxt)
+        return torch.stack(members)
+
+
+def make_ensemble_env(nan_member=None, negative=False, **options) -> WorldModelEnv:
+    def spread(observations):  # [E, N, DIM] -> [N]; negative in env 2 past 0.3 when asked
+        value = observations.std(0).sum(-1)
+        if negative:
+            value = torch.where((torch.arange(N) == 2) & (observations[0, :, 0] > 0.3), -1.0, value)
+        return value
+
+    return make_env(model=EnsembleModel(nan_member), ensemble_size=E,
+                    uncertainty_fn=spread if negative else None, **options)
+
+
+def make_discrete_env(**options) -> WorldModelEnv:
+    return make_env(action_space=gym.spaces.Discrete(3), **options)
+
+
+def _make(kind: str, **options) -> WorldModelEnv:
+    return make_discrete_env(**options) if kind == "discrete" else (
+        make_ensemble_env(**options) if kind == "ensemble" else make_env(**options))
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("plain", {"nan_policy": "truncate"}),
+    ("ensemble", {}),
+    ("ensemble", {"nan_policy": "truncate"}),
+    ("ensemble", {"negative": False, "uncertainty_penalty": 0.1}),
+    ("discrete", {}),
+    ("discrete", {"check_actions": "raise"}),
+    ("discrete", {"check_actions": "clip"}),
+], ids=["truncate", "ensemble", "ensemble-truncate", "ensemble-penalty", "discrete", "discrete-raise",
+        "discrete-clip"])
+def test_truncation_ensembles_and_integer_action_checks_read_nothing_per_step(kind, options):
+    """nan_policy="truncate" (masked writes of the truncated rows), an ensemble's checks (NaN in
+    its uncertainty) and check_actions on an integer space are deferred as the NaN check is: 0
+    reads per step with masked resets (before: truncate 2 per step, an ensemble 3, an integer
+    action check 2)."""
+    env = _make(kind, reset_schedule="every_step", **options)
+    policy = None if kind == "discrete" else make_policy()
+    with torch.no_grad():
+        env.rollout(3, policy, break_when_any_done=False)
+        assert rollout_reads(env, policy, 2 * T) - rollout_reads(env, policy, T) == 0
+
+
+@pytest.mark.parametrize("schedule", ["when_done", "every_step"])
+def test_a_deferred_truncation_gives_the_per_step_truncation(schedule):
+    """nan_policy="truncate" during env.rollout truncates by masked writes: the trajectory equals
+    the per-step path's (EnvBase.rollout) value for value, dtype for dtype, with NaN truncations
+    in it, for a plain env and an ensemble whose member gives NaN."""
+    from test_rollout_fast_path import assert_identical
+
+    for make in (lambda: make_env(model=_NanModel(), nan_policy="truncate", reset_schedule=schedule),
+                 lambda: make_ensemble_env(nan_member=1, nan_policy="truncate", reset_schedule=schedule)):
+        outs = []
+        for rollout in (WorldModelEnv.rollout, EnvBase.rollout):
+            policy = make_policy()
+            with torch.no_grad():
+                outs.append(rollout(make(), 2 * T, policy, break_when_any_done=False))
+        fast, general = outs
+        assert bool(fast["next", "nonfinite"].any())  # truncations happened
+        assert_identical(fast, general)
+
+
+class _NanModel(Model):
+    """NaN in env 2's observation whenever its first coordinate passes 0.3."""
+
+    def forward(self, state, action):
+        nxt = super().forward(state, action)
+        return torch.where(((torch.arange(N) == 2)[:, None] & (nxt[:, :1] > 0.3)), float("nan"), nxt)
+
+
+@pytest.mark.parametrize("check_every", [None, 4])
+@pytest.mark.parametrize("case", ["nan-member", "negative-uncertainty", "truncate-negative-uncertainty"])
+def test_a_deferred_ensemble_check_raises_the_per_step_error(case, check_every):
+    """An ensemble's NaN member (nan_policy="raise") and a negative uncertainty_fn value (an error
+    under any nan_policy), read once per rollout or every K steps, raise the per-step error."""
+    options = {"nan_member": 1} if case == "nan-member" else {"negative": True}
+    if case.startswith("truncate"):
+        options["nan_policy"] = "truncate"
+    messages = []
+    for every in (1, check_every):
+        with torch.no_grad(), pytest.raises(ValueError) as err:
+            make_ensemble_env(check_every=every, **options).rollout(2 * T, make_policy(), break_when_any_done=False)
+        messages.append(str(err.value))
+    assert "[2]" in messages[0] and messages[1] == messages[0]
+
+
+@pytest.mark.parametrize("check_every", [None, 4])
+def test_a_deferred_integer_action_check_raises_the_per_step_error(check_every):
+    """check_actions="raise" on a Discrete(3) space: action 3 in env 5 at its 6th step, read at the
+    end (or every K steps), raises the per-step error; "clip" gives the per-step clip's numbers,
+    floats rounded first."""
+    def policy(td):
+        step = td["elapsed_steps"].squeeze(-1)
+        return td.set("action", torch.where((torch.arange(N) == 5) & (step == 5), 3, 1))
+
+    def floats(td):
+        return td.set("action", torch.linspace(-1.2, 3.4, N))
+
+    messages, clipped = [], []
+    for every in (1, check_every):
+        with torch.no_grad(), pytest.raises(ValueError) as err:
+            make_discrete_env(check_actions="raise", check_every=every).rollout(10, policy, break_when_any_done=False)
+        messages.append(str(err.value))
+        with torch.no_grad():
+            clipped.append(make_discrete_env(check_actions="clip", check_every=every).rollout(
+                8, floats, break_when_any_done=False))
+    assert "env index [5]" in messages[0] and messages[1] == messages[0]
+    assert (clipped[0] == clipped[1]).all()

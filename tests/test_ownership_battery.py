@@ -260,21 +260,41 @@ def test_state_written_in_place_does_not_rewrite_recorded_states(path):
     check(path, "inplace", "tensordict", torch.float32, separate=True)
 
 
-def test_a_policy_alternating_between_two_buffers_is_refused_not_recorded_wrong():
-    """Two buffers refilled in turn: by the time one is reused its earlier step was recorded as
-    is and is overwritten; the fast rollout says so instead of returning that value."""
-    model = Mischief("fresh", "tensor", torch.float32, separate_state=True)
-    env = _env("rollout", model)
+def _alternating_policy(extra_key_at=None):
+    """Two buffers refilled in turn (step i's action is i / 100); ``extra_key_at``: from that
+    call on the policy also writes an "extra" key (the steps no longer fit the first step's
+    layout: the trajectory is kept as lists of steps from there)."""
     buffers = [torch.zeros(N, 2), torch.zeros(N, 2)]
     calls = iter(range(100))
 
     def policy(td):
         i = next(calls)
         td.set("action", buffers[i % 2].fill_(i / 100))
+        if extra_key_at is not None and i >= extra_key_at:
+            td.set("extra", torch.zeros(N))
         return td
 
-    with pytest.raises(RuntimeError, match=r"wrote into the 'action' tensor it returned at step 1"):
-        env.rollout(5, policy, break_when_any_done=False)
+    return policy
+
+
+def test_a_policy_alternating_between_two_buffers_is_recorded_right():
+    """Two buffers refilled in turn: each step's action is copied into the preallocated
+    trajectory when it is recorded, so the later refill does not change it (before the
+    preallocated trajectory the record kept the policy's tensor and the rollout refused it)."""
+    env = _env("rollout", Mischief("fresh", "tensor", torch.float32, separate_state=True))
+    out = env.rollout(5, _alternating_policy(), break_when_any_done=False)
+    expected = torch.arange(5, dtype=torch.float32).div(100)[None, :, None].expand(N, 5, 2)
+    torch.testing.assert_close(out["action"], expected, rtol=0, atol=0)
+
+
+def test_a_policy_alternating_between_two_buffers_is_refused_where_steps_are_kept_as_they_are():
+    """Steps that do not fit the first step's buffers (here a key that appears at step 2) are kept
+    as the policy gave them, stacked at the end: there a buffer refilled after it was recorded
+    would change the record, so the rollout says so instead of returning that value (step 2's
+    action is copied, as the first step kept as is always is; step 3's buffer is refilled at 5)."""
+    env = _env("rollout", Mischief("fresh", "tensor", torch.float32, separate_state=True))
+    with pytest.raises(RuntimeError, match=r"wrote into the 'action' tensor it returned at step 3"):
+        env.rollout(6, _alternating_policy(extra_key_at=2), break_when_any_done=False)
 
 
 # ------------------------------------------- the dtype of a state that is the observation

@@ -408,3 +408,85 @@ def test_start_states_of_another_batch(batch):
         outs.append(rollout(env, 6, policy, break_when_any_done=False, auto_reset=False, tensordict=start.clone()))
     assert_identical(*outs)
     assert outs[0].shape == (*batch, 6)
+
+
+# ------------------------------------------------------- the trajectory written in place
+class _CountStacks(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.stacks = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.stack:
+            self.stacks += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["tensor", "dict", "tensordict"])
+@pytest.mark.parametrize("break_when_any_done", [False, True])
+def test_the_trajectory_is_written_in_place_not_stacked(kind, break_when_any_done):
+    """Each step is copied into [*B, T] buffers allocated at the first step: no torch.stack (the
+    model stacks nothing) of the steps at the end, for tensor and nested model states, also when
+    break_when_any_done stops early (the first steps, laid out as a stack's); the result is
+    EnvBase.rollout's (before: the steps were stacked at the end)."""
+    make = lambda: make_env(model=Model(state=kind))  # noqa: E731
+    policy = policy_module()
+    torch.manual_seed(7)
+    env = make()
+    with torch.no_grad(), _CountStacks() as counter:
+        fast = env.rollout(10, policy, break_when_any_done=break_when_any_done)
+    assert counter.stacks == 0
+    torch.manual_seed(7)
+    with torch.no_grad():
+        general = EnvBase.rollout(make(), 10, policy, break_when_any_done=break_when_any_done)
+    assert_identical(fast, general)
+    assert fast.shape[-1] < 10 if break_when_any_done else fast.shape[-1] == 10
+
+
+@pytest.mark.parametrize("at", [0, 3])
+def test_a_policy_that_writes_a_key_from_some_step_on_gives_envbase_rollouts_result(at):
+    """Steps that do not fit the first step's buffers (a key that appears at step 3) are kept as
+    lists from there and stacked as before (TorchRL's stacking of unequal steps)."""
+    torch.manual_seed(1)
+    net = nn.Linear(OBS, ACT)
+    calls = []
+
+    def policy(td):
+        calls.append(1)
+        td.set("action", torch.tanh(net(td["observation"])))
+        if len(calls) > at:
+            td.set("extra", torch.ones(td.batch_size))
+        return td
+
+    with torch.no_grad():
+        torch.manual_seed(7)
+        fast = make_env().rollout(8, policy, break_when_any_done=False)
+        calls.clear()
+        torch.manual_seed(7)
+        general = EnvBase.rollout(make_env(), 8, policy, break_when_any_done=False)
+    assert type(fast) is type(general)
+    assert set(fast.keys(True, True)) == set(general.keys(True, True))
+    for key in general.keys(True, True):
+        torch.testing.assert_close(fast.get(key), general.get(key), rtol=0, atol=0, equal_nan=True)
+
+
+def _never_ends(model, state, action):
+    nxt, obs, reward, terminated = model.step(state, action)
+    return nxt, obs, reward, torch.zeros_like(terminated), torch.zeros_like(terminated), {}
+
+
+@pytest.mark.parametrize("kind", ["tensor", "dict"])
+def test_a_rollout_that_may_stop_early_grows_its_buffers(kind):
+    """break_when_any_done: the buffers start with room for a few steps and double when full, so
+    the first time limit at step 70 (past two doublings) gives EnvBase.rollout's trajectory, and a
+    huge max_steps allocates only what is used (before: [*B, max_steps] buffers up front, and
+    max_steps=10**10 failed to allocate)."""
+    def make():
+        return WorldModelEnv(Model(state=kind), BOX, ACTION, reset_fn=reset_fn, transition_fn=_never_ends,
+                             batch_size=(3,), max_episode_steps=torch.tensor([70, 80, 90]), seed=3)
+
+    fast, general = both(make, 100, policy_module(), break_when_any_done=True)
+    assert fast.shape == (3, 70)
+    assert_identical(fast, general)
+    with torch.no_grad():
+        assert make().rollout(10**10, policy_module(), break_when_any_done=True).shape == (3, 70)

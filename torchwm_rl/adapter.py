@@ -33,6 +33,7 @@ from gymnasium import spaces
 from tensordict import TensorDict, TensorDictBase
 
 from .calling import Hook
+from .compiled import compile_hooks
 from .deferred import DeferredChecks, maybe_nonfinite, maybe_nonfinite_rows
 from .ensemble import NEGATIVE_UNCERTAINTY, Ensemble
 from .errors import TorchWMError, ValueMismatch
@@ -246,6 +247,10 @@ class ModelAdapter:
         self.action_hook = _resolve(opts.action_transform_fn, model, (), "action_transform_fn")
         self.continue_hook = _resolve(opts.continue_fn, model, (), "continue_fn")
         self.continue_threshold = _continue_threshold(opts.continue_threshold, self.continue_hook)
+        if not isinstance(opts.compile, bool):
+            raise TypeError(f"compile: expected True or False, got {opts.compile!r}")
+        if opts.compile:  # the step's model hooks through torch.compile (torchwm_rl.compiled)
+            compile_hooks(self)
         # the env's random stream for hooks that ask for ``generator`` (set by EpisodeLogic)
         self.generator: Optional[torch.Generator] = None
         # shared with forks (copy.copy), as the model is: what was learned of the hooks
@@ -703,13 +708,8 @@ class ModelAdapter:
         state = record.state
         extra = () if continue_raw is None else (probability_check(continue_raw),)
         deferred = self._deferred
-        if deferred is not None and self.nan_policy == "raise" and discard is None and record.uncertainty is None:
-            # read once per rollout: a failure replays the rollout's actions checking here (torchwm_rl.deferred)
-            leaves = flatten_observation(record.observation)
-            leaves["reward"] = record.reward
-            if state is not record.observation:
-                leaves.update(_state_leaves(state))
-            deferred.add(maybe_nonfinite(*leaves.values(), *extra))
+        if deferred is not None and discard is None and (self.nan_policy == "raise" or not callable(previous_observation)):
+            self._defer_nan_policy(record, deferred, extra, previous_observation, previous_state, continue_raw)
             return
         if record.uncertainty is None and isinstance(record.observation, torch.Tensor):
             if state is record.observation:
@@ -759,6 +759,14 @@ class ModelAdapter:
             raise ValueError(
                 f"{what}{env_rows(bad)}; pass nan_policy='truncate' to end those episodes instead, or 'ignore'."
             )
+        self._truncate_rows(record, bad, previous_observation, previous_state)
+
+    def _truncate_rows(self, record: Transition, bad: torch.Tensor, previous_observation: Any,
+                       previous_state: Any) -> None:
+        """``nan_policy="truncate"``: the rows ``bad`` (bool, shape batch) of ``record`` end as
+        truncated, holding the last finite observation and state, a 0 reward. Masked writes: rows
+        outside ``bad`` keep their values exactly (so it may run with ``bad`` all False)."""
+        state = record.state
         record.truncated = record.truncated | bad
         record.nonfinite = bad
         if previous_state is not None:
@@ -783,6 +791,39 @@ class ModelAdapter:
             record.uncertainty = zero_nonfinite(record.uncertainty)
         if record.continue_prob is not None:  # the truncated row's episode ends: nothing continues
             record.continue_prob = zero_nonfinite(record.continue_prob)
+
+    def _defer_nan_policy(self, record: Transition, deferred: DeferredChecks, extra: tuple, previous_observation: Any,
+                          previous_state: Any, continue_raw: Optional[torch.Tensor]) -> None:
+        """:meth:`_apply_nan_policy` during a rollout, with no host read (:mod:`torchwm_rl.deferred`).
+        ``"raise"``: the NaN/inf of every checked value (the ensemble's uncertainty and, with
+        ``uncertainty_fn``, its sign; ``continue_fn``'s range: ``extra``) goes into ONE flag,
+        read once per rollout; a failure steps the recorded actions again checking here.
+        ``"truncate"``: the rows holding NaN/inf are truncated by masked writes (the same
+        values as the per-step branch, which writes only when a row is bad), and only what is
+        an error whatever the policy (a negative uncertainty, a continue probability outside
+        [0, 1]) goes into the flag."""
+        state = record.state
+        leaves = flatten_observation(record.observation)
+        leaves["reward"] = record.reward
+        if state is not record.observation:
+            leaves.update(_state_leaves(state))
+        errors = []
+        if record.uncertainty is not None:
+            checked = self.ensemble.checked_values(record.uncertainty)
+            negative = checked.pop(NEGATIVE_UNCERTAINTY, None)
+            leaves.update(checked)
+            if negative is not None:
+                errors.append(negative)  # NaN where negative
+        if self.nan_policy == "raise":
+            deferred.add(maybe_nonfinite(*leaves.values(), *errors, *extra))
+            return
+        if continue_raw is not None:
+            leaves[CONTINUE_KEY] = continue_raw
+            errors.append(outside_unit_interval(continue_raw))  # NaN where finite and outside [0, 1]
+        if errors:
+            deferred.add(maybe_nonfinite(*errors))
+        self._truncate_rows(record, nonfinite_row_mask(leaves.values(), self.batch_size, self.device),
+                            previous_observation, previous_state)
 
     def _refuse_outside_unit_interval(self, raw: torch.Tensor, discard: Optional[torch.Tensor] = None) -> None:
         """Raise if ``continue_fn`` gave a finite value outside [0, 1] in a row the step keeps."""
@@ -991,6 +1032,18 @@ def _bad_rows(value: torch.Tensor, batch_size: tuple, bad: torch.Tensor) -> bool
     finite = torch.isfinite(value)
     rows = finite.reshape(*batch_size, -1).all(-1) if batch_size else finite.all()
     return bool((~rows & bad).any())
+
+
+def nonfinite_row_mask(tensors, batch_size: tuple, device) -> torch.Tensor:
+    """The rows (bool, shape ``batch_size``) where a float tensor of ``tensors`` (each
+    ``[*batch_size, ...]``) holds NaN/inf, computed on the device with no host read (a count,
+    not ``any``, so nothing reads it)."""
+    bad = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            nonfinite = ~torch.isfinite(tensor.detach())
+            bad = bad | ((nonfinite.reshape(*batch_size, -1).sum(-1) if batch_size else nonfinite.sum()) > 0)
+    return bad
 
 
 def _leaf_dtypes(value: Any) -> dict:

@@ -31,14 +31,12 @@ class DeferredChecks:
     """The OR of the "maybe failed" flags the checks of a rollout's steps give, read on the host
     every ``every`` steps (None: only when :meth:`read` is called, at the end)."""
 
-    __slots__ = ("every", "flag", "pending", "steps")
+    __slots__ = ("every", "flag", "pending")
 
     def __init__(self, every: Optional[int] = None):
         self.every = every
         self.flag: Optional[torch.Tensor] = None
         self.pending = 0
-        # the rollout's "next" entries, step by step (set by fast_rollout): what the replay must repeat
-        self.steps: list = []
 
     def add(self, flag: torch.Tensor) -> None:
         """Record one check's flag (a 0-d bool tensor; True: the check may have failed)."""

@@ -217,7 +217,10 @@ def step_entries_now(env, state: Any, elapsed: torch.Tensor, action: Any, batch,
     """:func:`step_entries` for a batch the logic steps as it is (the env's, or one leading
     dim under ``batch_override``): ONE model call, then the record's entries."""
     snapshot = Snapshot(state=state, observation=None, elapsed=elapsed if compact else elapsed.reshape(elapsed.shape[:-1]))
-    previous = (lambda: env._previous_observation(state, root)) if env.adapter.nan_policy == "truncate" else None
+    previous = None
+    if env.adapter.nan_policy == "truncate":  # as is, unless decode_fn makes it (then only when needed)
+        previous = env._previous_observation(state, root) if env._decode is None else (
+            lambda: env._previous_observation(state, root))
     snapshot, record = env.logic.step(snapshot, action, env._discard_rows, previous)
     terminated, truncated, reward = record.terminated, record.truncated, record.reward
     if not compact:

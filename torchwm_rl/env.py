@@ -31,6 +31,7 @@ from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
 from . import entries, exports, reset_input
 from .adapter import ModelAdapter
 from .calling import Hook
+from .compiled import compile_hooks, eager_hooks
 from .env_specs import (  # noqa: F401  (the key names, importable from here as before)
     CONTINUE_KEY, ELAPSED_KEY, HALTED_KEY, LAST_OBSERVATION_KEY, NONFINITE_KEY, OBSERVATION_KEY, RESERVED_KEYS,
     STATE_KEY, UNCERTAINTY_KEY, StateKind, check_state_key, make_info_specs, make_specs, parse_batch_size,
@@ -357,6 +358,18 @@ class WorldModelEnv(EnvBase):
     _scalar_keys = entries.scalar_keys
     _complete_start = reset_input.complete_start
     _complete_kept_rows = reset_input.complete_kept_rows
+
+    def compile(self, *, warmup: Optional[int] = None, **options: Any) -> "WorldModelEnv":
+        """``compile=True`` (TorchRL's constructor keyword) or this call: the step's model hooks run
+        through ``torch.compile`` (:mod:`torchwm_rl.compiled`; ``options`` go to it), every path
+        and the fast rollout kept (TorchRL's own compiles ``step_and_maybe_reset``, whose
+        bookkeeping does not trace). ``warmup`` is accepted and not needed. :meth:`eager` undoes it."""
+        compile_hooks(self.adapter, **options)
+        return self
+
+    def eager(self) -> "WorldModelEnv":
+        eager_hooks(self.adapter)
+        return super().eager()
 
     def rollout(
         self,

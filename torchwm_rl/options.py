@@ -64,14 +64,20 @@ class ModelOptions:
     uncertainty_fn: Optional[Callable] = None
     continue_fn: Optional[Callable] = None
     continue_threshold: Optional[float] = None
-    #: how often ``env.rollout`` reads its per-step checks (NaN/inf with nan_policy="raise", a
-    #: partial reset's starts) on the host: None (default) once, at the end of the rollout; K:
+    #: how often ``env.rollout`` reads its per-step checks (NaN/inf with nan_policy="raise", an
+    #: ensemble's, continue_fn's range, check_actions, a partial reset's starts; nan_policy="truncate"
+    #: truncates by masked writes) on the host: None (default) once, at the end of the rollout; K:
     #: every K steps; 1: at every step (as each check ran before). A failed check raises the
     #: error it raised before, at the same step, with the env as it then was: the env steps the
     #: recorded actions again from the rollout's start, checking at every step, without calling
     #: the policy again (see ``docs/design-decisions.md``)
     check_every: Optional[int] = None
     reset_schedule: ResetSchedule = "when_done"
+    #: run the transition (the model or transition_fn), reward_fn, terminal_fn and continue_fn
+    #: through ``torch.compile`` (CUDA graphs on CUDA); a hook that cannot be compiled warns once
+    #: and runs uncompiled (see :mod:`torchwm_rl.compiled`). Opt-in: compiling takes seconds to
+    #: minutes, and compiled float math agrees with eager to rounding, not bit for bit
+    compile: bool = False
 
 
 OPTION_NAMES = tuple(field.name for field in dataclasses.fields(ModelOptions))

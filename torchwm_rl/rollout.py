@@ -3,10 +3,12 @@
 TorchRL's ``EnvBase.rollout`` builds, checks and copies TensorDicts around every step (``step``,
 ``step_mdp``, ``maybe_reset``) and calls a ``TensorDictModule`` policy through its TensorDict
 machinery. For an imagined env that bookkeeping costs more than a small world model's call. This
-module runs the same rollout on plain ``{key: tensor}`` dicts and builds ONE TensorDict at the
-end, computing every entry with the env's own code (``WorldModelEnv._step_entries`` /
+module runs the same rollout on plain ``{key: tensor}`` dicts, copies each step into ``[*B, T]``
+buffers allocated at the first step (:class:`~torchwm_rl.trajectory.Trajectory`) and builds ONE
+TensorDict at the end around them, computing every entry with the env's own code (``WorldModelEnv._step_entries`` /
 ``_reset_entries``), so the output is what ``EnvBase.rollout`` returns: same keys, shapes,
-dtypes, values, names and autograd graph.
+dtypes, strides, values, names and autograd graph (values that require grad are stacked as
+before).
 
 What it reproduces of TorchRL 0.14, step by step:
 
@@ -30,7 +32,7 @@ called on its tensors directly, as ``TensorDictModule.forward`` would; any other
 called on a TensorDict built for it each step, holding what TorchRL's would hold. With a plain
 module that neither reads nor writes them, the per-env scalars (reward, done flags, step
 counts: ``[*B, 1]`` in the tensordict) are kept as ``[*B]`` during the loop and given their
-trailing dim once, on the stacked trajectory: the same values, shapes and strides.
+trailing dim once, on the whole trajectory: the same values, shapes and strides.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ import functools
 from typing import Any, Callable, Optional
 
 import torch
-from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, skip_existing
 from torch.nn.modules import module as _nn_module
 from torchrl.envs.utils import _StepMDP, _update_during_reset
 
 from .deferred import DeferredChecks, RecheckEagerly, repeats
 from .episode import _get_rng_state, _set_rng_state
+from .trajectory import Trajectory, unsqueezed
 
 # EnvBase.rollout's keyword defaults; the fast path takes a call only if these are unchanged
 _MUST_BE_DEFAULT = {
@@ -141,7 +144,7 @@ def fast_rollout(
     tensordict: Optional[TensorDictBase],
     set_state,
     checks: Optional[DeferredChecks] = None,
-    actions: Optional[list] = None,
+    record: Optional[list] = None,
 ) -> TensorDictBase:
     """``EnvBase.rollout`` for the cases :func:`fast_rollout_applies` accepts. ``policy`` is
     already made compatible (``_make_compatible_policy``) or is ``env.rand_action``.
@@ -149,8 +152,9 @@ def fast_rollout(
     ``checks``: the steps' checks are handed to it (the adapter's ``_deferred``) and read there
     (every ``checks.every`` steps and at the end), raising
     :class:`~torchwm_rl.deferred.RecheckEagerly` when one may have failed; None: every check is
-    read at its step. ``actions``: each step's action (as the policy gave it) is appended to it,
-    for :class:`ReplayActions`. With ``reset_schedule="every_step"`` (a batched rollout without
+    read at its step. ``record``: the rollout's :class:`~torchwm_rl.trajectory.Trajectory` is appended to it (its
+    actions and steps, for :class:`ReplayActions` and the check that a replay repeats the run,
+    made only on that failure path). With ``reset_schedule="every_step"`` (a batched rollout without
     ``break_when_any_done``) the finished envs restart by a masked write (:func:`_restart_masked`),
     not after a host read of ``done.any()``.
 
@@ -172,29 +176,28 @@ def fast_rollout(
     )
     if compact:
         root = _squeezed(root, scalars)
-    roots, nexts = [], []
-    own = _OwnedOutputs(direct.written if direct is not None else ("action",))
+    trajectory = Trajectory(batch, max_steps, direct.written if direct is not None else ("action",),
+                             grow=break_when_any_done)
     masked = env.adapter.reset_schedule == "every_step" and len(batch) > 0
     adapter = env.adapter
     adapter._deferred = checks
-    if checks is not None:
-        checks.steps = nexts  # what the replay after a failed flag must repeat (WorldModelEnv.rollout)
     try:
-        _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
-              break_when_any_done, masked, checks, actions)
+        _loop(env, max_steps, policy, direct, root, trajectory, batch, device, compact, scalars,
+              break_when_any_done, masked, checks)
     except RecheckEagerly:
-        own.verify()  # the recorded actions are replayed: refuse any the policy wrote into afterwards
+        trajectory.verify()  # the recorded actions are replayed: refuse any the policy wrote into afterwards
         raise
     finally:
         adapter._deferred = None
-    own.verify()
-    return _stack(roots, nexts, batch, device, return_contiguous, scalars if compact else frozenset())
+        if record is not None:
+            record.append(trajectory)  # what a replay after a failed flag steps and must repeat
+    trajectory.verify()
+    return trajectory.stacked(device, return_contiguous, scalars if compact else frozenset())
 
 
-def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device, compact, scalars,
-          break_when_any_done, masked, checks, actions) -> None:
-    """:func:`fast_rollout`'s steps: appends each step's root and ``"next"`` entries to ``roots``
-    and ``nexts``."""
+def _loop(env, max_steps, policy, direct, root, trajectory, batch, device, compact, scalars,
+          break_when_any_done, masked, checks) -> None:
+    """:func:`fast_rollout`'s steps: each step's root and ``"next"`` entries go to ``trajectory``."""
     state_kind, state_key = env._state_kind, env._state_key
     carried, dropped = step_mdp_keys(env)
     for i in range(max_steps):
@@ -204,16 +207,13 @@ def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device
             td = TensorDict(root, batch_size=batch, device=device)
             td.update(policy(td))
             root = dict(td.items())
-        own(root, i)
-        if actions is not None:
-            actions.append(root.get("action"))
+        trajectory.own(root, i)
         state = root.get(state_key)
         if state_kind == "dict":
             state = state.to_dict()
         nxt = env._step_entries(state, root.get("elapsed_steps"), root.get("action"), batch, root, compact)
         _to_tensordict_layout(nxt, batch, device)
-        roots.append(root)
-        nexts.append(nxt)
+        trajectory.append(root, nxt, i)
         if checks is not None:
             checks.step_done()
         if i == max_steps - 1:
@@ -221,6 +221,13 @@ def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device
                 checks.read()
             break
         done = nxt["done"]  # terminated | truncated (WorldModelEnv._step_entries_now)
+        # The two reads of done.any() left per step, kept on purpose: (1) break_when_any_done
+        # stops at the first done step; running ahead and cutting the trajectory there would call
+        # the policy (and the hooks) for steps that never happened, so a policy with a state of
+        # its own (an iterator of actions, a recurrent cell, a counter) would not be where a stop
+        # leaves it. (2) reset_schedule="when_done" calls the reset hook only at steps where an
+        # env finished: a hook drawing random numbers gives today's numbers for a seed only if
+        # it is called exactly then (reset_schedule="every_step" is the read-free opt-in).
         if break_when_any_done:
             if bool(done.any()):
                 if checks is not None:
@@ -232,7 +239,7 @@ def _loop(env, max_steps, policy, direct, root, roots, nexts, own, batch, device
         restart = _restart_masked if masked else (_restart if bool(done.any()) else None)
         if restart is not None:
             if compact:
-                root = _squeezed(restart(env, _unsqueezed(root, scalars), done.unsqueeze(-1), batch, device), scalars)
+                root = _squeezed(restart(env, unsqueezed(root, scalars), done.unsqueeze(-1), batch, device), scalars)
             else:
                 root = restart(env, root, done, batch, device)
 
@@ -257,9 +264,9 @@ def checked_rollout(env, max_steps: int, policy: Callable, *, auto_reset: bool, 
     # a run replaces entries of the given tensordict (maybe_reset of its done rows): the
     # replay must start from it as given (its values copied once per rollout)
     given = None if tensordict is None else tensordict.clone()
-    checks, actions = DeferredChecks(env.adapter.check_every), []
+    checks, record = DeferredChecks(env.adapter.check_every), []
     try:
-        return run(checks=checks, actions=actions)
+        return run(checks=checks, record=record)
     except Exception as err:
         if not isinstance(err, RecheckEagerly) and not checks.failed():
             raise  # an error of its own, not one a skipped check let through
@@ -275,6 +282,8 @@ def checked_rollout(env, max_steps: int, policy: Callable, *, auto_reset: bool, 
     after_policy = _get_rng_state(env.device)  # the policy's own draws did happen
     back_to_the_start()
     try:
+        # the actions as recorded (copies, where the steps were written in place)
+        actions = record[0].actions() if record else []
         replayed = fast_rollout(env, len(actions), ReplayActions(actions), auto_reset=auto_reset,
                                 break_when_any_done=break_when_any_done, return_contiguous=return_contiguous,
                                 tensordict=tensordict, set_state=set_state)
@@ -284,7 +293,7 @@ def checked_rollout(env, max_steps: int, policy: Callable, *, auto_reset: bool, 
     # values that overflowed) only if the replay repeated the first run; otherwise what failed
     # there is gone (a hook drawing from a stream the env cannot put back), and returning
     # another trajectory would hide the failure
-    if first_error is not None or not repeats(checks.steps, replayed):
+    if first_error is not None or not repeats(record[0].steps() if record else [], replayed):
         raise RuntimeError(
             f"rollout: a check read once per rollout (check_every={env.adapter.check_every}) found that a "
             "step may have failed (NaN/inf with nan_policy='raise', an action outside the space, a "
@@ -317,65 +326,9 @@ class ReplayActions:
         return td.set("action", action)
 
 
-class _OwnedOutputs:
-    """The trajectory keeps each step's policy outputs until it is stacked at the end, so a
-    policy that writes every step into ONE buffer (a static CUDA-graph output, a preallocated
-    action) would make every recorded step read the last value. Cheaply, as the adapter's
-    input guard does for hooks:
-
-    * the first step's outputs are copied, and the policy's own tensors kept aside;
-    * a later output whose storage is one of those (or one already recorded) means the
-      policy reuses its buffers: from then on every output is copied;
-    * otherwise outputs are recorded as they are, with their version counters, and
-      :meth:`verify` (before stacking) refuses a recorded output the policy wrote into
-      afterwards (its step's value is lost: a policy alternating between buffers).
-    """
-
-    def __init__(self, keys):
-        self.keys = keys
-        self.copy_all = False
-        self.storages: set = set()
-        self.held: list = []  # the first step's own tensors (kept alive: their memory is not reused)
-        self.recorded: list = []  # (step, key, tensor, version) of outputs recorded as they are
-
-    def __call__(self, root: dict, step: int) -> None:
-        for key in self.keys:
-            value = root.get(key)
-            if type(value) is not torch.Tensor:
-                continue
-            storage = value.untyped_storage().data_ptr()
-            if step == 0:
-                self.held.append(value)
-                self.storages.add(storage)
-                root[key] = value.clone()
-                continue
-            if not self.copy_all and storage in self.storages:
-                self.verify()  # an output recorded as is may already have been overwritten
-                self.copy_all = True
-            if self.copy_all:
-                root[key] = value.clone()
-            else:
-                self.storages.add(storage)
-                self.recorded.append((step, key, value, value._version))
-
-    def verify(self) -> None:
-        for step, key, value, version in self.recorded:
-            if value._version != version:
-                raise RuntimeError(
-                    f"rollout: the policy wrote into the {key!r} tensor it returned at step {step} after returning "
-                    "it, so the trajectory would record a later value there. Return a new tensor at each call "
-                    "(or one buffer every time: that is copied)"
-                )
-
-
 def _squeezed(entries: dict, scalars: frozenset) -> dict:
     """``entries`` with the per-env scalars ``[*B, 1]`` as ``[*B]`` (views)."""
     return {k: v.squeeze(-1) if k in scalars else v for k, v in entries.items()}
-
-
-def _unsqueezed(entries: dict, scalars: frozenset) -> dict:
-    """``entries`` with the per-env scalars ``[*B]`` as ``[*B, 1]`` (views): the tensordict layout."""
-    return {k: v.unsqueeze(-1) if k in scalars else v for k, v in entries.items()}
 
 
 def _restart(env, root: dict, done: torch.Tensor, batch, device) -> dict:
@@ -439,33 +392,6 @@ def _to_tensordict_layout(entries: dict, batch, device) -> None:
                 entries[key] = value.to(device)
         else:
             entries[key] = TensorDict({key: value}, batch_size=batch, device=device).get(key)
-
-
-def _stack(roots: list, nexts: list, batch, device, return_contiguous, scalars: frozenset) -> TensorDictBase:
-    """The trajectory from the steps' root and ``"next"`` entries; ``scalars``: keys held as
-    ``[*B]`` (see :func:`fast_rollout`), given their trailing dim of 1 here."""
-    dim = len(batch)
-    shape = torch.Size([*batch, len(roots)])
-    keys, next_keys = list(roots[0]), list(nexts[0])
-    same = all(r.keys() == roots[0].keys() for r in roots) and all(n.keys() == nexts[0].keys() for n in nexts)
-    if not same:  # a policy that writes different keys at different steps: TorchRL's own stacking
-        tds = []
-        for root, nxt in zip(roots, nexts):
-            td = TensorDict(_unsqueezed(root, scalars), batch_size=batch, device=device)
-            td.set("next", TensorDict(_unsqueezed(nxt, scalars), batch_size=batch, device=device))
-            tds.append(td)
-        out = torch.stack(tds, dim) if return_contiguous else LazyStackedTensorDict.maybe_dense_stack(tds, dim)
-    else:
-        def stacked(values: list, key) -> Any:
-            value = torch.stack(values, dim)
-            return value.unsqueeze(-1) if key in scalars else value
-
-        nxt = TensorDict({k: stacked([n[k] for n in nexts], k) for k in next_keys}, batch_size=shape, device=device)
-        entries = {k: stacked([r[k] for r in roots], k) for k in keys}
-        entries["next"] = nxt
-        out = TensorDict(entries, batch_size=shape, device=device)
-    out.refine_names(..., "time")
-    return out
 
 
 # ------------------------------------------------------------------------------- policy

@@ -543,11 +543,12 @@ def check_action(
     index, or are clipped (rounded first for integer spaces). Dict spaces are checked key by
     key. Returns the action, clipped where needed, as the same type (tensor or numpy).
 
-    ``deferred`` (a :class:`~torchwm_rl.deferred.DeferredChecks`, during a rollout): a float
-    tensor action of a Box space is checked without a host read: its "maybe failed" flag goes
-    to ``deferred`` and, with ``"clip"``, the action is clamped into the space unconditionally
-    (the same values and gradients where it is inside); a failure steps the recorded actions again
-    with this check read at its step, which raises the usual error.
+    ``deferred`` (a :class:`~torchwm_rl.deferred.DeferredChecks`, during a rollout): a tensor
+    action (not bool) of any of these spaces is checked without a host read: its "maybe failed"
+    flag goes to ``deferred`` and, with ``"clip"``, the action is clamped into the space
+    unconditionally (rounded first for floats in an integer space: the same values, and for a
+    Box the same gradients, where it is inside); a failure steps the recorded actions again with
+    this check read at its step, which raises the usual error.
     """
     if isinstance(space, spaces.Dict):
         _check_dict_keys(action, space, key, "action")
@@ -566,6 +567,8 @@ def check_action(
             refuse_action_shape(given, space.shape, batch_shape, key)
         tensor = tensor.reshape(expected)
     low, high, integer = bounds
+    # clip's clamp casts the bounds to the tensor's dtype: exact for floats and integers below 2**53 (numpy, no sync)
+    exact_bounds = tensor.is_floating_point() or all(float(np.max(np.abs(b))) < 2 ** 53 for b in (low, high))
     low = torch.as_tensor(np.asarray(low, dtype=np.float64), device=device)
     high = torch.as_tensor(np.asarray(high, dtype=np.float64), device=device)
     floating = tensor.is_floating_point()
@@ -573,12 +576,15 @@ def check_action(
     outside = (tensor < low) | (tensor > high) | nan
     if integer and floating:
         outside = outside | (tensor != torch.round(tensor))
-    if deferred is not None and floating and not integer and isinstance(action, torch.Tensor):
+    if deferred is not None and isinstance(action, torch.Tensor) and tensor.dtype is not torch.bool:
         if mode == "raise":
             deferred.add(outside.sum() > 0)  # a device op: no host read
             return action
-        deferred.add(nan.sum() > 0)  # NaN has nothing to clip to: the per-step check raises
-        return torch.clamp(tensor, low.to(tensor.dtype), high.to(tensor.dtype)).reshape(given)
+        if exact_bounds:
+            deferred.add(nan.sum() > 0)  # NaN has nothing to clip to: the per-step check raises
+            # what the per-step clip gives where the action is outside, and the same values inside
+            values = torch.round(tensor) if integer and floating else tensor
+            return torch.clamp(values, low.to(tensor.dtype), high.to(tensor.dtype)).reshape(given)
     if not bool(outside.any()):
         return action
     if mode == "clip" and not bool(nan.any()):

@@ -26,7 +26,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Composite, TensorSpec
 from torchrl.envs import EnvBase
-from torchrl.envs.utils import _make_compatible_policy, _update_during_reset
+from torchrl.envs.utils import _update_during_reset
 
 from . import entries, exports, reset_input
 from .adapter import ModelAdapter
@@ -40,7 +40,7 @@ from .env_specs import (  # noqa: F401  (the key names, importable from here as 
 from .episode import EpisodeLogic
 from .exports import RefuseThroughTransforms
 from .options import env_repr, with_model_options
-from .rollout import _register_originals, checked_rollout, fast_rollout_applies
+from .rollout import _register_originals, env_rollout
 from .spaces import space_to_spec
 
 
@@ -403,45 +403,7 @@ class WorldModelEnv(EnvBase):
             return_contiguous=return_contiguous, tensordict=tensordict, set_truncated=set_truncated,
             out=out, trust_policy=trust_policy, storing_device=storing_device, set_state=set_state,
         )
-        # atomic as a step: a rollout that raises leaves the streams, a pending seed and a held
-        # state as they were, so a retry gives the trajectory a run without the failure gives
-        held = self._held_state
-        try:
-            with self.logic.transaction():
-                out = self._rollout(max_steps, policy, callback, kwargs)
-        except BaseException:
-            self._held_state = held
-            raise
-        if out.batch_size[:-1] == self.batch_size and out.batch_size[-1:] != (0,):
-            self._current = dict(out.get("next")[..., -1].items())  # where the envs stand now
-        return out
-
-    def _rollout(self, max_steps: int, policy, callback, kwargs: dict) -> TensorDictBase:
-        tensordict, auto_reset = kwargs["tensordict"], kwargs["auto_reset"]
-        if tensordict is not None and not auto_reset and self._state_kind != "opaque":
-            # start states from a replay buffer or an encoder: fill in the observation, step
-            # count and done flags they imply (both rollout paths then see a full tensordict)
-            tensordict = self._complete_start(tensordict)
-            kwargs["tensordict"] = tensordict
-        if not fast_rollout_applies(self, dict(kwargs, max_steps=max_steps, callback=callback)):
-            return super().rollout(max_steps, policy, callback, **kwargs)
-        break_when_any_done, return_contiguous = kwargs["break_when_any_done"], kwargs["return_contiguous"]
-        trust_policy, set_state = kwargs["trust_policy"], kwargs["set_state"]
-        # the argument handling of EnvBase.rollout, for the cases the fast path takes
-        if break_when_any_done is None:
-            break_when_any_done = True
-        if return_contiguous is None:
-            return_contiguous = not self._has_dynamic_specs
-        if policy is not None:
-            policy = _make_compatible_policy(
-                policy, self.observation_spec, env=self, fast_wrap=True, trust_policy=trust_policy
-            )
-        else:
-            policy = self.rand_action
-        return checked_rollout(
-            self, max_steps, policy, auto_reset=auto_reset, break_when_any_done=break_when_any_done,
-            return_contiguous=return_contiguous, tensordict=tensordict, set_state=set_state,
-        )
+        return env_rollout(self, max_steps, policy, callback, kwargs, super().rollout)
 
     def to(self, device) -> "WorldModelEnv":
         """Move the env, its specs and its world model (a registered submodule) to ``device``."""

@@ -44,7 +44,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, skip_existing
 from torch.nn.modules import module as _nn_module
-from torchrl.envs.utils import _StepMDP, _update_during_reset
+from torchrl.envs.utils import _make_compatible_policy, _StepMDP, _update_during_reset
 
 from .deferred import DeferredChecks, RecheckEagerly, repeats
 from .episode import _get_rng_state, _set_rng_state
@@ -59,6 +59,53 @@ _MUST_BE_DEFAULT = {
     "out": None,
     "storing_device": None,
 }
+
+
+def env_rollout(env, max_steps: int, policy, callback, kwargs: dict, base_rollout: Callable) -> TensorDictBase:
+    """:meth:`WorldModelEnv.rollout`'s body (``kwargs``: its keyword arguments; ``base_rollout``:
+    ``EnvBase.rollout`` bound to ``env``). Start states given with ``auto_reset=False`` are
+    completed (observation, step count, done flags they imply); the fast path runs when
+    :func:`fast_rollout_applies`, with ``EnvBase.rollout``'s argument defaults, else
+    ``base_rollout``. Atomic as a step: a rollout that raises leaves the streams, a pending seed
+    and a held state as they were, so a retry gives the trajectory a run without the failure
+    gives. Afterwards the env remembers where its envs stand (the last step's entries)."""
+    held = env._held_state
+    try:
+        with env.logic.transaction():
+            out = _front(env, max_steps, policy, callback, kwargs, base_rollout)
+    except BaseException:
+        env._held_state = held
+        raise
+    if out.batch_size[:-1] == env.batch_size and out.batch_size[-1:] != (0,):
+        env._current = dict(out.get("next")[..., -1].items())  # where the envs stand now
+    return out
+
+
+def _front(env, max_steps: int, policy, callback, kwargs: dict, base_rollout: Callable) -> TensorDictBase:
+    tensordict, auto_reset = kwargs["tensordict"], kwargs["auto_reset"]
+    if tensordict is not None and not auto_reset and env._state_kind != "opaque":
+        # start states from a replay buffer or an encoder: fill in the observation, step
+        # count and done flags they imply (both rollout paths then see a full tensordict)
+        tensordict = env._complete_start(tensordict)
+        kwargs["tensordict"] = tensordict
+    if not fast_rollout_applies(env, dict(kwargs, max_steps=max_steps, callback=callback)):
+        return base_rollout(max_steps, policy, callback, **kwargs)
+    break_when_any_done, return_contiguous = kwargs["break_when_any_done"], kwargs["return_contiguous"]
+    # the argument handling of EnvBase.rollout, for the cases the fast path takes
+    if break_when_any_done is None:
+        break_when_any_done = True
+    if return_contiguous is None:
+        return_contiguous = not env._has_dynamic_specs
+    if policy is not None:
+        policy = _make_compatible_policy(
+            policy, env.observation_spec, env=env, fast_wrap=True, trust_policy=kwargs["trust_policy"]
+        )
+    else:
+        policy = env.rand_action
+    return checked_rollout(
+        env, max_steps, policy, auto_reset=auto_reset, break_when_any_done=break_when_any_done,
+        return_contiguous=return_contiguous, tensordict=tensordict, set_state=kwargs["set_state"],
+    )
 
 
 def fast_rollout_applies(env, kwargs: dict) -> bool:

@@ -95,6 +95,10 @@ class PixelRealityReport:
         return float(np.mean(self.imagined_returns))
 
     @property
+    def imagined_std_return(self) -> float:
+        return float(np.std(self.imagined_returns))
+
+    @property
     def real_mean_return(self) -> float:
         return float(np.mean(self.real_returns))
 
@@ -111,9 +115,15 @@ class PixelRealityReport:
         """Open-loop pixel MSE ``h`` steps ahead (nan where no real episode was that long)."""
         return self.pixel_error[h - 1] if 1 <= h <= len(self.pixel_error) else math.nan
 
+    def error_at(self, step: int) -> float:
+        """:meth:`pixel_error_at` under :class:`torchwm_rl.reality.RealityReport`'s name (the app's
+        result record reads either report)."""
+        return self.pixel_error_at(step)
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("example_")}
-        d.update(imagined_mean_return=self.imagined_mean_return, real_mean_return=self.real_mean_return,
+        d.update(imagined_mean_return=self.imagined_mean_return,
+                 imagined_std_return=self.imagined_std_return, real_mean_return=self.real_mean_return,
                  real_std_return=self.real_std_return, return_gap=self.return_gap,
                  pixel_error_by_horizon={str(h): self.pixel_error_at(h) for h in self.horizons},
                  copy_error_by_horizon={str(h): (self.copy_error[h - 1] if h <= len(self.copy_error) else math.nan)

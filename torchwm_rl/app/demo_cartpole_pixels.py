@@ -55,6 +55,8 @@ class PixelPPOConfig:
     learning_rate: float = 3e-4
     ent_coef: float = 0.0
     continue_threshold: Optional[float] = None  # None: terminated drawn from the continue head
+    # imagine with the prior's mean, not samples: the real check acts on the posterior's mean
+    sample: bool = False
 
 
 DEMO_NUM_ENVS = PixelPPOConfig.num_envs
@@ -139,7 +141,9 @@ def run(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     num_envs = cfg.num_envs if cfg.num_envs != DemoConfig.num_envs else DEMO_NUM_ENVS
     ppo_cfg = PixelPPOConfig(num_envs=num_envs)
-    options = {} if ppo_cfg.continue_threshold is None else {"continue_threshold": ppo_cfg.continue_threshold}
+    options = {"sample": ppo_cfg.sample}
+    if ppo_cfg.continue_threshold is not None:
+        options["continue_threshold"] = ppo_cfg.continue_threshold
     vec = zoo.make_env("cartpole-pixels", model=model, batch_size=num_envs, seed=cfg.seed, **options).to_sb3()
     n_steps = max(1, min(ppo_cfg.n_steps, cfg.frames // num_envs))  # a tiny budget still makes whole rollouts
     budget = max(1, math.ceil(cfg.frames / (n_steps * num_envs))) * n_steps * num_envs

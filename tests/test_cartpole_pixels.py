@@ -248,18 +248,6 @@ def test_nan_latent_behind_a_finite_image_is_caught_by_nan_policy(model, real, p
     assert out["nonfinite"][:, 0].tolist() == [False, True, False, False]
 
 
-def test_demo_refuses_cartpole_pixels_in_one_line_before_making_a_folder(tmp_path, capsys):
-    from torchwm_rl.app.cli import main
-    from torchwm_rl.app.demo import DemoConfig, run_demo
-
-    assert main(["demo", "cartpole-pixels", "--out", str(tmp_path / "run")]) == 2
-    assert capsys.readouterr().err.strip() == ("torchwm-rl demo: cartpole-pixels has no demo yet (issue 22); build "
-                                               "its env with zoo.make_env('cartpole-pixels', batch_size=64)")
-    with pytest.raises(NotImplementedError, match="cartpole-pixels has no demo yet"):
-        run_demo(DemoConfig(task="cartpole_pixels", out=str(tmp_path / "run"), progress=False), log=lambda m: None)
-    assert not (tmp_path / "run").exists()
-
-
 def _push_right(td):
     return td.set("action", torch.ones(td.batch_size, dtype=torch.long))
 

@@ -273,3 +273,74 @@ def test_demo_output_shows_no_nan_no_torchrl_info_and_no_init_frames_warning(tmp
     assert "[torchrl][INFO]" not in output and "not exactly a multiple" not in output, output[-3000:]
     if task == "cartpole":
         assert "greedy policy: not evaluated yet" in progress[0], proc.stdout
+
+
+# ------------------------------------------------------ the pixel demo (issue 22, item 7)
+@pytest.mark.slow
+def test_cli_demo_cartpole_pixels_json_line_picture_and_results(tmp_path):
+    """`torchwm-rl demo cartpole-pixels --json` with a tiny budget: one strict-JSON line with the
+    other demos' keys, results.json, results.png and a policy file load_policy reads."""
+    pytest.importorskip("pygame")
+    pytest.importorskip("stable_baselines3")
+    from torchwm_rl.app.demo import load_policy
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchwm_rl", "demo", "cartpole-pixels", "--frames", "1024", "--num-envs", "8",
+         "--episodes", "2", "--seed", "1", "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    result = _strict_json(lines[-1])
+    for key in ("real_mean_return", "imagined_mean_return", "wall_seconds"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]), key
+    assert result["task"] == "cartpole-pixels" and result["episodes"] == 2 and result["imagined_frames"] == 1024
+    assert set(result["pixel_error_by_horizon"]) == {"1", "5", "15", "50", "100"}
+    assert isinstance(result["pixel_error_by_horizon"]["1"], float)  # real episodes last at least 1 step
+    assert set(result["probe_r2"]) == {"x", "x_dot", "theta", "theta_dot"}
+    assert sum(result["real_ends"].values()) == 2
+    assert (out / "results.png").is_file() and result["plot_path"] == str(out / "results.png")
+    saved = _strict_json((out / "results.json").read_text())
+    assert saved["result"]["real_mean_return"] == result["real_mean_return"]
+    assert len(saved["reality_check"]["real_returns"]) == 2 and saved["ppo"]["n_steps"] == 128
+    assert saved["history"] and saved["history"][-1]["frames"] == 1024
+    net = load_policy(out / "policy.safetensors")
+    assert net(torch.zeros(3, 144)).shape == (3, 2)
+
+
+def test_the_pixel_demos_policy_file_is_sb3_ppos_greedy_actor(tmp_path):
+    """policy_network(ppo) -> policy.safetensors -> load_policy gives SB3's deterministic actions."""
+    pytest.importorskip("pygame")
+    sb3 = pytest.importorskip("stable_baselines3")
+    from torchwm_rl import zoo
+    from torchwm_rl.app.demo import load_policy
+    from torchwm_rl.app.demo_cartpole_pixels import policy_network
+    from torchwm_rl.serialization import save_weights
+
+    vec = zoo.make_env("cartpole-pixels", batch_size=2, seed=0).to_sb3()
+    ppo = sb3.PPO("MlpPolicy", vec, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    ppo.learn(32)
+    net = policy_network(ppo)
+    path = save_weights(net, tmp_path / "policy.safetensors",
+                        {"kind": "torchwm_rl.demo.ppo_policy/1", "hidden": 64, "obs_dim": 144, "n_actions": 2})
+    obs = torch.randn(64, 144) * 3
+    greedy = load_policy(path)(obs).argmax(-1).numpy()
+    assert np.array_equal(greedy, ppo.predict(obs.numpy(), deterministic=True)[0])
+    assert len(set(greedy.tolist())) == 2  # not a constant policy: the check compares something
+
+
+def test_a_task_without_a_demo_is_refused_in_one_line_before_making_a_folder(tmp_path, capsys, monkeypatch):
+    """The NO_DEMO table (cartpole-pixels was in it before it got its demo)."""
+    import torchwm_rl.app.demo as demo
+    from torchwm_rl.app.cli import main
+
+    monkeypatch.setitem(demo.NO_DEMO, "cartpole-pixels", "cartpole-pixels has no demo yet")
+    assert main(["demo", "cartpole-pixels", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == "torchwm-rl demo: cartpole-pixels has no demo yet"
+    with pytest.raises(NotImplementedError, match="cartpole-pixels has no demo yet"):
+        run_demo(DemoConfig(task="cartpole_pixels", out=str(tmp_path / "run"), progress=False), log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    assert demo.NO_DEMO == {} and "cartpole-pixels" in demo.DEMOS  # every zoo model has a demo now

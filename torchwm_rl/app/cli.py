@@ -30,6 +30,9 @@ policy.safetensors, results.json and results.png to the output folder.
   cartpole (default): PPO (TorchRL Collector + GAE + ClipPPOLoss) in the CartPole-v1 model;
                       10-20 s on an idle 2-core CPU, 30-45 s on a busy one.
   pendulum:           SAC (TorchRL SACLoss) in a 5-member Pendulum-v1 ensemble; about 50-70 s.
+  cartpole-pixels:    SB3 PPO on the latent of an RSSM learned from CartPole-v1's frames; the real
+                      check acts from rendered pixels through the model's posterior (extras: pixels, sb3);
+                      about 1-1.5 CPU-minutes, 7-10 min on a busy shared 2-core machine.
 Measured runs: the README and benchmarks/RESULTS.md."""
 
 

@@ -2,7 +2,8 @@
 test it in reality.
 
 :func:`run_demo` picks the task's demo module and runs it: :mod:`.demo_cartpole` (PPO; also any
-other discrete-action zoo model) or :mod:`.demo_pendulum` (SAC in the ensemble). Each writes
+other discrete-action zoo model), :mod:`.demo_pendulum` (SAC in the ensemble) or
+:mod:`.demo_cartpole_pixels` (SB3 PPO on the latent of the pixel model). Each writes
 ``policy.safetensors``, ``results.json`` and ``results.png`` into the output folder and returns
 the result record (at least ``real_mean_return``, ``imagined_mean_return`` and
 ``wall_seconds``). :func:`load_policy` rebuilds the policy file any of them wrote.
@@ -20,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from . import demo_cartpole, demo_pendulum
+from . import demo_cartpole, demo_cartpole_pixels, demo_pendulum
 from .demo_cartpole import build_actor_critic, train_in_imagination
 from .demo_pendulum import SACGreedyPolicy
 from .runs import DemoConfig, format_table, json_safe, resolved
@@ -30,11 +31,10 @@ __all__ = ["DemoConfig", "run_demo", "train_in_imagination", "build_actor_critic
 
 #: zoo model name -> its demo's ``run(cfg, log, t_start)``; a zoo model not listed runs the
 #: CartPole demo's PPO (discrete actions)
-DEMOS = {"cartpole": demo_cartpole.run, "pendulum": demo_pendulum.run}
+DEMOS = {"cartpole": demo_cartpole.run, "pendulum": demo_pendulum.run, "cartpole-pixels": demo_cartpole_pixels.run}
 
 #: zoo models with no demo yet -> the one-line message the CLI prints (exit 2) and run_demo raises
-NO_DEMO = {"cartpole-pixels": "cartpole-pixels has no demo yet (issue 22); build its env with "
-                              "zoo.make_env('cartpole-pixels', batch_size=64)"}
+NO_DEMO: dict[str, str] = {}
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,

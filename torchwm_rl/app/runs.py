@@ -51,7 +51,7 @@ class DemoConfig:
 
 
 #: imagined-frame budget per task when none is given (pendulum: SAC, ~60 s of training on 2 cores)
-DEFAULT_FRAMES = {"cartpole": 300_000, "pendulum": 16_000}
+DEFAULT_FRAMES = {"cartpole": 300_000, "pendulum": 16_000, "cartpole-pixels": 150_000}
 
 
 def resolved(cfg: DemoConfig) -> DemoConfig:

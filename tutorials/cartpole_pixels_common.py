@@ -31,24 +31,42 @@ def real_env():
     return gym.make("CartPole-v1", render_mode="rgb_array")
 
 
-def real_episodes(episodes: int, seed: int, max_steps: int = 500,
-                  act: Optional[Callable[[np.ndarray], int]] = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def real_episodes(episodes: int, seed: int, max_steps: int = 500, model=None,
+                  act: Optional[Callable[[TensorDict, torch.Tensor], int]] = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """``episodes`` real episodes: ``(frames uint8 [T, 400, 600, 3], actions int64 [T - 1])`` each.
 
-    Actions are uniform random (``np.random.default_rng(seed)``), or ``act(frames so far)``."""
+    Actions are uniform random (``np.random.default_rng(seed)``), or ``act(latent, frame)`` on the
+    posterior latent of ``model`` (as in :func:`real_returns`)."""
     env, rng, out = real_env(), np.random.default_rng(seed), []
     for ep in range(episodes):
         env.reset(seed=seed + ep)
         frames, actions, done = [env.render()], [], False
+        frame = None if act is None else _frame(frames[-1])
+        latent = None if act is None else _filter(model, None, None, frame)
         while not done and len(actions) < max_steps:
-            action = int(rng.integers(2)) if act is None else int(act(np.stack(frames)))
+            action = int(rng.integers(2)) if act is None else int(act(latent, frame))
             _, _, term, trunc, _ = env.step(action)
             done = term or trunc
             actions.append(action)
             frames.append(env.render())
+            if act is not None:
+                frame = _frame(frames[-1])
+                latent = _filter(model, latent, action, frame)
         out.append((np.stack(frames), np.asarray(actions, dtype=np.int64)))
     env.close()
     return out
+
+
+def _frame(render: np.ndarray) -> torch.Tensor:
+    return preprocess(torch.from_numpy(render))[None]
+
+
+def _filter(model, latent, action, frame):
+    """One posterior step on a preprocessed real frame (``latent=None``: an episode's first frame)."""
+    with torch.no_grad():
+        if latent is None:
+            return model.observe(model.initial_latent(1), None, frame)
+        return model.observe(latent, torch.tensor([action]), frame)
 
 
 def real_start_latents(model, episodes: list, burn_in: int = 4) -> TensorDict:
@@ -72,19 +90,21 @@ def real_start_latents(model, episodes: list, burn_in: int = 4) -> TensorDict:
     return torch.cat(starts)
 
 
-def real_returns(model, act: Callable[[TensorDict, torch.Tensor], int], episodes: int,
-                 seed: int) -> tuple[list[float], list[str]]:
+def real_returns(model, act: Callable[[TensorDict, torch.Tensor], int], episodes: int, seed: int,
+                 new_episode: Optional[Callable[[], None]] = None) -> tuple[list[float], list[str]]:
     """Returns of ``act(latent [1], frame uint8 [1, 1, 32, 120]) -> 0 | 1`` in the real env, from pixels.
 
     Each step: render -> :func:`preprocess` -> ``model.observe`` (the posterior mean: a
     deterministic filter) -> ``act``. Also says how each episode ended: ``"theta"`` (the pole
-    fell), ``"x"`` (the cart left the track) or ``"time"`` (500 steps)."""
+    fell), ``"x"`` (the cart left the track) or ``"time"`` (500 steps). ``new_episode()`` is
+    called before each episode (a policy with memory, e.g. a frame stack, restarts there)."""
     env, out, ends = real_env(), [], []
     for ep in range(episodes):
         env.reset(seed=seed + ep)
-        frame = preprocess(torch.from_numpy(env.render()))[None]
-        with torch.no_grad():
-            latent = model.observe(model.initial_latent(1), None, frame)
+        if new_episode is not None:
+            new_episode()
+        frame = _frame(env.render())
+        latent = _filter(model, None, None, frame)
         total, done = 0.0, False
         while not done:
             with torch.no_grad():
@@ -95,9 +115,8 @@ def real_returns(model, act: Callable[[TensorDict, torch.Tensor], int], episodes
             if done:
                 x = env.unwrapped.state[0]
                 ends.append("x" if term and abs(x) > 2.4 else "theta" if term else "time")
-            frame = preprocess(torch.from_numpy(env.render()))[None]
-            with torch.no_grad():
-                latent = model.observe(latent, torch.tensor([action]), frame)
+            frame = _frame(env.render())
+            latent = _filter(model, latent, action, frame)
         out.append(total)
     env.close()
     return out, ends

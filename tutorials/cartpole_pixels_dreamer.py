@@ -53,8 +53,13 @@ from cartpole_pixels_common import real_episodes, real_returns, real_start_laten
 warnings.filterwarnings("ignore", message="A reset tensordict carrying state", category=FutureWarning)
 
 BUDGETS = {  # name -> sizes of the run
-    "tiny": dict(real_episodes=2, updates=4, batch=16, horizon=5, eval_episodes=1, log_every=2),
-    "full": dict(real_episodes=60, updates=1500, batch=256, horizon=15, eval_episodes=20, log_every=150),
+    # real_episodes: random-action episodes for the first starts; every `round_every` updates,
+    # `round_episodes` more real episodes with the current actor (at most `round_steps` steps) add
+    # theirs: the states the policy reaches (Dreamer's data loop, with the world model kept fixed)
+    "tiny": dict(real_episodes=2, updates=4, batch=16, horizon=5, eval_episodes=1, log_every=2,
+                 round_every=2, round_episodes=1, round_steps=10),
+    "full": dict(real_episodes=30, updates=1200, batch=128, horizon=15, eval_episodes=20, log_every=100,
+                 round_every=300, round_episodes=5, round_steps=200),
 }
 
 
@@ -81,10 +86,15 @@ def make_actor_value(feature_size: int, hidden: int = 128) -> tuple[Probabilisti
     return actor, value
 
 
-def make_losses(env, actor, value, horizon: int) -> tuple[DreamerV3ActorLoss, DreamerV3ValueLoss]:
-    """TorchRL's DreamerV3 actor and value losses over ``env`` (see the module docs for the keys)."""
+def make_losses(env, actor, value, horizon: int, reinforce: bool = False) -> tuple[DreamerV3ActorLoss, DreamerV3ValueLoss]:
+    """TorchRL's DreamerV3 actor and value losses over ``env`` (see the module docs for the keys).
+
+    ``reinforce=False``: the actor's gradient is the lambda-return's, backpropagated through the
+    imagined latents (straight-through actions); ``True``: DreamerV3's discrete-action default,
+    REINFORCE with the critic as baseline (the rollout still imagines from the same starts)."""
     continuation = TensorDictModule(nn.Identity(), in_keys=["continue_prob"], out_keys=["continuation"])
-    actor_loss = DreamerV3ActorLoss(actor, value, env, continuation_model=continuation, imagination_horizon=horizon)
+    actor_loss = DreamerV3ActorLoss(actor, value, env, continuation_model=continuation, imagination_horizon=horizon,
+                                    use_reinforce=reinforce)
     actor_loss.set_keys(belief="state")  # the whole latent lives under "state"
     actor_loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.99, lmbda=0.95)
     value_loss = DreamerV3ValueLoss(value, actor_loss=actor_loss)  # the actor's gamma, read each call
@@ -101,24 +111,45 @@ def greedy(actor, model):
     return act
 
 
-def train(budget: str, seed: int) -> dict:
+def sampled(actor, model):
+    """``act(latent, frame)``: an action drawn from the actor (collecting real starts)."""
+    logits_net = actor.module[0].module
+
+    def act(latent, frame):
+        return int(torch.distributions.Categorical(logits=logits_net(model.features(latent))[0]).sample())
+
+    return act
+
+
+def encoded_starts(model, episodes: int, seed: int, act=None, max_steps: int = 500) -> TensorDict:
+    """Posterior latents (4 frames of burn-in) of every frame of ``episodes`` real episodes, one
+    episode at a time (a 500-frame episode is 360 MB of raw frames)."""
+    return torch.cat([real_start_latents(model, real_episodes(1, seed + i, max_steps, model, act))
+                      for i in range(episodes)])
+
+
+def train(budget: str, seed: int, reinforce: bool = False) -> dict:
     b = BUDGETS[budget]
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     model = zoo.load("cartpole-pixels")
     # 1. real-frame starts: posterior latents (4 frames of burn-in) of every frame of real episodes
-    starts = real_start_latents(model, real_episodes(b["real_episodes"], seed=seed + 1_000))
+    starts = encoded_starts(model, b["real_episodes"], seed + 1_000)
     # 2. the differentiable imagined env over them (its batch size is unused: the loss resets it
     #    with each batch of starts)
     env = zoo.make_env("cartpole-pixels", model=model, batch_size=b["batch"], seed=seed, differentiable=True,
                        action="one_hot", state_key="state", start_latents=starts)
     actor, value = make_actor_value(model.feature_size)
-    actor_loss, value_loss = make_losses(env, actor, value, b["horizon"])
+    actor_loss, value_loss = make_losses(env, actor, value, b["horizon"], reinforce)
     actor_opt = torch.optim.Adam(actor.parameters(), lr=3e-4, eps=1e-5)
     value_opt = torch.optim.Adam(value_loss.parameters(), lr=3e-4, eps=1e-5)
     gen = torch.Generator().manual_seed(seed)
     curve = []
     for update in range(1, b["updates"] + 1):
+        if update % b["round_every"] == 0:  # the actor's own real episodes add their starts
+            more = encoded_starts(model, b["round_episodes"], seed + 2_000 + 100 * update, sampled(actor, model),
+                                  b["round_steps"])
+            starts = torch.cat([starts, more])
         rows = torch.randint(len(starts), (b["batch"],), generator=gen)
         batch = TensorDict({"state": starts[rows]}, [b["batch"]])
         losses, fake = actor_loss(batch)
@@ -143,7 +174,8 @@ def train(budget: str, seed: int) -> dict:
     train_seconds = time.perf_counter() - t0
     # 3. the reality check from pixels, 20 episodes (seed 0 -> real seeds 20_000 ..)
     real, ends = real_returns(model, greedy(actor, model), b["eval_episodes"], seed=seed + 20_000)
-    return {"tutorial": "cartpole_pixels_dreamer", "budget": budget, "seed": seed, "starts": len(starts),
+    return {"tutorial": "cartpole_pixels_dreamer", "budget": budget, "seed": seed, "reinforce": reinforce,
+            "starts": len(starts),
             "train_seconds": round(train_seconds, 1), "curve": curve, "real_mean_return": float(np.mean(real)),
             "real_returns": real, "real_ends": ends, "wall_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -153,9 +185,11 @@ def main() -> None:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reinforce", action="store_true",
+                        help="REINFORCE actor gradients (DreamerV3's discrete default) instead of backprop through the model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = train(args.budget, args.seed)
+    result = train(args.budget, args.seed, args.reinforce)
     print(f"real return from pixels over {len(result['real_returns'])} episodes: {result['real_mean_return']:.1f} "
           f"(ends: {', '.join(sorted(set(result['real_ends'])))})")
     print(json.dumps(result))

@@ -8,7 +8,9 @@ trained in imagination only (starts: the model's bank of posterior latents of re
 * ``--mode pixels``: ``CnnPolicy`` on the decoded frames (``observation="pixels"``: uint8
   ``1 x 32 x 120``, channel-first as SB3 expects). SB3's default ``NatureCNN`` does not fit a
   32-row image (its 8x8/4, 4x4/2, 3x3/1 convs leave 7 -> 2 -> 0 rows: a shape error), so the
-  policy gets :class:`SmallCNN` through ``policy_kwargs``.
+  policy gets :class:`SmallCNN` through ``policy_kwargs``. One frame shows where the pole is,
+  not where it is going, so the policy sees the last ``STACK`` frames (SB3's ``VecFrameStack``;
+  the reality check stacks with SB3's own ``StackedObservations``, the same way).
 
 The reality check (20 real episodes): each real step renders the frame, preprocesses it and
 updates the posterior latent (``model.observe``, the encoder's filter). The latent policy acts on
@@ -33,7 +35,8 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.vec_env import VecMonitor
+from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
+from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 from torch import nn
 
 from torchwm_rl import zoo
@@ -41,11 +44,13 @@ from torchwm_rl import zoo
 # the reality check from pixels (tutorials/cartpole_pixels_common.py)
 from cartpole_pixels_common import real_returns
 
+STACK = 4  # frames the pixel policy sees (channel-first: 4 x 32 x 120)
+
 BUDGETS = {  # name -> mode -> PPO sizes
     "tiny": {mode: dict(envs=4, n_steps=32, batch_size=64, epochs=1, steps=128, eval_episodes=1)
              for mode in ("latent", "pixels")},
     "full": {"latent": dict(envs=16, n_steps=256, batch_size=1024, epochs=10, steps=150_000, eval_episodes=20),
-             "pixels": dict(envs=16, n_steps=128, batch_size=512, epochs=4, steps=60_000, eval_episodes=20)},
+             "pixels": dict(envs=16, n_steps=128, batch_size=512, epochs=4, steps=100_000, eval_episodes=20)},
 }
 
 
@@ -73,6 +78,8 @@ def train(mode: str, budget: str, seed: int, eval_frame: str = "decoded") -> dic
     observation = {"latent": "latent", "pixels": "pixels"}[mode]
     vec = VecMonitor(zoo.make_env("cartpole-pixels", model=model, batch_size=b["envs"], seed=seed,
                                   observation=observation).to_sb3())
+    if mode == "pixels":
+        vec = VecFrameStack(vec, STACK, channels_order="first")
     common = dict(n_steps=b["n_steps"], batch_size=b["batch_size"], n_epochs=b["epochs"], gamma=0.99, gae_lambda=0.95,
                   learning_rate=3e-4, seed=seed, verbose=0, device="cpu")
     if mode == "latent":
@@ -86,14 +93,25 @@ def train(mode: str, budget: str, seed: int, eval_frame: str = "decoded") -> dic
     print(f"  {mode}: {b['steps']} imagined steps in {train_seconds:.0f} s, imagined ep_rew_mean "
           f"{np.mean(imagined) if imagined else float('nan'):.1f}", flush=True)
 
+    # the pixel policy's frame stack in the real env: SB3's own, as VecFrameStack keeps it
+    stack = StackedObservations(1, STACK, gym.spaces.Box(0, 255, model.image_shape, np.uint8), "first")
+    fresh = [True]  # the next frame starts an episode: the stack restarts (zeros, then the frame)
+
+    def new_episode():
+        fresh[0] = True
+
     def act(latent, frame):
         if mode == "latent":
-            obs = model.features(latent)[0].numpy()
-        else:  # the decoded frame of the posterior latent, or the real frame itself
-            obs = (model.decode(latent) if eval_frame == "decoded" else frame)[0].numpy()
-        return int(ppo.predict(obs, deterministic=True)[0])
+            return int(ppo.predict(model.features(latent)[0].numpy(), deterministic=True)[0])
+        # the decoded frame of the posterior latent, or the real frame itself
+        image = (model.decode(latent) if eval_frame == "decoded" else frame).numpy()
+        if fresh[0]:
+            obs, fresh[0] = stack.reset(image), False
+        else:
+            obs, _ = stack.update(image, np.zeros(1, dtype=bool), [{}])
+        return int(ppo.predict(obs[0], deterministic=True)[0])
 
-    real, ends = real_returns(model, act, b["eval_episodes"], seed=seed + 20_000)
+    real, ends = real_returns(model, act, b["eval_episodes"], seed=seed + 20_000, new_episode=new_episode)
     return {"tutorial": "cartpole_pixels_sb3", "mode": mode, "eval_frame": eval_frame if mode == "pixels" else None,
             "budget": budget, "seed": seed, "steps": b["steps"], "train_seconds": round(train_seconds, 1),
             "imagined_mean_return": float(np.mean(imagined)) if imagined else None,

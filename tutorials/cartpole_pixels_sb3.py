@@ -71,8 +71,8 @@ class SmallCNN(BaseFeaturesExtractor):
         return self.linear(self.cnn(observations))
 
 
-def train(mode: str, budget: str, seed: int, eval_frame: str = "decoded") -> dict:
-    b = BUDGETS[budget][mode]
+def train(mode: str, budget: str, seed: int, eval_frame: str = "decoded", steps: int | None = None) -> dict:
+    b = dict(BUDGETS[budget][mode], **({} if steps is None else {"steps": steps}))
     t0 = time.perf_counter()
     model = zoo.load("cartpole-pixels")
     observation = {"latent": "latent", "pixels": "pixels"}[mode]
@@ -125,12 +125,13 @@ def main() -> None:
     parser.add_argument("--mode", nargs="+", choices=["latent", "pixels"], default=["latent"])
     parser.add_argument("--eval-frame", choices=["decoded", "real"], default="decoded",
                         help="what the pixel policy sees in the real env (see the module docs)")
+    parser.add_argument("--steps", type=int, default=None, help="imagined PPO steps (default: the budget's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for mode in args.mode:
-        result = train(mode, args.budget, args.seed, args.eval_frame)
+        result = train(mode, args.budget, args.seed, args.eval_frame, args.steps)
         print(f"{mode}: real return from pixels over {len(result['real_returns'])} episodes "
               f"{result['real_mean_return']:.1f}")
         print(json.dumps(result))

@@ -202,6 +202,25 @@ def test_the_default_env_builds_no_graph(model, real_starts):
     assert action.grad is not None and action.grad.abs().sum() > 0
 
 
+def test_a_differentiable_env_keeps_the_callers_no_grad(model, real_starts):
+    """``differentiable=True`` keeps a graph only where grad is enabled: under the caller's
+    ``torch.no_grad()`` (an evaluation; the Gymnasium/SB3 exports step so) there is none. Fails
+    with the hooks under ``torch.enable_grad()`` (a graph leaking into a no_grad evaluation)."""
+    env = make_env(model)
+    td = env.reset(TensorDict({"state": real_starts[:4]}, [4]), set_state=True)
+    action = torch.tensor([[1.0, 0.0]] * 4, requires_grad=True)
+    env.world_model.requires_grad_(True)  # a model being trained: a graph source besides the action
+    try:
+        with torch.no_grad():
+            out = env.step(td.clone().set("action", action))["next"]
+        for key in ("reward", "continue_prob", "observation"):
+            assert not out[key].requires_grad, key
+        assert not any(v.requires_grad for v in out["state"].values())
+        assert env.step(td.clone().set("action", action))["next", "reward"].requires_grad  # grad enabled: a graph
+    finally:
+        env.world_model.requires_grad_(False)
+
+
 def test_the_stochastic_draw_is_reparameterised_with_the_envs_generator(model, real_starts):
     """The sampled latent is ``prior mean + std * noise`` with the noise from the env's seeded
     generator: the same seed gives the same draw, and the draw's gradient wrt the action is the

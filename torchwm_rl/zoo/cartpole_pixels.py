@@ -22,6 +22,7 @@ to encode your own). Training (``torchwm-rl train-model cartpole-pixels``) lives
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -322,8 +323,9 @@ def make_env(
             ``("next", "continue_prob")`` depend on the actions differentiably (the stochastic draw
             is reparameterised, ``mean + std * noise`` with the noise from the env's generator), for
             losses that backpropagate through imagination (TorchRL's Dreamer losses, under
-            ``hold_out_net(env)`` so the world model itself gets no gradient). Reset observations
-            and ``render()`` never carry a graph.
+            ``hold_out_net(env)`` so the world model itself gets no gradient). The caller's grad
+            mode still decides: under ``torch.no_grad()`` (and on the Gymnasium/SB3 exports) there
+            is no graph. Reset observations and ``render()`` never carry a graph.
         action: ``"index"`` (default: ``Discrete(2)``, an integer per env) or ``"one_hot"``
             (``Box(0, 1, (2,))`` float32, a one-hot row per env: the form a straight-through
             sample takes, e.g. TorchRL's ``OneHotCategorical`` with
@@ -365,8 +367,9 @@ def make_env(
         raise ValueError("cartpole-pixels make_env: the model has no start bank; pass start_latents= "
                          "(torchwm_rl.latent.encode_frames of real reset frames)")
 
-    # the step hooks keep the graph when differentiable=True, and build none otherwise
-    grad_mode = torch.enable_grad if differentiable else torch.no_grad
+    # differentiable=True: the caller's grad mode decides (a graph in a loss, none under the
+    # Gymnasium/SB3 exports' no_grad or the user's); otherwise never a graph
+    grad_mode = contextlib.nullcontext if differentiable else torch.no_grad
 
     def transition(model, state, action, *, generator):
         if one_hot_actions:

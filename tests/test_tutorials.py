@@ -22,7 +22,7 @@ import pytest
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 README = TUTORIALS / "README.md"
-MODULES = {"point_mass.py"}  # imported by the scripts, never run on their own
+MODULES = {"point_mass.py", "cartpole_pixels_common.py"}  # imported by the scripts, never run on their own
 SOURCES = sorted(TUTORIALS.glob("*.py"))
 SCRIPTS = [path for path in SOURCES if path.name not in MODULES]
 RETURN_LINE = re.compile(r"mean return before\s+(-?[\d.]+)\s+after\s+(-?[\d.]+)")
@@ -150,6 +150,59 @@ def test_planning_tutorial_acts_in_the_real_env(planner):
     assert "Traceback" not in stderr, stderr[-3000:]
 
 
+def json_results(stdout: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_cartpole_pixels_dreamer_tutorial_trains_in_imagination_and_checks_reality_from_pixels():
+    """TorchRL's DreamerV3 losses from real-frame starts (4 updates), then one real episode."""
+    pytest.importorskip("pygame")
+    stdout, stderr = run_script("cartpole_pixels_dreamer.py", stderr=True)
+    assert re.search(r"^update +4/4 +imagined return over 5 steps", stdout, re.M), stdout
+    (result,) = json_results(stdout)
+    assert result["starts"] > 0 and len(result["real_returns"]) == 1
+    assert 1 <= result["real_mean_return"] <= 500 and result["real_ends"][0] in ("theta", "x", "time")
+    assert not [w for w in UNWANTED if w in stderr], stderr[-3000:]
+    assert "requires_grad=True to a scalar" not in stderr, stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_cartpole_pixels_sb3_tutorial_trains_latent_and_cnn_policies():
+    pytest.importorskip("pygame")
+    pytest.importorskip("stable_baselines3")
+    stdout, stderr = run_script("cartpole_pixels_sb3.py", "--mode", "latent", "pixels", stderr=True)
+    results = json_results(stdout)
+    assert [r["mode"] for r in results] == ["latent", "pixels"], stdout
+    assert results[1]["eval_frame"] == "decoded"
+    for r in results:
+        assert r["steps"] == 128 and 1 <= r["real_mean_return"] <= 500 and len(r["real_returns"]) == 1
+    assert not [w for w in UNWANTED if w in stderr], stderr[-3000:]
+
+
+def test_cartpole_pixels_frames_need_the_small_cnn():
+    """SB3's NatureCNN cannot take a 1 x 32 x 120 frame (its convs leave 0 rows), which is why the
+    CnnPolicy tutorial passes SmallCNN; SmallCNN gives its features for a batch of them."""
+    sb3 = pytest.importorskip("stable_baselines3")
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from stable_baselines3.common.torch_layers import NatureCNN
+
+    space = gym.spaces.Box(0, 255, (1, 32, 120), np.uint8)
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
+        NatureCNN(space)
+    sys.path.insert(0, str(TUTORIALS))
+    try:
+        import cartpole_pixels_sb3
+    finally:
+        sys.path.remove(str(TUTORIALS))
+    assert issubclass(cartpole_pixels_sb3.SmallCNN, sb3.common.torch_layers.BaseFeaturesExtractor)
+    assert cartpole_pixels_sb3.SmallCNN(space)(torch.zeros(3, 1, 32, 120)).shape == (3, 256)
+
+
 def test_sac_target_entropy_is_one_envs_action_dims():
     """SACLoss's automatic target entropy is -(action dims) of one env: -2 for the tutorial's
     2-dim action, whatever the number of envs (the batched spec gave -2 * num_envs)."""
@@ -170,7 +223,7 @@ def test_sac_target_entropy_is_one_envs_action_dims():
 
 def test_every_tutorial_script_is_run_by_this_file():
     tested = {"sb3_ppo.py", "torchrl_ppo.py", "cleanrl_ppo.py", "multiprocess_workers.py", "planning.py",
-              "bring_your_own_model.py"}
+              "bring_your_own_model.py", "cartpole_pixels_dreamer.py", "cartpole_pixels_sb3.py"}
     assert {script.name for script in SCRIPTS} == tested
 
 

@@ -22,6 +22,7 @@ to encode your own). Training (``torchwm-rl train-model cartpole-pixels``) lives
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -37,6 +38,7 @@ CROP_ROWS = (160, 320)  # the band holding the track, the cart and the (upright 
 POOL = 5  # 160 x 600 -> 32 x 120
 IMAGE_SHAPE = (1, (CROP_ROWS[1] - CROP_ROWS[0]) // POOL, FRAME_SHAPE[1] // POOL)
 OBSERVATIONS = ("latent", "pixels", "both")
+ACTIONS = ("index", "one_hot")
 WEIGHTS_PATH = Path(__file__).with_name("cartpole_pixels.safetensors")
 DEFAULT_CONFIG = {"deter": 128, "stoch": 16, "hidden": 128, "depth": 8}
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights
@@ -272,6 +274,26 @@ def start_bank(model: PixelRSSM, latents, observation: str = "latent") -> dict:
         return {"observation": observation_of(model, state, observation), "state": state}
 
 
+def _checked_one_hot(action: torch.Tensor) -> torch.Tensor:
+    """``action`` ``[*B, 2]`` as given (its graph kept) once every row is one-hot in value.
+
+    A straight-through sample is ``one_hot + p - p.detach()``: one-hot up to float rounding
+    (``1 - 6e-8``), which is accepted; a soft row (``[0.3, 0.7]``) is refused, not fed to a model
+    trained on one-hot actions only."""
+    action = torch.as_tensor(action)
+    rows = action.detach().reshape(-1, action.shape[-1]) if action.ndim else action.detach()
+    if rows.ndim != 2 or rows.shape[-1] != N_ACTIONS:
+        return action  # not one-hot shaped: the env's own shape check refuses it, naming the shape
+    hard = rows.round()
+    bad = ((rows - hard).abs() > 1e-4).any(-1) | ((hard != 0) & (hard != 1)).any(-1) | (hard.sum(-1) != 1)
+    if bool(bad.any()):  # the opt-in one-hot path's one host read per step
+        idx = bad.nonzero().flatten()[:5]
+        raise ValueError(f"cartpole-pixels action='one_hot': every action row must be one-hot ([1, 0] or [0, 1]); "
+                         f"got {rows[idx].tolist()} at row(s) {idx.tolist()}. Sample a one-hot action (e.g. "
+                         "TorchRL's OneHotCategorical, straight-through), or use action='index' for integers")
+    return action
+
+
 def make_env(
     model: PixelRSSM | None = None,
     batch_size: int | tuple = (),
@@ -281,6 +303,9 @@ def make_env(
     observation: str = "latent",
     start_latents=None,
     sample: bool = True,
+    differentiable: bool = False,
+    action: str = "index",
+    state_key: str = "model_state",
     **options: Any,
 ):
     """A :class:`torchwm_rl.WorldModelEnv` imagining CartPole in the model's latent space.
@@ -292,6 +317,25 @@ def make_env(
             model's bank of encoded real reset frames); see :func:`torchwm_rl.latent.encode_frames`.
         sample: draw each imagined step's stochastic latent from the prior with the env's
             generator (Dreamer's imagination); ``False`` takes the prior mean.
+        differentiable: ``False`` (default) runs the step hooks under ``torch.no_grad()`` (no
+            graph, nothing to pay for it). ``True`` keeps the autograd graph through the imagined
+            latents: the latent, the observation, ``("next", "reward")`` and
+            ``("next", "continue_prob")`` depend on the actions differentiably (the stochastic draw
+            is reparameterised, ``mean + std * noise`` with the noise from the env's generator), for
+            losses that backpropagate through imagination (TorchRL's Dreamer losses, under
+            ``hold_out_net(env)`` so the world model itself gets no gradient). The caller's grad
+            mode still decides: under ``torch.no_grad()`` (and on the Gymnasium/SB3 exports) there
+            is no graph. Reset observations and ``render()`` never carry a graph.
+        action: ``"index"`` (default: ``Discrete(2)``, an integer per env) or ``"one_hot"``
+            (``Box(0, 1, (2,))`` float32, a one-hot row per env: the form a straight-through
+            sample takes, e.g. TorchRL's ``OneHotCategorical`` with
+            ``grad_method=ReparamGradientStrategy.PassThrough``, so gradients reach the policy
+            through the model only with this and ``differentiable=True``). A one-hot action whose
+            values are not one-hot (a soft mixture such as ``[0.3, 0.7]``) is refused naming the
+            rows: the model was trained on one-hot actions only. That check reads the host once
+            per step (this opt-in path only).
+        state_key: the root key of the latent on the TorchRL path (``"state"`` for TorchRL's
+            Dreamer losses, with ``actor_loss.set_keys(belief="state")``; see ``WorldModelEnv``).
         options: further :class:`torchwm_rl.WorldModelEnv` keywords (``nan_policy``, ...).
 
     Reward is the reward head. The continue head is the env's ``continue_fn``: ``terminated`` is drawn
@@ -305,6 +349,8 @@ def make_env(
 
     if observation not in OBSERVATIONS:
         raise ValueError(f"cartpole-pixels make_env: observation must be one of {OBSERVATIONS}; got {observation!r}")
+    if action not in ACTIONS:
+        raise ValueError(f"cartpole-pixels make_env: action must be one of {ACTIONS}; got {action!r}")
     if model is None:
         model = load(device=device)
     if isinstance(batch_size, int):
@@ -313,23 +359,32 @@ def make_env(
     pixel_space = gym.spaces.Box(0, 255, IMAGE_SHAPE, np.uint8)
     space = {"latent": latent_space, "pixels": pixel_space,
              "both": gym.spaces.Dict({"latent": latent_space, "pixels": pixel_space})}[observation]
+    one_hot_actions = action == "one_hot"
+    action_space = (gym.spaces.Box(0.0, 1.0, (N_ACTIONS,), np.float32) if one_hot_actions
+                    else gym.spaces.Discrete(N_ACTIONS))
     latents = model.start_latents() if start_latents is None else start_latents
     if len(latents["deter"]) == 0:
         raise ValueError("cartpole-pixels make_env: the model has no start bank; pass start_latents= "
                          "(torchwm_rl.latent.encode_frames of real reset frames)")
 
+    # differentiable=True: the caller's grad mode decides (a graph in a loss, none under the
+    # Gymnasium/SB3 exports' no_grad or the user's); otherwise never a graph
+    grad_mode = contextlib.nullcontext if differentiable else torch.no_grad
+
     def transition(model, state, action, *, generator):
-        with torch.no_grad():
+        if one_hot_actions:
+            action = _checked_one_hot(action)
+        with grad_mode():
             latent = model.imagine(state, action, generator if sample else None)
             return {"state": latent, "observation": observation_of(model, latent, observation)}
 
     # every step hook takes ``generator`` (even unused): the env then leaves torch's global RNG alone
     def reward(model, next_state, obs, action, *, generator):
-        with torch.no_grad():
+        with grad_mode():
             return model.reward(next_state)
 
     def continue_prob(model, next_state, obs, action, *, generator):
-        with torch.no_grad():
+        with grad_mode():
             return model.continue_prob(next_state)
 
     def decode(model, state):
@@ -342,8 +397,9 @@ def make_env(
         return frame.movedim(-3, -1).expand(*frame.shape[:-3], *IMAGE_SHAPE[1:], 3).cpu().numpy()
 
     return WorldModelEnv(
-        model, observation_space=space, action_space=gym.spaces.Discrete(N_ACTIONS),
+        model, observation_space=space, action_space=action_space,
         transition_fn=transition, reward_fn=reward, continue_fn=continue_prob, render_fn=render, decode_fn=decode,
         start_states=start_bank(model, latents, observation),
-        max_episode_steps=max_episode_steps, batch_size=tuple(batch_size), device=device, seed=seed, **options,
+        max_episode_steps=max_episode_steps, batch_size=tuple(batch_size), device=device, seed=seed,
+        state_key=state_key, **options,
     )

@@ -22,7 +22,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Composite, TensorSpec
 
-from .entries import clone_tree
+from .entries import clone_tree, start_flags
 from .env_specs import (
     CONTINUE_KEY, ELAPSED_KEY, HALTED_KEY, LAST_OBSERVATION_KEY, NONFINITE_KEY, OBSERVATION_KEY, UNCERTAINTY_KEY,
     info_entries,
@@ -286,9 +286,10 @@ def observation_of(env, tensordict: TensorDictBase, missing: list) -> dict:
 
 def start_from_given(env, tensordict: Optional[TensorDictBase], batch, seed=None) -> TensorDictBase:
     """``reset(td, set_state=True)``: a start from the model states ``td`` carries (TorchRL's
-    set_state contract), completed (:func:`complete_start`), checked, copied, with the done
-    flags False; the episode logic starts its episodes (a pending seed). Atomic: a failure
-    leaves the streams and a pending seed alone. No ``state_key`` in ``td``: refused."""
+    set_state contract), completed (:func:`complete_start`), checked, copied, with the start's
+    flags (:func:`~torchwm_rl.entries.start_flags`: done flags False, not halted, ...); the
+    episode logic starts its episodes (a pending seed). Atomic: a failure leaves the streams
+    and a pending seed alone. No ``state_key`` in ``td``: refused."""
     if tensordict is None or env._state_key not in tensordict.keys():
         got = sorted(map(str, tensordict.keys())) if tensordict is not None else "no tensordict"
         raise KeyError(f"reset(set_state=True) needs {env._state_key!r} in the tensordict, got {got}")
@@ -297,6 +298,7 @@ def start_from_given(env, tensordict: Optional[TensorDictBase], batch, seed=None
         start = env._complete_start(tensordict.select(*keys, *env._info_specs, strict=False))
         out = start.select(*keys, *env._info_specs).clone(False)
         env.logic.start_from_given_states(tuple(batch), seed)
-        false = torch.zeros((*batch, 1), dtype=torch.bool, device=env.device)
-        out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
+        # a start, whatever the given rows' flags were (a replay of steps that ended, halted or
+        # were truncated for NaN): what a reset writes, as the done flags
+        out.update(start_flags(env, batch))
     return out

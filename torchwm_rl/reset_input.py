@@ -184,16 +184,8 @@ def complete_start(env, tensordict: TensorDictBase, in_place: bool = False, chec
                                                 else observation[OBSERVATION_KEY])
     if ELAPSED_KEY not in keys:
         fill[ELAPSED_KEY] = torch.zeros((*batch, 1), dtype=torch.int64, device=env.device)
-    for key in ("done", "terminated", "truncated", *((NONFINITE_KEY,) if env.adapter.nan_policy == "truncate" else ())):
-        if key not in keys:
-            fill[key] = torch.zeros((*batch, 1), dtype=torch.bool, device=env.device)
-    if env.adapter.continue_hook is not None and CONTINUE_KEY not in keys:  # a start continues
-        fill[CONTINUE_KEY] = torch.ones((*batch, 1), dtype=torch.float32, device=env.device)
-    if env.adapter.ensemble is not None:  # as a reset writes them: no uncertainty, not halted
-        if UNCERTAINTY_KEY not in keys:
-            fill[UNCERTAINTY_KEY] = torch.zeros((*batch, 1), dtype=torch.float32, device=env.device)
-        if HALTED_KEY not in keys:
-            fill[HALTED_KEY] = torch.zeros((*batch, 1), dtype=torch.bool, device=env.device)
+    # the done flags and the optional entries as a reset writes them (not done, not halted, continuing)
+    fill.update({k: v for k, v in start_flags(env, batch).items() if k not in keys})
     reset_info = info_entries(env._info_specs, {}, batch, len(env.batch_size), env.device, env.adapter, True)
     fill.update({k: v for k, v in reset_info.items() if k not in keys})
     if not fill:

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from torchwm_rl import WorldModelEnv
+
 from harness import ALL_PATHS, BATCHED, UNBATCHED, Driver, is_batched, on_paths
 from reliability_models import N, OBS, Scripted, action_for, make
 
@@ -286,3 +288,35 @@ def test_a_float_action_that_overflows_the_space_dtype_is_refused(path):
     with pytest.raises(ValueError, match=re.escape("action: finite values up to 1e+300 (torch.float64) overflow")):
         driver.step(action)
     assert not seen
+
+
+class _Shifted(torch.nn.Module):
+    """The next state is the state plus the action (an integer, read as a float)."""
+
+    def forward(self, state, action):
+        return state + action.to(state.dtype).reshape(*state.shape[:-1], 1)
+
+
+@pytest.mark.parametrize("space, given, expected", [
+    (gym.spaces.Discrete(300), [100, 7], [100, 7]),  # both inside: unchanged
+    (gym.spaces.Box(10, 300, (1,), np.int64), [5, 200], [10, 200]),  # row 0 clipped, row 1 inside
+], ids=["discrete-inside", "box-one-row-outside"])
+def test_clip_keeps_actions_of_a_narrower_integer_dtype_inside_the_space(space, given, expected):
+    """check_actions="clip" with uint8 actions for a space whose bound does not fit uint8 (300):
+    the action reaches the model clipped into the space, the same on env.step and in a rollout
+    (its deferred check). Before: the bound was cast to uint8 (300 -> 44) for the clamp, so a
+    rollout's deferred clip turned 100 into 44 and the step's clip (once a row was outside)
+    turned 200 into 44, silently."""
+    def make_env():
+        return WorldModelEnv(_Shifted(), gym.spaces.Box(-1e6, 1e6, (1,), np.float32), space,
+                             reset_fn=lambda seed=None, options=None, batch_size=(): torch.zeros(*batch_size, 1),
+                             reward_fn=lambda next_state: next_state.sum(-1), batch_size=(2,), check_actions="clip")
+
+    def policy(tensordict):
+        action = torch.tensor(given, dtype=torch.uint8)
+        return tensordict.set("action", action if isinstance(space, gym.spaces.Discrete) else action[:, None])
+
+    env = make_env()
+    stepped = env.step(policy(env.reset()))["next", "observation"].flatten().tolist()
+    rolled = make_env().rollout(1, policy)["next", "observation"].flatten().tolist()
+    assert stepped == expected and rolled == expected

@@ -80,3 +80,24 @@ def test_torchwm_rl_check_passes_a_dict_action_env(tmp_path, batch):
     report = check_env(lambda: make(batch), steps=8)
     assert report.ok, report.format()
     assert {r.name for r in report.results} >= {"rollout", "parity"}
+
+
+def test_a_dict_action_written_into_one_buffer_is_recorded_step_by_step():
+    """A policy that refills ONE TensorDict of actions in place at every step, with grad enabled
+    (its "push" carries the policy's graph, so the steps are kept as lists, not copied into the
+    preallocated trajectory): each recorded step holds the action of its step, as the tensor
+    actions do (before: the TensorDict was not guarded, every step read the last refill)."""
+    weight = torch.nn.Parameter(torch.tensor(0.1))
+    buffer = TensorDict({"push": torch.zeros(3, 2), "mode": torch.zeros(3, dtype=torch.int64)}, batch_size=[3])
+    calls = []
+
+    def policy(tensordict):
+        calls.append(1)
+        buffer["mode"].fill_(len(calls) % 3)
+        buffer["push"] = (weight * len(calls)).expand(3, 2).clone()
+        return tensordict.set("action", buffer)
+
+    out = make((3,)).rollout(4, policy, break_when_any_done=False)
+    assert out["action", "mode"][0].tolist() == [1, 2, 0, 1]
+    torch.testing.assert_close(out["action", "push"][0, :, 0], torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    assert out["action", "push"].requires_grad  # the graph to the policy's parameter is kept

@@ -608,3 +608,22 @@ def test_a_start_from_given_states_carries_the_ensemble_entries_a_reset_writes()
     rollout = env.rollout(3, tensordict=td, auto_reset=False)
     assert {"uncertainty", "halted"} <= set(rollout.keys())
     torch.testing.assert_close(rollout["uncertainty"][:, 1:], rollout["next", "uncertainty"][:, :-1])
+
+
+def test_a_start_from_a_steps_entries_is_not_halted():
+    """reset(td, set_state=True) from a step's "next" entries (a replay of imagined steps) whose
+    rows halted: the start's done flags are False and so are "halted", "nonfinite" and
+    "uncertainty" (0), "continue_prob" 1, as env.reset() writes them: a start has halted
+    nothing (before: the given values were kept next to terminated=False, so the rollout's
+    first root read halted=True, a truncated row's nonfinite, a continue probability < 1)."""
+    # every step halts; the continue head gives 0.25 (and 0 where a row ends)
+    env = make(uncertainty_threshold=0.0, nan_policy="truncate",
+               continue_fn=lambda next_state: torch.full(next_state.shape[:-1], 0.25))
+    step = env.rollout(1, zero_policy, break_when_any_done=False)["next"][:, 0]
+    assert step["halted"].all() and (step["uncertainty"] > 0).all() and (step["continue_prob"] < 1).all()
+    given = step.clone().set("nonfinite", torch.ones(8, 1, dtype=torch.bool))  # as a truncated row's
+    start = env.reset(given, set_state=True)
+    fresh = env.reset()
+    for key in ("done", "terminated", "truncated", "nonfinite", "halted", "uncertainty", "continue_prob"):
+        assert torch.equal(start[key], fresh[key]), key
+    torch.testing.assert_close(start["model_state"], step["model_state"])

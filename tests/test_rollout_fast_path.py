@@ -19,6 +19,8 @@ from torchrl.envs import EnvBase, StepCounter, TransformedEnv, step_mdp
 
 from torchwm_rl import WorldModelEnv
 from torchwm_rl.rollout import fast_rollout_applies
+from torchwm_rl import trajectory as trajectory_module
+from torchwm_rl.trajectory import Trajectory
 
 OBS, ACT = 4, 2
 BOX = gym.spaces.Box(-np.inf, np.inf, shape=(OBS,), dtype=np.float32)
@@ -490,3 +492,43 @@ def test_a_rollout_that_may_stop_early_grows_its_buffers(kind):
     assert_identical(fast, general)
     with torch.no_grad():
         assert make().rollout(10**10, policy_module(), break_when_any_done=True).shape == (3, 70)
+
+
+def _ensemble_env(**kwargs):
+    return WorldModelEnv(EnsembleModel(), BOX, ACTION, reset_fn=reset_fn, transition_fn=ensemble_transition,
+                         batch_size=(3,), max_episode_steps=torch.tensor([2, 3, 5]), seed=3, ensemble_size=E,
+                         uncertainty_threshold=0.25, uncertainty_penalty=0.5, info_keys=["spread"], **kwargs)
+
+
+_IN_PLACE_CASES = {
+    "dict observations": (lambda: make_env(dict_obs=True), "position", False),
+    "nan_policy truncate, time limits": (lambda: make_env(model=Model(nan=True), nan_policy="truncate"), None, False),
+    "truncate, dict state": (lambda: make_env(model=Model(nan=True, state="dict"), nan_policy="truncate"), None, False),
+    "ensemble and info keys": (lambda: _ensemble_env(propagation="random"), None, False),
+    "reset_schedule every_step": (lambda: make_env(reset_schedule="every_step"), None, False),
+    "stops at step 0": (lambda: make_env(limits=(1, 3, 5)), None, True),
+    "stops at the last step": (lambda: make_env(limits=(12, 13, 15)), None, True),
+    "stops when the first buffers are full": (
+        lambda: WorldModelEnv(Model(), BOX, ACTION, reset_fn=reset_fn, transition_fn=_never_ends, batch_size=(3,),
+                              max_episode_steps=Trajectory.FIRST_CAPACITY, seed=3), None, True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_IN_PLACE_CASES))
+def test_the_in_place_trajectory_gives_envbase_rollouts_result(case, monkeypatch):
+    """Without grad the steps are written into preallocated buffers (no stack at the end); the
+    cases above otherwise run with grad (values that require grad are kept as lists), so here
+    each one runs through the buffers and must give EnvBase.rollout's tensordict."""
+    make, in_key, break_when_any_done = _IN_PLACE_CASES[case]
+    policy = policy_module(in_key or "observation")
+    def no_lists(*args, **kwargs):
+        raise AssertionError("the steps were kept as lists, not written into the buffers")
+
+    torch.manual_seed(7)
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(trajectory_module, "stack_steps", no_lists)
+        fast = make().rollout(12, policy, break_when_any_done=break_when_any_done)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        general = EnvBase.rollout(make(), 12, policy, break_when_any_done=break_when_any_done)
+    assert_identical(fast, general)

@@ -14,6 +14,8 @@ the reason, and runs uncompiled from then on: the same numbers as without ``comp
 (torch 2.13 traces ``.item()`` and numpy calls correctly, so those compile.) Compiled and
 uncompiled steps agree to float rounding (the compiler may fuse and reorder float ops), not
 bit for bit.
+Random draws (``torch.randn`` in a stochastic model) are eager's own for the same seed
+(inductor's ``fallback_random``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class CompiledCall:
         settings = {"fullgraph": True, "dynamic": False, "mode": "reduce-overhead" if self.device.type == "cuda" else None,
                     **options}
         self.cuda = self.device.type == "cuda" and settings["mode"] in ("reduce-overhead", "max-autotune")
-        self.compiled: Any = torch.compile(fn, **settings)
+        self.compiled: Any = torch.compile(fn, **_same_random_numbers(settings))
 
     def __reduce__(self):
         return (_rebuild, (self.eager, self.name, self.device, self.options))
@@ -94,6 +96,25 @@ class CompiledCall:
         if self.cuda:  # CUDA graphs' outputs live in memory the next replay overwrites
             out = torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, out)
         return out
+
+
+def _same_random_numbers(settings: dict) -> dict:
+    """``settings`` for inductor with ``fallback_random=True``: its own random kernels draw other
+    numbers than eager's for the same seed, so a stochastic model (``torch.randn`` in the
+    transition) would give other samples compiled, silently; the fallback kernels draw eager's.
+    ``torch.compile`` takes ``mode`` or ``options``, not both: a mode becomes its options
+    (``torch._inductor.list_mode_options``). Other backends are left as given."""
+    if settings.get("backend", "inductor") != "inductor":
+        return settings
+    settings = dict(settings)
+    mode = settings.pop("mode", None)
+    options = dict(settings.pop("options", None) or {})
+    if mode is not None:
+        from torch._inductor import list_mode_options
+
+        options = {**list_mode_options(mode, settings.get("dynamic")), **options}
+    options.setdefault("fallback_random", True)
+    return {**settings, "options": options}
 
 
 def _rebuild(fn: Callable, name: str, device: Any, options: dict) -> CompiledCall:

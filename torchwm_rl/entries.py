@@ -113,18 +113,27 @@ def reset_entries(env, mask: Optional[torch.Tensor], seed=None, options=None, ba
     batch = env.batch_size if batch is None else batch
     with env.logic.batch_override(tuple(batch)):
         snapshot, info = env.logic.reset(seed=seed, options=options, mask=mask)
-    false = torch.zeros((*batch, 1), dtype=torch.bool, device=env.device)
-    extra = {"done": false, "terminated": false.clone(), "truncated": false.clone()}
-    if env.adapter.nan_policy == "truncate":
-        extra[NONFINITE_KEY] = false.clone()
+    extra = start_flags(env, batch)
     if env._info_specs:
         extra.update(info_entries(env._info_specs, info, batch, len(env.batch_size), env.device, env.adapter, True))
-    if env.adapter.ensemble is not None:
-        extra[UNCERTAINTY_KEY] = torch.zeros((*batch, 1), dtype=torch.float32, device=env.device)
-        extra[HALTED_KEY] = false.clone()
-    if env.adapter.continue_hook is not None:  # a start state is no end: it continues
-        extra[CONTINUE_KEY] = torch.ones((*batch, 1), dtype=torch.float32, device=env.device)
     return env._pack(snapshot, extra)
+
+
+def start_flags(env, batch) -> dict:
+    """The per-env entries every start writes (``[*batch, 1]``): the done flags False and, where
+    the env writes them, ``"nonfinite"`` False, ``"uncertainty"`` 0 and ``"halted"`` False, and
+    ``"continue_prob"`` 1 (a start state is no end: it continues). A reset and a start from
+    given states (``reset(td, set_state=True)``) both write these."""
+    false = torch.zeros((*batch, 1), dtype=torch.bool, device=env.device)
+    flags = {"done": false, "terminated": false.clone(), "truncated": false.clone()}
+    if env.adapter.nan_policy == "truncate":
+        flags[NONFINITE_KEY] = false.clone()
+    if env.adapter.ensemble is not None:
+        flags[UNCERTAINTY_KEY] = torch.zeros((*batch, 1), dtype=torch.float32, device=env.device)
+        flags[HALTED_KEY] = false.clone()
+    if env.adapter.continue_hook is not None:
+        flags[CONTINUE_KEY] = torch.ones((*batch, 1), dtype=torch.float32, device=env.device)
+    return flags
 
 
 def step_entries(

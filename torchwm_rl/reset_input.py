@@ -22,7 +22,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Composite, TensorSpec
 
-from .entries import clone_tree
+from .entries import clone_tree, start_flags
 from .env_specs import (
     CONTINUE_KEY, ELAPSED_KEY, HALTED_KEY, LAST_OBSERVATION_KEY, NONFINITE_KEY, OBSERVATION_KEY, UNCERTAINTY_KEY,
     info_entries,
@@ -184,16 +184,8 @@ def complete_start(env, tensordict: TensorDictBase, in_place: bool = False, chec
                                                 else observation[OBSERVATION_KEY])
     if ELAPSED_KEY not in keys:
         fill[ELAPSED_KEY] = torch.zeros((*batch, 1), dtype=torch.int64, device=env.device)
-    for key in ("done", "terminated", "truncated", *((NONFINITE_KEY,) if env.adapter.nan_policy == "truncate" else ())):
-        if key not in keys:
-            fill[key] = torch.zeros((*batch, 1), dtype=torch.bool, device=env.device)
-    if env.adapter.continue_hook is not None and CONTINUE_KEY not in keys:  # a start continues
-        fill[CONTINUE_KEY] = torch.ones((*batch, 1), dtype=torch.float32, device=env.device)
-    if env.adapter.ensemble is not None:  # as a reset writes them: no uncertainty, not halted
-        if UNCERTAINTY_KEY not in keys:
-            fill[UNCERTAINTY_KEY] = torch.zeros((*batch, 1), dtype=torch.float32, device=env.device)
-        if HALTED_KEY not in keys:
-            fill[HALTED_KEY] = torch.zeros((*batch, 1), dtype=torch.bool, device=env.device)
+    # the done flags and the optional entries as a reset writes them (not done, not halted, continuing)
+    fill.update({k: v for k, v in start_flags(env, batch).items() if k not in keys})
     reset_info = info_entries(env._info_specs, {}, batch, len(env.batch_size), env.device, env.adapter, True)
     fill.update({k: v for k, v in reset_info.items() if k not in keys})
     if not fill:
@@ -286,9 +278,10 @@ def observation_of(env, tensordict: TensorDictBase, missing: list) -> dict:
 
 def start_from_given(env, tensordict: Optional[TensorDictBase], batch, seed=None) -> TensorDictBase:
     """``reset(td, set_state=True)``: a start from the model states ``td`` carries (TorchRL's
-    set_state contract), completed (:func:`complete_start`), checked, copied, with the done
-    flags False; the episode logic starts its episodes (a pending seed). Atomic: a failure
-    leaves the streams and a pending seed alone. No ``state_key`` in ``td``: refused."""
+    set_state contract), completed (:func:`complete_start`), checked, copied, with the start's
+    flags (:func:`~torchwm_rl.entries.start_flags`: done flags False, not halted, ...); the
+    episode logic starts its episodes (a pending seed). Atomic: a failure leaves the streams
+    and a pending seed alone. No ``state_key`` in ``td``: refused."""
     if tensordict is None or env._state_key not in tensordict.keys():
         got = sorted(map(str, tensordict.keys())) if tensordict is not None else "no tensordict"
         raise KeyError(f"reset(set_state=True) needs {env._state_key!r} in the tensordict, got {got}")
@@ -297,6 +290,7 @@ def start_from_given(env, tensordict: Optional[TensorDictBase], batch, seed=None
         start = env._complete_start(tensordict.select(*keys, *env._info_specs, strict=False))
         out = start.select(*keys, *env._info_specs).clone(False)
         env.logic.start_from_given_states(tuple(batch), seed)
-        false = torch.zeros((*batch, 1), dtype=torch.bool, device=env.device)
-        out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
+        # a start, whatever the given rows' flags were (a replay of steps that ended, halted or
+        # were truncated for NaN): what a reset writes, as the done flags
+        out.update(start_flags(env, batch))
     return out

@@ -197,7 +197,8 @@ class OwnedOutputs:
     action) would make every recorded step read the last value. Cheaply, as the adapter's
     input guard does for hooks:
 
-    * the first step's outputs are copied, and the policy's own tensors kept aside;
+    * the first step's outputs are copied, and the policy's own tensors kept aside (a
+      TensorDict's, a Dict action's, entry by entry);
     * a later output whose storage is one of those (or one already recorded) means the
       policy reuses its buffers: from then on every output is copied;
     * otherwise outputs are recorded as they are, with their version counters, and
@@ -216,22 +217,26 @@ class OwnedOutputs:
     def __call__(self, root: dict, step: int) -> None:
         for key in self.keys:
             value = root.get(key)
-            if type(value) is not torch.Tensor:
+            if type(value) is torch.Tensor:
+                tensors = (value,)
+            elif isinstance(value, TensorDictBase):  # a Dict action: its entries are guarded alike
+                tensors = tuple(t for t in value.values(True, True) if isinstance(t, torch.Tensor))
+            else:
                 continue
-            storage = value.untyped_storage().data_ptr()
+            storages = [t.untyped_storage().data_ptr() for t in tensors]
             if step == self.start:
-                self.held.append(value)
-                self.storages.add(storage)
+                self.held.extend(tensors)
+                self.storages.update(storages)
                 root[key] = value.clone()
                 continue
-            if not self.copy_all and storage in self.storages:
+            if not self.copy_all and any(storage in self.storages for storage in storages):
                 self.verify()  # an output recorded as is may already have been overwritten
                 self.copy_all = True
             if self.copy_all:
                 root[key] = value.clone()
             else:
-                self.storages.add(storage)
-                self.recorded.append((step, key, value, value._version))
+                self.storages.update(storages)
+                self.recorded.extend((step, key, t, t._version) for t in tensors)
 
     def verify(self) -> None:
         for step, key, value, version in self.recorded:

@@ -584,12 +584,12 @@ def check_action(
             deferred.add(nan.sum() > 0)  # NaN has nothing to clip to: the per-step check raises
             # what the per-step clip gives where the action is outside, and the same values inside
             values = torch.round(tensor) if integer and floating else tensor
-            return torch.clamp(values, low.to(tensor.dtype), high.to(tensor.dtype)).reshape(given)
+            return torch.clamp(values, *_clamp_bounds(low, high, tensor.dtype)).reshape(given)
     if not bool(outside.any()):
         return action
     if mode == "clip" and not bool(nan.any()):
         values = torch.round(tensor) if integer and floating else tensor
-        clipped = torch.clamp(values, low.to(tensor.dtype), high.to(tensor.dtype)).reshape(given)
+        clipped = torch.clamp(values, *_clamp_bounds(low, high, tensor.dtype)).reshape(given)
         return clipped if isinstance(action, torch.Tensor) else clipped.cpu().numpy()
     rows = outside.reshape(*batch_shape, -1).any(-1) if batch_shape else outside.any()
     first = tensor[rows.nonzero()[0, 0]] if batch_shape else tensor
@@ -599,6 +599,20 @@ def check_action(
         + ("" if mode == "clip" or what == "NaN in" else " (check_actions='clip' clips instead)"),
         key=key, expected=space, got=first.tolist(),
     )
+
+
+def _clamp_bounds(low: torch.Tensor, high: torch.Tensor, dtype: torch.dtype) -> tuple:
+    """The space's bounds (float64 tensors) in the action's ``dtype``, for ``torch.clamp``. For an
+    integer dtype they are first limited to its range: a bound beyond it (300 for uint8) would
+    wrap in the cast (to 44) and clip values inside the space, while limited it clips nothing
+    the dtype can hold. (int64's top is 2**63 - 1024, the largest float64 below 2**63, which
+    would overflow the cast.) A float bound's cast rounds, monotonically: a value inside the
+    space stays where it is."""
+    if dtype.is_floating_point or dtype == torch.bool:
+        return low.to(dtype), high.to(dtype)
+    info = torch.iinfo(dtype)
+    top = float(info.max) if dtype != torch.int64 else 2.0 ** 63 - 1024
+    return low.clamp(info.min, top).to(dtype), high.clamp(info.min, top).to(dtype)
 
 
 def check_observation(value: Any, space: spaces.Space, batch_shape: tuple, key: str = "observation",

@@ -6,8 +6,8 @@
 
 Each run is ``torchwm_rl.app.mbpo.run`` (what ``torchwm-rl mbpo`` runs) with its defaults; the
 baseline is the same SAC, networks and updates per step on the real env alone. Per seed: the
-real steps at which the 5-episode evaluation (every 200 real steps) first reached the target,
-for both, their ratio, and the final 20-episode real return.
+real steps at which the 20-episode evaluation (every 50 real steps from the warm-up's end, by
+default) first reached the target, for both, their ratio, and the final 20-episode real return.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--real-steps", type=int, default=3000)
     parser.add_argument("--task", default="Pendulum-v1")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--only-baseline", action="store_true", help="only the model-free SAC runs")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="MBPOConfig fields to override, e.g. rollouts_per_step=100 horizon=(200,1000,1,5)")
     parser.add_argument("--json", default=None, help="write the runs (a list) to this file")
     parser.add_argument("--table", nargs="+", default=None, metavar="JSON", help="only print a table from files")
     args = parser.parse_args()
@@ -54,16 +57,25 @@ def main() -> None:
         runs = [run for path in args.table for run in json.load(open(path))]
         print(table(runs))
         return
+    import ast
+    import dataclasses
+
     from torchwm_rl.app.mbpo import MBPOConfig, run
 
+    overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
     runs = []
     for seed in args.seeds:
-        cfg = MBPOConfig(task=args.task, seed=seed, real_steps=args.real_steps)
-        result = run(cfg)
-        if not args.no_baseline:
-            cfg.model_free = True
-            result["baseline"] = run(cfg)
-        runs.append(result)
+        cfg = MBPOConfig(task=args.task, seed=seed, real_steps=args.real_steps, progress=False, **overrides)
+        if args.only_baseline:
+            runs.append(run(dataclasses.replace(cfg, model_free=True)))
+        else:
+            result = run(cfg)
+            if not args.no_baseline:
+                result["baseline"] = run(dataclasses.replace(cfg, model_free=True))
+            runs.append(result)
+        r = runs[-1]
+        print(f"seed {seed} {r['algorithm']}: steps_to_target {r['steps_to_target']} final {r['real_mean_return']:.1f} "
+              f"wall {r['wall_seconds']} s cpu {r.get('cpu_seconds')} s", flush=True)
         if args.json:
             json.dump(runs, open(args.json, "w"), indent=1)
     print(table(runs))

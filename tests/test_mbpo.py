@@ -11,7 +11,7 @@ from torchwm_rl.app.mbpo import MBPOConfig, _SAC, evaluate, run, write_results
 
 TINY = dict(real_steps=120, warmup_steps=60, refit_every=30, eval_every=60, eval_episodes=1, final_eval_episodes=1,
             rollouts_per_step=8, updates_per_step=1, members=3, elites=2, model_hidden=16, model_layers=2,
-            max_fit_epochs=2, hidden=16, batch_size=32, progress=False)
+            max_fit_epochs=2, hidden=16, batch_size=32, progress=False, early_refit_every=None)
 
 
 @pytest.mark.slow
@@ -136,7 +136,7 @@ def test_steps_to_target_comes_from_20_episode_evaluations_every_eval_every_step
 
 @pytest.mark.slow
 def test_early_refits_and_the_horizon_schedule_count_real_steps():
-    result = run(MBPOConfig(**TINY, early_refit_every=10, early_refit_until=80, horizon=(60, 120, 1, 3)))
+    result = run(MBPOConfig(**{**TINY, "early_refit_every": 10}, early_refit_until=80, horizon=(60, 120, 1, 3)))
     assert [f["step"] for f in result["fits"]] == [60, 70, 80, 90, 120]
     # rollout_length(step, 60, 120, 1, 3): 1 at the warm-up's end, 3 at 120 real steps
     assert [(c["real_steps"], c["horizon"]) for c in result["curve"]] == [(60, 1), (120, 3)]
@@ -169,3 +169,12 @@ def test_a_real_steps_update_batches_are_disjoint_blocks_of_one_sample_from_each
                                        for k in range(3)]))
     only_real = _update_batches(buffer(0, 50, 3 * 16), None, 3)
     assert [tuple(b.shape) for b in only_real] == [(16,)] * 3
+
+
+def test_the_default_refits_follow_the_warmup_every_50_steps_up_to_1000_then_every_200():
+    from torchwm_rl.app.mbpo import _refit_due
+
+    cfg = MBPOConfig()
+    assert [s for s in range(cfg.warmup_steps, 1601) if _refit_due(s, cfg)] == [*range(200, 1001, 50), 1200, 1400, 1600]
+    assert [s for s in range(cfg.warmup_steps, 1601) if _refit_due(s, MBPOConfig(early_refit_every=None))] == [
+        200, 400, 600, 800, 1000, 1200, 1400, 1600]

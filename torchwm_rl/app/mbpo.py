@@ -4,8 +4,9 @@ The loop (Janner et al., 2019, in mbrl-lib's shape), one real step at a time:
 
 1. act in the real env with the current policy (random for the first ``warmup_steps``) and put
    the transition in the real ``ReplayBuffer``;
-2. every ``refit_every`` real steps, refit the ensemble (:class:`~torchwm_rl.fitting.EnsembleTrainer`)
-   on everything real so far. The model is refit IN PLACE: the imagined env built once at the
+2. at the warm-up's end, every ``early_refit_every`` (50) real steps up to ``early_refit_until``
+   (1,000), then every ``refit_every`` (200), refit the ensemble
+   (:class:`~torchwm_rl.fitting.EnsembleTrainer`) on everything real so far. The model is refit IN PLACE: the imagined env built once at the
    start steps the new weights at its next step;
 3. branch ``rollouts_per_step`` short imagined rollouts from real states: the imagined env's
    ``start_states`` is the real replay buffer itself (:mod:`torchwm_rl.starts`), so every

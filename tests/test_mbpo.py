@@ -11,7 +11,7 @@ from torchwm_rl.app.mbpo import MBPOConfig, _SAC, evaluate, run, write_results
 
 TINY = dict(real_steps=120, warmup_steps=60, refit_every=30, eval_every=60, eval_episodes=1, final_eval_episodes=1,
             rollouts_per_step=8, updates_per_step=1, members=3, elites=2, model_hidden=16, model_layers=2,
-            max_fit_epochs=2, hidden=16, batch_size=32, progress=False)
+            max_fit_epochs=2, hidden=16, batch_size=32, progress=False, early_refit_every=None)
 
 
 @pytest.mark.slow
@@ -118,3 +118,63 @@ def test_the_batched_evaluation_counts_each_episode_until_its_own_end():
         assert evaluate(_sac(), "torchwm-rl-test/Lasts-v0", 4, seed=8) == (2 + 3 + 4 + 5) / 4
     finally:
         gym.registry.pop("torchwm-rl-test/Lasts-v0")
+
+
+@pytest.mark.slow
+def test_steps_to_target_comes_from_20_episode_evaluations_every_eval_every_steps_from_the_warmups_end():
+    # a target every policy reaches: the first evaluation (at the warm-up's end, not before) is
+    # steps_to_target; after it the curve goes on every curve_every steps
+    result = run(MBPOConfig(**{**TINY, "eval_every": 30, "eval_episodes": 20}, curve_every=60, target=-1e9))
+    assert result["steps_to_target"] == 60
+    assert [(c["real_steps"], c["episodes"]) for c in result["curve"]] == [(60, 20), (120, 20)]
+    # a target no policy reaches: an evaluation every eval_every steps from the warm-up's end
+    result = run(MBPOConfig(**{**TINY, "eval_every": 30}, target=1e9, model_free=True))
+    assert result["steps_to_target"] is None
+    assert [c["real_steps"] for c in result["curve"]] == [60, 90, 120]
+    assert MBPOConfig().eval_episodes == MBPOConfig().final_eval_episodes == 20  # the 20-episode evaluation
+
+
+@pytest.mark.slow
+def test_early_refits_and_the_horizon_schedule_count_real_steps():
+    result = run(MBPOConfig(**{**TINY, "early_refit_every": 10}, early_refit_until=80, horizon=(60, 120, 1, 3)))
+    assert [f["step"] for f in result["fits"]] == [60, 70, 80, 90, 120]
+    # rollout_length(step, 60, 120, 1, 3): 1 at the warm-up's end, 3 at 120 real steps
+    assert [(c["real_steps"], c["horizon"]) for c in result["curve"]] == [(60, 1), (120, 3)]
+    assert {"fit", "rollout", "sac", "eval"} <= set(result["cpu_seconds_by_phase"])
+
+
+def test_a_real_steps_update_batches_are_disjoint_blocks_of_one_sample_from_each_buffer():
+    import torch
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, ReplayBuffer
+
+    from torchwm_rl.app.mbpo import _update_batches
+
+    def buffer(first, rows, batch):
+        b = ReplayBuffer(storage=LazyTensorStorage(rows), batch_size=batch, generator=torch.Generator().manual_seed(0))
+        b.extend(TensorDict({"observation": torch.arange(first, first + rows).float()[:, None]}, [rows]))
+        return b
+
+    real, imagined = buffer(0, 50, 3 * 4), buffer(1000, 500, 3 * 12)
+    batches = _update_batches(real, imagined, 3)
+    assert len(batches) == 3
+    for batch in batches:
+        rows = batch["observation"].squeeze(-1)
+        assert rows.shape == (16,) and bool((rows[:4] < 50).all()) and bool((rows[4:] >= 1000).all())
+    # the same rows as one sample call per buffer, in order
+    again_real, again_imagined = buffer(0, 50, 12), buffer(1000, 500, 36)
+    want_real, want_imagined = again_real.sample()["observation"], again_imagined.sample()["observation"]
+    got = torch.cat([b["observation"] for b in batches])
+    assert torch.equal(got, torch.cat([torch.cat([want_real[4 * k:4 * k + 4], want_imagined[12 * k:12 * k + 12]])
+                                       for k in range(3)]))
+    only_real = _update_batches(buffer(0, 50, 3 * 16), None, 3)
+    assert [tuple(b.shape) for b in only_real] == [(16,)] * 3
+
+
+def test_the_default_refits_follow_the_warmup_every_50_steps_up_to_1000_then_every_200():
+    from torchwm_rl.app.mbpo import _refit_due
+
+    cfg = MBPOConfig()
+    assert [s for s in range(cfg.warmup_steps, 1601) if _refit_due(s, cfg)] == [*range(200, 1001, 50), 1200, 1400, 1600]
+    assert [s for s in range(cfg.warmup_steps, 1601) if _refit_due(s, MBPOConfig(early_refit_every=None))] == [
+        200, 400, 600, 800, 1000, 1200, 1400, 1600]

@@ -4,8 +4,9 @@ The loop (Janner et al., 2019, in mbrl-lib's shape), one real step at a time:
 
 1. act in the real env with the current policy (random for the first ``warmup_steps``) and put
    the transition in the real ``ReplayBuffer``;
-2. every ``refit_every`` real steps, refit the ensemble (:class:`~torchwm_rl.fitting.EnsembleTrainer`)
-   on everything real so far. The model is refit IN PLACE: the imagined env built once at the
+2. at the warm-up's end, every ``early_refit_every`` (50) real steps up to ``early_refit_until``
+   (1,000), then every ``refit_every`` (200), refit the ensemble
+   (:class:`~torchwm_rl.fitting.EnsembleTrainer`) on everything real so far. The model is refit IN PLACE: the imagined env built once at the
    start steps the new weights at its next step;
 3. branch ``rollouts_per_step`` short imagined rollouts from real states: the imagined env's
    ``start_states`` is the real replay buffer itself (:mod:`torchwm_rl.starts`), so every
@@ -15,9 +16,12 @@ The loop (Janner et al., 2019, in mbrl-lib's shape), one real step at a time:
 4. ``updates_per_step`` SAC updates (TorchRL ``SACLoss``) on batches that are ``real_ratio``
    real and the rest imagined.
 
-Every ``eval_every`` real steps the deterministic policy plays ``eval_episodes`` real episodes
-(not counted as real steps: they train nothing). ``--model-free`` runs the same SAC, networks and
-updates per step on the real buffer alone: the baseline.
+From the end of the warm-up, every ``eval_every`` real steps the deterministic policy plays
+``eval_episodes`` (20) real episodes (not counted as real steps: they train nothing);
+``steps_to_target`` is the first of these evaluations at or above the target, so its resolution
+is ``eval_every``. Once the target is reached, the curve goes on every ``curve_every`` steps (the
+same 20 episodes). ``--model-free`` runs the same SAC, networks, updates per step and
+evaluations on the real buffer alone: the baseline.
 
 Uncertainty (:mod:`torchwm_rl.ensemble`) switches on with ``penalty`` (MOPO), ``threshold``
 (MOReL) and ``propagation``. Deterministic given the seed on a given machine (one torch thread).
@@ -47,12 +51,17 @@ class MBPOConfig:
     real_steps: int = 3000
     warmup_steps: int = 200
     refit_every: int = 200
-    eval_every: int = 200
-    eval_episodes: int = 5
+    # a shorter refit cadence up to early_refit_until real steps (None: none): 50 from 2026-12-07 with 100 rollouts
+    # per step, it reached -200 in a median of 600 real steps over seeds 0-4 (800 without; RESULTS.md)
+    early_refit_every: Optional[int] = 50
+    early_refit_until: int = 1000
+    eval_every: int = 50  # evaluation cadence until the target is reached: steps_to_target's resolution
+    curve_every: int = 200  # evaluation cadence after it
+    eval_episodes: int = 20  # the issue's 20-episode evaluation (5 before 2026-12-07)
     final_eval_episodes: int = 20
     target: Optional[float] = None  # the return steps_to_target is about (task default)
-    rollouts_per_step: int = 400
-    horizon: tuple = (1, 5, 1, 10)  # rollout_length's (start, end, min, max), in units of refit_every steps
+    rollouts_per_step: int = 100  # 400 before 2026-12-07 (see early_refit_every)
+    horizon: tuple = (200, 1000, 1, 10)  # rollout_length's (start, end, min, max), start and end in real steps
     model_buffer_steps: int = 250  # real steps' worth of imagined frames the model buffer keeps
     members: int = 7
     elites: int = 5
@@ -169,6 +178,40 @@ SAC_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward")
             ("next", "done"))
 
 
+class _PhaseClock:
+    """CPU seconds (``time.process_time``) spent in each phase of the loop: ``start(name)`` ends
+    the phase running and starts ``name``; ``totals()`` rounds them to 0.1 s."""
+
+    def __init__(self):
+        self.seconds: dict = {}
+        self.phase, self.since = "other", time.process_time()
+
+    def start(self, name: str) -> None:
+        now = time.process_time()
+        self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + now - self.since
+        self.phase, self.since = name, now
+
+    def totals(self) -> dict:
+        return {k: round(v, 1) for k, v in sorted(self.seconds.items())}
+
+
+def _refit_due(step: int, cfg: MBPOConfig) -> bool:
+    """Whether the model is refit after real step ``step`` (from the warm-up's end on): at the end
+    of the warm-up, every ``refit_every`` steps, and every ``early_refit_every`` steps up to
+    ``early_refit_until``."""
+    early = cfg.early_refit_every is not None and step <= cfg.early_refit_until and step % cfg.early_refit_every == 0
+    return step == cfg.warmup_steps or step % cfg.refit_every == 0 or early
+
+
+def _update_batches(real, imagined, updates: int) -> list:
+    """One real step's ``updates`` SAC batches: each buffer sampled once (its ``batch_size`` is
+    ``updates`` batches' rows), row block ``k`` of each (real rows first) is batch ``k``."""
+    rows = real.sample().reshape(updates, -1)
+    if imagined is not None:
+        rows = torch.cat([rows, imagined.sample().reshape(updates, -1)], 1)
+    return rows.unbind(0)
+
+
 def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
     """One MBPO (or ``model_free``) run; returns the result dict (also the JSON line)."""
     import gymnasium as gym
@@ -181,7 +224,8 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
 
     if cfg.task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {cfg.task!r}")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    clock = _PhaseClock()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
@@ -191,8 +235,12 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
     sac = _SAC(obs_dim, space_to_spec(act_space, ()), cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     n_real = cfg.batch_size if cfg.model_free else max(1, round(cfg.batch_size * cfg.real_ratio))
-    real = ReplayBuffer(storage=LazyTensorStorage(cfg.real_steps), sampler=RandomSampler(), batch_size=n_real,
-                        generator=g)
+    n_model = cfg.batch_size - n_real
+    # each buffer draws the rows of all of a real step's updates at once (one sample call, not one
+    # per update: the buffer's per-call overhead is ~0.15 ms); update k takes rows k*n:(k+1)*n
+    updates = cfg.updates_per_step
+    real = ReplayBuffer(storage=LazyTensorStorage(cfg.real_steps), sampler=RandomSampler(),
+                        batch_size=n_real * updates, generator=g)
     model_buffer = model_env = trainer = None
     if not cfg.model_free:
         model = EnsembleDynamics(obs_dim, act_dim, members=cfg.members, elites=cfg.elites, hidden=cfg.model_hidden,
@@ -200,11 +248,11 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
         trainer = EnsembleTrainer(model, max_epochs=cfg.max_fit_epochs, seed=cfg.seed)
         model_buffer = ReplayBuffer(
             storage=LazyTensorStorage(cfg.rollouts_per_step * cfg.horizon[3] * cfg.model_buffer_steps),
-            sampler=RandomSampler(), batch_size=cfg.batch_size - n_real, generator=g)
+            sampler=RandomSampler(), batch_size=n_model * updates, generator=g)
     rng = np.random.default_rng(cfg.seed)
     act_space.seed(cfg.seed)
     obs, _ = real_env.reset(seed=cfg.seed)
-    curve, steps_to_target, fits = [], None, []
+    curve, steps_to_target, fits, horizon = [], None, [], None
     target = cfg.target_return()
     for step in range(1, cfg.real_steps + 1):
         # 1. one real step
@@ -215,7 +263,8 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
         if step >= cfg.warmup_steps:
             if not cfg.model_free:
                 # 2. refit in place; the imagined env is built once, on the first refit
-                if step == cfg.warmup_steps or step % cfg.refit_every == 0:
+                if _refit_due(step, cfg):
+                    clock.start("fit")
                     data = real[: len(real)]
                     report = trainer.fit(data["observation"], data["action"], data["next", "observation"],
                                          data["next", "reward"].squeeze(-1))
@@ -228,29 +277,37 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
                             uncertainty_penalty=cfg.penalty, uncertainty_threshold=cfg.threshold,
                             **model.env_kwargs())
                 # 3. branched rollouts from real starts, horizon on MBPO's schedule
-                horizon = rollout_length(step / cfg.refit_every, *cfg.horizon)
+                horizon = rollout_length(step, *cfg.horizon)
+                clock.start("rollout")
                 with torch.no_grad():
                     imagined = model_env.rollout(horizon, sac.actor, break_when_any_done=False)
                 model_buffer.extend(imagined.reshape(-1).select(*SAC_KEYS))
             # 4. SAC updates on real (and imagined) data
-            for _ in range(cfg.updates_per_step):
-                batch = real.sample() if cfg.model_free else torch.cat([real.sample(), model_buffer.sample()])
+            clock.start("sac")
+            for batch in _update_batches(real, None if cfg.model_free else model_buffer, updates):
                 sac.update(batch)
-        if step % cfg.eval_every == 0:
+            clock.start("other")
+        if step >= cfg.warmup_steps and step % (cfg.eval_every if steps_to_target is None else cfg.curve_every) == 0:
+            clock.start("eval")
             value = evaluate(sac, cfg.task, cfg.eval_episodes, seed=10_000 + cfg.seed * 100)
-            curve.append({"real_steps": step, "real_return": value, "seconds": time.perf_counter() - t0})
+            clock.start("other")
+            curve.append({"real_steps": step, "real_return": value, "episodes": cfg.eval_episodes,
+                          "horizon": horizon, "seconds": time.perf_counter() - t0})
             if steps_to_target is None and value >= target:
                 steps_to_target = step
             if cfg.progress:
                 log(f"  {'SAC' if cfg.model_free else 'MBPO'} {step:>6,} real steps  {time.perf_counter() - t0:6.1f}s  "
                     f"real return {value:8.1f} ({cfg.eval_episodes} episodes)")
+    clock.start("eval")
     final = evaluate(sac, cfg.task, cfg.final_eval_episodes, seed=20_000 + cfg.seed * 100)
+    clock.start("other")
     real_env.close()
     torch.set_num_threads(threads)
     return {
         "task": cfg.task, "seed": cfg.seed, "algorithm": "SAC" if cfg.model_free else "MBPO",
         "real_mean_return": final, "real_steps": cfg.real_steps, "target": target,
         "steps_to_target": steps_to_target, "wall_seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(time.process_time() - c0, 1), "cpu_seconds_by_phase": clock.totals(),
         "curve": curve, "fits": fits, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
     }
 

@@ -34,6 +34,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .reality import ReturnSummary
+
 __all__ = ["PixelEpisode", "PixelRealityReport", "filter_episode", "pixel_reality_check", "LATENT_PROTOCOL"]
 
 #: what the model must provide (see the module docs)
@@ -62,7 +64,7 @@ class PixelEpisode:
 
 
 @dataclass
-class PixelRealityReport:
+class PixelRealityReport(ReturnSummary):
     """Result of :func:`pixel_reality_check`; ``to_dict()`` is JSON-ready (frames left out)."""
 
     episodes: int
@@ -89,27 +91,6 @@ class PixelRealityReport:
     # posterior latent on its real actions [T + 1, *image] (row 0 is the posterior's decoding)
     example_real_frames: Optional[np.ndarray] = field(default=None, repr=False)
     example_open_loop_frames: Optional[np.ndarray] = field(default=None, repr=False)
-
-    @property
-    def imagined_mean_return(self) -> float:
-        return float(np.mean(self.imagined_returns))
-
-    @property
-    def imagined_std_return(self) -> float:
-        return float(np.std(self.imagined_returns))
-
-    @property
-    def real_mean_return(self) -> float:
-        return float(np.mean(self.real_returns))
-
-    @property
-    def real_std_return(self) -> float:
-        return float(np.std(self.real_returns))
-
-    @property
-    def return_gap(self) -> float:
-        """Imagined minus real mean return (positive: the model flatters the policy)."""
-        return self.imagined_mean_return - self.real_mean_return
 
     def pixel_error_at(self, h: int) -> float:
         """Open-loop pixel MSE ``h`` steps ahead (nan where no real episode was that long)."""

@@ -33,24 +33,9 @@ import torch
 __all__ = ["RealityReport", "reality_check", "set_state_attribute", "plot_prediction_error"]
 
 
-@dataclass
-class RealityReport:
-    """Result of :func:`reality_check`; ``to_dict()`` gives a JSON-ready dict."""
-
-    episodes: int
-    horizon: int
-    imagined_returns: list[float]
-    real_returns: list[float]
-    imagined_lengths: list[int]
-    real_lengths: list[int]
-    # mean L2 open-loop error at steps 1..K, over episodes where the real episode is still
-    # running and the model (driven by the real actions) has not yet signalled done
-    prediction_error: list[float]
-    prediction_error_count: list[int]  # how many episodes contribute at each step
-    start_states: list[list[float]] = field(repr=False, default_factory=list)
-    # episode 0 from the same start state: observations s_0..s_T, imagined and real
-    imagined_trajectory: list[list[float]] = field(repr=False, default_factory=list)
-    real_trajectory: list[list[float]] = field(repr=False, default_factory=list)
+class ReturnSummary:
+    """Mean and spread of the ``imagined_returns`` / ``real_returns`` lists of a report (shared by
+    :class:`RealityReport` and :class:`~torchwm_rl.pixel_reality.PixelRealityReport`)."""
 
     @property
     def imagined_mean_return(self) -> float:
@@ -72,6 +57,26 @@ class RealityReport:
     def return_gap(self) -> float:
         """Imagined minus real mean return (positive: the model flatters the policy)."""
         return self.imagined_mean_return - self.real_mean_return
+
+
+@dataclass
+class RealityReport(ReturnSummary):
+    """Result of :func:`reality_check`; ``to_dict()`` gives a JSON-ready dict."""
+
+    episodes: int
+    horizon: int
+    imagined_returns: list[float]
+    real_returns: list[float]
+    imagined_lengths: list[int]
+    real_lengths: list[int]
+    # mean L2 open-loop error at steps 1..K, over episodes where the real episode is still
+    # running and the model (driven by the real actions) has not yet signalled done
+    prediction_error: list[float]
+    prediction_error_count: list[int]  # how many episodes contribute at each step
+    start_states: list[list[float]] = field(repr=False, default_factory=list)
+    # episode 0 from the same start state: observations s_0..s_T, imagined and real
+    imagined_trajectory: list[list[float]] = field(repr=False, default_factory=list)
+    real_trajectory: list[list[float]] = field(repr=False, default_factory=list)
 
     def error_at(self, step: int) -> float:
         """Mean open-loop prediction error after ``step`` model steps (nan if never reached)."""

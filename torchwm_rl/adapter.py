@@ -49,6 +49,7 @@ from .validation import (
     check_observation,
     env_rows,
     flatten_observation,
+    nonfinite_row_mask,
     nonfinite_rows,
     finite_outside_unit_interval,
     outside_unit_interval,
@@ -1032,18 +1033,6 @@ def _bad_rows(value: torch.Tensor, batch_size: tuple, bad: torch.Tensor) -> bool
     finite = torch.isfinite(value)
     rows = finite.reshape(*batch_size, -1).all(-1) if batch_size else finite.all()
     return bool((~rows & bad).any())
-
-
-def nonfinite_row_mask(tensors, batch_size: tuple, device) -> torch.Tensor:
-    """The rows (bool, shape ``batch_size``) where a float tensor of ``tensors`` (each
-    ``[*batch_size, ...]``) holds NaN/inf, computed on the device with no host read (a count,
-    not ``any``, so nothing reads it)."""
-    bad = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    for tensor in tensors:
-        if tensor.is_floating_point():
-            nonfinite = ~torch.isfinite(tensor.detach())
-            bad = bad | ((nonfinite.reshape(*batch_size, -1).sum(-1) if batch_size else nonfinite.sum()) > 0)
-    return bad
 
 
 def _leaf_dtypes(value: Any) -> dict:

@@ -309,19 +309,32 @@ def nonfinite_rows(tensors: dict, batch_shape: tuple) -> tuple[torch.Tensor | No
         return None, []
     bad = None
     keys = []
-    ndim = len(batch_shape)
     for key, tensor in tensors.items():
         if not tensor.is_floating_point():
             continue
-        finite = torch.isfinite(tensor)
-        if ndim:
-            row_ok = finite.reshape(*batch_shape, -1).all(-1)
-        else:
-            row_ok = finite.all()
-        if not bool(row_ok.all()):
+        rows = _nonfinite_rows_of(tensor, batch_shape)
+        if bool(rows.any()):
             keys.append(key)
-            bad = ~row_ok if bad is None else bad | ~row_ok
+            bad = rows if bad is None else bad | rows
     return bad, keys
+
+
+def nonfinite_row_mask(tensors, batch_shape: tuple, device) -> torch.Tensor:
+    """The rows (bool, shape ``batch_shape``) where a float tensor of ``tensors`` (each
+    ``[*batch_shape, ...]``) holds NaN/inf, computed on the device with no host read
+    (:func:`nonfinite_rows` without the keys, which need one)."""
+    bad = torch.zeros(batch_shape, dtype=torch.bool, device=device)
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            bad = bad | _nonfinite_rows_of(tensor.detach(), batch_shape)
+    return bad
+
+
+def _nonfinite_rows_of(tensor: torch.Tensor, batch_shape: tuple) -> torch.Tensor:
+    """Bool ``batch_shape``: the rows of ``tensor`` holding NaN/inf (a count, not ``any``, so
+    nothing reads the host)."""
+    nonfinite = ~torch.isfinite(tensor)
+    return (nonfinite.reshape(*batch_shape, -1).sum(-1) if batch_shape else nonfinite.sum()) > 0
 
 
 def flatten_observation(observation: Any, prefix: str = "observation") -> dict:

@@ -178,3 +178,19 @@ def test_the_default_refits_follow_the_warmup_every_50_steps_up_to_1000_then_eve
     assert [s for s in range(cfg.warmup_steps, 1601) if _refit_due(s, cfg)] == [*range(200, 1001, 50), 1200, 1400, 1600]
     assert [s for s in range(cfg.warmup_steps, 1601) if _refit_due(s, MBPOConfig(early_refit_every=None))] == [
         200, 400, 600, 800, 1000, 1200, 1400, 1600]
+
+
+def test_results_json_is_strict_json_when_a_value_is_not_finite(tmp_path):
+    """A diverged run (NaN return) or an infinite --target is written as null: bare NaN /
+    Infinity is not JSON (json.loads in Python accepts it; most other parsers do not)."""
+    result = {"task": "Pendulum-v1", "seed": 0, "algorithm": "MBPO", "target": float("-inf"),
+              "real_mean_return": float("nan"), "real_steps": 60, "steps_to_target": None, "wall_seconds": 1.0,
+              "curve": [{"real_steps": 60, "real_return": float("nan")}]}
+    write_results(result, tmp_path)
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    saved = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
+    assert saved["target"] is None and saved["real_mean_return"] is None
+    assert saved["curve"] == [{"real_steps": 60, "real_return": None}]

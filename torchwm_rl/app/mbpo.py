@@ -39,7 +39,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .runs import default_out_dir, pyplot
+from .runs import default_out_dir, json_safe, pyplot
 
 TASKS = ("Pendulum-v1", "InvertedPendulum-v5")
 
@@ -313,10 +313,11 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
 
 
 def write_results(result: dict, out: Path) -> None:
-    """``results.json`` and, with matplotlib, ``results.png`` (real return against real steps;
-    a ``baseline`` entry is drawn too)."""
+    """``results.json`` (strict JSON: NaN/inf as null) and, with matplotlib, ``results.png``
+    (real return against real steps; a ``baseline`` entry is drawn too)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    # strict JSON: a NaN/inf (a diverged run, a --target of inf) is written as null, not as bare NaN
+    (out / "results.json").write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
     plt = pyplot()
     if plt is None:
         return
@@ -366,7 +367,7 @@ def command(args, started: float) -> int:
         line = {k: result[k] for k in keys}
         if "baseline" in result:
             line["baseline"] = {k: result["baseline"][k] for k in keys}
-        print(json.dumps(line))
+        print(json.dumps(json_safe(line), allow_nan=False))
     else:
         print(f"[torchwm-rl] {result['algorithm']}: real return {result['real_mean_return']:.1f} "
               f"({cfg.final_eval_episodes} episodes) after {result['real_steps']:,} real steps; target "

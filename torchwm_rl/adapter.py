@@ -721,12 +721,7 @@ class ModelAdapter:
                     return  # one host sync for the three (one reduction on a device)
             elif all_finite(record.observation, record.reward, *_state_leaves(state).values(), *extra):
                 return
-        checked = flatten_observation(record.observation)
-        checked["reward"] = record.reward
-        if state is not record.observation:
-            checked.update(_state_leaves(state))
-        if record.uncertainty is not None:  # non-finite member predictions (maybe not the one picked)
-            checked.update(self.ensemble.checked_values(record.uncertainty))
+        checked = self._nan_checked(record)
         if continue_raw is not None:
             checked[CONTINUE_KEY] = continue_raw
             checked[CONTINUE_OUTSIDE] = outside_unit_interval(continue_raw)
@@ -761,6 +756,19 @@ class ModelAdapter:
                 f"{what}{env_rows(bad)}; pass nan_policy='truncate' to end those episodes instead, or 'ignore'."
             )
         self._truncate_rows(record, bad, previous_observation, previous_state)
+
+    def _nan_checked(self, record: Transition) -> dict:
+        """``{name: tensor}`` of what nan_policy checks in a step's record: the observation (key by
+        key), the reward, the state's floating leaves (when the state is not the observation) and
+        an ensemble's member values (maybe not the one picked; with ``uncertainty_fn``, its sign
+        as :data:`~torchwm_rl.ensemble.NEGATIVE_UNCERTAINTY`)."""
+        checked = flatten_observation(record.observation)
+        checked["reward"] = record.reward
+        if record.state is not record.observation:
+            checked.update(_state_leaves(record.state))
+        if record.uncertainty is not None:  # non-finite member predictions (maybe not the one picked)
+            checked.update(self.ensemble.checked_values(record.uncertainty))
+        return checked
 
     def _truncate_rows(self, record: Transition, bad: torch.Tensor, previous_observation: Any,
                        previous_state: Any) -> None:
@@ -803,18 +811,11 @@ class ModelAdapter:
         values as the per-step branch, which writes only when a row is bad), and only what is
         an error whatever the policy (a negative uncertainty, a continue probability outside
         [0, 1]) goes into the flag."""
-        state = record.state
-        leaves = flatten_observation(record.observation)
-        leaves["reward"] = record.reward
-        if state is not record.observation:
-            leaves.update(_state_leaves(state))
+        leaves = self._nan_checked(record)
         errors = []
-        if record.uncertainty is not None:
-            checked = self.ensemble.checked_values(record.uncertainty)
-            negative = checked.pop(NEGATIVE_UNCERTAINTY, None)
-            leaves.update(checked)
-            if negative is not None:
-                errors.append(negative)  # NaN where negative
+        negative = leaves.pop(NEGATIVE_UNCERTAINTY, None)
+        if negative is not None:
+            errors.append(negative)  # NaN where negative
         if self.nan_policy == "raise":
             deferred.add(maybe_nonfinite(*leaves.values(), *errors, *extra))
             return

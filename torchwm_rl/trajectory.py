@@ -99,8 +99,7 @@ class Trajectory:
                     return
         self.buffers, self.slots, self.nested = buffers, slots, nested
         self.keys = (frozenset(root), frozenset(nxt))
-        self.views = [(buffers[side][key] if leaf is None else buffers[side][key].get(leaf)).unbind(dim)
-                      for side, key, leaf, _, _ in slots]
+        self._make_views()
 
     def _grow(self) -> None:
         """Double the buffers' room in steps (up to ``steps_max``), keeping the steps written."""
@@ -120,7 +119,12 @@ class Trajectory:
                 new[kept] = buffer[kept]
                 grown[side][key] = new
         self.buffers = grown
-        self.views = [(grown[side][key] if leaf is None else grown[side][key].get(leaf)).unbind(dim)
+        self._make_views()
+
+    def _make_views(self) -> None:
+        """Per slot, the T views ``[..., t]`` of its buffer (one ``unbind``), which steps are copied into."""
+        buffers = self.buffers
+        self.views = [(buffers[side][key] if leaf is None else buffers[side][key].get(leaf)).unbind(self.dim)
                       for side, key, leaf, _, _ in self.slots]
 
     def _values(self, root: dict, nxt: dict) -> Optional[list]:

@@ -811,6 +811,14 @@ class ModelAdapter:
         values as the per-step branch, which writes only when a row is bad), and only what is
         an error whatever the policy (a negative uncertainty, a continue probability outside
         [0, 1]) goes into the flag."""
+        if self.nan_policy == "raise" and deferred.sweep is not None and record.uncertainty is None:
+            # what is checked here (observation, reward, state) is what the trajectory records:
+            # the read sweeps it there (no op per step); the record is kept for a step that fails
+            # before it is recorded
+            deferred.last = (self._nan_checked, record)
+            if extra:
+                deferred.add(maybe_nonfinite(*extra))
+            return
         leaves = self._nan_checked(record)
         errors = []
         negative = leaves.pop(NEGATIVE_UNCERTAINTY, None)

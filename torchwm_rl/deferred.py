@@ -17,10 +17,12 @@ policy included, with per-step checks.
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from collections.abc import Mapping
+from typing import Callable, Optional
 
 import torch
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 
 
 class RecheckEagerly(Exception):
@@ -29,14 +31,28 @@ class RecheckEagerly(Exception):
 
 class DeferredChecks:
     """The OR of the "maybe failed" flags the checks of a rollout's steps give, read on the host
-    every ``every`` steps (None: only when :meth:`read` is called, at the end)."""
+    every ``every`` steps (None: only when :meth:`read` is called, at the end).
 
-    __slots__ = ("every", "flag", "pending")
+    ``sweep`` (set by the rollout with :meth:`sweep_recorded`): the NaN/inf check of what a step
+    records (``nan_policy="raise"``: its observation, reward and state) is then not computed per
+    step at all: each read sweeps the steps recorded since the last read in one pass over the
+    trajectory's storage (``sweep(start) -> (flag or None, stop)``), and the adapter only keeps
+    the last step's record (``last``: ``(checked, record)``, ``checked(record)`` giving its
+    checked values) for a step that failed before it was recorded."""
+
+    __slots__ = ("every", "flag", "pending", "sweep", "swept", "last")
 
     def __init__(self, every: Optional[int] = None):
         self.every = every
         self.flag: Optional[torch.Tensor] = None
         self.pending = 0
+        self.sweep: Optional[Callable[[int], tuple]] = None
+        self.swept = 0  # the recorded steps already swept
+        self.last: Optional[tuple] = None
+
+    def sweep_recorded(self, sweep: Callable[[int], tuple]) -> None:
+        """Check the recorded steps' NaN/inf at each read with ``sweep`` instead of at each step."""
+        self.sweep, self.swept = sweep, 0
 
     def add(self, flag: torch.Tensor) -> None:
         """Record one check's flag (a 0-d bool tensor; True: the check may have failed)."""
@@ -51,7 +67,18 @@ class DeferredChecks:
     def failed(self) -> bool:
         """Whether a recorded flag reads True (ONE host read; none when nothing was recorded)."""
         flag, self.flag, self.pending = self.flag, None, 0
-        return flag is not None and bool(flag)
+        parts = [] if flag is None else [flag]
+        if self.sweep is not None:
+            swept, self.swept = self.sweep(self.swept)
+            if swept is not None:
+                parts.append(swept)
+            if self.last is not None:  # the last step stepped, maybe not recorded (a later error in its step)
+                checked, record = self.last
+                parts.append(any_nonfinite(checked(record).values()))
+                self.last = None
+        if not parts:
+            return False
+        return bool(functools.reduce(torch.logical_or, parts))
 
     def read(self) -> None:
         """Raise :class:`RecheckEagerly` when a recorded flag reads True."""
@@ -100,6 +127,22 @@ def maybe_nonfinite(*tensors: torch.Tensor) -> torch.Tensor:
     if total is None:
         return torch.zeros((), dtype=torch.bool)
     return ~torch.isfinite(total)
+
+
+def any_nonfinite(tensors) -> torch.Tensor:
+    """A 0-d bool tensor: whether a floating tensor (or a nested dict / TensorDict of them) among
+    ``tensors`` holds NaN/inf. Exact (no sum that may overflow): it runs once per read, over whole
+    trajectories, not per step."""
+    found = None
+    for tensor in tensors:
+        if isinstance(tensor, (Mapping, TensorDictBase)):
+            part = any_nonfinite(tensor.values())
+        elif isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
+            part = ~torch.isfinite(tensor.detach()).all()
+        else:
+            continue
+        found = part if found is None else found | part
+    return torch.zeros((), dtype=torch.bool) if found is None else found
 
 
 def maybe_nonfinite_rows(tensors, rows: torch.Tensor, batch: tuple) -> torch.Tensor:

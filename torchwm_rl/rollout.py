@@ -41,12 +41,14 @@ import functools
 from typing import Any, Callable, Optional
 
 import torch
+from gymnasium import spaces as gym_spaces
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, skip_existing
 from torch.nn.modules import module as _nn_module
 from torchrl.envs.utils import _make_compatible_policy, _StepMDP, _update_during_reset
 
 from .deferred import DeferredChecks, RecheckEagerly, repeats
+from .env_specs import OBSERVATION_KEY
 from .episode import _get_rng_state, _set_rng_state
 from .trajectory import Trajectory, unsqueezed
 
@@ -228,6 +230,9 @@ def fast_rollout(
     masked = env.adapter.reset_schedule == "every_step" and len(batch) > 0
     adapter = env.adapter
     adapter._deferred = checks
+    swept = _swept_keys(env) if checks is not None else None
+    if swept is not None:
+        checks.sweep_recorded(lambda start: trajectory.nonfinite_since(start, swept))
     try:
         _loop(env, max_steps, policy, direct, root, trajectory, batch, device, compact, scalars,
               break_when_any_done, masked, checks)
@@ -240,6 +245,24 @@ def fast_rollout(
             record.append(trajectory)  # what a replay after a failed flag steps and must repeat
     trajectory.verify()
     return trajectory.stacked(device, return_contiguous, scalars if compact else frozenset())
+
+
+def _swept_keys(env) -> Optional[frozenset]:
+    """The ``"next"`` keys holding all that ``nan_policy="raise"`` checks in a step (the
+    observation's keys, the reward and the model state), when the trajectory records all of it:
+    those checks are then swept from the trajectory at each read instead of computed per step.
+    None otherwise: an ensemble (its member values are not recorded), a state the env holds
+    (``"opaque"``), an observation made by ``decode_fn``, another NaN policy."""
+    adapter = env.adapter
+    if adapter.nan_policy != "raise" or adapter.ensemble is not None or env._state_kind == "opaque" \
+            or env._decode is not None:
+        return None
+    if not env._dict_observation:
+        return frozenset((OBSERVATION_KEY, "reward", env._state_key))
+    space = adapter.observation_space
+    if not isinstance(space, gym_spaces.Dict):
+        return None
+    return frozenset((*space.spaces, "reward", env._state_key))
 
 
 def _loop(env, max_steps, policy, direct, root, trajectory, batch, device, compact, scalars,

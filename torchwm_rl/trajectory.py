@@ -15,6 +15,8 @@ from typing import Any, Optional
 import torch
 from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase
 
+from .deferred import any_nonfinite
+
 
 class Trajectory:
     """A rollout's steps (root and ``"next"`` entries, ``{key: tensor}`` dicts), written into
@@ -170,6 +172,21 @@ class Trajectory:
             return [root.get("action") for root in self.roots]
         return [self._step_views(0, t).get("action") for t in range(self.count)]
 
+    def nonfinite_since(self, start: int, keys: frozenset) -> tuple:
+        """``(flag, count)``: whether the ``"next"`` entries ``keys`` of the steps recorded from
+        ``start`` on hold NaN/inf (a 0-d bool tensor, no host read; None when no step is new) and
+        the steps recorded so far. One pass over the storage: what a per-step check of those
+        entries would have found, computed at a read (see :class:`~torchwm_rl.deferred.DeferredChecks`)."""
+        count = self.count
+        if count <= start:
+            return None, count
+        if self.buffers is None:
+            tensors = [n[key] for n in self.nexts[start:count] for key in keys if key in n]
+        else:
+            index = (slice(None),) * self.dim + (slice(start, count),)
+            tensors = [buffer[index] for key, buffer in self.buffers[1].items() if key in keys]
+        return any_nonfinite(tensors), count
+
     def verify(self) -> None:
         if self.owned is not None:
             self.owned.verify()
@@ -241,6 +258,21 @@ class OwnedOutputs:
             else:
                 self.storages.update(storages)
                 self.recorded.extend((step, key, t, t._version) for t in tensors)
+
+    def nonfinite_since(self, start: int, keys: frozenset) -> tuple:
+        """``(flag, count)``: whether the ``"next"`` entries ``keys`` of the steps recorded from
+        ``start`` on hold NaN/inf (a 0-d bool tensor, no host read; None when no step is new) and
+        the steps recorded so far. One pass over the storage: what a per-step check of those
+        entries would have found, computed at a read (see :class:`~torchwm_rl.deferred.DeferredChecks`)."""
+        count = self.count
+        if count <= start:
+            return None, count
+        if self.buffers is None:
+            tensors = [n[key] for n in self.nexts[start:count] for key in keys if key in n]
+        else:
+            index = (slice(None),) * self.dim + (slice(start, count),)
+            tensors = [buffer[index] for key, buffer in self.buffers[1].items() if key in keys]
+        return any_nonfinite(tensors), count
 
     def verify(self) -> None:
         for step, key, value, version in self.recorded:

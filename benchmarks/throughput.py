@@ -509,13 +509,8 @@ def breakdown(n: int, steps: int = 100) -> str:
 
 
 # ------------------------------------------------------------------- Python calls per step
-def python_calls_per_step(n: int = 64, steps: int = 32, skip=()) -> dict:
-    """Python function calls per steady-state step (cProfile's call count of a ``2 * steps``
-    run minus that of a ``steps`` run, over ``steps``: the once-per-rollout calls cancel), for
-    the hand loop, ``env.rollout`` and the ``Collector`` path."""
-    import cProfile
-    import pstats
-
+def _count_rows(n: int, skip=()) -> dict:
+    """The rows whose per-step counts are printed: the hand loop, ``env.rollout`` and the ``Collector`` path."""
     model, policy = make_model(), make_policy()
     builders = {
         "a": lambda: (lambda t: bare(model, policy, n, t)),
@@ -524,7 +519,22 @@ def python_calls_per_step(n: int = 64, steps: int = 32, skip=()) -> dict:
         "f": lambda: collector(ours_env(model, n), policy, n, "observation"),
         "fm": lambda: collector(ours_env(model, n, masked=True), policy, n, "observation", track_traj_ids=False),
     }
-    runs = {key: build() for key, build in builders.items() if key not in skip}
+    return {key: build() for key, build in builders.items() if key not in skip}
+
+
+def _per_step(count: Callable, n: int, steps: int, skip) -> dict:
+    """``count(run, t)`` of a ``2 * steps`` run minus that of a ``steps`` run, over ``steps``
+    (the once-per-rollout work cancels), the median of 3, per row of :func:`_count_rows`."""
+    runs = _count_rows(n, skip)
+    return {key: statistics.median((count(run, 2 * steps) - count(run, steps)) / steps for _ in range(3))
+            for key, run in runs.items()}
+
+
+def python_calls_per_step(n: int = 64, steps: int = 32, skip=()) -> dict:
+    """Python function calls per steady-state step (cProfile's call count), for the hand loop,
+    ``env.rollout`` and the ``Collector`` path."""
+    import cProfile
+    import pstats
 
     def calls(run, t: int) -> int:
         run(t)  # warm-up (a collector of that batch length is built here)
@@ -536,8 +546,32 @@ def python_calls_per_step(n: int = 64, steps: int = 32, skip=()) -> dict:
 
     # the median of 3 differences: amortized work (a purge of the adapter's table of handed-out
     # tensors) lands in one run or the other
-    return {key: statistics.median((calls(run, 2 * steps) - calls(run, steps)) / steps for _ in range(3))
-            for key, run in runs.items()}
+    return _per_step(calls, n, steps, skip)
+
+
+def torch_ops_per_step(n: int = 64, steps: int = 32, skip=()) -> dict:
+    """Torch operators dispatched per steady-state step (a ``TorchDispatchMode`` counting every
+    aten call, views included): on CUDA each non-view op is a kernel launch, so this is what a
+    step costs a GPU in launches, beside :func:`python_calls_per_step`."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    def ops(run, t: int) -> int:
+        run(t)
+        counter = Count()
+        with counter:
+            run(t)
+        return counter.ops
+
+    return _per_step(ops, n, steps, skip)
 
 
 # ----------------------------------------------------------------------------------- memory
@@ -609,9 +643,13 @@ def main(argv=None) -> None:
                 report.setdefault("compile_seconds", {})[kind] = dict(COMPILE_SECONDS[MODEL])
             print("Python calls per steady-state step (cProfile, N=64): "
                   + ", ".join(f"({k}) {v:.0f}" for k, v in calls.items()))
+            ops = torch_ops_per_step(skip=args.skip)
+            print("torch ops dispatched per steady-state step (N=64; kernel launches on CUDA): "
+                  + ", ".join(f"({k}) {v:.0f}" for k, v in ops.items()))
             part = report if kind == args.models[0] else report.setdefault("other_models", {}).setdefault(kind, {})
             part["model"] = kind
             part["python_calls_per_step_N64"] = calls
+            part["torch_ops_per_step_N64"] = ops
             part["steps_per_s"] = {str(n): r for n, r in results.items()}
             part["ratio_to_a"] = {
                 str(n): {k: (v / r["a"] if v and r.get("a") else None) for k, v in r.items()}

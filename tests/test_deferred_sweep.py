@@ -139,3 +139,49 @@ def test_the_deferred_nan_check_costs_no_op_per_step():
     with nan_policy="raise" (the default) as with "ignore": the check runs once per read, over the
     trajectory (fails before: isfinite, sums and ORs per step)."""
     assert _ops_per_step("raise") == _ops_per_step("ignore")
+
+
+def _restart_env(check_every, reset_schedule):
+    """Env 1 restarts after 3 steps (its time limit) from a NaN start; env 2 never restarts, and
+    the rows of a partial reset it is not in hold NaN (they are not used: no error)."""
+    def reset(batch_size=(), options=None):
+        obs = torch.zeros(*batch_size, DIM)
+        mask = (options or {}).get("reset_mask")
+        if mask is not None and not mask.all():  # a partial reset (the first reset has every row)
+            obs[2] = float("nan")  # never used: env 2 is not reset
+            obs[BAD_ROW] = torch.where(mask[BAD_ROW], float("nan"), 0.0)
+        return obs
+
+    box = gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32)
+    return WorldModelEnv(None, box, gym.spaces.Box(-1.0, 1.0, (DIM,), np.float32), reset_fn=reset,
+                         # the step does not spread a NaN start: only a sweep of the recorded starts sees it
+                         transition_fn=lambda state, action: {"observation": state.nan_to_num() + action,
+                                                              "reward": state.nan_to_num().sum(-1)},
+                         max_episode_steps=torch.tensor([50, 3, 100, 50]), batch_size=(N,), seed=0,
+                         check_every=check_every, reset_schedule=reset_schedule)
+
+
+@pytest.mark.parametrize("reset_schedule", ["when_done", "every_step"])
+@pytest.mark.parametrize("check_every", [None, 2])
+def test_a_nan_start_of_a_restarted_env_raises_the_per_step_error(check_every, reset_schedule):
+    """A partial reset mid-rollout gives env 1 a NaN start: the deferred read (the sweep of the
+    recorded starts) raises the per-step check's error, and NaN in rows that are not reset is
+    not an error (a sweep that does not read the recorded starts raises nothing)."""
+    outcomes = []
+    for every in (1, check_every):
+        env = _restart_env(every, reset_schedule)
+        with torch.no_grad(), pytest.raises(ValueError) as err:
+            env.rollout(8, _policy("observation"), break_when_any_done=False)
+        outcomes.append((str(err.value), repr(env.logic._save())))
+    assert "reset_fn returned NaN/inf" in outcomes[0][0] and f"env index [{BAD_ROW}]" in outcomes[0][0]
+    assert outcomes[1] == outcomes[0]
+
+
+@pytest.mark.parametrize("reset_schedule", ["when_done", "every_step"])
+def test_unused_nan_rows_of_a_partial_reset_are_no_error(reset_schedule):
+    """Only env 2 (never reset) holds NaN in the reset's output: no error on either path."""
+    env = _restart_env(None, reset_schedule)
+    env.logic.max_steps = torch.tensor([50, 100, 100, 3])  # env 3 restarts instead, from a finite start
+    with torch.no_grad():
+        out = env.rollout(8, _policy("observation"), break_when_any_done=False)
+    assert torch.isfinite(out["next", "observation"]).all()

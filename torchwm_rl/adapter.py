@@ -34,7 +34,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from .calling import Hook
 from .compiled import compile_hooks
-from .deferred import DeferredChecks, maybe_nonfinite, maybe_nonfinite_rows
+from .deferred import DeferredChecks, any_nonfinite, maybe_nonfinite, maybe_nonfinite_rows
 from .ensemble import NEGATIVE_UNCERTAINTY, Ensemble
 from .errors import TorchWMError, ValueMismatch
 from .options import ACTION_CHECKS, NAN_POLICIES, RESET_SCHEDULES, ModelOptions, model_options, with_model_options
@@ -439,7 +439,13 @@ class ModelAdapter:
             return
         checked = flatten_observation(observation)
         checked.update(_state_leaves(state))
-        if self._deferred is not None:  # read once per rollout (a failure replays its actions checking here)
+        deferred = self._deferred
+        if deferred is not None and deferred.sweep is not None and self.nan_policy == "raise":
+            # the next recorded step holds these starts as its root entries: the read sweeps them there
+            deferred.unrecorded.append(lambda: any_nonfinite(checked.values()) if rows is None or not self.batch_size
+                                       else maybe_nonfinite_rows(checked.values(), rows, self.batch_size))
+            return
+        if deferred is not None:  # read once per rollout (a failure replays its actions checking here)
             values = checked.values()
             self._deferred.add(maybe_nonfinite(*values) if rows is None or not self.batch_size
                                else maybe_nonfinite_rows(values, rows, self.batch_size))
@@ -813,9 +819,8 @@ class ModelAdapter:
         [0, 1]) goes into the flag."""
         if self.nan_policy == "raise" and deferred.sweep is not None and record.uncertainty is None:
             # what is checked here (observation, reward, state) is what the trajectory records:
-            # the read sweeps it there (no op per step); the record is kept for a step that fails
-            # before it is recorded
-            deferred.last = (self._nan_checked, record)
+            # the read sweeps it there (no op per step); until recorded, the record waits
+            deferred.unrecorded.append(lambda: any_nonfinite(self._nan_checked(record).values()))
             if extra:
                 deferred.add(maybe_nonfinite(*extra))
             return

@@ -34,13 +34,14 @@ class DeferredChecks:
     every ``every`` steps (None: only when :meth:`read` is called, at the end).
 
     ``sweep`` (set by the rollout with :meth:`sweep_recorded`): the NaN/inf check of what a step
-    records (``nan_policy="raise"``: its observation, reward and state) is then not computed per
-    step at all: each read sweeps the steps recorded since the last read in one pass over the
-    trajectory's storage (``sweep(start) -> (flag or None, stop)``), and the adapter only keeps
-    the last step's record (``last``: ``(checked, record)``, ``checked(record)`` giving its
-    checked values) for a step that failed before it was recorded."""
+    records (``nan_policy="raise"``: its observation, reward and state, and the starts of the
+    envs that restart, which the next step records) is then not computed per step at all: each
+    read sweeps the steps recorded since the last read in one pass over the trajectory's storage
+    (``sweep(start) -> (flag or None, stop)``). What was checked but is not recorded yet (a step
+    or a restart that failed before the next record) waits in ``unrecorded`` (functions giving
+    its flag, called only at a read), emptied at each recorded step (:meth:`step_done`)."""
 
-    __slots__ = ("every", "flag", "pending", "sweep", "swept", "last")
+    __slots__ = ("every", "flag", "pending", "sweep", "swept", "unrecorded")
 
     def __init__(self, every: Optional[int] = None):
         self.every = every
@@ -48,7 +49,7 @@ class DeferredChecks:
         self.pending = 0
         self.sweep: Optional[Callable[[int], tuple]] = None
         self.swept = 0  # the recorded steps already swept
-        self.last: Optional[tuple] = None
+        self.unrecorded: list = []
 
     def sweep_recorded(self, sweep: Callable[[int], tuple]) -> None:
         """Check the recorded steps' NaN/inf at each read with ``sweep`` instead of at each step."""
@@ -59,7 +60,9 @@ class DeferredChecks:
         self.flag = flag if self.flag is None else self.flag | flag
 
     def step_done(self) -> None:
-        """Called after each step: reads the flags once ``every`` steps have passed."""
+        """Called after each step is recorded: reads the flags once ``every`` steps have passed."""
+        if self.unrecorded:
+            self.unrecorded.clear()  # in the trajectory now: the sweep sees it
         self.pending += 1
         if self.every is not None and self.pending >= self.every:
             self.read()
@@ -72,10 +75,8 @@ class DeferredChecks:
             swept, self.swept = self.sweep(self.swept)
             if swept is not None:
                 parts.append(swept)
-            if self.last is not None:  # the last step stepped, maybe not recorded (a later error in its step)
-                checked, record = self.last
-                parts.append(any_nonfinite(checked(record).values()))
-                self.last = None
+            parts.extend(flag_of() for flag_of in self.unrecorded)  # checked, not recorded (a later error)
+            self.unrecorded.clear()
         if not parts:
             return False
         return bool(functools.reduce(torch.logical_or, parts))

@@ -174,17 +174,23 @@ class Trajectory:
 
     def nonfinite_since(self, start: int, keys: frozenset) -> tuple:
         """``(flag, count)``: whether the ``"next"`` entries ``keys`` of the steps recorded from
-        ``start`` on hold NaN/inf (a 0-d bool tensor, no host read; None when no step is new) and
-        the steps recorded so far. One pass over the storage: what a per-step check of those
+        ``start`` on, or their root entries ``keys`` from step 1 on (the starts of restarted envs),
+        hold NaN/inf (a 0-d bool tensor, no host read; None when no step is new) and the steps
+        recorded so far. One pass over the storage: what a per-step check of those
         entries would have found, computed at a read (see :class:`~torchwm_rl.deferred.DeferredChecks`)."""
         count = self.count
         if count <= start:
             return None, count
+        first = max(start, 1)  # the root entries from step 1 on: the starts of the envs that restarted
         if self.buffers is None:
             tensors = [n[key] for n in self.nexts[start:count] for key in keys if key in n]
+            tensors += [r[key] for r in self.roots[first:count] for key in keys if key in r]
         else:
             index = (slice(None),) * self.dim + (slice(start, count),)
             tensors = [buffer[index] for key, buffer in self.buffers[1].items() if key in keys]
+            if first < count:
+                index = (slice(None),) * self.dim + (slice(first, count),)
+                tensors += [buffer[index] for key, buffer in self.buffers[0].items() if key in keys]
         return any_nonfinite(tensors), count
 
     def verify(self) -> None:
@@ -261,17 +267,23 @@ class OwnedOutputs:
 
     def nonfinite_since(self, start: int, keys: frozenset) -> tuple:
         """``(flag, count)``: whether the ``"next"`` entries ``keys`` of the steps recorded from
-        ``start`` on hold NaN/inf (a 0-d bool tensor, no host read; None when no step is new) and
-        the steps recorded so far. One pass over the storage: what a per-step check of those
+        ``start`` on, or their root entries ``keys`` from step 1 on (the starts of restarted envs),
+        hold NaN/inf (a 0-d bool tensor, no host read; None when no step is new) and the steps
+        recorded so far. One pass over the storage: what a per-step check of those
         entries would have found, computed at a read (see :class:`~torchwm_rl.deferred.DeferredChecks`)."""
         count = self.count
         if count <= start:
             return None, count
+        first = max(start, 1)  # the root entries from step 1 on: the starts of the envs that restarted
         if self.buffers is None:
             tensors = [n[key] for n in self.nexts[start:count] for key in keys if key in n]
+            tensors += [r[key] for r in self.roots[first:count] for key in keys if key in r]
         else:
             index = (slice(None),) * self.dim + (slice(start, count),)
             tensors = [buffer[index] for key, buffer in self.buffers[1].items() if key in keys]
+            if first < count:
+                index = (slice(None),) * self.dim + (slice(first, count),)
+                tensors += [buffer[index] for key, buffer in self.buffers[0].items() if key in keys]
         return any_nonfinite(tensors), count
 
     def verify(self) -> None:

@@ -308,6 +308,7 @@ def _loop(env, max_steps, policy, direct, root, trajectory, batch, device, compa
         root = _carry(root, nxt, carried, dropped)
         restart = _restart_masked if masked else (_restart if bool(done.any()) else None)
         if restart is not None:
+            trajectory.restarts.append(i + 1)  # the next step's root entries hold the starts
             if compact:
                 root = _squeezed(restart(env, unsqueezed(root, scalars), done.unsqueeze(-1), batch, device), scalars)
             else:

@@ -50,6 +50,7 @@ class Trajectory:
         self.roots: list = []
         self.nexts: list = []
         self.owned: Optional[OwnedOutputs] = None  # guards the policy outputs kept as they are (lists)
+        self.restarts: list = []  # the steps whose root entries hold starts of restarted envs (ascending)
 
     def own(self, root: dict, step: int) -> None:
         """Before the step: policy outputs that will be kept as they are get :class:`OwnedOutputs`'s guard."""
@@ -174,23 +175,26 @@ class Trajectory:
 
     def nonfinite_since(self, start: int, keys: frozenset) -> tuple:
         """``(flag, count)``: whether the ``"next"`` entries ``keys`` of the steps recorded from
-        ``start`` on, or their root entries ``keys`` from step 1 on (the starts of restarted envs),
+        ``start`` on, or the root entries ``keys`` of the steps that follow a restart (``restarts``),
         hold NaN/inf (a 0-d bool tensor, no host read; None when no step is new) and the steps
         recorded so far. One pass over the storage: what a per-step check of those
         entries would have found, computed at a read (see :class:`~torchwm_rl.deferred.DeferredChecks`)."""
         count = self.count
         if count <= start:
             return None, count
-        first = max(start, 1)  # the root entries from step 1 on: the starts of the envs that restarted
+        restarted = [t for t in self.restarts[-(count - start):] if start <= t < count]
         if self.buffers is None:
             tensors = [n[key] for n in self.nexts[start:count] for key in keys if key in n]
-            tensors += [r[key] for r in self.roots[first:count] for key in keys if key in r]
+            tensors += [self.roots[t][key] for t in restarted for key in keys if key in self.roots[t]]
         else:
             index = (slice(None),) * self.dim + (slice(start, count),)
             tensors = [buffer[index] for key, buffer in self.buffers[1].items() if key in keys]
-            if first < count:
-                index = (slice(None),) * self.dim + (slice(first, count),)
+            if restarted and restarted[-1] - restarted[0] + 1 == len(restarted):  # a run of steps (masked resets)
+                index = (slice(None),) * self.dim + (slice(restarted[0], restarted[-1] + 1),)
                 tensors += [buffer[index] for key, buffer in self.buffers[0].items() if key in keys]
+            else:
+                tensors += [buffer[(slice(None),) * self.dim + (t,)] for t in restarted
+                            for key, buffer in self.buffers[0].items() if key in keys]
         return any_nonfinite(tensors), count
 
     def verify(self) -> None:
@@ -264,27 +268,6 @@ class OwnedOutputs:
             else:
                 self.storages.update(storages)
                 self.recorded.extend((step, key, t, t._version) for t in tensors)
-
-    def nonfinite_since(self, start: int, keys: frozenset) -> tuple:
-        """``(flag, count)``: whether the ``"next"`` entries ``keys`` of the steps recorded from
-        ``start`` on, or their root entries ``keys`` from step 1 on (the starts of restarted envs),
-        hold NaN/inf (a 0-d bool tensor, no host read; None when no step is new) and the steps
-        recorded so far. One pass over the storage: what a per-step check of those
-        entries would have found, computed at a read (see :class:`~torchwm_rl.deferred.DeferredChecks`)."""
-        count = self.count
-        if count <= start:
-            return None, count
-        first = max(start, 1)  # the root entries from step 1 on: the starts of the envs that restarted
-        if self.buffers is None:
-            tensors = [n[key] for n in self.nexts[start:count] for key in keys if key in n]
-            tensors += [r[key] for r in self.roots[first:count] for key in keys if key in r]
-        else:
-            index = (slice(None),) * self.dim + (slice(start, count),)
-            tensors = [buffer[index] for key, buffer in self.buffers[1].items() if key in keys]
-            if first < count:
-                index = (slice(None),) * self.dim + (slice(first, count),)
-                tensors += [buffer[index] for key, buffer in self.buffers[0].items() if key in keys]
-        return any_nonfinite(tensors), count
 
     def verify(self) -> None:
         for step, key, value, version in self.recorded:

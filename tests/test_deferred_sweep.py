@@ -185,3 +185,32 @@ def test_unused_nan_rows_of_a_partial_reset_are_no_error(reset_schedule):
     with torch.no_grad():
         out = env.rollout(8, _policy("observation"), break_when_any_done=False)
     assert torch.isfinite(out["next", "observation"]).all()
+
+
+@pytest.mark.parametrize("check_every", [None, 3])
+@pytest.mark.parametrize("where", ["observation", "tensor state"])
+def test_a_policy_writing_into_its_observation_cannot_hide_a_recorded_nan(where, check_every):
+    """A trajectory kept as lists (another key from step 2 on) holds each step's "next" entries as
+    they are, and the next step's root carries them: a policy that cleans its observation (or the
+    model state) in place
+    (``nan_to_num_``) rewrites what was recorded. The NaN the step gave must still raise the
+    per-step error, as with check_every=1 (fails before: a sweep at the read sees the cleaned
+    values and the rollout returns with no error)."""
+
+    def cleaning_policy():
+        inner = _policy("list trajectory")
+
+        def policy(td):
+            td.get("model_state" if where == "tensor state" else "observation").nan_to_num_()
+            return inner(td)
+
+        return policy
+
+    messages = []
+    for every in (1, check_every):
+        env = _env(where, every)
+        with torch.no_grad(), pytest.raises(ValueError) as err:
+            env.rollout(10, cleaning_policy(), break_when_any_done=False)
+        messages.append(str(err.value))
+    assert "NaN/inf" in messages[0] and f"env index [{BAD_ROW}]" in messages[0]
+    assert messages[1] == messages[0]

@@ -55,6 +55,17 @@ class DeferredChecks:
         """Check the recorded steps' NaN/inf at each read with ``sweep`` instead of at each step."""
         self.sweep, self.swept = sweep, 0
 
+    def stop_sweeping(self) -> None:
+        """The trajectory now keeps its steps as they are (lists): a later policy call may write
+        into what was recorded (its observation is the next step's input), so a sweep at a later
+        read could miss a NaN. Sweep what is recorded now (the last step's values as its step gave
+        them) into the flag, and check every later step as it runs. No host read."""
+        swept, self.swept = self.sweep(self.swept)
+        if swept is not None:
+            self.add(swept)
+        self.sweep = None
+        self.unrecorded.clear()  # the last step was recorded: swept above
+
     def add(self, flag: torch.Tensor) -> None:
         """Record one check's flag (a 0-d bool tensor; True: the check may have failed)."""
         self.flag = flag if self.flag is None else self.flag | flag

@@ -285,6 +285,8 @@ def _loop(env, max_steps, policy, direct, root, trajectory, batch, device, compa
         _to_tensordict_layout(nxt, batch, device)
         trajectory.append(root, nxt, i)
         if checks is not None:
+            if checks.sweep is not None and trajectory.buffers is None:  # kept as lists: no sweep of them
+                checks.stop_sweeping()
             checks.step_done()
         if i == max_steps - 1:
             if checks is not None:

@@ -214,3 +214,30 @@ def test_a_policy_writing_into_its_observation_cannot_hide_a_recorded_nan(where,
         messages.append(str(err.value))
     assert "NaN/inf" in messages[0] and f"env index [{BAD_ROW}]" in messages[0]
     assert messages[1] == messages[0]
+
+
+@pytest.mark.parametrize("check_every", [1, None])
+def test_a_policy_writing_into_its_observation_cannot_rewrite_the_recorded_steps(check_every):
+    """A trajectory kept as lists (another key from step 2 on): a policy that zeroes its
+    observation in place changes none of the "next" observations recorded at earlier steps, as
+    the in-place buffers already ensure (fails before: ("next", "observation") read 0 at every
+    step the policy saw afterwards, instead of the state's 0.1, 0.2, 0.3)."""
+    calls = [0]
+
+    def zeroing(td):
+        td.get("observation").zero_()  # the env's state is its own copy: the steps go on from it
+        calls[0] += 1
+        td.set("action", torch.full((N, DIM), 0.1))
+        if calls[0] >= 2:
+            td.set("extra", torch.ones(N, 1))
+        return td
+
+    box = gym.spaces.Box(-np.inf, np.inf, (DIM,), np.float32)
+    env = WorldModelEnv(None, box, gym.spaces.Box(-1.0, 1.0, (DIM,), np.float32),
+                        reset_fn=lambda batch_size=(): torch.zeros(*batch_size, DIM),
+                        transition_fn=lambda state, action: {"observation": state + action, "reward": state.sum(-1)},
+                        batch_size=(N,), seed=0, check_every=check_every)
+    with torch.no_grad():
+        out = env.rollout(4, zeroing, break_when_any_done=False)
+    expected = 0.1 * torch.arange(1, 5, dtype=torch.float32)[None, :, None].expand(N, 4, DIM)
+    assert torch.allclose(out["next", "observation"], expected)

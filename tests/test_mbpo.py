@@ -222,3 +222,27 @@ def test_a_halted_imagined_step_gives_sac_the_tasks_absorbing_halt_reward_not_pe
     assert cfg.halt_reward_value() == pytest.approx(worst / (1 - cfg.gamma))
     assert all(td["next", "terminated"].all() for td in extended)
     assert MBPOConfig(halt_reward=-5.0).halt_reward_value() == -5.0  # an explicit value wins
+
+
+def test_the_mopo_penalty_reaches_the_rewards_sac_learns_from(monkeypatch):
+    # the same seed with and without --penalty: the first imagined batch (before any SAC update)
+    # has the same states, and the penalised rewards are the plain ones minus lam * uncertainty >= 0
+    import torchrl.data
+
+    firsts = []
+
+    class Recording(torchrl.data.ReplayBuffer):
+        def extend(self, data, *args, **kwargs):
+            if len(firsts) < len(runs):
+                firsts.append(data.clone())
+            return super().extend(data, *args, **kwargs)
+
+    monkeypatch.setattr(torchrl.data, "ReplayBuffer", Recording)
+    runs = []
+    for penalty in (0.0, 1000.0):
+        runs.append(penalty)
+        run(MBPOConfig(**{**TINY, "real_steps": 61, "eval_every": 1000}, penalty=penalty))
+    plain, penalised = firsts
+    assert torch.equal(plain["next", "observation"], penalised["next", "observation"])
+    drop = plain["next", "reward"] - penalised["next", "reward"]
+    assert (drop >= 0).all() and drop.mean() > 1.0  # 1000 * a typical uncertainty of 0.01-0.1 (a 2-epoch fit)

@@ -214,7 +214,8 @@ def test_a_halted_imagined_step_gives_sac_the_tasks_absorbing_halt_reward_not_pe
 
     monkeypatch.setattr(torchrl.data, "ReplayBuffer", Recording)
     cfg = MBPOConfig(**{**TINY, "real_steps": 62, "eval_every": 1000}, threshold=0.0)
-    run(cfg)
+    result = run(cfg)
+    assert result["halted_fraction"] == 1.0
     imagined = torch.cat([td["next", "reward"] for td in extended])
     worst = -(math.pi**2 + 0.1 * 8.0**2 + 0.001 * 2.0**2)  # Pendulum's lowest step reward
     halt = torch.tensor(worst / (1 - cfg.gamma), dtype=torch.float32)  # -813.7 at gamma 0.98

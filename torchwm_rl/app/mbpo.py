@@ -270,6 +270,7 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
     act_space.seed(cfg.seed)
     obs, _ = real_env.reset(seed=cfg.seed)
     curve, steps_to_target, fits, horizon = [], None, [], None
+    halts = [0, 0]  # halted imagined steps, imagined steps (with threshold)
     target = cfg.target_return()
     for step in range(1, cfg.real_steps + 1):
         # 1. one real step
@@ -299,6 +300,9 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
                 with torch.no_grad():
                     imagined = model_env.rollout(horizon, sac.actor, break_when_any_done=False)
                 model_buffer.extend(imagined.reshape(-1).select(*SAC_KEYS))
+                if cfg.threshold is not None:  # how often MOReL's halting fired (one host read per real step)
+                    halts[0] += int(imagined["next", "halted"].sum())
+                    halts[1] += imagined.numel()
             # 4. SAC updates on real (and imagined) data
             clock.start("sac")
             for batch in _update_batches(real, None if cfg.model_free else model_buffer, updates):
@@ -325,6 +329,7 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
         "real_mean_return": final, "real_steps": cfg.real_steps, "target": target,
         "steps_to_target": steps_to_target, "wall_seconds": round(time.perf_counter() - t0, 1),
         "cpu_seconds": round(time.process_time() - c0, 1), "cpu_seconds_by_phase": clock.totals(),
+        "halted_fraction": halts[0] / halts[1] if halts[1] else None,
         "curve": curve, "fits": fits, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
     }
 

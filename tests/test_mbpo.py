@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from torchwm_rl.app.mbpo import MBPOConfig, _SAC, evaluate, run, write_results
 
@@ -194,3 +195,55 @@ def test_results_json_is_strict_json_when_a_value_is_not_finite(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
     assert saved["target"] is None and saved["real_mean_return"] is None
     assert saved["curve"] == [{"real_steps": 60, "real_return": None}]
+
+
+def test_a_halted_imagined_step_gives_sac_the_tasks_absorbing_halt_reward_not_pendulums_best(monkeypatch):
+    # MOReL's halting on the online loop: threshold 0 halts every imagined step. Before, the env's
+    # default halt_reward 0 went into the model buffer: on Pendulum (every reward <= 0) the BEST
+    # reward there is, so SAC learned to seek the states where the members disagree
+    import math
+
+    import torchrl.data
+
+    extended = []
+
+    class Recording(torchrl.data.ReplayBuffer):
+        def extend(self, data, *args, **kwargs):
+            extended.append(data)
+            return super().extend(data, *args, **kwargs)
+
+    monkeypatch.setattr(torchrl.data, "ReplayBuffer", Recording)
+    cfg = MBPOConfig(**{**TINY, "real_steps": 62, "eval_every": 1000}, threshold=0.0)
+    result = run(cfg)
+    assert result["halted_fraction"] == 1.0
+    imagined = torch.cat([td["next", "reward"] for td in extended])
+    worst = -(math.pi**2 + 0.1 * 8.0**2 + 0.001 * 2.0**2)  # Pendulum's lowest step reward
+    halt = torch.tensor(worst / (1 - cfg.gamma), dtype=torch.float32)  # -813.7 at gamma 0.98
+    assert imagined.numel() > 0 and torch.all(imagined == halt), imagined.unique()
+    assert cfg.halt_reward_value() == pytest.approx(worst / (1 - cfg.gamma))
+    assert all(td["next", "terminated"].all() for td in extended)
+    assert MBPOConfig(halt_reward=-5.0).halt_reward_value() == -5.0  # an explicit value wins
+
+
+def test_the_mopo_penalty_reaches_the_rewards_sac_learns_from(monkeypatch):
+    # the same seed with and without --penalty: the first imagined batch (before any SAC update)
+    # has the same states, and the penalised rewards are the plain ones minus lam * uncertainty >= 0
+    import torchrl.data
+
+    firsts = []
+
+    class Recording(torchrl.data.ReplayBuffer):
+        def extend(self, data, *args, **kwargs):
+            if len(firsts) < len(runs):
+                firsts.append(data.clone())
+            return super().extend(data, *args, **kwargs)
+
+    monkeypatch.setattr(torchrl.data, "ReplayBuffer", Recording)
+    runs = []
+    for penalty in (0.0, 1000.0):
+        runs.append(penalty)
+        run(MBPOConfig(**{**TINY, "real_steps": 61, "eval_every": 1000}, penalty=penalty))
+    plain, penalised = firsts
+    assert torch.equal(plain["next", "observation"], penalised["next", "observation"])
+    drop = plain["next", "reward"] - penalised["next", "reward"]
+    assert (drop >= 0).all() and drop.mean() > 1.0  # 1000 * a typical uncertainty of 0.01-0.1 (a 2-epoch fit)

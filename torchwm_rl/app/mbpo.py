@@ -79,12 +79,29 @@ class MBPOConfig:
     propagation: str = "random"
     penalty: float = 0.0
     threshold: Optional[float] = None
+    # the reward of a halted imagined step (with threshold); None: the task's worst step reward / (1 - gamma), MOReL's
+    # absorbing HALT state. 0 (the env's default) would be Pendulum's BEST reward: SAC would seek uncertain states
+    halt_reward: Optional[float] = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
     def target_return(self) -> float:
         return self.target if self.target is not None else {"Pendulum-v1": -200.0, "InvertedPendulum-v5": 900.0}.get(
             self.task, 0.0)
+
+    def halt_reward_value(self) -> float:
+        """The reward of a halted imagined step: ``halt_reward``, or by default MOReL's absorbing
+        HALT state on this task, its worst per-step reward for ever after (``worst / (1 - gamma)``,
+        as ``benchmarks/uncertainty.py`` does offline): no lower than anything a real episode
+        can earn from there, so halting is never something the policy seeks."""
+        if self.halt_reward is not None:
+            return float(self.halt_reward)
+        return WORST_STEP_REWARD[self.task] / (1 - self.gamma)
+
+
+#: each task's lowest per-step reward: Pendulum's cost at angle pi, speed 8, torque 2; InvertedPendulum-v5's
+#: reward is 1 while alive and 0 on the terminating step
+WORST_STEP_REWARD = {"Pendulum-v1": -(math.pi**2 + 0.1 * 8.0**2 + 0.001 * 2.0**2), "InvertedPendulum-v5": 0.0}
 
 
 def _terminal_fn(task: str) -> Optional[Callable]:
@@ -253,6 +270,7 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
     act_space.seed(cfg.seed)
     obs, _ = real_env.reset(seed=cfg.seed)
     curve, steps_to_target, fits, horizon = [], None, [], None
+    halts = [0, 0]  # halted imagined steps, imagined steps (with threshold)
     target = cfg.target_return()
     for step in range(1, cfg.real_steps + 1):
         # 1. one real step
@@ -275,13 +293,16 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
                             model, obs_space, act_space, start_states=real, batch_size=(cfg.rollouts_per_step,),
                             terminal_fn=_terminal_fn(cfg.task), seed=cfg.seed, propagation=cfg.propagation,
                             uncertainty_penalty=cfg.penalty, uncertainty_threshold=cfg.threshold,
-                            **model.env_kwargs())
+                            halt_reward=cfg.halt_reward_value(), **model.env_kwargs())
                 # 3. branched rollouts from real starts, horizon on MBPO's schedule
                 horizon = rollout_length(step, *cfg.horizon)
                 clock.start("rollout")
                 with torch.no_grad():
                     imagined = model_env.rollout(horizon, sac.actor, break_when_any_done=False)
                 model_buffer.extend(imagined.reshape(-1).select(*SAC_KEYS))
+                if cfg.threshold is not None:  # how often MOReL's halting fired (one host read per real step)
+                    halts[0] += int(imagined["next", "halted"].sum())
+                    halts[1] += imagined.numel()
             # 4. SAC updates on real (and imagined) data
             clock.start("sac")
             for batch in _update_batches(real, None if cfg.model_free else model_buffer, updates):
@@ -308,6 +329,7 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
         "real_mean_return": final, "real_steps": cfg.real_steps, "target": target,
         "steps_to_target": steps_to_target, "wall_seconds": round(time.perf_counter() - t0, 1),
         "cpu_seconds": round(time.process_time() - c0, 1), "cpu_seconds_by_phase": clock.totals(),
+        "halted_fraction": halts[0] / halts[1] if halts[1] else None,
         "curve": curve, "fits": fits, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
     }
 

@@ -981,7 +981,8 @@ class InputGuard:
 
 
 def _copy_state(value: Any) -> Any:
-    """A tensor, TensorDict or (nested) dict state with its tensors copied."""
+    """A tensor, TensorDict or (nested) dict state with its tensors copied (anything else as it is);
+    also what a list-mode rollout trajectory records of a step (:mod:`torchwm_rl.trajectory`)."""
     if isinstance(value, (torch.Tensor, TensorDictBase)):
         return value.clone()
     if isinstance(value, Mapping):

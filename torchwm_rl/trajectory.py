@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase
 
+from .adapter import _copy_state
 from .deferred import any_nonfinite
 
 
@@ -78,7 +79,7 @@ class Trajectory:
         # copies: the next step's root carries these tensors, and a policy writing into its
         # observation in place would otherwise rewrite this step's record (what the buffers'
         # copy already rules out; gradients flow through the copy)
-        self.nexts.append({key: _copied(value) for key, value in nxt.items()})
+        self.nexts.append({key: _copy_state(value) for key, value in nxt.items()})
         self.count += 1
 
     def _allocate(self, root: dict, nxt: dict) -> None:
@@ -223,15 +224,6 @@ class Trajectory:
         out = TensorDict(entries, batch_size=shape, device=device)
         out.refine_names(..., "time")
         return out
-
-
-def _copied(value: Any) -> Any:
-    """A tensor, TensorDict or (nested) dict of tensors, copied; anything else as it is."""
-    if isinstance(value, (torch.Tensor, TensorDictBase)):
-        return value.clone()
-    if isinstance(value, dict):
-        return {key: _copied(v) for key, v in value.items()}
-    return value
 
 
 class OwnedOutputs:

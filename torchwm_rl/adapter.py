@@ -440,15 +440,19 @@ class ModelAdapter:
         checked = flatten_observation(observation)
         checked.update(_state_leaves(state))
         deferred = self._deferred
-        if deferred is not None and deferred.sweep is not None and self.nan_policy == "raise":
-            # the next recorded step holds these starts as its root entries: the read sweeps them there
-            deferred.unrecorded.append(lambda: any_nonfinite(checked.values()) if rows is None or not self.batch_size
-                                       else maybe_nonfinite_rows(checked.values(), rows, self.batch_size))
-            return
         if deferred is not None:  # read once per rollout (a failure replays its actions checking here)
             values = checked.values()
-            self._deferred.add(maybe_nonfinite(*values) if rows is None or not self.batch_size
-                               else maybe_nonfinite_rows(values, rows, self.batch_size))
+
+            def flag() -> torch.Tensor:
+                return (maybe_nonfinite(*values) if rows is None or not self.batch_size
+                        else maybe_nonfinite_rows(values, rows, self.batch_size))
+
+            if deferred.sweep is not None and self.nan_policy == "raise":
+                # the next recorded step holds these starts as its root entries: the read sweeps
+                # them there, and computes this flag only if they never got recorded
+                deferred.unrecorded.append(flag)
+            else:
+                deferred.add(flag())
             return
         bad, keys = nonfinite_rows(checked, self.batch_size)
         if bad is not None and rows is not None:

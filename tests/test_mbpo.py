@@ -247,3 +247,17 @@ def test_the_mopo_penalty_reaches_the_rewards_sac_learns_from(monkeypatch):
     assert torch.equal(plain["next", "observation"], penalised["next", "observation"])
     drop = plain["next", "reward"] - penalised["next", "reward"]
     assert (drop >= 0).all() and drop.mean() > 1.0  # 1000 * a typical uncertainty of 0.01-0.1 (a 2-epoch fit)
+
+
+@pytest.mark.slow
+def test_mbpo_runs_on_inverted_pendulum_whose_observations_are_float64():
+    # InvertedPendulum-v5's observation space is float64; the loop's networks are float32. The
+    # imagined env used to carry the float64 space, and the first imagined rollout failed
+    # ("mat1 and mat2 must have the same dtype") inside the actor
+    pytest.importorskip("mujoco")
+    import gymnasium as gym
+
+    assert gym.make("InvertedPendulum-v5").observation_space.dtype == "float64"
+    result = run(MBPOConfig(**dict(TINY, real_steps=90, warmup_steps=60), task="InvertedPendulum-v5"))
+    assert result["algorithm"] == "MBPO" and [f["step"] for f in result["fits"]] == [60, 90]
+    assert result["real_mean_return"] >= 1  # an InvertedPendulum episode earns 1 per step it stays up

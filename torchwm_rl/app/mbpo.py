@@ -104,6 +104,15 @@ class MBPOConfig:
 WORST_STEP_REWARD = {"Pendulum-v1": -(math.pi**2 + 0.1 * 8.0**2 + 0.001 * 2.0**2), "InvertedPendulum-v5": 0.0}
 
 
+def _float32_box(space):
+    """``space`` as a float32 Box (the same bounds): the imagined env's observation space. The
+    real buffer, the ensemble and the SAC networks are float32; InvertedPendulum-v5's space is
+    float64, and an imagined env built on it would hand the float32 actor float64 observations."""
+    import gymnasium as gym
+
+    return gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32)
+
+
 def _terminal_fn(task: str) -> Optional[Callable]:
     """The known termination of the task's real env, as a hook of the next observation."""
     if task == "InvertedPendulum-v5":  # gymnasium: terminated when |angle| > 0.2 or not finite
@@ -290,7 +299,7 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
                                  "elite_holdout_mse": float(np.mean([report.holdout_mse[i] for i in report.elites]))})
                     if model_env is None:
                         model_env = WorldModelEnv(
-                            model, obs_space, act_space, start_states=real, batch_size=(cfg.rollouts_per_step,),
+                            model, _float32_box(obs_space), act_space, start_states=real, batch_size=(cfg.rollouts_per_step,),
                             terminal_fn=_terminal_fn(cfg.task), seed=cfg.seed, propagation=cfg.propagation,
                             uncertainty_penalty=cfg.penalty, uncertainty_threshold=cfg.threshold,
                             halt_reward=cfg.halt_reward_value(), **model.env_kwargs())

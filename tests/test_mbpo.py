@@ -261,3 +261,23 @@ def test_mbpo_runs_on_inverted_pendulum_whose_observations_are_float64():
     result = run(MBPOConfig(**dict(TINY, real_steps=90, warmup_steps=60), task="InvertedPendulum-v5"))
     assert result["algorithm"] == "MBPO" and [f["step"] for f in result["fits"]] == [60, 90]
     assert result["real_mean_return"] >= 1  # an InvertedPendulum episode earns 1 per step it stays up
+
+
+def test_cli_refuses_a_thread_count_below_one_with_exit_code_2(capsys):
+    from torchwm_rl.app.cli import main
+
+    assert main(["mbpo", "Pendulum-v1", "--threads", "0", "--json"]) == 2
+    assert "threads: expected at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mbpo_runs_with_the_thread_count_asked_and_restores_the_callers():
+    seen, original = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = MBPOConfig(**dict(TINY, real_steps=70, progress=True), threads=2)
+        result = run(cfg, log=lambda msg: seen.append(torch.get_num_threads()))  # called at each evaluation
+        assert seen and set(seen) == {2}
+        assert result["config"]["threads"] == 2 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(original)

@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="how imagined envs pick an ensemble member (default random)")
     m.add_argument("--penalty", type=float, default=0.0, help="MOPO's reward penalty lambda (default 0)")
     m.add_argument("--threshold", type=float, default=None, help="MOReL's halting threshold (default: none)")
+    m.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1; results are deterministic for a given seed and thread count)")
     m.add_argument("--out", default=None, help="output folder (default ./torchwm_rl_runs/mbpo-<timestamp>)")
     m.add_argument("--json", action="store_true",
                    help="no progress output; print one JSON object as the last stdout line")

@@ -24,7 +24,8 @@ same 20 episodes). ``--model-free`` runs the same SAC, networks, updates per ste
 evaluations on the real buffer alone: the baseline.
 
 Uncertainty (:mod:`torchwm_rl.ensemble`) switches on with ``penalty`` (MOPO), ``threshold``
-(MOReL) and ``propagation``. Deterministic given the seed on a given machine (one torch thread).
+(MOReL) and ``propagation``. Deterministic given the seed on a given machine and ``threads``
+(torch threads, 1 by default).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class MBPOConfig:
     # absorbing HALT state. 0 (the env's default) would be Pendulum's BEST reward: SAC would seek uncertain states
     halt_reward: Optional[float] = None
     progress: bool = True
+    # torch threads for the run (restored after it); results are deterministic for a given seed and thread count
+    threads: int = 1
     extra: dict = field(default_factory=dict)
 
     def target_return(self) -> float:
@@ -253,7 +256,9 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     clock = _PhaseClock()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if cfg.threads < 1:
+        raise ValueError(f"threads: expected at least 1, got {cfg.threads}")
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     real_env = gym.make(cfg.task)
     obs_space, act_space = real_env.observation_space, real_env.action_space
@@ -379,7 +384,7 @@ def command(args, started: float) -> int:
 
     cfg = MBPOConfig(task=args.task, seed=args.seed, target=args.target, model_free=args.model_free,
                      propagation=args.propagation, penalty=args.penalty, threshold=args.threshold,
-                     progress=not args.json)
+                     progress=not args.json, threads=args.threads)
     if args.real_steps is not None:
         cfg.real_steps = args.real_steps
     out = Path(args.out) if args.out else default_out_dir("mbpo-")

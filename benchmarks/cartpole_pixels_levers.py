@@ -9,7 +9,10 @@ instead of drawn terminations), ``--reward continue`` (reward = P(continue)) or
 ``head_x_continue``, ``--deter-only`` (the policy sees the GRU state only), ``--noise`` (Gaussian
 noise on the policy's features in training), ``--no-sample`` (prior mean instead of samples),
 ``--reencode`` (each imagined step decodes the prior's frame and takes its posterior, so the
-imagined latents are posteriors, as in the real check), ``--ent``, ``--gamma``, ``--lr``.
+imagined latents are posteriors, as in the real check), ``--real-starts N`` (the imagined starts
+are the posterior latents at every step of N real episodes, rendered and filtered, instead of
+the bundled bank of reset frames; the episodes' actions are random with probability
+``--real-starts-eps``, else a PD controller on the true state), ``--ent``, ``--gamma``, ``--lr``.
 
     python benchmarks/cartpole_pixels_levers.py --envs 64 --n-steps 64 --steps 400000 --tag big
 """
@@ -78,6 +81,36 @@ def reencoding(model):
     return model
 
 
+def real_start_latents(model, episodes: int, eps: float, seed: int):
+    """The posterior latents at every step of ``episodes`` real ``CartPole-v1`` episodes (resets
+    ``50_000 + i``): each rendered frame goes through the model's filter, as in the real check.
+    Actions: random with probability ``eps`` (a generator seeded from ``seed``), else a PD
+    controller on the true state."""
+    from torchwm_rl.zoo.cartpole_pixels import preprocess, render_frames_headless
+
+    render_frames_headless()
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1", render_mode="rgb_array")
+    rng = np.random.default_rng(seed + 777)
+    frame = lambda: preprocess(torch.from_numpy(env.render()))[None]  # noqa: E731
+    latents = []
+    with torch.no_grad():
+        for ep in range(episodes):
+            env.reset(seed=50_000 + ep)
+            latent = model.observe(model.initial_latent(1), None, frame())
+            while True:
+                latents.append(latent)
+                _, x_dot, theta, theta_dot = env.unwrapped.state
+                action = int(rng.integers(2)) if rng.random() < eps else int(theta + 0.5 * theta_dot + 0.05 * x_dot > 0)
+                _, _, terminated, truncated, _ = env.step(action)
+                if terminated or truncated:
+                    break
+                latent = model.observe(latent, torch.tensor([action]), frame())
+    env.close()
+    return torch.cat(latents)
+
+
 def main() -> None:
     from cartpole_pixels_ppo import real_returns
     from stable_baselines3 import PPO
@@ -101,6 +134,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--noise", type=float, default=0.0)
     p.add_argument("--reencode", action="store_true")
+    p.add_argument("--real-starts", type=int, default=0, metavar="N",
+                   help="imagined starts from the posterior latents along N real episodes (0: the bundled bank)")
+    p.add_argument("--real-starts-eps", type=float, default=1.0)
     p.add_argument("--tag", default="")
     p.add_argument("--out", default="cartpole_pixels_levers.jsonl")
     a = p.parse_args()
@@ -110,6 +146,8 @@ def main() -> None:
     if a.reencode:
         model = reencoding(model)
     opts = {} if a.threshold is None else {"continue_threshold": a.threshold}
+    if a.real_starts:
+        opts["start_latents"] = real_start_latents(model, a.real_starts, a.real_starts_eps, a.seed)
     vec = zoo.make_env("cartpole-pixels", model=model, batch_size=a.envs, seed=a.seed, sample=not a.no_sample,
                        **opts).to_sb3()
     sl = model.deter_size if a.deter_only else None

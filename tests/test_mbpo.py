@@ -281,3 +281,20 @@ def test_mbpo_runs_with_the_thread_count_asked_and_restores_the_callers():
         assert result["config"]["threads"] == 2 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(original)
+
+
+def test_a_run_that_fails_midway_leaves_the_callers_thread_count_as_it_was(monkeypatch):
+    import gymnasium
+
+    def broken_make(*args, **kwargs):
+        raise RuntimeError("no real env today")
+
+    monkeypatch.setattr(gymnasium, "make", broken_make)  # fails after the run set its thread count
+    original = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(RuntimeError, match="no real env today"):
+            run(MBPOConfig(**TINY, threads=2))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(original)

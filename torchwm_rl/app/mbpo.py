@@ -242,7 +242,19 @@ def _update_batches(real, imagined, updates: int) -> list:
 
 
 def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
-    """One MBPO (or ``model_free``) run; returns the result dict (also the JSON line)."""
+    """One MBPO (or ``model_free``) run with ``cfg.threads`` torch threads (the caller's count is
+    restored afterwards, also when the run raises); returns the result dict (also the JSON line)."""
+    if cfg.threads < 1:
+        raise ValueError(f"threads: expected at least 1, got {cfg.threads}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: MBPOConfig, log: Callable[[str], None]) -> dict:
     import gymnasium as gym
     from torchrl.data import LazyTensorStorage, ReplayBuffer
     from torchrl.data.replay_buffers.samplers import RandomSampler
@@ -255,10 +267,6 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
         raise ValueError(f"task: expected one of {TASKS}, got {cfg.task!r}")
     t0, c0 = time.perf_counter(), time.process_time()
     clock = _PhaseClock()
-    threads = torch.get_num_threads()
-    if cfg.threads < 1:
-        raise ValueError(f"threads: expected at least 1, got {cfg.threads}")
-    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     real_env = gym.make(cfg.task)
     obs_space, act_space = real_env.observation_space, real_env.action_space
@@ -337,7 +345,6 @@ def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
     final = evaluate(sac, cfg.task, cfg.final_eval_episodes, seed=20_000 + cfg.seed * 100)
     clock.start("other")
     real_env.close()
-    torch.set_num_threads(threads)
     return {
         "task": cfg.task, "seed": cfg.seed, "algorithm": "SAC" if cfg.model_free else "MBPO",
         "real_mean_return": final, "real_steps": cfg.real_steps, "target": target,

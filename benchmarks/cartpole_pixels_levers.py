@@ -83,30 +83,24 @@ def reencoding(model):
 
 def real_start_latents(model, episodes: int, eps: float, seed: int):
     """The posterior latents at every step of ``episodes`` real ``CartPole-v1`` episodes (resets
-    ``50_000 + i``): each rendered frame goes through the model's filter, as in the real check.
+    ``50_000 + i``), filtered by :func:`torchwm_rl.pixel_reality.filter_episode` as in the real
+    check; the latent of each episode's last frame (the pole down, or the time limit) is left out.
     Actions: random with probability ``eps`` (a generator seeded from ``seed``), else a PD
     controller on the true state."""
-    from torchwm_rl.zoo.cartpole_pixels import preprocess, render_frames_headless
+    from torchwm_rl.pixel_reality import filter_episode
+    from torchwm_rl.zoo.cartpole_pixels import render_frames_headless
 
     render_frames_headless()
     import gymnasium as gym
 
     env = gym.make("CartPole-v1", render_mode="rgb_array")
     rng = np.random.default_rng(seed + 777)
-    frame = lambda: preprocess(torch.from_numpy(env.render()))[None]  # noqa: E731
-    latents = []
-    with torch.no_grad():
-        for ep in range(episodes):
-            env.reset(seed=50_000 + ep)
-            latent = model.observe(model.initial_latent(1), None, frame())
-            while True:
-                latents.append(latent)
-                _, x_dot, theta, theta_dot = env.unwrapped.state
-                action = int(rng.integers(2)) if rng.random() < eps else int(theta + 0.5 * theta_dot + 0.05 * x_dot > 0)
-                _, _, terminated, truncated, _ = env.step(action)
-                if terminated or truncated:
-                    break
-                latent = model.observe(latent, torch.tensor([action]), frame())
+
+    def behaviour(features):
+        _, x_dot, theta, theta_dot = env.unwrapped.state
+        return int(rng.integers(2)) if rng.random() < eps else int(theta + 0.5 * theta_dot + 0.05 * x_dot > 0)
+
+    latents = [filter_episode(model, behaviour, env, seed=50_000 + ep).latents[:-1] for ep in range(episodes)]
     env.close()
     return torch.cat(latents)
 

@@ -267,7 +267,13 @@ def test_cli_refuses_a_thread_count_below_one_with_exit_code_2(capsys):
     from torchwm_rl.app.cli import main
 
     assert main(["mbpo", "Pendulum-v1", "--threads", "0", "--json"]) == 2
-    assert "threads: expected at least 1, got 0" in capsys.readouterr().err
+    assert "threads: expected an int of at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [True, 1.5, "2"])
+def test_a_thread_count_that_is_not_an_int_is_refused(threads):
+    with pytest.raises(ValueError, match=r"threads: expected an int of at least 1, got "):
+        run(MBPOConfig(threads=threads))
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -244,8 +245,8 @@ def _update_batches(real, imagined, updates: int) -> list:
 def run(cfg: MBPOConfig, log: Callable[[str], None] = print) -> dict:
     """One MBPO (or ``model_free``) run with ``cfg.threads`` torch threads (the caller's count is
     restored afterwards, also when the run raises); returns the result dict (also the JSON line)."""
-    if cfg.threads < 1:
-        raise ValueError(f"threads: expected at least 1, got {cfg.threads}")
+    if isinstance(cfg.threads, bool) or not isinstance(cfg.threads, numbers.Integral) or cfg.threads < 1:
+        raise ValueError(f"threads: expected an int of at least 1, got {cfg.threads!r}")
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:

@@ -46,7 +46,7 @@ def probe_data(model, frames: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def fit_probe(kind: str, feats: torch.Tensor, states: torch.Tensor, seed: int, steps: int = 6000):
-    """``features [B, F] -> state estimate [B, 4]`` (float64 numpy-free torch function)."""
+    """``features [B, F] -> state estimate [B, 4]`` (float32 tensors)."""
     if kind == "linear":
         design = torch.cat([feats, torch.ones(len(feats), 1)], 1).double()
         coef = torch.linalg.lstsq(design, states.double()).solution
@@ -68,68 +68,71 @@ def fit_probe(kind: str, feats: torch.Tensor, states: torch.Tensor, seed: int, s
 
 
 def real_run(model, estimate, episodes: int, seed: int) -> dict:
+    """The controller on the probe's estimate in the real env, each step from the rendered frame
+    (:func:`torchwm_rl.pixel_reality.filter_episode`, the real check's own filter loop)."""
     import gymnasium as gym
 
-    from torchwm_rl.zoo.cartpole_pixels import preprocess, render_frames_headless
+    from torchwm_rl.pixel_reality import filter_episode
+    from torchwm_rl.zoo.cartpole_pixels import render_frames_headless
 
     render_frames_headless()
     env = gym.make("CartPole-v1", render_mode="rgb_array")
+
+    def controller(features):
+        return int(GAINS @ estimate(features)[0].double().numpy() > 0)
+
     returns, ends, errors = [], [], []
     for ep in range(episodes):
-        env.reset(seed=seed + 30_000 + ep)
-        with torch.no_grad():
-            z = model.observe(model.initial_latent(1), None, preprocess(torch.from_numpy(env.render()))[None])
-        total, done = 0.0, False
-        while not done:
-            with torch.no_grad():
-                est = estimate(model.features(z))[0].double().numpy()
-            errors.append(est - np.asarray(env.unwrapped.state))
-            action = int(GAINS @ est > 0)
-            _, r, term, trunc, _ = env.step(action)
-            total += r
-            done = term or trunc
-            if done:
-                x = env.unwrapped.state[0]
-                ends.append("x" if term and abs(x) > 2.4 else "theta" if term else "time")
-            with torch.no_grad():
-                z = model.observe(z, torch.tensor([action]), preprocess(torch.from_numpy(env.render()))[None])
-        returns.append(total)
+        run = filter_episode(model, controller, env, seed=seed + 30_000 + ep)
+        with torch.no_grad():  # the estimate the controller acted on at each step, against the true state
+            errors.append(estimate(model.features(run.latents[:-1])).double().numpy() - run.states[:-1])
+        returns.append(run.ret)
+        x = run.states[-1][0]
+        ends.append("x" if run.terminated and abs(x) > 2.4 else "theta" if run.terminated else "time")
     env.close()
-    rmse = np.sqrt(np.mean(np.square(errors), 0))
+    rmse = np.sqrt(np.mean(np.square(np.concatenate(errors)), 0))
     return {"mean_return": float(np.mean(returns)), "returns": returns, "ends": ends,
             "probe_rmse_in_closed_loop": dict(zip(STATE_NAMES, rmse.round(4).tolist()))}
 
 
-def imagined_run(model, estimate, envs: int, seed: int, threshold) -> dict:
-    """The controller on the probe's estimate of the imagined latent, ``envs`` imagined episodes
-    of at most 500 steps; where each ended (step, the probe's x and theta, P(continue) there)."""
+def imagined_episodes(model, act, envs: int, seed: int, **options) -> tuple[float, list]:
+    """``act`` (observations ``[envs, F]`` -> actions ``[envs]``) in ``envs`` imagined episodes
+    of at most 500 steps (``zoo.make_env("cartpole-pixels", **options)``): the mean return and,
+    per ended episode, ``(step, index, next observation, continue_prob)``."""
     from torchwm_rl import zoo
 
-    options = {} if threshold is None else {"continue_threshold": threshold}
-    env = zoo.make_env("cartpole-pixels", model=model, batch_size=envs, seed=seed, sample=False, **options)
-    gains = torch.tensor(GAINS, dtype=torch.float32)
+    env = zoo.make_env("cartpole-pixels", model=model, batch_size=envs, seed=seed, **options)
     ret = torch.zeros(envs)
     alive = torch.ones(envs, dtype=torch.bool)
     ended = []
     with torch.no_grad():
         td = env.reset()
         for t in range(500):
-            td["action"] = (estimate(td["observation"]) @ gains > 0).long()
+            td["action"] = act(td["observation"])
             td = env.step(td)
             ret += td["next", "reward"].squeeze(-1) * alive
             stop = td["next", "done"].squeeze(-1) & alive
-            if stop.any():
-                est = estimate(td["next", "observation"][stop])
-                p = td["next", "continue_prob"].squeeze(-1)[stop]
-                ended += [(t + 1, round(float(e[0]), 2), round(float(e[2]), 3), round(float(q), 4))
-                          for e, q in zip(est, p)]
-            alive &= ~td["next", "done"].squeeze(-1)
+            ended += [(t + 1, i, td["next", "observation"][i], float(td["next", "continue_prob"][i]))
+                      for i in stop.nonzero().flatten().tolist()]
+            alive &= ~stop
             if not alive.any():
                 break
             td = td["next"].exclude("reward", "done", "terminated", "truncated")
+    return float(ret.mean()), ended
+
+
+def imagined_run(model, estimate, envs: int, seed: int, threshold) -> dict:
+    """The controller on the probe's estimate of the imagined latent, ``envs`` imagined episodes
+    (the prior's mean); where each ended (step, the probe's x and theta, P(continue) there)."""
+    options = {"sample": False} if threshold is None else {"sample": False, "continue_threshold": threshold}
+    gains = torch.tensor(GAINS, dtype=torch.float32)
+    mean, ended = imagined_episodes(model, lambda obs: (estimate(obs) @ gains > 0).long(), envs, seed, **options)
+    with torch.no_grad():
+        ended = [(t, round(float(e[0]), 2), round(float(e[2]), 3), round(p, 4))
+                 for t, _, obs, p in ended for e in estimate(obs[None])]
     safe = [e for e in ended if e[0] < 500 and abs(e[1]) < 2.0 and abs(e[2]) < 0.15]
     return {"terminations": "drawn" if threshold is None else f"continue_prob < {threshold}",
-            "mean_return": float(ret.mean()), "ended_before_500": sum(e[0] < 500 for e in ended),
+            "mean_return": mean, "ended_before_500": sum(e[0] < 500 for e in ended),
             "ended_far_from_the_limits": len(safe), "first_ends": ended[:8]}
 
 

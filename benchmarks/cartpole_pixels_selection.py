@@ -30,23 +30,12 @@ IMAGINATIONS = {"mean_drawn": {"sample": False}, "sample_drawn": {"sample": True
 
 def imagined_return(model, ppo, envs: int = 64, **options) -> float:
     """The greedy policy's mean return over ``envs`` imagined episodes of at most 500 steps."""
-    from torchwm_rl import zoo
+    from cartpole_pixels_probe import imagined_episodes
 
-    env = zoo.make_env("cartpole-pixels", model=model, batch_size=envs, seed=123, **options)
-    ret = torch.zeros(envs)
-    alive = torch.ones(envs, dtype=torch.bool)
-    with torch.no_grad():
-        td = env.reset()
-        for _ in range(500):
-            action, _ = ppo.predict(td["observation"].numpy(), deterministic=True)
-            td["action"] = torch.as_tensor(action).long()
-            td = env.step(td)
-            ret += td["next", "reward"].squeeze(-1) * alive
-            alive &= ~td["next", "done"].squeeze(-1)
-            if not alive.any():
-                break
-            td = td["next"].exclude("reward", "done", "terminated", "truncated")
-    return float(ret.mean())
+    def act(obs):
+        return torch.as_tensor(ppo.predict(obs.numpy(), deterministic=True)[0]).long()
+
+    return imagined_episodes(model, act, envs, 123, **options)[0]
 
 
 def spearman(a, b) -> float:

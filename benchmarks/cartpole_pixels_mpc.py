@@ -70,7 +70,7 @@ class CEMPlanner:
                  seed: int):
         from torchwm_rl import zoo
 
-        self.model, self.E, self.K, self.H, self.iters, self.warm = model, episodes, candidates, horizon, iters, warm
+        self.E, self.K, self.H, self.iters, self.warm = episodes, candidates, horizon, iters, warm
         self.top = max(candidates // elite, 1)
         self.env = zoo.make_env("cartpole-pixels", model=model, batch_size=episodes * candidates, seed=seed,
                                 sample=False, continue_threshold=NO_DRAWN_ENDS)
@@ -109,6 +109,7 @@ def real_run(model, planner: CEMPlanner, episodes: int, seed: int, log=print) ->
     """``episodes`` real CartPole-v1 episodes from pixels side by side, each step planned."""
     import gymnasium as gym
 
+    from torchwm_rl.pixel_reality import _frame  # the real check's render -> preprocess, with its checks
     from torchwm_rl.zoo.cartpole_pixels import render_frames_headless
 
     render_frames_headless()
@@ -117,7 +118,7 @@ def real_run(model, planner: CEMPlanner, episodes: int, seed: int, log=print) ->
         env.reset(seed=seed + 20_000 + i)
 
     def frame(env):
-        return model.preprocess(torch.as_tensor(env.render()))
+        return _frame(model, env)[0]
 
     latent = model.observe(model.initial_latent(episodes), None, torch.stack([frame(e) for e in envs]))
     running = np.ones(episodes, bool)

@@ -1,0 +1,146 @@
+"""Distilling the planner: an MLP policy on the posterior latent features, trained to imitate the
+CEM planner of ``cartpole_pixels_mpc.py`` (which plans only inside the bundled ``cartpole-pixels``
+imagination), on real-frame states gathered DAgger-style, then acting alone in the real
+``CartPole-v1`` from pixels (issue 22).
+
+1. Round 0's states: the posterior latents (the real check's filter of the real render) of
+   ``--warmup-episodes`` random-action real episodes (reset seeds ``50000 + i``); ``--per-round``
+   of them are drawn at random.
+2. Each state is labelled with the planner's action: CEM over ``--horizon``-step action sequences,
+   ``--candidates`` per CEM iteration, ``--iters`` iterations, each scored by its expected
+   imagined steps alive in the library's imagined env (``zoo.make_env("cartpole-pixels",
+   sample=False)``), ``--chunk`` states per batched ``env.rollout``. The labels come from
+   imagination only: no real reward or real transition is used.
+3. The student (``features -> 128 -> 128 -> 2`` logits, ELU, inputs standardised by the labelled
+   set's mean and std) is fit from scratch on all labels so far (cross-entropy, Adam).
+4. It plays ``--eval`` real episodes greedily from pixels (reset seeds ``20000 + i``, the same
+   every round; nothing from them is kept) and then ``--collect`` more (seeds ``60000 + 100 r +
+   i``); ``--per-round`` of the latents those visit are drawn, labelled (2) and added (DAgger:
+   the student's own state distribution, in the real env's frames).
+
+After the last round the student also plays ``--final-eval`` real episodes (seeds ``20000 + i``).
+Real frames enter only as the planner's start states (issue 22's "starts from real frames"), and
+the real env's reward is only reported. One JSON line per round is printed; the run's record (all
+rounds) is appended to ``--out``. Deterministic given the seed with one torch thread.
+
+    python benchmarks/cartpole_pixels_distil.py --rounds 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cartpole_pixels_mpc import CEMPlanner
+
+
+def label(planner: CEMPlanner, latents, chunk: int) -> torch.Tensor:
+    """The planner's action for each latent (batch ``[n]``), ``chunk`` latents per planning batch."""
+    out = []
+    for i in range(0, latents.batch_size[0], chunk):
+        part = latents[i:i + chunk]
+        out.append(planner(part, torch.arange(part.batch_size[0])))
+    return torch.cat(out)
+
+
+class Student:
+    """A greedy MLP policy over standardised latent features, fit by cross-entropy on labels."""
+
+    def __init__(self, features: torch.Tensor, actions: torch.Tensor, steps: int, hidden: int = 128):
+        self.mean, self.std = features.mean(0), features.std(0) + 1e-3
+        self.net = nn.Sequential(nn.Linear(features.shape[-1], hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
+                                 nn.Linear(hidden, 2))
+        opt = torch.optim.Adam(self.net.parameters(), 1e-3, weight_decay=1e-4)
+        x = (features - self.mean) / self.std
+        for _ in range(steps):
+            rows = torch.randint(len(x), (256,))
+            loss = nn.functional.cross_entropy(self.net(x[rows]), actions[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.net.eval().requires_grad_(False)
+        self.train_accuracy = float((self.net(x).argmax(1) == actions).float().mean())
+
+    def __call__(self, features: torch.Tensor) -> int:
+        """The action for features ``[1, F]`` (``filter_episode``'s policy form)."""
+        return int(self.net((features - self.mean) / self.std).argmax(-1).reshape(()))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--warmup-episodes", type=int, default=20)
+    p.add_argument("--per-round", type=int, default=256, help="states labelled per round")
+    p.add_argument("--collect", type=int, default=4, help="real episodes the student plays per round for new states")
+    p.add_argument("--horizon", type=int, default=40)
+    p.add_argument("--candidates", type=int, default=256)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--chunk", type=int, default=64)
+    p.add_argument("--fit-steps", type=int, default=1500)
+    p.add_argument("--eval", type=int, default=10)
+    p.add_argument("--final-eval", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "cartpole_pixels_distil.jsonl"))
+    args = p.parse_args()
+
+    import gymnasium as gym
+
+    from torchwm_rl import zoo
+    from torchwm_rl.pixel_reality import filter_episode
+    from torchwm_rl.zoo.cartpole_pixels import render_frames_headless
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    render_frames_headless()
+    model = zoo.load("cartpole-pixels")
+    real = gym.make("CartPole-v1", render_mode="rgb_array")
+    planner = CEMPlanner(model, args.chunk, args.candidates, args.horizon, args.iters, 8, False, args.seed)
+    t0, wall0 = time.process_time(), time.time()
+
+    def draw(latents):
+        return latents[torch.as_tensor(rng.permutation(latents.batch_size[0])[:args.per_round])]
+
+    def play(policy, seeds):
+        return [filter_episode(model, policy, real, seed=s) for s in seeds]
+
+    with torch.no_grad():
+        states = draw(torch.cat([e.latents for e in play(lambda f: int(rng.integers(2)),
+                                                         range(50_000, 50_000 + args.warmup_episodes))]))
+        actions, features = label(planner, states, args.chunk), model.features(states)
+    rounds = []
+    for r in range(args.rounds + 1):
+        student = Student(features, actions, args.fit_steps)
+        with torch.no_grad():
+            returns = [e.ret for e in play(student, range(20_000, 20_000 + args.eval))]
+        rec = {"round": r, "labels": len(actions), "train_accuracy": round(student.train_accuracy, 3),
+               "real_mean_return": float(np.mean(returns)), "at_500": int(sum(x >= 500 for x in returns)),
+               "real_returns": returns, "cpu_seconds": round(time.process_time() - t0, 1)}
+        rounds.append(rec)
+        print(json.dumps(rec), flush=True)
+        if r == args.rounds:
+            break
+        with torch.no_grad():
+            new = draw(torch.cat([e.latents for e in play(student, range(60_000 + 100 * r, 60_000 + 100 * r + args.collect))]))
+            actions = torch.cat([actions, label(planner, new, args.chunk)])
+            features = torch.cat([features, model.features(new)])
+    with torch.no_grad():
+        final = [e.ret for e in play(student, range(20_000, 20_000 + args.final_eval))]
+    result = {k: v for k, v in vars(args).items() if k != "out"} | {
+        "final_real_mean_return": float(np.mean(final)), "final_at_500": int(sum(x >= 500 for x in final)),
+        "final_real_returns": final, "labels": len(actions), "cpu_seconds": round(time.process_time() - t0, 1),
+        "wall_seconds": round(time.time() - wall0, 1), "rounds": rounds}
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}))
+    with open(args.out, "a") as fh:
+        fh.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

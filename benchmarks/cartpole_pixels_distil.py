@@ -131,8 +131,9 @@ def main() -> None:
             new = draw(torch.cat([e.latents for e in play(student, range(60_000 + 100 * r, 60_000 + 100 * r + args.collect))]))
             actions = torch.cat([actions, label(planner, new, args.chunk)])
             features = torch.cat([features, model.features(new)])
-    with torch.no_grad():
-        final = [e.ret for e in play(student, range(20_000, 20_000 + args.final_eval))]
+    with torch.no_grad():  # the last round's evaluation episodes are the final's first ones (the same resets)
+        final = returns[:args.final_eval] + [e.ret for e in play(student, range(20_000 + args.eval,
+                                                                                20_000 + args.final_eval))]
     result = {k: v for k, v in vars(args).items() if k != "out"} | {
         "final_real_mean_return": float(np.mean(final)), "final_at_500": int(sum(x >= 500 for x in final)),
         "final_real_returns": final, "labels": len(actions), "cpu_seconds": round(time.process_time() - t0, 1),

@@ -14,9 +14,18 @@ imagination), on real-frame states gathered DAgger-style, then acting alone in t
 3. The student (``features -> 128 -> 128 -> 2`` logits, ELU, inputs standardised by the labelled
    set's mean and std) is fit from scratch on all labels so far (cross-entropy, Adam).
 4. It plays ``--eval`` real episodes greedily from pixels (reset seeds ``20000 + i``, the same
-   every round; nothing from them is kept) and then ``--collect`` more (seeds ``60000 + 100 r +
-   i``); ``--per-round`` of the latents those visit are drawn, labelled (2) and added (DAgger:
-   the student's own state distribution, in the real env's frames).
+   every round; nothing from them is kept: they are only reported). New states (DAgger: the
+   student's own state distribution) come from one of two places, ``--states``:
+
+   - ``real``: the student plays ``--collect`` more real episodes (seeds ``60000 + 100 r + i``)
+     and ``--per-round`` of the posterior latents those visit are drawn;
+   - ``imagined``: the student plays greedily inside the model (``model.imagine``, the prior's
+     mean, the planning env's imagination) from ``--starts`` latents drawn from round 0's bank of
+     real posterior latents, for at most ``--length`` steps, each row stopping at its first
+     ``continue_prob < 0.5``; ``--per-round`` of the latents visited are drawn. No real episode
+     is played for training after round 0's random ones.
+
+   Those states are labelled (2) and added.
 
 After the last round the student also plays ``--final-eval`` real episodes (seeds ``20000 + i``).
 Real frames enter only as the planner's start states (issue 22's "starts from real frames"), and
@@ -24,6 +33,7 @@ the real env's reward is only reported. One JSON line per round is printed; the 
 rounds) is appended to ``--out``. Deterministic given the seed with one torch thread.
 
     python benchmarks/cartpole_pixels_distil.py --rounds 9
+    python benchmarks/cartpole_pixels_distil.py --rounds 9 --states imagined --candidates 128 --iters 2
 """
 
 from __future__ import annotations
@@ -71,6 +81,26 @@ class Student:
         """The action for features ``[1, F]`` (``filter_episode``'s policy form)."""
         return int(self.net((features - self.mean) / self.std).argmax(-1).reshape(()))
 
+    def actions(self, features: torch.Tensor) -> torch.Tensor:
+        """The greedy actions for a batch of features ``[n, F]`` -> ``[n]``."""
+        return self.net((features - self.mean) / self.std).argmax(-1)
+
+
+def imagined_states(model, student: Student, starts, length: int):
+    """The latents the greedy student visits inside the model (prior mean) from ``starts``
+    (batch ``[n]``), each row for at most ``length`` steps and none from its first
+    ``continue_prob < 0.5`` on; returns them (batch ``[m]``) and the mean imagined steps alive."""
+    latent, alive = starts, torch.ones(starts.batch_size[0], dtype=torch.bool)
+    seen, steps = [], torch.zeros(starts.batch_size[0])
+    for _ in range(length):
+        latent = model.imagine(latent, student.actions(model.features(latent)))
+        alive = alive & (model.continue_prob(latent) >= 0.5)
+        steps += alive
+        if not alive.any():
+            break
+        seen.append(latent[alive])
+    return torch.cat(seen), float(steps.mean())
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,6 +109,10 @@ def main() -> None:
     p.add_argument("--warmup-episodes", type=int, default=20)
     p.add_argument("--per-round", type=int, default=256, help="states labelled per round")
     p.add_argument("--collect", type=int, default=4, help="real episodes the student plays per round for new states")
+    p.add_argument("--states", choices=("real", "imagined"), default="real",
+                   help="where each round's new states come from (see the module docstring)")
+    p.add_argument("--starts", type=int, default=64, help="--states imagined: imagined rollouts per round")
+    p.add_argument("--length", type=int, default=200, help="--states imagined: their most steps")
     p.add_argument("--horizon", type=int, default=40)
     p.add_argument("--candidates", type=int, default=256)
     p.add_argument("--iters", type=int, default=3)
@@ -105,22 +139,26 @@ def main() -> None:
     planner = CEMPlanner(model, args.chunk, args.candidates, args.horizon, args.iters, 8, False, args.seed)
     t0, wall0 = time.process_time(), time.time()
 
-    def draw(latents):
-        return latents[torch.as_tensor(rng.permutation(latents.batch_size[0])[:args.per_round])]
+    def draw(latents, n=args.per_round):
+        return latents[torch.as_tensor(rng.permutation(latents.batch_size[0])[:n])]
 
     def play(policy, seeds):
         return [filter_episode(model, policy, real, seed=s) for s in seeds]
 
     with torch.no_grad():
-        states = draw(torch.cat([e.latents for e in play(lambda f: int(rng.integers(2)),
-                                                         range(50_000, 50_000 + args.warmup_episodes))]))
+        bank = torch.cat([e.latents for e in play(lambda f: int(rng.integers(2)),
+                                                  range(50_000, 50_000 + args.warmup_episodes))])
+        states = draw(bank)
         actions, features = label(planner, states, args.chunk), model.features(states)
     rounds = []
     for r in range(args.rounds + 1):
         student = Student(features, actions, args.fit_steps)
         with torch.no_grad():
+            if args.states == "imagined" and r < args.rounds:
+                new, alive = imagined_states(model, student, draw(bank, args.starts), args.length)
             returns = [e.ret for e in play(student, range(20_000, 20_000 + args.eval))]
         rec = {"round": r, "labels": len(actions), "train_accuracy": round(student.train_accuracy, 3),
+               **({"imagined_steps_alive": alive} if args.states == "imagined" and r < args.rounds else {}),
                "real_mean_return": float(np.mean(returns)), "at_500": int(sum(x >= 500 for x in returns)),
                "real_returns": returns, "cpu_seconds": round(time.process_time() - t0, 1)}
         rounds.append(rec)
@@ -128,7 +166,10 @@ def main() -> None:
         if r == args.rounds:
             break
         with torch.no_grad():
-            new = draw(torch.cat([e.latents for e in play(student, range(60_000 + 100 * r, 60_000 + 100 * r + args.collect))]))
+            if args.states == "real":
+                new = torch.cat([e.latents for e in play(student, range(60_000 + 100 * r,
+                                                                      60_000 + 100 * r + args.collect))])
+            new = draw(new)
             actions = torch.cat([actions, label(planner, new, args.chunk)])
             features = torch.cat([features, model.features(new)])
     with torch.no_grad():  # the last round's evaluation episodes are the final's first ones (the same resets)

@@ -19,11 +19,12 @@ imagination), on real-frame states gathered DAgger-style, then acting alone in t
 
    - ``real``: the student plays ``--collect`` more real episodes (seeds ``60000 + 100 r + i``)
      and ``--per-round`` of the posterior latents those visit are drawn;
-   - ``imagined``: the student plays greedily inside the model (``model.imagine``, the prior's
-     mean, the planning env's imagination) from ``--starts`` latents drawn from round 0's bank of
-     real posterior latents, for at most ``--length`` steps, each row stopping at its first
-     ``continue_prob < 0.5``; ``--per-round`` of the latents visited are drawn. No real episode
-     is played for training after round 0's random ones.
+   - ``imagined``: the student plays greedily in the library's imagined env (``zoo.make_env(
+     "cartpole-pixels", sample=False, continue_threshold=0.5)``: the prior's mean, as the planner
+     imagines) from ``--starts`` latents drawn from round 0's bank of real posterior latents, for
+     at most ``--length`` steps, each row stopping at its first ``continue_prob < 0.5``;
+     ``--per-round`` of the latents visited are drawn. No real episode is played for training
+     after round 0's random ones.
 
    Those states are labelled (2) and added.
 
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 from torch import nn
 
 from cartpole_pixels_mpc import CEMPlanner
@@ -79,27 +81,26 @@ class Student:
 
     def __call__(self, features: torch.Tensor) -> int:
         """The action for features ``[1, F]`` (``filter_episode``'s policy form)."""
-        return int(self.net((features - self.mean) / self.std).argmax(-1).reshape(()))
+        return int(self.actions(features).reshape(()))
 
     def actions(self, features: torch.Tensor) -> torch.Tensor:
         """The greedy actions for a batch of features ``[n, F]`` -> ``[n]``."""
         return self.net((features - self.mean) / self.std).argmax(-1)
 
 
-def imagined_states(model, student: Student, starts, length: int):
-    """The latents the greedy student visits inside the model (prior mean) from ``starts``
-    (batch ``[n]``), each row for at most ``length`` steps and none from its first
-    ``continue_prob < 0.5`` on; returns them (batch ``[m]``) and the mean imagined steps alive."""
-    latent, alive = starts, torch.ones(starts.batch_size[0], dtype=torch.bool)
-    seen, steps = [], torch.zeros(starts.batch_size[0])
-    for _ in range(length):
-        latent = model.imagine(latent, student.actions(model.features(latent)))
-        alive = alive & (model.continue_prob(latent) >= 0.5)
-        steps += alive
-        if not alive.any():
-            break
-        seen.append(latent[alive])
-    return torch.cat(seen), float(steps.mean())
+def imagined_states(env, model, student: Student, starts, length: int):
+    """The latents the greedy student visits in the library's imagined env ``env`` (built with
+    ``sample=False, continue_threshold=0.5`` and batch ``[n]``) from ``starts`` (batch ``[n]``),
+    ``length`` steps with no reset, none from a row's first imagined end on; returns them (batch
+    ``[m]``, step-major) and the mean imagined steps alive."""
+    start = TensorDict({"model_state": starts.clone(), "observation": model.features(starts)}, starts.batch_size)
+    out = env.rollout(length, lambda td: td.set("action", student.actions(td["observation"])), tensordict=start,
+                      auto_reset=False, break_when_any_done=False)
+    alive = out.get(("next", "done"))[..., 0].long().cumsum(1) == 0  # [n, length]: no end so far
+    if not alive.any():
+        raise RuntimeError("cartpole_pixels_distil: every imagined rollout ended at its first step, so there are no "
+                           "new states to label; use --states real or more --warmup-episodes")
+    return out.get(("next", "model_state")).transpose(0, 1)[alive.T], float(alive.sum(1).float().mean())
 
 
 def main() -> None:
@@ -137,6 +138,8 @@ def main() -> None:
     model = zoo.load("cartpole-pixels")
     real = gym.make("CartPole-v1", render_mode="rgb_array")
     planner = CEMPlanner(model, args.chunk, args.candidates, args.horizon, args.iters, 8, False, args.seed)
+    imagination = (zoo.make_env("cartpole-pixels", model=model, batch_size=args.starts, seed=args.seed, sample=False,
+                                continue_threshold=0.5) if args.states == "imagined" else None)
     t0, wall0 = time.process_time(), time.time()
 
     def draw(latents, n=args.per_round):
@@ -153,12 +156,13 @@ def main() -> None:
     rounds = []
     for r in range(args.rounds + 1):
         student = Student(features, actions, args.fit_steps)
+        imagine = imagination is not None and r < args.rounds
         with torch.no_grad():
-            if args.states == "imagined" and r < args.rounds:
-                new, alive = imagined_states(model, student, draw(bank, args.starts), args.length)
+            if imagine:
+                new, alive = imagined_states(imagination, model, student, draw(bank, args.starts), args.length)
             returns = [e.ret for e in play(student, range(20_000, 20_000 + args.eval))]
         rec = {"round": r, "labels": len(actions), "train_accuracy": round(student.train_accuracy, 3),
-               **({"imagined_steps_alive": alive} if args.states == "imagined" and r < args.rounds else {}),
+               **({"imagined_steps_alive": alive} if imagine else {}),
                "real_mean_return": float(np.mean(returns)), "at_500": int(sum(x >= 500 for x in returns)),
                "real_returns": returns, "cpu_seconds": round(time.process_time() - t0, 1)}
         rounds.append(rec)

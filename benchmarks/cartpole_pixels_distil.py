@@ -1,7 +1,9 @@
 """Distilling the planner: an MLP policy on the posterior latent features, trained to imitate the
 CEM planner of ``cartpole_pixels_mpc.py`` (which plans only inside the bundled ``cartpole-pixels``
-imagination), on real-frame states gathered DAgger-style, then acting alone in the real
-``CartPole-v1`` from pixels (issue 22).
+imagination), on states gathered DAgger-style, then acting alone in the real ``CartPole-v1``
+from pixels (issue 22). The loop is the library's :func:`torchwm_rl.distillation.distil` (the
+pixel demo's training); this script adds a real evaluation after every round and ``--states
+real``.
 
 1. Round 0's states: the posterior latents (the real check's filter of the real render) of
    ``--warmup-episodes`` random-action real episodes (reset seeds ``50000 + i``); ``--per-round``
@@ -46,61 +48,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tensordict import TensorDict
-from torch import nn
 
-from cartpole_pixels_mpc import CEMPlanner
-
-
-def label(planner: CEMPlanner, latents, chunk: int) -> torch.Tensor:
-    """The planner's action for each latent (batch ``[n]``), ``chunk`` latents per planning batch."""
-    out = []
-    for i in range(0, latents.batch_size[0], chunk):
-        part = latents[i:i + chunk]
-        out.append(planner(part, torch.arange(part.batch_size[0])))
-    return torch.cat(out)
-
-
-class Student:
-    """A greedy MLP policy over standardised latent features, fit by cross-entropy on labels."""
-
-    def __init__(self, features: torch.Tensor, actions: torch.Tensor, steps: int, hidden: int = 128):
-        self.mean, self.std = features.mean(0), features.std(0) + 1e-3
-        self.net = nn.Sequential(nn.Linear(features.shape[-1], hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
-                                 nn.Linear(hidden, 2))
-        opt = torch.optim.Adam(self.net.parameters(), 1e-3, weight_decay=1e-4)
-        x = (features - self.mean) / self.std
-        for _ in range(steps):
-            rows = torch.randint(len(x), (256,))
-            loss = nn.functional.cross_entropy(self.net(x[rows]), actions[rows])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        self.net.eval().requires_grad_(False)
-        self.train_accuracy = float((self.net(x).argmax(1) == actions).float().mean())
-
-    def __call__(self, features: torch.Tensor) -> int:
-        """The action for features ``[1, F]`` (``filter_episode``'s policy form)."""
-        return int(self.actions(features).reshape(()))
-
-    def actions(self, features: torch.Tensor) -> torch.Tensor:
-        """The greedy actions for a batch of features ``[n, F]`` -> ``[n]``."""
-        return self.net((features - self.mean) / self.std).argmax(-1)
-
-
-def imagined_states(env, model, student: Student, starts, length: int):
-    """The latents the greedy student visits in the library's imagined env ``env`` (built with
-    ``sample=False, continue_threshold=0.5`` and batch ``[n]``) from ``starts`` (batch ``[n]``),
-    ``length`` steps with no reset, none from a row's first imagined end on; returns them (batch
-    ``[m]``, step-major) and the mean imagined steps alive."""
-    start = TensorDict({"model_state": starts.clone(), "observation": model.features(starts)}, starts.batch_size)
-    out = env.rollout(length, lambda td: td.set("action", student.actions(td["observation"])), tensordict=start,
-                      auto_reset=False, break_when_any_done=False)
-    alive = out.get(("next", "done"))[..., 0].long().cumsum(1) == 0  # [n, length]: no end so far
-    if not alive.any():
-        raise RuntimeError("cartpole_pixels_distil: every imagined rollout ended at its first step, so there are no "
-                           "new states to label; use --states real or more --warmup-episodes")
-    return out.get(("next", "model_state")).transpose(0, 1)[alive.T], float(alive.sum(1).float().mean())
+from torchwm_rl.app.demo_cartpole_pixels import make_planner
+from torchwm_rl.distillation import distil
 
 
 def main() -> None:
@@ -137,51 +87,39 @@ def main() -> None:
     render_frames_headless()
     model = zoo.load("cartpole-pixels")
     real = gym.make("CartPole-v1", render_mode="rgb_array")
-    planner = CEMPlanner(model, args.chunk, args.candidates, args.horizon, args.iters, 8, False, args.seed)
+    planner = make_planner(model, args.candidates, args.horizon, args.iters, 8, args.seed)
     imagination = (zoo.make_env("cartpole-pixels", model=model, batch_size=args.starts, seed=args.seed, sample=False,
                                 continue_threshold=0.5) if args.states == "imagined" else None)
     t0, wall0 = time.process_time(), time.time()
 
-    def draw(latents, n=args.per_round):
-        return latents[torch.as_tensor(rng.permutation(latents.batch_size[0])[:n])]
-
     def play(policy, seeds):
         return [filter_episode(model, policy, real, seed=s) for s in seeds]
+
+    def real_states(student, r):  # --states real: the latents of the student's own real episodes
+        return torch.cat([e.latents for e in play(student, range(60_000 + 100 * r, 60_000 + 100 * r + args.collect))])
+
+    rounds, returns = [], []
+
+    def evaluate(rec, student):  # reported only: nothing from these episodes is kept
+        returns[:] = [e.ret for e in play(student, range(20_000, 20_000 + args.eval))]
+        rec = rec | {"real_mean_return": float(np.mean(returns)), "at_500": int(sum(x >= 500 for x in returns)),
+                     "real_returns": list(returns), "cpu_seconds": round(time.process_time() - t0, 1)}
+        rounds.append(rec)
+        print(json.dumps(rec), flush=True)
 
     with torch.no_grad():
         bank = torch.cat([e.latents for e in play(lambda f: int(rng.integers(2)),
                                                   range(50_000, 50_000 + args.warmup_episodes))])
-        states = draw(bank)
-        actions, features = label(planner, states, args.chunk), model.features(states)
-    rounds = []
-    for r in range(args.rounds + 1):
-        student = Student(features, actions, args.fit_steps)
-        imagine = imagination is not None and r < args.rounds
-        with torch.no_grad():
-            if imagine:
-                new, alive = imagined_states(imagination, model, student, draw(bank, args.starts), args.length)
-            returns = [e.ret for e in play(student, range(20_000, 20_000 + args.eval))]
-        rec = {"round": r, "labels": len(actions), "train_accuracy": round(student.train_accuracy, 3),
-               **({"imagined_steps_alive": alive} if imagine else {}),
-               "real_mean_return": float(np.mean(returns)), "at_500": int(sum(x >= 500 for x in returns)),
-               "real_returns": returns, "cpu_seconds": round(time.process_time() - t0, 1)}
-        rounds.append(rec)
-        print(json.dumps(rec), flush=True)
-        if r == args.rounds:
-            break
-        with torch.no_grad():
-            if args.states == "real":
-                new = torch.cat([e.latents for e in play(student, range(60_000 + 100 * r,
-                                                                      60_000 + 100 * r + args.collect))])
-            new = draw(new)
-            actions = torch.cat([actions, label(planner, new, args.chunk)])
-            features = torch.cat([features, model.features(new)])
-    with torch.no_grad():  # the last round's evaluation episodes are the final's first ones (the same resets)
+        student, _ = distil(planner, model.features, bank, [args.per_round] * (args.rounds + 1), rng,
+                            new_states=real_states if args.states == "real" else None, env=imagination,
+                            starts=args.starts, length=args.length, fit_steps=args.fit_steps, chunk=args.chunk,
+                            on_round=evaluate)
+        # the last round's evaluation episodes are the final's first ones (the same resets)
         final = returns[:args.final_eval] + [e.ret for e in play(student, range(20_000 + args.eval,
                                                                                 20_000 + args.final_eval))]
     result = {k: v for k, v in vars(args).items() if k != "out"} | {
         "final_real_mean_return": float(np.mean(final)), "final_at_500": int(sum(x >= 500 for x in final)),
-        "final_real_returns": final, "labels": len(actions), "cpu_seconds": round(time.process_time() - t0, 1),
+        "final_real_returns": final, "labels": rounds[-1]["labels"], "cpu_seconds": round(time.process_time() - t0, 1),
         "wall_seconds": round(time.time() - wall0, 1), "rounds": rounds}
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}))
     with open(args.out, "a") as fh:

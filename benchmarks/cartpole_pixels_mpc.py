@@ -14,7 +14,9 @@ Each real step, for each of ``--episodes`` real episodes run side by side:
    the product of ``continue_prob`` so far (the env's step output; terminations are not drawn:
    ``continue_threshold`` is tiny, and steps after an imagined end count 0);
 4. the per-step probabilities become the mean of the best ``1/--elite`` sequences, and steps 2-3
-   are repeated (``--iters`` in all); the first action of the best sequence is played;
+   are repeated (``--iters`` in all); the first action of the best sequence is played (steps 2-4
+   are the library's :class:`torchwm_rl.planning.DiscreteCEMPlanner`, built by the pixel demo's
+   ``make_planner``);
 5. ``--warm``: the next real step starts from those probabilities shifted by one step.
 
 No real transition is used anywhere but the filter (the model is the bundled one, fit offline;
@@ -33,79 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tensordict import TensorDict
 
-#: ``continue_threshold`` of the planning env: terminations are not drawn, and no imagined step of
-#: a candidate ends unless the head all but rules it out (the score uses ``continue_prob`` itself)
-NO_DRAWN_ENDS = 1e-6
-
-
-class PlayActions:
-    """A policy that plays ``actions[:, t]`` at its ``t``-th call (one candidate sequence per row)."""
-
-    def __init__(self, actions: torch.Tensor):
-        self.actions, self.t = actions, 0
-
-    def __call__(self, td):
-        td.set("action", self.actions[:, self.t])
-        self.t += 1
-        return td
-
-
-def expected_steps_alive(out) -> torch.Tensor:
-    """Per row of a planning rollout ``[R, H]``: the sum over steps of the product of
-    ``continue_prob`` up to that step, counting nothing from the first imagined end on (a row that
-    ended was restarted by the env: what follows is another episode)."""
-    prob = out.get(("next", "continue_prob"))[..., 0]
-    done = out.get(("next", "done"))[..., 0]
-    before_end = (done.long().cumsum(1) - done.long()) == 0  # the step itself may be the end
-    return (prob.cumprod(1) * before_end).sum(1)
-
-
-class CEMPlanner:
-    """Discrete CEM over CartPole's two actions, through one batched imagined env of
-    ``episodes * candidates`` rows."""
-
-    def __init__(self, model, episodes: int, candidates: int, horizon: int, iters: int, elite: int, warm: bool,
-                 seed: int):
-        from torchwm_rl import zoo
-
-        self.E, self.K, self.H, self.iters, self.warm = episodes, candidates, horizon, iters, warm
-        self.top = max(candidates // elite, 1)
-        self.env = zoo.make_env("cartpole-pixels", model=model, batch_size=episodes * candidates, seed=seed,
-                                sample=False, continue_threshold=NO_DRAWN_ENDS)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.probs = torch.full((episodes, horizon), 0.5)
-
-    def __call__(self, latent, rows: torch.Tensor) -> torch.Tensor:
-        """The first action of the best sequence for each episode in ``rows`` (latents ``[n]``)."""
-        n, K, H = len(rows), self.K, self.H
-        probs = self.probs[rows] if self.warm else torch.full((n, H), 0.5)
-        starts = latent[:, None].expand(n, K).reshape(n * K)
-        pad = self.E * K - n * K  # finished episodes' rows: planned for nothing (the env's batch is fixed)
-        state = TensorDict({"deter": starts["deter"], "stoch": starts["stoch"]}, [n * K])
-        if pad:
-            state = torch.cat([state, state[:1].expand(pad).clone()])
-        for _ in range(self.iters):
-            actions = (torch.rand(n, K, H, generator=self.generator) < probs[:, None]).long()
-            played = actions.reshape(n * K, H)
-            if pad:
-                played = torch.cat([played, played[:1].expand(pad, H)])
-            out = self.env.rollout(H, PlayActions(played), tensordict=TensorDict({"model_state": state.clone()},
-                                                                               [self.E * K]),
-                                   auto_reset=False, break_when_any_done=False)
-            score = expected_steps_alive(out)[: n * K].reshape(n, K)
-            best = score.topk(self.top, dim=1).indices
-            elite = torch.gather(actions, 1, best[..., None].expand(-1, -1, H)).float()
-            probs = elite.mean(1).clamp(0.05, 0.95)
-        choice = torch.gather(actions, 1, score.argmax(1)[:, None, None].expand(-1, 1, H))[:, 0, 0]
-        if self.warm:
-            self.probs[rows] = torch.cat([probs[:, 1:], torch.full((n, 1), 0.5)], 1)
-        return choice
+from torchwm_rl.app.demo_cartpole_pixels import make_planner
+from torchwm_rl.planning import DiscreteCEMPlanner
 
 
 @torch.no_grad()
-def real_run(model, planner: CEMPlanner, episodes: int, seed: int, log=print) -> dict:
+def real_run(model, planner: DiscreteCEMPlanner, episodes: int, seed: int, log=print) -> dict:
     """``episodes`` real CartPole-v1 episodes from pixels side by side, each step planned."""
     import gymnasium as gym
 
@@ -126,7 +62,7 @@ def real_run(model, planner: CEMPlanner, episodes: int, seed: int, log=print) ->
     t0, steps = time.process_time(), 0
     while running.any():
         rows = torch.as_tensor(np.flatnonzero(running))
-        action = planner(latent[rows], rows)
+        action = planner(latent[rows], rows if planner.probs is not None else None)
         frames = []
         for j, i in enumerate(rows.tolist()):
             _, reward, terminated, truncated, _ = envs[i].step(int(action[j]))
@@ -161,8 +97,8 @@ def main() -> None:
     from torchwm_rl import zoo
 
     model = zoo.load("cartpole-pixels")
-    planner = CEMPlanner(model, args.episodes, args.candidates, args.horizon, args.iters, args.elite, args.warm,
-                         args.seed)
+    planner = make_planner(model, args.candidates, args.horizon, args.iters, args.elite, args.seed,
+                           warm_rows=args.episodes if args.warm else 0)
     t0 = time.time()
     result = {k: v for k, v in vars(args).items() if k != "out"} | real_run(model, planner, args.episodes, args.seed)
     result["wall_seconds"] = round(time.time() - t0, 1)

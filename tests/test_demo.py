@@ -278,15 +278,15 @@ def test_demo_output_shows_no_nan_no_torchrl_info_and_no_init_frames_warning(tmp
 # ------------------------------------------------------ the pixel demo (issue 22, item 7)
 @pytest.mark.slow
 def test_cli_demo_cartpole_pixels_json_line_picture_and_results(tmp_path):
-    """`torchwm-rl demo cartpole-pixels --json` with a tiny budget: one strict-JSON line with the
-    other demos' keys, results.json, results.png and a policy file load_policy reads."""
+    """`torchwm-rl demo cartpole-pixels --json` with a tiny budget (4 labels: rounds of 2, 1, 1): one
+    strict-JSON line with the other demos' keys, results.json, results.png and a policy file
+    load_policy reads that acts as the student the reality check scored."""
     pytest.importorskip("pygame")
-    pytest.importorskip("stable_baselines3")
     from torchwm_rl.app.demo import load_policy
 
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "torchwm_rl", "demo", "cartpole-pixels", "--frames", "1024", "--num-envs", "8",
+        [sys.executable, "-m", "torchwm_rl", "demo", "cartpole-pixels", "--frames", "4", "--num-envs", "4",
          "--episodes", "2", "--seed", "1", "--out", str(out), "--json"],
         capture_output=True, text=True, timeout=600,
     )
@@ -296,7 +296,10 @@ def test_cli_demo_cartpole_pixels_json_line_picture_and_results(tmp_path):
     result = _strict_json(lines[-1])
     for key in ("real_mean_return", "imagined_mean_return", "wall_seconds"):
         assert isinstance(result[key], float) and math.isfinite(result[key]), key
-    assert result["task"] == "cartpole-pixels" and result["episodes"] == 2 and result["imagined_frames"] == 1024
+    assert result["task"] == "cartpole-pixels" and result["episodes"] == 2 and result["labels"] == 4
+    # every imagined step counted: the planner's 128 x 40 x 2 per label, and 2 rounds of 4 x 200 student steps
+    assert result["imagined_frames"] == 4 * 128 * 40 * 2 + 2 * 4 * 200
+    assert result["real_frames_for_training"] > 20  # the bank: 20 random-action real episodes
     assert set(result["pixel_error_by_horizon"]) == {"1", "5", "15", "50", "100"}
     assert isinstance(result["pixel_error_by_horizon"]["1"], float)  # real episodes last at least 1 step
     assert set(result["probe_r2"]) == {"x", "x_dot", "theta", "theta_dot"}
@@ -304,31 +307,53 @@ def test_cli_demo_cartpole_pixels_json_line_picture_and_results(tmp_path):
     assert (out / "results.png").is_file() and result["plot_path"] == str(out / "results.png")
     saved = _strict_json((out / "results.json").read_text())
     assert saved["result"]["real_mean_return"] == result["real_mean_return"]
-    assert len(saved["reality_check"]["real_returns"]) == 2 and saved["ppo"]["n_steps"] == 128
-    assert saved["history"] and saved["history"][-1]["frames"] == 1024
+    assert len(saved["reality_check"]["real_returns"]) == 2 and saved["distil"]["labels_per_round"] == [2, 1, 1]
+    assert [h["labels"] for h in saved["history"]] == [2, 3, 4]
+    assert [h["frames"] for h in saved["history"]] == [3 * 10240 + 800, 4 * 10240 + 1600, 4 * 10240 + 1600]
     net = load_policy(out / "policy.safetensors")
-    assert net(torch.zeros(3, 144)).shape == (3, 2)
+    assert isinstance(net[1], torch.nn.ELU) and net(torch.zeros(3, 144)).shape == (3, 2)
+    # the saved student is the one the check scored: replaying real episode 1 with it gives its return
+    import gymnasium as gym
 
-
-def test_the_pixel_demos_policy_file_is_sb3_ppos_greedy_actor(tmp_path):
-    """policy_network(ppo) -> policy.safetensors -> load_policy gives SB3's deterministic actions."""
-    pytest.importorskip("pygame")
-    sb3 = pytest.importorskip("stable_baselines3")
     from torchwm_rl import zoo
+    from torchwm_rl.pixel_reality import filter_episode
+
+    real = gym.make("CartPole-v1", render_mode="rgb_array")
+    episode = filter_episode(zoo.load("cartpole-pixels"), lambda f: int(net(f).argmax(-1)), real, seed=1)
+    assert episode.ret == saved["reality_check"]["real_returns"][0]
+
+
+def test_labels_per_round_splits_the_pixel_demos_budget():
+    from torchwm_rl.app.demo_cartpole_pixels import labels_per_round
+
+    assert labels_per_round(2560, 10) == [256] * 10
+    assert labels_per_round(4, 10) == [2, 1, 1] and labels_per_round(2, 10) == [2]
+    assert labels_per_round(1025, 10) == [103] * 5 + [102] * 5
+    assert labels_per_round(11, 10) == [2] + [1] * 9
+    for total in (1, 0, 2.5):
+        with pytest.raises(ValueError, match="--frames is the number of planner-labelled latents"):
+            labels_per_round(total, 10)
+
+
+def test_policy_files_name_their_activation_and_an_unknown_one_is_refused(tmp_path):
     from torchwm_rl.app.demo import load_policy
-    from torchwm_rl.app.demo_cartpole_pixels import policy_network
+    from torchwm_rl.app.demo_cartpole import _mlp
     from torchwm_rl.serialization import save_weights
 
-    vec = zoo.make_env("cartpole-pixels", batch_size=2, seed=0).to_sb3()
-    ppo = sb3.PPO("MlpPolicy", vec, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu")
-    ppo.learn(32)
-    net = policy_network(ppo)
-    path = save_weights(net, tmp_path / "policy.safetensors",
-                        {"kind": "torchwm_rl.demo.ppo_policy/1", "hidden": 64, "obs_dim": 144, "n_actions": 2})
-    obs = torch.randn(64, 144) * 3
-    greedy = load_policy(path)(obs).argmax(-1).numpy()
-    assert np.array_equal(greedy, ppo.predict(obs.numpy(), deterministic=True)[0])
-    assert len(set(greedy.tolist())) == 2  # not a constant policy: the check compares something
+    for activation, module in (("ELU", torch.nn.ELU), (None, torch.nn.Tanh)):
+        meta = {"kind": "torchwm_rl.demo.mlp_policy/1", "hidden": 8, "obs_dim": 3, "n_actions": 2}
+        net = _mlp(3, 2, 8, module)
+        path = save_weights(net, tmp_path / f"{activation}.safetensors",
+                            meta | ({"activation": activation} if activation else {}))
+        loaded = load_policy(path)
+        assert isinstance(loaded[1], module)
+        x = torch.randn(5, 3)
+        assert torch.equal(loaded(x), net(x))
+    bad = save_weights(_mlp(3, 2, 8), tmp_path / "bad.safetensors",
+                       {"kind": "torchwm_rl.demo.mlp_policy/1", "hidden": 8, "obs_dim": 3, "n_actions": 2,
+                        "activation": "GELU"})
+    with pytest.raises(ValueError, match="unknown activation 'GELU'"):
+        load_policy(bad)
 
 
 def test_a_task_without_a_demo_is_refused_in_one_line_before_making_a_folder(tmp_path, capsys, monkeypatch):

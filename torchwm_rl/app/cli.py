@@ -30,9 +30,10 @@ policy.safetensors, results.json and results.png to the output folder.
   cartpole (default): PPO (TorchRL Collector + GAE + ClipPPOLoss) in the CartPole-v1 model;
                       10-20 s on an idle 2-core CPU, 30-45 s on a busy one.
   pendulum:           SAC (TorchRL SACLoss) in a 5-member Pendulum-v1 ensemble; about 50-70 s.
-  cartpole-pixels:    SB3 PPO on the latent of an RSSM learned from CartPole-v1's frames; the real
-                      check acts from rendered pixels through the model's posterior (extras: pixels, sb3);
-                      about 1-1.5 CPU-minutes, 7-10 min on a busy shared 2-core machine.
+  cartpole-pixels:    an RSSM learned from CartPole-v1's frames: a CEM planner imagining in it is
+                      distilled into a policy on the latent (states from the policy's own imagined
+                      rollouts); the real check acts from rendered pixels through the model's
+                      posterior (extra: pixels); about 7 min on a 2-core CPU (2 torch threads).
 Measured runs: the README and benchmarks/RESULTS.md."""
 
 
@@ -64,13 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("task", nargs="?", default="cartpole",
                    help=f"which bundled world model to train in (one of: {tasks}; default: cartpole)")
     d.add_argument("--seed", type=int, default=0,
-                   help="seeds the imagined envs, the policy's initialisation, PPO and the real-env start states (default 0)")
+                   help="seeds the imagined envs, the policy's initialisation, its training and the real-env start states "
+                        "(default 0)")
     d.add_argument("--frames", "--budget", dest="frames", type=int, default=None,
-                   help="imagined-frame budget (upper bound; default 300000; stops early when solved)")
-    d.add_argument("--num-envs", type=int, default=None, help="imagined envs stepped in one batch (64)")
+                   help="imagined-frame budget (upper bound; default 300000; stops early when solved); for "
+                        "cartpole-pixels: the planner-labelled latents (default 2560)")
+    d.add_argument("--num-envs", type=int, default=None, help="imagined envs stepped in one batch (64; cartpole-pixels: the student's imagined "
+                        "rollouts per round)")
     d.add_argument("--episodes", type=int, default=20, help="real episodes in the reality check (20)")
     d.add_argument("--out", default=None, help="output folder (default ./torchwm_rl_runs/<timestamp>)")
-    d.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny nets)")
+    d.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default 1, the fastest for the state-vector tasks' tiny nets; cartpole-pixels: "
+                        "2, for its planner's batched imagination); results are deterministic for a given seed and "
+                        "thread count")
     d.add_argument("--no-plot", action="store_true", help="do not write results.png")
     d.add_argument("--json", action="store_true",
                    help="no progress output; print one JSON object as the last stdout line")

@@ -3,7 +3,7 @@ test it in reality.
 
 :func:`run_demo` picks the task's demo module and runs it: :mod:`.demo_cartpole` (PPO; also any
 other discrete-action zoo model), :mod:`.demo_pendulum` (SAC in the ensemble) or
-:mod:`.demo_cartpole_pixels` (SB3 PPO on the latent of the pixel model). Each writes
+:mod:`.demo_cartpole_pixels` (a planner distilled into a policy on the latent of the pixel model). Each writes
 ``policy.safetensors``, ``results.json`` and ``results.png`` into the output folder and returns
 the result record (at least ``real_mean_return``, ``imagined_mean_return`` and
 ``wall_seconds``). :func:`load_policy` rebuilds the policy file any of them wrote.
@@ -51,8 +51,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print,
     from .progress import quiet_torchrl_info
 
     t_start = time.perf_counter() if t0 is None else t0
-    torch.set_num_threads(max(1, int(cfg.threads)))
     cfg = resolved(cfg)
+    torch.set_num_threads(max(1, int(cfg.threads)))
     if zoo.canonical(cfg.task) in NO_DEMO:  # before any folder is made
         raise NotImplementedError(f"torchwm-rl demo: {NO_DEMO[zoo.canonical(cfg.task)]}")
     with quiet_torchrl_info():
@@ -95,6 +95,9 @@ def command(args, started: float) -> int:
     return 0
 
 
+#: the hidden activations a ``ppo_policy`` / ``mlp_policy`` file may name
+_ACTIVATIONS = {"Tanh": nn.Tanh, "ELU": nn.ELU}
+
 # Action bounds of SAC policy files written before the bounds were stored in the metadata.
 _SAC_TASK_BOUNDS = {"pendulum": (-2.0, 2.0)}
 
@@ -103,9 +106,11 @@ def load_policy(path: str | Path) -> nn.Module:
     """A policy saved by ``torchwm-rl demo`` (``policy.safetensors``), rebuilt from the file's
     metadata as a plain, grad-free ``nn.Module``:
 
-    * CartPole (PPO, kind ``torchwm_rl.demo.ppo_policy``): an ``nn.Sequential`` mapping
-      observations ``[..., obs_dim]`` (float32) to action logits ``[..., n_actions]``; the greedy
-      action is ``logits.argmax(-1)``.
+    * CartPole (PPO, kind ``torchwm_rl.demo.ppo_policy``) and the pixel CartPole (the distilled
+      student, kind ``torchwm_rl.demo.mlp_policy``): an ``nn.Sequential``
+      ``Linear-act-Linear-act-Linear`` (``act``: the metadata's ``activation``, ``Tanh`` or
+      ``ELU``; ``Tanh`` when absent) mapping observations ``[..., obs_dim]`` (float32) to action
+      logits ``[..., n_actions]``; the greedy action is ``logits.argmax(-1)``.
     * Pendulum (SAC, kind ``torchwm_rl.demo.sac_policy``): a :class:`SACGreedyPolicy` mapping
       observations ``[..., obs_dim]`` to the deterministic action ``[..., act_dim]``, inside the
       action bounds (the one ``reality_check`` scored).
@@ -116,8 +121,13 @@ def load_policy(path: str | Path) -> nn.Module:
 
     meta = read_metadata(path)
     kind = meta.get("kind", "")
-    if kind.startswith("torchwm_rl.demo.ppo_policy"):
-        net = demo_cartpole._mlp(int(meta["obs_dim"]), int(meta["n_actions"]), int(meta["hidden"]))
+    if kind.startswith(("torchwm_rl.demo.ppo_policy", "torchwm_rl.demo.mlp_policy")):
+        activation = meta.get("activation", "Tanh")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"{path}: unknown activation {activation!r} in the policy file's metadata (expected one "
+                             f"of {sorted(_ACTIVATIONS)})")
+        net = demo_cartpole._mlp(int(meta["obs_dim"]), int(meta["n_actions"]), int(meta["hidden"]),
+                                 _ACTIVATIONS[activation])
         net.load_state_dict(load_weights(path))
         return net.eval().requires_grad_(False)
     if kind.startswith("torchwm_rl.demo.sac_policy"):
@@ -136,4 +146,5 @@ def load_policy(path: str | Path) -> nn.Module:
         net.load_state_dict(load_weights(path))
         return SACGreedyPolicy(net, low, high).eval().requires_grad_(False)
     raise ValueError(f"{path} is not a torchwm-rl demo policy (metadata kind {meta.get('kind')!r}; "
-                     "expected torchwm_rl.demo.ppo_policy/... or torchwm_rl.demo.sac_policy/...)")
+                     "expected torchwm_rl.demo.ppo_policy/..., torchwm_rl.demo.mlp_policy/... or "
+                     "torchwm_rl.demo.sac_policy/...)")

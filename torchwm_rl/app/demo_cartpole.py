@@ -39,9 +39,9 @@ __all__ = ["run", "train_in_imagination", "build_actor_critic", "stop_reason", "
 SOLVED_STREAK = 2
 
 
-def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
+def _mlp(n_in: int, n_out: int, hidden: int, activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, n_out)
+        nn.Linear(n_in, hidden), activation(), nn.Linear(hidden, hidden), activation(), nn.Linear(hidden, n_out)
     )
 
 

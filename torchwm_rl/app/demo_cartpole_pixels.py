@@ -1,25 +1,34 @@
-"""The pixel CartPole demo (``torchwm-rl demo cartpole-pixels``): SB3 PPO only in the bundled
-latent world model learned from CartPole-v1's rendered frames, then the reality check from pixels.
+"""The pixel CartPole demo (``torchwm-rl demo cartpole-pixels``): a policy trained only in the
+bundled latent world model learned from CartPole-v1's rendered frames, by distilling a planner
+that imagines in it, then the reality check from pixels.
 
 :func:`run` (called by :func:`torchwm_rl.app.demo.run_demo`):
 
-1. loads the bundled ``cartpole-pixels`` RSSM and builds its imagined env through the SB3 export
-   (``zoo.make_env("cartpole-pixels", batch_size=N).to_sb3()``): starts from the bundled bank of
-   posterior latents of real reset frames, observation = the latent features, ``terminated``
-   drawn from the continue head with the env's generator (:class:`PixelPPOConfig` names the
-   policy-side settings);
-2. trains Stable-Baselines3 PPO (``MlpPolicy``) there, never touching the real env;
+1. loads the bundled ``cartpole-pixels`` RSSM; plays :attr:`PixelDistilConfig.bank_episodes`
+   random-action real episodes (reset seeds ``bank_seed + i``) and keeps the posterior latents of
+   their rendered frames (the real check's filter) as the bank of start states: the only real
+   data the training sees (``real_frames_for_training`` in the record);
+2. trains the policy by :func:`torchwm_rl.distillation.distil`: the teacher is the library's
+   :class:`torchwm_rl.planning.DiscreteCEMPlanner` (:func:`make_planner`: ``candidates`` x
+   ``horizon``-step action sequences, ``iters`` CEM iterations, each scored by its expected
+   imagined steps alive under the continue head), which labels latents with its action; the
+   student (an MLP on the latent features) is fit on the labels, then acts greedily inside the
+   imagined env from bank starts, and the latents it visits are labelled next (DAgger with
+   imagined states). The budget (``--frames``) is the number of labelled latents, split over
+   :attr:`PixelDistilConfig.rounds` rounds (:func:`labels_per_round`); ``imagined_frames``
+   counts every imagined step (the planner's and the student's rollouts');
 3. runs :func:`torchwm_rl.pixel_reality.pixel_reality_check` on the real ``CartPole-v1`` (20
    episodes by default): each real step renders the frame, which goes through the model's
-   posterior filter, and the policy acts on the resulting latent;
-4. writes ``policy.safetensors`` (the greedy policy as ``observation -> logits``;
+   posterior filter, and the student acts on the resulting latent;
+4. writes ``policy.safetensors`` (the student as ``features -> logits``;
    :func:`torchwm_rl.app.demo.load_policy` reads it), ``results.json`` and ``results.png`` (real
    frames beside the model's decoded open-loop frames over one real episode, the learning curve,
    the open-loop pixel error by horizon and the probe's R^2).
 
 The result record has the other demos' keys (``real_mean_return``, ``imagined_mean_return``,
 ``wall_seconds``, ...) plus the pixel error by horizon, the probe and how the real episodes
-ended. Deterministic given the seed (one torch thread; seeded env, PPO and real resets).
+ended. Deterministic given the seed and the thread count (seeded torch, numpy, planner and real
+resets).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import torch
 
 from .runs import DemoConfig, NO_MATPLOTLIB, default_out_dir, finish_run, pyplot
 
-__all__ = ["PixelPPOConfig", "run", "real_episode_ends", "policy_network"]
+__all__ = ["PixelDistilConfig", "run", "real_episode_ends", "make_planner", "labels_per_round"]
 
 STATE_NAMES = ("x", "x_dot", "theta", "theta_dot")
 HORIZONS = (1, 5, 15, 50, 100)
@@ -43,23 +52,52 @@ X_LIMIT = 2.4  # CartPole-v1 terminates when |x| > 2.4 (and when |theta| > 12 de
 
 
 @dataclass
-class PixelPPOConfig:
-    """SB3 PPO settings for the pixel demo (what trained best in the time; see README)."""
+class PixelDistilConfig:
+    """The pixel demo's own settings (what reached the README's returns in the time budget)."""
 
-    num_envs: int = 16
-    n_steps: int = 256
-    batch_size: int = 1024
-    n_epochs: int = 10
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    learning_rate: float = 3e-4
-    ent_coef: float = 0.0
-    continue_threshold: Optional[float] = None  # None: terminated drawn from the continue head
-    # imagine with the prior's mean, not samples: the real check acts on the posterior's mean
+    bank_episodes: int = 20  # random-action real episodes: their posterior latents are the start bank
+    bank_seed: int = 50_000  # their real reset seeds: bank_seed + i
+    rounds: int = 10  # round 0 (bank states) + 9 DAgger rounds (the student's imagined states)
+    candidates: int = 128  # the planner: action sequences per latent and CEM iteration...
+    horizon: int = 40  # ...of this many imagined steps...
+    iters: int = 2  # ...CEM iterations...
+    elite: int = 8  # ...the best 1/elite refit the action probabilities
+    chunk: int = 64  # latents per planning call (chunk * candidates imagined rows)
+    length: int = 200  # the student's imagined rollouts: at most this many steps...
+    rollout_threshold: float = 0.5  # ...each row ending at its first continue_prob below this
+    fit_steps: int = 1500  # the student's minibatches (256) per fit...
+    fit_noise: float = 0.3  # ...each with this std of noise on its standardised features
+    # the reality check's imagined episodes: the prior's mean, terminated drawn from the continue head
     sample: bool = False
+    continue_threshold: Optional[float] = None
 
 
-DEMO_NUM_ENVS = PixelPPOConfig.num_envs
+def labels_per_round(total: int, rounds: int) -> list[int]:
+    """``total`` labels split as evenly as whole numbers allow over ``rounds`` rounds (fewer when
+    ``total`` is small: round 0 gets at least 2, the student's first fit needs them), the larger
+    shares first: ``labels_per_round(2560, 10)`` is ten 256s, ``labels_per_round(4, 10)`` is
+    ``[2, 1, 1]``."""
+    if isinstance(total, bool) or not isinstance(total, int) or total < 2:
+        raise ValueError(f"torchwm-rl demo cartpole-pixels: --frames is the number of planner-labelled latents "
+                         f"and must be an int >= 2, got {total!r}")
+    k = min(rounds, total - 1)
+    base, extra = divmod(total, k)
+    return [base + (i < extra) for i in range(k)]
+
+
+def make_planner(model, candidates: int = 128, horizon: int = 40, iters: int = 2, elite: int = 8, seed: int = 0,
+                 warm_rows: int = 0):
+    """The :class:`torchwm_rl.planning.DiscreteCEMPlanner` over ``cartpole-pixels`` imagination:
+    the prior's mean (``sample=False``) and no drawn ends (``NO_DRAWN_ENDS``: the score weighs
+    each step by ``continue_prob``)."""
+    from .. import zoo
+    from ..planning import NO_DRAWN_ENDS, DiscreteCEMPlanner
+
+    def make_env(rows: int):
+        return zoo.make_env("cartpole-pixels", model=model, batch_size=rows, seed=seed, sample=False,
+                            continue_threshold=NO_DRAWN_ENDS)
+
+    return DiscreteCEMPlanner(make_env, candidates, horizon, iters, elite, seed, warm_rows)
 
 
 def real_episode_ends(report) -> dict[str, int]:
@@ -71,130 +109,94 @@ def real_episode_ends(report) -> dict[str, int]:
     return ends
 
 
-def policy_network(ppo) -> torch.nn.Sequential:
-    """SB3 ``MlpPolicy``'s actor as a plain ``Linear-Tanh-Linear-Tanh-Linear`` (observation ->
-    logits), the layout :func:`torchwm_rl.app.demo.load_policy` rebuilds; its argmax is
-    ``ppo.predict(obs, deterministic=True)``."""
-    import copy
-
-    pi = ppo.policy.mlp_extractor.policy_net
-    layers = [copy.deepcopy(m) for m in pi] + [copy.deepcopy(ppo.policy.action_net)]
-    return torch.nn.Sequential(*layers).eval().requires_grad_(False)
-
-
-def _curve_callback(num_envs: int, on_rollout: Callable[[dict], None]):
-    """An SB3 callback recording, per rollout, the mean return of the imagined training episodes
-    that ended in it and the mean return so far of those still running (the other demos'
-    ``history`` records), and calling ``on_rollout`` with each record. Its ``history`` is the list."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class Curve(BaseCallback):
-        def __init__(self):
-            super().__init__()
-            self.running = np.zeros(num_envs)
-            self.ended: list[float] = []
-            self.history: list[dict] = []
-            self.t0 = time.perf_counter()
-
-        def _on_step(self) -> bool:
-            self.running += self.locals["rewards"]
-            for i in np.flatnonzero(self.locals["dones"]):
-                self.ended.append(float(self.running[i]))
-                self.running[i] = 0.0
-            return True
-
-        def _on_rollout_end(self) -> None:
-            rec = {"frames": int(self.num_timesteps),
-                   "imagined_return": float(np.mean(self.ended)) if self.ended else math.nan,
-                   "running_return": float(np.mean(self.running)),
-                   "seconds": time.perf_counter() - self.t0}
-            self.ended = []
-            self.history.append(rec)
-            on_rollout(rec)
-
-    return Curve()
-
-
-def _require_sb3():
-    try:
-        import stable_baselines3  # noqa: F401
-    except ImportError as exc:
-        raise ImportError("torchwm-rl demo cartpole-pixels trains SB3 PPO: pip install 'torchwm-rl[sb3]'") from exc
-
-
 def run(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str, Any]:
     """The pixel CartPole demo with ``cfg`` resolved (see :func:`torchwm_rl.app.demo.run_demo`);
     returns the result record."""
     import gymnasium as gym
 
     from .. import zoo
-    from ..pixel_reality import pixel_reality_check
+    from ..distillation import distil
+    from ..pixel_reality import filter_episode, pixel_reality_check
     from ..serialization import save_weights
     from ..zoo.cartpole_pixels import render_frames_headless
-    from .progress import Progress, describe_returns
 
-    _require_sb3()
-    from stable_baselines3 import PPO
-
+    pcfg = PixelDistilConfig()
+    labels = labels_per_round(cfg.frames, pcfg.rounds)
     model = zoo.load("cartpole-pixels")
     out = Path(cfg.out) if cfg.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
-    num_envs = cfg.num_envs if cfg.num_envs != DemoConfig.num_envs else DEMO_NUM_ENVS
-    ppo_cfg = PixelPPOConfig(num_envs=num_envs)
-    options = {"sample": ppo_cfg.sample}
-    if ppo_cfg.continue_threshold is not None:
-        options["continue_threshold"] = ppo_cfg.continue_threshold
-    vec = zoo.make_env("cartpole-pixels", model=model, batch_size=num_envs, seed=cfg.seed, **options).to_sb3()
-    n_steps = max(1, min(ppo_cfg.n_steps, cfg.frames // num_envs))  # a tiny budget still makes whole rollouts
-    budget = max(1, math.ceil(cfg.frames / (n_steps * num_envs))) * n_steps * num_envs
-    log(f"[torchwm-rl] cartpole-pixels: training SB3 PPO on the latent features of the bundled pixel world model "
-        f"only ({num_envs} imagined envs, {budget:,} frames, seed {cfg.seed})")
-    progress = Progress(budget, log, enabled=cfg.progress)
-    curve = _curve_callback(num_envs, lambda rec: progress.update(rec["frames"], describe_returns(
-        rec["imagined_return"], rec["running_return"], "in the last rollout")))
-    ppo = PPO("MlpPolicy", vec, n_steps=n_steps, batch_size=min(ppo_cfg.batch_size, n_steps * num_envs),
-              n_epochs=ppo_cfg.n_epochs, gamma=ppo_cfg.gamma, gae_lambda=ppo_cfg.gae_lambda,
-              learning_rate=ppo_cfg.learning_rate, ent_coef=ppo_cfg.ent_coef, seed=cfg.seed, verbose=0, device="cpu")
+    starts = cfg.num_envs
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    render_frames_headless()
+    real_env = gym.make("CartPole-v1", render_mode="rgb_array")
+
     t_train = time.perf_counter()
-    ppo.learn(budget, callback=curve)
-    history = curve.history
-    if history:
-        progress.finish(history[-1]["frames"], describe_returns(history[-1]["imagined_return"],
-                                                                history[-1]["running_return"], "in the last rollout"))
+    log(f"[torchwm-rl] cartpole-pixels: {pcfg.bank_episodes} random-action real episodes from pixels -> the bank of "
+        "posterior latents (start states)")
+    with torch.no_grad():
+        bank_eps = [filter_episode(model, lambda f: int(rng.integers(2)), real_env, seed=pcfg.bank_seed + i)
+                    for i in range(pcfg.bank_episodes)]
+    bank = torch.cat([e.latents for e in bank_eps])
+    real_frames = int(bank.batch_size[0])
+    log(f"[torchwm-rl] training only in the model: the student imitates a CEM planner that imagines "
+        f"{pcfg.candidates} x {pcfg.horizon}-step futures per latent ({sum(labels):,} labels in {len(labels)} "
+        f"rounds; new latents from the student's own imagined rollouts, {starts} per round; seed {cfg.seed})")
+    planner = make_planner(model, pcfg.candidates, pcfg.horizon, pcfg.iters, pcfg.elite, cfg.seed)
+    imagination = zoo.make_env("cartpole-pixels", model=model, batch_size=starts, seed=cfg.seed, sample=False,
+                               continue_threshold=pcfg.rollout_threshold)
+    per_label = pcfg.candidates * pcfg.horizon * pcfg.iters  # imagined steps the planner takes per label
+    history: list[dict] = []
+
+    def on_round(rec: dict, student) -> None:
+        done = history[-1]["frames"] if history else labels[0] * per_label  # round 0's labels
+        history.append(rec | {"frames": done + rec["new_labels"] * per_label + rec.get("imagined_steps", 0)})
+        alive = (f"; greedy in imagination: {rec['imagined_steps_alive']:.1f} of {pcfg.length} steps alive"
+                 if "imagined_steps_alive" in rec else "")
+        if cfg.progress:
+            log(f"  round {rec['round']}: {rec['labels']:,} labels, student agrees with the planner on "
+                f"{100 * rec['train_accuracy']:.1f}% of them{alive}  ({rec['seconds']:.0f} s)")
+
+    student, _ = distil(planner, model.features, bank, labels, rng, env=imagination, starts=starts,
+                        length=pcfg.length, fit_steps=pcfg.fit_steps, fit_noise=pcfg.fit_noise, chunk=pcfg.chunk, on_round=on_round)
     train_seconds = time.perf_counter() - t_train
 
     log(f"[torchwm-rl] reality check from pixels: {cfg.episodes} episodes on the real CartPole-v1 "
         "(render -> posterior latent -> policy, each step)")
-    render_frames_headless()
-    real_env = gym.make("CartPole-v1", render_mode="rgb_array")
+    options = {"sample": pcfg.sample}
+    if pcfg.continue_threshold is not None:
+        options["continue_threshold"] = pcfg.continue_threshold
     check_env = zoo.make_env("cartpole-pixels", model=model, batch_size=min(cfg.episodes, 64), seed=cfg.seed + 20_000,
                              **options)
-    report = pixel_reality_check(ppo, check_env, real_env, episodes=cfg.episodes, seed=cfg.seed, horizons=HORIZONS,
-                                 state_names=STATE_NAMES)
+    report = pixel_reality_check(student.actions, check_env, real_env, episodes=cfg.episodes, seed=cfg.seed,
+                                 horizons=HORIZONS, state_names=STATE_NAMES)
     real_env.close()
     ends = real_episode_ends(report)
     log(report.summary())
     log(f"[torchwm-rl] real episodes ended: pole fell {ends['theta']}, cart left the track {ends['x']}, "
         f"time limit {ends['time']}")
 
-    net = policy_network(ppo)
+    net = student.net
     save_weights(net, out / "policy.safetensors",
-                 {"task": cfg.task, "kind": "torchwm_rl.demo.ppo_policy/1", "hidden": net[0].out_features,
-                  "obs_dim": net[0].in_features, "n_actions": net[-1].out_features,
-                  "architecture": "Linear-Tanh-Linear-Tanh-Linear (latent features -> logits; SB3 MlpPolicy's "
-                                  "actor); the features are the posterior latent's cat(deter, stoch)"})
-    plot_msg = _plot(out / "results.png", history, report) if cfg.save_plot else "plot disabled"
+                 {"task": cfg.task, "kind": "torchwm_rl.demo.mlp_policy/1", "hidden": net[0].out_features,
+                  "obs_dim": net[0].in_features, "n_actions": net[-1].out_features, "activation": "ELU",
+                  "architecture": "Linear-ELU-Linear-ELU-Linear (latent features -> logits; the student distilled "
+                                  "from the planner); the features are the posterior latent's cat(deter, stoch)"})
+    plot_msg = _plot(out / "results.png", history, report, pcfg.length) if cfg.save_plot else "plot disabled"
     if plot_msg:
         log(f"[torchwm-rl] {plot_msg}")
     return finish_run(
         out, cfg, report, history, train_seconds, t_start, plot_msg, log,
         real_env_id="CartPole-v1 from pixels", imagined_label="greedy, model",
-        extra_result={"task": "cartpole-pixels", "algorithm": "SB3 PPO (MlpPolicy) on the latent features",
+        extra_result={"task": "cartpole-pixels",
+                      "algorithm": "a CEM planner in imagination distilled into an MLP on the latent features "
+                                   "(DAgger with imagined states)",
+                      "labels": history[-1]["labels"], "real_frames_for_training": real_frames,
                       "pixel_error_by_horizon": {str(h): report.pixel_error_at(h) for h in HORIZONS},
                       "probe_r2": dict(zip(report.probe_names, report.probe_r2)),
                       "probe_rmse": dict(zip(report.probe_names, report.probe_rmse)),
                       "real_ends": ends},
-        extra_json={"ppo": asdict(ppo_cfg) | {"n_steps": n_steps}},
+        extra_json={"distil": asdict(pcfg) | {"labels_per_round": labels, "starts": starts}},
     )
 
 
@@ -204,7 +206,7 @@ def _frame_strip(frames: np.ndarray, picks: list[int]) -> np.ndarray:
     return np.concatenate(tiles, 1)
 
 
-def _plot(path: Path, history: list, report) -> Optional[str]:
+def _plot(path: Path, history: list, report, length: int) -> Optional[str]:
     plt = pyplot()
     if plt is None:
         return NO_MATPLOTLIB
@@ -223,17 +225,16 @@ def _plot(path: Path, history: list, report) -> Optional[str]:
                  "open loop from the first frame's posterior on the real actions")
 
     ax = fig.add_subplot(grid[1, 0])
-    frames = [h["frames"] for h in history]
-    ax.plot(frames, [h["imagined_return"] for h in history], ".", color="C0", ms=4,
-            label="imagined training episodes that ended in the rollout (mean return)")
-    ax.plot(frames, [h["running_return"] for h in history], "1", color="C2", ms=5, alpha=0.5,
-            label="still running at rollout end (return so far)")
-    ax.errorbar([frames[-1] if frames else 0], [report.real_mean_return], yerr=[report.real_std_return], fmt="*",
-                ms=14, color="k", capsize=4, label=f"real CartPole-v1 from pixels, after training ({report.episodes} "
-                                                   f"episodes, {report.real_mean_return:.0f})")
+    rounds = [h for h in history if "imagined_steps_alive" in h]
+    ax.plot([h["labels"] for h in rounds], [h["imagined_steps_alive"] for h in rounds], "o-", color="C0", ms=4,
+            label=f"student, greedy in imagination from bank starts (mean steps alive, at most {length})")
+    last = history[-1]["labels"] if history else 0
+    ax.errorbar([last], [report.real_mean_return], yerr=[report.real_std_return], fmt="*", ms=14, color="k",
+                capsize=4, label=f"real CartPole-v1 from pixels, after training ({report.episodes} episodes, "
+                                 f"{report.real_mean_return:.0f})")
     ax.axhline(report.horizon, color="0.6", ls=":", lw=1, label=f"time limit ({report.horizon})")
-    ax.set_xlabel("imagined frames (training)")
-    ax.set_ylabel("episode return")
+    ax.set_xlabel("planner-labelled latents (training)")
+    ax.set_ylabel("steps alive / episode return")
     ax.set_ylim(bottom=0, top=report.horizon * 1.08)
     ax.set_title("Learning curve (trained only in the model)")
     ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchwm_rl.app.demo_cartpole_pixels import make_planner
+from torchwm_rl.app.demo_cartpole_pixels import make_planner, make_rollout_env
 from torchwm_rl.distillation import distil
 
 
@@ -88,8 +88,7 @@ def main() -> None:
     model = zoo.load("cartpole-pixels")
     real = gym.make("CartPole-v1", render_mode="rgb_array")
     planner = make_planner(model, args.candidates, args.horizon, args.iters, 8, args.seed)
-    imagination = (zoo.make_env("cartpole-pixels", model=model, batch_size=args.starts, seed=args.seed, sample=False,
-                                continue_threshold=0.5) if args.states == "imagined" else None)
+    imagination = make_rollout_env(model, args.starts, args.seed) if args.states == "imagined" else None
     t0, wall0 = time.process_time(), time.time()
 
     def play(policy, seeds):

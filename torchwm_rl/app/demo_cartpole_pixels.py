@@ -44,7 +44,8 @@ import torch
 
 from .runs import DemoConfig, NO_MATPLOTLIB, default_out_dir, finish_run, pyplot
 
-__all__ = ["PixelDistilConfig", "run", "real_episode_ends", "make_planner", "labels_per_round"]
+__all__ = ["PixelDistilConfig", "run", "real_episode_ends", "make_planner", "make_rollout_env",
+           "labels_per_round"]
 
 STATE_NAMES = ("x", "x_dot", "theta", "theta_dot")
 HORIZONS = (1, 5, 15, 50, 100)
@@ -100,6 +101,16 @@ def make_planner(model, candidates: int = 128, horizon: int = 40, iters: int = 2
     return DiscreteCEMPlanner(make_env, candidates, horizon, iters, elite, seed, warm_rows)
 
 
+def make_rollout_env(model, starts: int = 64, seed: int = 0, continue_threshold: float = 0.5):
+    """The imagined env the student plays in for new states (``distil``'s ``env``): batch
+    ``[starts]``, the prior's mean (``sample=False``, as the planner imagines) and an end at the
+    first ``continue_prob`` below ``continue_threshold`` (a clear call, not a draw)."""
+    from .. import zoo
+
+    return zoo.make_env("cartpole-pixels", model=model, batch_size=starts, seed=seed, sample=False,
+                        continue_threshold=continue_threshold)
+
+
 def real_episode_ends(report) -> dict[str, int]:
     """How the real episodes ended: ``"x"`` (the cart left the track), ``"theta"`` (the pole
     fell) or ``"time"`` (not terminated: the time limit or the check's horizon)."""
@@ -143,8 +154,7 @@ def run(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str
         f"{pcfg.candidates} x {pcfg.horizon}-step futures per latent ({sum(labels):,} labels in {len(labels)} "
         f"rounds; new latents from the student's own imagined rollouts, {starts} per round; seed {cfg.seed})")
     planner = make_planner(model, pcfg.candidates, pcfg.horizon, pcfg.iters, pcfg.elite, cfg.seed)
-    imagination = zoo.make_env("cartpole-pixels", model=model, batch_size=starts, seed=cfg.seed, sample=False,
-                               continue_threshold=pcfg.rollout_threshold)
+    imagination = make_rollout_env(model, starts, cfg.seed, pcfg.rollout_threshold)
     per_label = pcfg.candidates * pcfg.horizon * pcfg.iters  # imagined steps the planner takes per label
     history: list[dict] = []
 
@@ -158,7 +168,8 @@ def run(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str
                 f"{100 * rec['train_accuracy']:.1f}% of them{alive}  ({rec['seconds']:.0f} s)")
 
     student, _ = distil(planner, model.features, bank, labels, rng, env=imagination, starts=starts,
-                        length=pcfg.length, fit_steps=pcfg.fit_steps, fit_noise=pcfg.fit_noise, chunk=pcfg.chunk, on_round=on_round)
+                        length=pcfg.length, fit_steps=pcfg.fit_steps, fit_noise=pcfg.fit_noise, chunk=pcfg.chunk,
+                        on_round=on_round)
     train_seconds = time.perf_counter() - t_train
 
     log(f"[torchwm-rl] reality check from pixels: {cfg.episodes} episodes on the real CartPole-v1 "

@@ -69,6 +69,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--chunk", type=int, default=64)
     p.add_argument("--fit-steps", type=int, default=1500)
+    p.add_argument("--final-members", type=int, default=1,
+                   help="the last round's student: the mean logits of this many fits (the demo uses 5)")
     p.add_argument("--eval", type=int, default=10)
     p.add_argument("--final-eval", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
@@ -111,8 +113,8 @@ def main() -> None:
                                                   range(50_000, 50_000 + args.warmup_episodes))])
         student, _ = distil(planner, model.features, bank, [args.per_round] * (args.rounds + 1), rng,
                             new_states=real_states if args.states == "real" else None, env=imagination,
-                            starts=args.starts, length=args.length, fit_steps=args.fit_steps, chunk=args.chunk,
-                            on_round=evaluate)
+                            starts=args.starts, length=args.length, fit_steps=args.fit_steps,
+                            final_members=args.final_members, chunk=args.chunk, on_round=evaluate)
         # the last round's evaluation episodes are the final's first ones (the same resets)
         final = returns[:args.final_eval] + [e.ret for e in play(student, range(20_000 + args.eval,
                                                                                 20_000 + args.final_eval))]

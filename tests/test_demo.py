@@ -312,6 +312,7 @@ def test_cli_demo_cartpole_pixels_json_line_picture_and_results(tmp_path):
     assert [h["frames"] for h in saved["history"]] == [3 * 10240 + 800, 4 * 10240 + 1600, 4 * 10240 + 1600]
     net = load_policy(out / "policy.safetensors")
     assert isinstance(net[1], torch.nn.ELU) and net(torch.zeros(3, 144)).shape == (3, 2)
+    assert net[0].out_features == 5 * 128  # the student: 5 fits of hidden 128, merged into one network
     # the saved student is the one the check scored: replaying real episode 1 with it gives its return
     import gymnasium as gym
 

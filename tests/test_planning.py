@@ -15,7 +15,7 @@ import torch
 from tensordict import TensorDict
 
 from torchwm_rl import WorldModelEnv
-from torchwm_rl.distillation import Student, distil, imagined_states, label
+from torchwm_rl.distillation import Student, distil, imagined_states, label, merge_members
 from torchwm_rl.planning import NO_DRAWN_ENDS, DiscreteCEMPlanner, expected_steps_alive
 
 OBS = gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
@@ -110,6 +110,36 @@ def test_the_student_folds_its_standardisation_into_the_first_layer():
     assert not any(p.requires_grad for p in student.net.parameters())
     with pytest.raises(ValueError, match="at least 2 labelled states, got 1"):
         Student(features[:1], actions[:1])
+
+
+def test_merged_members_give_the_mean_of_their_logits_in_one_network_of_the_same_form():
+    from torch import nn
+
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 4), nn.ELU(), nn.Linear(4, 2)) for _ in range(3)]
+    wide = merge_members(nets)
+    assert [type(layer) for layer in wide] == [type(layer) for layer in nets[0]]
+    assert (wide[0].in_features, wide[0].out_features, wide[4].out_features) == (3, 12, 2)
+    x = torch.randn(50, 3)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), torch.stack([n(x) for n in nets]).mean(0), atol=1e-6)
+
+
+def test_a_student_of_several_members_is_their_merged_fits():
+    torch.manual_seed(0)
+    features = torch.randn(256, 3) * torch.tensor([10.0, 0.1, 1.0]) + torch.tensor([5.0, -3.0, 0.0])
+    actions = (features[:, 0] > 5.0).long()
+    torch.manual_seed(0)
+    trio = Student(features, actions, steps=300, hidden=8, members=3)
+    assert trio.net[0].out_features == 24 and trio.train_accuracy > 0.9
+    torch.manual_seed(0)  # the same draws, one member after another, folded the same way
+    x = (features - features.mean(0)) / (features.std(0) + 1e-3)
+    members = [Student._fit(x, actions, 300, 8, 2, 0.3) for _ in range(3)]
+    with torch.no_grad():
+        assert torch.allclose(trio.net(features), torch.stack([m(x) for m in members]).mean(0), atol=1e-4)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="members must be an int >= 1"):
+            Student(features, actions, members=bad)
 
 
 def test_label_plans_in_chunks_and_keeps_the_order():

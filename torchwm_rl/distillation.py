@@ -29,7 +29,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-__all__ = ["Student", "label", "imagined_states", "distil"]
+__all__ = ["Student", "merge_members", "label", "imagined_states", "distil"]
 
 
 class Student:
@@ -41,32 +41,47 @@ class Student:
     the standardisation is then folded into the first layer, so :attr:`net` maps raw features to
     logits on its own (the form ``policy.safetensors`` stores).
 
+    With ``members > 1``, that many networks are fit one after another (each its own
+    initialisation and minibatches) and merged into one network of the same form that gives
+    their mean logits (:func:`merge_members`: hidden width ``members * hidden``).
+
     Why the noise: the student acts on posterior latents of real frames, which differ a little
     from the latents it was labelled on; fit on exact latents, its real return swung between
     about 325 and 500 with the initialisation alone on one label set of the pixel demo, and with
-    ``noise=0.3`` three initialisations scored 451-500 there (README, "Pixels")."""
+    ``noise=0.3`` three initialisations scored 451-500 there (README, "Pixels"). Why the members:
+    with the noise a single fit still swings (one seed of the demo: 422.6 real where other fits
+    on the same labels reach 500); the mean of several fits swings less."""
 
     def __init__(self, features: torch.Tensor, actions: torch.Tensor, steps: int = 1500, hidden: int = 128,
-                 n_actions: int = 2, noise: float = 0.3):
+                 n_actions: int = 2, noise: float = 0.3, members: int = 1):
         if len(features) < 2:  # the std of one row is nan: every weight would be nan
             raise ValueError(f"Student: fitting needs at least 2 labelled states, got {len(features)}")
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise ValueError(f"Student: members must be an int >= 1, got {members!r}")
         mean, std = features.mean(0), features.std(0) + 1e-3
-        self.net = nn.Sequential(nn.Linear(features.shape[-1], hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
-                                 nn.Linear(hidden, n_actions))
-        opt = torch.optim.Adam(self.net.parameters(), 1e-3, weight_decay=1e-4)
         x = (features - mean) / std
-        for _ in range(steps):
-            rows = torch.randint(len(x), (256,))
-            inputs = x[rows] + noise * torch.randn(len(rows), x.shape[-1]) if noise else x[rows]
-            loss = nn.functional.cross_entropy(self.net(inputs), actions[rows])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        nets = [self._fit(x, actions, steps, hidden, n_actions, noise) for _ in range(members)]
+        self.net = nets[0] if members == 1 else merge_members(nets)
         self.net.eval().requires_grad_(False)
         first = self.net[0]
         first.bias -= first.weight @ (mean / std)  # W (f - m) / s + b = (W / s) f + (b - W m / s)
         first.weight /= std
         self.train_accuracy = float((self.actions(features) == actions).float().mean())
+
+    @staticmethod
+    def _fit(x: torch.Tensor, actions: torch.Tensor, steps: int, hidden: int, n_actions: int,
+             noise: float) -> nn.Sequential:
+        net = nn.Sequential(nn.Linear(x.shape[-1], hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
+                            nn.Linear(hidden, n_actions))
+        opt = torch.optim.Adam(net.parameters(), 1e-3, weight_decay=1e-4)
+        for _ in range(steps):
+            rows = torch.randint(len(x), (256,))
+            inputs = x[rows] + noise * torch.randn(len(rows), x.shape[-1]) if noise else x[rows]
+            loss = nn.functional.cross_entropy(net(inputs), actions[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return net
 
     def __call__(self, features: torch.Tensor) -> int:
         """The action for features ``[1, F]`` (:func:`torchwm_rl.pixel_reality.filter_episode`'s
@@ -76,6 +91,25 @@ class Student:
     def actions(self, features: torch.Tensor) -> torch.Tensor:
         """The greedy actions for a batch of features ``[n, F]`` -> ``[n]``."""
         return self.net(features).argmax(-1)
+
+
+@torch.no_grad()
+def merge_members(nets: Sequence[nn.Sequential]) -> nn.Sequential:
+    """One ``Linear-ELU-Linear-ELU-Linear`` network whose logits are the mean of ``nets``' logits
+    (each of that form, the same sizes): the first layers stacked, the middle ones block-diagonal,
+    the last ones side by side and divided by ``len(nets)``. A policy file stores it as it stores
+    one network (``hidden`` is then ``len(nets)`` times each member's)."""
+    m = len(nets)
+    wide = nn.Sequential(nn.Linear(nets[0][0].in_features, m * nets[0][0].out_features), nn.ELU(),
+                         nn.Linear(m * nets[0][2].in_features, m * nets[0][2].out_features), nn.ELU(),
+                         nn.Linear(m * nets[0][4].in_features, nets[0][4].out_features))
+    wide[0].weight.copy_(torch.cat([n[0].weight for n in nets]))
+    wide[0].bias.copy_(torch.cat([n[0].bias for n in nets]))
+    wide[2].weight.copy_(torch.block_diag(*[n[2].weight for n in nets]))
+    wide[2].bias.copy_(torch.cat([n[2].bias for n in nets]))
+    wide[4].weight.copy_(torch.cat([n[4].weight for n in nets], 1) / m)
+    wide[4].bias.copy_(torch.stack([n[4].bias for n in nets]).mean(0))
+    return wide
 
 
 def label(planner: Callable[[TensorDictBase], torch.Tensor], states: TensorDictBase, chunk: int = 64) -> torch.Tensor:
@@ -107,7 +141,7 @@ def imagined_states(env, features: Callable[[TensorDictBase], torch.Tensor], stu
 def distil(planner: Callable[[TensorDictBase], torch.Tensor], features: Callable[[TensorDictBase], torch.Tensor],
            bank: TensorDictBase, labels: Sequence[int], rng: np.random.Generator, *,
            new_states: Optional[Callable[[Student, int], TensorDictBase]] = None, env=None, starts: int = 64,
-           length: int = 200, fit_steps: int = 1500, fit_noise: float = 0.3, chunk: int = 64,
+           length: int = 200, fit_steps: int = 1500, fit_noise: float = 0.3, final_members: int = 1, chunk: int = 64,
            on_round: Optional[Callable[[dict, Student], None]] = None) -> tuple[Student, list[dict]]:
     """Distil ``planner`` into a :class:`Student` (see the module docs); returns the last
     round's student and one record per round.
@@ -124,6 +158,8 @@ def distil(planner: Callable[[TensorDictBase], torch.Tensor], features: Callable
         env: the imagined env with batch ``[starts]`` (for the default ``new_states``).
         fit_steps: the student's minibatches per fit.
         fit_noise: the std of the noise on its standardised features in the fit (:class:`Student`).
+        final_members: the last round's student is this many fits merged (``Student(members=...)``);
+            the earlier rounds' are one fit each (they only pick the states to label).
         chunk: states per planning call.
         on_round: called with each round's record and student, after the round's new states are
             labelled (e.g. for a progress line or an evaluation; it must draw from neither ``rng``
@@ -159,7 +195,8 @@ def distil(planner: Callable[[TensorDictBase], torch.Tensor], features: Callable
     records = []
     for r in range(len(counts)):
         with torch.enable_grad():
-            student = Student(feats, actions, fit_steps, noise=fit_noise)
+            student = Student(feats, actions, fit_steps, noise=fit_noise,
+                              members=final_members if r + 1 == len(counts) else 1)
         rec = {"round": r, "labels": len(actions), "train_accuracy": round(student.train_accuracy, 4),
                "new_labels": 0}
         if r + 1 < len(counts):

@@ -68,6 +68,7 @@ class PixelDistilConfig:
     rollout_threshold: float = 0.5  # ...each row ending at its first continue_prob below this
     fit_steps: int = 1500  # the student's minibatches (256) per fit...
     fit_noise: float = 0.3  # ...each with this std of noise on its standardised features
+    final_members: int = 5  # the policy: the mean logits of this many fits on the last round's labels
     # the reality check's imagined episodes: the prior's mean, terminated drawn from the continue head
     sample: bool = False
     continue_threshold: Optional[float] = None
@@ -168,8 +169,8 @@ def run(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str
                 f"{100 * rec['train_accuracy']:.1f}% of them{alive}  ({rec['seconds']:.0f} s)")
 
     student, _ = distil(planner, model.features, bank, labels, rng, env=imagination, starts=starts,
-                        length=pcfg.length, fit_steps=pcfg.fit_steps, fit_noise=pcfg.fit_noise, chunk=pcfg.chunk,
-                        on_round=on_round)
+                        length=pcfg.length, fit_steps=pcfg.fit_steps, fit_noise=pcfg.fit_noise,
+                        final_members=pcfg.final_members, chunk=pcfg.chunk, on_round=on_round)
     train_seconds = time.perf_counter() - t_train
 
     log(f"[torchwm-rl] reality check from pixels: {cfg.episodes} episodes on the real CartPole-v1 "
@@ -192,7 +193,9 @@ def run(cfg: DemoConfig, log: Callable[[str], None], t_start: float) -> dict[str
                  {"task": cfg.task, "kind": "torchwm_rl.demo.mlp_policy/1", "hidden": net[0].out_features,
                   "obs_dim": net[0].in_features, "n_actions": net[-1].out_features, "activation": "ELU",
                   "architecture": "Linear-ELU-Linear-ELU-Linear (latent features -> logits; the student distilled "
-                                  "from the planner); the features are the posterior latent's cat(deter, stoch)"})
+                                  "from the planner: the mean logits of final_members fits, merged with a "
+                                  "block-diagonal middle layer); the features are the posterior latent's "
+                                  "cat(deter, stoch)", "final_members": pcfg.final_members})
     plot_msg = _plot(out / "results.png", history, report, pcfg.length) if cfg.save_plot else "plot disabled"
     if plot_msg:
         log(f"[torchwm-rl] {plot_msg}")

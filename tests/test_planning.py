@@ -116,13 +116,25 @@ def test_merged_members_give_the_mean_of_their_logits_in_one_network_of_the_same
     from torch import nn
 
     torch.manual_seed(0)
-    nets = [nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 4), nn.ELU(), nn.Linear(4, 2)) for _ in range(3)]
+    nets = [nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 5), nn.ELU(), nn.Linear(5, 2)) for _ in range(3)]
     wide = merge_members(nets)
     assert [type(layer) for layer in wide] == [type(layer) for layer in nets[0]]
-    assert (wide[0].in_features, wide[0].out_features, wide[4].out_features) == (3, 12, 2)
+    assert tuple(wide[0].weight.shape) == (12, 3) and tuple(wide[2].weight.shape) == (15, 12)
+    assert tuple(wide[4].weight.shape) == (2, 15)
     x = torch.randn(50, 3)
     with torch.no_grad():
         assert torch.allclose(wide(x), torch.stack([n(x) for n in nets]).mean(0), atol=1e-6)
+    state = torch.get_rng_state()
+    doubles = merge_members([n.double() for n in nets])
+    assert torch.equal(torch.get_rng_state(), state)  # built without drawing
+    assert doubles[0].weight.dtype == torch.float64
+    tanh = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
+    with pytest.raises(ValueError, match="network 1 is .*Tanh"):
+        merge_members([nets[0], tanh])
+    with pytest.raises(ValueError, match="network 1 has weight shapes"):
+        merge_members([nets[0], nn.Sequential(nn.Linear(3, 5), nn.ELU(), nn.Linear(5, 5), nn.ELU(), nn.Linear(5, 2))])
+    with pytest.raises(ValueError, match="no networks"):
+        merge_members([])
 
 
 def test_a_student_of_several_members_is_their_merged_fits():
@@ -186,6 +198,20 @@ def test_distil_labels_the_bank_then_the_students_imagined_states_round_by_round
     assert Sign.calls == 14
     assert all("imagined_steps_alive" in r for r in records[:2]) and "imagined_steps_alive" not in records[2]
     assert student.actions(torch.tensor([[-1.5], [1.5]])).tolist() == [1, 0]
+
+
+def test_distil_merges_final_members_fits_for_the_last_round_only():
+    torch.manual_seed(0)
+    bank = torch.tensor([[-2.0], [-1.0], [0.0], [1.0], [2.0]] * 4)
+    widths = []
+    student, _ = distil(Sign(), lambda s: s, bank, [6, 4, 4], np.random.default_rng(0), env=toy_env(3, 0.5),
+                        starts=3, length=3, fit_steps=20, final_members=3,
+                        on_round=lambda rec, st: widths.append(st.net[0].out_features))
+    assert widths == [128, 128, 3 * 128] and student.net[0].out_features == 3 * 128
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="final_members must be an int >= 1"):
+            distil(Sign(), lambda s: s, bank, [6], np.random.default_rng(0), env=toy_env(3, 0.5), starts=3,
+                   final_members=bad)
 
 
 def test_distil_refuses_bad_label_counts_a_small_bank_and_a_missing_env():

@@ -56,12 +56,12 @@ class Student:
                  n_actions: int = 2, noise: float = 0.3, members: int = 1):
         if len(features) < 2:  # the std of one row is nan: every weight would be nan
             raise ValueError(f"Student: fitting needs at least 2 labelled states, got {len(features)}")
-        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        if isinstance(members, bool) or not isinstance(members, (int, np.integer)) or members < 1:
             raise ValueError(f"Student: members must be an int >= 1, got {members!r}")
         mean, std = features.mean(0), features.std(0) + 1e-3
         x = (features - mean) / std
-        nets = [self._fit(x, actions, steps, hidden, n_actions, noise) for _ in range(members)]
-        self.net = nets[0] if members == 1 else merge_members(nets)
+        nets = [self._fit(x, actions, steps, hidden, n_actions, noise) for _ in range(int(members))]
+        self.net = nets[0] if len(nets) == 1 else merge_members(nets)
         self.net.eval().requires_grad_(False)
         first = self.net[0]
         first.bias -= first.weight @ (mean / std)  # W (f - m) / s + b = (W / s) f + (b - W m / s)
@@ -98,11 +98,26 @@ def merge_members(nets: Sequence[nn.Sequential]) -> nn.Sequential:
     """One ``Linear-ELU-Linear-ELU-Linear`` network whose logits are the mean of ``nets``' logits
     (each of that form, the same sizes): the first layers stacked, the middle ones block-diagonal,
     the last ones side by side and divided by ``len(nets)``. A policy file stores it as it stores
-    one network (``hidden`` is then ``len(nets)`` times each member's)."""
-    m = len(nets)
-    wide = nn.Sequential(nn.Linear(nets[0][0].in_features, m * nets[0][0].out_features), nn.ELU(),
-                         nn.Linear(m * nets[0][2].in_features, m * nets[0][2].out_features), nn.ELU(),
-                         nn.Linear(m * nets[0][4].in_features, nets[0][4].out_features))
+    one network (``hidden`` is then ``len(nets)`` times each member's). The result has the
+    members' dtype and device; building it draws nothing from the global torch generator."""
+    if not nets:
+        raise ValueError("merge_members: no networks to merge")
+    form = [nn.Linear, nn.ELU, nn.Linear, nn.ELU, nn.Linear]
+    first = nets[0]
+    for i, net in enumerate(nets):
+        if [type(layer) for layer in net] != form:
+            raise ValueError(f"merge_members: network {i} is {[type(layer).__name__ for layer in net]}; every member "
+                             f"must be Linear-ELU-Linear-ELU-Linear")
+        shapes = [tuple(net[j].weight.shape) for j in (0, 2, 4)]
+        if shapes != [tuple(first[j].weight.shape) for j in (0, 2, 4)]:
+            raise ValueError(f"merge_members: network {i} has weight shapes {shapes}, network 0 "
+                             f"{[tuple(first[j].weight.shape) for j in (0, 2, 4)]}; members must have the same sizes")
+    m, (h1, f), (h2, _), (a, _) = len(nets), first[0].weight.shape, first[2].weight.shape, first[4].weight.shape
+    like = {"dtype": first[0].weight.dtype, "device": first[0].weight.device}
+    # skip_init: the weights are all copied in below, so no initialisation (and no draw) is needed
+    wide = nn.Sequential(nn.utils.skip_init(nn.Linear, f, m * h1, **like), nn.ELU(),
+                         nn.utils.skip_init(nn.Linear, m * h1, m * h2, **like), nn.ELU(),
+                         nn.utils.skip_init(nn.Linear, m * h2, a, **like))
     wide[0].weight.copy_(torch.cat([n[0].weight for n in nets]))
     wide[0].bias.copy_(torch.cat([n[0].bias for n in nets]))
     wide[2].weight.copy_(torch.block_diag(*[n[2].weight for n in nets]))
@@ -178,6 +193,9 @@ def distil(planner: Callable[[TensorDictBase], torch.Tensor], features: Callable
             or counts[0] < 2):
         raise ValueError(f"distil: labels must be a non-empty list of ints >= 1 (states labelled per round), the "
                          f"first at least 2 (a student is fit on them); got {counts}")
+    if isinstance(final_members, bool) or not isinstance(final_members, (int, np.integer)) or final_members < 1:
+        raise ValueError(f"distil: final_members must be an int >= 1 (fits merged into the last student), got "
+                         f"{final_members!r}")
     if len(bank) < max(counts[0], starts if new_states is None else 0):
         raise ValueError(f"distil: the bank has {len(bank)} states, fewer than the first round's labels "
                          f"({counts[0]}) or the imagined rollouts' starts ({starts})")

@@ -113,6 +113,8 @@ def test_the_student_folds_its_standardisation_into_the_first_layer():
 
 
 def test_merged_members_give_the_mean_of_their_logits_in_one_network_of_the_same_form():
+    import copy
+
     from torch import nn
 
     torch.manual_seed(0)
@@ -125,14 +127,17 @@ def test_merged_members_give_the_mean_of_their_logits_in_one_network_of_the_same
     with torch.no_grad():
         assert torch.allclose(wide(x), torch.stack([n(x) for n in nets]).mean(0), atol=1e-6)
     state = torch.get_rng_state()
-    doubles = merge_members([n.double() for n in nets])
+    doubles = merge_members([copy.deepcopy(n).double() for n in nets])
+    doubles_member = copy.deepcopy(nets[1]).double()
     assert torch.equal(torch.get_rng_state(), state)  # built without drawing
     assert doubles[0].weight.dtype == torch.float64
     tanh = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
     with pytest.raises(ValueError, match="network 1 is .*Tanh"):
         merge_members([nets[0], tanh])
-    with pytest.raises(ValueError, match="network 1 has weight shapes"):
+    with pytest.raises(ValueError, match=r"network 1 has \(weight shapes, dtype, device\)"):
         merge_members([nets[0], nn.Sequential(nn.Linear(3, 5), nn.ELU(), nn.Linear(5, 5), nn.ELU(), nn.Linear(5, 2))])
+    with pytest.raises(ValueError, match="network 1 has .*float64.*members must match"):  # no silent cast
+        merge_members([nets[0], doubles_member])
     with pytest.raises(ValueError, match="no networks"):
         merge_members([])
 

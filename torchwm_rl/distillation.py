@@ -32,6 +32,11 @@ from torch import nn
 __all__ = ["Student", "merge_members", "label", "imagined_states", "distil"]
 
 
+def _is_count(value, least: int) -> bool:
+    """``value`` is an int (Python or numpy, not a bool) of at least ``least``."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= least
+
+
 class Student:
     """A greedy MLP policy on latent features, fit by cross-entropy on the planner's labels.
 
@@ -56,7 +61,7 @@ class Student:
                  n_actions: int = 2, noise: float = 0.3, members: int = 1):
         if len(features) < 2:  # the std of one row is nan: every weight would be nan
             raise ValueError(f"Student: fitting needs at least 2 labelled states, got {len(features)}")
-        if isinstance(members, bool) or not isinstance(members, (int, np.integer)) or members < 1:
+        if not _is_count(members, 1):
             raise ValueError(f"Student: members must be an int >= 1, got {members!r}")
         mean, std = features.mean(0), features.std(0) + 1e-3
         x = (features - mean) / std
@@ -104,16 +109,21 @@ def merge_members(nets: Sequence[nn.Sequential]) -> nn.Sequential:
         raise ValueError("merge_members: no networks to merge")
     form = [nn.Linear, nn.ELU, nn.Linear, nn.ELU, nn.Linear]
     first = nets[0]
+
+    def signature(net):  # what every member must share: weight shapes, dtype, device
+        return [tuple(net[j].weight.shape) for j in (0, 2, 4)], net[0].weight.dtype, net[0].weight.device
+
     for i, net in enumerate(nets):
         if [type(layer) for layer in net] != form:
             raise ValueError(f"merge_members: network {i} is {[type(layer).__name__ for layer in net]}; every member "
                              f"must be Linear-ELU-Linear-ELU-Linear")
-        shapes = [tuple(net[j].weight.shape) for j in (0, 2, 4)]
-        if shapes != [tuple(first[j].weight.shape) for j in (0, 2, 4)]:
-            raise ValueError(f"merge_members: network {i} has weight shapes {shapes}, network 0 "
-                             f"{[tuple(first[j].weight.shape) for j in (0, 2, 4)]}; members must have the same sizes")
+    expected = signature(first)
+    for i, net in enumerate(nets):
+        if signature(net) != expected:
+            raise ValueError(f"merge_members: network {i} has (weight shapes, dtype, device) {signature(net)}, "
+                             f"network 0 {expected}; members must match (the merge would cast or fail)")
     m, (h1, f), (h2, _), (a, _) = len(nets), first[0].weight.shape, first[2].weight.shape, first[4].weight.shape
-    like = {"dtype": first[0].weight.dtype, "device": first[0].weight.device}
+    like = {"dtype": expected[1], "device": expected[2]}
     # skip_init: the weights are all copied in below, so no initialisation (and no draw) is needed
     wide = nn.Sequential(nn.utils.skip_init(nn.Linear, f, m * h1, **like), nn.ELU(),
                          nn.utils.skip_init(nn.Linear, m * h1, m * h2, **like), nn.ELU(),
@@ -189,11 +199,10 @@ def distil(planner: Callable[[TensorDictBase], torch.Tensor], features: Callable
     import warnings
 
     counts = list(labels)
-    if (not counts or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in counts)
-            or counts[0] < 2):
+    if not counts or not all(_is_count(n, 1) for n in counts) or counts[0] < 2:
         raise ValueError(f"distil: labels must be a non-empty list of ints >= 1 (states labelled per round), the "
                          f"first at least 2 (a student is fit on them); got {counts}")
-    if isinstance(final_members, bool) or not isinstance(final_members, (int, np.integer)) or final_members < 1:
+    if not _is_count(final_members, 1):
         raise ValueError(f"distil: final_members must be an int >= 1 (fits merged into the last student), got "
                          f"{final_members!r}")
     if len(bank) < max(counts[0], starts if new_states is None else 0):
